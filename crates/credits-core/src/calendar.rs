@@ -717,3 +717,213 @@ mod tests {
         assert_eq!(back, [Monthly, Annual]);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    /// Zones with every kind of day the rules must survive: gaps and folds at or across
+    /// midnight (Havana, Santiago, St_Johns before 2011, Casey 2010), half-hour and 45-minute
+    /// offsets and DST shifts (Kolkata, Tehran, Lord_Howe, Chatham, Kathmandu), the ends of
+    /// the date line (Kiritimati, Pago_Pago, Apia's skipped 2011-12-30), 22-hour days
+    /// (Troll), zones whose rules moved (Scoresbysund 2024, Nuuk, Casablanca) and plain
+    /// ones (London, Chisinau, New York, Los Angeles, Tokyo, UTC).
+    const ZONES: &[&str] = &[
+        "America/Havana",
+        "Asia/Kolkata",
+        "Pacific/Kiritimati",
+        "Pacific/Pago_Pago",
+        "Antarctica/Troll",
+        "Europe/London",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "Asia/Tehran",
+        "America/Santiago",
+        "America/Scoresbysund",
+        "Europe/Chisinau",
+        "Asia/Tokyo",
+        "America/Los_Angeles",
+        "America/St_Johns",
+        "Pacific/Apia",
+        "Pacific/Chatham",
+        "Asia/Kathmandu",
+        "Africa/Casablanca",
+        "America/Nuuk",
+        "Antarctica/Casey",
+        "UTC",
+    ];
+
+    /// 2000-01-01T00:00:00Z and 2041-01-01T00:00:00Z.
+    const FROM_SECONDS: i64 = 946_684_800;
+    const UNTIL_SECONDS: i64 = 2_240_524_800;
+    /// Cases per property; each case costs microseconds, so be generous.
+    const CASES: u32 = 8192;
+
+    fn any_zone() -> impl Strategy<Value = Tz> {
+        select(ZONES).prop_map(|name| name.parse::<Tz>().expect("listed zones exist"))
+    }
+
+    fn any_instant() -> impl Strategy<Value = DateTime<Utc>> {
+        (FROM_SECONDS..UNTIL_SECONDS, 0..1_000_000_000u32).prop_map(|(seconds, nanos)| {
+            DateTime::from_timestamp(seconds, nanos).expect("2000-2040 is in range")
+        })
+    }
+
+    /// The first instant after `t`, within about a year, where `tz`'s offset changes.
+    fn offset_change_after(tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let offset_at = |u: DateTime<Utc>| tz.offset_from_utc_datetime(&u.naive_utc()).fix();
+        let before = offset_at(t);
+        // Daily steps miss a change undone within the same day; that only makes the case
+        // less pointed, never wrong.
+        let day_after = (1..=400)
+            .map(|days| t + TimeDelta::days(days))
+            .find(|&u| offset_at(u) != before)?;
+        let (mut low, mut high) = (day_after - TimeDelta::days(1), day_after);
+        while high - low > TimeDelta::seconds(1) {
+            let mid = low + (high - low) / 2;
+            if offset_at(mid) == before {
+                low = mid;
+            } else {
+                high = mid;
+            }
+        }
+        Some(high)
+    }
+
+    /// A zone and an instant at most `max_delta_seconds` from one of the zone's offset changes.
+    fn near_offset_change(max_delta_seconds: i64) -> impl Strategy<Value = (Tz, DateTime<Utc>)> {
+        (
+            any_zone(),
+            any_instant(),
+            -max_delta_seconds..=max_delta_seconds,
+        )
+            .prop_map(|(tz, t, delta_seconds)| {
+                let change = offset_change_after(tz, t).unwrap_or(t);
+                (tz, change + TimeDelta::seconds(delta_seconds))
+            })
+    }
+
+    /// A zone and an instant: uniform, within two hours of one of the zone's day starts, or
+    /// near one of its offset changes. Uniform instants alone almost never land where
+    /// "start of tomorrow" goes wrong (St_Johns' fold across midnight lasted one hour a year);
+    /// with these weights the properties catch that mistake on every run.
+    fn zone_and_instant() -> impl Strategy<Value = (Tz, DateTime<Utc>)> {
+        let uniform = (any_zone(), any_instant());
+        let near_day_start =
+            (any_zone(), any_instant(), -7200i64..=7200).prop_map(|(tz, t, delta_seconds)| {
+                let start = day_start(tz, local_date(tz, t));
+                (tz, start + TimeDelta::seconds(delta_seconds))
+            });
+        prop_oneof![
+            1 => uniform,
+            1 => near_day_start,
+            2 => near_offset_change(3 * 3600),
+            1 => near_offset_change(30 * 3600),
+        ]
+    }
+
+    fn any_interval() -> impl Strategy<Value = BillingInterval> {
+        prop_oneof![
+            Just(BillingInterval::Monthly),
+            Just(BillingInterval::Annual)
+        ]
+    }
+
+    /// Day starts of the dates around `from..=to`'s local dates, wide enough to hold every
+    /// day start between the two instants.
+    fn day_starts_around(
+        tz: Tz,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> impl Iterator<Item = DateTime<Utc>> {
+        let first = local_date(tz, from) - TimeDelta::days(3);
+        let last = local_date(tz, to) + TimeDelta::days(3);
+        first
+            .iter_days()
+            .take_while(move |&d| d <= last)
+            .map(move |d| day_start(tz, d))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn next_reset_is_the_first_day_start_after_t((tz, t) in zone_and_instant()) {
+            let reset = next_daily_reset(tz, t);
+            prop_assert!(reset > t);
+            prop_assert_eq!(day_start(tz, local_date(tz, reset)), reset);
+            for start in day_starts_around(tz, t, reset) {
+                prop_assert!(start <= t || start >= reset, "{} lies in ({}, {})", start, t, reset);
+            }
+        }
+
+        #[test]
+        fn local_date_strictly_increases_across_resets((tz, t) in zone_and_instant()) {
+            let mut reset = next_daily_reset(tz, t);
+            for _ in 0..3 {
+                let next = next_daily_reset(tz, reset);
+                prop_assert!(local_date(tz, next) > local_date(tz, reset));
+                prop_assert!(next > reset);
+                reset = next;
+            }
+        }
+
+        #[test]
+        fn zone_change_waits_23_hours_and_then_takes_the_first_day_start(
+            (tz, changed_at) in zone_and_instant(),
+            since_floor_seconds in 0i64..=172_800,
+        ) {
+            let floor_from = changed_at - TimeDelta::seconds(since_floor_seconds);
+            let reset = first_reset_after_zone_change(tz, changed_at, floor_from);
+            prop_assert!(reset > changed_at);
+            prop_assert!(reset - floor_from >= ZONE_CHANGE_MIN_GAP);
+            prop_assert_eq!(day_start(tz, local_date(tz, reset)), reset);
+            let earliest_allowed = floor_from + ZONE_CHANGE_MIN_GAP;
+            for start in day_starts_around(tz, changed_at, reset) {
+                let allowed = start > changed_at && start >= earliest_allowed;
+                prop_assert!(!allowed || start >= reset, "{} was allowed before {}", start, reset);
+            }
+        }
+
+        #[test]
+        fn billing_period_is_the_pair_of_renewals_around_now(
+            anchor in any_instant(),
+            interval in any_interval(),
+            since_anchor_seconds in 0i64..=1_300_000_000,
+        ) {
+            let now = anchor + TimeDelta::seconds(since_anchor_seconds);
+            let (start, end) = billing_period(anchor, interval, now);
+            prop_assert!(start <= now && now < end);
+            // Independent of billing_period's arithmetic: walk the renewals one by one.
+            let mut n = 0;
+            while renewal(anchor, interval, n + 1) <= now {
+                n += 1;
+            }
+            prop_assert_eq!(start, renewal(anchor, interval, n));
+            prop_assert_eq!(end, renewal(anchor, interval, n + 1));
+        }
+
+        #[test]
+        fn renewals_keep_the_anchor_day_or_the_last_day_of_the_month(
+            anchor in any_instant(),
+            interval in any_interval(),
+            n in 0u32..600,
+        ) {
+            let this = renewal(anchor, interval, n);
+            let date = this.date_naive();
+            prop_assert_eq!(this.time(), anchor.time());
+            let months = match interval {
+                BillingInterval::Monthly => n,
+                BillingInterval::Annual => 12 * n,
+            };
+            prop_assert_eq!(month_index(this) - month_index(anchor), i64::from(months));
+            let last_of_month = date.succ_opt().is_none_or(|next| next.month() != date.month());
+            prop_assert!(
+                date.day() == anchor.day() || (date.day() < anchor.day() && last_of_month)
+            );
+            prop_assert!(renewal(anchor, interval, n + 1) > this);
+        }
+    }
+}
