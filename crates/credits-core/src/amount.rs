@@ -13,14 +13,18 @@ pub const MICROS_PER_CREDIT: i64 = 1_000_000;
 pub const MAX_FRACTION_DIGITS: usize = 6;
 
 /// An exact amount of credits, stored as micro-credits (1 credit = 1,000,000 µcr).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Credits(i64);
 
 /// Why a decimal string or integer is not an amount.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
-    #[error("not a decimal amount: expected digits with an optional '.' and up to 6 fractional digits")]
+    #[error(
+        "not a decimal amount: expected digits with an optional '.' and up to 6 fractional digits"
+    )]
     Syntax,
     #[error("more than 6 fractional digits")]
     TooManyDecimals,
@@ -91,7 +95,9 @@ impl Credits {
         if negative {
             micro = -micro;
         }
-        i64::try_from(micro).map(Credits).map_err(|_| AmountError::Overflow)
+        i64::try_from(micro)
+            .map(Credits)
+            .map_err(|_| AmountError::Overflow)
     }
 
     /// Parses an amount that must be zero or more (limits, plan credits).
@@ -105,7 +111,11 @@ impl Credits {
     }
 
     pub fn non_negative(self) -> Result<Self, AmountError> {
-        if self.0 < 0 { Err(AmountError::Negative) } else { Ok(self) }
+        if self.0 < 0 {
+            Err(AmountError::Negative)
+        } else {
+            Ok(self)
+        }
     }
 
     pub fn positive(self) -> Result<Self, AmountError> {
@@ -201,7 +211,11 @@ mod tests {
 
     fn check(input: &str, expected: Result<&str, AmountError>) {
         let got = Credits::parse(input).map(|c| c.to_string());
-        assert_eq!(got.as_deref().map_err(Clone::clone), expected, "input {input:?}");
+        assert_eq!(
+            got.as_deref().map_err(Clone::clone),
+            expected,
+            "input {input:?}"
+        );
     }
 
     #[test]
@@ -220,8 +234,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_syntax() {
-        for bad in ["", ".", "1.", ".5", "+1", " 1", "1 ", "1e3", "1,5", "--1", "0x10", "1.2.3", "١"] {
-            assert_eq!(Credits::parse(bad), Err(AmountError::Syntax), "input {bad:?}");
+        for bad in [
+            "", ".", "1.", ".5", "+1", " 1", "1 ", "1e3", "1,5", "--1", "0x10", "1.2.3", "١",
+        ] {
+            assert_eq!(
+                Credits::parse(bad),
+                Err(AmountError::Syntax),
+                "input {bad:?}"
+            );
         }
     }
 
@@ -235,8 +255,14 @@ mod tests {
     fn out_of_range_is_overflow() {
         check("9223372036854.775808", Err(AmountError::Overflow));
         check("-9223372036854.775809", Err(AmountError::Overflow));
-        check("99999999999999999999999999999999999", Err(AmountError::Overflow));
-        assert_eq!(Credits::from_whole(9_223_372_036_855), Err(AmountError::Overflow));
+        check(
+            "99999999999999999999999999999999999",
+            Err(AmountError::Overflow),
+        );
+        assert_eq!(
+            Credits::from_whole(9_223_372_036_855),
+            Err(AmountError::Overflow)
+        );
         assert_eq!(Credits::from_whole(5), Ok(Credits::from_micro(5_000_000)));
     }
 
@@ -244,7 +270,10 @@ mod tests {
     fn sign_rules() {
         assert_eq!(Credits::parse_positive("0"), Err(AmountError::NotPositive));
         assert_eq!(Credits::parse_positive("-1"), Err(AmountError::Negative));
-        assert_eq!(Credits::parse_non_negative("-0.000001"), Err(AmountError::Negative));
+        assert_eq!(
+            Credits::parse_non_negative("-0.000001"),
+            Err(AmountError::Negative)
+        );
         assert_eq!(Credits::parse_non_negative("0"), Ok(Credits::ZERO));
     }
 

@@ -40,10 +40,28 @@ pub struct Tokens {
 /// operation exactly when their requests are equal (SPEC 4, idempotency).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    RecordUsage { thread_id: String, model: String, tokens: Tokens, member: Option<String> },
-    Reserve { amount: Credits, ttl_seconds: u32, member: Option<String> },
-    Grant { amount: Credits, kind: GrantKind, reason: String, expires_at: Option<DateTime<Utc>> },
-    Settle { thread_id: String, model: String, tokens: Tokens },
+    RecordUsage {
+        thread_id: String,
+        model: String,
+        tokens: Tokens,
+        member: Option<String>,
+    },
+    Reserve {
+        amount: Credits,
+        ttl_seconds: u32,
+        member: Option<String>,
+    },
+    Grant {
+        amount: Credits,
+        kind: GrantKind,
+        reason: String,
+        expires_at: Option<DateTime<Utc>>,
+    },
+    Settle {
+        thread_id: String,
+        model: String,
+        tokens: Tokens,
+    },
 }
 
 /// The kinds of bonus lot.
@@ -59,7 +77,10 @@ pub enum GrantKind {
 impl GrantKind {
     /// PURCHASE and COMPENSATION lots never expire (SPEC 3).
     pub fn may_expire(self) -> bool {
-        matches!(self, GrantKind::Admin | GrantKind::Promotion | GrantKind::Community)
+        matches!(
+            self,
+            GrantKind::Admin | GrantKind::Promotion | GrantKind::Community
+        )
     }
 }
 
@@ -108,8 +129,14 @@ pub enum ReleaseReason {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
     Created(Box<Created>),
-    Usage { request: Request, usage: Box<UsageRecord> },
-    Reserved { request: Request, reservation: Reservation },
+    Usage {
+        request: Request,
+        usage: Box<UsageRecord>,
+    },
+    Reserved {
+        request: Request,
+        reservation: Reservation,
+    },
     Settled {
         request: Request,
         usage: Box<UsageRecord>,
@@ -118,9 +145,21 @@ pub enum EntryKind {
         returned: Vec<Charge>,
         expired: Vec<Charge>,
     },
-    Released { reservation_id: ReservationId, reason: ReleaseReason, returned: Vec<Charge>, expired: Vec<Charge> },
-    Granted { request: Option<Request>, key: Option<String>, lot: Lot },
-    LotExpired { grant_id: GrantId, amount: Credits },
+    Released {
+        reservation_id: ReservationId,
+        reason: ReleaseReason,
+        returned: Vec<Charge>,
+        expired: Vec<Charge>,
+    },
+    Granted {
+        request: Option<Request>,
+        key: Option<String>,
+        lot: Lot,
+    },
+    LotExpired {
+        grant_id: GrantId,
+        amount: Credits,
+    },
     Renewed {
         expired: Credits,
         allowance: Credits,
@@ -129,7 +168,12 @@ pub enum EntryKind {
         /// A scheduled plan taking effect with this renewal.
         plan: Option<(PlanId, BillingInterval)>,
     },
-    DailyReset { expired: Credits, allowance: Credits, day_start: DateTime<Utc>, next_reset: DateTime<Utc> },
+    DailyReset {
+        expired: Credits,
+        allowance: Credits,
+        day_start: DateTime<Utc>,
+        next_reset: DateTime<Utc>,
+    },
     PlanChanged {
         plan_id: PlanId,
         daily_added: Credits,
@@ -137,8 +181,13 @@ pub enum EntryKind {
         daily_allowance: Credits,
         subscription_allowance: Credits,
     },
-    PlanScheduled { plan_id: Option<PlanId> },
-    TimezoneChanged { timezone: Tz, next_reset: DateTime<Utc> },
+    PlanScheduled {
+        plan_id: Option<PlanId>,
+    },
+    TimezoneChanged {
+        timezone: Tz,
+        next_reset: DateTime<Utc>,
+    },
 }
 
 /// What a record means to a subscriber (SPEC 8, `BalanceCause`).
@@ -227,23 +276,40 @@ impl Entry {
             EntryKind::Created(c) => f.granted = c.daily.remaining + c.subscription.remaining,
             EntryKind::Usage { usage, .. } => f.debited = usage.cost - usage.uncollected,
             EntryKind::Reserved { reservation, .. } => f.held = reservation.amount,
-            EntryKind::Settled { usage, from_held, returned, expired, .. } => {
+            EntryKind::Settled {
+                usage,
+                from_held,
+                returned,
+                expired,
+                ..
+            } => {
                 let held_total = sum(from_held) + sum(returned) + sum(expired);
                 f.held = Credits::ZERO - held_total;
                 f.debited = usage.cost - usage.uncollected;
                 f.expired = sum(expired);
             }
-            EntryKind::Released { returned, expired, .. } => {
+            EntryKind::Released {
+                returned, expired, ..
+            } => {
                 f.held = Credits::ZERO - (sum(returned) + sum(expired));
                 f.expired = sum(expired);
             }
             EntryKind::Granted { lot, .. } => f.granted = lot.amount,
             EntryKind::LotExpired { amount, .. } => f.expired = *amount,
-            EntryKind::Renewed { expired, allowance, .. } | EntryKind::DailyReset { expired, allowance, .. } => {
+            EntryKind::Renewed {
+                expired, allowance, ..
+            }
+            | EntryKind::DailyReset {
+                expired, allowance, ..
+            } => {
                 f.granted = *allowance;
                 f.expired = *expired;
             }
-            EntryKind::PlanChanged { daily_added, subscription_added, .. } => {
+            EntryKind::PlanChanged {
+                daily_added,
+                subscription_added,
+                ..
+            } => {
                 f.granted = *daily_added + *subscription_added;
             }
             EntryKind::PlanScheduled { .. } | EntryKind::TimezoneChanged { .. } => {}
@@ -295,7 +361,10 @@ pub fn replay<'a, I: IntoIterator<Item = &'a Entry>>(entries: I) -> Result<Walle
     let mut wallet = Wallet::from_created(first.seq, first.at, created);
     for entry in entries {
         if entry.seq != wallet.seq + 1 {
-            return Err(ReplayError::Gap { previous: wallet.seq, found: entry.seq });
+            return Err(ReplayError::Gap {
+                previous: wallet.seq,
+                found: entry.seq,
+            });
         }
         wallet.apply(entry);
     }

@@ -13,9 +13,12 @@ pub mod wallet;
 
 pub use amount::{AmountError, Credits};
 pub use calendar::BillingInterval;
-pub use ledger::{Cause, Charge, Entry, EntryKind, Flows, GrantKind, ReplayError, Request, Source, Tokens, UsageRecord, replay};
+pub use ledger::{
+    Cause, Charge, Entry, EntryKind, Flows, GrantKind, ReplayError, Request, Source, Tokens,
+    UsageRecord, replay,
+};
 pub use plan::{GrantId, Plan, PlanId, Plans, ReservationId, UsageId, WalletId};
 pub use wallet::{
-    Balance, GrantOp, Hold, KeyCheck, Lot, LotOrigin, Member, NewWallet, Op, OpError, Reservation, ReserveOp, SettleOp, UsageOp, Wallet,
-    check_key,
+    Balance, GrantOp, Hold, KeyCheck, Lot, LotOrigin, Member, NewWallet, Op, OpError, Reservation,
+    ReserveOp, SettleOp, UsageOp, Wallet, check_key,
 };

@@ -73,7 +73,8 @@ pub fn is_slug(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= MAX_PLAN_ID_LEN
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// What a plan gives a wallet.

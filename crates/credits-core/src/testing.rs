@@ -13,7 +13,10 @@ use crate::amount::Credits;
 use crate::calendar::BillingInterval;
 use crate::ledger::{Entry, EntryKind, Flows, GrantKind, ReleaseReason, Tokens};
 use crate::plan::{GrantId, Plan, PlanId, ReservationId, UsageId, WalletId};
-use crate::wallet::{GrantOp, KeyCheck, LotOrigin, Member, NewWallet, Op, OpError, ReserveOp, SettleOp, UsageOp, Wallet, check_key};
+use crate::wallet::{
+    GrantOp, KeyCheck, LotOrigin, Member, NewWallet, Op, OpError, ReserveOp, SettleOp, UsageOp,
+    Wallet, check_key,
+};
 
 /// How an accepted call was answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,9 +37,19 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn create(new: NewWallet, plans: Vec<Plan>, now: DateTime<Utc>) -> Result<Journal, OpError> {
+    pub fn create(
+        new: NewWallet,
+        plans: Vec<Plan>,
+        now: DateTime<Utc>,
+    ) -> Result<Journal, OpError> {
         let (wallet, entry) = Wallet::create(new, &plans, now)?;
-        Ok(Journal { wallet, entries: vec![entry], plans, keys: HashMap::new(), finished: HashMap::new() })
+        Ok(Journal {
+            wallet,
+            entries: vec![entry],
+            plans,
+            keys: HashMap::new(),
+            finished: HashMap::new(),
+        })
     }
 
     pub fn advance_to(&mut self, t: DateTime<Utc>) -> Vec<Entry> {
@@ -53,11 +66,15 @@ impl Journal {
         }
         match &entry.kind {
             EntryKind::Settled { usage, .. } => {
-                let id = usage.reservation_id.clone().expect("settle names its reservation");
+                let id = usage
+                    .reservation_id
+                    .clone()
+                    .expect("settle names its reservation");
                 self.finished.insert(id, self.entries.len());
             }
             EntryKind::Released { reservation_id, .. } => {
-                self.finished.insert(reservation_id.clone(), self.entries.len());
+                self.finished
+                    .insert(reservation_id.clone(), self.entries.len());
             }
             _ => {}
         }
@@ -83,13 +100,25 @@ impl Journal {
             _ => None,
         };
         if let Some(id) = reservation.filter(|id| self.wallet.reservation(id).is_none()) {
-            let finished = self.finished.get(id).map(|&i| &self.entries[i]).ok_or(OpError::NotFound("reservation"))?;
+            let finished = self
+                .finished
+                .get(id)
+                .map(|&i| &self.entries[i])
+                .ok_or(OpError::NotFound("reservation"))?;
             return match (&finished.kind, op) {
-                (EntryKind::Settled { .. }, Op::Settle(_)) => match check_key(Some(finished), op.request().as_ref()) {
-                    KeyCheck::Replay(e) => Ok(Outcome::Replayed(e.clone())),
-                    _ => Err(OpError::IdempotencyConflict),
-                },
-                (EntryKind::Released { reason: ReleaseReason::Released, .. }, Op::Release(_)) => Ok(Outcome::Replayed(finished.clone())),
+                (EntryKind::Settled { .. }, Op::Settle(_)) => {
+                    match check_key(Some(finished), op.request().as_ref()) {
+                        KeyCheck::Replay(e) => Ok(Outcome::Replayed(e.clone())),
+                        _ => Err(OpError::IdempotencyConflict),
+                    }
+                }
+                (
+                    EntryKind::Released {
+                        reason: ReleaseReason::Released,
+                        ..
+                    },
+                    Op::Release(_),
+                ) => Ok(Outcome::Replayed(finished.clone())),
                 _ => Err(OpError::ReservationNotActive),
             };
         }
@@ -100,7 +129,10 @@ impl Journal {
 
     /// Sum of every record's flows.
     pub fn flows(&self) -> Flows {
-        self.entries.iter().map(Entry::flows).fold(Flows::default(), |a, b| a + b)
+        self.entries
+            .iter()
+            .map(Entry::flows)
+            .fold(Flows::default(), |a, b| a + b)
     }
 
     /// SPEC 11, checked against the ledger: conservation, no negative bucket or lot, and
@@ -109,11 +141,18 @@ impl Journal {
         let f = self.flows();
         let w = &self.wallet;
         if f.held != w.reserved() {
-            return Err(format!("held by the ledger {} != reserved {}", f.held, w.reserved()));
+            return Err(format!(
+                "held by the ledger {} != reserved {}",
+                f.held,
+                w.reserved()
+            ));
         }
         let spendable = f.granted - f.debited - f.expired - f.held;
         if spendable != w.spendable() {
-            return Err(format!("conservation: ledger says {spendable}, wallet has {}", w.spendable()));
+            return Err(format!(
+                "conservation: ledger says {spendable}, wallet has {}",
+                w.spendable()
+            ));
         }
         if !w.is_consistent() {
             return Err("a bucket or lot is negative or does not add up".into());
@@ -149,8 +188,20 @@ pub fn catalogue() -> Vec<Plan> {
         plan("free", 5, 0, Monthly, &["economy"]),
         plan("pro", 20, 500, Monthly, &["economy", "standard"]),
         plan("pro-annual", 20, 6000, Annual, &["economy", "standard"]),
-        plan("max", 50, 2000, Monthly, &["economy", "standard", "premium"]),
-        plan("team", 0, 10000, Monthly, &["economy", "standard", "premium"]),
+        plan(
+            "max",
+            50,
+            2000,
+            Monthly,
+            &["economy", "standard", "premium"],
+        ),
+        plan(
+            "team",
+            0,
+            10000,
+            Monthly,
+            &["economy", "standard", "premium"],
+        ),
     ]
 }
 
@@ -178,7 +229,8 @@ fn zone() -> impl Strategy<Value = Tz> {
 
 /// The first instant of a generated history: somewhere in 2026–2028.
 fn start() -> impl Strategy<Value = DateTime<Utc>> {
-    (0i64..3 * 365 * 86_400).prop_map(|s| Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::seconds(s))
+    (0i64..3 * 365 * 86_400)
+        .prop_map(|s| Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::seconds(s))
 }
 
 /// How a generated wallet starts.
@@ -207,23 +259,61 @@ impl Genesis {
 }
 
 pub fn genesis() -> impl Strategy<Value = Genesis> {
-    (start(), 0i64..800, zone(), 0usize..5, any::<bool>())
-        .prop_map(|(at, anchor_days_before, zone, plan, pool)| Genesis { at, anchor_days_before, zone, plan, pool })
+    (start(), 0i64..800, zone(), 0usize..5, any::<bool>()).prop_map(
+        |(at, anchor_days_before, zone, plan, pool)| Genesis {
+            at,
+            anchor_days_before,
+            zone,
+            plan,
+            pool,
+        },
+    )
 }
 
 /// One step of a generated history: a clock jump or a call. Ids and keys are small numbers
 /// so that calls collide (replays, conflicts, settling a finished reservation).
 #[derive(Clone, Debug)]
 pub enum Step {
-    Advance { seconds: i64 },
-    Usage { key: u8, thread: u8, tier: u8, cost_micro: i64, member: u8, tokens: (u32, u32, u32) },
-    Reserve { key: u8, amount_micro: i64, ttl: u32, member: u8 },
-    Settle { reservation: u8, cost_micro: i64, tier: u8 },
-    Release { reservation: u8 },
-    Grant { key: u8, amount_micro: i64, kind: u8, expires_in: Option<i64> },
-    Purchase { amount_micro: i64 },
-    ChangePlan { plan: u8 },
-    SetTimezone { zone: u8 },
+    Advance {
+        seconds: i64,
+    },
+    Usage {
+        key: u8,
+        thread: u8,
+        tier: u8,
+        cost_micro: i64,
+        member: u8,
+        tokens: (u32, u32, u32),
+    },
+    Reserve {
+        key: u8,
+        amount_micro: i64,
+        ttl: u32,
+        member: u8,
+    },
+    Settle {
+        reservation: u8,
+        cost_micro: i64,
+        tier: u8,
+    },
+    Release {
+        reservation: u8,
+    },
+    Grant {
+        key: u8,
+        amount_micro: i64,
+        kind: u8,
+        expires_in: Option<i64>,
+    },
+    Purchase {
+        amount_micro: i64,
+    },
+    ChangePlan {
+        plan: u8,
+    },
+    SetTimezone {
+        zone: u8,
+    },
 }
 
 pub fn step() -> impl Strategy<Value = Step> {
@@ -268,10 +358,26 @@ pub fn member(pool: bool, n: u8) -> Option<Member> {
     pool.then(|| {
         let limit = |c: i64| Some(Credits::from_micro(c * 1_000_000));
         match n % 4 {
-            0 => Member { id: "m0".into(), daily_limit: None, period_limit: None },
-            1 => Member { id: "m1".into(), daily_limit: limit(30), period_limit: None },
-            2 => Member { id: "m2".into(), daily_limit: None, period_limit: limit(200) },
-            _ => Member { id: "m3".into(), daily_limit: limit(0), period_limit: limit(0) },
+            0 => Member {
+                id: "m0".into(),
+                daily_limit: None,
+                period_limit: None,
+            },
+            1 => Member {
+                id: "m1".into(),
+                daily_limit: limit(30),
+                period_limit: None,
+            },
+            2 => Member {
+                id: "m2".into(),
+                daily_limit: None,
+                period_limit: limit(200),
+            },
+            _ => Member {
+                id: "m3".into(),
+                daily_limit: limit(0),
+                period_limit: limit(0),
+            },
         }
     })
 }
@@ -281,10 +387,21 @@ impl Step {
     /// `n` numbers the call, for fresh ids.
     pub fn op(&self, j: &Journal, n: usize) -> Option<Op> {
         let pool = j.wallet.pool;
-        let tokens = |(i, c, o): (u32, u32, u32)| Tokens { input: u64::from(i.max(c)), cached: u64::from(c), output: u64::from(o) };
+        let tokens = |(i, c, o): (u32, u32, u32)| Tokens {
+            input: u64::from(i.max(c)),
+            cached: u64::from(c),
+            output: u64::from(o),
+        };
         Some(match *self {
             Step::Advance { .. } => return None,
-            Step::Usage { key, thread, tier, cost_micro, member: m, tokens: t } => Op::Usage(UsageOp {
+            Step::Usage {
+                key,
+                thread,
+                tier,
+                cost_micro,
+                member: m,
+                tokens: t,
+            } => Op::Usage(UsageOp {
                 id: UsageId(format!("use_{n}")),
                 key: format!("k{key}"),
                 thread_id: format!("t{thread}"),
@@ -295,26 +412,49 @@ impl Step {
                 priced_by: format!("{}@1.0.0", TIERS[tier as usize]),
                 member: member(pool, m),
             }),
-            Step::Reserve { key, amount_micro, ttl, member: m } => Op::Reserve(ReserveOp {
+            Step::Reserve {
+                key,
+                amount_micro,
+                ttl,
+                member: m,
+            } => Op::Reserve(ReserveOp {
                 id: ReservationId(format!("res_{n}")),
                 key: format!("k{key}"),
                 amount: Credits::from_micro(amount_micro),
                 ttl_seconds: ttl,
                 member: member(pool, m),
             }),
-            Step::Settle { reservation, cost_micro, tier } => Op::Settle(SettleOp {
+            Step::Settle {
+                reservation,
+                cost_micro,
+                tier,
+            } => Op::Settle(SettleOp {
                 reservation_id: recent_reservation(j, reservation),
                 usage_id: UsageId(format!("use_{n}")),
                 thread_id: "t-settle".into(),
                 model: format!("{}-model", TIERS[tier as usize]),
                 tier: TIERS[tier as usize].into(),
-                tokens: Tokens { input: 100, cached: 0, output: 10 },
+                tokens: Tokens {
+                    input: 100,
+                    cached: 0,
+                    output: 10,
+                },
                 cost: Credits::from_micro(cost_micro),
                 priced_by: format!("{}@1.0.0", TIERS[tier as usize]),
             }),
             Step::Release { reservation } => Op::Release(recent_reservation(j, reservation)),
-            Step::Grant { key, amount_micro, kind, expires_in } => {
-                let kind = [GrantKind::Admin, GrantKind::Promotion, GrantKind::Community, GrantKind::Compensation][kind as usize % 4];
+            Step::Grant {
+                key,
+                amount_micro,
+                kind,
+                expires_in,
+            } => {
+                let kind = [
+                    GrantKind::Admin,
+                    GrantKind::Promotion,
+                    GrantKind::Community,
+                    GrantKind::Compensation,
+                ][kind as usize % 4];
                 Op::Grant(GrantOp {
                     id: GrantId(format!("grt_{n}")),
                     key: Some(format!("k{key}")),
@@ -332,10 +472,19 @@ impl Step {
                 kind: GrantKind::Purchase,
                 reason: None,
                 expires_at: None,
-                origin: Some(LotOrigin::Bundle { bundle_id: "credits-100".into(), payment_reference: format!("pay_{n}") }),
+                origin: Some(LotOrigin::Bundle {
+                    bundle_id: "credits-100".into(),
+                    payment_reference: format!("pay_{n}"),
+                }),
             }),
-            Step::ChangePlan { plan } => Op::ChangePlan(j.plans[plan as usize % j.plans.len()].id.clone()),
-            Step::SetTimezone { zone } => Op::SetTimezone(ZONES[zone as usize % ZONES.len()].parse().expect("known zone")),
+            Step::ChangePlan { plan } => {
+                Op::ChangePlan(j.plans[plan as usize % j.plans.len()].id.clone())
+            }
+            Step::SetTimezone { zone } => Op::SetTimezone(
+                ZONES[zone as usize % ZONES.len()]
+                    .parse()
+                    .expect("known zone"),
+            ),
         })
     }
 }

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::amount::Credits;
 use crate::calendar::{self, BillingInterval};
-use crate::ledger::{Charge, Created, Entry, EntryKind, GrantKind, ReleaseReason, Request, Source, Tokens, UsageRecord};
+use crate::ledger::{
+    Charge, Created, Entry, EntryKind, GrantKind, ReleaseReason, Request, Source, Tokens,
+    UsageRecord,
+};
 use crate::plan::{GrantId, Plan, PlanId, Plans, ReservationId, UsageId, WalletId};
 
 /// Longest free text a caller may attach (reason, task description, note).
@@ -43,8 +46,13 @@ pub struct SubscriptionBucket {
 /// Where a purchased or compensating lot came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LotOrigin {
-    Bundle { bundle_id: String, payment_reference: String },
-    Review { review_id: String },
+    Bundle {
+        bundle_id: String,
+        payment_reference: String,
+    },
+    Review {
+        review_id: String,
+    },
 }
 
 /// One bonus lot. `amount = remaining + held + spent + expired` always.
@@ -289,7 +297,9 @@ pub enum KeyCheck<'a> {
 pub fn check_key<'a>(recorded: Option<&'a Entry>, request: Option<&Request>) -> KeyCheck<'a> {
     match recorded {
         None => KeyCheck::Fresh,
-        Some(entry) if entry.request().is_some() && entry.request() == request => KeyCheck::Replay(entry),
+        Some(entry) if entry.request().is_some() && entry.request() == request => {
+            KeyCheck::Replay(entry)
+        }
         Some(_) => KeyCheck::Conflict,
     }
 }
@@ -305,7 +315,11 @@ fn check_text(name: &str, value: &str, max: usize, allow_empty: bool) -> Result<
 
 impl Wallet {
     /// Opens a wallet with its plan's full daily and subscription allowance.
-    pub fn create(new: NewWallet, plans: &(impl Plans + ?Sized), now: DateTime<Utc>) -> Result<(Wallet, Entry), OpError> {
+    pub fn create(
+        new: NewWallet,
+        plans: &(impl Plans + ?Sized),
+        now: DateTime<Utc>,
+    ) -> Result<(Wallet, Entry), OpError> {
         check_text("ownerId", &new.owner_id, MAX_KEY_CHARS, false)?;
         let plan = plans.plan(&new.plan_id).ok_or(OpError::NotFound("plan"))?;
         let anchor = new.billing_anchor.unwrap_or(now);
@@ -334,8 +348,14 @@ impl Wallet {
                 period_end,
             },
         };
-        let entry = Entry { seq: 0, at: now, kind: EntryKind::Created(Box::new(created)) };
-        let EntryKind::Created(c) = &entry.kind else { unreachable!() };
+        let entry = Entry {
+            seq: 0,
+            at: now,
+            kind: EntryKind::Created(Box::new(created)),
+        };
+        let EntryKind::Created(c) = &entry.kind else {
+            unreachable!()
+        };
         let wallet = Wallet::from_created(0, now, c);
         Ok((wallet, entry))
     }
@@ -369,7 +389,11 @@ impl Wallet {
     }
 
     fn bonus_remaining(&self) -> Credits {
-        self.lots.iter().filter(|l| !l.expiry_applied).map(|l| l.remaining).sum()
+        self.lots
+            .iter()
+            .filter(|l| !l.expiry_applied)
+            .map(|l| l.remaining)
+            .sum()
     }
 
     pub fn reserved(&self) -> Credits {
@@ -417,7 +441,11 @@ impl Wallet {
     /// renewal or a daily reset.
     pub fn next_due(&self) -> DateTime<Utc> {
         let reservations = self.reservations.iter().map(|r| r.expires_at);
-        let lots = self.lots.iter().filter(|l| !l.expiry_applied).filter_map(|l| l.expires_at);
+        let lots = self
+            .lots
+            .iter()
+            .filter(|l| !l.expiry_applied)
+            .filter_map(|l| l.expires_at);
         reservations
             .chain(lots)
             .chain([self.subscription.period_end, self.daily.next_reset])
@@ -429,7 +457,13 @@ impl Wallet {
     /// grant order (their position in the ledger, never a timestamp or id).
     fn lots_in_spend_order(&self) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.lots.len()).collect();
-        order.sort_by_key(|&i| (self.lots[i].expires_at.is_none(), self.lots[i].expires_at, i));
+        order.sort_by_key(|&i| {
+            (
+                self.lots[i].expires_at.is_none(),
+                self.lots[i].expires_at,
+                i,
+            )
+        });
         order
     }
 
@@ -439,8 +473,16 @@ impl Wallet {
             Source::Daily => (0, 0),
             Source::Subscription => (1, 0),
             Source::Lot(id) => {
-                let idx = self.lots.iter().position(|l| &l.id == id).unwrap_or(usize::MAX);
-                let rank = self.lots_in_spend_order().iter().position(|&i| i == idx).unwrap_or(usize::MAX);
+                let idx = self
+                    .lots
+                    .iter()
+                    .position(|l| &l.id == id)
+                    .unwrap_or(usize::MAX);
+                let rank = self
+                    .lots_in_spend_order()
+                    .iter()
+                    .position(|&i| i == idx)
+                    .unwrap_or(usize::MAX);
                 (2, rank)
             }
         }
@@ -478,7 +520,10 @@ impl Wallet {
 
     /// Splits freed held credits into those that go back to their source and those that
     /// expire because their day, period or lot is gone.
-    fn free_holds<'a>(&self, parts: impl IntoIterator<Item = &'a Hold>) -> (Vec<Charge>, Vec<Charge>) {
+    fn free_holds<'a>(
+        &self,
+        parts: impl IntoIterator<Item = &'a Hold>,
+    ) -> (Vec<Charge>, Vec<Charge>) {
         let (mut returned, mut expired) = (Vec::new(), Vec::new());
         for part in parts {
             let still_valid = match &part.source {
@@ -487,8 +532,15 @@ impl Wallet {
                 Source::Lot(id) => self.lot(id).is_some_and(|l| !l.expiry_applied),
             };
             if part.amount.is_positive() {
-                let charge = Charge { source: part.source.clone(), amount: part.amount };
-                if still_valid { returned.push(charge) } else { expired.push(charge) }
+                let charge = Charge {
+                    source: part.source.clone(),
+                    amount: part.amount,
+                };
+                if still_valid {
+                    returned.push(charge)
+                } else {
+                    expired.push(charge)
+                }
             }
         }
         (returned, expired)
@@ -504,7 +556,10 @@ impl Wallet {
         if plan.allows_tier(tier) {
             Ok(())
         } else {
-            Err(OpError::ModelNotAllowed { tier: tier.to_owned(), plan: plan.id.clone() })
+            Err(OpError::ModelNotAllowed {
+                tier: tier.to_owned(),
+                plan: plan.id.clone(),
+            })
         }
     }
 
@@ -520,13 +575,22 @@ impl Wallet {
         let Some(m) = member else { return Ok(()) };
         let (today, period, held) = self.member_usage(&m.id);
         let exceeds = |spent: Credits, limit: Option<Credits>| {
-            limit.is_some_and(|limit| i128::from(spent.micro()) + i128::from(held.micro()) + i128::from(amount.micro()) > i128::from(limit.micro()))
+            limit.is_some_and(|limit| {
+                i128::from(spent.micro()) + i128::from(held.micro()) + i128::from(amount.micro())
+                    > i128::from(limit.micro())
+            })
         };
         if exceeds(today, m.daily_limit) {
-            return Err(OpError::MemberLimitExceeded { member: m.id.clone(), which: "daily" });
+            return Err(OpError::MemberLimitExceeded {
+                member: m.id.clone(),
+                which: "daily",
+            });
         }
         if exceeds(period, m.period_limit) {
-            return Err(OpError::MemberLimitExceeded { member: m.id.clone(), which: "period" });
+            return Err(OpError::MemberLimitExceeded {
+                member: m.id.clone(),
+                which: "period",
+            });
         }
         Ok(())
     }
@@ -534,7 +598,10 @@ impl Wallet {
     fn check_funds(&self, amount: Credits) -> Result<(), OpError> {
         let available = self.spendable();
         if amount > available {
-            return Err(OpError::InsufficientCredits { needed: amount, available });
+            return Err(OpError::InsufficientCredits {
+                needed: amount,
+                available,
+            });
         }
         Ok(())
     }
@@ -554,10 +621,16 @@ impl Wallet {
             }
             self.now = self.now.max(due);
             // SPEC 3: at one instant, reservation expiries, lot expiries, renewal, daily reset.
-            let expiring: Vec<ReservationId> =
-                self.reservations.iter().filter(|r| r.expires_at <= due).map(|r| r.id.clone()).collect();
+            let expiring: Vec<ReservationId> = self
+                .reservations
+                .iter()
+                .filter(|r| r.expires_at <= due)
+                .map(|r| r.id.clone())
+                .collect();
             for id in expiring {
-                let kind = self.release_kind(&id, ReleaseReason::Expired).expect("reservation is active");
+                let kind = self
+                    .release_kind(&id, ReleaseReason::Expired)
+                    .expect("reservation is active");
                 entries.push(self.commit(due, kind));
             }
             let lots: Vec<(GrantId, Credits)> = self
@@ -574,7 +647,10 @@ impl Wallet {
                 entries.push(self.commit(due, kind));
             }
             if self.daily.next_reset <= due {
-                let allowance = self.plan(plans).map(|p| p.daily_credits).unwrap_or(self.daily.allowance);
+                let allowance = self
+                    .plan(plans)
+                    .map(|p| p.daily_credits)
+                    .unwrap_or(self.daily.allowance);
                 let kind = EntryKind::DailyReset {
                     expired: self.daily.remaining,
                     allowance,
@@ -589,7 +665,10 @@ impl Wallet {
     }
 
     fn renewal_kind(&self, at: DateTime<Utc>, plans: &(impl Plans + ?Sized)) -> EntryKind {
-        let scheduled = self.scheduled_plan_id.as_ref().and_then(|id| plans.plan(id));
+        let scheduled = self
+            .scheduled_plan_id
+            .as_ref()
+            .and_then(|id| plans.plan(id));
         let (plan, change) = match scheduled {
             Some(p) => (Some(p), Some((p.id.clone(), p.interval))),
             None => (plans.plan(&self.plan_id), None),
@@ -599,7 +678,13 @@ impl Wallet {
         // The new period starts at the renewal; with another interval it ends at that
         // interval's next boundary from the same anchor.
         let (_, period_end) = calendar::billing_period(self.billing_anchor, interval, at);
-        EntryKind::Renewed { expired: self.subscription.remaining, allowance, period_start: at, period_end, plan: change }
+        EntryKind::Renewed {
+            expired: self.subscription.remaining,
+            allowance,
+            period_start: at,
+            period_end,
+            plan: change,
+        }
     }
 
     // ---- operations ----------------------------------------------------------------------
@@ -626,7 +711,9 @@ impl Wallet {
                 if !RESERVATION_TTL_SECONDS.contains(&r.ttl_seconds) {
                     return Err(invalid("ttlSeconds must be 1 to 3600"));
                 }
-                r.amount.positive().map_err(|e| invalid(format!("amount: {e}")))?;
+                r.amount
+                    .positive()
+                    .map_err(|e| invalid(format!("amount: {e}")))?;
                 self.check_member_presence(r.member.as_ref())
             }
             Op::Settle(s) => {
@@ -641,13 +728,21 @@ impl Wallet {
                 if let Some(reason) = &g.reason {
                     check_text("reason", reason, MAX_TEXT_CHARS, true)?;
                 }
-                g.amount.positive().map_err(|e| invalid(format!("amount: {e}")))?;
-                if g.kind == GrantKind::Purchase && !matches!(g.origin, Some(LotOrigin::Bundle { .. })) {
+                g.amount
+                    .positive()
+                    .map_err(|e| invalid(format!("amount: {e}")))?;
+                if g.kind == GrantKind::Purchase
+                    && !matches!(g.origin, Some(LotOrigin::Bundle { .. }))
+                {
                     return Err(invalid("PURCHASE lots come only from purchaseBundle"));
                 }
                 match g.expires_at {
-                    Some(_) if !g.kind.may_expire() => Err(invalid("PURCHASE and COMPENSATION grants never expire")),
-                    Some(expires_at) if expires_at <= self.now => Err(invalid("expiresAt must be in the future")),
+                    Some(_) if !g.kind.may_expire() => {
+                        Err(invalid("PURCHASE and COMPENSATION grants never expire"))
+                    }
+                    Some(expires_at) if expires_at <= self.now => {
+                        Err(invalid("expiresAt must be in the future"))
+                    }
                     _ => Ok(()),
                 }
             }
@@ -667,12 +762,20 @@ impl Wallet {
             Op::ChangePlan(id) => self.decide_change_plan(id, plans),
             Op::SetTimezone(tz) => Ok(EntryKind::TimezoneChanged {
                 timezone: *tz,
-                next_reset: calendar::first_reset_after_zone_change(*tz, self.now, self.daily.day_start),
+                next_reset: calendar::first_reset_after_zone_change(
+                    *tz,
+                    self.now,
+                    self.daily.day_start,
+                ),
             }),
         }
     }
 
-    fn decide_usage(&self, u: &UsageOp, plans: &(impl Plans + ?Sized)) -> Result<EntryKind, OpError> {
+    fn decide_usage(
+        &self,
+        u: &UsageOp,
+        plans: &(impl Plans + ?Sized),
+    ) -> Result<EntryKind, OpError> {
         self.check_tier(&u.tier, plans)?;
         self.check_member_limits(u.member.as_ref(), u.cost)?;
         self.check_funds(u.cost)?;
@@ -692,7 +795,10 @@ impl Wallet {
             at: self.now,
         };
         let request = Op::Usage(u.clone()).request().expect("usage has a request");
-        Ok(EntryKind::Usage { request, usage: Box::new(usage) })
+        Ok(EntryKind::Usage {
+            request,
+            usage: Box::new(usage),
+        })
     }
 
     fn decide_reserve(&self, r: &ReserveOp) -> Result<EntryKind, OpError> {
@@ -701,7 +807,11 @@ impl Wallet {
         let parts = self
             .take(r.amount)
             .into_iter()
-            .map(|c| Hold { epoch: self.epoch_of(&c.source), source: c.source, amount: c.amount })
+            .map(|c| Hold {
+                epoch: self.epoch_of(&c.source),
+                source: c.source,
+                amount: c.amount,
+            })
             .collect();
         let reservation = Reservation {
             id: r.id.clone(),
@@ -712,12 +822,23 @@ impl Wallet {
             created_at: self.now,
             expires_at: self.now + chrono::Duration::seconds(i64::from(r.ttl_seconds)),
         };
-        let request = Op::Reserve(r.clone()).request().expect("reserve has a request");
-        Ok(EntryKind::Reserved { request, reservation })
+        let request = Op::Reserve(r.clone())
+            .request()
+            .expect("reserve has a request");
+        Ok(EntryKind::Reserved {
+            request,
+            reservation,
+        })
     }
 
-    fn decide_settle(&self, s: &SettleOp, plans: &(impl Plans + ?Sized)) -> Result<EntryKind, OpError> {
-        let res = self.reservation(&s.reservation_id).ok_or(OpError::ReservationNotActive)?;
+    fn decide_settle(
+        &self,
+        s: &SettleOp,
+        plans: &(impl Plans + ?Sized),
+    ) -> Result<EntryKind, OpError> {
+        let res = self
+            .reservation(&s.reservation_id)
+            .ok_or(OpError::ReservationNotActive)?;
         self.check_tier(&s.tier, plans)?;
 
         // Pay from the held parts first, in their burn-down order.
@@ -728,9 +849,15 @@ impl Wallet {
             let used = part.amount.min(left);
             left -= used;
             if used.is_positive() {
-                from_held.push(Charge { source: part.source.clone(), amount: used });
+                from_held.push(Charge {
+                    source: part.source.clone(),
+                    amount: used,
+                });
             }
-            unused.push(Hold { amount: part.amount - used, ..part.clone() });
+            unused.push(Hold {
+                amount: part.amount - used,
+                ..part.clone()
+            });
         }
         let direct = self.take(left);
         let uncollected = left - direct.iter().map(|c| c.amount).sum();
@@ -761,14 +888,31 @@ impl Wallet {
             reservation_id: Some(res.id.clone()),
             at: self.now,
         };
-        let request = Op::Settle(s.clone()).request().expect("settle has a request");
-        Ok(EntryKind::Settled { request, usage: Box::new(usage), from_held, returned, expired })
+        let request = Op::Settle(s.clone())
+            .request()
+            .expect("settle has a request");
+        Ok(EntryKind::Settled {
+            request,
+            usage: Box::new(usage),
+            from_held,
+            returned,
+            expired,
+        })
     }
 
-    fn release_kind(&self, id: &ReservationId, reason: ReleaseReason) -> Result<EntryKind, OpError> {
+    fn release_kind(
+        &self,
+        id: &ReservationId,
+        reason: ReleaseReason,
+    ) -> Result<EntryKind, OpError> {
         let res = self.reservation(id).ok_or(OpError::ReservationNotActive)?;
         let (returned, expired) = self.free_holds(&res.parts);
-        Ok(EntryKind::Released { reservation_id: id.clone(), reason, returned, expired })
+        Ok(EntryKind::Released {
+            reservation_id: id.clone(),
+            reason,
+            returned,
+            expired,
+        })
     }
 
     fn decide_grant(&self, g: &GrantOp) -> Result<EntryKind, OpError> {
@@ -787,25 +931,46 @@ impl Wallet {
             origin: g.origin.clone(),
         };
         let request = Op::Grant(g.clone()).request();
-        Ok(EntryKind::Granted { request, key: g.key.clone(), lot })
+        Ok(EntryKind::Granted {
+            request,
+            key: g.key.clone(),
+            lot,
+        })
     }
 
-    fn decide_change_plan(&self, id: &PlanId, plans: &(impl Plans + ?Sized)) -> Result<EntryKind, OpError> {
+    fn decide_change_plan(
+        &self,
+        id: &PlanId,
+        plans: &(impl Plans + ?Sized),
+    ) -> Result<EntryKind, OpError> {
         let new = plans.plan(id).ok_or(OpError::NotFound("plan"))?;
         if *id == self.plan_id {
             return Ok(EntryKind::PlanScheduled { plan_id: None });
         }
         let current = self.plan(plans)?;
-        if new.interval != self.interval || new.subscription_credits <= current.subscription_credits {
-            return Ok(EntryKind::PlanScheduled { plan_id: Some(id.clone()) });
+        if new.interval != self.interval || new.subscription_credits <= current.subscription_credits
+        {
+            return Ok(EntryKind::PlanScheduled {
+                plan_id: Some(id.clone()),
+            });
         }
         // Upgrade now: the unused part of the period gets the difference, rounded down.
-        let remaining_seconds = (self.subscription.period_end - self.now).num_seconds().max(0);
-        let period_seconds = (self.subscription.period_end - self.subscription.period_start).num_seconds().max(1);
-        let delta = i128::from(new.subscription_credits.micro()) - i128::from(self.subscription.allowance.micro());
-        let prorated = (delta * i128::from(remaining_seconds)).div_euclid(i128::from(period_seconds)).max(0);
-        let subscription_added = Credits::from_micro(i64::try_from(prorated).expect("prorated ≤ delta fits in i64"));
-        let daily_added = (new.daily_credits.checked_sub(self.daily.allowance)).unwrap_or(Credits::ZERO).max(Credits::ZERO);
+        let remaining_seconds = (self.subscription.period_end - self.now)
+            .num_seconds()
+            .max(0);
+        let period_seconds = (self.subscription.period_end - self.subscription.period_start)
+            .num_seconds()
+            .max(1);
+        let delta = i128::from(new.subscription_credits.micro())
+            - i128::from(self.subscription.allowance.micro());
+        let prorated = (delta * i128::from(remaining_seconds))
+            .div_euclid(i128::from(period_seconds))
+            .max(0);
+        let subscription_added =
+            Credits::from_micro(i64::try_from(prorated).expect("prorated ≤ delta fits in i64"));
+        let daily_added = (new.daily_credits.checked_sub(self.daily.allowance))
+            .unwrap_or(Credits::ZERO)
+            .max(Credits::ZERO);
         Ok(EntryKind::PlanChanged {
             plan_id: id.clone(),
             daily_added,
@@ -818,7 +983,11 @@ impl Wallet {
     // ---- applying records ----------------------------------------------------------------
 
     fn commit(&mut self, at: DateTime<Utc>, kind: EntryKind) -> Entry {
-        let entry = Entry { seq: self.seq + 1, at, kind };
+        let entry = Entry {
+            seq: self.seq + 1,
+            at,
+            kind,
+        };
         self.apply(&entry);
         entry
     }
@@ -827,7 +996,12 @@ impl Wallet {
         match source {
             Source::Daily => SourceMut::Bucket(&mut self.daily.remaining),
             Source::Subscription => SourceMut::Bucket(&mut self.subscription.remaining),
-            Source::Lot(id) => SourceMut::Lot(self.lots.iter_mut().find(|l| &l.id == id).expect("ledger names a known lot")),
+            Source::Lot(id) => SourceMut::Lot(
+                self.lots
+                    .iter_mut()
+                    .find(|l| &l.id == id)
+                    .expect("ledger names a known lot"),
+            ),
         }
     }
 
@@ -837,7 +1011,11 @@ impl Wallet {
             SourceMut::Bucket(r) => *r -= c.amount,
             SourceMut::Lot(l) => {
                 l.remaining -= c.amount;
-                if hold { l.held += c.amount } else { l.spent += c.amount }
+                if hold {
+                    l.held += c.amount
+                } else {
+                    l.spent += c.amount
+                }
             }
         }
     }
@@ -879,36 +1057,80 @@ impl Wallet {
             }
             EntryKind::Reserved { reservation, .. } => {
                 for part in &reservation.parts {
-                    self.take_from(&Charge { source: part.source.clone(), amount: part.amount }, true);
+                    self.take_from(
+                        &Charge {
+                            source: part.source.clone(),
+                            amount: part.amount,
+                        },
+                        true,
+                    );
                 }
                 self.reservations.push(reservation.clone());
             }
-            EntryKind::Settled { usage, from_held, returned, expired, .. } => {
+            EntryKind::Settled {
+                usage,
+                from_held,
+                returned,
+                expired,
+                ..
+            } => {
                 for c in from_held {
                     self.unhold(c, Unhold::Spend);
                 }
                 // Whatever the charge has beyond the held parts came from the balance.
                 for c in &usage.charged {
-                    let held: Credits = from_held.iter().filter(|h| h.source == c.source).map(|h| h.amount).sum();
+                    let held: Credits = from_held
+                        .iter()
+                        .filter(|h| h.source == c.source)
+                        .map(|h| h.amount)
+                        .sum();
                     let direct = c.amount - held;
                     if direct.is_positive() {
-                        self.take_from(&Charge { source: c.source.clone(), amount: direct }, false);
+                        self.take_from(
+                            &Charge {
+                                source: c.source.clone(),
+                                amount: direct,
+                            },
+                            false,
+                        );
                     }
                 }
-                self.finish_hold(usage.reservation_id.as_ref().expect("a settle names its reservation"), returned, expired);
+                self.finish_hold(
+                    usage
+                        .reservation_id
+                        .as_ref()
+                        .expect("a settle names its reservation"),
+                    returned,
+                    expired,
+                );
                 self.add_member_spend(usage.member.as_ref(), usage.cost);
             }
-            EntryKind::Released { reservation_id, returned, expired, .. } => {
+            EntryKind::Released {
+                reservation_id,
+                returned,
+                expired,
+                ..
+            } => {
                 self.finish_hold(reservation_id, returned, expired);
             }
             EntryKind::Granted { lot, .. } => self.lots.push(lot.clone()),
             EntryKind::LotExpired { grant_id, amount } => {
-                let lot = self.lots.iter_mut().find(|l| &l.id == grant_id).expect("ledger names a known lot");
+                let lot = self
+                    .lots
+                    .iter_mut()
+                    .find(|l| &l.id == grant_id)
+                    .expect("ledger names a known lot");
                 lot.remaining -= *amount;
                 lot.expired += *amount;
                 lot.expiry_applied = true;
             }
-            EntryKind::Renewed { allowance, period_start, period_end, plan, .. } => {
+            EntryKind::Renewed {
+                allowance,
+                period_start,
+                period_end,
+                plan,
+                ..
+            } => {
                 self.subscription = SubscriptionBucket {
                     allowance: *allowance,
                     remaining: *allowance,
@@ -920,13 +1142,33 @@ impl Wallet {
                     self.interval = *interval;
                     self.scheduled_plan_id = None;
                 }
-                self.members.values_mut().for_each(|m| m.period = Credits::ZERO);
+                self.members
+                    .values_mut()
+                    .for_each(|m| m.period = Credits::ZERO);
             }
-            EntryKind::DailyReset { allowance, day_start, next_reset, .. } => {
-                self.daily = DailyBucket { allowance: *allowance, remaining: *allowance, day_start: *day_start, next_reset: *next_reset };
-                self.members.values_mut().for_each(|m| m.today = Credits::ZERO);
+            EntryKind::DailyReset {
+                allowance,
+                day_start,
+                next_reset,
+                ..
+            } => {
+                self.daily = DailyBucket {
+                    allowance: *allowance,
+                    remaining: *allowance,
+                    day_start: *day_start,
+                    next_reset: *next_reset,
+                };
+                self.members
+                    .values_mut()
+                    .for_each(|m| m.today = Credits::ZERO);
             }
-            EntryKind::PlanChanged { plan_id, daily_added, subscription_added, daily_allowance, subscription_allowance } => {
+            EntryKind::PlanChanged {
+                plan_id,
+                daily_added,
+                subscription_added,
+                daily_allowance,
+                subscription_allowance,
+            } => {
                 self.plan_id = plan_id.clone();
                 self.scheduled_plan_id = None;
                 self.daily.remaining += *daily_added;
@@ -935,16 +1177,25 @@ impl Wallet {
                 self.subscription.allowance = *subscription_allowance;
             }
             EntryKind::PlanScheduled { plan_id } => self.scheduled_plan_id = plan_id.clone(),
-            EntryKind::TimezoneChanged { timezone, next_reset } => {
+            EntryKind::TimezoneChanged {
+                timezone,
+                next_reset,
+            } => {
                 self.timezone = *timezone;
                 self.daily.next_reset = *next_reset;
             }
         }
         self.seq = entry.seq;
         self.now = self.now.max(entry.at);
-        self.lots.retain(|l| l.remaining.is_positive() || l.held.is_positive());
-        self.members.retain(|_, m| !m.today.is_zero() || !m.period.is_zero());
-        debug_assert!(self.is_consistent(), "wallet invariants broken by record {}", entry.seq);
+        self.lots
+            .retain(|l| l.remaining.is_positive() || l.held.is_positive());
+        self.members
+            .retain(|_, m| !m.today.is_zero() || !m.period.is_zero());
+        debug_assert!(
+            self.is_consistent(),
+            "wallet invariants broken by record {}",
+            entry.seq
+        );
     }
 
     fn finish_hold(&mut self, id: &ReservationId, returned: &[Charge], expired: &[Charge]) {
@@ -960,14 +1211,23 @@ impl Wallet {
     /// No bucket or lot is negative and every lot adds up (SPEC 11).
     pub fn is_consistent(&self) -> bool {
         let lots_ok = self.lots.iter().all(|l| {
-            [l.remaining, l.held, l.spent, l.expired].iter().all(|c| c.micro() >= 0)
-                && l.remaining.checked_add(l.held).and_then(|s| s.checked_add(l.spent)).and_then(|s| s.checked_add(l.expired)) == Some(l.amount)
+            [l.remaining, l.held, l.spent, l.expired]
+                .iter()
+                .all(|c| c.micro() >= 0)
+                && l.remaining
+                    .checked_add(l.held)
+                    .and_then(|s| s.checked_add(l.spent))
+                    .and_then(|s| s.checked_add(l.expired))
+                    == Some(l.amount)
                 && (!l.expiry_applied || l.remaining.is_zero())
         });
         lots_ok
             && self.daily.remaining.micro() >= 0
             && self.subscription.remaining.micro() >= 0
-            && self.reservations.iter().all(|r| r.parts.iter().map(|p| p.amount).sum::<Credits>() == r.amount)
+            && self
+                .reservations
+                .iter()
+                .all(|r| r.parts.iter().map(|p| p.amount).sum::<Credits>() == r.amount)
     }
 }
 

@@ -13,10 +13,16 @@ fn run(g: &Genesis, steps: &[Step], split: i64) -> Result<Journal, TestCaseError
     for (n, s) in steps.iter().enumerate() {
         match s.op(&j, n) {
             None => {
-                let Step::Advance { seconds } = *s else { unreachable!() };
+                let Step::Advance { seconds } = *s else {
+                    unreachable!()
+                };
                 let piece = seconds / split;
                 for i in 1..=split {
-                    let t = if i == split { j.wallet.now + Duration::seconds(seconds - piece * (split - 1)) } else { j.wallet.now + Duration::seconds(piece) };
+                    let t = if i == split {
+                        j.wallet.now + Duration::seconds(seconds - piece * (split - 1))
+                    } else {
+                        j.wallet.now + Duration::seconds(piece)
+                    };
                     j.advance_to(t);
                 }
             }
@@ -31,13 +37,19 @@ fn run(g: &Genesis, steps: &[Step], split: i64) -> Result<Journal, TestCaseError
                         // Retrying the same call with its key is answered from the record.
                         if op.key().is_some() {
                             let state = j.wallet.clone();
-                            let again = j.run(now, &op).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            let again = j
+                                .run(now, &op)
+                                .map_err(|e| TestCaseError::fail(e.to_string()))?;
                             prop_assert_eq!(again, Outcome::Replayed(e.clone()));
                             prop_assert_eq!(&j.wallet, &state);
                             prop_assert_eq!(j.entries.len(), before + 1);
                         }
                     }
-                    Ok(Outcome::Replayed(_)) | Err(_) => prop_assert_eq!(j.entries.len(), before, "a refused call or a replay records nothing"),
+                    Ok(Outcome::Replayed(_)) | Err(_) => prop_assert_eq!(
+                        j.entries.len(),
+                        before,
+                        "a refused call or a replay records nothing"
+                    ),
                 }
             }
         }
@@ -73,30 +85,63 @@ fn histories_exercise_every_path() {
     let mut seen = std::collections::BTreeSet::<String>::new();
     for _ in 0..300 {
         let g = genesis().new_tree(&mut runner).unwrap().current();
-        let steps = prop::collection::vec(step(), 1..60).new_tree(&mut runner).unwrap().current();
+        let steps = prop::collection::vec(step(), 1..60)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
         let mut j = g.journal();
         for (n, s) in steps.iter().enumerate() {
             let Some(op) = s.op(&j, n) else {
-                let Step::Advance { seconds } = *s else { unreachable!() };
+                let Step::Advance { seconds } = *s else {
+                    unreachable!()
+                };
                 let t = j.wallet.now + Duration::seconds(seconds);
-                seen.extend(j.advance_to(t).iter().map(|e| format!("due {:?}", e.cause())));
+                seen.extend(
+                    j.advance_to(t)
+                        .iter()
+                        .map(|e| format!("due {:?}", e.cause())),
+                );
                 continue;
             };
             let name = format!("{op:?}").split('(').next().unwrap().to_owned();
             let outcome = match j.run(j.wallet.now, &op) {
                 Ok(Outcome::Applied(_)) => "ok".to_owned(),
                 Ok(Outcome::Replayed(_)) => "replay".to_owned(),
-                Err(e) => format!("{e:?}").split([' ', '(', '{']).next().unwrap().to_owned(),
+                Err(e) => format!("{e:?}")
+                    .split([' ', '(', '{'])
+                    .next()
+                    .unwrap()
+                    .to_owned(),
             };
             seen.insert(format!("{name} {outcome}"));
         }
     }
     let expected = [
-        "Usage ok", "Usage IdempotencyConflict", "Usage InsufficientCredits", "Usage MemberLimitExceeded", "Usage ModelNotAllowed",
-        "Reserve ok", "Reserve InvalidInput", "Reserve InsufficientCredits", "Reserve MemberLimitExceeded",
-        "Settle ok", "Settle replay", "Settle IdempotencyConflict", "Settle ReservationNotActive", "Settle ModelNotAllowed",
-        "Release ok", "Release replay", "Release ReservationNotActive", "Grant ok", "Grant InvalidInput", "ChangePlan ok",
-        "SetTimezone ok", "due DailyReset", "due Renewal", "due Expiry", "due Release",
+        "Usage ok",
+        "Usage IdempotencyConflict",
+        "Usage InsufficientCredits",
+        "Usage MemberLimitExceeded",
+        "Usage ModelNotAllowed",
+        "Reserve ok",
+        "Reserve InvalidInput",
+        "Reserve InsufficientCredits",
+        "Reserve MemberLimitExceeded",
+        "Settle ok",
+        "Settle replay",
+        "Settle IdempotencyConflict",
+        "Settle ReservationNotActive",
+        "Settle ModelNotAllowed",
+        "Release ok",
+        "Release replay",
+        "Release ReservationNotActive",
+        "Grant ok",
+        "Grant InvalidInput",
+        "ChangePlan ok",
+        "SetTimezone ok",
+        "due DailyReset",
+        "due Renewal",
+        "due Expiry",
+        "due Release",
     ];
     let missing: Vec<_> = expected.iter().filter(|e| !seen.contains(**e)).collect();
     assert!(missing.is_empty(), "never reached: {missing:?}");
