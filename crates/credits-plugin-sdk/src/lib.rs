@@ -196,6 +196,12 @@ pub fn cost_per_million(
             )
         })
         .ok_or(PriceError::Overflow)?;
+    // Usual case: a numerator that fits a u64, where dividing by the constant compiles to a
+    // multiplication instead of a call to the (slow) 128-bit division routine.
+    if let Ok(small) = u64::try_from(numerator) {
+        let cost = small.div_ceil(TOKENS_PER_PRICE_UNIT as u64);
+        return i64::try_from(cost).map_err(|_| PriceError::Overflow);
+    }
     // Truncating division plus one when a positive remainder is left: the ceiling, also for
     // a negative numerator (which only a negative price can produce).
     let mut cost = numerator / TOKENS_PER_PRICE_UNIT;
@@ -388,6 +394,15 @@ mod tests {
             Ok(396_000),
         );
         check(usage(1_000_000, 0, 0), (7, 0, 0), Ok(7));
+        // Numerators past u64 take the i128 path and round the same way.
+        check(usage(i64::MAX, 0, 0), (3, 0, 0), Ok(27_670_116_110_565));
+        check(
+            usage(i64::MAX, 0, 0),
+            (999_999, 0, 0),
+            Ok(9_223_362_813_482_738_953),
+        );
+        // A negative price (refused by `export_tier!`) still rounds up, towards zero.
+        check(usage(3, 0, 0), (-500_000, 0, 0), Ok(-1));
     }
 
     #[test]
