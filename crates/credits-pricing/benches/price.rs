@@ -37,7 +37,8 @@ fn sdk_usage(u: Usage) -> credits_plugin_sdk::Usage {
 
 /// The inline rival of the plugin registry: same steps, no library boundary.
 struct InlineRegistry {
-    by_model: HashMap<String, (Model, Arc<str>)>,
+    /// The same map type as the registry's, so only the boundary differs.
+    by_model: HashMap<String, (Model, Arc<str>), foldhash::fast::RandomState>,
 }
 
 impl InlineRegistry {

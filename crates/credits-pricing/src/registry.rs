@@ -181,7 +181,9 @@ impl fmt::Display for ReloadReport {
 struct Table {
     /// In file-name order.
     tiers: Vec<SharedTier>,
-    by_model: HashMap<String, SharedTier>,
+    /// foldhash rather than SipHash: this lookup is a third of a price call, and its keys
+    /// come from the plugins, not from callers, so there is no hash flooding to resist.
+    by_model: HashMap<String, SharedTier, foldhash::fast::RandomState>,
 }
 
 impl Table {
