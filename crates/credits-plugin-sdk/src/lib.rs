@@ -67,9 +67,28 @@
 //! ```
 //!
 //! `export_tier!` checks the model list when the crate compiles (non-empty ids and names,
-//! unique ids, non-negative prices) and exports the two symbols the host looks for. Every
-//! call from the host runs inside `catch_unwind`: a panic in `price` becomes an error the
-//! host reports for that call, never an unwind across the boundary. Keep the default
+//! unique ids, non-negative prices) and exports the two symbols the host looks for. This
+//! tier does not build, for its negative price:
+//!
+//! ```compile_fail,E0080
+//! use credits_plugin_sdk::{Model, Tier, export_tier};
+//! pub struct Broken;
+//! impl Tier for Broken {
+//!     const NAME: &'static str = "broken";
+//!     const VERSION: &'static str = "1.0.0";
+//!     const MODELS: &'static [Model] = &[Model {
+//!         id: "broken-model",
+//!         display_name: "Broken",
+//!         input_per_million_micro_credits: -1,
+//!         cached_input_per_million_micro_credits: 0,
+//!         output_per_million_micro_credits: 0,
+//!     }];
+//! }
+//! export_tier!(Broken);
+//! ```
+//!
+//! Every call from the host runs inside `catch_unwind`: a panic in `price` becomes an error
+//! the host reports for that call, never an unwind across the boundary. Keep the default
 //! `panic = "unwind"` for tier crates, since with `panic = "abort"` there is nothing to catch.
 //!
 //! Check the built file with `creditd plugins check target/release/libcredits_tier_example.so`
@@ -226,9 +245,12 @@ macro_rules! export_tier {
 
             // The names must match `abi::ABI_VERSION_SYMBOL` and `abi::ENTRY_SYMBOL`; the
             // host's tests load real tiers, so a mismatch cannot pass unnoticed.
+            // SAFETY: unmangled names can clash with another symbol of the same name; these
+            // two are the plugin ABI's own, and a tier library exports one tier, once.
             #[unsafe(no_mangle)]
             pub static CREDITS_PLUGIN_ABI_VERSION: u32 = $crate::abi::ABI_VERSION;
 
+            // SAFETY: as above.
             #[unsafe(no_mangle)]
             pub extern "C" fn credits_plugin_entry() -> *const $crate::abi::PluginDescriptor {
                 &DESCRIPTOR

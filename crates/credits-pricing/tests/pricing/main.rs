@@ -643,3 +643,45 @@ fn check_plugin_describes_a_tier_or_says_why_it_is_refused() {
     );
     assert!(check_plugin(&built_dir().join("no-such-file.so")).is_err());
 }
+
+#[test]
+fn an_in_place_overwrite_still_loads_the_new_version() {
+    // Not the documented deploy, but the host must not be fooled by it: it loads from a copy
+    // named by content, so the loader cannot hand back the old library for the same path.
+    let dirs = Dirs::with(&[("credits-fixture-gate-v1", "fixture")]);
+    let (registry, _) = open(&dirs);
+    std::fs::copy(built_lib("credits-fixture-gate-v2"), dirs.path("fixture")).unwrap();
+    let report = registry.reload().unwrap();
+    assert_eq!(loaded(&report), ["fixture@2.0.0"], "{report}");
+    check(
+        &registry,
+        "fixture-ok",
+        usage(1_000, 0, 0),
+        2_000,
+        "fixture@2.0.0",
+    );
+}
+
+#[test]
+fn a_reload_that_cannot_read_the_directory_keeps_the_current_table() {
+    let dirs = Dirs::with(&[("credits-tier-standard", "standard")]);
+    let plugins = tempfile::tempdir().unwrap();
+    let plugin_dir = plugins.path().join("plugins");
+    std::fs::rename(dirs.plugins.path(), &plugin_dir).unwrap();
+    let (registry, _) = PricingRegistry::open(&plugin_dir, dirs.cache.path()).unwrap();
+    std::fs::rename(&plugin_dir, dirs.plugins.path()).unwrap();
+
+    let err = registry.reload().unwrap_err();
+    assert!(
+        err.to_string().contains(&plugin_dir.display().to_string()),
+        "{err}"
+    );
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+    assert!(PricingRegistry::open(&plugin_dir, dirs.cache.path()).is_err());
+}
