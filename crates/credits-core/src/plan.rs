@@ -1,0 +1,140 @@
+//! Plans and the identifiers of things a wallet holds. A plan is data the core reads when a
+//! reset, renewal or plan change happens; the ledger records the amounts it granted, so replay
+//! never reads a plan.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::amount::Credits;
+use crate::calendar::BillingInterval;
+
+/// Longest plan or bundle id (SPEC 1: `[a-z0-9][a-z0-9-]{0,62}`).
+pub const MAX_PLAN_ID_LEN: usize = 63;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A wallet (`wal_…`).
+    WalletId
+);
+id_type!(
+    /// A grant lot (`grt_…`).
+    GrantId
+);
+id_type!(
+    /// A reservation (`res_…`).
+    ReservationId
+);
+id_type!(
+    /// A usage event (`use_…`).
+    UsageId
+);
+id_type!(
+    /// A plan: `[a-z0-9][a-z0-9-]{0,62}`.
+    PlanId
+);
+
+impl PlanId {
+    /// Plan and bundle ids match `[a-z0-9][a-z0-9-]{0,62}`.
+    pub fn parse(s: &str) -> Option<PlanId> {
+        is_slug(s).then(|| PlanId(s.to_owned()))
+    }
+}
+
+/// `[a-z0-9][a-z0-9-]{0,62}`: the form of plan and bundle ids.
+pub fn is_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_PLAN_ID_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// What a plan gives a wallet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: PlanId,
+    pub name: String,
+    pub daily_credits: Credits,
+    pub subscription_credits: Credits,
+    pub interval: BillingInterval,
+    pub model_tiers: Vec<String>,
+    pub custom: bool,
+}
+
+impl Plan {
+    pub fn allows_tier(&self, tier: &str) -> bool {
+        self.model_tiers.iter().any(|t| t == tier)
+    }
+}
+
+/// Where the core reads the current definition of a plan.
+pub trait Plans {
+    fn plan(&self, id: &PlanId) -> Option<&Plan>;
+}
+
+impl Plans for HashMap<PlanId, Plan> {
+    fn plan(&self, id: &PlanId) -> Option<&Plan> {
+        self.get(id)
+    }
+}
+
+impl Plans for BTreeMap<PlanId, Plan> {
+    fn plan(&self, id: &PlanId) -> Option<&Plan> {
+        self.get(id)
+    }
+}
+
+impl Plans for [Plan] {
+    fn plan(&self, id: &PlanId) -> Option<&Plan> {
+        self.iter().find(|p| &p.id == id)
+    }
+}
+
+impl Plans for Vec<Plan> {
+    fn plan(&self, id: &PlanId) -> Option<&Plan> {
+        self.as_slice().plan(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slug_rules() {
+        for ok in ["free", "pro-annual", "0", "a-", &"a".repeat(63)] {
+            assert!(is_slug(ok), "{ok}");
+        }
+        for bad in ["", "-a", "Pro", "a_b", "a b", &"a".repeat(64), "é"] {
+            assert!(!is_slug(bad), "{bad}");
+        }
+    }
+}
