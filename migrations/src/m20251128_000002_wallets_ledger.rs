@@ -276,7 +276,7 @@ impl MigrationTrait for Migration {
                     // Ledger seq of the grant record: the lot's place in spend order.
                     .col(ColumnDef::new(Grants::Seq).big_integer().not_null())
                     .col(ColumnDef::new(Grants::Kind).string().not_null())
-                    .col(ColumnDef::new(Grants::Reason).text().not_null())
+                    .col(ColumnDef::new(Grants::Reason).text().null())
                     .col(ColumnDef::new(Grants::AmountUcr).big_integer().not_null())
                     .col(ColumnDef::new(Grants::SpentUcr).big_integer().not_null())
                     .col(ColumnDef::new(Grants::HeldUcr).big_integer().not_null())

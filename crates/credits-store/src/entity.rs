@@ -142,8 +142,8 @@ pub mod grants {
         pub wallet_id: String,
         pub seq: i64,
         pub kind: String,
-        #[sea_orm(column_type = "Text")]
-        pub reason: String,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub reason: Option<String>,
         pub amount_ucr: i64,
         pub spent_ucr: i64,
         pub held_ucr: i64,

@@ -10,6 +10,7 @@
 //! wallet per savepoint, so the tables can be distributed by wallet id.
 
 mod catalogue;
+mod core;
 mod entity;
 mod error;
 mod lookups;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use migration::MigratorTrait;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 
+pub use core::cause_name;
 pub use error::{CommitError, StoreError};
 pub use rows::*;
 

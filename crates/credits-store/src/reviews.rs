@@ -71,7 +71,7 @@ impl Store {
                     .open_review(&review.wallet_id, &review.thread_id)
                     .await?
                 {
-                    Some(open) => Ok(ReviewInsert::Open(open)),
+                    Some(open) => Ok(ReviewInsert::Open(Box::new(open))),
                     None => Err(StoreError::Duplicate(what)),
                 }
             }

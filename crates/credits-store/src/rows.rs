@@ -120,7 +120,7 @@ pub struct GrantRow {
     pub seq: u64,
     /// `ADMIN`, `PROMOTION`, `COMMUNITY`, `COMPENSATION` or `PURCHASE`.
     pub kind: String,
-    pub reason: String,
+    pub reason: Option<String>,
     pub amount_ucr: i64,
     pub spent_ucr: i64,
     pub held_ucr: i64,
@@ -355,7 +355,7 @@ pub struct ReviewRow {
 pub enum ReviewInsert {
     New,
     /// SPEC 7: the thread already has a SUBMITTED review; here it is.
-    Open(ReviewRow),
+    Open(Box<ReviewRow>),
 }
 
 /// An API token as stored: its hash, never the secret.

@@ -25,7 +25,7 @@ fn encode_cursor(at_us: i64, seq: i64) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
-    if cursor.len() % 2 != 0 || cursor.len() > 128 {
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 128 {
         return Err(StoreError::InvalidCursor);
     }
     let bytes = (0..cursor.len())
@@ -347,6 +347,7 @@ fn day_table(zone: Tz, lo_us: i64, hi_us: i64) -> Result<Vec<(NaiveDate, i64, i6
     }
     Ok(starts
         .windows(2)
+        .filter(|w| w[0].0 <= last)
         .map(|w| (w[0].0, w[0].1, w[1].1))
         .collect())
 }

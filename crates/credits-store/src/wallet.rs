@@ -361,7 +361,7 @@ async fn write_batch<C: ConnectionTrait>(
         .map(grant_model)
         .collect::<Result<Vec<_>, _>>()?;
     for chunk in lots.chunks(INSERT_CHUNK) {
-        grants::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+        let written = grants::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
             .on_conflict(
                 OnConflict::column(grants::Column::Id)
                     .update_columns([
@@ -369,10 +369,12 @@ async fn write_batch<C: ConnectionTrait>(
                         grants::Column::HeldUcr,
                         grants::Column::ExpiredUcr,
                     ])
+                    .action_and_where(Expr::cust("grants.wallet_id = excluded.wallet_id"))
                     .to_owned(),
             )
             .exec_without_returning(conn)
             .await?;
+        same_wallet_upsert("grant", written, chunk.len())?;
     }
 
     let holds = batch
@@ -381,19 +383,22 @@ async fn write_batch<C: ConnectionTrait>(
         .map(reservation_model)
         .collect::<Result<Vec<_>, _>>()?;
     for chunk in holds.chunks(INSERT_CHUNK) {
-        reservations::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
-            .on_conflict(
-                OnConflict::column(reservations::Column::Id)
-                    .update_columns([
-                        reservations::Column::Status,
-                        reservations::Column::SettleInput,
-                        reservations::Column::SettleResult,
-                        reservations::Column::ResolvedSeq,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(conn)
-            .await?;
+        let written =
+            reservations::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+                .on_conflict(
+                    OnConflict::column(reservations::Column::Id)
+                        .update_columns([
+                            reservations::Column::Status,
+                            reservations::Column::SettleInput,
+                            reservations::Column::SettleResult,
+                            reservations::Column::ResolvedSeq,
+                        ])
+                        .action_and_where(Expr::cust("reservations.wallet_id = excluded.wallet_id"))
+                        .to_owned(),
+                )
+                .exec_without_returning(conn)
+                .await?;
+        same_wallet_upsert("reservation", written, chunk.len())?;
     }
 
     if let Some(resolution) = &batch.review {
@@ -429,6 +434,18 @@ async fn write_batch<C: ConnectionTrait>(
         }
     }
     Ok(new_version)
+}
+
+/// An upsert keyed by id must never touch another wallet's row: the conflict update is
+/// conditioned on the wallet, and a skipped row means the id belongs to another wallet.
+fn same_wallet_upsert(what: &str, written: u64, rows: usize) -> Result<(), CommitError> {
+    if written == rows as u64 {
+        Ok(())
+    } else {
+        Err(CommitError::Store(StoreError::Duplicate(format!(
+            "a {what} id of this batch belongs to another wallet"
+        ))))
+    }
 }
 
 pub(crate) fn stored_wallet(row: wallets::Model) -> Result<StoredWallet, StoreError> {
