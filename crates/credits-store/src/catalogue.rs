@@ -1,0 +1,197 @@
+//! Plans and bundles. This module owns their rows and the listing order (catalogue plans
+//! in file order, then custom plans by id); it never checks whether an edit is allowed
+//! (catalogue ids, interval changes of a plan in use): that is the caller's rule.
+
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::entity::{bundles, plans, wallets};
+use crate::error::{StoreError, corrupt};
+use crate::rows::*;
+use crate::time::{from_us, to_us};
+use crate::{MAX_LIST, Store};
+
+fn plan_model(p: &PlanRow) -> Result<plans::Model, StoreError> {
+    Ok(plans::Model {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        daily_ucr: p.daily_ucr,
+        subscription_ucr: p.subscription_ucr,
+        interval: p.interval.clone(),
+        model_tiers: serde_json::to_string(&p.model_tiers).map_err(corrupt)?,
+        custom: p.custom,
+        position: p.position,
+        updated_us: to_us(p.updated_at),
+    })
+}
+
+fn plan_row(m: plans::Model) -> Result<PlanRow, StoreError> {
+    Ok(PlanRow {
+        model_tiers: serde_json::from_str(&m.model_tiers)
+            .map_err(|e| corrupt(format!("tiers of plan {}: {e}", m.id)))?,
+        updated_at: from_us(m.updated_us)?,
+        id: m.id,
+        name: m.name,
+        daily_ucr: m.daily_ucr,
+        subscription_ucr: m.subscription_ucr,
+        interval: m.interval,
+        custom: m.custom,
+        position: m.position,
+    })
+}
+
+fn bundle_model(b: &BundleRow) -> bundles::Model {
+    bundles::Model {
+        id: b.id.clone(),
+        credits_ucr: b.credits_ucr,
+        price_cents: b.price_cents,
+        currency: b.currency.clone(),
+        position: b.position,
+    }
+}
+
+fn bundle_row(m: bundles::Model) -> BundleRow {
+    BundleRow {
+        id: m.id,
+        credits_ucr: m.credits_ucr,
+        price_cents: m.price_cents,
+        currency: m.currency,
+        position: m.position,
+    }
+}
+
+async fn upsert_plans<C: ConnectionTrait>(conn: &C, rows: &[PlanRow]) -> Result<(), StoreError> {
+    use plans::Column as C;
+    let models = rows.iter().map(plan_model).collect::<Result<Vec<_>, _>>()?;
+    for chunk in models.chunks(crate::INSERT_CHUNK) {
+        plans::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+            .on_conflict(
+                OnConflict::column(C::Id)
+                    .update_columns([
+                        C::Name,
+                        C::DailyUcr,
+                        C::SubscriptionUcr,
+                        C::Interval,
+                        C::ModelTiers,
+                        C::Custom,
+                        C::Position,
+                        C::UpdatedUs,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await
+            .map_err(StoreError::from_db)?;
+    }
+    Ok(())
+}
+
+async fn upsert_bundles<C: ConnectionTrait>(
+    conn: &C,
+    rows: &[BundleRow],
+) -> Result<(), StoreError> {
+    use bundles::Column as C;
+    for chunk in rows.chunks(crate::INSERT_CHUNK) {
+        bundles::Entity::insert_many(crate::entity::active(chunk.iter().map(bundle_model)))
+            .on_conflict(
+                OnConflict::column(C::Id)
+                    .update_columns([C::CreditsUcr, C::PriceCents, C::Currency, C::Position])
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await
+            .map_err(StoreError::from_db)?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Creates or replaces one plan (custom plans from `upsertPlan`).
+    pub async fn upsert_plan(&self, plan: &PlanRow) -> Result<(), StoreError> {
+        upsert_plans(&self.db, std::slice::from_ref(plan)).await
+    }
+
+    /// Upserts the catalogue's plans and bundles in one transaction (each start).
+    pub async fn upsert_catalogue(
+        &self,
+        plans: &[PlanRow],
+        bundles: &[BundleRow],
+    ) -> Result<(), StoreError> {
+        crate::bound("catalogue entries", plans.len() + bundles.len(), MAX_LIST)?;
+        let txn = self.begin_write().await?;
+        upsert_plans(&txn, plans).await?;
+        upsert_bundles(&txn, bundles).await?;
+        txn.commit().await.map_err(StoreError::from_db)
+    }
+
+    pub async fn plan(&self, id: &str) -> Result<Option<PlanRow>, StoreError> {
+        plans::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(plan_row)
+            .transpose()
+    }
+
+    /// Catalogue plans in file order, then custom plans by id, at most [`MAX_LIST`].
+    pub async fn plans(&self) -> Result<Vec<PlanRow>, StoreError> {
+        let mut rows = plans::Entity::find()
+            .order_by_asc(plans::Column::Custom)
+            .order_by_asc(plans::Column::Position)
+            .limit(MAX_LIST as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(plan_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Ids sorted by bytes here, not by the database's collation.
+        rows.sort_by(|a, b| {
+            (a.custom, if a.custom { 0 } else { a.position }, &a.id).cmp(&(
+                b.custom,
+                if b.custom { 0 } else { b.position },
+                &b.id,
+            ))
+        });
+        Ok(rows)
+    }
+
+    /// Whether any wallet is on `plan_id` (an interval change is refused then).
+    pub async fn plan_in_use(&self, plan_id: &str) -> Result<bool, StoreError> {
+        Ok(wallets::Entity::find()
+            .select_only()
+            .column(wallets::Column::Id)
+            .filter(wallets::Column::PlanId.eq(plan_id))
+            .into_tuple::<String>()
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .is_some())
+    }
+
+    pub async fn upsert_bundle(&self, bundle: &BundleRow) -> Result<(), StoreError> {
+        upsert_bundles(&self.db, std::slice::from_ref(bundle)).await
+    }
+
+    pub async fn bundle(&self, id: &str) -> Result<Option<BundleRow>, StoreError> {
+        Ok(bundles::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(bundle_row))
+    }
+
+    /// Bundles in catalogue order, at most [`MAX_LIST`].
+    pub async fn bundles(&self) -> Result<Vec<BundleRow>, StoreError> {
+        Ok(bundles::Entity::find()
+            .order_by_asc(bundles::Column::Position)
+            .order_by_asc(bundles::Column::Id)
+            .limit(MAX_LIST as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(bundle_row)
+            .collect())
+    }
+}

@@ -1,0 +1,421 @@
+//! Conversion between the core's wallet and ledger and the store's rows. This module owns
+//! the mapping (which entry yields which usage, grant and reservation rows; cause names;
+//! JSON payloads) and must never decide anything about credits: it only records what the
+//! core applied, by re-applying the batch's entries to the state before it.
+
+use std::collections::BTreeMap;
+
+use credits_core::{
+    Cause, Entry, EntryKind, GrantKind, Lot, LotOrigin, Source, UsageRecord, Wallet, replay,
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::entity::ledger;
+use crate::error::{StoreError, corrupt};
+use crate::rows::*;
+use crate::{MAX_LIST, Store};
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::InvalidBatch(e.to_string()))
+}
+
+/// SPEC 8 cause names (`CREATED` for the creation record).
+pub fn cause_name(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Created => "CREATED",
+        Cause::Usage => "USAGE",
+        Cause::Reservation => "RESERVATION",
+        Cause::Settlement => "SETTLEMENT",
+        Cause::Release => "RELEASE",
+        Cause::Grant => "GRANT",
+        Cause::DailyReset => "DAILY_RESET",
+        Cause::Renewal => "RENEWAL",
+        Cause::Expiry => "EXPIRY",
+        Cause::PlanChange => "PLAN_CHANGE",
+        Cause::TimezoneChange => "TIMEZONE_CHANGE",
+    }
+}
+
+fn grant_kind_name(kind: GrantKind) -> &'static str {
+    match kind {
+        GrantKind::Admin => "ADMIN",
+        GrantKind::Promotion => "PROMOTION",
+        GrantKind::Community => "COMMUNITY",
+        GrantKind::Compensation => "COMPENSATION",
+        GrantKind::Purchase => "PURCHASE",
+    }
+}
+
+fn record(entry: &Entry, after: &Wallet) -> Result<LedgerRecord, StoreError> {
+    Ok(LedgerRecord {
+        seq: entry.seq,
+        at: entry.at,
+        cause: cause_name(entry.cause()).to_owned(),
+        idempotency_key: entry.idempotency_key().map(str::to_owned),
+        entry_json: json(entry)?,
+        balance_json: json(&after.balance())?,
+    })
+}
+
+fn tokens(n: u64) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::InvalidBatch(format!("token count {n}")))
+}
+
+fn usage_row(wallet_id: &str, seq: u64, u: &UsageRecord) -> Result<UsageRow, StoreError> {
+    Ok(UsageRow {
+        id: u.id.0.clone(),
+        wallet_id: wallet_id.to_owned(),
+        seq,
+        at: u.at,
+        idempotency_key: Some(u.key.clone()),
+        thread_id: u.thread_id.clone(),
+        model: u.model.clone(),
+        member_id: u.member.clone(),
+        input_tokens: tokens(u.tokens.input)?,
+        cached_tokens: tokens(u.tokens.cached)?,
+        output_tokens: tokens(u.tokens.output)?,
+        cost_ucr: u.cost.micro(),
+        uncollected_ucr: u.uncollected.micro(),
+        tier: u.tier.clone(),
+        priced_by: u.priced_by.clone(),
+        charged: u
+            .charged
+            .iter()
+            .map(|c| {
+                let (bucket, grant_id) = match &c.source {
+                    Source::Daily => (BucketKind::Daily, None),
+                    Source::Subscription => (BucketKind::Subscription, None),
+                    Source::Lot(id) => (BucketKind::Bonus, Some(id.0.clone())),
+                };
+                ChargedPart {
+                    bucket,
+                    grant_id,
+                    amount_ucr: c.amount.micro(),
+                }
+            })
+            .collect(),
+        reservation_id: u.reservation_id.as_ref().map(|r| r.0.clone()),
+    })
+}
+
+/// `seq` is the granting record's seq; for a lot that already has a row it is ignored
+/// (the upsert keeps the stored one).
+fn grant_row(wallet_id: &str, seq: u64, lot: &Lot) -> GrantRow {
+    let (payment_reference, bundle_id, review_id) = match &lot.origin {
+        Some(LotOrigin::Bundle {
+            bundle_id,
+            payment_reference,
+        }) => (
+            Some(payment_reference.clone()),
+            Some(bundle_id.clone()),
+            None,
+        ),
+        Some(LotOrigin::Review { review_id }) => (None, None, Some(review_id.clone())),
+        None => (None, None, None),
+    };
+    GrantRow {
+        id: lot.id.0.clone(),
+        wallet_id: wallet_id.to_owned(),
+        seq,
+        kind: grant_kind_name(lot.kind).to_owned(),
+        reason: lot.reason.clone(),
+        amount_ucr: lot.amount.micro(),
+        spent_ucr: lot.spent.micro(),
+        held_ucr: lot.held.micro(),
+        expired_ucr: lot.expired.micro(),
+        expires_at: lot.expires_at,
+        payment_reference,
+        bundle_id,
+        review_id,
+        granted_at: lot.granted_at,
+    }
+}
+
+/// The totals of a lot that `entry` emptied (the core then drops it): nothing remains or
+/// is held, what the record expired from it is expired, and the rest of it was spent.
+fn final_lot(mut lot: Lot, entry: &Entry) -> Lot {
+    let on_lot = |charges: &[credits_core::Charge]| {
+        charges
+            .iter()
+            .filter(|c| c.source == Source::Lot(lot.id.clone()))
+            .map(|c| c.amount)
+            .sum::<credits_core::Credits>()
+    };
+    let expired_now = match &entry.kind {
+        EntryKind::LotExpired { grant_id, amount } if *grant_id == lot.id => *amount,
+        EntryKind::Settled { expired, .. } | EntryKind::Released { expired, .. } => on_lot(expired),
+        _ => credits_core::Credits::ZERO,
+    };
+    lot.expired += expired_now;
+    lot.remaining = credits_core::Credits::ZERO;
+    lot.held = credits_core::Credits::ZERO;
+    lot.spent = lot.amount - lot.expired;
+    lot
+}
+
+fn reservation_row(wallet_id: &str, seq: u64, r: &credits_core::Reservation) -> ReservationRow {
+    ReservationRow {
+        id: r.id.0.clone(),
+        wallet_id: wallet_id.to_owned(),
+        seq,
+        status: ReservationStatus::Active,
+        amount_ucr: r.amount.micro(),
+        member_id: r.member.clone(),
+        idempotency_key: Some(r.key.clone()),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        settle_input: None,
+        settle_result: None,
+        resolved_seq: None,
+    }
+}
+
+impl NewWallet {
+    /// The rows of a wallet the core just created (`Wallet::create`).
+    pub fn from_core(
+        wallet: &Wallet,
+        creation: &Entry,
+        team_id: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<NewWallet, StoreError> {
+        Ok(NewWallet {
+            id: wallet.id.0.clone(),
+            owner_id: wallet.owner_id.clone(),
+            team_id,
+            timezone: wallet.timezone.name().to_owned(),
+            plan_id: wallet.plan_id.0.clone(),
+            created_at: wallet.created_at,
+            snapshot_json: json(wallet)?,
+            next_due_at: Some(wallet.next_due()),
+            creation: record(creation, wallet)?,
+            idempotency_key,
+        })
+    }
+}
+
+impl WalletBatch {
+    /// The batch that records `entries` (already applied by the core, in seq order) on
+    /// top of `before`, the durable state at `expected_version`, giving `after`. The
+    /// entries are applied again to a copy of `before`, which yields each record's
+    /// balance; the snapshot is `after` itself (its clock may have moved without a
+    /// record, which replay cannot see).
+    pub fn from_core(
+        before: &Wallet,
+        expected_version: i64,
+        entries: &[Entry],
+        after: &Wallet,
+    ) -> Result<WalletBatch, StoreError> {
+        let wallet_id = before.id.0.as_str();
+        let mut state = before.clone();
+        let mut records = Vec::with_capacity(entries.len());
+        let mut usage = Vec::new();
+        let mut holds: BTreeMap<String, ReservationRow> = BTreeMap::new();
+        let mut granted_seq: BTreeMap<String, u64> = BTreeMap::new();
+        let mut dropped: BTreeMap<String, Lot> = BTreeMap::new();
+        for entry in entries {
+            if entry.seq != state.seq + 1 {
+                return Err(StoreError::InvalidBatch(format!(
+                    "entry {} does not follow seq {} of wallet {wallet_id}",
+                    entry.seq, state.seq
+                )));
+            }
+            // The reservation as it stood before this record, for settle and release rows.
+            let active_before = |id: &credits_core::ReservationId| {
+                state
+                    .reservation(id)
+                    .map(|r| reservation_row(wallet_id, 0, r))
+            };
+            match &entry.kind {
+                EntryKind::Reserved { reservation, .. } => {
+                    holds.insert(
+                        reservation.id.0.clone(),
+                        reservation_row(wallet_id, entry.seq, reservation),
+                    );
+                }
+                EntryKind::Settled {
+                    request, usage: u, ..
+                } => {
+                    let id = u.reservation_id.as_ref().ok_or_else(|| {
+                        StoreError::InvalidBatch("settle without reservation".into())
+                    })?;
+                    let mut row = match holds.remove(&id.0) {
+                        Some(row) => row,
+                        None => active_before(id).ok_or_else(|| {
+                            StoreError::InvalidBatch(format!("settle of unknown {}", id.0))
+                        })?,
+                    };
+                    row.status = ReservationStatus::Settled;
+                    row.settle_input = Some(json(request)?);
+                    row.settle_result = Some(json(u)?);
+                    row.resolved_seq = Some(entry.seq);
+                    holds.insert(id.0.clone(), row);
+                }
+                EntryKind::Released {
+                    reservation_id,
+                    reason,
+                    ..
+                } => {
+                    let mut row = match holds.remove(&reservation_id.0) {
+                        Some(row) => row,
+                        None => active_before(reservation_id).ok_or_else(|| {
+                            StoreError::InvalidBatch(format!(
+                                "release of unknown {}",
+                                reservation_id.0
+                            ))
+                        })?,
+                    };
+                    row.status = match reason {
+                        credits_core::ledger::ReleaseReason::Released => {
+                            ReservationStatus::Released
+                        }
+                        credits_core::ledger::ReleaseReason::Expired => ReservationStatus::Expired,
+                    };
+                    row.resolved_seq = Some(entry.seq);
+                    holds.insert(reservation_id.0.clone(), row);
+                }
+                EntryKind::Granted { lot, .. } => {
+                    granted_seq.insert(lot.id.0.clone(), entry.seq);
+                }
+                _ => {}
+            }
+            if let Some(u) = entry.usage() {
+                usage.push(usage_row(wallet_id, entry.seq, u)?);
+            }
+            let lots_before = state.lots.clone();
+            state.apply(entry);
+            // The core drops a lot once nothing is left in it or held from it; its row
+            // still needs its final totals.
+            for lot in lots_before {
+                if state.lot(&lot.id).is_none() {
+                    dropped.insert(lot.id.0.clone(), final_lot(lot, entry));
+                }
+            }
+            records.push(record(entry, &state)?);
+        }
+        // The batch must be exactly what turned `before` into `after`, or the ledger and
+        // the snapshot would disagree after a reload.
+        state.now = after.now;
+        if &state != after {
+            return Err(StoreError::InvalidBatch(format!(
+                "the entries do not turn wallet {wallet_id} at seq {} into the state after them",
+                before.seq
+            )));
+        }
+        // Every lot whose totals moved, or that is new, or that the core dropped.
+        let grants = after
+            .lots
+            .iter()
+            .filter(|lot| before.lot(&lot.id) != Some(*lot))
+            .chain(dropped.values())
+            .map(|lot| {
+                grant_row(
+                    wallet_id,
+                    granted_seq.get(&lot.id.0).copied().unwrap_or(0),
+                    lot,
+                )
+            })
+            .collect();
+        Ok(WalletBatch {
+            wallet_id: wallet_id.to_owned(),
+            expected_version,
+            seq: after.seq,
+            snapshot_json: json(after)?,
+            next_due_at: Some(after.next_due()),
+            timezone: after.timezone.name().to_owned(),
+            plan_id: after.plan_id.0.clone(),
+            entries: records,
+            usage,
+            grants,
+            reservations: holds.into_values().collect(),
+            review: None,
+        })
+    }
+}
+
+impl LedgerRecord {
+    /// The core entry this record stores.
+    pub fn entry(&self) -> Result<Entry, StoreError> {
+        serde_json::from_str(&self.entry_json)
+            .map_err(|e| corrupt(format!("ledger entry {}: {e}", self.seq)))
+    }
+}
+
+impl StoredWallet {
+    /// The core state this row stores.
+    pub fn state(&self) -> Result<Wallet, StoreError> {
+        let wallet: Wallet = serde_json::from_str(&self.snapshot_json)
+            .map_err(|e| corrupt(format!("snapshot of {}: {e}", self.id)))?;
+        if wallet.seq != self.seq {
+            return Err(corrupt(format!(
+                "snapshot of {} is at seq {}, row at {}",
+                self.id, wallet.seq, self.seq
+            )));
+        }
+        Ok(wallet)
+    }
+}
+
+/// Ledger records read per query while replaying a wallet.
+const REPLAY_PAGE: usize = MAX_LIST;
+
+impl Store {
+    /// A wallet's state (from its snapshot) and its version.
+    pub async fn load_state(&self, wallet_id: &str) -> Result<Option<(Wallet, i64)>, StoreError> {
+        match self.load_wallet(wallet_id).await? {
+            Some(row) => Ok(Some((row.state()?, row.version))),
+            None => Ok(None),
+        }
+    }
+
+    /// Rebuilds a wallet from its whole ledger (the check behind every snapshot; see
+    /// docs for its cost), reading it in pages of [`MAX_LIST`] records.
+    pub async fn replay_wallet(&self, wallet_id: &str) -> Result<Option<Wallet>, StoreError> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut after: i64 = -1;
+        loop {
+            let page = ledger::Entity::find()
+                .select_only()
+                .column(ledger::Column::Seq)
+                .column(ledger::Column::Entry)
+                .filter(ledger::Column::WalletId.eq(wallet_id))
+                .filter(ledger::Column::Seq.gt(after))
+                .order_by_asc(ledger::Column::Seq)
+                .limit(REPLAY_PAGE as u64)
+                .into_tuple::<(i64, String)>()
+                .all(&self.db)
+                .await
+                .map_err(StoreError::Db)?;
+            let n = page.len();
+            for (seq, text) in page {
+                after = seq;
+                entries.push(
+                    serde_json::from_str(&text)
+                        .map_err(|e| corrupt(format!("ledger entry {seq}: {e}")))?,
+                );
+            }
+            if n < REPLAY_PAGE {
+                break;
+            }
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        replay(&entries)
+            .map(Some)
+            .map_err(|e| corrupt(format!("replay of {wallet_id}: {e}")))
+    }
+
+    /// Ledger records of a wallet with seq in (after, after + limit], as core entries.
+    pub async fn entries_after(
+        &self,
+        wallet_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.events_after(wallet_id, after_seq, limit)
+            .await?
+            .iter()
+            .map(LedgerRecord::entry)
+            .collect()
+    }
+}

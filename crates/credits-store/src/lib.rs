@@ -1,0 +1,146 @@
+//! The durable store of the credits service: wallet snapshots behind a version fence, the
+//! append-only ledger, and the relational projections of it that queries need (usage
+//! events, grant lots, reservations), plus plans, bundles, teams, reviews and API tokens,
+//! on SQLite (embedded default) or PostgreSQL (production). It owns SQL and transactions
+//! and nothing else: it never decides what an operation does to a wallet (that is
+//! `credits-core`), never holds a wallet in memory between calls, and never writes a
+//! wallet's rows outside a fenced commit.
+//!
+//! Every per-wallet read and write is keyed by wallet id and a fenced commit touches one
+//! wallet per savepoint, so the tables can be distributed by wallet id.
+
+mod catalogue;
+mod core;
+mod entity;
+mod error;
+mod lookups;
+mod reviews;
+mod rows;
+mod sql;
+mod teams;
+mod time;
+mod tokens;
+mod usage;
+mod wallet;
+
+use std::time::Duration;
+
+use migration::MigratorTrait;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
+
+pub use core::cause_name;
+pub use error::{CommitError, StoreError};
+pub use rows::*;
+
+/// Most usage events one history page returns (SPEC 8: `first` ≤ 100).
+pub const MAX_PAGE: usize = 100;
+/// Most ledger records, usage rows, grant rows or reservation rows one wallet batch may
+/// carry; the wallet actor bounds its batch below this.
+pub const MAX_BATCH_RECORDS: usize = 4_096;
+/// Most wallet batches one multi-wallet commit may carry (DESIGN: e.g. 512 batches).
+pub const MAX_GROUP_BATCHES: usize = 1_024;
+/// Most rows any listing query returns (due wallets, due reservations, events above a
+/// seq, grants of a wallet, reviews, members, …).
+pub const MAX_LIST: usize = 10_000;
+/// Most local days one DAY summary may span (about ten years).
+pub const MAX_SUMMARY_DAYS: usize = 3_700;
+/// Most groups one usage summary returns.
+pub const MAX_SUMMARY_GROUPS: usize = 100_000;
+/// Rows per multi-row INSERT: keeps every statement well under SQLite's and
+/// PostgreSQL's bound-parameter limits (17 columns × 256 rows ≈ 4.4k parameters).
+pub(crate) const INSERT_CHUNK: usize = 256;
+
+/// SQLite connections in the pool: one writer at a time anyway (BEGIN IMMEDIATE), the
+/// others serve reads concurrently under WAL.
+const SQLITE_POOL: u32 = 4;
+/// PostgreSQL connections in the pool.
+const POSTGRES_POOL: u32 = 16;
+/// How long a SQLite writer waits for the write lock before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database: cheap to clone (a pool).
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens `sqlite://path?mode=rwc` (WAL, `synchronous=FULL` so an acknowledged commit
+    /// survives power loss, a busy timeout) or `postgres://…` (a pool). Does not migrate.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let mut options = ConnectOptions::new(url.to_owned());
+        options.sqlx_logging(false).acquire_timeout(ACQUIRE_TIMEOUT);
+        match backend {
+            Backend::Sqlite => {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                options
+                    .max_connections(SQLITE_POOL)
+                    .map_sqlx_sqlite_opts(|o| {
+                        o.journal_mode(SqliteJournalMode::Wal)
+                            .synchronous(SqliteSynchronous::Full)
+                            .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                            .foreign_keys(false)
+                    });
+            }
+            Backend::Postgres => {
+                options.max_connections(POSTGRES_POOL);
+            }
+        }
+        let db = Database::connect(options).await.map_err(StoreError::Db)?;
+        Ok(Store { db, backend })
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migration::Migrator::up(&self.db, None)
+            .await
+            .map_err(StoreError::Db)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The underlying connection, for tests and tools (e.g. the migration CLI).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Closes the pool; pending writes are already committed or failed.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await.map_err(StoreError::Db)
+    }
+
+    pub(crate) fn db_backend(&self) -> DbBackend {
+        match self.backend {
+            Backend::Sqlite => DbBackend::Sqlite,
+            Backend::Postgres => DbBackend::Postgres,
+        }
+    }
+}
+
+/// Fails with [`StoreError::TooLarge`] when `n` exceeds `limit`.
+pub(crate) fn bound(what: &'static str, n: usize, limit: usize) -> Result<(), StoreError> {
+    if n > limit {
+        Err(StoreError::TooLarge { what, limit })
+    } else {
+        Ok(())
+    }
+}

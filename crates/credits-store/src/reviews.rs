@@ -1,0 +1,202 @@
+//! High-usage reviews. This module owns their rows and the "one open review per thread"
+//! rule as a unique index; it never analyses usage or grants credits (an approval's
+//! grant and status change commit together through [`WalletBatch::review`]).
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::entity::reviews;
+use crate::error::StoreError;
+use crate::rows::*;
+use crate::time::{from_us, opt_from_us, to_us};
+use crate::{MAX_LIST, Store, bound};
+
+fn review_model(r: &ReviewRow) -> reviews::Model {
+    reviews::Model {
+        id: r.id.clone(),
+        wallet_id: r.wallet_id.clone(),
+        thread_id: r.thread_id.clone(),
+        reporter_id: r.reporter_id.clone(),
+        task_description: r.task_description.clone(),
+        model: r.model.clone(),
+        preview_status: r.preview_status.clone(),
+        thread_length: r.thread_length,
+        context_size: r.context_size,
+        status: r.status.as_str().to_owned(),
+        findings: r.findings_json.clone(),
+        suggested_refund_ucr: r.suggested_refund_ucr,
+        credited_ucr: r.credited_ucr,
+        note: r.note.clone(),
+        grant_id: r.grant_id.clone(),
+        created_us: to_us(r.created_at),
+        resolved_us: r.resolved_at.map(to_us),
+    }
+}
+
+fn review_row(m: reviews::Model) -> Result<ReviewRow, StoreError> {
+    Ok(ReviewRow {
+        status: ReviewStatus::parse(&m.status)?,
+        created_at: from_us(m.created_us)?,
+        resolved_at: opt_from_us(m.resolved_us)?,
+        id: m.id,
+        wallet_id: m.wallet_id,
+        thread_id: m.thread_id,
+        reporter_id: m.reporter_id,
+        task_description: m.task_description,
+        model: m.model,
+        preview_status: m.preview_status,
+        thread_length: m.thread_length,
+        context_size: m.context_size,
+        findings_json: m.findings,
+        suggested_refund_ucr: m.suggested_refund_ucr,
+        credited_ucr: m.credited_ucr,
+        note: m.note,
+        grant_id: m.grant_id,
+    })
+}
+
+impl Store {
+    /// Stores a new review, unless the thread already has a SUBMITTED one: then that one
+    /// is returned and nothing is written (SPEC 7).
+    pub async fn insert_review(&self, review: &ReviewRow) -> Result<ReviewInsert, StoreError> {
+        let inserted = reviews::Entity::insert_many(crate::entity::active([review_model(review)]))
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(StoreError::from_db);
+        match inserted {
+            Ok(_) => Ok(ReviewInsert::New),
+            // The partial unique index caught a racing report: answer with the winner.
+            Err(StoreError::Duplicate(what)) => {
+                match self
+                    .open_review(&review.wallet_id, &review.thread_id)
+                    .await?
+                {
+                    Some(open) => Ok(ReviewInsert::Open(Box::new(open))),
+                    None => Err(StoreError::Duplicate(what)),
+                }
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    pub async fn review(&self, id: &str) -> Result<Option<ReviewRow>, StoreError> {
+        reviews::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(review_row)
+            .transpose()
+    }
+
+    /// The SUBMITTED review of a thread, if any.
+    pub async fn open_review(
+        &self,
+        wallet_id: &str,
+        thread_id: &str,
+    ) -> Result<Option<ReviewRow>, StoreError> {
+        reviews::Entity::find()
+            .filter(reviews::Column::WalletId.eq(wallet_id))
+            .filter(reviews::Column::ThreadId.eq(thread_id))
+            .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(review_row)
+            .transpose()
+    }
+
+    /// Every review of a thread, oldest first (a refund never covers events that a
+    /// CREDITED review already covered), at most [`MAX_LIST`].
+    pub async fn reviews_of_thread(
+        &self,
+        wallet_id: &str,
+        thread_id: &str,
+    ) -> Result<Vec<ReviewRow>, StoreError> {
+        reviews::Entity::find()
+            .filter(reviews::Column::WalletId.eq(wallet_id))
+            .filter(reviews::Column::ThreadId.eq(thread_id))
+            .order_by_asc(reviews::Column::CreatedUs)
+            .order_by_asc(reviews::Column::Id)
+            .limit(MAX_LIST as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(review_row)
+            .collect()
+    }
+
+    /// Reviews with `status`, oldest first, at most `limit` (≤ [`MAX_LIST`]).
+    pub async fn reviews_by_status(
+        &self,
+        status: ReviewStatus,
+        limit: usize,
+    ) -> Result<Vec<ReviewRow>, StoreError> {
+        bound("reviews", limit, MAX_LIST)?;
+        reviews::Entity::find()
+            .filter(reviews::Column::Status.eq(status.as_str()))
+            .order_by_asc(reviews::Column::CreatedUs)
+            .order_by_asc(reviews::Column::Id)
+            .limit(limit as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(review_row)
+            .collect()
+    }
+
+    /// Reviews filed by `reporter_id`, optionally on one wallet, oldest first, at most
+    /// `limit` (≤ [`MAX_LIST`]).
+    pub async fn reviews_of_reporter(
+        &self,
+        reporter_id: &str,
+        wallet_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ReviewRow>, StoreError> {
+        bound("reviews", limit, MAX_LIST)?;
+        let mut query = reviews::Entity::find().filter(reviews::Column::ReporterId.eq(reporter_id));
+        if let Some(wallet_id) = wallet_id {
+            query = query.filter(reviews::Column::WalletId.eq(wallet_id));
+        }
+        query
+            .order_by_asc(reviews::Column::CreatedUs)
+            .order_by_asc(reviews::Column::Id)
+            .limit(limit as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(review_row)
+            .collect()
+    }
+
+    /// Resolves a SUBMITTED review without a grant (a rejection); false when it is not
+    /// SUBMITTED any more. An approval goes through [`WalletBatch::review`] instead.
+    pub async fn resolve_review(&self, resolution: &ReviewResolution) -> Result<bool, StoreError> {
+        let res = reviews::Entity::update_many()
+            .col_expr(
+                reviews::Column::Status,
+                Expr::value(resolution.status.as_str()),
+            )
+            .col_expr(
+                reviews::Column::CreditedUcr,
+                Expr::value(resolution.credited_ucr),
+            )
+            .col_expr(reviews::Column::Note, Expr::value(resolution.note.clone()))
+            .col_expr(
+                reviews::Column::GrantId,
+                Expr::value(resolution.grant_id.clone()),
+            )
+            .col_expr(
+                reviews::Column::ResolvedUs,
+                Expr::value(to_us(resolution.resolved_at)),
+            )
+            .filter(reviews::Column::Id.eq(resolution.review_id.as_str()))
+            .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok(res.rows_affected > 0)
+    }
+}

@@ -1,0 +1,213 @@
+//! Teams and members. This module owns their rows; it never enforces team rules (at least
+//! one ADMIN, who may configure whom): the team's supervisor actor serialises those
+//! changes and checks them before calling here.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::entity::{team_members, teams};
+use crate::error::StoreError;
+use crate::rows::*;
+use crate::time::{from_us, to_us};
+use crate::wallet::insert_wallet;
+use crate::{MAX_LIST, Store};
+
+fn team_row(m: teams::Model) -> Result<TeamRow, StoreError> {
+    Ok(TeamRow {
+        created_at: from_us(m.created_us)?,
+        id: m.id,
+        name: m.name,
+        wallet_id: m.wallet_id,
+    })
+}
+
+fn member_model(m: &MemberRow) -> team_members::Model {
+    team_members::Model {
+        team_id: m.team_id.clone(),
+        user_id: m.user_id.clone(),
+        role: m.role.as_str().to_owned(),
+        daily_limit_ucr: m.daily_limit_ucr,
+        period_limit_ucr: m.period_limit_ucr,
+        added_us: to_us(m.added_at),
+    }
+}
+
+fn member_row(m: team_members::Model) -> Result<MemberRow, StoreError> {
+    Ok(MemberRow {
+        role: MemberRole::parse(&m.role)?,
+        added_at: from_us(m.added_us)?,
+        team_id: m.team_id,
+        user_id: m.user_id,
+        daily_limit_ucr: m.daily_limit_ucr,
+        period_limit_ucr: m.period_limit_ucr,
+    })
+}
+
+impl Store {
+    /// Creates a team, its pool wallet (with the creation record) and its first members
+    /// in one transaction.
+    pub async fn create_team(
+        &self,
+        team: &TeamRow,
+        pool: &NewWallet,
+        members: &[MemberRow],
+    ) -> Result<(), StoreError> {
+        crate::bound("team members", members.len(), MAX_LIST)?;
+        let txn = self.begin_write().await?;
+        insert_wallet(&txn, pool).await?;
+        teams::Entity::insert_many(crate::entity::active([teams::Model {
+            id: team.id.clone(),
+            name: team.name.clone(),
+            wallet_id: team.wallet_id.clone(),
+            created_us: to_us(team.created_at),
+        }]))
+        .exec_without_returning(&txn)
+        .await
+        .map_err(StoreError::from_db)?;
+        for chunk in members.chunks(crate::INSERT_CHUNK) {
+            team_members::Entity::insert_many(crate::entity::active(
+                chunk.iter().map(member_model),
+            ))
+            .exec_without_returning(&txn)
+            .await
+            .map_err(StoreError::from_db)?;
+        }
+        txn.commit().await.map_err(StoreError::from_db)
+    }
+
+    pub async fn team(&self, id: &str) -> Result<Option<TeamRow>, StoreError> {
+        teams::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(team_row)
+            .transpose()
+    }
+
+    /// The team whose pool is `wallet_id`.
+    pub async fn team_of_wallet(&self, wallet_id: &str) -> Result<Option<TeamRow>, StoreError> {
+        teams::Entity::find()
+            .filter(teams::Column::WalletId.eq(wallet_id))
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(team_row)
+            .transpose()
+    }
+
+    /// Teams `user_id` belongs to, in team creation order, at most [`MAX_LIST`].
+    pub async fn teams_of_user(&self, user_id: &str) -> Result<Vec<TeamRow>, StoreError> {
+        let ids: Vec<String> = team_members::Entity::find()
+            .select_only()
+            .column(team_members::Column::TeamId)
+            .filter(team_members::Column::UserId.eq(user_id))
+            .limit(MAX_LIST as u64)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        teams::Entity::find()
+            .filter(teams::Column::Id.is_in(ids))
+            .order_by_asc(teams::Column::CreatedUs)
+            .order_by_asc(teams::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(team_row)
+            .collect()
+    }
+
+    /// Members of a team in the order they were added, at most [`MAX_LIST`].
+    pub async fn members(&self, team_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+        team_members::Entity::find()
+            .filter(team_members::Column::TeamId.eq(team_id))
+            .order_by_asc(team_members::Column::AddedUs)
+            .order_by_asc(team_members::Column::UserId)
+            .limit(MAX_LIST as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(member_row)
+            .collect()
+    }
+
+    pub async fn member(
+        &self,
+        team_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberRow>, StoreError> {
+        team_members::Entity::find_by_id((team_id.to_owned(), user_id.to_owned()))
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(member_row)
+            .transpose()
+    }
+
+    /// Adds a member; false when they already are one (nothing changes).
+    pub async fn add_member(&self, member: &MemberRow) -> Result<bool, StoreError> {
+        let inserted =
+            team_members::Entity::insert_many(crate::entity::active([member_model(member)]))
+                .on_conflict_do_nothing()
+                .exec_without_returning(&self.db)
+                .await
+                .map_err(StoreError::from_db)?;
+        Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+    }
+
+    /// Removes a member; false when they were not one.
+    pub async fn remove_member(&self, team_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let res = team_members::Entity::delete_by_id((team_id.to_owned(), user_id.to_owned()))
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Replaces both limits of a member (None = no limit); false for a non-member.
+    pub async fn set_member_limits(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        daily_limit_ucr: Option<i64>,
+        period_limit_ucr: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let res = team_members::Entity::update_many()
+            .col_expr(
+                team_members::Column::DailyLimitUcr,
+                Expr::value(daily_limit_ucr),
+            )
+            .col_expr(
+                team_members::Column::PeriodLimitUcr,
+                Expr::value(period_limit_ucr),
+            )
+            .filter(team_members::Column::TeamId.eq(team_id))
+            .filter(team_members::Column::UserId.eq(user_id))
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Changes a member's role; false for a non-member.
+    pub async fn set_member_role(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        role: MemberRole,
+    ) -> Result<bool, StoreError> {
+        let res = team_members::Entity::update_many()
+            .col_expr(team_members::Column::Role, Expr::value(role.as_str()))
+            .filter(team_members::Column::TeamId.eq(team_id))
+            .filter(team_members::Column::UserId.eq(user_id))
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok(res.rows_affected > 0)
+    }
+}

@@ -1,0 +1,386 @@
+//! Usage history and summaries. This module owns the order of history (newest first by
+//! (at, seq)), its opaque cursors, and the exact i64 totals of summaries; it must never
+//! page by offset (offsets shift while new events arrive) nor sum amounts outside i64.
+
+use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use sea_orm::sea_query::Condition;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::entity::usage_events::{self, Column};
+use crate::error::{StoreError, corrupt};
+use crate::rows::*;
+use crate::sql::Sql;
+use crate::time::{from_us, seq_to_db, to_us};
+use crate::wallet::usage_row;
+use crate::{MAX_LIST, MAX_PAGE, MAX_SUMMARY_DAYS, MAX_SUMMARY_GROUPS, Store, bound};
+
+/// Cursor format version, so a later format can reject (not misread) old cursors.
+const CURSOR_PREFIX: &str = "u1:";
+
+/// Encodes the (at, seq) position of an event as an opaque cursor.
+fn encode_cursor(at_us: i64, seq: i64) -> String {
+    let plain = format!("{CURSOR_PREFIX}{at_us}:{seq}");
+    plain.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 128 {
+        return Err(StoreError::InvalidCursor);
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&cursor[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| StoreError::InvalidCursor)?;
+    let plain = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
+    let rest = plain
+        .strip_prefix(CURSOR_PREFIX)
+        .ok_or(StoreError::InvalidCursor)?;
+    let (at, seq) = rest.split_once(':').ok_or(StoreError::InvalidCursor)?;
+    Ok((
+        at.parse().map_err(|_| StoreError::InvalidCursor)?,
+        seq.parse().map_err(|_| StoreError::InvalidCursor)?,
+    ))
+}
+
+fn filter_condition(wallet_id: &str, filter: &UsageFilter) -> Condition {
+    let mut cond = Condition::all().add(Column::WalletId.eq(wallet_id));
+    if let Some(thread) = &filter.thread_id {
+        cond = cond.add(Column::ThreadId.eq(thread.as_str()));
+    }
+    if let Some(model) = &filter.model {
+        cond = cond.add(Column::Model.eq(model.as_str()));
+    }
+    if let Some(member) = &filter.member_id {
+        cond = cond.add(Column::MemberId.eq(member.as_str()));
+    }
+    if let Some(from) = filter.from {
+        cond = cond.add(Column::AtUs.gte(to_us(from)));
+    }
+    if let Some(to) = filter.to {
+        cond = cond.add(Column::AtUs.lt(to_us(to)));
+    }
+    cond
+}
+
+/// The same filter as raw SQL, for the aggregates.
+fn push_filter(sql: &mut Sql, wallet_id: &str, filter: &UsageFilter) {
+    sql.push(" WHERE u.wallet_id = ").bind(wallet_id.to_owned());
+    if let Some(thread) = &filter.thread_id {
+        sql.push(" AND u.thread_id = ").bind(thread.clone());
+    }
+    if let Some(model) = &filter.model {
+        sql.push(" AND u.model = ").bind(model.clone());
+    }
+    if let Some(member) = &filter.member_id {
+        sql.push(" AND u.member_id = ").bind(member.clone());
+    }
+    if let Some(from) = filter.from {
+        sql.push(" AND u.at_us >= ").bind(to_us(from));
+    }
+    if let Some(to) = filter.to {
+        sql.push(" AND u.at_us < ").bind(to_us(to));
+    }
+}
+
+impl Store {
+    /// One page of a wallet's usage, newest first by (at, seq), `first` ≤ [`MAX_PAGE`],
+    /// continuing after `after` (a cursor from an earlier page). Cursors name a position,
+    /// so pages stay stable while new (later) events arrive.
+    pub async fn usage_history(
+        &self,
+        wallet_id: &str,
+        filter: &UsageFilter,
+        first: usize,
+        after: Option<&str>,
+    ) -> Result<UsagePage, StoreError> {
+        bound("usage page size", first, MAX_PAGE)?;
+        let mut cond = filter_condition(wallet_id, filter);
+        if let Some(cursor) = after {
+            let (at_us, seq) = decode_cursor(cursor)?;
+            cond = cond.add(
+                Condition::any().add(Column::AtUs.lt(at_us)).add(
+                    Condition::all()
+                        .add(Column::AtUs.eq(at_us))
+                        .add(Column::Seq.lt(seq)),
+                ),
+            );
+        }
+        let mut rows = usage_events::Entity::find()
+            .filter(cond)
+            .order_by_desc(Column::AtUs)
+            .order_by_desc(Column::Seq)
+            // One more than asked tells whether another page exists.
+            .limit(first as u64 + 1)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        let has_next_page = rows.len() > first;
+        rows.truncate(first);
+        let end_cursor = rows.last().map(|r| encode_cursor(r.at_us, r.seq));
+        Ok(UsagePage {
+            events: rows.into_iter().map(usage_row).collect::<Result<_, _>>()?,
+            end_cursor,
+            has_next_page,
+        })
+    }
+
+    /// Every usage event of one thread of a wallet, oldest first, at most `limit`
+    /// (≤ [`MAX_LIST`]): the input of a high-usage review's analysis.
+    pub async fn thread_usage(
+        &self,
+        wallet_id: &str,
+        thread_id: &str,
+        limit: usize,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        bound("thread events", limit, MAX_LIST)?;
+        usage_events::Entity::find()
+            .filter(Column::WalletId.eq(wallet_id))
+            .filter(Column::ThreadId.eq(thread_id))
+            .order_by_asc(Column::AtUs)
+            .order_by_asc(Column::Seq)
+            .limit(limit as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(usage_row)
+            .collect()
+    }
+
+    /// Non-empty groups of a wallet's usage (cost summed exactly in i64), ordered by key
+    /// then sub-key. DAY groups by the local date of `at` in `zone`; day boundaries are
+    /// computed here (SQL has no portable zone arithmetic) and joined as a table of
+    /// [start, end) instants, so every total is still one SQL sum.
+    pub async fn usage_summary(
+        &self,
+        wallet_id: &str,
+        filter: &UsageFilter,
+        by: GroupBy,
+        then_by: Option<GroupBy>,
+        zone: Tz,
+    ) -> Result<Vec<SummaryRow>, StoreError> {
+        let wants_day = by == GroupBy::Day || then_by == Some(GroupBy::Day);
+        let days = if wants_day {
+            match self.usage_span(wallet_id, filter).await? {
+                Some((lo, hi)) => day_table(zone, lo, hi)?,
+                // No usage in range: no groups.
+                None => return Ok(Vec::new()),
+            }
+        } else {
+            Vec::new()
+        };
+
+        let mut sql = Sql::new(self.db_backend());
+        if wants_day {
+            // Literals, not binds: dates and integers this function produced, and a
+            // VALUES list of thousands of binds would hit parameter limits.
+            sql.push("WITH days (day, lo, hi) AS (VALUES ");
+            for (i, (day, lo, hi)) in days.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.push(&format!("('{day}', {lo}, {hi})"));
+            }
+            sql.push(") ");
+        }
+        let key = group_expr(by);
+        let sub = then_by.map(group_expr);
+        sql.push("SELECT ").push(key).push(" AS k, ");
+        match sub {
+            Some(sub) => sql.push(sub).push(" AS s, "),
+            None => sql.push("NULL AS s, "),
+        };
+        sql.push("CAST(SUM(u.cost_ucr) AS BIGINT) AS total, CAST(COUNT(*) AS BIGINT) AS n");
+        sql.push(" FROM usage_events u");
+        if wants_day {
+            sql.push(" JOIN days d ON u.at_us >= d.lo AND u.at_us < d.hi");
+        }
+        push_filter(&mut sql, wallet_id, filter);
+        sql.push(" GROUP BY ").push(key);
+        if let Some(sub) = sub {
+            sql.push(", ").push(sub);
+        }
+        // Sorted below, by bytes: PostgreSQL's collation may order text differently from
+        // SQLite's. The limit only detects an oversized answer.
+        sql.push(&format!(" LIMIT {}", MAX_SUMMARY_GROUPS + 1));
+        let rows = self
+            .db
+            .query_all_raw(sql.build())
+            .await
+            .map_err(StoreError::Db)?;
+        bound("summary groups", rows.len(), MAX_SUMMARY_GROUPS)?;
+        let mut groups = rows
+            .into_iter()
+            .map(|row| {
+                Ok(SummaryRow {
+                    key: row.try_get("", "k").map_err(StoreError::Db)?,
+                    sub_key: row.try_get("", "s").map_err(StoreError::Db)?,
+                    credits_ucr: row.try_get("", "total").map_err(StoreError::Db)?,
+                    events: row.try_get("", "n").map_err(StoreError::Db)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        groups.sort_by(|a, b| (&a.key, &a.sub_key).cmp(&(&b.key, &b.sub_key)));
+        Ok(groups)
+    }
+
+    /// Instants of the first and last usage matching the filter.
+    async fn usage_span(
+        &self,
+        wallet_id: &str,
+        filter: &UsageFilter,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let mut sql = Sql::new(self.db_backend());
+        sql.push("SELECT MIN(u.at_us) AS lo, MAX(u.at_us) AS hi FROM usage_events u");
+        push_filter(&mut sql, wallet_id, filter);
+        let row = self
+            .db
+            .query_one_raw(sql.build())
+            .await
+            .map_err(StoreError::Db)?;
+        let Some(row) = row else { return Ok(None) };
+        let lo: Option<i64> = row.try_get("", "lo").map_err(StoreError::Db)?;
+        let hi: Option<i64> = row.try_get("", "hi").map_err(StoreError::Db)?;
+        Ok(lo.zip(hi))
+    }
+
+    /// Where `cost_ucr` stands among the platform's threads (wallet, thread id) of
+    /// `model` in [from, to): a thread's total is the sum of its usage of that model in
+    /// the window (SPEC 7 `costPercentile`). Aggregated in SQL: no rows are returned.
+    pub async fn thread_rank(
+        &self,
+        model: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cost_ucr: i64,
+    ) -> Result<ThreadRank, StoreError> {
+        let mut sql = Sql::new(self.db_backend());
+        sql.push("SELECT CAST(COUNT(*) AS BIGINT) AS threads, ")
+            .push("CAST(COALESCE(SUM(CASE WHEN t.total <= ")
+            .bind(cost_ucr)
+            .push(" THEN 1 ELSE 0 END), 0) AS BIGINT) AS below FROM (")
+            .push("SELECT u.wallet_id, u.thread_id, SUM(u.cost_ucr) AS total FROM usage_events u")
+            .push(" WHERE u.model = ")
+            .bind(model.to_owned())
+            .push(" AND u.at_us >= ")
+            .bind(to_us(from))
+            .push(" AND u.at_us < ")
+            .bind(to_us(to))
+            .push(" GROUP BY u.wallet_id, u.thread_id) t");
+        let row = self
+            .db
+            .query_one_raw(sql.build())
+            .await
+            .map_err(StoreError::Db)?
+            .ok_or_else(|| corrupt("aggregate returned no row"))?;
+        let threads: i64 = row.try_get("", "threads").map_err(StoreError::Db)?;
+        let below: i64 = row.try_get("", "below").map_err(StoreError::Db)?;
+        Ok(ThreadRank {
+            threads: u64::try_from(threads).map_err(corrupt)?,
+            at_or_below: u64::try_from(below).map_err(corrupt)?,
+        })
+    }
+
+    /// Number of usage events of a wallet with seq ≤ `seq` (checks and tests).
+    pub async fn usage_count_through(&self, wallet_id: &str, seq: u64) -> Result<u64, StoreError> {
+        use sea_orm::PaginatorTrait;
+        usage_events::Entity::find()
+            .filter(Column::WalletId.eq(wallet_id))
+            .filter(Column::Seq.lte(seq_to_db(seq)?))
+            .count(&self.db)
+            .await
+            .map_err(StoreError::Db)
+    }
+}
+
+fn group_expr(by: GroupBy) -> &'static str {
+    match by {
+        GroupBy::Model => "u.model",
+        GroupBy::Thread => "u.thread_id",
+        GroupBy::Member => "COALESCE(u.member_id, '')",
+        GroupBy::Day => "d.day",
+    }
+}
+
+/// The first instant whose local date in `zone` is `date`: local midnight, or the first
+/// existing local time after it in a DST gap, or the earlier of two midnights. None when
+/// the zone skipped the whole date (Pacific/Apia, 2011-12-30).
+fn day_start(zone: Tz, date: NaiveDate) -> Option<DateTime<Utc>> {
+    let midnight = date.and_hms_opt(0, 0, 0)?;
+    // Transitions fall on whole minutes, so stepping by minutes finds the first
+    // existing local time exactly.
+    for minute in 0..24 * 60 {
+        let local = midnight + chrono::Duration::minutes(minute);
+        if local.date() != date {
+            break;
+        }
+        if let Some(at) = zone.from_local_datetime(&local).earliest() {
+            return Some(at.with_timezone(&Utc));
+        }
+    }
+    None
+}
+
+/// (date, start µs, end µs) of every local date from the one containing `lo_us` to the
+/// one containing `hi_us`.
+fn day_table(zone: Tz, lo_us: i64, hi_us: i64) -> Result<Vec<(NaiveDate, i64, i64)>, StoreError> {
+    let first = from_us(lo_us)?.with_timezone(&zone).date_naive();
+    let last = from_us(hi_us)?.with_timezone(&zone).date_naive();
+    let span = (last - first).num_days().max(0) as usize + 1;
+    bound("days in a summary", span, MAX_SUMMARY_DAYS)?;
+    let mut starts = Vec::with_capacity(span + 1);
+    let mut date = first;
+    // One date past `last` closes its row; two, in case that one was skipped.
+    while date
+        <= last
+            .checked_add_days(Days::new(2))
+            .ok_or_else(|| corrupt("date"))?
+    {
+        if let Some(start) = day_start(zone, date) {
+            starts.push((date, to_us(start)));
+        }
+        date = date
+            .checked_add_days(Days::new(1))
+            .ok_or_else(|| corrupt("date"))?;
+    }
+    Ok(starts
+        .windows(2)
+        .filter(|w| w[0].0 <= last)
+        .map(|w| (w[0].0, w[0].1, w[1].1))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = encode_cursor(1_700_000_000_000_000, 42);
+        assert_eq!(decode_cursor(&c).unwrap(), (1_700_000_000_000_000, 42));
+        for bad in ["", "zz", "7531", &encode_cursor(1, 2)[2..]] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn day_start_handles_gaps_and_skipped_dates() {
+        let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day).unwrap();
+        // Santiago: clocks jump 00:00 -> 01:00 on 2024-09-08.
+        let start = day_start(chrono_tz::America::Santiago, d(2024, 9, 8)).unwrap();
+        assert_eq!(start.to_rfc3339(), "2024-09-08T04:00:00+00:00");
+        // Apia skipped 2011-12-30 entirely.
+        assert_eq!(day_start(chrono_tz::Pacific::Apia, d(2011, 12, 30)), None);
+        let table = day_table(
+            chrono_tz::Pacific::Apia,
+            to_us(Utc.with_ymd_and_hms(2011, 12, 29, 12, 0, 0).unwrap()),
+            to_us(Utc.with_ymd_and_hms(2011, 12, 30, 12, 0, 0).unwrap()),
+        )
+        .unwrap();
+        // 29th, then 31st: the rows tile time without gaps.
+        assert_eq!(table.len(), 2);
+        assert_eq!(table[0].2, table[1].1);
+    }
+}

@@ -1,0 +1,605 @@
+//! Wallet rows and fenced commits. This module owns the only code that writes a wallet's
+//! per-wallet rows (wallet, ledger, usage, grants, reservations): creation, and commits
+//! that move `version` by one under `WHERE version = expected` in the same transaction as
+//! every row of the batch. It must never write a batch whose fence failed, and never
+//! commit two wallets' batches so that one's conflict undoes the other's.
+
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IsolationLevel,
+    PaginatorTrait, QueryFilter, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use crate::entity::{grants, ledger, reservations, reviews, usage_events, wallets};
+use crate::error::{CommitError, StoreError};
+use crate::rows::*;
+use crate::sql::Sql;
+use crate::time::{from_us, opt_from_us, seq_from_db, seq_to_db, to_us};
+use crate::{INSERT_CHUNK, MAX_BATCH_RECORDS, MAX_GROUP_BATCHES, MAX_LIST, Store, bound};
+
+impl Store {
+    /// Opens a write transaction. On SQLite it takes the write lock at BEGIN (IMMEDIATE):
+    /// a deferred transaction that reads and then writes can fail with SQLITE_BUSY at
+    /// once, without waiting for the busy timeout, when another writer got in between.
+    pub(crate) async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        let options = TransactionOptions {
+            isolation_level: None::<IsolationLevel>,
+            access_mode: None::<AccessMode>,
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        };
+        self.db
+            .begin_with_options(options)
+            .await
+            .map_err(StoreError::Db)
+    }
+
+    /// Creates a wallet (version 0) with its creation record, atomically with the
+    /// owner's createWallet key when there is one. A key already recorded returns the
+    /// wallet it created and writes nothing.
+    pub async fn create_wallet(&self, wallet: &NewWallet) -> Result<Created, StoreError> {
+        let txn = self.begin_write().await?;
+        match create_in(&txn, self, wallet).await {
+            Ok(Created::New) => {
+                txn.commit().await.map_err(StoreError::from_db)?;
+                Ok(Created::New)
+            }
+            Ok(existing) => {
+                txn.rollback().await.map_err(StoreError::Db)?;
+                Ok(existing)
+            }
+            Err(err) => {
+                // The transaction is dropped (rolled back); the original error matters.
+                drop(txn);
+                Err(err)
+            }
+        }
+    }
+
+    /// Loads a wallet's snapshot row and its version.
+    pub async fn load_wallet(&self, wallet_id: &str) -> Result<Option<StoredWallet>, StoreError> {
+        wallets::Entity::find_by_id(wallet_id.to_owned())
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(stored_wallet)
+            .transpose()
+    }
+
+    /// Commits one wallet's batch in one transaction behind the fence. Returns the new
+    /// version. On [`CommitError::Conflict`] nothing was written.
+    pub async fn commit(&self, batch: &WalletBatch) -> Result<i64, CommitError> {
+        check_batch(batch)?;
+        let txn = self.begin_write().await?;
+        match write_batch(&txn, batch).await {
+            Ok(version) => {
+                txn.commit().await?;
+                Ok(version)
+            }
+            Err(err) => {
+                // The batch's error is what the caller acts on; a failed rollback ends
+                // the same way (the connection drops the transaction).
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Commits several wallets' batches in one transaction, one savepoint per batch, so a
+    /// fence conflict (or a taken key) rolls back only that wallet's part. Returns one
+    /// result per batch, in order. `Err` means the transaction as a whole failed: then no
+    /// batch is known to be durable.
+    pub async fn commit_many(
+        &self,
+        batches: &[WalletBatch],
+    ) -> Result<Vec<Result<i64, CommitError>>, StoreError> {
+        bound(
+            "batches in a group commit",
+            batches.len(),
+            MAX_GROUP_BATCHES,
+        )?;
+        let txn = self.begin_write().await?;
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            if let Err(err) = check_batch(batch) {
+                results.push(Err(err.into()));
+                continue;
+            }
+            let savepoint = txn.begin().await.map_err(StoreError::Db)?;
+            match write_batch(&savepoint, batch).await {
+                Ok(version) => {
+                    savepoint.commit().await.map_err(StoreError::Db)?;
+                    results.push(Ok(version));
+                }
+                Err(err) => {
+                    savepoint.rollback().await.map_err(StoreError::Db)?;
+                    results.push(Err(err));
+                }
+            }
+        }
+        txn.commit().await.map_err(StoreError::Db)?;
+        Ok(results)
+    }
+
+    /// Wallets whose next due instant is at or before `before`, soonest first, at most
+    /// `limit` (≤ [`MAX_LIST`]).
+    pub async fn wallets_due(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        bound("due wallets", limit, MAX_LIST)?;
+        let rows = wallets::Entity::find()
+            .select_only()
+            .column(wallets::Column::Id)
+            .column(wallets::Column::NextDueUs)
+            .filter(wallets::Column::NextDueUs.lte(to_us(before)))
+            .order_by_asc(wallets::Column::NextDueUs)
+            .order_by_asc(wallets::Column::Id)
+            .limit(limit as u64)
+            .into_tuple::<(String, i64)>()
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        rows.into_iter()
+            .map(|(id, due)| Ok((id, from_us(due)?)))
+            .collect()
+    }
+
+    /// A personal owner's wallets (never pools), in creation order, at most [`MAX_LIST`].
+    pub async fn wallets_of_owner(&self, owner_id: &str) -> Result<Vec<StoredWallet>, StoreError> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        wallets::Entity::find()
+            .filter(wallets::Column::OwnerId.eq(owner_id))
+            .filter(wallets::Column::TeamId.is_null())
+            .order_by_asc(wallets::Column::CreatedUs)
+            .order_by_asc(wallets::Column::Id)
+            .limit(MAX_LIST as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(stored_wallet)
+            .collect()
+    }
+
+    /// The ledger records of a wallet with seq > `after_seq`, in seq order, at most
+    /// `limit` (≤ [`MAX_LIST`]): what a node re-publishes after a NOTIFY.
+    pub async fn events_after(
+        &self,
+        wallet_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LedgerRecord>, StoreError> {
+        use sea_orm::{QueryOrder, QuerySelect};
+        bound("ledger records", limit, MAX_LIST)?;
+        ledger::Entity::find()
+            .filter(ledger::Column::WalletId.eq(wallet_id))
+            .filter(ledger::Column::Seq.gt(seq_to_db(after_seq)?))
+            .order_by_asc(ledger::Column::Seq)
+            .limit(limit as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(ledger_record)
+            .collect()
+    }
+
+    /// Number of ledger records of a wallet (for checks and tests).
+    pub async fn ledger_len(&self, wallet_id: &str) -> Result<u64, StoreError> {
+        ledger::Entity::find()
+            .filter(ledger::Column::WalletId.eq(wallet_id))
+            .count(&self.db)
+            .await
+            .map_err(StoreError::Db)
+    }
+}
+
+async fn create_in(
+    txn: &DatabaseTransaction,
+    store: &Store,
+    wallet: &NewWallet,
+) -> Result<Created, StoreError> {
+    if let Some(key) = &wallet.idempotency_key {
+        // ON CONFLICT DO NOTHING rather than catching the error: on PostgreSQL a failed
+        // statement would abort the whole transaction.
+        let mut sql = Sql::new(store.db_backend());
+        sql.push("INSERT INTO wallet_creations (owner_id, idempotency_key, wallet_id) VALUES (")
+            .bind(wallet.owner_id.clone())
+            .push(", ")
+            .bind(key.clone())
+            .push(", ")
+            .bind(wallet.id.clone())
+            .push(") ON CONFLICT DO NOTHING");
+        let inserted = txn
+            .execute_raw(sql.build())
+            .await
+            .map_err(StoreError::from_db)?
+            .rows_affected();
+        if inserted == 0 {
+            let existing = store
+                .wallet_for_creation_key_in(txn, &wallet.owner_id, key)
+                .await?
+                .ok_or_else(|| crate::error::corrupt("creation key vanished"))?;
+            return Ok(Created::Existing {
+                wallet_id: existing,
+            });
+        }
+    }
+    insert_wallet(txn, wallet).await?;
+    Ok(Created::New)
+}
+
+pub(crate) async fn insert_wallet<C: ConnectionTrait>(
+    conn: &C,
+    wallet: &NewWallet,
+) -> Result<(), StoreError> {
+    let row = wallets::Model {
+        id: wallet.id.clone(),
+        owner_id: wallet.owner_id.clone(),
+        team_id: wallet.team_id.clone(),
+        timezone: wallet.timezone.clone(),
+        plan_id: wallet.plan_id.clone(),
+        created_us: to_us(wallet.created_at),
+        version: 0,
+        seq: seq_to_db(wallet.creation.seq)?,
+        snapshot: wallet.snapshot_json.clone(),
+        next_due_us: wallet.next_due_at.map(to_us),
+    };
+    wallets::Entity::insert_many(crate::entity::active([row]))
+        .exec_without_returning(conn)
+        .await
+        .map_err(StoreError::from_db)?;
+    let record = ledger_model(&wallet.id, &wallet.creation)?;
+    ledger::Entity::insert_many(crate::entity::active([record]))
+        .exec_without_returning(conn)
+        .await
+        .map_err(StoreError::from_db)?;
+    Ok(())
+}
+
+fn check_batch(batch: &WalletBatch) -> Result<(), StoreError> {
+    for (what, n) in [
+        ("ledger records in a batch", batch.entries.len()),
+        ("usage rows in a batch", batch.usage.len()),
+        ("grant rows in a batch", batch.grants.len()),
+        ("reservation rows in a batch", batch.reservations.len()),
+    ] {
+        bound(what, n, MAX_BATCH_RECORDS)?;
+    }
+    // The ledger's seq rises by exactly one per record (SPEC 8); a gap here is a caller
+    // bug that would surface later as a missing event.
+    let contiguous = batch.entries.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+    let ends_at_seq = batch.entries.last().is_none_or(|e| e.seq == batch.seq);
+    if !contiguous || !ends_at_seq {
+        return Err(StoreError::InvalidBatch(format!(
+            "ledger seqs of wallet {} are not contiguous up to {}",
+            batch.wallet_id, batch.seq
+        )));
+    }
+    let foreign = batch.usage.iter().map(|u| &u.wallet_id);
+    let foreign = foreign
+        .chain(batch.grants.iter().map(|g| &g.wallet_id))
+        .chain(batch.reservations.iter().map(|r| &r.wallet_id))
+        .any(|id| *id != batch.wallet_id);
+    if foreign {
+        return Err(StoreError::InvalidBatch(format!(
+            "a row of wallet {}'s batch names another wallet",
+            batch.wallet_id
+        )));
+    }
+    Ok(())
+}
+
+async fn write_batch<C: ConnectionTrait>(
+    conn: &C,
+    batch: &WalletBatch,
+) -> Result<i64, CommitError> {
+    let new_version = batch.expected_version + 1;
+    // The fence first: if it fails, nothing else is attempted.
+    let fenced = wallets::Entity::update_many()
+        .col_expr(wallets::Column::Version, Expr::value(new_version))
+        .col_expr(wallets::Column::Seq, Expr::value(seq_to_db(batch.seq)?))
+        .col_expr(
+            wallets::Column::Snapshot,
+            Expr::value(batch.snapshot_json.clone()),
+        )
+        .col_expr(
+            wallets::Column::NextDueUs,
+            Expr::value(batch.next_due_at.map(to_us)),
+        )
+        .col_expr(
+            wallets::Column::Timezone,
+            Expr::value(batch.timezone.clone()),
+        )
+        .col_expr(wallets::Column::PlanId, Expr::value(batch.plan_id.clone()))
+        .filter(wallets::Column::Id.eq(batch.wallet_id.as_str()))
+        .filter(wallets::Column::Version.eq(batch.expected_version))
+        .exec(conn)
+        .await?;
+    if fenced.rows_affected == 0 {
+        let exists = wallets::Entity::find_by_id(batch.wallet_id.clone())
+            .count(conn)
+            .await?
+            > 0;
+        return Err(if exists {
+            CommitError::Conflict {
+                wallet_id: batch.wallet_id.clone(),
+                expected_version: batch.expected_version,
+            }
+        } else {
+            CommitError::NotFound(batch.wallet_id.clone())
+        });
+    }
+
+    let records = batch
+        .entries
+        .iter()
+        .map(|e| ledger_model(&batch.wallet_id, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    for chunk in records.chunks(INSERT_CHUNK) {
+        ledger::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+            .exec_without_returning(conn)
+            .await?;
+    }
+
+    let usage = batch
+        .usage
+        .iter()
+        .map(usage_model)
+        .collect::<Result<Vec<_>, _>>()?;
+    for chunk in usage.chunks(INSERT_CHUNK) {
+        usage_events::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+            .exec_without_returning(conn)
+            .await?;
+    }
+
+    let lots = batch
+        .grants
+        .iter()
+        .map(grant_model)
+        .collect::<Result<Vec<_>, _>>()?;
+    for chunk in lots.chunks(INSERT_CHUNK) {
+        let written = grants::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+            .on_conflict(
+                OnConflict::column(grants::Column::Id)
+                    .update_columns([
+                        grants::Column::SpentUcr,
+                        grants::Column::HeldUcr,
+                        grants::Column::ExpiredUcr,
+                    ])
+                    .action_and_where(Expr::cust("grants.wallet_id = excluded.wallet_id"))
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await?;
+        same_wallet_upsert("grant", written, chunk.len())?;
+    }
+
+    let holds = batch
+        .reservations
+        .iter()
+        .map(reservation_model)
+        .collect::<Result<Vec<_>, _>>()?;
+    for chunk in holds.chunks(INSERT_CHUNK) {
+        let written =
+            reservations::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+                .on_conflict(
+                    OnConflict::column(reservations::Column::Id)
+                        .update_columns([
+                            reservations::Column::Status,
+                            reservations::Column::SettleInput,
+                            reservations::Column::SettleResult,
+                            reservations::Column::ResolvedSeq,
+                        ])
+                        .action_and_where(Expr::cust("reservations.wallet_id = excluded.wallet_id"))
+                        .to_owned(),
+                )
+                .exec_without_returning(conn)
+                .await?;
+        same_wallet_upsert("reservation", written, chunk.len())?;
+    }
+
+    if let Some(resolution) = &batch.review {
+        let resolved = reviews::Entity::update_many()
+            .col_expr(
+                reviews::Column::Status,
+                Expr::value(resolution.status.as_str()),
+            )
+            .col_expr(
+                reviews::Column::CreditedUcr,
+                Expr::value(resolution.credited_ucr),
+            )
+            .col_expr(reviews::Column::Note, Expr::value(resolution.note.clone()))
+            .col_expr(
+                reviews::Column::GrantId,
+                Expr::value(resolution.grant_id.clone()),
+            )
+            .col_expr(
+                reviews::Column::ResolvedUs,
+                Expr::value(to_us(resolution.resolved_at)),
+            )
+            .filter(reviews::Column::Id.eq(resolution.review_id.as_str()))
+            .filter(reviews::Column::WalletId.eq(batch.wallet_id.as_str()))
+            .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .exec(conn)
+            .await?;
+        if resolved.rows_affected == 0 {
+            // Resolved by someone else first: the caller answers from the stored review.
+            return Err(CommitError::Store(StoreError::Duplicate(format!(
+                "review {} is not SUBMITTED",
+                resolution.review_id
+            ))));
+        }
+    }
+    Ok(new_version)
+}
+
+/// An upsert keyed by id must never touch another wallet's row: the conflict update is
+/// conditioned on the wallet, and a skipped row means the id belongs to another wallet.
+fn same_wallet_upsert(what: &str, written: u64, rows: usize) -> Result<(), CommitError> {
+    if written == rows as u64 {
+        Ok(())
+    } else {
+        Err(CommitError::Store(StoreError::Duplicate(format!(
+            "a {what} id of this batch belongs to another wallet"
+        ))))
+    }
+}
+
+pub(crate) fn stored_wallet(row: wallets::Model) -> Result<StoredWallet, StoreError> {
+    Ok(StoredWallet {
+        created_at: from_us(row.created_us)?,
+        seq: seq_from_db(row.seq)?,
+        next_due_at: opt_from_us(row.next_due_us)?,
+        id: row.id,
+        owner_id: row.owner_id,
+        team_id: row.team_id,
+        timezone: row.timezone,
+        plan_id: row.plan_id,
+        version: row.version,
+        snapshot_json: row.snapshot,
+    })
+}
+
+fn ledger_model(wallet_id: &str, e: &LedgerRecord) -> Result<ledger::Model, StoreError> {
+    Ok(ledger::Model {
+        wallet_id: wallet_id.to_owned(),
+        seq: seq_to_db(e.seq)?,
+        at_us: to_us(e.at),
+        cause: e.cause.clone(),
+        idempotency_key: e.idempotency_key.clone(),
+        entry: e.entry_json.clone(),
+        balance: e.balance_json.clone(),
+    })
+}
+
+pub(crate) fn ledger_record(row: ledger::Model) -> Result<LedgerRecord, StoreError> {
+    Ok(LedgerRecord {
+        seq: seq_from_db(row.seq)?,
+        at: from_us(row.at_us)?,
+        cause: row.cause,
+        idempotency_key: row.idempotency_key,
+        entry_json: row.entry,
+        balance_json: row.balance,
+    })
+}
+
+fn usage_model(u: &UsageRow) -> Result<usage_events::Model, StoreError> {
+    Ok(usage_events::Model {
+        id: u.id.clone(),
+        wallet_id: u.wallet_id.clone(),
+        seq: seq_to_db(u.seq)?,
+        at_us: to_us(u.at),
+        idempotency_key: u.idempotency_key.clone(),
+        thread_id: u.thread_id.clone(),
+        model: u.model.clone(),
+        member_id: u.member_id.clone(),
+        input_tokens: u.input_tokens,
+        cached_tokens: u.cached_tokens,
+        output_tokens: u.output_tokens,
+        cost_ucr: u.cost_ucr,
+        uncollected_ucr: u.uncollected_ucr,
+        tier: u.tier.clone(),
+        priced_by: u.priced_by.clone(),
+        charged: serde_json::to_string(&u.charged)
+            .map_err(|e| StoreError::InvalidBatch(e.to_string()))?,
+        reservation_id: u.reservation_id.clone(),
+    })
+}
+
+pub(crate) fn usage_row(m: usage_events::Model) -> Result<UsageRow, StoreError> {
+    Ok(UsageRow {
+        seq: seq_from_db(m.seq)?,
+        at: from_us(m.at_us)?,
+        charged: serde_json::from_str(&m.charged)
+            .map_err(|e| crate::error::corrupt(format!("charged of {}: {e}", m.id)))?,
+        id: m.id,
+        wallet_id: m.wallet_id,
+        idempotency_key: m.idempotency_key,
+        thread_id: m.thread_id,
+        model: m.model,
+        member_id: m.member_id,
+        input_tokens: m.input_tokens,
+        cached_tokens: m.cached_tokens,
+        output_tokens: m.output_tokens,
+        cost_ucr: m.cost_ucr,
+        uncollected_ucr: m.uncollected_ucr,
+        tier: m.tier,
+        priced_by: m.priced_by,
+        reservation_id: m.reservation_id,
+    })
+}
+
+fn grant_model(g: &GrantRow) -> Result<grants::Model, StoreError> {
+    Ok(grants::Model {
+        id: g.id.clone(),
+        wallet_id: g.wallet_id.clone(),
+        seq: seq_to_db(g.seq)?,
+        kind: g.kind.clone(),
+        reason: g.reason.clone(),
+        amount_ucr: g.amount_ucr,
+        spent_ucr: g.spent_ucr,
+        held_ucr: g.held_ucr,
+        expired_ucr: g.expired_ucr,
+        expires_us: g.expires_at.map(to_us),
+        payment_reference: g.payment_reference.clone(),
+        bundle_id: g.bundle_id.clone(),
+        review_id: g.review_id.clone(),
+        granted_us: to_us(g.granted_at),
+    })
+}
+
+pub(crate) fn grant_row(m: grants::Model) -> Result<GrantRow, StoreError> {
+    Ok(GrantRow {
+        seq: seq_from_db(m.seq)?,
+        expires_at: opt_from_us(m.expires_us)?,
+        granted_at: from_us(m.granted_us)?,
+        id: m.id,
+        wallet_id: m.wallet_id,
+        kind: m.kind,
+        reason: m.reason,
+        amount_ucr: m.amount_ucr,
+        spent_ucr: m.spent_ucr,
+        held_ucr: m.held_ucr,
+        expired_ucr: m.expired_ucr,
+        payment_reference: m.payment_reference,
+        bundle_id: m.bundle_id,
+        review_id: m.review_id,
+    })
+}
+
+fn reservation_model(r: &ReservationRow) -> Result<reservations::Model, StoreError> {
+    Ok(reservations::Model {
+        id: r.id.clone(),
+        wallet_id: r.wallet_id.clone(),
+        seq: seq_to_db(r.seq)?,
+        status: r.status.as_str().to_owned(),
+        amount_ucr: r.amount_ucr,
+        member_id: r.member_id.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        created_us: to_us(r.created_at),
+        expires_us: to_us(r.expires_at),
+        settle_input: r.settle_input.clone(),
+        settle_result: r.settle_result.clone(),
+        resolved_seq: r.resolved_seq.map(seq_to_db).transpose()?,
+    })
+}
+
+pub(crate) fn reservation_row(m: reservations::Model) -> Result<ReservationRow, StoreError> {
+    Ok(ReservationRow {
+        seq: seq_from_db(m.seq)?,
+        status: ReservationStatus::parse(&m.status)?,
+        created_at: from_us(m.created_us)?,
+        expires_at: from_us(m.expires_us)?,
+        resolved_seq: m.resolved_seq.map(seq_from_db).transpose()?,
+        id: m.id,
+        wallet_id: m.wallet_id,
+        amount_ucr: m.amount_ucr,
+        member_id: m.member_id,
+        idempotency_key: m.idempotency_key,
+        settle_input: m.settle_input,
+        settle_result: m.settle_result,
+    })
+}

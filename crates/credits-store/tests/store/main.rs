@@ -1,0 +1,965 @@
+//! Store tests: every test runs on SQLite and, with `CREDITS_TEST_DATABASE_URL`, on
+//! PostgreSQL (`both!`).
+
+mod helpers;
+
+use std::collections::BTreeMap;
+
+use chrono::{Duration, Utc};
+use credits_core::testing::{Journal, Outcome, catalogue, genesis, step};
+use credits_core::{NewWallet as CoreNewWallet, WalletId};
+use credits_store::*;
+use helpers::{Live, create, t0};
+use proptest::strategy::{Strategy, ValueTree};
+use proptest::test_runner::{Config, TestRunner};
+
+both!(
+    plans_and_bundles_round_trip,
+    wallet_round_trip_and_creation_key,
+    teams_and_members_round_trip,
+    reviews_round_trip,
+    tokens_round_trip,
+    losing_fence_changes_nothing,
+    concurrent_writers_one_wins_each_version,
+    group_commit_isolates_conflicts,
+    idempotent_lookups_return_stored_rows,
+    pagination_is_stable_while_events_arrive,
+    summaries_match_raw_rows,
+    random_histories_reload_exactly,
+    due_queries_and_events,
+    payment_reference_is_unique_across_wallets,
+    thread_rank_counts_platform_threads,
+);
+
+async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
+    let at = t0();
+    let plan = |id: &str, custom: bool, position: i64| PlanRow {
+        id: id.into(),
+        name: format!("Plan {id}"),
+        daily_ucr: 5_000_000,
+        subscription_ucr: 0,
+        interval: "MONTHLY".into(),
+        model_tiers: vec!["economy".into(), "standard".into()],
+        custom,
+        position,
+        updated_at: at,
+    };
+    let catalogue = [plan("zeta", false, 0), plan("alpha", false, 1)];
+    let bundles = [BundleRow {
+        id: "credits-100".into(),
+        credits_ucr: 100_000_000,
+        price_cents: 1000,
+        currency: "USD".into(),
+        position: 0,
+    }];
+    store.upsert_catalogue(&catalogue, &bundles).await?;
+    store.upsert_plan(&plan("custom-b", true, 0)).await?;
+    store.upsert_plan(&plan("custom-a", true, 0)).await?;
+    // An edit replaces the row.
+    let mut edited = plan("custom-b", true, 0);
+    edited.daily_ucr = 7;
+    edited.model_tiers = vec!["premium".into()];
+    store.upsert_plan(&edited).await?;
+    let ids: Vec<String> = store.plans().await?.into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, ["zeta", "alpha", "custom-a", "custom-b"]);
+    assert_eq!(store.plan("custom-b").await?, Some(edited));
+    assert_eq!(store.plan("nope").await?, None);
+    assert_eq!(store.bundles().await?, bundles.to_vec());
+    assert_eq!(store.bundle("credits-100").await?, Some(bundles[0].clone()));
+    assert!(!store.plan_in_use("zeta").await?);
+    Ok(())
+}
+
+async fn wallet_round_trip_and_creation_key(store: Store) -> anyhow::Result<()> {
+    let live = create(&store, "wal_a", "pro", t0()).await?;
+    let (state, version) = store.load_state("wal_a").await?.expect("stored");
+    assert_eq!(state, live.journal.wallet);
+    assert_eq!(version, 0);
+    let row = store.load_wallet("wal_a").await?.unwrap();
+    assert_eq!(row.plan_id, "pro");
+    assert_eq!(row.timezone, "Europe/Paris");
+    assert_eq!(row.created_at, t0());
+    assert_eq!(row.next_due_at, Some(live.journal.wallet.next_due()));
+    assert_eq!(store.events_after("wal_a", 0, 10).await?.len(), 0);
+    assert_eq!(store.ledger_len("wal_a").await?, 1);
+    assert!(store.plan_in_use("pro").await?);
+
+    // createWallet keys are per owner: the second call returns the first wallet.
+    let mut keyed =
+        NewWallet::from_core(&live.journal.wallet, &live.journal.entries[0], None, None)?;
+    keyed.id = "wal_k1".into();
+    keyed.idempotency_key = Some("create-1".into());
+    assert_eq!(store.create_wallet(&keyed).await?, Created::New);
+    let mut again = keyed.clone();
+    again.id = "wal_k2".into();
+    assert_eq!(
+        store.create_wallet(&again).await?,
+        Created::Existing {
+            wallet_id: "wal_k1".into()
+        }
+    );
+    assert!(store.load_wallet("wal_k2").await?.is_none());
+    assert_eq!(
+        store
+            .wallet_for_creation_key(&keyed.owner_id, "create-1")
+            .await?,
+        Some("wal_k1".into())
+    );
+    assert_eq!(
+        store.wallet_for_creation_key("other", "create-1").await?,
+        None
+    );
+    let owned: Vec<String> = store
+        .wallets_of_owner(&keyed.owner_id)
+        .await?
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(owned, ["wal_a", "wal_k1"]);
+    // The same id twice is a definite refusal.
+    assert!(matches!(
+        store
+            .create_wallet(&NewWallet {
+                idempotency_key: None,
+                ..keyed
+            })
+            .await,
+        Err(StoreError::Duplicate(_))
+    ));
+    Ok(())
+}
+
+async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
+    let live = create(&store, "wal_seed", "team", t0()).await?;
+    let mut pool =
+        NewWallet::from_core(&live.journal.wallet, &live.journal.entries[0], None, None)?;
+    pool.id = "wal_pool".into();
+    pool.owner_id = "team_1".into();
+    pool.team_id = Some("team_1".into());
+    let team = TeamRow {
+        id: "team_1".into(),
+        name: "Team one".into(),
+        wallet_id: "wal_pool".into(),
+        created_at: t0(),
+    };
+    let admin = MemberRow {
+        team_id: "team_1".into(),
+        user_id: "alice".into(),
+        role: MemberRole::Admin,
+        daily_limit_ucr: None,
+        period_limit_ucr: None,
+        added_at: t0(),
+    };
+    store
+        .create_team(&team, &pool, std::slice::from_ref(&admin))
+        .await?;
+    assert_eq!(store.team("team_1").await?, Some(team.clone()));
+    assert_eq!(store.team_of_wallet("wal_pool").await?, Some(team.clone()));
+    assert_eq!(
+        store
+            .load_wallet("wal_pool")
+            .await?
+            .unwrap()
+            .team_id
+            .as_deref(),
+        Some("team_1")
+    );
+    // A pool is not a personal wallet of its owner.
+    assert!(store.wallets_of_owner("team_1").await?.is_empty());
+
+    let bob = MemberRow {
+        user_id: "bob".into(),
+        role: MemberRole::Member,
+        daily_limit_ucr: Some(0),
+        period_limit_ucr: Some(30_000_000),
+        added_at: t0() + Duration::seconds(1),
+        ..admin.clone()
+    };
+    assert!(store.add_member(&bob).await?);
+    assert!(
+        !store.add_member(&bob).await?,
+        "an existing member is not added twice"
+    );
+    assert_eq!(
+        store.members("team_1").await?,
+        vec![admin.clone(), bob.clone()]
+    );
+    assert!(
+        store
+            .set_member_limits("team_1", "bob", Some(5), None)
+            .await?
+    );
+    let stored = store.member("team_1", "bob").await?.unwrap();
+    assert_eq!(
+        (stored.daily_limit_ucr, stored.period_limit_ucr),
+        (Some(5), None)
+    );
+    assert!(
+        store
+            .set_member_role("team_1", "bob", MemberRole::Admin)
+            .await?
+    );
+    assert_eq!(
+        store.member("team_1", "bob").await?.unwrap().role,
+        MemberRole::Admin
+    );
+    assert_eq!(store.teams_of_user("bob").await?, vec![team]);
+    assert!(store.remove_member("team_1", "bob").await?);
+    assert!(!store.remove_member("team_1", "bob").await?);
+    assert!(!store.set_member_limits("team_1", "bob", None, None).await?);
+    assert!(store.teams_of_user("bob").await?.is_empty());
+    Ok(())
+}
+
+fn review(id: &str, thread: &str, at_offset_s: i64) -> ReviewRow {
+    ReviewRow {
+        id: id.into(),
+        wallet_id: "wal_r".into(),
+        thread_id: thread.into(),
+        reporter_id: "alice".into(),
+        task_description: "refactor".into(),
+        model: Some("m".into()),
+        preview_status: "ERROR_LOOP".into(),
+        thread_length: Some(40),
+        context_size: None,
+        status: ReviewStatus::Submitted,
+        findings_json: r#"{"retryLoops":2}"#.into(),
+        suggested_refund_ucr: 1_500_000,
+        credited_ucr: None,
+        note: None,
+        grant_id: None,
+        created_at: t0() + Duration::seconds(at_offset_s),
+        resolved_at: None,
+    }
+}
+
+async fn reviews_round_trip(store: Store) -> anyhow::Result<()> {
+    let first = review("rev_1", "t1", 0);
+    assert_eq!(store.insert_review(&first).await?, ReviewInsert::New);
+    assert_eq!(store.review("rev_1").await?, Some(first.clone()));
+    // One SUBMITTED review per thread: a second report returns the open one.
+    assert_eq!(
+        store.insert_review(&review("rev_2", "t1", 1)).await?,
+        ReviewInsert::Open(Box::new(first.clone()))
+    );
+    assert_eq!(
+        store.insert_review(&review("rev_3", "t2", 2)).await?,
+        ReviewInsert::New
+    );
+    let open: Vec<String> = store
+        .reviews_by_status(ReviewStatus::Submitted, 10)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(open, ["rev_1", "rev_3"]);
+    let resolution = ReviewResolution {
+        review_id: "rev_1".into(),
+        status: ReviewStatus::Rejected,
+        credited_ucr: None,
+        note: Some("expected".into()),
+        grant_id: None,
+        resolved_at: t0() + Duration::hours(1),
+    };
+    assert!(store.resolve_review(&resolution).await?);
+    assert!(!store.resolve_review(&resolution).await?, "resolved once");
+    let resolved = store.review("rev_1").await?.unwrap();
+    assert_eq!(resolved.status, ReviewStatus::Rejected);
+    assert_eq!(resolved.note.as_deref(), Some("expected"));
+    // The thread may be reported again once its review is resolved.
+    assert_eq!(
+        store.insert_review(&review("rev_4", "t1", 3)).await?,
+        ReviewInsert::New
+    );
+    assert_eq!(store.reviews_of_thread("wal_r", "t1").await?.len(), 2);
+    assert_eq!(store.open_review("wal_r", "t1").await?.unwrap().id, "rev_4");
+    assert_eq!(
+        store
+            .reviews_of_reporter("alice", Some("wal_r"), 10)
+            .await?
+            .len(),
+        3
+    );
+    assert!(store.reviews_of_reporter("bob", None, 10).await?.is_empty());
+    Ok(())
+}
+
+async fn tokens_round_trip(store: Store) -> anyhow::Result<()> {
+    let hash = TokenHash::of_secret("secret-token");
+    assert_eq!(hash.as_hex().len(), 64);
+    let token = TokenRow {
+        hash: hash.clone(),
+        role: TokenRole::User,
+        owner_id: Some("alice".into()),
+        label: Some("laptop".into()),
+        created_at: t0(),
+    };
+    store.insert_token(&token).await?;
+    assert_eq!(store.find_token(&hash).await?, Some(token.clone()));
+    assert_eq!(
+        store.find_token(&TokenHash::of_secret("other")).await?,
+        None
+    );
+    assert!(matches!(
+        store.insert_token(&token).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    Ok(())
+}
+
+async fn losing_fence_changes_nothing(store: Store) -> anyhow::Result<()> {
+    let mut live = create(&store, "wal_f", "pro", t0()).await?;
+    live.usage(t0() + Duration::minutes(1), "k1", "t1", "m", 1_000_000);
+    let stale = live.batch();
+    live.commit(&store).await?;
+    let before = store.load_wallet("wal_f").await?.unwrap();
+    let ledger_before = store.ledger_len("wal_f").await?;
+    // The same batch again, built on version 0, loses the race.
+    match store.commit(&stale).await {
+        Err(CommitError::Conflict {
+            wallet_id,
+            expected_version,
+        }) => {
+            assert_eq!((wallet_id.as_str(), expected_version), ("wal_f", 0));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.load_wallet("wal_f").await?.unwrap(), before);
+    assert_eq!(store.ledger_len("wal_f").await?, ledger_before);
+    // A fresh batch with a new key but a stale version also writes nothing.
+    let mut other = stale.clone();
+    other.entries[0].idempotency_key = Some("fresh".into());
+    other.usage.clear();
+    assert!(matches!(
+        store.commit(&other).await,
+        Err(CommitError::Conflict { .. })
+    ));
+    assert_eq!(store.entry_by_key("wal_f", "fresh").await?, None);
+    // Unknown wallets are reported as such.
+    let mut ghost = stale;
+    ghost.wallet_id = "wal_ghost".into();
+    ghost.usage.clear();
+    assert!(matches!(
+        store.commit(&ghost).await,
+        Err(CommitError::NotFound(_))
+    ));
+    Ok(())
+}
+
+async fn concurrent_writers_one_wins_each_version(store: Store) -> anyhow::Result<()> {
+    const ITERATIONS: usize = 40;
+    const WRITERS: usize = 4;
+    let mut live = create(&store, "wal_c", "max", t0()).await?;
+    let mut at = t0();
+    for i in 0..ITERATIONS {
+        at += Duration::seconds(10);
+        // Every writer builds a different debit on the same durable version.
+        let mut batches = Vec::new();
+        for w in 0..WRITERS {
+            let mut fork = Live {
+                journal: live.journal.clone(),
+                durable: live.durable.clone(),
+                version: live.version,
+                committed: live.committed,
+            };
+            fork.usage(at, &format!("k{i}_{w}"), "t", "m", 1_000 + w as i64);
+            batches.push((fork.batch(), fork));
+        }
+        let handles: Vec<_> = batches
+            .iter()
+            .map(|(batch, _)| {
+                let store = store.clone();
+                let batch = batch.clone();
+                tokio::spawn(async move { store.commit(&batch).await })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for (w, handle) in handles.into_iter().enumerate() {
+            match handle.await? {
+                Ok(version) => winners.push((w, version)),
+                Err(CommitError::Conflict { .. }) => {}
+                Err(other) => panic!("writer {w}: {other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "iteration {i}: exactly one writer wins");
+        let (w, version) = winners[0];
+        assert_eq!(version, live.version + 1);
+        let mut fork = batches.swap_remove(w).1;
+        fork.version = version;
+        fork.durable = fork.journal.wallet.clone();
+        fork.committed = fork.journal.entries.len();
+        live = fork;
+    }
+    let (state, version) = store.load_state("wal_c").await?.unwrap();
+    assert_eq!(version, ITERATIONS as i64);
+    assert_eq!(state, live.journal.wallet);
+    assert_eq!(
+        store.replay_wallet("wal_c").await?.map(|mut w| {
+            w.now = state.now;
+            w
+        }),
+        Some(state)
+    );
+    Ok(())
+}
+
+async fn group_commit_isolates_conflicts(store: Store) -> anyhow::Result<()> {
+    let mut a = create(&store, "wal_g1", "pro", t0()).await?;
+    let mut b = create(&store, "wal_g2", "pro", t0()).await?;
+    let mut c = create(&store, "wal_g3", "pro", t0()).await?;
+    let at = t0() + Duration::minutes(5);
+    a.usage(at, "ka", "t", "m", 10);
+    b.usage(at, "kb", "t", "m", 20);
+    c.usage(at, "kc", "t", "m", 30);
+    let mut stale_b = b.batch();
+    stale_b.expected_version = 7;
+    let results = store.commit_many(&[a.batch(), stale_b, c.batch()]).await?;
+    assert!(matches!(results[0], Ok(1)));
+    assert!(matches!(results[1], Err(CommitError::Conflict { .. })));
+    assert!(matches!(results[2], Ok(1)));
+    assert_eq!(
+        store.load_state("wal_g1").await?.unwrap(),
+        (a.journal.wallet.clone(), 1)
+    );
+    assert_eq!(
+        store.load_state("wal_g2").await?.unwrap(),
+        (b.durable.clone(), 0)
+    );
+    assert_eq!(
+        store.load_state("wal_g3").await?.unwrap(),
+        (c.journal.wallet.clone(), 1)
+    );
+    assert_eq!(store.entry_by_key("wal_g2", "kb").await?, None);
+    assert_eq!(store.usage_by_key("wal_g2", "kb").await?, None);
+    // A taken key in one batch also stays in its savepoint.
+    let mut dup = a.batch();
+    dup.expected_version = 1;
+    dup.entries.clear();
+    dup.seq = a.durable.seq;
+    let mut replay_key = store.usage_by_key("wal_g1", "ka").await?.unwrap();
+    replay_key.id = "use_other".into();
+    replay_key.seq = 99;
+    dup.usage = vec![replay_key];
+    let results = store.commit_many(&[dup, b.batch()]).await?;
+    assert!(matches!(
+        results[0],
+        Err(CommitError::Store(StoreError::Duplicate(_)))
+    ));
+    assert!(matches!(results[1], Ok(1)));
+    assert_eq!(store.load_wallet("wal_g1").await?.unwrap().version, 1);
+    assert_eq!(
+        store.load_state("wal_g2").await?.unwrap(),
+        (b.journal.wallet.clone(), 1)
+    );
+    Ok(())
+}
+
+async fn idempotent_lookups_return_stored_rows(store: Store) -> anyhow::Result<()> {
+    let mut live = create(&store, "wal_i", "pro", t0()).await?;
+    let used = live.usage(
+        t0() + Duration::minutes(1),
+        "key-1",
+        "t1",
+        "model-x",
+        2_500_000,
+    );
+    let granted = live.grant(t0() + Duration::minutes(2), "key-2", 9_000_000);
+    live.commit(&store).await?;
+    let stored = store
+        .entry_by_key("wal_i", "key-1")
+        .await?
+        .expect("recorded");
+    assert_eq!(stored.entry()?, used);
+    assert_eq!(stored.cause, "USAGE");
+    assert_eq!(
+        store
+            .entry_by_key("wal_i", "key-2")
+            .await?
+            .unwrap()
+            .entry()?,
+        granted
+    );
+    assert_eq!(store.entry_by_key("wal_i", "key-3").await?, None);
+    assert_eq!(store.entry_by_key("wal_other", "key-1").await?, None);
+    let usage = store.usage_by_key("wal_i", "key-1").await?.unwrap();
+    let record = used.usage().unwrap();
+    assert_eq!(usage.id, record.id.0);
+    assert_eq!(usage.cost_ucr, 2_500_000);
+    assert_eq!(
+        usage.charged.iter().map(|c| c.amount_ucr).sum::<i64>(),
+        2_500_000
+    );
+    assert_eq!(usage.priced_by, "economy@1.0.0");
+    let lot = granted.grant().unwrap();
+    let row = store.grant(&lot.id.0).await?.unwrap();
+    assert_eq!(
+        (row.amount_ucr, row.kind.as_str(), row.seq),
+        (9_000_000, "ADMIN", granted.seq)
+    );
+    assert_eq!(store.grants_of_wallet("wal_i").await?, vec![row]);
+    // The balance stored with each record is the balance after it.
+    let events = store.events_after("wal_i", 0, 10).await?;
+    assert_eq!(events.len(), 2);
+    let last: credits_core::Balance = serde_json::from_str(&events[1].balance_json)?;
+    assert_eq!(last, live.journal.wallet.balance());
+    Ok(())
+}
+
+async fn pagination_is_stable_while_events_arrive(store: Store) -> anyhow::Result<()> {
+    let mut live = create(&store, "wal_p", "max", t0()).await?;
+    let mut at = t0();
+    for i in 0..25 {
+        // Pairs of events share an instant, so (at, seq) order matters.
+        if i % 2 == 0 {
+            at += Duration::seconds(30);
+        }
+        live.usage(at, &format!("k{i}"), "t", "m", 1_000);
+    }
+    live.commit(&store).await?;
+    let filter = UsageFilter::default();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut n = 0;
+    loop {
+        let page = store
+            .usage_history("wal_p", &filter, 7, cursor.as_deref())
+            .await?;
+        seen.extend(page.events.iter().map(|e| (e.at, e.seq)));
+        // New events arrive between pages; they never shift the pages after the cursor.
+        n += 1;
+        live.usage(
+            at + Duration::seconds(n),
+            &format!("new{n}"),
+            "t",
+            "m",
+            1_000,
+        );
+        live.commit(&store).await?;
+        if !page.has_next_page {
+            break;
+        }
+        cursor = page.end_cursor;
+    }
+    assert_eq!(seen.len(), 25);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(
+        seen, sorted,
+        "newest first by (at, seq), no duplicates or gaps"
+    );
+    sorted.dedup();
+    assert_eq!(sorted.len(), 25);
+    assert!(matches!(
+        store
+            .usage_history("wal_p", &filter, MAX_PAGE + 1, None)
+            .await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        store
+            .usage_history("wal_p", &filter, 5, Some("garbage"))
+            .await,
+        Err(StoreError::InvalidCursor)
+    ));
+    // Filters: thread/model/time window.
+    let window = UsageFilter {
+        from: Some(t0() + Duration::seconds(60)),
+        to: Some(t0() + Duration::seconds(120)),
+        ..UsageFilter::default()
+    };
+    let page = store.usage_history("wal_p", &window, 100, None).await?;
+    assert!(
+        page.events
+            .iter()
+            .all(|e| e.at >= window.from.unwrap() && e.at < window.to.unwrap())
+    );
+    assert_eq!(page.events.len(), 4);
+    let none = UsageFilter {
+        model: Some("other".into()),
+        ..UsageFilter::default()
+    };
+    assert!(
+        store
+            .usage_history("wal_p", &none, 10, None)
+            .await?
+            .events
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn summaries_match_raw_rows(store: Store) -> anyhow::Result<()> {
+    let mut live = create(&store, "wal_s", "max", t0()).await?;
+    let mut at = t0();
+    for i in 0..60i64 {
+        // Steps of 1h 37m cross several local midnights (Europe/Paris).
+        at += Duration::minutes(97);
+        let thread = format!("t{}", i % 4);
+        let model = ["alpha", "beta", "gamma"][(i % 3) as usize];
+        live.usage(at, &format!("k{i}"), &thread, model, 10_000 + i * 7);
+    }
+    live.commit(&store).await?;
+    let zone: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
+    let filter = UsageFilter {
+        from: Some(t0() + Duration::hours(5)),
+        ..UsageFilter::default()
+    };
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .usage_history("wal_s", &filter, 100, cursor.as_deref())
+            .await?;
+        rows.extend(page.events);
+        if !page.has_next_page {
+            break;
+        }
+        cursor = page.end_cursor;
+    }
+    let key = |by: GroupBy, u: &UsageRow| match by {
+        GroupBy::Model => u.model.clone(),
+        GroupBy::Thread => u.thread_id.clone(),
+        GroupBy::Member => u.member_id.clone().unwrap_or_default(),
+        GroupBy::Day => {
+            u.at.with_timezone(&zone)
+                .date_naive()
+                .format("%Y-%m-%d")
+                .to_string()
+        }
+    };
+    let groupings = [
+        (GroupBy::Model, None),
+        (GroupBy::Thread, Some(GroupBy::Model)),
+        (GroupBy::Day, None),
+        (GroupBy::Day, Some(GroupBy::Thread)),
+        (GroupBy::Model, Some(GroupBy::Day)),
+        (GroupBy::Member, None),
+    ];
+    for (by, then_by) in groupings {
+        let mut expected: BTreeMap<(String, Option<String>), (i64, i64)> = BTreeMap::new();
+        for u in &rows {
+            let k = (key(by, u), then_by.map(|t| key(t, u)));
+            let e = expected.entry(k).or_default();
+            e.0 += u.cost_ucr;
+            e.1 += 1;
+        }
+        let got = store
+            .usage_summary("wal_s", &filter, by, then_by, zone)
+            .await?;
+        let got: BTreeMap<_, _> = got
+            .into_iter()
+            .map(|r| ((r.key, r.sub_key), (r.credits_ucr, r.events)))
+            .collect();
+        assert_eq!(got, expected, "{by:?} then {then_by:?}");
+    }
+    assert!(
+        store
+            .usage_summary("wal_none", &filter, GroupBy::Day, None, zone)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn random_histories_reload_exactly(store: Store) -> anyhow::Result<()> {
+    const CASES: usize = 12;
+    const STEPS: usize = 60;
+    let mut runner = TestRunner::new(Config::default());
+    for case in 0..CASES {
+        let genesis = genesis().new_tree(&mut runner).unwrap().current();
+        let steps: Vec<_> = (0..STEPS)
+            .map(|_| step().new_tree(&mut runner).unwrap().current())
+            .collect();
+        // The generated wallet, under an id of its own.
+        let plans = catalogue();
+        let new = CoreNewWallet {
+            id: WalletId::from(format!("wal_r{case}").as_str()),
+            owner_id: "owner".into(),
+            pool: genesis.pool,
+            timezone: genesis.zone,
+            plan_id: plans[genesis.plan].id.clone(),
+            billing_anchor: Some(genesis.at - Duration::days(genesis.anchor_days_before)),
+        };
+        let journal = Journal::create(new, plans, genesis.at).unwrap();
+        let row = NewWallet::from_core(&journal.wallet, &journal.entries[0], None, None)?;
+        store.create_wallet(&row).await?;
+        let mut live = Live {
+            durable: journal.wallet.clone(),
+            committed: 1,
+            journal,
+            version: 0,
+        };
+        let mut now = genesis.at;
+        for (n, s) in steps.iter().enumerate() {
+            if let credits_core::testing::Step::Advance { seconds } = s {
+                now += Duration::seconds(*seconds);
+                live.journal.advance_to(now);
+            } else if let Some(op) = s.op(&live.journal, case * 10_000 + n) {
+                // Ids are numbered per case: the cases share one database.
+                let _: Result<Outcome, _> = live.journal.run(now, &op);
+            }
+            // Commit in batches of varying size, reloading each time.
+            if n % 3 == 2 || n + 1 == steps.len() {
+                live.commit(&store).await?;
+                let (state, version) = store.load_state(live.id()).await?.unwrap();
+                assert_eq!(state, live.journal.wallet, "case {case} step {n}");
+                assert_eq!(version, live.version);
+            }
+        }
+        let id = live.id().to_owned();
+        // The ledger replays to the snapshot (the clock aside: it moves without records).
+        let mut replayed = store.replay_wallet(&id).await?.unwrap();
+        replayed.now = live.journal.wallet.now;
+        assert_eq!(replayed, live.journal.wallet, "case {case}: replay");
+        assert_eq!(
+            store.ledger_len(&id).await? as usize,
+            live.journal.entries.len()
+        );
+        // Grant rows track every lot's totals.
+        let lots = store.grants_of_wallet(&id).await?;
+        let granted = live
+            .journal
+            .entries
+            .iter()
+            .filter(|e| e.grant().is_some())
+            .count();
+        assert_eq!(
+            lots.len(),
+            granted,
+            "case {case}: a row per lot ever granted"
+        );
+        let mut expired_rows = 0;
+        for row in &lots {
+            assert!(row.remaining_ucr() >= 0 && row.spent_ucr >= 0 && row.held_ucr >= 0);
+            expired_rows += row.expired_ucr;
+        }
+        // Lots the core dropped are empty; the expiries of all lots add up to the ledger's.
+        let expired_lots: i64 = live.journal.entries.iter().map(lot_expiries).sum();
+        assert_eq!(expired_rows, expired_lots, "case {case}: lot expiries");
+        let live_lots: Vec<&GrantRow> = lots
+            .iter()
+            .filter(|r| r.remaining_ucr() > 0 || r.held_ucr > 0)
+            .collect();
+        assert_eq!(
+            live_lots.len(),
+            live.journal.wallet.lots.len(),
+            "case {case}: live lots"
+        );
+        for (row, lot) in live_lots.into_iter().zip(&live.journal.wallet.lots) {
+            assert_eq!(row.id, lot.id.0);
+            assert_eq!(
+                (
+                    row.spent_ucr,
+                    row.held_ucr,
+                    row.expired_ucr,
+                    row.remaining_ucr()
+                ),
+                (
+                    lot.spent.micro(),
+                    lot.held.micro(),
+                    lot.expired.micro(),
+                    lot.remaining.micro()
+                )
+            );
+        }
+        // Reservation rows: active ones are the wallet's, finished ones are in the ledger.
+        for entry in &live.journal.entries {
+            if let credits_core::EntryKind::Reserved { reservation, .. } = &entry.kind {
+                let row = store.reservation(&reservation.id.0).await?.unwrap();
+                let active = live.journal.wallet.reservation(&reservation.id).is_some();
+                assert_eq!(row.status == ReservationStatus::Active, active);
+                assert_eq!(row.amount_ucr, reservation.amount.micro());
+                if row.status == ReservationStatus::Settled {
+                    assert!(row.settle_input.is_some() && row.settle_result.is_some());
+                }
+            }
+        }
+        // Every usage record is a usage row.
+        let usages: Vec<(u64, String)> = live
+            .journal
+            .entries
+            .iter()
+            .filter_map(|e| e.usage().map(|u| (e.seq, u.id.0.clone())))
+            .collect();
+        let stored = store
+            .usage_history(&id, &UsageFilter::default(), MAX_PAGE, None)
+            .await?;
+        let mut stored: Vec<(u64, String)> = stored
+            .events
+            .iter()
+            .map(|u| (u.seq, u.id.clone()))
+            .collect();
+        stored.reverse();
+        if usages.len() <= MAX_PAGE {
+            assert_eq!(stored, usages, "case {case}: usage rows");
+        }
+    }
+    Ok(())
+}
+
+/// What one record expired from bonus lots.
+fn lot_expiries(e: &credits_core::Entry) -> i64 {
+    use credits_core::{EntryKind, Source};
+    let on_lots = |charges: &[credits_core::Charge]| {
+        charges
+            .iter()
+            .filter(|c| matches!(c.source, Source::Lot(_)))
+            .map(|c| c.amount.micro())
+            .sum::<i64>()
+    };
+    match &e.kind {
+        EntryKind::LotExpired { amount, .. } => amount.micro(),
+        EntryKind::Settled { expired, .. } | EntryKind::Released { expired, .. } => {
+            on_lots(expired)
+        }
+        _ => 0,
+    }
+}
+
+async fn due_queries_and_events(store: Store) -> anyhow::Result<()> {
+    let mut a = create(&store, "wal_d1", "pro", t0()).await?;
+    let b = create(&store, "wal_d2", "pro", t0() + Duration::hours(30)).await?;
+    let due_a = a.journal.wallet.next_due();
+    let due_b = b.journal.wallet.next_due();
+    assert!(due_a < due_b);
+    assert_eq!(
+        store.wallets_due(due_a, 10).await?,
+        vec![("wal_d1".to_owned(), due_a)]
+    );
+    assert_eq!(store.wallets_due(due_b, 10).await?.len(), 2);
+    assert!(
+        store
+            .wallets_due(due_a - Duration::seconds(1), 10)
+            .await?
+            .is_empty()
+    );
+
+    // A reservation shows up as due at its expiry.
+    let at = t0() + Duration::minutes(1);
+    let op = credits_core::Op::Reserve(credits_core::ReserveOp {
+        id: credits_core::ReservationId("res_1".into()),
+        key: "rk".into(),
+        amount: credits_core::Credits::from_micro(2_000_000),
+        ttl_seconds: 600,
+        member: None,
+    });
+    a.run(at, &op);
+    a.commit(&store).await?;
+    let expires = at + Duration::seconds(600);
+    assert!(
+        store
+            .reservations_due(expires - Duration::seconds(1), 10)
+            .await?
+            .is_empty()
+    );
+    let due = store.reservations_due(expires, 10).await?;
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].id.as_str(), due[0].status),
+        ("res_1", ReservationStatus::Active)
+    );
+    assert_eq!(due[0].idempotency_key.as_deref(), Some("rk"));
+    // Release it: status moves, the due list empties.
+    a.run(
+        at + Duration::seconds(5),
+        &credits_core::Op::Release(credits_core::ReservationId("res_1".into())),
+    );
+    a.commit(&store).await?;
+    let row = store.reservation("res_1").await?.unwrap();
+    assert_eq!(row.status, ReservationStatus::Released);
+    assert_eq!(row.resolved_seq, Some(a.journal.wallet.seq));
+    assert!(store.reservations_due(expires, 10).await?.is_empty());
+    // Events above a seq come back in order, as core entries too.
+    let events = store.events_after("wal_d1", 0, 100).await?;
+    let causes: Vec<&str> = events.iter().map(|e| e.cause.as_str()).collect();
+    assert_eq!(causes, ["RESERVATION", "RELEASE"]);
+    assert_eq!(
+        store.entries_after("wal_d1", 1, 100).await?,
+        a.journal.entries[2..].to_vec()
+    );
+    assert!(matches!(
+        store.wallets_due(due_b, MAX_LIST + 1).await,
+        Err(StoreError::TooLarge { .. })
+    ));
+    Ok(())
+}
+
+async fn payment_reference_is_unique_across_wallets(store: Store) -> anyhow::Result<()> {
+    let mut a = create(&store, "wal_pay1", "pro", t0()).await?;
+    let mut b = create(&store, "wal_pay2", "pro", t0()).await?;
+    let purchase = |id: &str| {
+        credits_core::Op::Grant(credits_core::GrantOp {
+            id: credits_core::GrantId(id.into()),
+            key: None,
+            amount: credits_core::Credits::from_micro(100_000_000),
+            kind: credits_core::GrantKind::Purchase,
+            reason: None,
+            expires_at: None,
+            origin: Some(credits_core::LotOrigin::Bundle {
+                bundle_id: "credits-100".into(),
+                payment_reference: "pay_same".into(),
+            }),
+        })
+    };
+    let at = t0() + Duration::minutes(1);
+    a.run(at, &purchase("grt_a"));
+    b.run(at, &purchase("grt_b"));
+    a.commit(&store).await?;
+    match b.commit(&store).await {
+        Err(err) => assert!(matches!(
+            err.downcast_ref::<CommitError>(),
+            Some(CommitError::Store(StoreError::Duplicate(_)))
+        )),
+        Ok(()) => panic!("a payment reference is unique across wallets"),
+    }
+    let found = store.grant_by_payment_reference("pay_same").await?.unwrap();
+    assert_eq!(
+        (found.id.as_str(), found.wallet_id.as_str()),
+        ("grt_a", "wal_pay1")
+    );
+    assert_eq!(found.bundle_id.as_deref(), Some("credits-100"));
+    assert_eq!(found.kind, "PURCHASE");
+    assert_eq!(store.load_wallet("wal_pay2").await?.unwrap().version, 0);
+    Ok(())
+}
+
+async fn thread_rank_counts_platform_threads(store: Store) -> anyhow::Result<()> {
+    let at = t0() + Duration::minutes(1);
+    for w in 0..3 {
+        let mut live = create(&store, &format!("wal_t{w}"), "max", t0()).await?;
+        for t in 0..4 {
+            // Thread t of wallet w costs (w*4 + t + 1) * 1000 on "m", plus noise on "n".
+            live.usage(
+                at,
+                &format!("k{t}"),
+                &format!("t{t}"),
+                "m",
+                (w * 4 + t + 1) * 1000,
+            );
+            live.usage(at, &format!("x{t}"), &format!("t{t}"), "n", 1);
+        }
+        live.commit(&store).await?;
+    }
+    let rank = store
+        .thread_rank("m", t0(), at + Duration::seconds(1), 6000)
+        .await?;
+    assert_eq!(
+        rank,
+        ThreadRank {
+            threads: 12,
+            at_or_below: 6
+        }
+    );
+    let empty = store
+        .thread_rank("m", at + Duration::seconds(1), at + Duration::days(1), 1)
+        .await?;
+    assert_eq!(
+        empty,
+        ThreadRank {
+            threads: 0,
+            at_or_below: 0
+        }
+    );
+    let _ = Utc::now();
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! The schema of the durable store, as sea-orm-migration steps that run on SQLite and
+//! PostgreSQL alike. This crate owns table and index definitions and nothing else: it never
+//! reads or writes rows, and a released migration is never edited — a schema change is a
+//! new `mYYYYMMDD_NNNNNN_name.rs` file appended to [`Migrator::migrations`].
+//!
+//! Conventions every table follows (the store crate relies on them):
+//! - amounts are `BIGINT` micro-credits, columns suffixed `_ucr`; no floating point;
+//! - instants are `BIGINT` microseconds since the Unix epoch (UTC), suffixed `_us`, so
+//!   ordering, cursors and day boundaries are the same exact integer arithmetic on both
+//!   databases (SQLite has no timestamp type, and zone-aware SQL is not portable);
+//! - domain payloads (a wallet snapshot, a ledger entry, a balance) are JSON `TEXT`,
+//!   written and read only by the store's serde conversions;
+//! - every per-wallet table leads its keys with `wallet_id`, so the tables can be
+//!   distributed by wallet id (e.g. Citus) without changing a query.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20251128_000001_catalogue;
+mod m20251128_000002_wallets_ledger;
+mod m20251128_000003_teams_reviews_tokens;
+
+/// Every migration of the store, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20251128_000001_catalogue::Migration),
+            Box::new(m20251128_000002_wallets_ledger::Migration),
+            Box::new(m20251128_000003_teams_reviews_tokens::Migration),
+        ]
+    }
+}
