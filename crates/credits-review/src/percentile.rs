@@ -1,0 +1,46 @@
+//! Where a thread's total cost sits among similar threads (SPEC 7, `costPercentile`).
+
+use std::collections::BTreeMap;
+
+use credits_core::{Credits, UsageRecord};
+
+use crate::Report;
+
+/// Below this many peer threads a percentile says little, and SPEC 7 makes it null.
+pub const MIN_PEER_THREADS: usize = 10;
+
+/// The share (0–100) of `peers` whose total is ≤ `total`, rounded down to one decimal;
+/// `None` with fewer than [`MIN_PEER_THREADS`] peers. `peers` are the totals of the threads
+/// of the same model over the last 30 days, the reported thread included.
+///
+/// The count is exact (integers); only the final share becomes a float, as tenths of a
+/// percent, so the stored value is short (`33.3`, not `33.333333333333336`) and never rounds
+/// up across a threshold such as [`crate::HIGH_PERCENTILE`].
+pub fn percentile_of(total: Credits, peers: &[Credits]) -> Option<f64> {
+    if peers.len() < MIN_PEER_THREADS {
+        return None;
+    }
+    let at_or_below = peers.iter().filter(|p| **p <= total).count();
+    // Both counts fit in u64 on every platform; the quotient is at most 1000.
+    let tenths = (at_or_below as u128 * 1000 / peers.len() as u128) as u32;
+    Some(f64::from(tenths) / 10.0)
+}
+
+/// The model whose peers the caller compares against: the report's model, else the thread's
+/// costliest (largest Σ cost; a tie goes to the model named first in byte order, so the
+/// choice never depends on event order). `None` for an empty thread without a model.
+pub fn percentile_model<'a>(report: &'a Report, thread: &'a [UsageRecord]) -> Option<&'a str> {
+    if let Some(model) = report.model.as_deref() {
+        return Some(model);
+    }
+    let mut totals: BTreeMap<&str, i128> = BTreeMap::new();
+    for r in thread {
+        *totals.entry(r.model.as_str()).or_default() += i128::from(r.cost.micro());
+    }
+    // `max_by_key` keeps the last of equal maxima, so walk the names in reverse.
+    totals
+        .into_iter()
+        .rev()
+        .max_by_key(|(_, cost)| *cost)
+        .map(|(model, _)| model)
+}
