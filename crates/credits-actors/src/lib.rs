@@ -5,11 +5,15 @@
 pub mod clock;
 pub mod directory;
 pub mod events;
+pub mod ledger;
+pub mod sql;
 pub mod store;
 pub mod wallet;
 
 pub use clock::{Clock, ManualClock};
 pub use directory::{ActorConfig, Directory, Metrics, PlanBook};
 pub use events::{BalanceEvent, EventKind, Subscription};
+pub use ledger::{Ledger, Receipt, ReservationView, ServiceError, ServiceResult, UsageInput};
+pub use sql::SqlWallets;
 pub use store::{Batch, CommitError, Loaded, MemoryStore, Record, StoreError, WalletStore};
 pub use wallet::{Applied, ExecError};

@@ -28,6 +28,8 @@ pub struct Loaded {
 pub struct Batch {
     pub wallet_id: WalletId,
     pub expected_version: i64,
+    /// The durable state the records apply to.
+    pub before: Wallet,
     pub wallet: Wallet,
     pub records: Vec<Record>,
 }

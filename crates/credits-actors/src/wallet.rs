@@ -431,6 +431,7 @@ impl WalletState {
         let batch = Batch {
             wallet_id: self.durable.id.clone(),
             expected_version: self.version,
+            before: self.durable.clone(),
             wallet: self.spec.clone(),
             records: records.clone(),
         };

@@ -1,0 +1,856 @@
+//! The service facade the GraphQL layer calls: it turns a request into core operations —
+//! idempotency look-ups first, then pricing (outside any actor, so a slow plugin never
+//! holds a wallet), then the wallet's actor — and reads history from the store. It does no
+//! authorization: callers check who may do what before they call.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use credits_core::{
+    Credits, Entry, EntryKind, GrantId, GrantKind, GrantOp, KeyCheck, Lot, LotOrigin, Member,
+    NewWallet, Op, OpError, Plan, PlanId, Request, ReservationId, ReserveOp, SettleOp, Tokens,
+    UsageId, UsageOp, UsageRecord, Wallet, WalletId, check_key,
+};
+use credits_pricing::{PricingError, PricingRegistry};
+use credits_store::{
+    GrantRow, MemberRole, MemberRow, ReservationStatus, Store, StoreError, TeamRow,
+};
+
+use crate::directory::Directory;
+use crate::events::Subscription;
+use crate::wallet::{Applied, ExecError};
+
+/// Why a facade call failed; the GraphQL layer maps each to its code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl From<OpError> for ServiceError {
+    fn from(e: OpError) -> Self {
+        ServiceError::Exec(ExecError::Op(e))
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+fn invalid(msg: impl Into<String>) -> ServiceError {
+    ServiceError::Invalid(msg.into())
+}
+
+/// A fresh opaque id with a kind prefix (`wal_…`, `grt_…`): 128 random bits.
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    let mut id = String::with_capacity(prefix.len() + 33);
+    id.push_str(prefix);
+    id.push('_');
+    for b in bytes {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+pub fn parse_zone(name: &str) -> ServiceResult<Tz> {
+    name.parse::<Tz>()
+        .map_err(|_| invalid(format!("unknown time zone {name:?}")))
+}
+
+/// An interaction to price and pay for.
+#[derive(Clone, Debug)]
+pub struct UsageInput {
+    pub wallet_id: WalletId,
+    pub key: String,
+    pub thread_id: String,
+    pub model: String,
+    pub tokens: Tokens,
+    pub member_id: Option<String>,
+}
+
+/// The answer to recordUsage and settleReservation.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    pub usage: UsageRecord,
+    pub balance: credits_core::Balance,
+    pub replayed: bool,
+}
+
+/// A reservation as clients see it.
+#[derive(Clone, Debug)]
+pub struct ReservationView {
+    pub id: ReservationId,
+    pub wallet_id: WalletId,
+    pub amount: Credits,
+    pub status: ReservationStatus,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The whole service on this node.
+#[derive(Clone)]
+pub struct Ledger {
+    dir: Directory,
+    store: Store,
+    pricing: Arc<PricingRegistry>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn usage_of(entry: &Entry) -> ServiceResult<UsageRecord> {
+    entry
+        .usage()
+        .cloned()
+        .ok_or_else(|| ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict)))
+}
+
+impl Ledger {
+    pub fn new(dir: Directory, store: Store, pricing: Arc<PricingRegistry>) -> Ledger {
+        Ledger {
+            dir,
+            store,
+            pricing,
+        }
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.dir
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn pricing(&self) -> &PricingRegistry {
+        &self.pricing
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.dir.clock().now()
+    }
+
+    pub fn plans(&self) -> Arc<Vec<Plan>> {
+        self.dir.plans().snapshot()
+    }
+
+    pub fn plan(&self, id: &PlanId) -> Option<Plan> {
+        self.plans().iter().find(|p| &p.id == id).cloned()
+    }
+
+    // ---- wallets -----------------------------------------------------------------------
+
+    /// Opens a wallet; with a key, a retried call returns the wallet it created.
+    pub async fn create_wallet(
+        &self,
+        owner_id: &str,
+        plan_id: &PlanId,
+        timezone: Tz,
+        billing_anchor: Option<DateTime<Utc>>,
+        key: Option<String>,
+    ) -> ServiceResult<Wallet> {
+        if let Some(k) = &key {
+            if k.is_empty() || k.chars().count() > credits_core::wallet::MAX_KEY_CHARS {
+                return Err(invalid("idempotencyKey must be 1 to 128 characters"));
+            }
+            if let Some(id) = self.store.wallet_for_creation_key(owner_id, k).await? {
+                return self
+                    .wallet(&WalletId(id))
+                    .await?
+                    .ok_or(ServiceError::NotFound("wallet"));
+            }
+        }
+        let new = NewWallet {
+            id: WalletId(new_id("wal")),
+            owner_id: owner_id.to_owned(),
+            pool: false,
+            timezone,
+            plan_id: plan_id.clone(),
+            billing_anchor,
+        };
+        let (wallet, entry) = Wallet::create(new, &*self.plans(), self.now())?;
+        let row = credits_store::NewWallet::from_core(&wallet, &entry, None, key)?;
+        match self.store.create_wallet(&row).await? {
+            credits_store::Created::New => Ok(wallet),
+            credits_store::Created::Existing { wallet_id } => self
+                .wallet(&WalletId(wallet_id))
+                .await?
+                .ok_or(ServiceError::NotFound("wallet")),
+        }
+    }
+
+    /// A wallet as of now, or `None` when it does not exist.
+    pub async fn wallet(&self, id: &WalletId) -> ServiceResult<Option<Wallet>> {
+        match self.dir.read(id).await {
+            Ok(w) => Ok(Some(w)),
+            Err(ExecError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn existing(&self, id: &WalletId) -> ServiceResult<Wallet> {
+        self.wallet(id)
+            .await?
+            .ok_or(ServiceError::NotFound("wallet"))
+    }
+
+    pub async fn wallets_of_owner(&self, owner_id: &str) -> ServiceResult<Vec<Wallet>> {
+        let rows = self.store.wallets_of_owner(owner_id).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().filter(|r| r.team_id.is_none()) {
+            if let Some(w) = self.wallet(&WalletId(row.id)).await? {
+                out.push(w);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn run(&self, id: &WalletId, op: Op) -> ServiceResult<Applied> {
+        Ok(self.dir.execute(id, op).await?)
+    }
+
+    pub async fn set_timezone(&self, id: &WalletId, tz: Tz) -> ServiceResult<Wallet> {
+        self.run(id, Op::SetTimezone(tz)).await?;
+        self.existing(id).await
+    }
+
+    pub async fn change_plan(&self, id: &WalletId, plan: &PlanId) -> ServiceResult<Wallet> {
+        if self.plan(plan).is_none() {
+            return Err(ServiceError::NotFound("plan"));
+        }
+        self.run(id, Op::ChangePlan(plan.clone())).await?;
+        self.existing(id).await
+    }
+
+    /// The member spending on a pool, with their limits; FORBIDDEN for a non-member.
+    async fn member(
+        &self,
+        wallet: &Wallet,
+        member_id: Option<&str>,
+    ) -> ServiceResult<Option<Member>> {
+        let Some(member_id) = member_id else {
+            return Ok(None);
+        };
+        if !wallet.pool {
+            return Err(invalid("memberId is only allowed on a team wallet"));
+        }
+        let team = self
+            .store
+            .team_of_wallet(&wallet.id.0)
+            .await?
+            .ok_or(ServiceError::NotFound("team"))?;
+        let row = self.store.member(&team.id, member_id).await?;
+        let row = row.ok_or_else(|| {
+            ServiceError::Forbidden(format!("{member_id} is not a member of this team"))
+        })?;
+        Ok(Some(Member {
+            id: row.user_id,
+            daily_limit: row.daily_limit_ucr.map(Credits::from_micro),
+            period_limit: row.period_limit_ucr.map(Credits::from_micro),
+        }))
+    }
+
+    /// Answers a call whose key is already recorded: the original record, or a conflict.
+    async fn recorded(
+        &self,
+        id: &WalletId,
+        key: &str,
+        request: Option<&Request>,
+    ) -> ServiceResult<Option<Entry>> {
+        let Some(record) = self.store.entry_by_key(&id.0, key).await? else {
+            return Ok(None);
+        };
+        let entry = record.entry()?;
+        match check_key(Some(&entry), request) {
+            KeyCheck::Replay(e) => Ok(Some(e.clone())),
+            _ => Err(OpError::IdempotencyConflict.into()),
+        }
+    }
+
+    fn price(&self, model: &str, tokens: Tokens) -> ServiceResult<(Credits, String, String)> {
+        let usage = credits_pricing::Usage {
+            input_tokens: i64::try_from(tokens.input).unwrap_or(i64::MAX),
+            cached_input_tokens: i64::try_from(tokens.cached).unwrap_or(i64::MAX),
+            output_tokens: i64::try_from(tokens.output).unwrap_or(i64::MAX),
+        };
+        let price = self.pricing.price(model, usage)?;
+        Ok((
+            Credits::from_micro(price.cost_micro_credits),
+            price.priced_by.tier().to_owned(),
+            price.priced_by.as_str().to_owned(),
+        ))
+    }
+
+    pub async fn record_usage(&self, input: UsageInput) -> ServiceResult<Receipt> {
+        let wallet = self.existing(&input.wallet_id).await?;
+        let mut op = UsageOp {
+            id: UsageId(new_id("use")),
+            key: input.key.clone(),
+            thread_id: input.thread_id,
+            model: input.model,
+            tier: String::new(),
+            tokens: input.tokens,
+            cost: Credits::ZERO,
+            priced_by: String::new(),
+            member: unchecked_member(input.member_id.as_deref()),
+        };
+        // SPEC 10: input errors first, then membership, then a recorded key, then pricing.
+        wallet.validate(&Op::Usage(op.clone()))?;
+        op.member = self.member(&wallet, input.member_id.as_deref()).await?;
+        if let Some(e) = self
+            .recorded(
+                &input.wallet_id,
+                &input.key,
+                Op::Usage(op.clone()).request().as_ref(),
+            )
+            .await?
+        {
+            return Ok(Receipt {
+                usage: usage_of(&e)?,
+                balance: self.existing(&input.wallet_id).await?.balance(),
+                replayed: true,
+            });
+        }
+        let (cost, tier, priced_by) = self.price(&op.model, op.tokens)?;
+        op.cost = cost;
+        op.tier = tier;
+        op.priced_by = priced_by;
+        let applied = self.run(&input.wallet_id, Op::Usage(op)).await?;
+        Ok(Receipt {
+            usage: usage_of(&applied.entry)?,
+            balance: applied.balance,
+            replayed: applied.replayed,
+        })
+    }
+
+    /// What recordUsage would charge now: input, model and plan checks only.
+    pub async fn quote(
+        &self,
+        wallet_id: &WalletId,
+        model: &str,
+        tokens: Tokens,
+    ) -> ServiceResult<Credits> {
+        let wallet = self.existing(wallet_id).await?;
+        let (cost, tier, _) = self.price(model, tokens)?;
+        wallet.check_tier(&tier, &*self.plans())?;
+        Ok(cost)
+    }
+
+    pub async fn reserve(
+        &self,
+        wallet_id: &WalletId,
+        key: String,
+        amount: Credits,
+        ttl_seconds: i64,
+        member_id: Option<String>,
+    ) -> ServiceResult<ReservationView> {
+        let wallet = self.existing(wallet_id).await?;
+        let ttl =
+            u32::try_from(ttl_seconds).map_err(|_| invalid("ttlSeconds must be 1 to 3600"))?;
+        let mut op = ReserveOp {
+            id: ReservationId(new_id("res")),
+            key: key.clone(),
+            amount,
+            ttl_seconds: ttl,
+            member: unchecked_member(member_id.as_deref()),
+        };
+        wallet.validate(&Op::Reserve(op.clone()))?;
+        op.member = self.member(&wallet, member_id.as_deref()).await?;
+        let entry = match self
+            .recorded(wallet_id, &key, Op::Reserve(op.clone()).request().as_ref())
+            .await?
+        {
+            Some(e) => e,
+            None => self.run(wallet_id, Op::Reserve(op)).await?.entry,
+        };
+        let EntryKind::Reserved { reservation, .. } = &entry.kind else {
+            return Err(OpError::IdempotencyConflict.into());
+        };
+        let status = match self.store.reservation(&reservation.id.0).await? {
+            Some(row) => row.status,
+            None => ReservationStatus::Active,
+        };
+        Ok(ReservationView {
+            id: reservation.id.clone(),
+            wallet_id: wallet_id.clone(),
+            amount: reservation.amount,
+            status,
+            expires_at: reservation.expires_at,
+        })
+    }
+
+    pub async fn settle(
+        &self,
+        reservation_id: &ReservationId,
+        thread_id: String,
+        model: String,
+        tokens: Tokens,
+    ) -> ServiceResult<Receipt> {
+        let row = self
+            .store
+            .reservation(&reservation_id.0)
+            .await?
+            .ok_or(ServiceError::NotFound("reservation"))?;
+        let wallet_id = WalletId(row.wallet_id.clone());
+        let mut op = SettleOp {
+            reservation_id: reservation_id.clone(),
+            usage_id: UsageId(new_id("use")),
+            thread_id,
+            model,
+            tier: String::new(),
+            tokens,
+            cost: Credits::ZERO,
+            priced_by: String::new(),
+        };
+        let wallet = self.existing(&wallet_id).await?;
+        wallet.validate(&Op::Settle(op.clone()))?;
+        match row.status {
+            ReservationStatus::Active => {}
+            ReservationStatus::Settled => {
+                let stored: Request =
+                    serde_json::from_str(row.settle_input.as_deref().unwrap_or("null"))
+                        .map_err(|e| invalid(e.to_string()))?;
+                if Some(stored) != Op::Settle(op).request() {
+                    return Err(OpError::IdempotencyConflict.into());
+                }
+                let usage: UsageRecord =
+                    serde_json::from_str(row.settle_result.as_deref().unwrap_or("null"))
+                        .map_err(|e| invalid(e.to_string()))?;
+                return Ok(Receipt {
+                    usage,
+                    balance: wallet.balance(),
+                    replayed: true,
+                });
+            }
+            ReservationStatus::Released | ReservationStatus::Expired => {
+                return Err(OpError::ReservationNotActive.into());
+            }
+        }
+        let (cost, tier, priced_by) = self.price(&op.model, op.tokens)?;
+        op.cost = cost;
+        op.tier = tier;
+        op.priced_by = priced_by;
+        let applied = self.run(&wallet_id, Op::Settle(op)).await?;
+        Ok(Receipt {
+            usage: usage_of(&applied.entry)?,
+            balance: applied.balance,
+            replayed: applied.replayed,
+        })
+    }
+
+    pub async fn release(&self, reservation_id: &ReservationId) -> ServiceResult<ReservationView> {
+        let row = self
+            .store
+            .reservation(&reservation_id.0)
+            .await?
+            .ok_or(ServiceError::NotFound("reservation"))?;
+        let wallet_id = WalletId(row.wallet_id.clone());
+        let view = |status| ReservationView {
+            id: reservation_id.clone(),
+            wallet_id: wallet_id.clone(),
+            amount: Credits::from_micro(row.amount_ucr),
+            status,
+            expires_at: row.expires_at,
+        };
+        match row.status {
+            ReservationStatus::Released => return Ok(view(ReservationStatus::Released)),
+            ReservationStatus::Settled | ReservationStatus::Expired => {
+                return Err(OpError::ReservationNotActive.into());
+            }
+            ReservationStatus::Active => {}
+        }
+        self.run(&wallet_id, Op::Release(reservation_id.clone()))
+            .await?;
+        Ok(view(ReservationStatus::Released))
+    }
+
+    pub async fn grant(
+        &self,
+        wallet_id: &WalletId,
+        key: String,
+        amount: Credits,
+        kind: GrantKind,
+        reason: String,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> ServiceResult<Lot> {
+        let wallet = self.existing(wallet_id).await?;
+        let op = GrantOp {
+            id: GrantId(new_id("grt")),
+            key: Some(key.clone()),
+            amount,
+            kind,
+            reason: Some(reason),
+            expires_at,
+            origin: None,
+        };
+        wallet.validate(&Op::Grant(op.clone()))?;
+        let entry = match self
+            .recorded(wallet_id, &key, Op::Grant(op.clone()).request().as_ref())
+            .await?
+        {
+            Some(e) => e,
+            None => self.run(wallet_id, Op::Grant(op)).await?.entry,
+        };
+        self.lot_of(&entry).await
+    }
+
+    /// The lot a grant record created, as it stands now.
+    async fn lot_of(&self, entry: &Entry) -> ServiceResult<Lot> {
+        let lot = entry.grant().ok_or(OpError::IdempotencyConflict)?;
+        self.grant_by_id(&lot.id)
+            .await?
+            .ok_or(ServiceError::NotFound("grant"))
+    }
+
+    /// A lot by id with its current remaining, from the store.
+    pub async fn grant_by_id(&self, id: &GrantId) -> ServiceResult<Option<Lot>> {
+        Ok(self.store.grant(&id.0).await?.map(|row| lot_from_row(&row)))
+    }
+
+    pub async fn purchase_bundle(
+        &self,
+        wallet_id: &WalletId,
+        bundle_id: &str,
+        payment_reference: String,
+    ) -> ServiceResult<Lot> {
+        let wallet = self.existing(wallet_id).await?;
+        let n = payment_reference.chars().count();
+        if n == 0 || n > credits_core::wallet::MAX_KEY_CHARS {
+            return Err(invalid("paymentReference must be 1 to 128 characters"));
+        }
+        let bundle = self
+            .store
+            .bundle(bundle_id)
+            .await?
+            .ok_or(ServiceError::NotFound("bundle"))?;
+        if let Some(row) = self
+            .store
+            .grant_by_payment_reference(&payment_reference)
+            .await?
+        {
+            if row.wallet_id == wallet.id.0 && row.bundle_id.as_deref() == Some(bundle_id) {
+                return Ok(lot_from_row(&row));
+            }
+            return Err(OpError::IdempotencyConflict.into());
+        }
+        let op = GrantOp {
+            id: GrantId(new_id("grt")),
+            key: None,
+            amount: Credits::from_micro(bundle.credits_ucr),
+            kind: GrantKind::Purchase,
+            reason: None,
+            expires_at: None,
+            origin: Some(LotOrigin::Bundle {
+                bundle_id: bundle.id.clone(),
+                payment_reference,
+            }),
+        };
+        let applied = self.run(wallet_id, Op::Grant(op)).await?;
+        self.lot_of(&applied.entry).await
+    }
+
+    /// A COMPENSATION lot for an approved review, keyed by the review so it is granted once.
+    pub async fn compensate(
+        &self,
+        wallet_id: &WalletId,
+        review_id: &str,
+        amount: Credits,
+        reason: String,
+    ) -> ServiceResult<Lot> {
+        let key = format!("review:{review_id}");
+        let op = GrantOp {
+            id: GrantId(new_id("grt")),
+            key: Some(key.clone()),
+            amount,
+            kind: GrantKind::Compensation,
+            reason: Some(reason),
+            expires_at: None,
+            origin: Some(LotOrigin::Review {
+                review_id: review_id.to_owned(),
+            }),
+        };
+        if let Some(record) = self.store.entry_by_key(&wallet_id.0, &key).await? {
+            return self.lot_of(&record.entry()?).await;
+        }
+        let applied = self.run(wallet_id, Op::Grant(op)).await?;
+        self.lot_of(&applied.entry).await
+    }
+
+    pub async fn subscribe(&self, wallet_id: &WalletId) -> ServiceResult<Subscription> {
+        Ok(self.dir.subscribe(wallet_id).await?)
+    }
+
+    // ---- plans -------------------------------------------------------------------------
+
+    /// Creates or edits a custom plan; catalogue ids are refused, as is changing the
+    /// interval of a plan in use.
+    pub async fn upsert_plan(&self, plan: Plan) -> ServiceResult<Plan> {
+        if let Some(existing) = self.plan(&plan.id) {
+            if !existing.custom {
+                return Err(invalid(format!("{} is a catalogue plan", plan.id)));
+            }
+            if existing.interval != plan.interval && self.store.plan_in_use(&plan.id.0).await? {
+                return Err(invalid("the interval of a plan in use cannot change"));
+            }
+        }
+        let plan = Plan {
+            custom: true,
+            ..plan
+        };
+        let position = self.plans().len() as i64;
+        self.store
+            .upsert_plan(&plan_row(&plan, position, self.now()))
+            .await?;
+        let mut plans: Vec<Plan> = self
+            .plans()
+            .iter()
+            .filter(|p| p.id != plan.id)
+            .cloned()
+            .collect();
+        plans.push(plan.clone());
+        sort_plans(&mut plans);
+        self.dir.plans().replace(plans);
+        Ok(plan)
+    }
+
+    // ---- teams -------------------------------------------------------------------------
+
+    pub async fn create_team(
+        &self,
+        name: String,
+        plan_id: &PlanId,
+        timezone: Tz,
+        admins: Vec<String>,
+    ) -> ServiceResult<TeamRow> {
+        if admins.is_empty() {
+            return Err(invalid("a team needs at least one admin"));
+        }
+        for a in &admins {
+            if a.is_empty() || a.chars().count() > credits_core::wallet::MAX_KEY_CHARS {
+                return Err(invalid("user ids are 1 to 128 characters"));
+            }
+        }
+        if name.is_empty() || name.chars().count() > credits_core::wallet::MAX_TEXT_CHARS {
+            return Err(invalid("name must be 1 to 4096 characters"));
+        }
+        let team_id = new_id("team");
+        let new = NewWallet {
+            id: WalletId(new_id("wal")),
+            owner_id: team_id.clone(),
+            pool: true,
+            timezone,
+            plan_id: plan_id.clone(),
+            billing_anchor: None,
+        };
+        let now = self.now();
+        let (wallet, entry) = Wallet::create(new, &*self.plans(), now)?;
+        let pool =
+            credits_store::NewWallet::from_core(&wallet, &entry, Some(team_id.clone()), None)?;
+        let team = TeamRow {
+            id: team_id.clone(),
+            name,
+            wallet_id: wallet.id.0.clone(),
+            created_at: now,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let members: Vec<MemberRow> = admins
+            .into_iter()
+            .filter(|a| seen.insert(a.clone()))
+            .map(|user_id| MemberRow {
+                team_id: team_id.clone(),
+                user_id,
+                role: MemberRole::Admin,
+                daily_limit_ucr: None,
+                period_limit_ucr: None,
+                added_at: now,
+            })
+            .collect();
+        self.store.create_team(&team, &pool, &members).await?;
+        Ok(team)
+    }
+
+    pub async fn team(&self, id: &str) -> ServiceResult<Option<TeamRow>> {
+        Ok(self.store.team(id).await?)
+    }
+
+    pub async fn members(&self, team_id: &str) -> ServiceResult<Vec<MemberRow>> {
+        Ok(self.store.members(team_id).await?)
+    }
+
+    pub async fn add_member(
+        &self,
+        team_id: &str,
+        user_id: String,
+        role: MemberRole,
+        daily: Option<Credits>,
+        period: Option<Credits>,
+    ) -> ServiceResult<MemberRow> {
+        if user_id.is_empty() || user_id.chars().count() > credits_core::wallet::MAX_KEY_CHARS {
+            return Err(invalid("userId must be 1 to 128 characters"));
+        }
+        self.team(team_id)
+            .await?
+            .ok_or(ServiceError::NotFound("team"))?;
+        let row = MemberRow {
+            team_id: team_id.to_owned(),
+            user_id,
+            role,
+            daily_limit_ucr: daily.map(Credits::micro),
+            period_limit_ucr: period.map(Credits::micro),
+            added_at: self.now(),
+        };
+        if !self.store.add_member(&row).await? {
+            return Err(invalid(format!("{} is already a member", row.user_id)));
+        }
+        Ok(row)
+    }
+
+    pub async fn set_member_limits(
+        &self,
+        team_id: &str,
+        user_id: &str,
+        daily: Option<Credits>,
+        period: Option<Credits>,
+    ) -> ServiceResult<MemberRow> {
+        self.team(team_id)
+            .await?
+            .ok_or(ServiceError::NotFound("team"))?;
+        if !self
+            .store
+            .set_member_limits(
+                team_id,
+                user_id,
+                daily.map(Credits::micro),
+                period.map(Credits::micro),
+            )
+            .await?
+        {
+            return Err(ServiceError::NotFound("member"));
+        }
+        self.store
+            .member(team_id, user_id)
+            .await?
+            .ok_or(ServiceError::NotFound("member"))
+    }
+
+    pub async fn remove_member(&self, team_id: &str, user_id: &str) -> ServiceResult<bool> {
+        self.team(team_id)
+            .await?
+            .ok_or(ServiceError::NotFound("team"))?;
+        let members = self.store.members(team_id).await?;
+        let Some(target) = members.iter().find(|m| m.user_id == user_id) else {
+            return Ok(false);
+        };
+        let admins = members
+            .iter()
+            .filter(|m| m.role == MemberRole::Admin)
+            .count();
+        if target.role == MemberRole::Admin && admins == 1 {
+            return Err(invalid("a team keeps at least one admin"));
+        }
+        Ok(self.store.remove_member(team_id, user_id).await?)
+    }
+
+    // ---- clock and pricing -------------------------------------------------------------
+
+    /// Moves a manual clock; `None` on the real clock.
+    pub async fn advance_clock(&self, seconds: i64) -> ServiceResult<Option<DateTime<Utc>>> {
+        if seconds < 0 {
+            return Err(invalid("seconds must not be negative"));
+        }
+        Ok(self
+            .dir
+            .advance_clock(chrono::Duration::seconds(seconds))
+            .await)
+    }
+}
+
+/// A member named by the caller, before membership and limits are looked up: enough for
+/// the input checks, which only ask whether a member was named.
+fn unchecked_member(id: Option<&str>) -> Option<Member> {
+    id.map(|id| Member {
+        id: id.to_owned(),
+        daily_limit: None,
+        period_limit: None,
+    })
+}
+
+/// Catalogue plans keep their file order; custom plans follow, by id (SPEC 5).
+pub fn sort_plans(plans: &mut [Plan]) {
+    plans.sort_by(|a, b| {
+        (a.custom, if a.custom { a.id.0.as_str() } else { "" })
+            .cmp(&(b.custom, if b.custom { b.id.0.as_str() } else { "" }))
+    });
+}
+
+pub fn plan_row(p: &Plan, position: i64, now: DateTime<Utc>) -> credits_store::PlanRow {
+    credits_store::PlanRow {
+        id: p.id.0.clone(),
+        name: p.name.clone(),
+        daily_ucr: p.daily_credits.micro(),
+        subscription_ucr: p.subscription_credits.micro(),
+        interval: match p.interval {
+            credits_core::BillingInterval::Monthly => "MONTHLY".into(),
+            credits_core::BillingInterval::Annual => "ANNUAL".into(),
+        },
+        model_tiers: p.model_tiers.clone(),
+        custom: p.custom,
+        position,
+        updated_at: now,
+    }
+}
+
+pub fn plan_from_row(r: &credits_store::PlanRow) -> Plan {
+    Plan {
+        id: PlanId(r.id.clone()),
+        name: r.name.clone(),
+        daily_credits: Credits::from_micro(r.daily_ucr),
+        subscription_credits: Credits::from_micro(r.subscription_ucr),
+        interval: if r.interval == "ANNUAL" {
+            credits_core::BillingInterval::Annual
+        } else {
+            credits_core::BillingInterval::Monthly
+        },
+        model_tiers: r.model_tiers.clone(),
+        custom: r.custom,
+    }
+}
+
+pub fn lot_from_row(row: &GrantRow) -> Lot {
+    let kind = match row.kind.as_str() {
+        "ADMIN" => GrantKind::Admin,
+        "PROMOTION" => GrantKind::Promotion,
+        "COMMUNITY" => GrantKind::Community,
+        "COMPENSATION" => GrantKind::Compensation,
+        _ => GrantKind::Purchase,
+    };
+    Lot {
+        id: GrantId(row.id.clone()),
+        kind,
+        amount: Credits::from_micro(row.amount_ucr),
+        remaining: Credits::from_micro(row.remaining_ucr()),
+        held: Credits::from_micro(row.held_ucr),
+        spent: Credits::from_micro(row.spent_ucr),
+        expired: Credits::from_micro(row.expired_ucr),
+        reason: row.reason.clone(),
+        granted_at: row.granted_at,
+        expires_at: row.expires_at,
+        expiry_applied: row.expired_ucr > 0,
+        origin: None,
+    }
+}
