@@ -37,7 +37,7 @@ mod tips;
 
 pub use growth::{ContextGrowth, context_growth};
 pub use loops::{MIN_LOOP_LENGTH, NEAR_IDENTICAL_PERMILLE, RETRY_WINDOW_SECONDS, retry_loops};
-pub use percentile::{MIN_PEER_THREADS, percentile_model, percentile_of};
+pub use percentile::{MIN_PEER_THREADS, percentile_from_counts, percentile_model, percentile_of};
 pub use refund::{
     ERROR_LOOP_TRAILING_PERMILLE, FAILING_TRAILING_PERMILLE, TRAILING_WINDOW_EVENTS,
     suggested_refund, trailing_permille,
@@ -99,6 +99,23 @@ pub fn analyse(
     already_credited: &HashSet<UsageId>,
     peer_thread_totals: &[Credits],
 ) -> Findings {
+    let total = saturating_credits(thread.iter().map(|r| i128::from(r.cost.micro())).sum());
+    analyse_with_percentile(
+        report,
+        thread,
+        already_credited,
+        percentile_of(total, peer_thread_totals),
+    )
+}
+
+/// [`analyse`] for a caller whose store ranks the thread among its peers itself (see
+/// [`percentile_from_counts`]), so the peer totals never have to be loaded.
+pub fn analyse_with_percentile(
+    report: &Report,
+    thread: &[UsageRecord],
+    already_credited: &HashSet<UsageId>,
+    cost_percentile: Option<f64>,
+) -> Findings {
     let loops = retry_loops(thread);
     let loop_event_ids: Vec<UsageId> = loops
         .iter()
@@ -108,7 +125,6 @@ pub fn analyse(
     let thread_credits =
         saturating_credits(thread.iter().map(|r| i128::from(r.cost.micro())).sum());
     let growth = context_growth(thread);
-    let cost_percentile = percentile_of(thread_credits, peer_thread_totals);
     let tips = tips::tips(report, thread, &loops, &growth, cost_percentile);
     Findings {
         thread_credits,

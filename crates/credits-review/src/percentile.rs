@@ -17,12 +17,17 @@ pub const MIN_PEER_THREADS: usize = 10;
 /// percent, so the stored value is short (`33.3`, not `33.333333333333336`) and never rounds
 /// up across a threshold such as [`crate::HIGH_PERCENTILE`].
 pub fn percentile_of(total: Credits, peers: &[Credits]) -> Option<f64> {
-    if peers.len() < MIN_PEER_THREADS {
+    let at_or_below = peers.iter().filter(|p| **p <= total).count();
+    percentile_from_counts(peers.len() as u64, at_or_below as u64)
+}
+
+/// The same percentile from counts: `threads` peers, `at_or_below` of them costing no more.
+pub fn percentile_from_counts(threads: u64, at_or_below: u64) -> Option<f64> {
+    if threads < MIN_PEER_THREADS as u64 {
         return None;
     }
-    let at_or_below = peers.iter().filter(|p| **p <= total).count();
-    // Both counts fit in u64 on every platform; the quotient is at most 1000.
-    let tenths = (at_or_below as u128 * 1000 / peers.len() as u128) as u32;
+    // The quotient is at most 1000 when at_or_below ≤ threads.
+    let tenths = (u128::from(at_or_below.min(threads)) * 1000 / u128::from(threads)) as u32;
     Some(f64::from(tenths) / 10.0)
 }
 

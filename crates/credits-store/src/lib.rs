@@ -14,6 +14,7 @@ mod core;
 mod entity;
 mod error;
 mod lookups;
+mod queries;
 mod reviews;
 mod rows;
 mod sql;
@@ -30,6 +31,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 
 pub use core::cause_name;
 pub use error::{CommitError, StoreError};
+pub use queries::cursor_of;
 pub use rows::*;
 
 /// Most usage events one history page returns (SPEC 8: `first` ≤ 100).

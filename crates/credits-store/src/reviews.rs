@@ -33,7 +33,7 @@ fn review_model(r: &ReviewRow) -> reviews::Model {
     }
 }
 
-fn review_row(m: reviews::Model) -> Result<ReviewRow, StoreError> {
+pub(crate) fn review_row(m: reviews::Model) -> Result<ReviewRow, StoreError> {
     Ok(ReviewRow {
         status: ReviewStatus::parse(&m.status)?,
         created_at: from_us(m.created_us)?,

@@ -19,7 +19,7 @@ use crate::{MAX_LIST, MAX_PAGE, MAX_SUMMARY_DAYS, MAX_SUMMARY_GROUPS, Store, bou
 const CURSOR_PREFIX: &str = "u1:";
 
 /// Encodes the (at, seq) position of an event as an opaque cursor.
-fn encode_cursor(at_us: i64, seq: i64) -> String {
+pub(crate) fn encode_cursor(at_us: i64, seq: i64) -> String {
     let plain = format!("{CURSOR_PREFIX}{at_us}:{seq}");
     plain.bytes().map(|b| format!("{b:02x}")).collect()
 }

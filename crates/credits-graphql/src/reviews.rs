@@ -1,0 +1,275 @@
+//! High-usage reports and their resolution (SPEC 7): the evidence comes from the service's
+//! own usage records, judged by `credits-review`; approval grants one COMPENSATION lot,
+//! keyed by the review so that racing approvals grant once.
+
+use std::collections::HashSet;
+
+use async_graphql::Context;
+use chrono::Duration;
+use credits_core::{
+    Charge, Credits as CoreCredits, GrantId, ReservationId, Source, Tokens, UsageId, UsageRecord,
+    WalletId,
+};
+use credits_review::{PreviewStatus as ReviewPreview, Report};
+use credits_store::{ReviewInsert, ReviewRow, ReviewStatus as StoreStatus, UsageRow};
+
+use crate::access::{Access, ledger, principal, wallet_access};
+use crate::error::{ApiError, ApiResult};
+use crate::types::{HighUsageReportInput, PreviewStatus, ResolveReviewInput, ReviewDecision};
+
+/// Usage events of one thread read for an analysis, at most.
+pub const MAX_THREAD_EVENTS: usize = 10_000;
+/// Reviews resolved or filed per thread considered for "already credited".
+const MAX_THREAD_REVIEWS: usize = 1000;
+
+fn record(row: &UsageRow) -> UsageRecord {
+    UsageRecord {
+        id: UsageId(row.id.clone()),
+        key: row.idempotency_key.clone().unwrap_or_default(),
+        thread_id: row.thread_id.clone(),
+        model: row.model.clone(),
+        tier: row.tier.clone(),
+        member: row.member_id.clone(),
+        tokens: Tokens {
+            input: row.input_tokens.max(0) as u64,
+            cached: row.cached_tokens.max(0) as u64,
+            output: row.output_tokens.max(0) as u64,
+        },
+        cost: CoreCredits::from_micro(row.cost_ucr),
+        charged: row
+            .charged
+            .iter()
+            .map(|c| Charge {
+                source: match (&c.bucket, &c.grant_id) {
+                    (credits_store::BucketKind::Daily, _) => Source::Daily,
+                    (credits_store::BucketKind::Subscription, _) => Source::Subscription,
+                    (credits_store::BucketKind::Bonus, id) => {
+                        Source::Lot(GrantId(id.clone().unwrap_or_default()))
+                    }
+                },
+                amount: CoreCredits::from_micro(c.amount_ucr),
+            })
+            .collect(),
+        uncollected: CoreCredits::from_micro(row.uncollected_ucr),
+        priced_by: row.priced_by.clone(),
+        reservation_id: row.reservation_id.clone().map(ReservationId),
+        at: row.at,
+    }
+}
+
+fn preview(p: PreviewStatus) -> ReviewPreview {
+    match p {
+        PreviewStatus::Ok => ReviewPreview::Ok,
+        PreviewStatus::Failing => ReviewPreview::Failing,
+        PreviewStatus::ErrorLoop => ReviewPreview::ErrorLoop,
+        PreviewStatus::Unknown => ReviewPreview::Unknown,
+    }
+}
+
+fn preview_name(p: PreviewStatus) -> &'static str {
+    match p {
+        PreviewStatus::Ok => "OK",
+        PreviewStatus::Failing => "FAILING",
+        PreviewStatus::ErrorLoop => "ERROR_LOOP",
+        PreviewStatus::Unknown => "UNKNOWN",
+    }
+}
+
+/// Files a report (or returns the open one) with its findings.
+pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult<ReviewRow> {
+    let p = principal(ctx)?;
+    let l = ledger(ctx);
+    let n = input.thread_id.chars().count();
+    if n == 0 || n > 128 {
+        return Err(ApiError::invalid("threadId must be 1 to 128 characters"));
+    }
+    if input.task_description.chars().count() > 4096 {
+        return Err(ApiError::invalid(
+            "taskDescription must be at most 4096 characters",
+        ));
+    }
+    if input.thread_length.is_some_and(|v| v < 0) || input.context_size.is_some_and(|v| v < 0) {
+        return Err(ApiError::invalid(
+            "threadLength and contextSize must not be negative",
+        ));
+    }
+    let wallet_id = WalletId(input.wallet_id.0.clone());
+    let wallet = l
+        .wallet(&wallet_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("wallet"))?;
+    let access = wallet_access(ctx, &wallet).await?;
+    let rows = l
+        .store()
+        .thread_usage(&wallet_id.0, &input.thread_id, MAX_THREAD_EVENTS)
+        .await?;
+    if rows.is_empty() {
+        return Err(ApiError::not_found("thread"));
+    }
+    // A plain member reports only pool threads they spent in.
+    if let Access::Member(user) = &access
+        && !rows
+            .iter()
+            .any(|r| r.member_id.as_deref() == Some(user.as_str()))
+    {
+        return Err(ApiError::forbidden());
+    }
+    if let Some(open) = l
+        .store()
+        .open_review(&wallet_id.0, &input.thread_id)
+        .await?
+    {
+        return Ok(open);
+    }
+    let thread: Vec<UsageRecord> = rows.iter().map(record).collect();
+    let report = Report {
+        thread_id: input.thread_id.clone(),
+        task_description: input.task_description.clone(),
+        model: input.model.clone(),
+        preview_status: preview(input.preview_status),
+        thread_length: input.thread_length.map(|v| v as u32),
+        context_size: input.context_size.map(|v| v as u64),
+    };
+    // Events a CREDITED review already judged are never refunded again.
+    let earlier = l
+        .store()
+        .reviews_of_thread(&wallet_id.0, &input.thread_id)
+        .await?;
+    let credited_until = earlier
+        .iter()
+        .filter(|r| r.status == StoreStatus::Credited)
+        .map(|r| r.created_at)
+        .take(MAX_THREAD_REVIEWS)
+        .max();
+    let already: HashSet<UsageId> = match credited_until {
+        Some(t) => thread
+            .iter()
+            .filter(|r| r.at <= t)
+            .map(|r| r.id.clone())
+            .collect(),
+        None => HashSet::new(),
+    };
+    let now = l.now();
+    let total: i64 = rows
+        .iter()
+        .map(|r| r.cost_ucr)
+        .fold(0i64, i64::saturating_add);
+    let percentile = match credits_review::percentile_model(&report, &thread) {
+        Some(model) => {
+            let rank = l
+                .store()
+                .thread_rank(
+                    model,
+                    now - Duration::days(30),
+                    now + Duration::seconds(1),
+                    total,
+                )
+                .await?;
+            credits_review::percentile_from_counts(rank.threads, rank.at_or_below)
+        }
+        None => None,
+    };
+    let findings = credits_review::analyse_with_percentile(&report, &thread, &already, percentile);
+    let row = ReviewRow {
+        id: credits_actors::ledger::new_id("rev"),
+        wallet_id: wallet_id.0.clone(),
+        thread_id: input.thread_id,
+        reporter_id: p
+            .owner_id
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", p.role).to_uppercase()),
+        task_description: input.task_description,
+        model: input.model,
+        preview_status: preview_name(input.preview_status).to_owned(),
+        thread_length: input.thread_length.map(i64::from),
+        context_size: input.context_size.map(i64::from),
+        status: StoreStatus::Submitted,
+        findings_json: serde_json::to_string(&findings)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?,
+        suggested_refund_ucr: findings.suggested_refund.micro(),
+        credited_ucr: None,
+        note: None,
+        grant_id: None,
+        created_at: now,
+        resolved_at: None,
+    };
+    match l.store().insert_review(&row).await? {
+        ReviewInsert::New => Ok(row),
+        ReviewInsert::Open(open) => Ok(*open),
+    }
+}
+
+/// Approves (one COMPENSATION lot) or rejects a review; the same decision again returns it.
+pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<ReviewRow> {
+    let l = ledger(ctx);
+    if input
+        .note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 4096)
+    {
+        return Err(ApiError::invalid("note must be at most 4096 characters"));
+    }
+    let review = l
+        .store()
+        .review(&input.review_id.0)
+        .await?
+        .ok_or_else(|| ApiError::not_found("review"))?;
+    let amount = match input.decision {
+        ReviewDecision::Approve => {
+            let a = input
+                .amount
+                .map(|c| c.0)
+                .unwrap_or(CoreCredits::from_micro(review.suggested_refund_ucr));
+            if !a.is_positive() {
+                return Err(ApiError::invalid(
+                    "an approved amount must be greater than zero",
+                ));
+            }
+            Some(a)
+        }
+        ReviewDecision::Reject => None,
+    };
+    let wanted = if amount.is_some() {
+        StoreStatus::Credited
+    } else {
+        StoreStatus::Rejected
+    };
+    if review.status != StoreStatus::Submitted {
+        let same = review.status == wanted && review.credited_ucr == amount.map(CoreCredits::micro);
+        return if same {
+            Ok(review)
+        } else {
+            Err(ApiError::new(
+                crate::error::Code::IdempotencyConflict,
+                "the review is already resolved differently",
+            ))
+        };
+    }
+    let now = l.now();
+    let grant = match amount {
+        Some(a) => {
+            let wallet = WalletId(review.wallet_id.clone());
+            let reason = format!(
+                "high usage review {} of thread {}",
+                review.id, review.thread_id
+            );
+            Some(l.compensate(&wallet, &review.id, a, reason).await?.id.0)
+        }
+        None => None,
+    };
+    let resolution = crate::mutation::resolution(&review, wanted, amount, input.note, grant, now);
+    l.store().resolve_review(&resolution).await?;
+    let resolved = l
+        .store()
+        .review(&review.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("review"))?;
+    if resolved.status != wanted || resolved.credited_ucr != amount.map(CoreCredits::micro) {
+        return Err(ApiError::new(
+            crate::error::Code::IdempotencyConflict,
+            "the review was resolved differently meanwhile",
+        ));
+    }
+    crate::subscription::review_changed(ctx, &resolved);
+    Ok(resolved)
+}

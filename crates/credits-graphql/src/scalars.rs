@@ -1,0 +1,133 @@
+//! The contract's scalars: `Credits` (exact decimal string in, canonical string out; a JSON
+//! integer counts whole credits), `DateTime` (RFC 3339) and `Seq` (a JSON integer below
+//! 2^53). Parsing here turns input into core types once, at the edge.
+
+use async_graphql::{InputValueError, InputValueResult, Number, Scalar, ScalarType, Value};
+use chrono::{DateTime as ChronoDateTime, SecondsFormat, Utc};
+
+/// Largest integer a JSON number carries exactly (SPEC: `Seq` is 0 to 2^53 − 1).
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// An exact amount of credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credits(pub credits_core::Credits);
+
+#[Scalar(name = "Credits")]
+impl ScalarType for Credits {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        let parsed = match &value {
+            Value::String(s) => credits_core::Credits::parse(s),
+            Value::Number(n) => match n.as_i64() {
+                Some(whole) => credits_core::Credits::from_whole(whole),
+                // A float (or an integer beyond i64) is never an amount.
+                None => {
+                    return Err(InputValueError::custom(
+                        "Credits must be a decimal string or a whole number, never a float",
+                    ));
+                }
+            },
+            _ => return Err(InputValueError::expected_type(value)),
+        };
+        let amount =
+            parsed.map_err(|e| InputValueError::custom(format!("invalid Credits: {e}")))?;
+        if amount.micro() < 0 {
+            return Err(InputValueError::custom(
+                "invalid Credits: amount must not be negative",
+            ));
+        }
+        Ok(Credits(amount))
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.to_string())
+    }
+}
+
+impl From<credits_core::Credits> for Credits {
+    fn from(c: credits_core::Credits) -> Self {
+        Credits(c)
+    }
+}
+
+/// An instant, RFC 3339 in and out (UTC, `Z`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DateTime(pub ChronoDateTime<Utc>);
+
+#[Scalar(name = "DateTime")]
+impl ScalarType for DateTime {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::String(s) => ChronoDateTime::parse_from_rfc3339(s)
+                .map(|t| DateTime(t.with_timezone(&Utc)))
+                .map_err(|e| {
+                    InputValueError::custom(format!("invalid DateTime (RFC 3339 expected): {e}"))
+                }),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
+
+impl From<ChronoDateTime<Utc>> for DateTime {
+    fn from(t: ChronoDateTime<Utc>) -> Self {
+        DateTime(t)
+    }
+}
+
+/// A per-wallet ledger sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seq(pub u64);
+
+#[Scalar(name = "Seq")]
+impl ScalarType for Seq {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|v| *v <= MAX_SEQ)
+                .map(Seq)
+                .ok_or_else(|| {
+                    InputValueError::custom("Seq must be an integer from 0 to 2^53 - 1")
+                }),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Number(Number::from(self.0.min(MAX_SEQ)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credits(v: Value) -> Result<String, String> {
+        <Credits as ScalarType>::parse(v)
+            .map(|c| c.0.to_string())
+            .map_err(|e| e.into_server_error(Default::default()).message)
+    }
+
+    #[test]
+    fn credits_accepts_strings_and_whole_numbers_only() {
+        assert_eq!(credits(Value::String("1.500000".into())), Ok("1.5".into()));
+        assert_eq!(credits(Value::Number(5.into())), Ok("5".into()));
+        assert!(credits(Value::Number(Number::from_f64(1.5).unwrap())).is_err());
+        assert!(credits(Value::String("1.0000000".into())).is_err());
+        assert!(credits(Value::String("-1".into())).is_err());
+        assert!(credits(Value::Number((-1).into())).is_err());
+        assert!(credits(Value::Number(i64::MAX.into())).is_err());
+        assert!(credits(Value::Boolean(true)).is_err());
+    }
+
+    #[test]
+    fn date_time_round_trips_rfc3339() {
+        let t = <DateTime as ScalarType>::parse(Value::String("2027-03-10T13:00:00+01:00".into()))
+            .unwrap();
+        assert_eq!(t.to_value(), Value::String("2027-03-10T12:00:00Z".into()));
+        assert!(<DateTime as ScalarType>::parse(Value::String("yesterday".into())).is_err());
+    }
+}
