@@ -276,8 +276,14 @@ async function selectWallet(walletId) {
   for (const { unsubscribe } of state.reviews.values()) unsubscribe?.();
   state.reviews = new Map();
   state.usage.cursors = [null];
+  state.chart = null;
   showError($('#wallet-error'), null);
-  $('#wallet-view').hidden = false;
+  // Until this wallet has loaded, show none of the previous one's figures.
+  const view = $('#wallet-view');
+  view.hidden = false;
+  view.classList.add('loading');
+  $('#wallet-title').textContent = 'Wallet';
+  $('#wallet-meta').textContent = `${walletId} · loading…`;
   watchWallet(walletId);
   await refetchWallet(walletId);
   if (state.selectedId !== walletId) return;
@@ -290,6 +296,7 @@ function renderWallet(wallet) {
   $('#wallet-title').textContent = team ? `${team.name} (team pool)` : `Wallet of ${wallet.ownerId}`;
   $('#wallet-meta').textContent = `${wallet.id} · plan ${wallet.plan.name} · time zone ${wallet.timezone}`;
   $('#wallet-view').dataset.walletId = wallet.id;
+  $('#wallet-view').classList.remove('loading');
   renderBalance(wallet);
   renderPlan(wallet);
 }

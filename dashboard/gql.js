@@ -42,7 +42,8 @@ export async function gqlFetch(token, query, variables = {}) {
   }
   if (body && Array.isArray(body.errors) && body.errors.length > 0) throw errorFromGraphql(body.errors);
   if (!response.ok || !body || body.data == null) {
-    throw new GqlError(`The server answered HTTP ${response.status}`, { code: 'HTTP' });
+    const code = { 401: 'UNAUTHENTICATED', 403: 'FORBIDDEN', 413: 'INVALID_INPUT', 503: 'UNAVAILABLE' }[response.status] ?? 'HTTP';
+    throw new GqlError(`The server answered HTTP ${response.status}`, { code });
   }
   return body.data;
 }
