@@ -326,16 +326,14 @@ function renderBalance(wallet) {
 
 function renderGrants(grants, timezone) {
   if (!grants.length) return h('p', { class: 'muted' }, 'No bonus grants.');
-  return h('table', { class: 'grants' },
-    h('caption', { class: 'visually-hidden' }, 'Bonus grants, in the order they are spent'),
-    h('thead', {}, h('tr', {},
-      h('th', { scope: 'col' }, 'Kind'), h('th', { scope: 'col', class: 'num' }, 'Left'), h('th', { scope: 'col' }, 'Expires'))),
-    h('tbody', {}, grants.map((g) => h('tr', { 'data-testid': 'grant-row', 'data-grant-id': g.id, 'data-kind': g.kind },
-      h('td', { 'data-label': 'Kind' }, h('span', { class: `badge kind-${g.kind.toLowerCase()}` }, g.kind),
-        g.reason ? h('small', { class: 'reason' }, g.reason) : null),
-      h('td', { 'data-label': 'Left', class: 'num' }, amount(g.remaining, 'grant-remaining'),
-        h('small', { class: 'muted' }, ` of ${display(g.amount)}`)),
-      h('td', { 'data-label': 'Expires' }, g.expiresAt ? formatDate(g.expiresAt, timezone) : 'never')))));
+  return h('ul', { class: 'grants', 'aria-label': 'Bonus grants, in the order they are spent' },
+    grants.map((g) => h('li', { 'data-testid': 'grant-row', 'data-grant-id': g.id, 'data-kind': g.kind },
+      h('span', { class: `badge kind-${g.kind.toLowerCase()}` }, g.kind),
+      h('span', { class: 'grant-left' }, amount(g.remaining, 'grant-remaining'),
+        h('small', { class: 'muted' }, ` of ${display(g.amount)} left`)),
+      h('span', { class: 'grant-meta' },
+        g.expiresAt ? `expires ${formatDate(g.expiresAt, timezone)}` : 'never expires',
+        g.reason ? ` · ${g.reason}` : ''))));
 }
 
 /** Every countdown on the page, once a second, against the server's clock. */
