@@ -135,6 +135,7 @@ async function signIn(token) {
   $('#who').hidden = false;
   $('[data-testid="viewer-owner"]').textContent = data.viewer.ownerId ?? '(no owner)';
   $('[data-testid="viewer-role"]').textContent = data.viewer.role;
+  serverClock.reset();
   state.client = new SubscriptionClient({ url: websocketUrl(), token, onStatus: renderLiveStatus });
 
   api(ops.CATALOGUE).then((catalogue) => {
@@ -208,7 +209,7 @@ function renderAccounts() {
     nav.append(h('p', { class: 'muted', 'data-testid': 'no-wallets' },
       viewer.role === 'USER'
         ? 'This account has no wallet and belongs to no team yet.'
-        : `A ${viewer.role} token owns no wallets; open one by id below.`));
+        : `${viewer.role === 'ADMIN' ? 'An' : 'A'} ${viewer.role} token owns no wallets; open one by id below.`));
   }
 }
 
@@ -243,12 +244,16 @@ function onBalanceEvent(entry, event) {
   if (entry.teamId) renderPoolBalance(entry.teamId, event.balance);
 
   // What else an event can change besides the balance.
+  const selected = entry.walletId === state.selectedId;
   if (['PLAN_CHANGE', 'RENEWAL', 'TIMEZONE_CHANGE'].includes(event.cause)) refetchWallet(entry.walletId);
-  if (['USAGE', 'SETTLEMENT', 'SNAPSHOT', 'DAILY_RESET', 'RENEWAL'].includes(event.cause) || gap) {
-    if (entry.walletId === state.selectedId && event.cause !== 'DAILY_RESET' && event.cause !== 'RENEWAL') scheduleUsageRefresh();
-    if (entry.teamId && !snapshot) refreshTeam(entry.teamId);
+  // New usage, or a new day for the chart; a SNAPSHOT (also after a reconnect) may follow
+  // missed events, and is the first moment the server's clock is known.
+  if (selected && (['USAGE', 'SETTLEMENT', 'SNAPSHOT', 'DAILY_RESET'].includes(event.cause) || gap)) {
+    scheduleUsageRefresh();
   }
-  if ((event.cause === 'GRANT' || gap) && entry.walletId === state.selectedId) loadReviews(entry.walletId);
+  // Member spend moves with usage and restarts with the pool's day and period.
+  if (entry.teamId && !snapshot && event.cause !== 'GRANT') refreshTeam(entry.teamId);
+  if (selected && (event.cause === 'GRANT' || gap)) loadReviews(entry.walletId);
 }
 
 async function refetchWallet(walletId) {
@@ -260,8 +265,12 @@ async function refetchWallet(walletId) {
     if (!entry || state.live.get(walletId) !== entry) return;
     // An event applied while we fetched carries a newer balance than this answer may.
     if (entry.applied !== appliedBefore && entry.balance) wallet.balance = entry.balance;
+    const zoneChanged = entry.wallet && entry.wallet.timezone !== wallet.timezone;
     entry.wallet = wallet;
-    if (walletId === state.selectedId) renderWallet(wallet);
+    if (walletId === state.selectedId) {
+      renderWallet(wallet);
+      if (zoneChanged) scheduleUsageRefresh(); // DAY keys are local dates of the new zone
+    }
   } catch (error) {
     if (walletId === state.selectedId) showError($('#wallet-error'), error);
   }
@@ -339,6 +348,11 @@ function renderGrants(grants, timezone) {
 /** Every countdown on the page, once a second, against the server's clock. */
 function tickCountdowns() {
   for (const node of document.querySelectorAll('[data-countdown-to]')) {
+    if (!serverClock.ready()) {
+      node.textContent = '…';
+      delete node.dataset.seconds;
+      continue;
+    }
     const seconds = secondsUntil(node.dataset.countdownTo);
     node.textContent = formatCountdown(seconds);
     node.dataset.seconds = String(seconds);

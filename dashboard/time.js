@@ -8,11 +8,19 @@
  * `at` is the server's now when it was sent; later events' `at` are due instants, never
  * after the server's now, so they can only move our estimate forward.
  */
+/** Without any event for this long (no live connection), trust the browser's clock. */
+const CLOCK_FALLBACK_MS = 5000;
+
 export const serverClock = {
   offsetMs: 0,
   known: false,
+  since: Date.now(),
   now() {
     return Date.now() + this.offsetMs;
+  },
+  /** Known from the server, or waited long enough that the browser's clock must do. */
+  ready() {
+    return this.known || Date.now() - this.since > CLOCK_FALLBACK_MS;
   },
   observe(at, isSnapshot) {
     const offset = Date.parse(at) - Date.now();
@@ -27,6 +35,7 @@ export const serverClock = {
   reset() {
     this.offsetMs = 0;
     this.known = false;
+    this.since = Date.now();
   },
 };
 
