@@ -15,7 +15,7 @@ function el(name, attrs = {}, children = []) {
 }
 
 /** One colour per model, stable for a given list of models. */
-export function modelColours(models) {
+function modelColours(models) {
   return new Map(models.map((m, i) => [m, PALETTE[i % PALETTE.length]]));
 }
 

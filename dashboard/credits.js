@@ -26,7 +26,6 @@ export function fromMicro(micro) {
 
 export const isCredits = (text) => CREDITS_RE.test(String(text).trim());
 
-export const add = (a, b) => fromMicro(toMicro(a) + toMicro(b));
 export const sub = (a, b) => fromMicro(toMicro(a) - toMicro(b));
 export const sum = (list) => fromMicro(list.reduce((acc, x) => acc + toMicro(x), 0n));
 export const compare = (a, b) => {
