@@ -1,0 +1,825 @@
+// The account dashboard (issue 9): signs in with an API token, shows the viewer's wallets
+// and team pools live, their usage, plan, reviews and member limits. It talks only to the
+// public GraphQL API (ops.js) and never does arithmetic on credit amounts with floats.
+
+import { gqlFetch, GqlError, SubscriptionClient, websocketUrl } from './gql.js';
+import * as ops from './ops.js';
+import { display, compare, ratio, sub, isCredits } from './credits.js';
+import {
+  serverClock, formatDateTime, formatDate, formatShort, secondsUntil, formatCountdown,
+  localDate, addDays, startOfLocalDate,
+} from './time.js';
+import { stackedDailyChart } from './chart.js';
+
+const TOKEN_KEY = 'creditd.token';
+const WALLET_KEY = 'creditd.wallet';
+const USAGE_PAGE_SIZE = 20;
+const CHART_DAYS = 30;
+/** Live usage refreshes are coalesced: a burst of events costs one query. */
+const REFRESH_DEBOUNCE_MS = 200;
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+/** Builds an element; strings become text nodes (never HTML), `on*` attributes listeners. */
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value == null || value === false) continue;
+    if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+    else if (key === 'class') node.className = value;
+    else node.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat()) if (child != null && child !== false) node.append(child);
+  return node;
+}
+
+/** An amount as the page shows it; `data-value` keeps the canonical string for tests. */
+function setAmount(node, credits) {
+  node.textContent = display(credits);
+  node.dataset.value = credits;
+}
+const amount = (credits, testid) => {
+  const node = h('span', { class: 'amount', 'data-testid': testid });
+  setAmount(node, credits);
+  return node;
+};
+
+// ---------------------------------------------------------------- errors in words
+
+const CODE_WORDS = {
+  UNAUTHENTICATED: 'The token was not accepted.',
+  FORBIDDEN: 'This token is not allowed to do that.',
+  NOT_FOUND: 'Not found.',
+  INVALID_INPUT: 'Some of the input is not valid.',
+  INSUFFICIENT_CREDITS: 'There are not enough credits.',
+  MODEL_NOT_ALLOWED: 'The plan does not include this model.',
+  UNKNOWN_MODEL: 'No pricing tier knows this model.',
+  MEMBER_LIMIT_EXCEEDED: 'A member limit would be exceeded.',
+  IDEMPOTENCY_CONFLICT: 'This conflicts with an earlier request.',
+  RESERVATION_NOT_ACTIVE: 'The reservation is no longer active.',
+  PRICING_FAILED: 'Pricing this model failed.',
+  UNAVAILABLE: 'The service is busy or could not confirm the change; try again.',
+  NETWORK: 'The server cannot be reached.',
+  HTTP: 'The server answered with an error.',
+};
+
+function describeError(error) {
+  if (!(error instanceof GqlError)) return `Something went wrong in the page: ${error?.message ?? error}`;
+  const words = CODE_WORDS[error.code] ?? 'The request failed.';
+  return `${words} ${error.message}${error.code ? ` (${error.code})` : ''}`;
+}
+
+/** Shows an error in the element next to what caused it; null hides it. */
+function showError(node, error) {
+  if (!node) return;
+  node.hidden = !error;
+  node.textContent = error ? describeError(error) : '';
+  if (error) node.dataset.code = error.code ?? '';
+  else delete node.dataset.code;
+}
+
+// ---------------------------------------------------------------- state
+
+const state = {
+  token: null,
+  viewer: null,
+  client: null,
+  catalogue: { plans: [], models: [] },
+  /** walletId -> { wallet?, balance, lastSeq, applied, unsubscribe, teamId? } for every live wallet. */
+  live: new Map(),
+  selectedId: null,
+  usage: { filter: {}, cursors: [null], timer: null },
+  /** The per-day chart's data and the width it was drawn at. */
+  chart: null,
+  chartWidth: 0,
+  /** teamId -> { team, isAdmin, rows: Map<userId, rowRefs> } */
+  teams: new Map(),
+  /** reviewId -> { review, unsubscribe } for the selected wallet */
+  reviews: new Map(),
+};
+
+async function api(query, variables) {
+  try {
+    return await gqlFetch(state.token, query, variables);
+  } catch (error) {
+    if (error.code === 'UNAUTHENTICATED' && state.token) signOut(error);
+    throw error;
+  }
+}
+
+// ---------------------------------------------------------------- sign in / out
+
+function showSignIn(error) {
+  $('#sign-in').hidden = false;
+  $('#app').hidden = true;
+  $('#who').hidden = true;
+  showError($('[data-testid="sign-in-error"]'), error);
+  $('#token').focus();
+}
+
+async function signIn(token) {
+  state.token = token;
+  let data;
+  try {
+    data = await gqlFetch(token, ops.VIEWER);
+  } catch (error) {
+    state.token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    showSignIn(error);
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  state.viewer = data.viewer;
+  $('#sign-in').hidden = true;
+  $('#app').hidden = false;
+  $('#who').hidden = false;
+  $('[data-testid="viewer-owner"]').textContent = data.viewer.ownerId ?? '(no owner)';
+  $('[data-testid="viewer-role"]').textContent = data.viewer.role;
+  serverClock.reset();
+  state.client = new SubscriptionClient({ url: websocketUrl(), token, onStatus: renderLiveStatus });
+
+  api(ops.CATALOGUE).then((catalogue) => {
+    state.catalogue = catalogue;
+    $('#model-list').replaceChildren(...catalogue.models.map((m) => h('option', { value: m.id }, `${m.tier}`)));
+    const selected = state.live.get(state.selectedId)?.wallet;
+    if (selected) renderPlan(selected);
+  }).catch((error) => showError($('#wallet-error'), error));
+
+  renderAccounts();
+  for (const wallet of data.viewer.wallets) watchWallet(wallet.id);
+  for (const team of data.viewer.teams) watchWallet(team.wallet.id, team.id);
+  renderTeams();
+
+  const remembered = sessionStorage.getItem(WALLET_KEY);
+  const candidates = [...data.viewer.wallets.map((w) => w.id), ...data.viewer.teams.map((t) => t.wallet.id)];
+  const first = candidates.includes(remembered) ? remembered : candidates[0];
+  $('#open-wallet-form').hidden = data.viewer.role === 'USER';
+  if (first) selectWallet(first);
+}
+
+function signOut(error) {
+  state.client?.close();
+  for (const entry of state.live.values()) clearTimeout(entry.refetchTimer);
+  for (const { unsubscribe } of state.reviews.values()) unsubscribe?.();
+  clearTimeout(state.usage.timer);
+  Object.assign(state, {
+    token: null, viewer: null, client: null, selectedId: null,
+    live: new Map(), teams: new Map(), reviews: new Map(),
+    usage: { filter: {}, cursors: [null], timer: null }, chart: null,
+  });
+  serverClock.reset();
+  sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(WALLET_KEY);
+  $('#wallet-view').hidden = true;
+  $('#teams').hidden = true;
+  $('#token').value = '';
+  $('#usage-filter').reset();
+  showSignIn(error);
+}
+
+function renderLiveStatus(status, detail) {
+  const node = $('#live');
+  const words = {
+    connecting: 'Connecting…', live: 'Live', retrying: 'Reconnecting…', failed: 'Live updates off', closed: '',
+  }[status];
+  node.textContent = words;
+  node.dataset.status = status;
+  node.title = detail ?? '';
+}
+
+// ---------------------------------------------------------------- wallets and live balance
+
+function renderAccounts() {
+  const { viewer } = state;
+  const button = (walletId, label, sublabel) => h('button', {
+    type: 'button', class: 'account', 'data-wallet': walletId,
+    'aria-pressed': String(walletId === state.selectedId), onclick: () => selectWallet(walletId),
+  }, h('span', {}, label), h('small', {}, sublabel));
+  const nav = $('#accounts');
+  nav.replaceChildren();
+  if (viewer.wallets.length) {
+    nav.append(h('h2', { class: 'nav-title' }, 'Your wallets'),
+      h('div', { class: 'account-list' }, viewer.wallets.map((w) => button(w.id, w.plan.name, `${w.id} · ${w.timezone}`))));
+  }
+  if (viewer.teams.length) {
+    nav.append(h('h2', { class: 'nav-title' }, 'Team pools'),
+      h('div', { class: 'account-list' }, viewer.teams.map((t) => button(t.wallet.id, t.name, `pool ${t.wallet.id}`))));
+  }
+  if (!viewer.wallets.length && !viewer.teams.length) {
+    nav.append(h('p', { class: 'muted', 'data-testid': 'no-wallets' },
+      viewer.role === 'USER'
+        ? 'This account has no wallet and belongs to no team yet.'
+        : `${viewer.role === 'ADMIN' ? 'An' : 'A'} ${viewer.role} token owns no wallets; open one by id below.`));
+  }
+}
+
+/** Subscribes to a wallet's balance stream (personal wallet or team pool). */
+function watchWallet(walletId, teamId = null) {
+  if (state.live.has(walletId)) return;
+  const entry = { walletId, teamId, wallet: null, balance: null, lastSeq: null, applied: 0, refetchTimer: null };
+  state.live.set(walletId, entry);
+  entry.unsubscribe = state.client.subscribe(ops.BALANCE_CHANGED, { walletId }, {
+    next: (data) => onBalanceEvent(entry, data.balanceChanged),
+    error: (error) => {
+      if (walletId === state.selectedId) showError($('#wallet-error'), error);
+    },
+  });
+}
+
+function onBalanceEvent(entry, event) {
+  const snapshot = event.cause === 'SNAPSHOT';
+  serverClock.observe(event.at, snapshot);
+  const gap = !snapshot && entry.lastSeq != null && event.seq !== entry.lastSeq + 1;
+  entry.lastSeq = event.seq;
+  if (gap) {
+    // Missed events: the stream's balance is still the newest, but the plan or zone may
+    // have changed in between; reload the wallet to be sure (issue 9, item 3).
+    refetchWallet(entry.walletId);
+  }
+  entry.balance = event.balance;
+  entry.applied += 1;
+  if (entry.wallet) entry.wallet.balance = event.balance;
+
+  if (entry.walletId === state.selectedId && entry.wallet) renderBalance(entry.wallet);
+  if (entry.teamId) renderPoolBalance(entry.teamId, event.balance);
+
+  // What else an event can change besides the balance.
+  const selected = entry.walletId === state.selectedId;
+  if (['PLAN_CHANGE', 'RENEWAL', 'TIMEZONE_CHANGE'].includes(event.cause)) refetchWallet(entry.walletId);
+  // New usage, or a new day for the chart; a SNAPSHOT (also after a reconnect) may follow
+  // missed events, and is the first moment the server's clock is known.
+  if (selected && (['USAGE', 'SETTLEMENT', 'SNAPSHOT', 'DAILY_RESET'].includes(event.cause) || gap)) {
+    scheduleUsageRefresh();
+  }
+  // Member spend moves with usage and restarts with the pool's day and period.
+  if (entry.teamId && !snapshot && event.cause !== 'GRANT') refreshTeam(entry.teamId);
+  if (selected && (event.cause === 'GRANT' || gap)) loadReviews(entry.walletId);
+}
+
+async function refetchWallet(walletId) {
+  const entry = state.live.get(walletId);
+  const appliedBefore = entry?.applied;
+  try {
+    const { wallet } = await api(ops.WALLET, { id: walletId });
+    if (!wallet) throw new GqlError(`No wallet ${walletId}.`, { code: 'NOT_FOUND' });
+    if (!entry || state.live.get(walletId) !== entry) return;
+    // An event applied while we fetched carries a newer balance than this answer may.
+    if (entry.applied !== appliedBefore && entry.balance) wallet.balance = entry.balance;
+    const zoneChanged = entry.wallet && entry.wallet.timezone !== wallet.timezone;
+    entry.wallet = wallet;
+    if (walletId === state.selectedId) {
+      renderWallet(wallet);
+      if (zoneChanged) scheduleUsageRefresh(); // DAY keys are local dates of the new zone
+    }
+  } catch (error) {
+    if (walletId === state.selectedId) showError($('#wallet-error'), error);
+  }
+}
+
+async function selectWallet(walletId) {
+  state.selectedId = walletId;
+  sessionStorage.setItem(WALLET_KEY, walletId);
+  for (const b of document.querySelectorAll('#accounts [data-wallet]')) {
+    b.setAttribute('aria-pressed', String(b.dataset.wallet === walletId));
+  }
+  for (const { unsubscribe } of state.reviews.values()) unsubscribe?.();
+  state.reviews = new Map();
+  state.usage.cursors = [null];
+  state.chart = null;
+  showError($('#wallet-error'), null);
+  // Until this wallet has loaded, show none of the previous one's figures.
+  const view = $('#wallet-view');
+  view.hidden = false;
+  view.classList.add('loading');
+  $('#wallet-title').textContent = 'Wallet';
+  $('#wallet-meta').textContent = `${walletId} · loading…`;
+  watchWallet(walletId);
+  await refetchWallet(walletId);
+  if (state.selectedId !== walletId) return;
+  loadUsage();
+  loadReviews(walletId);
+}
+
+function renderWallet(wallet) {
+  const team = state.viewer?.teams.find((t) => t.wallet.id === wallet.id);
+  $('#wallet-title').textContent = team ? `${team.name} (team pool)` : `Wallet of ${wallet.ownerId}`;
+  $('#wallet-meta').textContent = `${wallet.id} · plan ${wallet.plan.name} · time zone ${wallet.timezone}`;
+  $('#wallet-view').dataset.walletId = wallet.id;
+  $('#wallet-view').classList.remove('loading');
+  renderBalance(wallet);
+  renderPlan(wallet);
+}
+
+function renderBalance(wallet) {
+  const { balance, timezone } = wallet;
+  const view = $('#wallet-view');
+  const testid = (id) => view.querySelector(`[data-testid="${id}"]`);
+  setAmount(testid('total'), balance.total);
+  setAmount(testid('reserved'), balance.reserved);
+  setAmount(testid('daily-remaining'), balance.daily.remaining);
+  setAmount(testid('daily-allowance'), balance.daily.allowance);
+  $('#daily-meter').style.width = `${ratio(balance.daily.remaining, balance.daily.allowance) * 100}%`;
+  const countdown = testid('daily-countdown');
+  countdown.dataset.countdownTo = balance.daily.nextResetAt;
+  testid('daily-reset-at').textContent = `${formatDateTime(balance.daily.nextResetAt, timezone)} (${timezone})`;
+  testid('daily-reset-at').dataset.value = balance.daily.nextResetAt;
+  setAmount(testid('subscription-remaining'), balance.subscription.remaining);
+  setAmount(testid('subscription-allowance'), balance.subscription.allowance);
+  $('#subscription-meter').style.width = `${ratio(balance.subscription.remaining, balance.subscription.allowance) * 100}%`;
+  testid('subscription-period-end').textContent = formatDateTime(balance.subscription.periodEnd, timezone);
+  testid('subscription-period-end').dataset.value = balance.subscription.periodEnd;
+  setAmount(testid('bonus-remaining'), balance.bonus.remaining);
+  $('#grants').replaceChildren(renderGrants(balance.bonus.grants, timezone));
+  tickCountdowns();
+}
+
+function renderGrants(grants, timezone) {
+  if (!grants.length) return h('p', { class: 'muted' }, 'No bonus grants.');
+  return h('ul', { class: 'grants', 'aria-label': 'Bonus grants, in the order they are spent' },
+    grants.map((g) => h('li', { 'data-testid': 'grant-row', 'data-grant-id': g.id, 'data-kind': g.kind },
+      h('span', { class: `badge kind-${g.kind.toLowerCase()}` }, g.kind),
+      h('span', { class: 'grant-left' }, amount(g.remaining, 'grant-remaining'),
+        h('small', { class: 'muted' }, ` of ${display(g.amount)} left`)),
+      h('span', { class: 'grant-meta' },
+        g.expiresAt ? `expires ${formatDate(g.expiresAt, timezone)}` : 'never expires',
+        g.reason ? ` · ${g.reason}` : ''))));
+}
+
+/** Every countdown on the page, once a second, against the server's clock. */
+function tickCountdowns() {
+  for (const node of document.querySelectorAll('[data-countdown-to]')) {
+    if (!serverClock.ready()) {
+      node.textContent = '…';
+      delete node.dataset.seconds;
+      continue;
+    }
+    const seconds = secondsUntil(node.dataset.countdownTo);
+    node.textContent = formatCountdown(seconds);
+    node.dataset.seconds = String(seconds);
+  }
+}
+setInterval(tickCountdowns, 1000);
+
+// ---------------------------------------------------------------- plan
+
+function planFacts(plan) {
+  return h('dl', { class: 'facts' },
+    h('dt', {}, 'Daily'), h('dd', {}, `${display(plan.dailyCredits)} credits`),
+    h('dt', {}, 'Subscription'), h('dd', {}, `${display(plan.subscriptionCredits)} credits / ${plan.interval === 'ANNUAL' ? 'year' : 'month'}`),
+    h('dt', {}, 'Model tiers'), h('dd', {}, plan.modelTiers.join(', ') || 'none'));
+}
+
+function renderPlan(wallet) {
+  const current = h('div', { class: 'plan-current' },
+    h('p', {}, 'Current plan: ', h('strong', { 'data-testid': 'plan-name', 'data-value': wallet.plan.id }, wallet.plan.name),
+      wallet.plan.custom ? h('span', { class: 'badge' }, 'custom') : null));
+  if (wallet.scheduledPlan) {
+    current.append(h('p', { class: 'notice', 'data-testid': 'plan-scheduled', 'data-value': wallet.scheduledPlan.id },
+      `Changes to ${wallet.scheduledPlan.name} on ${formatDate(wallet.balance.subscription.periodEnd, wallet.timezone)}, at the end of this billing period.`));
+  }
+  $('#plan-current').replaceChildren(current);
+  const plans = state.catalogue.plans.some((p) => p.id === wallet.plan.id)
+    ? state.catalogue.plans
+    : [...state.catalogue.plans, wallet.plan];
+  $('#plan-catalogue').replaceChildren(...plans.map((plan) => {
+    const isCurrent = plan.id === wallet.plan.id;
+    const isScheduled = plan.id === wallet.scheduledPlan?.id;
+    return h('article', {
+      class: `plan-card${isCurrent ? ' current' : ''}`, 'data-testid': 'plan-card', 'data-plan-id': plan.id,
+      'aria-current': isCurrent ? 'true' : null,
+    },
+    h('h4', {}, plan.name, isCurrent ? h('span', { class: 'badge current-badge' }, 'current') : null,
+      isScheduled ? h('span', { class: 'badge' }, 'scheduled') : null),
+    planFacts(plan));
+  }));
+}
+
+// ---------------------------------------------------------------- usage
+
+function usageFilter() {
+  const form = $('#usage-filter');
+  const wallet = state.live.get(state.selectedId)?.wallet;
+  const zone = wallet?.timezone ?? 'UTC';
+  const value = (name) => form.elements[name].value.trim();
+  const filter = {};
+  if (value('threadId')) filter.threadId = value('threadId');
+  if (value('model')) filter.model = value('model');
+  // Dates are local dates of the wallet's zone, like the DAY summary; "to" is included.
+  if (value('from')) filter.from = startOfLocalDate(value('from'), zone);
+  if (value('to')) filter.to = startOfLocalDate(addDays(value('to'), 1), zone);
+  return filter;
+}
+
+function scheduleUsageRefresh() {
+  clearTimeout(state.usage.timer);
+  state.usage.timer = setTimeout(loadUsage, REFRESH_DEBOUNCE_MS);
+}
+
+async function loadUsage() {
+  const walletId = state.selectedId;
+  const wallet = state.live.get(walletId)?.wallet;
+  if (!walletId || !wallet) return;
+  const { cursors } = state.usage;
+  const after = cursors[cursors.length - 1];
+  const filter = state.usage.filter;
+  const today = localDate(serverClock.now(), wallet.timezone);
+  const firstDay = addDays(today, -(CHART_DAYS - 1));
+  try {
+    const [usage, summary] = await Promise.all([
+      api(ops.USAGE, { id: walletId, filter, first: USAGE_PAGE_SIZE, after }),
+      api(ops.SUMMARY, {
+        id: walletId, from: filter.from ?? null, to: filter.to ?? null,
+        chartFrom: startOfLocalDate(firstDay, wallet.timezone),
+      }),
+    ]);
+    if (state.selectedId !== walletId) return;
+    showError($('#usage-error'), null);
+    renderUsage(wallet, usage.wallet.usage);
+    renderSummaries(summary.wallet);
+    state.chart = { days: Array.from({ length: CHART_DAYS }, (_, i) => addDays(firstDay, i)), groups: summary.wallet.perDay };
+    renderChart();
+  } catch (error) {
+    showError($('#usage-error'), error);
+  }
+}
+
+function renderChart() {
+  const node = $('#usage-chart');
+  if (!state.chart) return;
+  node.replaceChildren(stackedDailyChart(state.chart.days, state.chart.groups, node.clientWidth || 720));
+  state.chartWidth = node.clientWidth;
+}
+// Redrawn at the new width rather than scaled, so its text keeps its size.
+new ResizeObserver(() => {
+  if ($('#usage-chart').clientWidth !== state.chartWidth) renderChart();
+}).observe($('#usage-chart'));
+
+function reportButton(threadId, model) {
+  return h('button', {
+    type: 'button', class: 'small secondary', 'data-testid': 'report-button',
+    'aria-label': `Report high usage on thread ${threadId}`,
+    onclick: () => openReport(threadId, model),
+  }, 'Report');
+}
+
+function renderUsage(wallet, connection) {
+  const rows = connection.edges.map(({ node: u }) => h('tr', { 'data-testid': 'usage-row', 'data-usage-id': u.id, 'data-thread': u.threadId },
+    h('td', { 'data-label': 'Time' }, h('time', { datetime: u.at, title: formatDateTime(u.at, wallet.timezone) }, formatShort(u.at, wallet.timezone))),
+    h('td', { 'data-label': 'Thread', class: 'mono' }, u.threadId),
+    h('td', { 'data-label': 'Model', class: 'mono' }, u.model),
+    h('td', { 'data-label': 'Member' }, u.memberId ?? '—'),
+    h('td', { 'data-label': 'Tokens' }, `${u.inputTokens.toLocaleString()} in`,
+      u.cachedTokens ? ` (${u.cachedTokens.toLocaleString()} cached)` : '', ` · ${u.outputTokens.toLocaleString()} out`),
+    h('td', { 'data-label': 'Cost', class: 'num' }, amount(u.cost, 'usage-cost'),
+      compare(u.uncollected, '0') > 0 ? h('small', { class: 'muted' }, ` (${display(u.uncollected)} uncollected)`) : null),
+    h('td', { 'data-label': 'Priced by', class: 'mono' }, u.pricedBy),
+    h('td', { class: 'actions' }, reportButton(u.threadId, u.model))));
+  const body = $('#usage-rows');
+  body.replaceChildren(...rows);
+  if (!rows.length) {
+    body.append(h('tr', {}, h('td', { colspan: 8, class: 'muted empty' },
+      Object.keys(state.usage.filter).length ? 'No usage matches these filters.' : 'No usage yet.')));
+  }
+  const page = state.usage.cursors.length;
+  $('#usage-prev').disabled = page === 1;
+  $('#usage-next').disabled = !connection.pageInfo.hasNextPage;
+  $('#usage-next').dataset.cursor = connection.pageInfo.endCursor ?? '';
+  $('#usage-page').textContent = `Page ${page}`;
+}
+
+function renderSummaries(wallet) {
+  const byCredits = (list) => [...list].sort((a, b) => compare(b.credits, a.credits) || a.key.localeCompare(b.key));
+  const row = (g, extra) => h('tr', { 'data-key': g.key },
+    h('td', { class: 'mono' }, g.key || '(none)'), h('td', { class: 'num' }, String(g.events)),
+    h('td', { class: 'num' }, amount(g.credits, 'summary-credits')), extra);
+  const empty = (cols) => h('tr', {}, h('td', { colspan: cols, class: 'muted empty' }, 'No usage.'));
+  const threads = byCredits(wallet.byThread);
+  $('#summary-thread').replaceChildren(...(threads.length
+    ? threads.map((g) => row(g, h('td', { class: 'actions' }, reportButton(g.key, ''))))
+    : [empty(4)]));
+  const models = byCredits(wallet.byModel);
+  $('#summary-model').replaceChildren(...(models.length ? models.map((g) => row(g)) : [empty(3)]));
+}
+
+// ---------------------------------------------------------------- reviews
+
+async function loadReviews(walletId) {
+  try {
+    const data = await api(ops.REVIEWS, { id: walletId });
+    if (state.selectedId !== walletId || !data.wallet) return;
+    showError($('#reviews-error'), null);
+    const ids = new Set(data.wallet.reviews.map((r) => r.id));
+    for (const [id, entry] of state.reviews) {
+      if (!ids.has(id)) { entry.unsubscribe?.(); state.reviews.delete(id); }
+    }
+    for (const review of data.wallet.reviews) upsertReview(review);
+    renderReviews();
+  } catch (error) {
+    showError($('#reviews-error'), error);
+  }
+}
+
+/** Records a review and follows it live while it is open. */
+function upsertReview(review) {
+  let entry = state.reviews.get(review.id);
+  if (!entry) {
+    entry = { review };
+    state.reviews.set(review.id, entry);
+  }
+  entry.review = review;
+  if (review.status === 'SUBMITTED' && !entry.unsubscribe) {
+    entry.unsubscribe = state.client.subscribe(ops.REVIEW_UPDATED, { reviewId: review.id }, {
+      next: (data) => {
+        upsertReview(data.reviewUpdated);
+        renderReviews();
+      },
+      error: (error) => showError($('#reviews-error'), error),
+    });
+    // The review may have been resolved before the subscription started: look once more.
+    api(ops.REVIEW_BY_ID, { id: review.id }).then((data) => {
+      if (data.review && state.reviews.get(review.id) === entry && data.review.status !== entry.review.status) {
+        upsertReview(data.review);
+        renderReviews();
+      }
+    }).catch(() => {});
+  } else if (review.status !== 'SUBMITTED' && entry.unsubscribe) {
+    entry.unsubscribe();
+    entry.unsubscribe = null;
+  }
+}
+
+function renderReview(review, timezone) {
+  const f = review.findings;
+  const status = { SUBMITTED: 'Submitted, waiting for review', CREDITED: 'Credited', REJECTED: 'Rejected' }[review.status];
+  return h('article', { class: `review status-${review.status.toLowerCase()}`, 'data-testid': 'review', 'data-review-id': review.id },
+    h('header', {},
+      h('h4', {}, 'Thread ', h('span', { class: 'mono' }, review.threadId)),
+      h('span', { class: 'badge status', 'data-testid': 'review-status', 'data-value': review.status }, status)),
+    h('dl', { class: 'facts' },
+      h('dt', {}, 'Thread cost'), h('dd', {}, amount(f.threadCredits, 'review-thread-credits'), ' credits'),
+      h('dt', {}, 'Events'), h('dd', {}, String(f.events)),
+      h('dt', {}, 'In retry loops'), h('dd', { 'data-testid': 'review-retry-events' }, String(f.retryLoopEvents)),
+      h('dt', {}, 'Cost percentile'), h('dd', {}, f.costPercentile == null
+        ? 'not enough similar threads'
+        : `${Math.round(f.costPercentile)}: costlier than ${Math.round(f.costPercentile)}% of threads on this model`),
+      h('dt', {}, 'Suggested refund'), h('dd', {}, amount(f.suggestedRefund, 'review-suggested'), ' credits')),
+    f.tips.length ? h('ul', { class: 'tips', 'aria-label': 'Tips' }, f.tips.map((t) => h('li', {}, t))) : null,
+    review.creditedGrant ? h('p', { class: 'credited', 'data-testid': 'review-credited' },
+      'Credited ', amount(review.creditedGrant.amount, 'review-credited-amount'),
+      ` credits as a ${review.creditedGrant.kind} grant`,
+      review.creditedGrant.expiresAt ? ` (expires ${formatDate(review.creditedGrant.expiresAt, timezone)})` : '', '.') : null,
+    review.note ? h('p', { class: 'note' }, 'Note from the reviewer: ', review.note) : null);
+}
+
+function renderReviews() {
+  const timezone = state.live.get(state.selectedId)?.wallet?.timezone ?? 'UTC';
+  const list = [...state.reviews.values()].map((e) => e.review);
+  $('#review-list').replaceChildren(...(list.length
+    ? list.map((r) => renderReview(r, timezone))
+    : [h('p', { class: 'muted' }, 'No reviews on this wallet.')]));
+}
+
+// ---------------------------------------------------------------- the report form
+
+function openReport(threadId, model) {
+  const form = $('#report-form');
+  form.reset();
+  form.elements.threadId.value = threadId;
+  form.elements.model.value = model ?? '';
+  showError(form.querySelector('[data-testid="report-error"]'), null);
+  $('#report-dialog').showModal();
+  form.elements.taskDescription.focus();
+}
+
+async function submitReport(event) {
+  event.preventDefault();
+  const form = $('#report-form');
+  const errorNode = form.querySelector('[data-testid="report-error"]');
+  const value = (name) => form.elements[name].value.trim();
+  const int = (name) => (value(name) === '' ? null : Number.parseInt(value(name), 10));
+  if (!value('threadId') || !value('taskDescription')) {
+    errorNode.hidden = false;
+    errorNode.textContent = 'Please give the thread id and say what you were trying to do.';
+    return;
+  }
+  const input = {
+    walletId: state.selectedId,
+    threadId: value('threadId'),
+    taskDescription: value('taskDescription'),
+    model: value('model') || null,
+    previewStatus: value('previewStatus'),
+    threadLength: int('threadLength'),
+    contextSize: int('contextSize'),
+  };
+  const button = $('#report-submit');
+  button.disabled = true;
+  try {
+    const { reportHighUsage: review } = await api(ops.REPORT_HIGH_USAGE, { input });
+    $('#report-dialog').close();
+    // Newest first, like wallet.reviews; a report on an open review returns that review.
+    const entry = state.reviews.get(review.id) ?? { review };
+    const rest = [...state.reviews].filter(([id]) => id !== review.id);
+    state.reviews = new Map([[review.id, entry], ...rest]);
+    upsertReview(review);
+    renderReviews();
+    const card = document.querySelector(`[data-review-id="${CSS.escape(review.id)}"]`);
+    card?.scrollIntoView({ block: 'nearest' });
+    card?.classList.add('flash');
+  } catch (error) {
+    showError(errorNode, error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- teams
+
+function renderTeams() {
+  const teams = state.viewer.teams;
+  $('#teams').hidden = teams.length === 0;
+  $('#team-list').replaceChildren(...teams.map((t) => h('article', {
+    class: 'team card', 'data-testid': 'team', 'data-team-id': t.id,
+  }, h('h3', {}, t.name), h('p', { class: 'muted' }, 'Loading…'))));
+  for (const t of teams) refreshTeam(t.id);
+}
+
+async function refreshTeam(teamId) {
+  const node = document.querySelector(`[data-team-id="${CSS.escape(teamId)}"]`);
+  try {
+    const { team } = await api(ops.TEAM, { id: teamId });
+    if (!team || !node) return;
+    const me = team.members.find((m) => m.userId === state.viewer.ownerId);
+    const isAdmin = me?.role === 'ADMIN';
+    const known = state.teams.get(teamId);
+    const sameMembers = known && known.isAdmin === isAdmin &&
+      known.team.members.map((m) => m.userId).join('\n') === team.members.map((m) => m.userId).join('\n');
+    if (sameMembers) {
+      // Update figures in place so a half-typed limit is not wiped by a live refresh.
+      known.team = team;
+      for (const m of team.members) fillMemberRow(known.rows.get(m.userId), m);
+      const entry = state.live.get(team.wallet.id);
+      renderPoolBalance(teamId, entry?.balance ?? team.wallet.balance);
+      return;
+    }
+    const rows = new Map();
+    state.teams.set(teamId, { team, isAdmin, rows });
+    node.replaceChildren(
+      h('header', { class: 'team-head' },
+        h('h3', {}, team.name),
+        h('span', { class: 'badge', 'data-testid': 'team-role' }, isAdmin ? 'you are an admin' : 'member')),
+      h('p', { class: 'muted' }, `Pool ${team.wallet.id} · plan ${team.wallet.plan.name} · ${team.wallet.timezone}`),
+      h('div', { class: 'pool-balance' }),
+      h('h4', {}, isAdmin ? 'Members and their limits' : 'Your spending from this pool'),
+      h('div', { class: 'member-list' }, team.members.map((m) => {
+        const refs = memberRow(team, m, isAdmin);
+        rows.set(m.userId, refs);
+        return refs.root;
+      })));
+    renderPoolBalance(teamId, state.live.get(team.wallet.id)?.balance ?? team.wallet.balance);
+  } catch (error) {
+    if (node) {
+      let errorNode = node.querySelector('.team-error');
+      if (!errorNode) node.append(errorNode = h('p', { class: 'error team-error', role: 'alert' }));
+      showError(errorNode, error);
+    }
+  }
+}
+
+function renderPoolBalance(teamId, balance) {
+  const node = document.querySelector(`[data-team-id="${CSS.escape(teamId)}"] .pool-balance`);
+  const team = state.teams.get(teamId)?.team;
+  if (!node || !team || !balance) return;
+  node.replaceChildren(h('dl', { class: 'facts pool' },
+    h('dt', {}, 'Spendable'), h('dd', {}, amount(balance.total, 'pool-total'), ' credits'),
+    h('dt', {}, 'Daily'), h('dd', {}, amount(balance.daily.remaining, 'pool-daily-remaining'), ` / ${display(balance.daily.allowance)}`),
+    h('dt', {}, 'Subscription'), h('dd', {}, amount(balance.subscription.remaining, 'pool-subscription-remaining'),
+      ` / ${display(balance.subscription.allowance)}, period ends ${formatDate(balance.subscription.periodEnd, team.wallet.timezone)}`),
+    h('dt', {}, 'Bonus'), h('dd', {}, amount(balance.bonus.remaining, 'pool-bonus-remaining')),
+    compare(balance.reserved, '0') > 0 ? [h('dt', {}, 'Reserved'), h('dd', {}, amount(balance.reserved))] : null));
+}
+
+function limitText(spent, limit) {
+  if (limit == null) return `${display(spent)} spent, no limit`;
+  const left = compare(limit, spent) > 0 ? sub(limit, spent) : '0';
+  return `${display(spent)} of ${display(limit)} (${display(left)} left)`;
+}
+
+function memberRow(team, member, isAdmin) {
+  const refs = {
+    root: h('div', { class: 'member', 'data-testid': 'member-row', 'data-user': member.userId }),
+    role: h('span', { class: 'badge' }),
+    today: h('span', { 'data-testid': 'member-today' }),
+    period: h('span', { 'data-testid': 'member-period' }),
+    todayMeter: h('span'),
+    periodMeter: h('span'),
+  };
+  refs.root.append(
+    h('div', { class: 'member-head' }, h('strong', { class: 'mono' }, member.userId), refs.role),
+    h('dl', { class: 'facts' },
+      h('dt', {}, 'Today'), h('dd', {}, refs.today, h('div', { class: 'meter small', 'aria-hidden': 'true' }, refs.todayMeter)),
+      h('dt', {}, 'This period'), h('dd', {}, refs.period, h('div', { class: 'meter small', 'aria-hidden': 'true' }, refs.periodMeter))));
+  if (isAdmin) refs.root.append(limitForm(team, member, refs));
+  fillMemberRow(refs, member);
+  return refs;
+}
+
+function fillMemberRow(refs, m) {
+  if (!refs) return;
+  refs.role.textContent = m.role;
+  refs.today.textContent = limitText(m.spentToday, m.dailyLimit);
+  refs.period.textContent = limitText(m.spentThisPeriod, m.periodLimit);
+  refs.root.dataset.dailyLimit = m.dailyLimit ?? '';
+  refs.root.dataset.periodLimit = m.periodLimit ?? '';
+  refs.root.dataset.spentToday = m.spentToday;
+  refs.root.dataset.spentThisPeriod = m.spentThisPeriod;
+  refs.todayMeter.style.width = m.dailyLimit == null ? '0%' : `${ratio(m.spentToday, m.dailyLimit) * 100}%`;
+  refs.periodMeter.style.width = m.periodLimit == null ? '0%' : `${ratio(m.spentThisPeriod, m.periodLimit) * 100}%`;
+}
+
+function limitForm(team, member, refs) {
+  const id = (name) => `limit-${team.id}-${member.userId}-${name}`.replace(/[^A-Za-z0-9_-]/g, '_');
+  const daily = h('input', { id: id('daily'), name: 'dailyLimit', inputmode: 'decimal', placeholder: 'no limit', value: member.dailyLimit ?? '' });
+  const period = h('input', { id: id('period'), name: 'periodLimit', inputmode: 'decimal', placeholder: 'no limit', value: member.periodLimit ?? '' });
+  const error = h('p', { class: 'error', role: 'alert', 'data-testid': 'limit-error', hidden: true });
+  const saved = h('span', { class: 'muted saved', role: 'status' });
+  const button = h('button', { type: 'submit', class: 'small' }, 'Save limits');
+  const form = h('form', { class: 'limit-form', 'aria-label': `Limits for ${member.userId}` },
+    h('div', {}, h('label', { for: id('daily') }, 'Daily limit'), daily),
+    h('div', {}, h('label', { for: id('period') }, 'Period limit'), period),
+    h('div', { class: 'limit-buttons' }, button, saved),
+    error);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    saved.textContent = '';
+    const limits = { dailyLimit: daily.value.trim() || null, periodLimit: period.value.trim() || null };
+    const bad = Object.entries(limits).find(([, v]) => v != null && !isCredits(v));
+    if (bad) {
+      error.hidden = false;
+      error.textContent = `${bad[0] === 'dailyLimit' ? 'Daily' : 'Period'} limit: write an amount like 10 or 2.5 (up to six decimals), or leave it empty for no limit.`;
+      return;
+    }
+    button.disabled = true;
+    try {
+      const { setMemberLimits: m } = await api(ops.SET_MEMBER_LIMITS, { teamId: team.id, userId: member.userId, ...limits });
+      showError(error, null);
+      daily.value = m.dailyLimit ?? '';
+      period.value = m.periodLimit ?? '';
+      fillMemberRow(refs, m);
+      saved.textContent = 'Saved.';
+    } catch (err) {
+      showError(error, err);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
+// ---------------------------------------------------------------- wiring
+
+function wire() {
+  $('#sign-in-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const token = $('#token').value.trim();
+    if (!token) {
+      showError($('[data-testid="sign-in-error"]'), new GqlError('Paste a token first.', { code: 'INVALID_INPUT' }));
+      return;
+    }
+    signIn(token);
+  });
+  $('#sign-out').addEventListener('click', () => signOut(null));
+  $('#open-wallet-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const id = $('#open-wallet-id').value.trim();
+    if (id) selectWallet(id);
+  });
+  $('#usage-filter').addEventListener('submit', (event) => {
+    event.preventDefault();
+    state.usage.filter = usageFilter();
+    state.usage.cursors = [null];
+    loadUsage();
+  });
+  $('#usage-filter').addEventListener('reset', () => {
+    state.usage.filter = {};
+    state.usage.cursors = [null];
+    setTimeout(loadUsage); // after the form has cleared its fields
+  });
+  $('#usage-next').addEventListener('click', () => {
+    const cursor = $('#usage-next').dataset.cursor;
+    if (!cursor) return;
+    state.usage.cursors.push(cursor);
+    loadUsage();
+  });
+  $('#usage-prev').addEventListener('click', () => {
+    if (state.usage.cursors.length > 1) state.usage.cursors.pop();
+    loadUsage();
+  });
+  $('#report-form').addEventListener('submit', submitReport);
+  $('#report-cancel').addEventListener('click', () => $('#report-dialog').close());
+
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) signIn(token);
+  else showSignIn(null);
+}
+
+wire();

@@ -1,0 +1,194 @@
+// GraphQL transport for the dashboard: one HTTP POST helper and a small hand-written
+// `graphql-transport-ws` client (SPEC 8, 10). It owns the wire protocol and reconnection;
+// it never touches the page.
+
+/** An error from the API or the network, with the GraphQL errors when there are any. */
+export class GqlError extends Error {
+  constructor(message, { errors = [], code = null } = {}) {
+    super(message);
+    this.name = 'GqlError';
+    this.errors = errors;
+    // The first machine-readable code: what the page keys its wording on (SPEC 10).
+    this.code = code ?? errors.find((e) => e?.extensions?.code)?.extensions.code ?? null;
+  }
+}
+
+function errorFromGraphql(errors) {
+  const message = errors.map((e) => e?.message || 'Unknown error').join('; ');
+  return new GqlError(message, { errors });
+}
+
+/** POSTs one operation to `/graphql`; resolves to `data`, rejects with a GqlError. */
+export async function gqlFetch(token, query, variables = {}) {
+  let response;
+  try {
+    response = await fetch('/graphql', {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json',
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+      },
+      body: JSON.stringify({ query, variables }),
+    });
+  } catch (cause) {
+    throw new GqlError(`Cannot reach the server (${cause.message})`, { code: 'NETWORK' });
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON: a proxy page or a crash; the status says enough.
+  }
+  if (body && Array.isArray(body.errors) && body.errors.length > 0) throw errorFromGraphql(body.errors);
+  if (!response.ok || !body || body.data == null) {
+    const code = { 401: 'UNAUTHENTICATED', 403: 'FORBIDDEN', 413: 'INVALID_INPUT', 503: 'UNAVAILABLE' }[response.status] ?? 'HTTP';
+    throw new GqlError(`The server answered HTTP ${response.status}`, { code });
+  }
+  return body.data;
+}
+
+/** Reconnect delays: 0.5 s doubling to 30 s, with jitter so many tabs do not stampede. */
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 30_000;
+/** graphql-transport-ws close codes after which retrying cannot help. */
+const FATAL_CLOSE_CODES = new Set([4400, 4401, 4403]);
+
+/**
+ * A `graphql-transport-ws` connection that survives drops: it reconnects with backoff and
+ * re-subscribes every live subscription (the server then sends a fresh SNAPSHOT).
+ *
+ * onStatus(status, detail): status is 'connecting' | 'live' | 'retrying' | 'failed' | 'closed'.
+ */
+export class SubscriptionClient {
+  constructor({ url, token, onStatus = () => {} }) {
+    this.url = url;
+    this.token = token;
+    this.onStatus = onStatus;
+    this.subs = new Map(); // id -> { payload, sink }
+    this.nextId = 1;
+    this.socket = null;
+    this.acked = false;
+    this.attempt = 0;
+    this.timer = null;
+    this.closed = false;
+  }
+
+  /** Starts a subscription; returns a function that ends it. sink: { next(data), error(err) }. */
+  subscribe(query, variables, sink) {
+    const id = String(this.nextId++);
+    this.subs.set(id, { payload: { query, variables }, sink });
+    if (this.acked) this.send({ id, type: 'subscribe', payload: { query, variables } });
+    else this.ensureSocket();
+    return () => {
+      if (!this.subs.delete(id)) return;
+      if (this.acked) this.send({ id, type: 'complete' });
+    };
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.subs.clear();
+    if (this.socket) this.socket.close(1000, 'signed out');
+    this.socket = null;
+    this.onStatus('closed');
+  }
+
+  send(message) {
+    if (this.socket && this.socket.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(message));
+  }
+
+  ensureSocket() {
+    if (this.closed || this.socket || this.timer) return;
+    this.onStatus(this.attempt === 0 ? 'connecting' : 'retrying');
+    let socket;
+    try {
+      socket = new WebSocket(this.url, 'graphql-transport-ws');
+    } catch (cause) {
+      this.scheduleReconnect(cause.message);
+      return;
+    }
+    this.socket = socket;
+    this.acked = false;
+    socket.onopen = () => {
+      socket.send(JSON.stringify({ type: 'connection_init', payload: { Authorization: `Bearer ${this.token}` } }));
+    };
+    socket.onmessage = (event) => this.onMessage(socket, event);
+    socket.onclose = (event) => {
+      if (this.socket !== socket) return;
+      this.socket = null;
+      this.acked = false;
+      if (this.closed) return;
+      if (FATAL_CLOSE_CODES.has(event.code)) {
+        this.onStatus('failed', event.reason || `closed with code ${event.code}`);
+        for (const { sink } of this.subs.values()) {
+          sink.error?.(new GqlError(event.reason || 'The server refused the live connection', {
+            code: event.code === 4401 ? 'UNAUTHENTICATED' : event.code === 4403 ? 'FORBIDDEN' : 'INVALID_INPUT',
+          }));
+        }
+        return;
+      }
+      this.scheduleReconnect(event.reason || `connection closed (${event.code})`);
+    };
+  }
+
+  scheduleReconnect(reason) {
+    if (this.closed) return;
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
+    const delay = Math.round(base / 2 + Math.random() * (base / 2));
+    this.attempt += 1;
+    this.onStatus('retrying', `${reason}; retrying in ${Math.ceil(delay / 1000)} s`);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.subs.size > 0) this.ensureSocket();
+    }, delay);
+  }
+
+  onMessage(socket, event) {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    switch (message.type) {
+      case 'connection_ack':
+        this.acked = true;
+        this.attempt = 0;
+        this.onStatus('live');
+        for (const [id, { payload }] of this.subs) this.send({ id, type: 'subscribe', payload });
+        break;
+      case 'ping':
+        socket.send(JSON.stringify({ type: 'pong' }));
+        break;
+      case 'next': {
+        const sub = this.subs.get(message.id);
+        if (!sub) break;
+        const { data, errors } = message.payload ?? {};
+        if (errors?.length) sub.sink.error?.(errorFromGraphql(errors));
+        else if (data) sub.sink.next(data);
+        break;
+      }
+      case 'error': {
+        const sub = this.subs.get(message.id);
+        this.subs.delete(message.id);
+        sub?.sink.error?.(errorFromGraphql(Array.isArray(message.payload) ? message.payload : [message.payload]));
+        break;
+      }
+      case 'complete': {
+        const sub = this.subs.get(message.id);
+        this.subs.delete(message.id);
+        sub?.sink.complete?.();
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+/** ws(s)://<host>/graphql for the page's own origin. */
+export function websocketUrl(location = window.location) {
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/graphql`;
+}

@@ -1,0 +1,517 @@
+// End-to-end test of the account dashboard (issue 9) against a real `creditd`.
+//
+// It starts the binary named by CREDITD_BIN on a free loopback port with a fresh SQLite
+// file and a manual clock, sets up data through the GraphQL API as admin, and drives the
+// page in Debian's Chromium (never a downloaded browser) through playwright-core.
+//
+//   cd tests/browser && npm ci && CREDITD_BIN=… CREDITD_PLUGINS=… node --test
+//
+// Steps run in order and share state; after the first failure the rest are skipped, so the
+// first failure is the one to read.
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const SCREENSHOTS = path.resolve(HERE, '../../docs/screenshots');
+const START_CLOCK = '2027-03-10T12:00:00Z'; // 13:00 in Paris (CET, UTC+1)
+const ZONE = 'Europe/Paris';
+/** Issue 9, item 3: a usage, grant, reset or expiry "updates the page within a second". */
+const LIVE_UPDATE_MS = 1000;
+/** Loading the page, signing in, a query round trip: generous, these are not the claim. */
+const LOAD_MS = 15_000;
+const SERVER_START_MS = 60_000;
+const STEP_TIMEOUT_MS = 120_000;
+
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+];
+
+// ------------------------------------------------------------------ helpers
+
+/** Picks a free loopback port: bind port 0, read it, close. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Polls `probe` until `check(value)` holds or `timeoutMs` passes; then fails with `what`,
+ * the expectation and the last value seen.
+ */
+async function eventually(what, probe, check, timeoutMs, expectation) {
+  const start = Date.now();
+  let last;
+  let lastError;
+  for (;;) {
+    try {
+      last = await probe();
+      lastError = undefined;
+      if (check(last)) return { value: last, elapsedMs: Date.now() - start };
+    } catch (error) {
+      lastError = error;
+    }
+    if (Date.now() - start > timeoutMs) {
+      const seen = lastError ? `error ${lastError.message}` : JSON.stringify(last);
+      assert.fail(`${what}: expected ${expectation} within ${timeoutMs} ms, last saw ${seen}`);
+    }
+    await sleep(50);
+  }
+}
+
+/** The canonical value of a figure and the text a person sees, checked to agree. */
+async function readFigure(page, testid, scope = '#wallet-view') {
+  const locator = page.locator(`${scope} [data-testid="${testid}"]`).first();
+  const [value, text] = await Promise.all([locator.getAttribute('data-value'), locator.textContent()]);
+  // The page groups digits with thin spaces; the digits themselves must be the exact amount.
+  const shown = (text ?? '').replace(/[\u2009\u202f\s]/g, '').replace('\u2212', '-');
+  assert.equal(shown, value, `figure ${testid}: text "${text}" does not show its value "${value}"`);
+  return value;
+}
+
+async function expectFigure(page, testid, expected, timeoutMs, scope) {
+  return eventually(`figure "${testid}"`, () => readFigure(page, testid, scope), (v) => v === expected, timeoutMs,
+    JSON.stringify(expected));
+}
+
+const sameInstant = (a, b) => Date.parse(a) === Date.parse(b);
+
+// ------------------------------------------------------------------ the server
+
+const server = { child: null, base: null, adminToken: null, tmp: null, log: [] };
+
+async function startServer() {
+  const bin = process.env.CREDITD_BIN;
+  if (!bin) {
+    throw new Error('CREDITD_BIN is not set: point it at the built creditd binary, e.g. '
+      + 'CREDITD_BIN=$PWD/../../target/debug/creditd (see docs/DASHBOARD.md)');
+  }
+  await fs.access(bin).catch(() => { throw new Error(`CREDITD_BIN=${bin} does not exist`); });
+  // Where the pricing plugins are; creditd's own default is the binary's directory.
+  const plugins = process.env.CREDITD_PLUGINS || path.dirname(path.resolve(bin));
+  server.tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'creditd-dashboard-'));
+  server.adminToken = crypto.randomBytes(24).toString('hex');
+  const port = await freePort();
+  server.base = `http://127.0.0.1:${port}`;
+  const args = [
+    'serve',
+    '--listen', `127.0.0.1:${port}`,
+    '--database', `sqlite://${server.tmp}/t.db?mode=rwc`,
+    '--manual-clock', START_CLOCK,
+    '--plugins', plugins,
+  ];
+  const env = { ...process.env, CREDITD_ADMIN_TOKEN: server.adminToken };
+  for (const name of ['CREDITD_LISTEN', 'CREDITD_DATABASE_URL']) delete env[name];
+  server.child = spawn(bin, args, { cwd: server.tmp, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const keep = (chunk) => {
+    server.log.push(chunk.toString());
+    if (server.log.length > 200) server.log.shift();
+  };
+  server.child.stdout.on('data', keep);
+  server.child.stderr.on('data', keep);
+  let exited = null;
+  server.child.on('exit', (code, signal) => { exited = { code, signal }; });
+
+  const start = Date.now();
+  for (;;) {
+    if (exited) {
+      throw new Error(`creditd exited (${JSON.stringify(exited)}) before /readyz answered; `
+        + `command: ${bin} ${args.join(' ')}\n--- its output ---\n${serverLog()}`);
+    }
+    try {
+      const res = await fetch(`${server.base}/readyz`);
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() - start > SERVER_START_MS) {
+      throw new Error(`creditd did not answer /readyz within ${SERVER_START_MS} ms\n--- its output ---\n${serverLog()}`);
+    }
+    await sleep(100);
+  }
+}
+
+const serverLog = () => server.log.join('').split('\n').slice(-40).join('\n');
+
+async function stopServer() {
+  const { child } = server;
+  if (child && child.exitCode === null && child.signalCode === null) {
+    const gone = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    await gone;
+    clearTimeout(timer);
+  }
+  if (server.tmp) await fs.rm(server.tmp, { recursive: true, force: true });
+}
+
+/** One GraphQL call over HTTP; fails with the operation and the errors' codes. */
+async function gql(token, query, variables = {}) {
+  const res = await fetch(`${server.base}/graphql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  const text = await res.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    assert.fail(`GraphQL answered HTTP ${res.status} with non-JSON: ${text.slice(0, 300)}`);
+  }
+  const name = /(query|mutation)\s+(\w+)/.exec(query)?.[2] ?? query.trim().slice(0, 40);
+  if (body.errors?.length) {
+    assert.fail(`GraphQL ${name} failed: ${body.errors.map((e) => `${e.message} [${e.extensions?.code}]`).join('; ')}`);
+  }
+  return body.data;
+}
+const admin = (query, variables) => gql(server.adminToken, query, variables);
+
+// ------------------------------------------------------------------ the steps
+
+const world = {};
+let failed = null;
+
+/** A step that is skipped once an earlier one failed, so the first failure stands out. */
+function step(name, fn) {
+  it(name, { timeout: STEP_TIMEOUT_MS }, async (t) => {
+    if (failed) {
+      t.skip(`skipped: the step "${failed}" failed`);
+      return;
+    }
+    try {
+      await fn(t);
+    } catch (error) {
+      failed = name;
+      if (world.page) {
+        const shot = path.join(os.tmpdir(), 'creditd-dashboard-failure.png');
+        await world.page.screenshot({ path: shot, fullPage: true })
+          .then(() => t.diagnostic(`the page at the failure: ${shot}`))
+          .catch(() => {});
+      }
+      throw error;
+    }
+  });
+}
+
+const BALANCE_FIELDS = 'total reserved daily { remaining allowance nextResetAt } subscription { remaining allowance periodEnd } bonus { remaining }';
+
+describe('account dashboard in Chromium against creditd', () => {
+  before(async () => {
+    await startServer();
+    world.browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+      args: CHROMIUM_ARGS,
+    });
+    await fs.mkdir(SCREENSHOTS, { recursive: true });
+  });
+
+  after(async () => {
+    await world.browser?.close().catch(() => {});
+    if (failed) process.stderr.write(`\n--- creditd output (last lines) ---\n${serverLog()}\n`);
+    await stopServer();
+  });
+
+  step('admin sets up alice, her pro wallet in Paris and a team with bob', async () => {
+    const { createApiToken } = await admin(`mutation AliceToken {
+      createApiToken(role: USER, ownerId: "alice") { token role ownerId } }`);
+    assert.equal(createApiToken.role, 'USER');
+    world.aliceToken = createApiToken.token;
+    const { createWallet } = await admin(`mutation AliceWallet($input: CreateWalletInput!) {
+      createWallet(input: $input) { id timezone plan { id } balance { ${BALANCE_FIELDS} } } }`,
+    { input: { ownerId: 'alice', planId: 'pro', timezone: ZONE, idempotencyKey: 'dashboard-test' } });
+    world.wallet = createWallet;
+    assert.equal(createWallet.balance.total, '520', 'a new pro wallet holds 20 daily + 500 subscription');
+    assert.ok(sameInstant(createWallet.balance.daily.nextResetAt, '2027-03-10T23:00:00Z'),
+      `next reset should be midnight in Paris, got ${createWallet.balance.daily.nextResetAt}`);
+    const { createTeam } = await admin(`mutation Team($input: CreateTeamInput!) {
+      createTeam(input: $input) { id name wallet { id } } }`,
+    { input: { name: 'Platform team', planId: 'team', timezone: ZONE, adminUserIds: ['alice'] } });
+    world.team = createTeam;
+    const { addTeamMember } = await admin(`mutation Bob($teamId: ID!) {
+      addTeamMember(teamId: $teamId, userId: "bob", role: MEMBER) { userId role dailyLimit } }`, { teamId: createTeam.id });
+    assert.equal(addTeamMember.role, 'MEMBER');
+    const { models } = await admin('query Models { models { id tier } }');
+    world.model = models.find((m) => m.tier === 'economy')?.id;
+    assert.ok(world.model, `no economy model is loaded (models: ${JSON.stringify(models)}); check CREDITD_PLUGINS`);
+  });
+
+  step('a wrong token is refused in words under the sign-in form', async () => {
+    world.context = await world.browser.newContext({
+      viewport: { width: 1280, height: 900 },
+      locale: 'en-GB',
+      // Not the wallet's zone: the page must show reset times in the wallet's own zone.
+      timezoneId: 'America/New_York',
+    });
+    const page = world.page = await world.context.newPage();
+    world.pageErrors = [];
+    page.on('pageerror', (error) => world.pageErrors.push(error.message));
+    await page.goto(`${server.base}/`);
+    await page.getByLabel('API token').fill('not-a-token');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    const error = page.locator('[data-testid="sign-in-error"]');
+    await error.waitFor({ state: 'visible', timeout: LOAD_MS });
+    assert.match(await error.textContent(), /UNAUTHENTICATED/, 'the error names its code');
+  });
+
+  step('alice signs in and sees who she is and her three buckets', async () => {
+    const { page } = world;
+    await page.getByLabel('API token').fill(world.aliceToken);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('[data-testid="viewer-owner"]').filter({ hasText: 'alice' }).waitFor({ timeout: LOAD_MS });
+    assert.equal(await page.locator('[data-testid="viewer-role"]').textContent(), 'USER');
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('creditd.token')), world.aliceToken,
+      'the token is kept in sessionStorage');
+    assert.equal(await page.evaluate(() => localStorage.length), 0, 'nothing is kept in localStorage');
+    const nav = page.locator('#accounts');
+    await nav.locator(`[data-wallet="${world.wallet.id}"]`).waitFor({ timeout: LOAD_MS });
+    await nav.locator(`[data-wallet="${world.team.wallet.id}"]`).filter({ hasText: 'Platform team' }).waitFor();
+
+    await expectFigure(page, 'total', '520', LOAD_MS);
+    assert.equal(await readFigure(page, 'daily-remaining'), '20');
+    assert.equal(await readFigure(page, 'daily-allowance'), '20');
+    assert.equal(await readFigure(page, 'subscription-remaining'), '500');
+    assert.equal(await readFigure(page, 'subscription-allowance'), '500');
+    assert.equal(await readFigure(page, 'bonus-remaining'), '0');
+    assert.equal(await readFigure(page, 'reserved'), '0');
+    await page.locator('#live[data-status="live"]').waitFor({ timeout: LOAD_MS });
+
+    // 12:00Z is 13:00 in Paris: 11 hours to midnight, by the server's (manual) clock.
+    const { value: seconds } = await eventually('daily countdown',
+      async () => Number(await page.locator('[data-testid="daily-countdown"]').getAttribute('data-seconds')),
+      (s) => s > 11 * 3600 - 300 && s <= 11 * 3600, LOAD_MS, 'about 11 h (39600 s) to midnight in Paris');
+    world.countdownBefore = seconds;
+    assert.match(await page.locator('[data-testid="daily-countdown"]').textContent(), /^(10:5\d|11:00):\d\d$/);
+    const resetAt = page.locator('[data-testid="daily-reset-at"]');
+    assert.ok(sameInstant(await resetAt.getAttribute('data-value'), world.wallet.balance.daily.nextResetAt));
+    assert.match(await resetAt.textContent(), /00:00/, 'the reset is shown at midnight in the wallet zone');
+    assert.match(await resetAt.textContent(), /Europe\/Paris/);
+    const periodEnd = await page.locator('[data-testid="subscription-period-end"]').getAttribute('data-value');
+    assert.ok(sameInstant(periodEnd, world.wallet.balance.subscription.periodEnd), `period end ${periodEnd}`);
+
+    // The plan beside the catalogue, the current one highlighted.
+    assert.equal(await page.locator('[data-testid="plan-name"]').getAttribute('data-value'), 'pro');
+    assert.equal(await page.locator('[data-testid="plan-card"][data-plan-id="pro"]').getAttribute('aria-current'), 'true');
+    for (const id of ['free', 'max', 'team']) {
+      await page.locator(`[data-testid="plan-card"][data-plan-id="${id}"]`).waitFor({ timeout: LOAD_MS });
+    }
+  });
+
+  step('recorded usage changes the total live, without a reload', async (t) => {
+    const { page } = world;
+    await page.evaluate(() => { window.__sameDocument = true; });
+    const { recordUsage } = await admin(`mutation Usage($input: RecordUsageInput!) {
+      recordUsage(input: $input) { usage { id cost pricedBy } balance { ${BALANCE_FIELDS} } } }`,
+    { input: { walletId: world.wallet.id, idempotencyKey: 'usage-1', threadId: 'thread-refactor', model: world.model, inputTokens: 20000, outputTokens: 5000 } });
+    world.firstUsage = recordUsage.usage;
+    assert.notEqual(recordUsage.usage.cost, '0', 'the usage must cost something for the test to see a change');
+    const { elapsedMs } = await expectFigure(page, 'total', recordUsage.balance.total, LIVE_UPDATE_MS);
+    assert.equal(await readFigure(page, 'daily-remaining'), recordUsage.balance.daily.remaining);
+    assert.equal(await readFigure(page, 'subscription-remaining'), recordUsage.balance.subscription.remaining);
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'the page was reloaded');
+    const row = page.locator(`[data-testid="usage-row"][data-usage-id="${recordUsage.usage.id}"]`);
+    await row.waitFor({ timeout: LOAD_MS });
+    const rowText = await row.textContent();
+    assert.ok(rowText.includes('thread-refactor') && rowText.includes(world.model) && rowText.includes(recordUsage.usage.pricedBy),
+      `the usage row shows thread, model and pricedBy: ${rowText}`);
+    assert.equal(await readFigure(page, 'usage-cost', `[data-usage-id="${recordUsage.usage.id}"]`), recordUsage.usage.cost);
+    t.diagnostic(`the total changed ${elapsedMs} ms after recordUsage returned`);
+    await page.screenshot({ path: path.join(SCREENSHOTS, 'wallet.png') });
+  });
+
+  step('past midnight in Paris the daily bucket refills and the countdown restarts', async () => {
+    const { page } = world;
+    assert.notEqual(await readFigure(page, 'daily-remaining'), '20', 'the daily bucket was spent from');
+    // 13:00 -> 00:01 the next day in Paris.
+    const { advanceClock } = await admin('mutation Advance { advanceClock(seconds: 39660) }');
+    assert.ok(sameInstant(advanceClock, '2027-03-10T23:01:00Z'), `advanceClock returned ${advanceClock}`);
+    await expectFigure(page, 'daily-remaining', '20', LIVE_UPDATE_MS);
+    const { wallet } = await admin(`query W($id: ID!) { wallet(id: $id) { balance { ${BALANCE_FIELDS} } } }`, { id: world.wallet.id });
+    await expectFigure(page, 'total', wallet.balance.total, LIVE_UPDATE_MS);
+    const resetAt = page.locator('[data-testid="daily-reset-at"]');
+    await eventually('next reset', () => resetAt.getAttribute('data-value'),
+      (v) => sameInstant(v, '2027-03-11T23:00:00Z'), LIVE_UPDATE_MS, 'midnight of 12 March in Paris (2027-03-11T23:00:00Z)');
+    assert.match(await resetAt.textContent(), /00:00/);
+    // About 24 hours to go again (23:59 by the server's clock).
+    await eventually('daily countdown after the reset',
+      async () => Number(await page.locator('[data-testid="daily-countdown"]').getAttribute('data-seconds')),
+      (s) => s > 24 * 3600 - 600 && s <= 24 * 3600 && s > world.countdownBefore, LIVE_UPDATE_MS + 1000,
+      'about 24 h (86400 s) to the next midnight in Paris');
+  });
+
+  step('usage: paging, filters, summaries by thread and model, the per-day chart', async () => {
+    const { page } = world;
+    // 21 small events on three threads: with the first one, 22 events = two pages of 20.
+    for (let i = 0; i < 21; i++) {
+      await admin(`mutation Bulk($input: RecordUsageInput!) { recordUsage(input: $input) { usage { id } } }`,
+        { input: { walletId: world.wallet.id, idempotencyKey: `bulk-${i}`, threadId: `thread-bulk-${'abc'[i % 3]}`, model: world.model, inputTokens: 1000 + i, outputTokens: 100 } });
+    }
+    const rows = page.locator('#usage-rows [data-testid="usage-row"]');
+    await eventually('usage rows on page 1', () => rows.count(), (n) => n === 20, LOAD_MS, '20 rows');
+    const next = page.getByRole('button', { name: 'Next' });
+    const previous = page.getByRole('button', { name: 'Previous' });
+    assert.equal(await previous.isDisabled(), true, 'no previous page on page 1');
+    await next.click();
+    await eventually('usage rows on page 2', () => rows.count(), (n) => n === 2, LOAD_MS, '2 rows');
+    assert.equal(await next.isDisabled(), true, 'no page after the last');
+    assert.equal(await rows.last().getAttribute('data-usage-id'), world.firstUsage.id, 'the oldest event is last');
+    await previous.click();
+    await eventually('usage rows back on page 1', () => rows.count(), (n) => n === 20, LOAD_MS, '20 rows');
+
+    await page.getByLabel('Thread', { exact: true }).fill('thread-refactor');
+    await page.getByRole('button', { name: 'Apply' }).click();
+    await eventually('filtered rows', async () => (await rows.evaluateAll((rs) => rs.map((r) => r.dataset.thread))).join(','),
+      (v) => v === 'thread-refactor', LOAD_MS, 'only the thread-refactor row');
+    await page.getByRole('button', { name: 'Clear' }).click();
+    await eventually('rows after clearing the filter', () => rows.count(), (n) => n === 20, LOAD_MS, '20 rows');
+
+    const { wallet } = await admin(`query S($id: ID!) { wallet(id: $id) {
+      byThread: usageSummary(groupBy: THREAD) { key credits events }
+      byModel: usageSummary(groupBy: MODEL) { key credits events } } }`, { id: world.wallet.id });
+    for (const [table, groups] of [['summary-thread', wallet.byThread], ['summary-model', wallet.byModel]]) {
+      for (const g of groups) {
+        const cell = `[data-testid="${table}"] tr[data-key="${g.key}"]`;
+        await page.locator(cell).waitFor({ timeout: LOAD_MS });
+        assert.equal(await readFigure(page, 'summary-credits', cell), g.credits, `${table} ${g.key}`);
+      }
+    }
+    // Today in Paris is 11 March: its bar has stacked rectangles.
+    const bar = page.locator('[data-testid="usage-chart"] g.chart-bar[data-day="2027-03-11"] rect[fill^="#"]');
+    await eventually('chart bar for 2027-03-11', () => bar.count(), (n) => n >= 1, LOAD_MS, 'at least one model segment');
+    await page.locator('#usage').screenshot({ path: path.join(SCREENSHOTS, 'usage.png') });
+  });
+
+  step('a team admin changes a member\'s daily limit', async () => {
+    const { page } = world;
+    const bob = page.locator('[data-testid="member-row"][data-user="bob"]');
+    await bob.waitFor({ timeout: LOAD_MS });
+    await page.locator('[data-testid="member-row"][data-user="alice"]').waitFor();
+    // An amount the page cannot send is explained under the form.
+    await bob.getByLabel('Daily limit').fill('lots');
+    await bob.getByRole('button', { name: 'Save limits' }).click();
+    const error = bob.locator('[data-testid="limit-error"]');
+    await error.waitFor({ state: 'visible', timeout: LOAD_MS });
+    // A well-formed amount the server refuses (limits are never negative) shows its code.
+    await bob.getByLabel('Daily limit').fill('-1');
+    await bob.getByRole('button', { name: 'Save limits' }).click();
+    await eventually('server error under the limit form', () => error.textContent(), (t) => /INVALID_INPUT/.test(t),
+      LOAD_MS, 'an INVALID_INPUT message');
+
+    await bob.getByLabel('Daily limit').fill('7.5');
+    await bob.getByLabel('Period limit').fill('');
+    await bob.getByRole('button', { name: 'Save limits' }).click();
+    await eventually('bob\'s daily limit on the page', () => bob.getAttribute('data-daily-limit'), (v) => v === '7.5',
+      LOAD_MS, '"7.5"');
+    assert.match(await bob.locator('[data-testid="member-today"]').textContent(), /of 7\.5/);
+    assert.equal(await error.isVisible(), false, 'the error is gone after a successful save');
+    const { team } = await admin(`query T($id: ID!) { team(id: $id) { members { userId dailyLimit periodLimit } } }`, { id: world.team.id });
+    const saved = team.members.find((m) => m.userId === 'bob');
+    assert.deepEqual({ daily: saved.dailyLimit, period: saved.periodLimit }, { daily: '7.5', period: null });
+  });
+
+  step('a plain member sees the pool read-only', async () => {
+    const { createApiToken } = await admin('mutation BobToken { createApiToken(role: USER, ownerId: "bob") { token } }');
+    const context = await world.browser.newContext({ viewport: { width: 1280, height: 900 } });
+    try {
+      const page = await context.newPage();
+      await page.goto(`${server.base}/`);
+      await page.getByLabel('API token').fill(createApiToken.token);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      const team = page.locator(`[data-testid="team"][data-team-id="${world.team.id}"]`);
+      await team.locator('[data-testid="member-row"][data-user="bob"]').waitFor({ timeout: LOAD_MS });
+      assert.equal(await team.locator('[data-testid="member-row"]').count(), 1, 'a member sees only their own row');
+      assert.equal(await team.getByRole('button', { name: 'Save limits' }).count(), 0, 'no limit form for a member');
+      assert.equal(await team.locator('[data-testid="member-row"]').getAttribute('data-daily-limit'), '7.5');
+      await expectFigure(page, 'pool-total', '10000', LOAD_MS, `[data-team-id="${world.team.id}"]`);
+    } finally {
+      await context.close();
+    }
+  });
+
+  step('a high-usage report from a thread row is credited live after approval', async () => {
+    const { page } = world;
+    // A retry loop: the same request three times in a row.
+    for (let i = 0; i < 3; i++) {
+      await admin(`mutation Loop($input: RecordUsageInput!) { recordUsage(input: $input) { usage { id } } }`,
+        { input: { walletId: world.wallet.id, idempotencyKey: `loop-${i}`, threadId: 'thread-refactor', model: world.model, inputTokens: 30000, outputTokens: 2000 } });
+    }
+    const row = page.locator('#usage-rows [data-testid="usage-row"][data-thread="thread-refactor"]').first();
+    await row.waitFor({ timeout: LOAD_MS });
+    await row.getByRole('button', { name: 'Report high usage on thread thread-refactor' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Report high usage' });
+    await dialog.waitFor({ timeout: LOAD_MS });
+    assert.equal(await dialog.getByLabel('Thread id').inputValue(), 'thread-refactor', 'thread id prefilled');
+    assert.equal(await dialog.getByLabel('Model', { exact: true }).inputValue(), world.model, 'model prefilled');
+    await dialog.getByLabel('What were you trying to do?').fill('Refactor the billing module; the preview kept failing.');
+    await dialog.getByLabel('Preview status').selectOption('ERROR_LOOP');
+    await dialog.getByLabel('Thread length (messages)').fill('12');
+    await dialog.getByLabel('Context size (tokens)').fill('48000');
+    await dialog.getByRole('button', { name: 'Send report' }).click();
+    await dialog.waitFor({ state: 'hidden', timeout: LOAD_MS });
+
+    const card = page.locator('[data-testid="review"]').filter({ hasText: 'thread-refactor' }).first();
+    await card.waitFor({ timeout: LOAD_MS });
+    const reviewId = await card.getAttribute('data-review-id');
+    const status = card.locator('[data-testid="review-status"]');
+    assert.equal(await status.getAttribute('data-value'), 'SUBMITTED');
+    const { review } = await admin(`query R($id: ID!) { review(id: $id) { status findings { threadCredits events suggestedRefund } } }`, { id: reviewId });
+    assert.equal(await readFigure(page, 'review-thread-credits', `[data-review-id="${reviewId}"]`), review.findings.threadCredits);
+    assert.equal(review.findings.events, 4);
+
+    // Approve with the suggested refund; should the server suggest none, approve 1 credit
+    // (approval needs an amount > 0) so the credited path is still shown.
+    const input = { reviewId, decision: 'APPROVE' };
+    if (review.findings.suggestedRefund === '0') input.amount = '1';
+    const { resolveReview } = await admin(`mutation Approve($input: ResolveReviewInput!) {
+      resolveReview(input: $input) { status creditedGrant { id kind amount } } }`, { input });
+    assert.equal(resolveReview.status, 'CREDITED');
+    const grant = resolveReview.creditedGrant;
+    await eventually('review status', () => status.getAttribute('data-value'), (v) => v === 'CREDITED',
+      LIVE_UPDATE_MS, 'CREDITED');
+    assert.equal(await readFigure(page, 'review-credited-amount', `[data-review-id="${reviewId}"]`), grant.amount);
+    await expectFigure(page, 'bonus-remaining', grant.amount, LIVE_UPDATE_MS);
+    const grantRow = page.locator(`[data-testid="grant-row"][data-grant-id="${grant.id}"]`);
+    await grantRow.waitFor({ timeout: LIVE_UPDATE_MS });
+    assert.equal(await grantRow.getAttribute('data-kind'), 'COMPENSATION');
+    const { wallet } = await admin(`query W($id: ID!) { wallet(id: $id) { balance { total } } }`, { id: world.wallet.id });
+    await expectFigure(page, 'total', wallet.balance.total, LIVE_UPDATE_MS);
+    await card.scrollIntoViewIfNeeded();
+    await page.locator('#reviews').screenshot({ path: path.join(SCREENSHOTS, 'review.png') });
+  });
+
+  step('the page fits a 375 px wide phone', async () => {
+    const { page } = world;
+    await page.setViewportSize({ width: 375, height: 812 });
+    await page.evaluate(() => window.scrollTo(0, 0));
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(overflow <= 375, `the page is ${overflow} px wide at a 375 px viewport (horizontal scrolling)`);
+    await readFigure(page, 'total');
+    await page.screenshot({ path: path.join(SCREENSHOTS, 'mobile.png') });
+  });
+
+  step('sign-out forgets the token', async () => {
+    const { page } = world;
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByLabel('API token').waitFor({ timeout: LOAD_MS });
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('creditd.token')), null);
+    assert.deepEqual(world.pageErrors, [], 'uncaught errors in the page');
+  });
+});
