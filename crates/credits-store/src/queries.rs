@@ -14,6 +14,11 @@ pub fn cursor_of(row: &UsageRow) -> String {
 }
 
 impl Store {
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(StoreError::Db)
+    }
+
     /// Every review filed on a wallet, oldest first, at most `limit`.
     pub async fn reviews_of_wallet(
         &self,

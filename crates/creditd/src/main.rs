@@ -1,0 +1,271 @@
+//! `creditd`: the credits service. `serve` runs it; `migrate`, `plugins check` and
+//! `token create` are the operator's tools (SPEC 12).
+
+mod assets;
+mod catalogue;
+mod server;
+mod settings;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use credits_actors::{ActorConfig, Clock, Directory, Ledger, SqlWallets};
+use credits_pricing::PricingRegistry;
+use credits_store::{BundleRow, Store, TokenHash, TokenRole, TokenRow};
+use settings::{ServeArgs, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "creditd",
+    version,
+    about = "The credits service for AI platforms"
+)]
+struct Cli {
+    /// A TOML file of settings (keys as the long options, with underscores).
+    #[arg(long, env = "CREDITD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Create or upgrade the database schema.
+    Migrate(ServeArgs),
+    /// Pricing plugins.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Validate a plugin and print its models and prices.
+    Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Service,
+    User,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token; it is printed once and stored hashed.
+    Create {
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(Settings::load(args, cli.config.as_deref())?).await,
+        Command::Migrate(args) => {
+            let settings = Settings::load(args, cli.config.as_deref())?;
+            open_store(&settings).await?;
+            println!("migrated {}", redact(&settings.database));
+            Ok(())
+        }
+        Command::Plugins {
+            command: PluginsCommand::Check { file },
+        } => match credits_pricing::check_plugin(&file) {
+            Ok(report) => {
+                println!("{report}");
+                Ok(())
+            }
+            Err(refused) => {
+                eprintln!("{refused}");
+                std::process::exit(1);
+            }
+        },
+        Command::Token {
+            command: TokenCommand::Create { role, owner, serve },
+        } => {
+            let settings = Settings::load(serve, cli.config.as_deref())?;
+            let store = open_store(&settings).await?;
+            let (role, owner) = match (role, owner) {
+                (RoleArg::User, Some(o)) => (TokenRole::User, Some(o)),
+                (RoleArg::User, None) => anyhow::bail!("a USER token needs --owner"),
+                (_, Some(_)) => anyhow::bail!("only USER tokens have an owner"),
+                (RoleArg::Admin, None) => (TokenRole::Admin, None),
+                (RoleArg::Service, None) => (TokenRole::Service, None),
+            };
+            let token = credits_actors::ledger::new_id("cr").replace('_', "");
+            let row = TokenRow {
+                hash: TokenHash::of_secret(&token),
+                role,
+                owner_id: owner,
+                label: None,
+                created_at: chrono::Utc::now(),
+            };
+            store.insert_token(&row).await?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+/// A database URL for logs: without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database)
+        .await
+        .with_context(|| format!("opening {}", redact(&settings.database)))?;
+    store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    let text = match &settings.catalogue {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading catalogue {}", path.display()))?,
+        None => catalogue::EMBEDDED.to_owned(),
+    };
+    let cat = catalogue::parse(&text)?;
+    let now = chrono::Utc::now();
+    let plan_rows: Vec<_> = cat
+        .plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| credits_actors::ledger::plan_row(p, i as i64, now))
+        .collect();
+    let bundle_rows: Vec<_> = cat
+        .bundles
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BundleRow {
+            id: b.id.clone(),
+            credits_ucr: b.credits.micro(),
+            price_cents: b.price_cents,
+            currency: b.currency.clone(),
+            position: i as i64,
+        })
+        .collect();
+    store.upsert_catalogue(&plan_rows, &bundle_rows).await?;
+    let mut plans: Vec<_> = store
+        .plans()
+        .await?
+        .iter()
+        .map(credits_actors::ledger::plan_from_row)
+        .collect();
+    credits_actors::ledger::sort_plans(&mut plans);
+
+    std::fs::create_dir_all(&settings.plugin_cache)
+        .with_context(|| format!("creating {}", settings.plugin_cache.display()))?;
+    let (pricing, report) = PricingRegistry::open(&settings.plugins, &settings.plugin_cache)?;
+    tracing::info!(dir = %settings.plugins.display(), "pricing plugins: {report}");
+    let pricing = Arc::new(pricing);
+
+    let clock = match settings.manual_clock {
+        Some(t) => {
+            tracing::info!(start = %t, "running on a manual clock");
+            Clock::manual(t)
+        }
+        None => Clock::System,
+    };
+    let dir = Directory::new(
+        Arc::new(SqlWallets::new(store.clone())),
+        clock,
+        plans,
+        ActorConfig::default(),
+    );
+    let ledger = Ledger::new(dir.clone(), store, pricing.clone());
+    let schema = credits_graphql::schema(
+        ledger.clone(),
+        &credits_graphql::ApiConfig {
+            introspection: settings.introspection,
+        },
+    );
+    let admin_token = std::env::var("CREDITD_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| Arc::new(TokenHash::of_secret(&t)));
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let state = server::AppState {
+        schema,
+        ledger,
+        admin_token,
+        metrics,
+    };
+
+    reload_on_sighup(pricing);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %redact(&settings.database), "creditd listening: dashboard at http://{addr}/, GraphiQL at http://{addr}/graphql");
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("draining wallets");
+    dir.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn reload_on_sighup(pricing: Arc<PricingRegistry>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match pricing.reload() {
+                Ok(report) => tracing::info!("pricing reloaded: {report}"),
+                Err(e) => {
+                    tracing::error!(error = %e, "pricing reload failed; previous tiers keep serving")
+                }
+            }
+        }
+    });
+}

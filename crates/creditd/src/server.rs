@@ -1,0 +1,183 @@
+//! The HTTP server: GraphQL over HTTP and WebSocket at `/graphql` (GraphiQL on a plain
+//! GET), the dashboard at `/`, `/healthz`, `/readyz` and Prometheus `/metrics`. Every
+//! GraphQL request is authenticated before it runs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::{BatchRequest, BatchResponse, Data};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use credits_actors::Ledger;
+use credits_graphql::limits::{MAX_BATCH, MAX_BODY_BYTES};
+use credits_graphql::{ApiError, Code, CreditsSchema, Principal};
+use credits_store::TokenHash;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: CreditsSchema,
+    pub ledger: Ledger,
+    pub admin_token: Option<Arc<TokenHash>>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(get(asset))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn error_response(status: StatusCode, e: ApiError) -> Response {
+    let body = serde_json::json!({ "errors": [{ "message": e.message, "extensions": { "code": e.code.as_str() } }] });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn principal_from(state: &AppState, auth: Option<&str>) -> Result<Principal, ApiError> {
+    let token = auth
+        .and_then(credits_graphql::bearer)
+        .ok_or_else(|| ApiError::new(Code::Unauthenticated, "a bearer token is required"))?;
+    credits_graphql::authenticate(&state.ledger, state.admin_token.as_deref(), token)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::Unauthenticated, "unknown or revoked token"))
+}
+
+async fn graphql_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Result<GraphQLBatchRequest, async_graphql_axum::rejection::GraphQLRejection>,
+) -> Response {
+    metrics::counter!("credits_graphql_requests_total").increment(1);
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match principal_from(&state, auth).await {
+        Ok(p) => p,
+        Err(e) if e.code == Code::Unauthenticated => {
+            return error_response(StatusCode::UNAUTHORIZED, e);
+        }
+        Err(e) => return error_response(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let batch = match request {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ApiError::invalid(format!("not a GraphQL request: {}", e.0)),
+            );
+        }
+    };
+    let response: BatchResponse = match batch {
+        BatchRequest::Single(r) => state.schema.execute(r.data(principal)).await.into(),
+        BatchRequest::Batch(rs) if rs.len() > MAX_BATCH => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ApiError::invalid(format!("at most {MAX_BATCH} operations per batch")),
+            );
+        }
+        BatchRequest::Batch(rs) => {
+            let rs = rs.into_iter().map(|r| r.data(principal.clone())).collect();
+            state.schema.execute_batch(BatchRequest::Batch(rs)).await
+        }
+    };
+    GraphQLResponse::from(response).into_response()
+}
+
+/// A WebSocket upgrade serves subscriptions; a plain GET serves GraphiQL.
+async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await else {
+        return Html(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
+                .finish(),
+        )
+        .into_response();
+    };
+    let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &state).await else {
+        return (StatusCode::BAD_REQUEST, "unsupported WebSocket subprotocol").into_response();
+    };
+    let schema = state.schema.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            metrics::gauge!("credits_websocket_connections").increment(1.0);
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let auth = payload
+                        .get("Authorization")
+                        .or_else(|| payload.get("authorization"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned);
+                    let principal = principal_from(&state, auth.as_deref())
+                        .await
+                        .map_err(async_graphql::Error::from)?;
+                    let mut data = Data::default();
+                    data.insert(principal);
+                    Ok(data)
+                })
+                .serve()
+                .await;
+            metrics::gauge!("credits_websocket_connections").decrement(1.0);
+        })
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = state.ledger.store().ping().await;
+    let plugins = state.ledger.pricing().tiers().len();
+    match (db, plugins) {
+        (Ok(()), n) if n > 0 => (
+            StatusCode::OK,
+            format!("ready: database reachable, {n} pricing tiers loaded"),
+        )
+            .into_response(),
+        (Ok(()), _) => (StatusCode::SERVICE_UNAVAILABLE, "no pricing tiers loaded").into_response(),
+        (Err(e), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unreachable: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = state.ledger.directory().metrics();
+    metrics::gauge!("credits_active_wallets").set(state.ledger.directory().active_wallets() as f64);
+    metrics::gauge!("credits_commits_total").set(m.commits.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("credits_ledger_records_total").set(m.records.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("credits_wallet_activations_total")
+        .set(m.activations.load(Ordering::Relaxed) as f64);
+    match &state.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are off").into_response(),
+    }
+}
+
+async fn asset(uri: Uri) -> Response {
+    match crate::assets::find(uri.path()) {
+        Some((content_type, body)) => {
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
