@@ -292,6 +292,15 @@ fn check_batch(batch: &WalletBatch) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks a batch's bounds and shape, then writes it behind the fence.
+pub(crate) async fn write_checked<C: ConnectionTrait>(
+    conn: &C,
+    batch: &WalletBatch,
+) -> Result<i64, CommitError> {
+    check_batch(batch)?;
+    write_batch(conn, batch).await
+}
+
 async fn write_batch<C: ConnectionTrait>(
     conn: &C,
     batch: &WalletBatch,
