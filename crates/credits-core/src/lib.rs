@@ -14,8 +14,8 @@ pub mod wallet;
 pub use amount::{AmountError, Credits};
 pub use calendar::BillingInterval;
 pub use ledger::{
-    Cause, Charge, Entry, EntryKind, Flows, GrantKind, ReplayError, Request, Source, Tokens,
-    UsageRecord, replay,
+    Cause, Charge, Entry, EntryKind, Flows, GrantKind, ReleaseReason, ReplayError, Request, Source,
+    Tokens, UsageRecord, replay,
 };
 pub use plan::{GrantId, Plan, PlanId, Plans, ReservationId, UsageId, WalletId};
 pub use wallet::{

@@ -1,0 +1,318 @@
+//! The wallet directory: wallet id → its actor on this node. The first call to a wallet
+//! activates it (loads its snapshot and spawns the actor); an idle actor stops by itself and
+//! leaves the directory. Two calls racing to activate one wallet wait on the same activation,
+//! so there is never more than one actor per wallet here. Other nodes may run their own; the
+//! store's fenced commit keeps them honest.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use credits_core::{NewWallet, Op, OpError, Plan, Wallet, WalletId};
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorId, ActorRef, ActorStatus, MessagingErr};
+use tokio::sync::OnceCell;
+
+use crate::clock::Clock;
+use crate::events::Subscription;
+use crate::store::{CommitError, Record, WalletStore};
+use crate::wallet::{Applied, ExecError, WalletActor, WalletArgs, WalletMsg};
+
+/// How long a caller waits for a wallet before answering UNAVAILABLE.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times a call is re-sent to a freshly activated actor when the old one had stopped.
+const MAX_ACTIVATION_RETRIES: usize = 3;
+
+/// Tunables of the actor system.
+#[derive(Clone, Debug)]
+pub struct ActorConfig {
+    /// An actor with nothing to do and no subscribers stops after this long.
+    pub idle_after: Duration,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig {
+            idle_after: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The plans every wallet reads at resets, renewals and plan changes; replaced whole on edit.
+#[derive(Debug, Default)]
+pub struct PlanBook(RwLock<Arc<Vec<Plan>>>);
+
+impl PlanBook {
+    pub fn snapshot(&self) -> Arc<Vec<Plan>> {
+        self.0.read().expect("plan book lock").clone()
+    }
+
+    pub fn replace(&self, plans: Vec<Plan>) {
+        *self.0.write().expect("plan book lock") = Arc::new(plans);
+    }
+}
+
+/// Counters the server exports as metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub commits: AtomicU64,
+    pub records: AtomicU64,
+    pub activations: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn committed(&self, records: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+}
+
+type Slot = Arc<OnceCell<ActorRef<WalletMsg>>>;
+
+/// State shared by the directory and every wallet actor.
+pub struct Shared {
+    pub store: Arc<dyn WalletStore>,
+    pub clock: Clock,
+    pub plans: PlanBook,
+    pub config: ActorConfig,
+    pub metrics: Metrics,
+    actors: DashMap<WalletId, Slot>,
+}
+
+impl Shared {
+    /// Removes a stopped actor from the directory, unless a newer one already took its place.
+    pub(crate) fn forget(&self, id: &WalletId, actor: ActorId) {
+        self.actors
+            .remove_if(id, |_, slot| slot.get().is_none_or(|a| a.get_id() == actor));
+    }
+}
+
+/// The entry point to every wallet on this node.
+#[derive(Clone)]
+pub struct Directory {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("active", &self.active_wallets())
+            .finish()
+    }
+}
+
+impl Directory {
+    pub fn new(
+        store: Arc<dyn WalletStore>,
+        clock: Clock,
+        plans: Vec<Plan>,
+        config: ActorConfig,
+    ) -> Directory {
+        let plan_book = PlanBook::default();
+        plan_book.replace(plans);
+        let shared = Shared {
+            store,
+            clock,
+            plans: plan_book,
+            config,
+            metrics: Metrics::default(),
+            actors: DashMap::new(),
+        };
+        Directory {
+            shared: Arc::new(shared),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    pub fn plans(&self) -> &PlanBook {
+        &self.shared.plans
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn WalletStore> {
+        &self.shared.store
+    }
+
+    pub fn active_wallets(&self) -> usize {
+        self.shared.actors.len()
+    }
+
+    /// Creates a wallet with its plan's full allowances; durable before it returns.
+    pub async fn create(&self, new: NewWallet) -> Result<Wallet, ExecError> {
+        let (wallet, entry) =
+            Wallet::create(new, &*self.shared.plans.snapshot(), self.shared.clock.now())?;
+        let record = Record {
+            entry,
+            balance: wallet.balance(),
+        };
+        match self.shared.store.create(&wallet, &record).await {
+            Ok(()) => Ok(wallet),
+            Err(CommitError::Conflict) => Err(ExecError::Op(OpError::InvalidInput(
+                "wallet id already exists".into(),
+            ))),
+            Err(CommitError::Unavailable(e)) => Err(ExecError::Unavailable(e)),
+        }
+    }
+
+    async fn actor(&self, id: &WalletId) -> Result<ActorRef<WalletMsg>, ExecError> {
+        loop {
+            let slot = self.shared.actors.entry(id.clone()).or_default().clone();
+            let actor = slot.get_or_try_init(|| self.activate(id)).await;
+            match actor {
+                Ok(a) if matches!(a.get_status(), ActorStatus::Stopping | ActorStatus::Stopped) => {
+                    // A stopped actor that has not left yet (it may have crashed): replace it.
+                    self.shared.forget(id, a.get_id());
+                }
+                Ok(a) => return Ok(a.clone()),
+                Err(e) => {
+                    self.shared
+                        .actors
+                        .remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn activate(&self, id: &WalletId) -> Result<ActorRef<WalletMsg>, ExecError> {
+        let loaded = self
+            .shared
+            .store
+            .load(id)
+            .await
+            .map_err(|e| ExecError::Unavailable(e.to_string()))?
+            .ok_or(ExecError::NotFound)?;
+        let args = WalletArgs {
+            loaded,
+            shared: self.shared.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, WalletActor, args)
+            .await
+            .map_err(|e| ExecError::Unavailable(format!("activation failed: {e}")))?;
+        self.shared
+            .metrics
+            .activations
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(wallet = %id, "activated");
+        Ok(actor)
+    }
+
+    /// Sends one request to a wallet's actor, activating it as needed. A request the actor
+    /// never received is re-sent to a fresh activation; one it received but did not answer
+    /// is UNAVAILABLE, since it may have been applied.
+    async fn call<T: Send + 'static>(
+        &self,
+        id: &WalletId,
+        mut build: impl FnMut(ractor::RpcReplyPort<T>) -> WalletMsg,
+    ) -> Result<T, ExecError> {
+        for _ in 0..MAX_ACTIVATION_RETRIES {
+            let actor = self.actor(id).await?;
+            match actor.call(&mut build, Some(CALL_TIMEOUT)).await {
+                Ok(CallResult::Success(v)) => return Ok(v),
+                Ok(CallResult::Timeout) => {
+                    return Err(ExecError::Unavailable(
+                        "the wallet did not answer in time".into(),
+                    ));
+                }
+                Ok(CallResult::SenderError) => {
+                    return Err(ExecError::Unavailable(
+                        "the wallet stopped before answering".into(),
+                    ));
+                }
+                Err(
+                    MessagingErr::SendErr(_)
+                    | MessagingErr::ChannelClosed
+                    | MessagingErr::InvalidActorType,
+                ) => {
+                    self.shared.forget(id, actor.get_id());
+                }
+            }
+        }
+        Err(ExecError::Unavailable(
+            "the wallet could not be activated".into(),
+        ))
+    }
+
+    /// Runs one operation on a wallet; answers once it is durable.
+    pub async fn execute(&self, id: &WalletId, op: Op) -> Result<Applied, ExecError> {
+        let mut op = Some(op);
+        let result = self
+            .call(id, |reply| match op.take() {
+                Some(op) => WalletMsg::Execute(op, reply),
+                // Only re-sent when the previous send never reached an actor, which hands the
+                // message back; reaching this means a logic error, reported as unavailable.
+                None => WalletMsg::Tick(None),
+            })
+            .await;
+        result?
+    }
+
+    /// The wallet as of now.
+    pub async fn read(&self, id: &WalletId) -> Result<Wallet, ExecError> {
+        self.call(id, WalletMsg::Read).await
+    }
+
+    pub async fn subscribe(&self, id: &WalletId) -> Result<Subscription, ExecError> {
+        self.call(id, WalletMsg::Subscribe).await
+    }
+
+    /// Applies and commits whatever fell due on every active wallet; returns once all of it
+    /// is durable and published.
+    pub async fn tick_all(&self) {
+        let actors: Vec<ActorRef<WalletMsg>> = self
+            .shared
+            .actors
+            .iter()
+            .filter_map(|e| e.value().get().cloned())
+            .collect();
+        let ticks = actors.into_iter().map(|a| async move {
+            let _ = a
+                .call(|r| WalletMsg::Tick(Some(r)), Some(CALL_TIMEOUT))
+                .await;
+        });
+        for t in ticks {
+            t.await;
+        }
+    }
+
+    /// Moves a manual clock forward and returns after every due event in between is durable
+    /// and published. FORBIDDEN-worthy on the real clock: returns `None` there.
+    pub async fn advance_clock(&self, by: chrono::Duration) -> Option<DateTime<Utc>> {
+        let manual = self.shared.clock.as_manual()?;
+        let now = manual.advance(by);
+        self.tick_all().await;
+        Some(now)
+    }
+
+    /// Stops every actor after its in-flight work is durable (SIGTERM drain).
+    pub async fn shutdown(&self) {
+        self.tick_all().await;
+        let actors: Vec<ActorRef<WalletMsg>> = self
+            .shared
+            .actors
+            .iter()
+            .filter_map(|e| e.value().get().cloned())
+            .collect();
+        for a in actors {
+            let _ = a
+                .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
+                .await;
+        }
+    }
+
+    /// Kills a wallet's actor as a panic would (fault-injection tests).
+    #[doc(hidden)]
+    pub async fn crash(&self, id: &WalletId) {
+        if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned()) {
+            let _ = a.send_message(WalletMsg::Crash);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Balance events as subscribers see them (SPEC 8): one per ledger record, in seq order,
+//! after the record is durable; a subscription starts with a snapshot. Channels are bounded:
+//! a subscriber that falls behind is told to resync with a fresh snapshot, it never slows
+//! the wallet.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use credits_core::{Balance, Cause, WalletId};
+use tokio::sync::broadcast;
+
+/// Events a wallet's channel holds for slow subscribers before they must resync.
+pub const EVENT_CHANNEL_CAPACITY: usize = 256;
+
+/// Why a balance event was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The current state, first on every subscription and after a resync.
+    Snapshot,
+    Change(Cause),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceEvent {
+    pub wallet_id: WalletId,
+    pub seq: u64,
+    pub kind: EventKind,
+    pub balance: Balance,
+    pub at: DateTime<Utc>,
+}
+
+/// A live subscription: the snapshot to send first, then every later event.
+#[derive(Debug)]
+pub struct Subscription {
+    pub snapshot: BalanceEvent,
+    pub events: broadcast::Receiver<Arc<BalanceEvent>>,
+}

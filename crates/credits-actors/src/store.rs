@@ -1,0 +1,213 @@
+//! What a wallet actor needs from durable storage, as a trait, plus an in-memory
+//! implementation with fault injection for tests and simulations. The SQL store implements
+//! the same trait. Implementations must make `commit` atomic and fenced: it applies only if
+//! the wallet's version is still `expected_version`, and then bumps it by one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use credits_core::{Balance, Entry, Wallet, WalletId};
+
+/// One ledger record with the balance right after it (what a subscriber is sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub entry: Entry,
+    pub balance: Balance,
+}
+
+/// A wallet as stored: its snapshot and the fencing version it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub wallet: Wallet,
+    pub version: i64,
+}
+
+/// One wallet's records to commit atomically, with the state after them.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub wallet_id: WalletId,
+    pub expected_version: i64,
+    pub wallet: Wallet,
+    pub records: Vec<Record>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// Another writer committed first (the version moved); nothing of this batch was written.
+    #[error("fenced out: the wallet's version moved")]
+    Conflict,
+    /// The outcome is unknown: the batch may or may not be durable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// Durable storage of wallets, as the actors use it.
+#[async_trait::async_trait]
+pub trait WalletStore: Send + Sync + 'static {
+    /// Inserts a new wallet with its creation record (version 0).
+    async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError>;
+    async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError>;
+    /// Fenced, atomic commit of one wallet's batch.
+    async fn commit(&self, batch: &Batch) -> Result<(), CommitError>;
+    /// Records with seq above `seq`, in order, at most `limit`.
+    async fn records_after(
+        &self,
+        id: &WalletId,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+    /// The record that consumed an idempotency key on this wallet.
+    async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError>;
+}
+
+#[derive(Debug)]
+struct Stored {
+    wallet: Wallet,
+    version: i64,
+    records: Vec<Record>,
+    keys: HashMap<String, usize>,
+}
+
+/// Faults to inject, each counting down one per affected call.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Commits that fail before writing anything.
+    pub fail_commits: AtomicU32,
+    /// Commits that are written but answer with an error (a lost reply).
+    pub lose_replies: AtomicU32,
+    /// Loads that fail.
+    pub fail_loads: AtomicU32,
+    /// Microseconds every commit takes, as an fsync would.
+    pub commit_delay_micros: AtomicU32,
+}
+
+fn take(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+/// An in-memory store: atomic and fenced like the real one, with injectable faults.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    wallets: Mutex<HashMap<WalletId, Stored>>,
+    pub faults: Faults,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Every record of a wallet (for checks in tests).
+    pub fn ledger(&self, id: &WalletId) -> Vec<Entry> {
+        let wallets = self.wallets.lock().unwrap();
+        wallets
+            .get(id)
+            .map(|s| s.records.iter().map(|r| r.entry.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn version(&self, id: &WalletId) -> Option<i64> {
+        self.wallets.lock().unwrap().get(id).map(|s| s.version)
+    }
+}
+
+#[async_trait::async_trait]
+impl WalletStore for MemoryStore {
+    async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError> {
+        let mut wallets = self.wallets.lock().unwrap();
+        if wallets.contains_key(&wallet.id) {
+            return Err(CommitError::Conflict);
+        }
+        let stored = Stored {
+            wallet: wallet.clone(),
+            version: 0,
+            records: vec![record.clone()],
+            keys: HashMap::new(),
+        };
+        wallets.insert(wallet.id.clone(), stored);
+        Ok(())
+    }
+
+    async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
+        if take(&self.faults.fail_loads) {
+            return Err(StoreError("injected load failure".into()));
+        }
+        let wallets = self.wallets.lock().unwrap();
+        Ok(wallets.get(id).map(|s| Loaded {
+            wallet: s.wallet.clone(),
+            version: s.version,
+        }))
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
+        let delay = self.faults.commit_delay_micros.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(u64::from(delay))).await;
+        }
+        if take(&self.faults.fail_commits) {
+            return Err(CommitError::Unavailable("injected commit failure".into()));
+        }
+        let mut wallets = self.wallets.lock().unwrap();
+        let stored = wallets
+            .get_mut(&batch.wallet_id)
+            .ok_or(CommitError::Conflict)?;
+        if stored.version != batch.expected_version {
+            return Err(CommitError::Conflict);
+        }
+        // Like the unique index on (wallet, key): a key is consumed once.
+        if batch
+            .records
+            .iter()
+            .filter_map(|r| r.entry.idempotency_key())
+            .any(|k| stored.keys.contains_key(k))
+        {
+            return Err(CommitError::Conflict);
+        }
+        for r in &batch.records {
+            if let Some(k) = r.entry.idempotency_key() {
+                stored.keys.insert(k.to_owned(), stored.records.len());
+            }
+            stored.records.push(r.clone());
+        }
+        stored.wallet = batch.wallet.clone();
+        stored.version += 1;
+        if take(&self.faults.lose_replies) {
+            return Err(CommitError::Unavailable("injected lost reply".into()));
+        }
+        Ok(())
+    }
+
+    async fn records_after(
+        &self,
+        id: &WalletId,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let wallets = self.wallets.lock().unwrap();
+        Ok(wallets
+            .get(id)
+            .map(|s| {
+                s.records
+                    .iter()
+                    .filter(|r| r.entry.seq > seq)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError> {
+        let wallets = self.wallets.lock().unwrap();
+        Ok(wallets
+            .get(id)
+            .and_then(|s| s.keys.get(key).map(|&i| s.records[i].entry.clone())))
+    }
+}

@@ -1,0 +1,682 @@
+//! The wallet actor: the only writer of one wallet on this node. It decides every operation
+//! on a speculative state (durable state plus accepted, not yet durable records), commits
+//! what accumulates while a commit is in flight as one batch (group commit), and answers
+//! and publishes only after the batch is durable. A failed commit is never answered with a
+//! refusal it did not earn: the actor reloads, keeps what landed, re-decides the rest, or
+//! answers UNAVAILABLE. Domain errors go back through reply ports; a handler returns `Err`
+//! only when the actor itself is broken.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use credits_core::{
+    Balance, Entry, EntryKind, KeyCheck, Op, OpError, ReleaseReason, ReservationId, Wallet,
+    check_key,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::directory::Shared;
+use crate::events::{BalanceEvent, EVENT_CHANNEL_CAPACITY, EventKind, Subscription};
+use crate::store::{Batch, CommitError, Loaded, Record, StoreError};
+
+/// Operations waiting for a commit, beyond which new ones are shed with UNAVAILABLE.
+pub const MAX_QUEUED_OPERATIONS: usize = 4096;
+/// Recently used keys and finished reservations kept in memory to answer retries without
+/// a read; the store's unique index is the guard beyond them.
+pub const RECENT_KEYS: usize = 1024;
+/// Consecutive failed commits after which the actor answers UNAVAILABLE and stops.
+pub const MAX_COMMIT_ATTEMPTS: u32 = 3;
+/// Records read back at most when checking what a failed commit left behind.
+pub const MAX_RECOVERY_RECORDS: usize = 4096;
+
+/// A call that was accepted: the record that answers it and the balance to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub entry: Entry,
+    pub balance: Balance,
+    pub replayed: bool,
+}
+
+/// Why a call to a wallet failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Op(#[from] OpError),
+    #[error("wallet not found")]
+    NotFound,
+    /// Load was shed or the outcome is unknown; never a definite refusal.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+type ExecReply = RpcReplyPort<Result<Applied, ExecError>>;
+
+pub enum WalletMsg {
+    Execute(Op, ExecReply),
+    /// The durable state as of now (due events included, not yet committed ones applied in a copy).
+    Read(RpcReplyPort<Wallet>),
+    Subscribe(RpcReplyPort<Subscription>),
+    /// Apply what fell due; the reply (if any) comes once it is durable and published.
+    Tick(Option<RpcReplyPort<()>>),
+    CommitDone(Result<(), CommitError>),
+    Recovered(Result<Recovery, StoreError>),
+    IdleCheck,
+    /// For fault-injection tests: the actor dies as if a bug had panicked in it.
+    #[doc(hidden)]
+    Crash,
+}
+
+/// What a reload after a failed commit found.
+pub struct Recovery {
+    loaded: Loaded,
+    /// Records after the last durable seq this actor knew.
+    records: Vec<Record>,
+    /// Keys of waiting operations already consumed in the store.
+    keys: HashMap<String, Entry>,
+}
+
+struct ExecWaiter {
+    /// The call, to decide again if its commit fails; `None` for a replay.
+    op: Option<Op>,
+    reply: ExecReply,
+    entry: Entry,
+    balance: Option<Balance>,
+    replayed: bool,
+}
+
+enum Waiter {
+    Exec(Box<ExecWaiter>),
+    Tick(RpcReplyPort<()>),
+}
+
+struct InFlight {
+    waiters: Vec<Waiter>,
+    records: Vec<Record>,
+    wallet: Wallet,
+}
+
+pub struct WalletActor;
+
+pub struct WalletArgs {
+    pub loaded: Loaded,
+    pub shared: Arc<Shared>,
+}
+
+pub struct WalletState {
+    shared: Arc<Shared>,
+    durable: Wallet,
+    version: i64,
+    spec: Wallet,
+    open: Vec<Waiter>,
+    open_records: Vec<Record>,
+    in_flight: Option<InFlight>,
+    recovering: bool,
+    failures: u32,
+    /// Calls that arrived during recovery, run after it.
+    parked: Vec<(Op, ExecReply)>,
+    keys: Bounded<String, Entry>,
+    finished: Bounded<ReservationId, Entry>,
+    events: broadcast::Sender<Arc<BalanceEvent>>,
+    timer: Option<(DateTime<Utc>, JoinHandle<()>)>,
+    idle_since: Option<tokio::time::Instant>,
+}
+
+/// A small map that forgets its oldest entries past a bound.
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
+    fn new() -> Self {
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn insert(&mut self, k: K, v: V) {
+        if self.map.insert(k.clone(), v).is_none() {
+            self.order.push_back(k);
+        }
+        while self.order.len() > RECENT_KEYS {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k)
+    }
+
+    fn retain(&mut self, keep: impl Fn(&V) -> bool) {
+        self.map.retain(|_, v| keep(v));
+        let map = &self.map;
+        self.order.retain(|k| map.contains_key(k));
+    }
+}
+
+impl Actor for WalletActor {
+    type Msg = WalletMsg;
+    type State = WalletState;
+    type Arguments = WalletArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WalletMsg>,
+        args: WalletArgs,
+    ) -> Result<WalletState, ActorProcessingErr> {
+        let loaded = args.loaded;
+        Ok(WalletState {
+            shared: args.shared,
+            spec: loaded.wallet.clone(),
+            durable: loaded.wallet,
+            version: loaded.version,
+            open: Vec::new(),
+            open_records: Vec::new(),
+            in_flight: None,
+            recovering: false,
+            failures: 0,
+            parked: Vec::new(),
+            keys: Bounded::new(),
+            finished: Bounded::new(),
+            events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
+            timer: None,
+            idle_since: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<WalletMsg>,
+        state: &mut WalletState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Catch up on whatever fell due while the wallet was inactive.
+        state.tick(&myself, None);
+        state.after_message(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<WalletMsg>,
+        state: &mut WalletState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((_, t)) = state.timer.take() {
+            t.abort();
+        }
+        state.shared.forget(&state.durable.id, myself.get_id());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WalletMsg>,
+        msg: WalletMsg,
+        state: &mut WalletState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WalletMsg::Execute(op, reply) => {
+                if state.recovering {
+                    state.park(op, reply);
+                } else {
+                    state.execute(op, reply);
+                    state.maybe_commit(&myself);
+                }
+            }
+            WalletMsg::Read(reply) => {
+                let mut w = state.durable.clone();
+                w.advance_to(state.shared.clock.now(), &*state.shared.plans.snapshot());
+                let _ = reply.send(w);
+            }
+            WalletMsg::Subscribe(reply) => {
+                let events = state.events.subscribe();
+                let snapshot = BalanceEvent {
+                    wallet_id: state.durable.id.clone(),
+                    seq: state.durable.seq,
+                    kind: EventKind::Snapshot,
+                    balance: state.durable.balance(),
+                    at: state.durable.now,
+                };
+                let _ = reply.send(Subscription { snapshot, events });
+            }
+            WalletMsg::Tick(reply) => {
+                if state.recovering {
+                    if let Some(r) = reply {
+                        state.open.push(Waiter::Tick(r));
+                    }
+                } else {
+                    state.tick(&myself, reply);
+                }
+            }
+            WalletMsg::CommitDone(result) => state.commit_done(&myself, result),
+            WalletMsg::Recovered(result) => state.recovered(&myself, result),
+            WalletMsg::IdleCheck => {
+                let idle_for = state.idle_since.map(|t| t.elapsed());
+                if idle_for.is_some_and(|d| d >= state.shared.config.idle_after)
+                    && state.events.receiver_count() == 0
+                {
+                    myself.stop(Some("idle".into()));
+                    return Ok(());
+                }
+            }
+            WalletMsg::Crash => panic!("injected crash"),
+        }
+        state.after_message(&myself);
+        Ok(())
+    }
+}
+
+impl WalletState {
+    fn queued(&self) -> usize {
+        self.open.len() + self.in_flight.as_ref().map_or(0, |f| f.waiters.len()) + self.parked.len()
+    }
+
+    fn park(&mut self, op: Op, reply: ExecReply) {
+        if self.queued() >= MAX_QUEUED_OPERATIONS {
+            let _ = reply.send(Err(ExecError::Unavailable("wallet is overloaded".into())));
+        } else {
+            self.parked.push((op, reply));
+        }
+    }
+
+    /// Applies what fell due by now to the speculative state.
+    fn advance(&mut self) {
+        let now = self.shared.clock.now();
+        let plans = self.shared.plans.snapshot();
+        for entry in self.spec.advance_to(now, &*plans) {
+            let balance = self.spec.balance();
+            self.open_records.push(Record { entry, balance });
+        }
+    }
+
+    fn tick(&mut self, myself: &ActorRef<WalletMsg>, reply: Option<RpcReplyPort<()>>) {
+        self.advance();
+        if let Some(r) = reply {
+            if self.open_records.is_empty() && self.in_flight.is_none() {
+                let _ = r.send(());
+            } else {
+                self.open.push(Waiter::Tick(r));
+            }
+        }
+        self.maybe_commit(myself);
+    }
+
+    fn execute(&mut self, op: Op, reply: ExecReply) {
+        if self.queued() >= MAX_QUEUED_OPERATIONS {
+            let _ = reply.send(Err(ExecError::Unavailable("wallet is overloaded".into())));
+            return;
+        }
+        self.advance();
+        match self.decide(&op) {
+            Ok(Decision::Replay(entry)) => {
+                let entry = *entry;
+                let durable = entry.seq <= self.durable.seq;
+                if durable {
+                    let _ = reply.send(Ok(Applied {
+                        entry,
+                        balance: self.durable.balance(),
+                        replayed: true,
+                    }));
+                } else {
+                    self.open.push(Waiter::Exec(Box::new(ExecWaiter {
+                        op: None,
+                        reply,
+                        entry,
+                        balance: None,
+                        replayed: true,
+                    })));
+                }
+            }
+            Ok(Decision::Apply) => {
+                let plans = self.shared.plans.snapshot();
+                match self.spec.execute(&op, &*plans) {
+                    Ok(entry) => {
+                        let balance = self.spec.balance();
+                        self.remember(&entry);
+                        self.open_records.push(Record {
+                            entry: entry.clone(),
+                            balance: balance.clone(),
+                        });
+                        self.open.push(Waiter::Exec(Box::new(ExecWaiter {
+                            op: Some(op),
+                            reply,
+                            entry,
+                            balance: Some(balance),
+                            replayed: false,
+                        })));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// Input checks, idempotent retries and finished reservations, in SPEC 10's order.
+    fn decide(&self, op: &Op) -> Result<Decision, OpError> {
+        self.spec.validate(op)?;
+        if let Some(key) = op.key() {
+            match check_key(self.keys.get(&key.to_owned()), op.request().as_ref()) {
+                KeyCheck::Fresh => {}
+                KeyCheck::Replay(e) => return Ok(Decision::Replay(Box::new(e.clone()))),
+                KeyCheck::Conflict => return Err(OpError::IdempotencyConflict),
+            }
+        }
+        let reservation = match op {
+            Op::Settle(s) => Some(&s.reservation_id),
+            Op::Release(id) => Some(id),
+            _ => None,
+        };
+        if let Some(id) = reservation.filter(|id| self.spec.reservation(id).is_none()) {
+            let Some(finished) = self.finished.get(id) else {
+                return Err(OpError::ReservationNotActive);
+            };
+            return match (&finished.kind, op) {
+                (EntryKind::Settled { .. }, Op::Settle(_)) => {
+                    match check_key(Some(finished), op.request().as_ref()) {
+                        KeyCheck::Replay(e) => Ok(Decision::Replay(Box::new(e.clone()))),
+                        _ => Err(OpError::IdempotencyConflict),
+                    }
+                }
+                (
+                    EntryKind::Released {
+                        reason: ReleaseReason::Released,
+                        ..
+                    },
+                    Op::Release(_),
+                ) => Ok(Decision::Replay(Box::new(finished.clone()))),
+                _ => Err(OpError::ReservationNotActive),
+            };
+        }
+        Ok(Decision::Apply)
+    }
+
+    fn remember(&mut self, entry: &Entry) {
+        if let Some(key) = entry.idempotency_key() {
+            self.keys.insert(key.to_owned(), entry.clone());
+        }
+        match &entry.kind {
+            EntryKind::Settled { usage, .. } => {
+                if let Some(id) = &usage.reservation_id {
+                    self.finished.insert(id.clone(), entry.clone());
+                }
+            }
+            EntryKind::Released { reservation_id, .. } => {
+                self.finished.insert(reservation_id.clone(), entry.clone())
+            }
+            _ => {}
+        }
+    }
+
+    fn maybe_commit(&mut self, myself: &ActorRef<WalletMsg>) {
+        if self.in_flight.is_some() || self.recovering {
+            return;
+        }
+        if self.open_records.is_empty() {
+            // Nothing new to write: whoever waits, waits only for what is already durable.
+            let waiters = std::mem::take(&mut self.open);
+            self.answer(waiters);
+            return;
+        }
+        let records = std::mem::take(&mut self.open_records);
+        let batch = Batch {
+            wallet_id: self.durable.id.clone(),
+            expected_version: self.version,
+            wallet: self.spec.clone(),
+            records: records.clone(),
+        };
+        self.in_flight = Some(InFlight {
+            waiters: std::mem::take(&mut self.open),
+            records,
+            wallet: self.spec.clone(),
+        });
+        let store = self.shared.store.clone();
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = store.commit(&batch).await;
+            let _ = me.send_message(WalletMsg::CommitDone(result));
+        });
+    }
+
+    fn commit_done(&mut self, myself: &ActorRef<WalletMsg>, result: Result<(), CommitError>) {
+        match result {
+            Ok(()) => {
+                let flight = self.in_flight.take().expect("a commit was in flight");
+                self.failures = 0;
+                self.version += 1;
+                self.became_durable(flight);
+                self.maybe_commit(myself);
+            }
+            Err(e) => {
+                self.failures += 1;
+                tracing::warn!(wallet = %self.durable.id, error = %e, attempt = self.failures, "commit failed; reloading");
+                self.start_recovery(myself);
+            }
+        }
+    }
+
+    fn became_durable(&mut self, flight: InFlight) {
+        self.durable = flight.wallet;
+        self.shared.metrics.committed(flight.records.len());
+        for r in &flight.records {
+            self.publish(r);
+        }
+        self.answer(flight.waiters);
+    }
+
+    fn publish(&self, r: &Record) {
+        let event = BalanceEvent {
+            wallet_id: self.durable.id.clone(),
+            seq: r.entry.seq,
+            kind: EventKind::Change(r.entry.cause()),
+            balance: r.balance.clone(),
+            at: r.entry.at,
+        };
+        // No receivers is fine: nobody is watching this wallet.
+        let _ = self.events.send(Arc::new(event));
+    }
+
+    fn answer(&self, waiters: Vec<Waiter>) {
+        for w in waiters {
+            match w {
+                Waiter::Exec(w) => {
+                    let balance = w.balance.unwrap_or_else(|| self.durable.balance());
+                    let _ = w.reply.send(Ok(Applied {
+                        entry: w.entry,
+                        balance,
+                        replayed: w.replayed,
+                    }));
+                }
+                Waiter::Tick(r) => {
+                    let _ = r.send(());
+                }
+            }
+        }
+    }
+
+    fn start_recovery(&mut self, myself: &ActorRef<WalletMsg>) {
+        self.recovering = true;
+        let store = self.shared.store.clone();
+        let id = self.durable.id.clone();
+        let after = self.durable.seq;
+        let mut keys: Vec<String> = Vec::new();
+        let flight = self.in_flight.iter().flat_map(|f| &f.waiters);
+        for w in flight.chain(&self.open) {
+            if let Waiter::Exec(w) = w {
+                keys.extend(w.op.as_ref().and_then(Op::key).map(str::to_owned));
+            }
+        }
+        keys.extend(
+            self.parked
+                .iter()
+                .filter_map(|(op, _)| op.key().map(str::to_owned)),
+        );
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let loaded = store
+                    .load(&id)
+                    .await?
+                    .ok_or_else(|| StoreError("wallet vanished".into()))?;
+                let records = store
+                    .records_after(&id, after, MAX_RECOVERY_RECORDS)
+                    .await?;
+                let mut found = HashMap::new();
+                for key in keys {
+                    if let Some(e) = store.find_key(&id, &key).await? {
+                        found.insert(key, e);
+                    }
+                }
+                Ok(Recovery {
+                    loaded,
+                    records,
+                    keys: found,
+                })
+            }
+            .await;
+            let _ = me.send_message(WalletMsg::Recovered(result));
+        });
+    }
+
+    fn recovered(&mut self, myself: &ActorRef<WalletMsg>, result: Result<Recovery, StoreError>) {
+        let r = match result {
+            Ok(r) if self.failures < MAX_COMMIT_ATTEMPTS => r,
+            outcome => {
+                let why = match outcome {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "the store keeps failing".to_owned(),
+                };
+                self.give_up(myself, &why);
+                return;
+            }
+        };
+        self.recovering = false;
+        let flight = self
+            .in_flight
+            .take()
+            .expect("recovery follows a failed commit");
+        let landed = r.records.len() >= flight.records.len()
+            && r.records
+                .iter()
+                .zip(&flight.records)
+                .all(|(stored, ours)| stored.entry == ours.entry);
+        if landed && r.records.len() == flight.records.len() && r.loaded.version == self.version + 1
+        {
+            // The commit was durable; only its reply was lost.
+            self.failures = 0;
+            self.version = r.loaded.version;
+            self.became_durable(flight);
+            let parked = std::mem::take(&mut self.parked);
+            for (op, reply) in parked {
+                self.execute(op, reply);
+            }
+            self.maybe_commit(myself);
+            return;
+        }
+        // Someone else wrote (or nothing landed): adopt the stored state, tell subscribers
+        // what it contains, and decide every waiting call again on top of it.
+        self.durable = r.loaded.wallet;
+        self.version = r.loaded.version;
+        // Forget what this actor accepted but never made durable.
+        let durable_seq = self.durable.seq;
+        self.keys.retain(|e| e.seq <= durable_seq);
+        self.finished.retain(|e| e.seq <= durable_seq);
+        for rec in &r.records {
+            self.remember(&rec.entry);
+            self.publish(rec);
+        }
+        for (key, entry) in r.keys {
+            self.keys.insert(key, entry);
+        }
+        self.spec = self.durable.clone();
+        self.open_records.clear();
+        let mut waiting: Vec<Waiter> = flight.waiters;
+        waiting.append(&mut self.open);
+        let parked = std::mem::take(&mut self.parked);
+        for w in waiting {
+            match w {
+                Waiter::Exec(w) => match w.op {
+                    Some(op) => self.execute(op, w.reply),
+                    // A retry answered from a record that never became durable: its original
+                    // call is being decided again above, so this one cannot be answered yet.
+                    None => {
+                        let _ = w.reply.send(Err(ExecError::Unavailable(
+                            "retry: the original call is still being decided".into(),
+                        )));
+                    }
+                },
+                Waiter::Tick(r) => self.open.push(Waiter::Tick(r)),
+            }
+        }
+        for (op, reply) in parked {
+            self.execute(op, reply);
+        }
+        self.advance();
+        self.maybe_commit(myself);
+    }
+
+    /// The store keeps failing: answer UNAVAILABLE (never a refusal) and stop; the next call
+    /// activates the wallet again from durable state.
+    fn give_up(&mut self, myself: &ActorRef<WalletMsg>, why: &str) {
+        tracing::error!(wallet = %self.durable.id, why, "giving up on the store; stopping the wallet actor");
+        let mut waiting: Vec<Waiter> = self.in_flight.take().map(|f| f.waiters).unwrap_or_default();
+        waiting.append(&mut self.open);
+        for w in waiting {
+            match w {
+                Waiter::Exec(w) => {
+                    let _ = w.reply.send(Err(ExecError::Unavailable(format!(
+                        "commit outcome unknown: {why}"
+                    ))));
+                }
+                Waiter::Tick(r) => drop(r),
+            }
+        }
+        for (_, reply) in self.parked.drain(..) {
+            let _ = reply.send(Err(ExecError::Unavailable(why.to_owned())));
+        }
+        myself.stop(Some("store unavailable".into()));
+    }
+
+    /// Re-arms the due-instant timer and the idle timer after every message.
+    fn after_message(&mut self, myself: &ActorRef<WalletMsg>) {
+        let due = self.spec.next_due();
+        if self.timer.as_ref().is_none_or(|(at, _)| *at != due) {
+            if let Some((_, t)) = self.timer.take() {
+                t.abort();
+            }
+            let clock = self.shared.clock.clone();
+            let me = myself.clone();
+            let handle = tokio::spawn(async move {
+                clock.sleep_until(due).await;
+                let _ = me.send_message(WalletMsg::Tick(None));
+            });
+            self.timer = Some((due, handle));
+        }
+        let busy = self.in_flight.is_some() || !self.open.is_empty() || self.recovering;
+        if busy {
+            self.idle_since = None;
+        } else if self.idle_since.is_none() {
+            self.idle_since = Some(tokio::time::Instant::now());
+            let me = myself.clone();
+            let idle_after = self.shared.config.idle_after;
+            tokio::spawn(async move {
+                tokio::time::sleep(idle_after).await;
+                let _ = me.send_message(WalletMsg::IdleCheck);
+            });
+        }
+    }
+}
+
+enum Decision {
+    Apply,
+    Replay(Box<Entry>),
+}

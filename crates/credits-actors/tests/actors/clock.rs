@@ -1,0 +1,92 @@
+use chrono::Duration;
+use credits_actors::EventKind;
+use credits_core::{Cause, replay};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_wallet_publishes_each_due_event_at_its_instant() {
+    let app = app_at("2027-03-31T20:00:00Z");
+    let id = app.wallet("wal_t", "pro", "UTC").await;
+    app.dir
+        .execute(&id, grant("g", "7", Some("2027-04-01T06:00:00Z")))
+        .await
+        .unwrap();
+    let mut sub = app.dir.subscribe(&id).await.unwrap();
+    assert_eq!(sub.snapshot.kind, EventKind::Snapshot);
+    assert_eq!(sub.snapshot.seq, 1);
+
+    // Midnight, then the grant's expiry at 06:00.
+    app.dir.advance_clock(Duration::hours(12)).await.unwrap();
+    let e1 = sub
+        .events
+        .try_recv()
+        .expect("reset published by the time advance returns");
+    assert_eq!(
+        (e1.seq, e1.kind, e1.at),
+        (
+            2,
+            EventKind::Change(Cause::DailyReset),
+            at("2027-04-01T00:00:00Z")
+        )
+    );
+    let e2 = sub.events.try_recv().unwrap();
+    assert_eq!(
+        (e2.seq, e2.kind, e2.at),
+        (
+            3,
+            EventKind::Change(Cause::Expiry),
+            at("2027-04-01T06:00:00Z")
+        )
+    );
+    assert!(sub.events.try_recv().is_err());
+
+    // The renewal on Apr 31 → clamped... the anchor is Mar 31 20:00, so Apr 30 20:00.
+    app.dir.advance_clock(Duration::days(30)).await.unwrap();
+    let mut causes = Vec::new();
+    while let Ok(e) = sub.events.try_recv() {
+        causes.push((e.kind, e.at));
+    }
+    assert!(
+        causes.contains(&(
+            EventKind::Change(Cause::Renewal),
+            at("2027-04-30T20:00:00Z")
+        )),
+        "{causes:?}"
+    );
+    assert_eq!(
+        causes
+            .iter()
+            .filter(|(k, _)| *k == EventKind::Change(Cause::DailyReset))
+            .count(),
+        30
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_wallet_ends_in_the_state_of_one_touched_every_minute() {
+    let idle = app_at("2027-03-31T20:00:00Z");
+    let busy = app_at("2027-03-31T20:00:00Z");
+    for app in [&idle, &busy] {
+        let id = app.wallet("wal_x", "pro", "Asia/Kolkata").await;
+        app.dir
+            .execute(&id, grant("g", "7", Some("2027-04-02T06:00:00Z")))
+            .await
+            .unwrap();
+    }
+    let id = credits_core::WalletId::from("wal_x");
+    idle.dir.advance_clock(Duration::hours(60)).await.unwrap();
+    for _ in 0..60 * 60 {
+        busy.dir.advance_clock(Duration::minutes(1)).await.unwrap();
+    }
+    let (a, b) = (
+        idle.dir.read(&id).await.unwrap(),
+        busy.dir.read(&id).await.unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_eq!(idle.ledger(&id), busy.ledger(&id));
+    assert_eq!(
+        replay(&idle.ledger(&id)).unwrap().spendable(),
+        a.spendable()
+    );
+}

@@ -1,0 +1,186 @@
+use std::collections::HashSet;
+
+use credits_actors::ExecError;
+use credits_core::{Credits, OpError, replay};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_debits_on_one_wallet_are_exact_and_grouped() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_hot", "max", "UTC").await;
+    app.store
+        .faults
+        .commit_delay_micros
+        .store(1000, std::sync::atomic::Ordering::Relaxed);
+    app.dir
+        .execute(&id, grant("big", "10000", None))
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..1000)
+        .map(|i| {
+            let dir = app.dir.clone();
+            let id = id.clone();
+            tokio::spawn(async move { dir.execute(&id, usage(&format!("k{i}"), "1.5")).await })
+        })
+        .collect();
+    let mut seqs = HashSet::new();
+    for c in calls {
+        let applied = c.await.unwrap().unwrap();
+        assert!(!applied.replayed);
+        assert!(
+            seqs.insert(applied.entry.seq),
+            "each reply has its own record"
+        );
+    }
+    let ledger = app.ledger(&id);
+    let wallet = app.dir.read(&id).await.unwrap();
+    // 50 daily + 2000 subscription + 10000 bonus − 1000 × 1.5
+    assert_eq!(wallet.spendable(), cr("10550"));
+    assert_eq!(replay(&ledger).unwrap().spendable(), wallet.spendable());
+    for s in seqs {
+        assert_eq!(ledger[s as usize].seq, s, "every reply matches the ledger");
+    }
+    let m = app.dir.metrics();
+    let (commits, records) = (
+        m.commits.load(std::sync::atomic::Ordering::Relaxed),
+        m.records.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert_eq!(records, 1001);
+    assert!(
+        commits < records,
+        "concurrent calls share commits: {commits} commits for {records} records"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_debits_across_a_hundred_wallets() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let mut ids = Vec::new();
+    for w in 0..100 {
+        ids.push(app.wallet(&format!("wal_{w}"), "pro", "Europe/Paris").await);
+    }
+    let calls: Vec<_> = (0..1000)
+        .map(|i| {
+            let dir = app.dir.clone();
+            let id = ids[i % 100].clone();
+            tokio::spawn(async move { dir.execute(&id, usage(&format!("k{i}"), "2")).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    for id in &ids {
+        let w = app.dir.read(id).await.unwrap();
+        assert_eq!(w.spendable(), cr("500"), "520 − 10 × 2");
+        assert_eq!(replay(&app.ledger(id)).unwrap().spendable(), cr("500"));
+        assert!(w.is_consistent());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_balance_is_spent_under_contention() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_500", "free", "UTC").await;
+    app.dir.execute(&id, grant("g", "495", None)).await.unwrap();
+    let calls: Vec<_> = (0..1000)
+        .map(|i| {
+            let dir = app.dir.clone();
+            let id = id.clone();
+            tokio::spawn(async move { dir.execute(&id, usage(&format!("k{i}"), "1")).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(ExecError::Op(OpError::InsufficientCredits { .. })) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((ok, refused), (500, 500));
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), Credits::ZERO);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_from_fifty_concurrent_callers_applies_once() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_k", "pro", "UTC").await;
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let dir = app.dir.clone();
+            let id = id.clone();
+            tokio::spawn(async move { dir.execute(&id, usage("same-key", "3")).await.unwrap() })
+        })
+        .collect();
+    let mut receipts = Vec::new();
+    for c in calls {
+        receipts.push(c.await.unwrap());
+    }
+    assert_eq!(receipts.iter().filter(|r| !r.replayed).count(), 1);
+    assert!(receipts.iter().all(|r| r.entry == receipts[0].entry));
+    assert_eq!(
+        app.ledger(&id)
+            .iter()
+            .filter(|e| e.idempotency_key() == Some("same-key"))
+            .count(),
+        1
+    );
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("517"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
+    let config = credits_actors::ActorConfig {
+        idle_after: std::time::Duration::from_millis(50),
+    };
+    let app = app_with(
+        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
+        config,
+    );
+    let id = app.wallet("wal_a", "pro", "UTC").await;
+    let reads: Vec<_> = (0..20)
+        .map(|_| {
+            let dir = app.dir.clone();
+            let id = id.clone();
+            tokio::spawn(async move { dir.read(&id).await.unwrap() })
+        })
+        .collect();
+    for r in reads {
+        r.await.unwrap();
+    }
+    assert_eq!(
+        app.dir
+            .metrics()
+            .activations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(app.dir.active_wallets(), 1);
+    assert!(
+        eventually(|| app.dir.active_wallets() == 0).await,
+        "an idle wallet leaves memory"
+    );
+    // Activating again finds the same durable state.
+    app.dir.execute(&id, usage("after", "1")).await.unwrap();
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("519"));
+    assert_eq!(
+        app.dir
+            .metrics()
+            .activations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test]
+async fn unknown_wallet_is_not_found() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let err = app
+        .dir
+        .execute(&credits_core::WalletId::from("wal_nope"), usage("k", "1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, ExecError::NotFound);
+    assert_eq!(app.dir.active_wallets(), 0);
+}

@@ -1,0 +1,96 @@
+use std::sync::atomic::Ordering;
+
+use credits_actors::ExecError;
+use credits_core::replay;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_retried_and_applied_once() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_f", "pro", "UTC").await;
+    app.store.faults.fail_commits.store(1, Ordering::SeqCst);
+    let applied = app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    assert!(!applied.replayed);
+    assert_eq!(app.ledger(&id).len(), 2);
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("515"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_is_recognised_and_not_applied_twice() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_l", "pro", "UTC").await;
+    app.store.faults.lose_replies.store(1, Ordering::SeqCst);
+    let applied = app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    assert_eq!(applied.entry.seq, 1);
+    assert_eq!(app.ledger(&id).len(), 2, "written once");
+    // A retry with the key is a replay.
+    let again = app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("515"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_keeps_failing_gets_unavailable_and_changes_nothing() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_u", "pro", "UTC").await;
+    app.store.faults.fail_commits.store(100, Ordering::SeqCst);
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let dir = app.dir.clone();
+            let id = id.clone();
+            tokio::spawn(async move { dir.execute(&id, usage(&format!("k{i}"), "1")).await })
+        })
+        .collect();
+    for c in calls {
+        assert!(
+            matches!(c.await.unwrap(), Err(ExecError::Unavailable(_))),
+            "never a definite refusal"
+        );
+    }
+    assert_eq!(app.ledger(&id).len(), 1, "nothing written");
+    app.store.faults.fail_commits.store(0, Ordering::SeqCst);
+    // The wallet recovers: the same keys now apply.
+    for i in 0..10 {
+        app.dir
+            .execute(&id, usage(&format!("k{i}"), "1"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("510"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_actor_restarts_from_durable_state() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_c", "pro", "UTC").await;
+    for i in 0..5 {
+        app.dir
+            .execute(&id, usage(&format!("k{i}"), "1"))
+            .await
+            .unwrap();
+    }
+    app.dir.crash(&id).await;
+    // Calls racing the crash either land or are retried by key; none is applied twice.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let dir = app.dir.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                loop {
+                    match dir.execute(&id, usage(&format!("c{i}"), "1")).await {
+                        Err(ExecError::Unavailable(_)) => continue,
+                        other => return other.unwrap(),
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap();
+    }
+    let ledger = app.ledger(&id);
+    assert_eq!(ledger.len(), 26);
+    assert_eq!(replay(&ledger).unwrap().spendable(), cr("495"));
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("495"));
+}

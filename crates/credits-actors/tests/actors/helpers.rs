@@ -1,0 +1,92 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use credits_actors::{ActorConfig, Clock, Directory, MemoryStore};
+use credits_core::testing::catalogue;
+use credits_core::{
+    Credits, Entry, GrantId, GrantKind, GrantOp, NewWallet, Op, PlanId, Tokens, UsageId, UsageOp,
+    WalletId,
+};
+
+pub fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+pub fn cr(s: &str) -> Credits {
+    Credits::parse(s).unwrap()
+}
+
+pub struct App {
+    pub dir: Directory,
+    pub store: Arc<MemoryStore>,
+}
+
+pub fn app_at(start: &str) -> App {
+    app_with(Clock::manual(at(start)), ActorConfig::default())
+}
+
+pub fn app_with(clock: Clock, config: ActorConfig) -> App {
+    let store = Arc::new(MemoryStore::new());
+    let dir = Directory::new(store.clone(), clock, catalogue(), config);
+    App { dir, store }
+}
+
+impl App {
+    pub async fn wallet(&self, id: &str, plan: &str, zone: &str) -> WalletId {
+        let new = NewWallet {
+            id: WalletId::from(id),
+            owner_id: "owner".into(),
+            pool: false,
+            timezone: zone.parse().unwrap(),
+            plan_id: PlanId::from(plan),
+            billing_anchor: None,
+        };
+        self.dir.create(new).await.unwrap().id
+    }
+
+    pub fn ledger(&self, id: &WalletId) -> Vec<Entry> {
+        self.store.ledger(id)
+    }
+}
+
+pub fn usage(key: &str, cost: &str) -> Op {
+    Op::Usage(UsageOp {
+        id: UsageId(format!("use_{key}")),
+        key: key.into(),
+        thread_id: "thread".into(),
+        model: "economy-model".into(),
+        tier: "economy".into(),
+        tokens: Tokens {
+            input: 10,
+            cached: 0,
+            output: 10,
+        },
+        cost: cr(cost),
+        priced_by: "economy@1.0.0".into(),
+        member: None,
+    })
+}
+
+pub fn grant(id: &str, amount: &str, expires_at: Option<&str>) -> Op {
+    Op::Grant(GrantOp {
+        id: GrantId::from(id),
+        key: Some(format!("g-{id}")),
+        amount: cr(amount),
+        kind: GrantKind::Promotion,
+        reason: Some("test".into()),
+        expires_at: expires_at.map(at),
+        origin: None,
+    })
+}
+
+/// Waits (bounded) until a condition holds; for background effects like passivation.
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -1,0 +1,282 @@
+//! One loaded plugin library: caching it under its content hash, opening it, validating its
+//! descriptor and calling its pricing function. It owns every `unsafe` read of plugin memory
+//! and must never keep a pointer into a library without holding that library open.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use credits_plugin_abi::{
+    ABI_VERSION, ABI_VERSION_SYMBOL, ENTRY_SYMBOL, EntryFn, PluginDescriptor, PriceFn, Status,
+    StrRef,
+};
+use libloading::Library;
+use sha2::{Digest, Sha256};
+
+use crate::error::{PluginFailure, PricingError, RefusalReason};
+use crate::{Price, PricedBy, Prices, TierInfo, Usage};
+
+/// Bounds on what a descriptor may claim, so a corrupt one is refused rather than read far
+/// past its end.
+const MAX_MODELS_PER_TIER: usize = 1024;
+const MAX_NAME_BYTES: usize = 128;
+const MAX_DISPLAY_NAME_BYTES: usize = 256;
+
+/// A validated plugin, open. Its pricing function and the strings copied from its
+/// descriptor are usable for as long as this value lives; the registry shares it in an
+/// `Arc` so a call in flight keeps the library open across a reload.
+pub(crate) struct LoadedTier {
+    pub(crate) info: TierInfo,
+    pub(crate) models: Vec<LoadedModel>,
+    pub(crate) priced_by: PricedBy,
+    price_fn: PriceFn,
+    /// Declared last so it is dropped (and the library closed) after everything else; the
+    /// strings above are owned copies, and `price_fn` is never called after drop.
+    _library: Library,
+}
+
+impl LoadedTier {
+    /// Copies `path` into `cache_dir` under its content hash, opens the copy and validates it.
+    /// The copy matters: the dynamic loader hands back an already-open library for a path it
+    /// has seen, so a new version written over the same path would never be loaded.
+    pub(crate) fn load(path: &Path, cache_dir: &Path) -> Result<LoadedTier, RefusalReason> {
+        let file = file_name(path);
+        let cached = cache_copy(path, cache_dir)?;
+        // SAFETY: opening a library runs its initialisers; the library comes from the
+        // operator's plugin directory, which is trusted to hold pricing plugins (the same
+        // trust as the service binary). Everything it exports is checked below before use.
+        let library = unsafe { Library::new(&cached) }
+            .map_err(|e| RefusalReason::NotALibrary(e.to_string()))?;
+
+        // The version comes first: a library of another ABI may lay out everything else
+        // differently, so nothing else of it is touched before this matches.
+        // SAFETY: the symbol is read as the address of a `u32` static, which is what ABI
+        // version 1 and every later version promise to export under this name.
+        let version_ptr =
+            unsafe { library.get::<*const u32>(ABI_VERSION_SYMBOL) }.map_err(|_| {
+                RefusalReason::MissingAbiVersion {
+                    symbol: ABI_VERSION_SYMBOL,
+                }
+            })?;
+        let version_ptr: *const u32 = *version_ptr;
+        if version_ptr.is_null() || !version_ptr.is_aligned() {
+            return Err(RefusalReason::MissingAbiVersion {
+                symbol: ABI_VERSION_SYMBOL,
+            });
+        }
+        // SAFETY: non-null and aligned address of an immutable `u32` static in a library that
+        // stays open while we read it.
+        let found = unsafe { version_ptr.read() };
+        if found != ABI_VERSION {
+            return Err(RefusalReason::AbiVersion {
+                found,
+                expected: ABI_VERSION,
+            });
+        }
+
+        // SAFETY: ABI version 1 defines this symbol as an `EntryFn`.
+        let entry = unsafe { library.get::<EntryFn>(ENTRY_SYMBOL) }.map_err(|_| {
+            RefusalReason::MissingEntry {
+                symbol: ENTRY_SYMBOL,
+            }
+        })?;
+        // SAFETY: calling the entry function of a library whose ABI version matched; it takes
+        // no arguments and returns a pointer we check before reading.
+        let descriptor = unsafe { entry() };
+        if descriptor.is_null() || !descriptor.is_aligned() {
+            return Err(RefusalReason::NullDescriptor);
+        }
+        // SAFETY: a non-null, aligned descriptor that the ABI says stays valid and unchanged
+        // while the library is open, which `library` guarantees until this function returns
+        // it inside the `LoadedTier`.
+        let descriptor = unsafe { &*descriptor };
+        let (info, models, price_fn) = read_descriptor(descriptor, file)?;
+        let priced_by = PricedBy::new(&info.tier, &info.plugin_version);
+        Ok(LoadedTier {
+            info,
+            models,
+            priced_by,
+            price_fn,
+            _library: library,
+        })
+    }
+
+    /// Prices `usage` of `model` (one of this tier's models). `usage` is already valid.
+    pub(crate) fn price(&self, model: &str, usage: Usage) -> Result<Price, PricingError> {
+        let mut cost_micro_credits = 0_i64;
+        // SAFETY: `price_fn` came from `self._library`, which is open while `self` lives; the
+        // model string and the out-pointer are valid for the call, as `PriceFn` requires.
+        let status = unsafe {
+            (self.price_fn)(
+                StrRef::new(model),
+                usage.input_tokens,
+                usage.cached_input_tokens,
+                usage.output_tokens,
+                &mut cost_micro_credits,
+            )
+        };
+        let failure = if status != Status::OK {
+            PluginFailure::from_status(status)
+        } else if cost_micro_credits < 0 {
+            PluginFailure::NegativeCost { cost_micro_credits }
+        } else {
+            return Ok(Price {
+                cost_micro_credits,
+                priced_by: self.priced_by.clone(),
+            });
+        };
+        Err(PricingError::PricingFailed {
+            model: model.to_owned(),
+            priced_by: self.priced_by.to_string(),
+            file: self.info.file.clone(),
+            failure,
+        })
+    }
+}
+
+pub(crate) type SharedTier = Arc<LoadedTier>;
+
+/// A model as its plugin listed it, copied out of the library.
+pub(crate) struct LoadedModel {
+    pub(crate) id: String,
+    pub(crate) display_name: String,
+    pub(crate) prices: Prices,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `<cache_dir>/<sha256><DLL_SUFFIX>`, written once through a temporary file and a rename,
+/// never rewritten: a file with that name already holds exactly these bytes. The bytes are
+/// hashed and copied from one read, so the copy is the content that was hashed.
+fn cache_copy(path: &Path, cache_dir: &Path) -> Result<std::path::PathBuf, RefusalReason> {
+    let io = |e: std::io::Error| RefusalReason::Io(e.to_string());
+    let bytes = std::fs::read(path).map_err(io)?;
+    let mut name = String::with_capacity(64 + std::env::consts::DLL_SUFFIX.len());
+    for byte in Sha256::digest(&bytes) {
+        let _ = write!(name, "{byte:02x}");
+    }
+    let cached = cache_dir.join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
+    if !cached.is_file() {
+        // Unique per process and call, so concurrent loaders never write the same temp file.
+        static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT_TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = cache_dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+        std::fs::write(&temp, &bytes).map_err(io)?;
+        std::fs::rename(&temp, &cached).map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            io(e)
+        })?;
+    }
+    Ok(cached)
+}
+
+fn read_descriptor(
+    d: &PluginDescriptor,
+    file: String,
+) -> Result<(TierInfo, Vec<LoadedModel>, PriceFn), RefusalReason> {
+    let invalid = RefusalReason::InvalidDescriptor;
+    if d.abi_version != ABI_VERSION {
+        return Err(RefusalReason::AbiVersion {
+            found: d.abi_version,
+            expected: ABI_VERSION,
+        });
+    }
+    let tier = read_name("tier name", d.tier, MAX_NAME_BYTES)?;
+    if tier.contains('@') {
+        // `priced_by` is `<tier>@<version>`; an `@` in the tier would make it ambiguous.
+        return Err(invalid(format!("tier name {tier:?} contains '@'")));
+    }
+    let plugin_version = read_name("plugin version", d.plugin_version, MAX_NAME_BYTES)?;
+    let price_fn = d
+        .price
+        .ok_or_else(|| invalid("no pricing function".into()))?;
+    if d.model_count == 0 || d.model_count > MAX_MODELS_PER_TIER {
+        return Err(invalid(format!(
+            "{} models, expected 1 to {MAX_MODELS_PER_TIER}",
+            d.model_count
+        )));
+    }
+    if d.models.is_null() || !d.models.is_aligned() {
+        return Err(invalid("model list pointer is null or misaligned".into()));
+    }
+    // SAFETY: non-null, aligned, and the ABI promises `model_count` descriptors that live and
+    // stay unchanged while the library is open (the caller holds it open).
+    let raw_models = unsafe { std::slice::from_raw_parts(d.models, d.model_count) };
+    let mut models = Vec::with_capacity(raw_models.len());
+    let mut seen = HashSet::with_capacity(raw_models.len());
+    for m in raw_models {
+        let id = read_name("model id", m.id, MAX_NAME_BYTES)?;
+        let display_name = read_text("model display name", m.display_name, MAX_DISPLAY_NAME_BYTES)?;
+        let prices = [
+            m.input_per_million_micro_credits,
+            m.cached_input_per_million_micro_credits,
+            m.output_per_million_micro_credits,
+        ];
+        if prices.iter().any(|&p| p < 0) {
+            return Err(invalid(format!(
+                "model {id:?} has a negative price {prices:?}"
+            )));
+        }
+        if !seen.insert(id.clone()) {
+            return Err(invalid(format!("model {id:?} is listed twice")));
+        }
+        models.push(LoadedModel {
+            id,
+            display_name,
+            prices: Prices {
+                input_per_million_micro_credits: prices[0],
+                cached_input_per_million_micro_credits: prices[1],
+                output_per_million_micro_credits: prices[2],
+            },
+        });
+    }
+    let info = TierInfo {
+        tier,
+        plugin_version,
+        file,
+        model_count: models.len(),
+    };
+    Ok((info, models, price_fn))
+}
+
+/// A non-empty string of printable characters without spaces: ids, tier names, versions.
+fn read_name(what: &str, s: StrRef<'static>, max: usize) -> Result<String, RefusalReason> {
+    let s = read_text(what, s, max)?;
+    if s.chars().any(char::is_whitespace) {
+        return Err(RefusalReason::InvalidDescriptor(format!(
+            "{what} {s:?} contains whitespace"
+        )));
+    }
+    Ok(s)
+}
+
+/// A non-empty UTF-8 string without control characters, copied out of the library.
+fn read_text(what: &str, s: StrRef<'static>, max: usize) -> Result<String, RefusalReason> {
+    let invalid = RefusalReason::InvalidDescriptor;
+    if s.ptr.is_null() || s.len == 0 {
+        return Err(invalid(format!("{what} is empty")));
+    }
+    if s.len > max {
+        return Err(invalid(format!(
+            "{what} is {} bytes, at most {max} allowed",
+            s.len
+        )));
+    }
+    // SAFETY: non-null, bounded length, and the ABI promises descriptor strings stay valid
+    // and unchanged while the library is open (the caller holds it open).
+    let bytes = unsafe { s.as_bytes() };
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| invalid(format!("{what} is not UTF-8: {e}")))?;
+    if text.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{what} {text:?} contains a control character"
+        )));
+    }
+    Ok(text.to_owned())
+}

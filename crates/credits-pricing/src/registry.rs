@@ -1,0 +1,276 @@
+//! The live registry: an immutable table model → tier behind an `ArcSwap`, built from the
+//! plugin directory and swapped whole on reload. It owns which tier prices which model and
+//! must never mutate a table a caller may be reading, nor drop a library before the last
+//! call into it has returned.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use crate::error::{PricingError, RefusalReason, RefusedPlugin, RegistryError};
+use crate::plugin::{LoadedTier, SharedTier};
+use crate::{ModelInfo, Price, TierInfo, Usage};
+
+/// At most this many plugin files are loaded from one directory; the rest are refused.
+const MAX_PLUGIN_FILES: usize = 256;
+
+/// The tiers' file-name pattern: `libcredits_tier_<name>.so` on Linux (`<name>` of
+/// `[a-z0-9_]`, platform prefix and suffix from `std::env::consts`). Only such files are
+/// loaded by a directory scan, so the test fixtures cargo builds beside the tiers
+/// (`libcredits_fixture_*.so`) and temporary files of a deploy (`….so.new`) are not.
+pub fn is_tier_file_name(name: &str) -> bool {
+    name.strip_prefix(std::env::consts::DLL_PREFIX)
+        .and_then(|rest| rest.strip_prefix("credits_tier_"))
+        .and_then(|rest| rest.strip_suffix(std::env::consts::DLL_SUFFIX))
+        .is_some_and(|tier| {
+            !tier.is_empty()
+                && tier
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// The pricing registry the server shares between all requests (`Send + Sync`).
+pub struct PricingRegistry {
+    plugin_dir: PathBuf,
+    cache_dir: PathBuf,
+    table: ArcSwap<Table>,
+    /// Serialises reloads so each builds on the table the previous one installed.
+    reload_lock: Mutex<()>,
+}
+
+impl fmt::Debug for PricingRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PricingRegistry")
+            .field("plugin_dir", &self.plugin_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("tiers", &self.tiers())
+            .finish()
+    }
+}
+
+impl PricingRegistry {
+    /// Loads every tier file of `plugin_dir` (see [`is_tier_file_name`]) in file-name order,
+    /// each from a private copy in `cache_dir` (created if missing) named by its SHA-256.
+    /// Refused files are in the report and do not stop the others; only an unreadable
+    /// directory is an error.
+    pub fn open(
+        plugin_dir: impl Into<PathBuf>,
+        cache_dir: impl Into<PathBuf>,
+    ) -> Result<(PricingRegistry, ReloadReport), RegistryError> {
+        let plugin_dir = plugin_dir.into();
+        let cache_dir = cache_dir.into();
+        std::fs::create_dir_all(&cache_dir).map_err(|source| RegistryError::CacheDir {
+            dir: cache_dir.clone(),
+            source,
+        })?;
+        let (table, report) = build(&plugin_dir, &cache_dir, &Table::default())?;
+        let registry = PricingRegistry {
+            plugin_dir,
+            cache_dir,
+            table: ArcSwap::from_pointee(table),
+            reload_lock: Mutex::new(()),
+        };
+        Ok((registry, report))
+    }
+
+    /// Prices `usage` of `model` with the tier that lists it. Safe to call from many threads,
+    /// also during a reload: a call uses the table current when it started, to the end.
+    pub fn price(&self, model: &str, usage: Usage) -> Result<Price, PricingError> {
+        let usage = usage.check()?;
+        // The guard keeps this table, and so its libraries, alive until the call returns,
+        // even if a reload swaps in another table meanwhile.
+        let table = self.table.load();
+        let tier = table
+            .by_model
+            .get(model)
+            .ok_or_else(|| PricingError::UnknownModel {
+                model: model.to_owned(),
+            })?;
+        tier.price(model, usage)
+    }
+
+    /// Scans the directory again and swaps in the new table. A tier whose file is unchanged
+    /// reloads from the same cached copy; a tier whose new file is refused keeps its previous
+    /// version; a tier whose file is gone is unloaded once its calls in flight return. On
+    /// error (unreadable directory) the current table stays.
+    pub fn reload(&self) -> Result<ReloadReport, RegistryError> {
+        let _one_reload_at_a_time = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = self.table.load_full();
+        let (table, report) = build(&self.plugin_dir, &self.cache_dir, &previous)?;
+        self.table.store(Arc::new(table));
+        Ok(report)
+    }
+
+    /// Every priceable model: tiers in file-name order, each tier's models in its own order.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let table = self.table.load();
+        table
+            .tiers
+            .iter()
+            .flat_map(|tier| model_infos(tier))
+            .collect()
+    }
+
+    /// The loaded tiers in file-name order.
+    pub fn tiers(&self) -> Vec<TierInfo> {
+        self.table
+            .load()
+            .tiers
+            .iter()
+            .map(|tier| tier.info.clone())
+            .collect()
+    }
+
+    pub fn plugin_dir(&self) -> &Path {
+        &self.plugin_dir
+    }
+}
+
+pub(crate) fn model_infos(tier: &LoadedTier) -> impl Iterator<Item = ModelInfo> + '_ {
+    tier.models.iter().map(|m| ModelInfo {
+        id: m.id.clone(),
+        display_name: m.display_name.clone(),
+        tier: tier.info.tier.clone(),
+        plugin_version: tier.info.plugin_version.clone(),
+        prices: m.prices,
+    })
+}
+
+/// What a load or reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Tiers loaded from their current file, in file-name order.
+    pub loaded: Vec<TierInfo>,
+    /// Tiers whose new file was refused and that keep serving their previous version.
+    pub kept: Vec<TierInfo>,
+    /// Tiers of the previous table that are no longer served (their file is gone, or they
+    /// could not be kept).
+    pub unloaded: Vec<TierInfo>,
+    /// Files not loaded, each with its reason.
+    pub refused: Vec<RefusedPlugin>,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for tier in &self.loaded {
+            writeln!(f, "loaded {tier}")?;
+        }
+        for tier in &self.kept {
+            writeln!(f, "kept {tier}: its new file was refused")?;
+        }
+        for tier in &self.unloaded {
+            writeln!(f, "unloaded {tier}")?;
+        }
+        for refused in &self.refused {
+            writeln!(f, "{refused}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An immutable snapshot: which tier owns which model. Replaced whole, never mutated once
+/// published.
+#[derive(Default)]
+struct Table {
+    /// In file-name order.
+    tiers: Vec<SharedTier>,
+    /// foldhash rather than SipHash: this lookup is a third of a price call, and its keys
+    /// come from the plugins, not from callers, so there is no hash flooding to resist.
+    by_model: HashMap<String, SharedTier, foldhash::fast::RandomState>,
+}
+
+impl Table {
+    /// Adds `tier` if neither its name nor any of its models is taken; all or nothing.
+    fn claim(&mut self, tier: SharedTier) -> Result<(), RefusalReason> {
+        if let Some(owner) = self.tiers.iter().find(|t| t.info.tier == tier.info.tier) {
+            return Err(RefusalReason::TierTaken {
+                tier: tier.info.tier.clone(),
+                owner_file: owner.info.file.clone(),
+            });
+        }
+        for model in &tier.models {
+            if let Some(owner) = self.by_model.get(&model.id) {
+                return Err(RefusalReason::ModelTaken {
+                    model: model.id.clone(),
+                    owner_tier: owner.info.tier.clone(),
+                    owner_file: owner.info.file.clone(),
+                });
+            }
+        }
+        for model in &tier.models {
+            self.by_model.insert(model.id.clone(), tier.clone());
+        }
+        self.tiers.push(tier);
+        Ok(())
+    }
+}
+
+/// Builds a new table from the directory; `previous` supplies the tiers to keep when their
+/// new file is refused.
+fn build(
+    plugin_dir: &Path,
+    cache_dir: &Path,
+    previous: &Table,
+) -> Result<(Table, ReloadReport), RegistryError> {
+    let files = tier_files(plugin_dir).map_err(|source| RegistryError::PluginDir {
+        dir: plugin_dir.to_owned(),
+        source,
+    })?;
+    let mut table = Table::default();
+    let mut report = ReloadReport::default();
+    for (index, (name, path)) in files.into_iter().enumerate() {
+        let outcome = if index >= MAX_PLUGIN_FILES {
+            Err(RefusalReason::TooManyFiles {
+                limit: MAX_PLUGIN_FILES,
+            })
+        } else {
+            LoadedTier::load(&path, cache_dir).and_then(|tier| {
+                let tier = Arc::new(tier);
+                table.claim(tier.clone()).map(|()| tier)
+            })
+        };
+        match outcome {
+            Ok(tier) => report.loaded.push(tier.info.clone()),
+            Err(reason) => {
+                report.refused.push(RefusedPlugin { file: path, reason });
+                let old = previous.tiers.iter().find(|t| t.info.file == name);
+                if let Some(old) = old
+                    && table.claim(old.clone()).is_ok()
+                {
+                    report.kept.push(old.info.clone());
+                }
+            }
+        }
+    }
+    for old in &previous.tiers {
+        if !table.tiers.iter().any(|t| t.info.tier == old.info.tier) {
+            report.unloaded.push(old.info.clone());
+        }
+    }
+    Ok((table, report))
+}
+
+/// `(file name, path)` of the tier files in `dir`, sorted by name.
+fn tier_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        // `is_file` follows symlinks, so a tier may be deployed as a link.
+        if is_tier_file_name(&name) && path.is_file() {
+            files.push((name, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}

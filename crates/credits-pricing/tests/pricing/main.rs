@@ -1,0 +1,687 @@
+//! credits-pricing against real plugin libraries: the three shipped tiers and the fixtures in
+//! `fixtures/`, built by `helpers::built_dir` before the first test uses them.
+
+mod helpers;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use credits_pricing::{
+    PluginFailure, PricingError, PricingRegistry, RefusalReason, ReloadReport, Usage, check_plugin,
+    is_tier_file_name,
+};
+use helpers::{Dirs, SHIPPED, built_dir, built_lib, tier_file};
+
+fn usage(input_tokens: i64, cached_input_tokens: i64, output_tokens: i64) -> Usage {
+    Usage {
+        input_tokens,
+        cached_input_tokens,
+        output_tokens,
+    }
+}
+
+fn open(dirs: &Dirs) -> (PricingRegistry, ReloadReport) {
+    PricingRegistry::open(dirs.plugins.path(), dirs.cache.path()).expect("open registry")
+}
+
+fn loaded(report: &ReloadReport) -> Vec<String> {
+    report
+        .loaded
+        .iter()
+        .map(|t| format!("{}@{}", t.tier, t.plugin_version))
+        .collect()
+}
+
+/// `(cost, priced_by)` or the error's message.
+fn price(registry: &PricingRegistry, model: &str, u: Usage) -> Result<(i64, String), String> {
+    registry
+        .price(model, u)
+        .map(|p| (p.cost_micro_credits, p.priced_by.to_string()))
+        .map_err(|e| e.to_string())
+}
+
+fn check(registry: &PricingRegistry, model: &str, u: Usage, cost: i64, priced_by: &str) {
+    assert_eq!(
+        price(registry, model, u),
+        Ok((cost, priced_by.to_owned())),
+        "{model} {u:?}"
+    );
+}
+
+#[test]
+fn loads_the_three_shipped_tiers_in_file_name_order() {
+    let dirs = Dirs::with(SHIPPED);
+    let (registry, report) = open(&dirs);
+    assert_eq!(
+        loaded(&report),
+        ["economy@1.0.0", "premium@1.0.0", "standard@1.2.0"]
+    );
+    assert!(report.refused.is_empty() && report.kept.is_empty() && report.unloaded.is_empty());
+
+    let models: Vec<String> = registry
+        .models()
+        .iter()
+        .map(|m| format!("{} {}@{}", m.id, m.tier, m.plugin_version))
+        .collect();
+    assert_eq!(
+        models,
+        [
+            "economy-mini economy@1.0.0",
+            "economy-flash economy@1.0.0",
+            "economy-code economy@1.0.0",
+            "premium-reasoning premium@1.0.0",
+            "premium-max premium@1.0.0",
+            "premium-long-context premium@1.0.0",
+            "premium-agent premium@1.0.0",
+            "standard-chat standard@1.2.0",
+            "standard-code standard@1.2.0",
+            "standard-vision standard@1.2.0",
+        ]
+    );
+    // Realistic shape: cached input cheaper than input, output dearer than input.
+    for m in registry.models() {
+        let p = m.prices;
+        assert!(p.cached_input_per_million_micro_credits < p.input_per_million_micro_credits);
+        assert!(p.output_per_million_micro_credits > p.input_per_million_micro_credits);
+    }
+}
+
+#[test]
+fn prices_known_usages_to_the_exact_micro_credit() {
+    let dirs = Dirs::with(SHIPPED);
+    let (registry, _) = open(&dirs);
+    let (eco, std, pre) = ("economy@1.0.0", "standard@1.2.0", "premium@1.0.0");
+    // (8,000 × 30 + 2,000 × 3 + 1,000 × 150) µcr = 396,000 µcr
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        std,
+    );
+    check(
+        &registry,
+        "economy-mini",
+        usage(10_000, 2_000, 1_000),
+        12_500,
+        eco,
+    );
+    check(
+        &registry,
+        "premium-reasoning",
+        usage(10_000, 2_000, 1_000),
+        1_980_000,
+        pre,
+    );
+    check(
+        &registry,
+        "premium-max",
+        usage(1_000_000, 0, 100_000),
+        140_000_000,
+        pre,
+    );
+    check(&registry, "standard-code", usage(1, 0, 1), 125, std);
+    check(&registry, "standard-vision", usage(0, 0, 0), 0, std);
+    // Rounded up once: 3 × 0.25 = 0.75 → 1; 2 × 2.5 + 3 × 0.625 = 6.875 → 7.
+    check(&registry, "economy-mini", usage(3, 3, 0), 1, eco);
+    check(&registry, "economy-code", usage(5, 3, 0), 7, eco);
+}
+
+#[test]
+fn refuses_invalid_usage_and_unknown_models() {
+    let dirs = Dirs::with(SHIPPED);
+    let (registry, _) = open(&dirs);
+    for bad in [
+        usage(-1, 0, 0),
+        usage(0, -1, 0),
+        usage(0, 0, -1),
+        usage(5, 6, 0),
+    ] {
+        let err = registry.price("standard-chat", bad).unwrap_err();
+        assert!(
+            matches!(err, PricingError::InvalidInput { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+    let err = registry.price("gpt-imaginary", usage(1, 0, 1)).unwrap_err();
+    assert_eq!(
+        err,
+        PricingError::UnknownModel {
+            model: "gpt-imaginary".into()
+        }
+    );
+    assert!(err.to_string().contains("gpt-imaginary"), "{err}");
+}
+
+#[test]
+fn directory_scan_loads_only_tier_file_names() {
+    // The target dir holds the fixtures too (libcredits_fixture_*.so); only tiers load.
+    let cache = tempfile::tempdir().unwrap();
+    let (registry, report) = PricingRegistry::open(built_dir(), cache.path()).unwrap();
+    assert_eq!(
+        loaded(&report),
+        ["economy@1.0.0", "premium@1.0.0", "standard@1.2.0"]
+    );
+    assert!(report.refused.is_empty(), "{report}");
+    assert_eq!(registry.tiers().len(), 3);
+
+    for name in ["libcredits_tier_standard.so", "libcredits_tier_a_2.so"] {
+        assert!(is_tier_file_name(name), "{name}");
+    }
+    for name in [
+        "libcredits_tier_.so",
+        "libcredits_tier_standard.so.new",
+        ".libcredits_tier_standard.so",
+        "libcredits_fixture_gate_v1.so",
+        "credits_tier_standard.so",
+        "libcredits_tier_Standard.so",
+        "libcredits_tier_std-2.so",
+    ] {
+        assert!(!is_tier_file_name(name), "{name}");
+    }
+}
+
+/// Every bad library next to the good tiers: each refused with its file and reason, in
+/// file-name order, and the good tiers (also those after a refused file) keep working.
+#[test]
+fn refuses_bad_libraries_by_name_and_keeps_the_good_ones() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-economy", "economy"),
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+        // Same tier name as the file before it:
+        ("credits-fixture-gate-v2", "fixture_v2"),
+        ("credits-fixture-no-entry", "no_entry"),
+        ("credits-fixture-wrong-abi", "wrong_abi"),
+        // Lists `standard-chat`, which libcredits_tier_standard.so owns:
+        ("credits-fixture-copycat", "zz_copycat"),
+    ]);
+    dirs.deploy_bytes(b"#!/bin/sh\necho not a library\n", "aaa_garbage");
+    let (registry, report) = open(&dirs);
+
+    assert_eq!(
+        loaded(&report),
+        ["economy@1.0.0", "fixture@1.0.0", "standard@1.2.0"]
+    );
+    let refused: Vec<(String, &RefusalReason)> = report
+        .refused
+        .iter()
+        .map(|r| {
+            (
+                r.file.file_name().unwrap().to_string_lossy().into_owned(),
+                &r.reason,
+            )
+        })
+        .collect();
+    assert_eq!(refused.len(), 5, "{report}");
+    assert_eq!(refused[0].0, tier_file("aaa_garbage"));
+    assert!(
+        matches!(refused[0].1, RefusalReason::NotALibrary(_)),
+        "{report}"
+    );
+    assert_eq!(refused[1].0, tier_file("fixture_v2"));
+    assert_eq!(
+        refused[1].1,
+        &RefusalReason::TierTaken {
+            tier: "fixture".into(),
+            owner_file: tier_file("fixture")
+        }
+    );
+    assert_eq!(refused[2].0, tier_file("no_entry"));
+    assert_eq!(
+        refused[2].1,
+        &RefusalReason::MissingEntry {
+            symbol: "credits_plugin_entry"
+        }
+    );
+    assert_eq!(refused[3].0, tier_file("wrong_abi"));
+    assert_eq!(
+        refused[3].1,
+        &RefusalReason::AbiVersion {
+            found: 99,
+            expected: 1
+        }
+    );
+    assert_eq!(refused[4].0, tier_file("zz_copycat"));
+    assert_eq!(
+        refused[4].1,
+        &RefusalReason::ModelTaken {
+            model: "standard-chat".into(),
+            owner_tier: "standard".into(),
+            owner_file: tier_file("standard"),
+        }
+    );
+    // Every message names the file it is about.
+    for r in &report.refused {
+        let name = r.file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(r.to_string().contains(&name), "{r}");
+    }
+    let text = report.to_string();
+    assert!(
+        text.contains("ABI version 99, this host speaks 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no entry symbol `credits_plugin_entry`"),
+        "{text}"
+    );
+
+    // Refused whole: the copycat's own model is not served either.
+    assert!(matches!(
+        registry.price("copycat-own", usage(1, 0, 1)),
+        Err(PricingError::UnknownModel { .. })
+    ));
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+    check(
+        &registry,
+        "economy-mini",
+        usage(3, 3, 0),
+        1,
+        "economy@1.0.0",
+    );
+}
+
+#[test]
+fn a_failing_plugin_call_is_an_error_naming_the_plugin_and_the_rest_keeps_serving() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+    ]);
+    let (registry, _) = open(&dirs);
+    let failure = |model: &str, u: Usage| match registry.price(model, u) {
+        Err(err @ PricingError::PricingFailed { .. }) => {
+            let text = err.to_string();
+            for needle in [model, "fixture@1.0.0", &tier_file("fixture")] {
+                assert!(text.contains(needle), "{text:?} lacks {needle:?}");
+            }
+            let PricingError::PricingFailed { failure, .. } = err else {
+                unreachable!()
+            };
+            failure
+        }
+        other => panic!("{model}: expected PricingFailed, got {other:?}"),
+    };
+    assert_eq!(
+        failure("fixture-error", usage(1, 0, 1)),
+        PluginFailure::ErrorStatus { code: 5 }
+    );
+    assert_eq!(
+        failure("fixture-negative", usage(1_000_000, 0, 0)),
+        PluginFailure::NegativeCost {
+            cost_micro_credits: -1_000_001
+        }
+    );
+    // 10^7 tokens at (i64::MAX / 2) µcr per million: about 4.6 × 10^19 µcr.
+    assert_eq!(
+        failure("fixture-overflow", usage(10_000_000, 0, 0)),
+        PluginFailure::Overflow
+    );
+    assert_eq!(
+        failure("fixture-overflow", usage(0, 0, 10_000_000)),
+        PluginFailure::Overflow
+    );
+    // The panic is caught inside the plugin; this process, and the plugin, carry on.
+    assert_eq!(
+        failure("fixture-panic", usage(1, 0, 1)),
+        PluginFailure::Panicked
+    );
+    assert_eq!(
+        failure("fixture-panic", usage(1, 0, 1)),
+        PluginFailure::Panicked
+    );
+    check(
+        &registry,
+        "fixture-ok",
+        usage(1_000_000, 0, 0),
+        1_000_000,
+        "fixture@1.0.0",
+    );
+    check(
+        &registry,
+        "fixture-overflow",
+        usage(2, 0, 0),
+        9_223_372_036_855,
+        "fixture@1.0.0",
+    );
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+}
+
+/// A gate key no other test (or test process) uses: `fixture-gated` blocks on files named
+/// after its input token count (see fixtures/gate-v1).
+fn gate_key() -> i64 {
+    static NEXT: AtomicI64 = AtomicI64::new(0);
+    i64::from(std::process::id() % 1_000_000) * 1_000 + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn gate_file(key: i64, suffix: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("credits-fixture-gate-{key}.{suffix}"))
+}
+
+fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn reload_swaps_versions_while_a_call_in_flight_finishes_on_the_old_library() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+    ]);
+    let (registry, _) = open(&dirs);
+    let key = gate_key();
+    std::fs::write(gate_file(key, "armed"), b"").unwrap();
+
+    std::thread::scope(|s| {
+        let in_flight = s.spawn(|| registry.price("fixture-gated", usage(key, 0, 0)));
+        wait_for("the call to enter the plugin", || {
+            gate_file(key, "entered").exists()
+        });
+
+        // v2 goes over v1 by rename while v1 is executing; the reload must not wait for it.
+        dirs.deploy("credits-fixture-gate-v2", "fixture");
+        let report = registry.reload().unwrap();
+        assert_eq!(
+            loaded(&report),
+            ["fixture@2.0.0", "standard@1.2.0"],
+            "{report}"
+        );
+        assert!(
+            report.refused.is_empty() && report.unloaded.is_empty(),
+            "{report}"
+        );
+
+        // New work goes to v2 (prices doubled) while the old call is still blocked.
+        check(
+            &registry,
+            "fixture-ok",
+            usage(1_000, 0, 0),
+            2_000,
+            "fixture@2.0.0",
+        );
+        assert!(!in_flight.is_finished());
+
+        std::fs::write(gate_file(key, "release"), b"").unwrap();
+        let old = in_flight
+            .join()
+            .unwrap()
+            .expect("the in-flight call completes");
+        assert_eq!(
+            (old.cost_micro_credits, old.priced_by.as_str()),
+            (key, "fixture@1.0.0")
+        );
+        assert_eq!(
+            (old.priced_by.tier(), old.priced_by.plugin_version()),
+            ("fixture", "1.0.0")
+        );
+    });
+    for suffix in ["armed", "entered", "release"] {
+        let _ = std::fs::remove_file(gate_file(key, suffix));
+    }
+}
+
+#[test]
+fn reload_keeps_a_tier_whose_new_file_is_refused_and_unloads_a_tier_whose_file_is_gone() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-economy", "economy"),
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+    ]);
+    let (registry, _) = open(&dirs);
+
+    dirs.deploy_bytes(b"truncated upload", "standard");
+    dirs.remove("economy");
+    dirs.deploy("credits-fixture-wrong-abi", "fixture");
+    let report = registry.reload().unwrap();
+    assert!(report.loaded.is_empty(), "{report}");
+    let kept: Vec<_> = report.kept.iter().map(|t| t.to_string()).collect();
+    assert_eq!(
+        kept,
+        [
+            format!("fixture@1.0.0 from {} (6 models)", tier_file("fixture")),
+            format!("standard@1.2.0 from {} (3 models)", tier_file("standard")),
+        ]
+    );
+    let unloaded: Vec<_> = report.unloaded.iter().map(|t| t.tier.as_str()).collect();
+    assert_eq!(unloaded, ["economy"]);
+    assert_eq!(report.refused.len(), 2, "{report}");
+
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+    check(
+        &registry,
+        "fixture-ok",
+        usage(1_000, 0, 0),
+        1_000,
+        "fixture@1.0.0",
+    );
+    assert!(matches!(
+        registry.price("economy-mini", usage(1, 0, 0)),
+        Err(PricingError::UnknownModel { .. })
+    ));
+
+    // Fixing the files brings the new versions in; the kept ones go.
+    dirs.deploy("credits-tier-standard", "standard");
+    dirs.deploy("credits-fixture-gate-v2", "fixture");
+    let report = registry.reload().unwrap();
+    assert_eq!(
+        loaded(&report),
+        ["fixture@2.0.0", "standard@1.2.0"],
+        "{report}"
+    );
+    assert!(report.kept.is_empty() && report.refused.is_empty() && report.unloaded.is_empty());
+    check(
+        &registry,
+        "fixture-ok",
+        usage(1_000, 0, 0),
+        2_000,
+        "fixture@2.0.0",
+    );
+}
+
+#[test]
+fn libraries_load_from_content_hash_copies() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+    ]);
+    let (registry, _) = open(&dirs);
+    let cached = || {
+        let mut names: Vec<String> = std::fs::read_dir(dirs.cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let first = cached();
+    assert_eq!(first.len(), 2, "{first:?}");
+    for name in &first {
+        let hash = name.strip_suffix(std::env::consts::DLL_SUFFIX).unwrap();
+        assert!(
+            hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}"
+        );
+    }
+    // Unchanged files reuse their copies; a new version adds one and overwrites none.
+    registry.reload().unwrap();
+    assert_eq!(cached(), first);
+    dirs.deploy("credits-fixture-gate-v2", "fixture");
+    registry.reload().unwrap();
+    let after = cached();
+    assert_eq!(after.len(), 3);
+    assert!(first.iter().all(|name| after.contains(name)));
+}
+
+#[test]
+fn pricing_from_many_threads_survives_repeated_reloads() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+    ]);
+    let (registry, _) = open(&dirs);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut calls = 0_u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        check(
+                            &registry,
+                            "standard-chat",
+                            usage(10_000, 2_000, 1_000),
+                            396_000,
+                            "standard@1.2.0",
+                        );
+                        let p = registry.price("fixture-ok", usage(1_000, 0, 0)).unwrap();
+                        let expected = match p.priced_by.as_str() {
+                            "fixture@1.0.0" => 1_000,
+                            "fixture@2.0.0" => 2_000,
+                            other => panic!("priced by {other}"),
+                        };
+                        assert_eq!(p.cost_micro_credits, expected);
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        for round in 0..20 {
+            let package = if round % 2 == 0 {
+                "credits-fixture-gate-v2"
+            } else {
+                "credits-fixture-gate-v1"
+            };
+            dirs.deploy(package, "fixture");
+            let report = registry.reload().unwrap();
+            assert!(report.refused.is_empty(), "{report}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            assert!(worker.join().unwrap() > 0);
+        }
+    });
+}
+
+#[test]
+fn check_plugin_describes_a_tier_or_says_why_it_is_refused() {
+    let report = check_plugin(&built_lib("credits-tier-standard")).expect("standard is valid");
+    assert!(report.is_clean(), "{report}");
+    let text = report.to_string();
+    for needle in [
+        "tier standard@1.2.0, ABI 1, 3 models",
+        "standard-chat",
+        "Standard Chat",
+        "30000000",
+        "150000000",
+        // 40,000 × 30 + 60,000 × 3 + 2,000 × 150 = 1,680,000 µcr
+        "1680000 µcr",
+    ] {
+        assert!(text.contains(needle), "{text}\nlacks {needle:?}");
+    }
+
+    // A valid plugin under a name the scan ignores: valid, with a warning.
+    let fixture = check_plugin(&built_lib("credits-fixture-gate-v1")).unwrap();
+    assert!(!fixture.file_name_matches && !fixture.is_clean());
+    let text = fixture.to_string();
+    assert!(
+        text.contains("warning: the file name does not match"),
+        "{text}"
+    );
+    let panic_line = text
+        .lines()
+        .rfind(|l| l.contains("fixture-panic "))
+        .unwrap();
+    assert!(
+        panic_line.ends_with("FAILED: the plugin panicked (caught at the plugin boundary)"),
+        "{text}"
+    );
+
+    let wrong_abi = built_lib("credits-fixture-wrong-abi");
+    let refused = check_plugin(&wrong_abi).unwrap_err();
+    assert_eq!(
+        refused.reason,
+        RefusalReason::AbiVersion {
+            found: 99,
+            expected: 1
+        }
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains(&wrong_abi.display().to_string()),
+        "{refused}"
+    );
+
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), b"not a library").unwrap();
+    let refused = check_plugin(garbage.path()).unwrap_err();
+    assert!(
+        matches!(refused.reason, RefusalReason::NotALibrary(_)),
+        "{refused}"
+    );
+    assert!(check_plugin(&built_dir().join("no-such-file.so")).is_err());
+}
+
+#[test]
+fn an_in_place_overwrite_still_loads_the_new_version() {
+    // Not the documented deploy, but the host must not be fooled by it: it loads from a copy
+    // named by content, so the loader cannot hand back the old library for the same path.
+    let dirs = Dirs::with(&[("credits-fixture-gate-v1", "fixture")]);
+    let (registry, _) = open(&dirs);
+    std::fs::copy(built_lib("credits-fixture-gate-v2"), dirs.path("fixture")).unwrap();
+    let report = registry.reload().unwrap();
+    assert_eq!(loaded(&report), ["fixture@2.0.0"], "{report}");
+    check(
+        &registry,
+        "fixture-ok",
+        usage(1_000, 0, 0),
+        2_000,
+        "fixture@2.0.0",
+    );
+}
+
+#[test]
+fn a_reload_that_cannot_read_the_directory_keeps_the_current_table() {
+    let dirs = Dirs::with(&[("credits-tier-standard", "standard")]);
+    let plugins = tempfile::tempdir().unwrap();
+    let plugin_dir = plugins.path().join("plugins");
+    std::fs::rename(dirs.plugins.path(), &plugin_dir).unwrap();
+    let (registry, _) = PricingRegistry::open(&plugin_dir, dirs.cache.path()).unwrap();
+    std::fs::rename(&plugin_dir, dirs.plugins.path()).unwrap();
+
+    let err = registry.reload().unwrap_err();
+    assert!(
+        err.to_string().contains(&plugin_dir.display().to_string()),
+        "{err}"
+    );
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+    assert!(PricingRegistry::open(&plugin_dir, dirs.cache.path()).is_err());
+}
