@@ -242,6 +242,9 @@ async fn run(name: &str, url: &str, tag: &str) {
             r / baseline
         );
     }
+    if std::env::var_os("CREDITS_BENCH_SKIP_LOAD").is_none() {
+        load_cost(&store, tag).await;
+    }
     store.close().await.ok();
 }
 

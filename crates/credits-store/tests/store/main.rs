@@ -345,7 +345,10 @@ async fn losing_fence_changes_nothing(store: Store) -> anyhow::Result<()> {
         Err(CommitError::Conflict { .. })
     ));
     assert_eq!(store.commit_entries(1, entries, &fresh.wallet).await?, 2);
-    assert_eq!(store.load_state("wal_f").await?.unwrap(), (fresh.wallet.clone(), 2));
+    assert_eq!(
+        store.load_state("wal_f").await?.unwrap(),
+        (fresh.wallet.clone(), 2)
+    );
     // Unknown wallets are reported as such.
     let mut ghost = stale;
     ghost.wallet_id = "wal_ghost".into();
