@@ -378,7 +378,6 @@ impl Store {
         entries: &[Entry],
         after: &Wallet,
     ) -> Result<i64, crate::CommitError> {
-        use sea_orm::TransactionTrait as _;
         let wallet_id = after.id.0.as_str();
         let txn = self.begin_write().await?;
         let outcome = async {
