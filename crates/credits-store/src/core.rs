@@ -367,6 +367,48 @@ impl Store {
         }
     }
 
+    /// Commits `entries` (already applied by the core) that turned the stored state at
+    /// `expected_version` into `after`, for callers that do not keep the state before the
+    /// batch (e.g. an actor holding only its speculative state): the stored snapshot is
+    /// read in the same transaction as the fenced write. Costs one read and one
+    /// snapshot decode more than [`Store::commit`].
+    pub async fn commit_entries(
+        &self,
+        expected_version: i64,
+        entries: &[Entry],
+        after: &Wallet,
+    ) -> Result<i64, crate::CommitError> {
+        let wallet_id = after.id.0.as_str();
+        let txn = self.begin_write().await?;
+        let outcome = async {
+            let row = crate::entity::wallets::Entity::find_by_id(wallet_id.to_owned())
+                .one(&txn)
+                .await?
+                .ok_or_else(|| crate::CommitError::NotFound(wallet_id.to_owned()))?;
+            if row.version != expected_version {
+                return Err(crate::CommitError::Conflict {
+                    wallet_id: wallet_id.to_owned(),
+                    expected_version,
+                });
+            }
+            let before = crate::wallet::stored_wallet(row)?.state()?;
+            let batch = WalletBatch::from_core(&before, expected_version, entries, after)?;
+            crate::wallet::write_checked(&txn, &batch).await
+        }
+        .await;
+        match outcome {
+            Ok(version) => {
+                txn.commit().await?;
+                Ok(version)
+            }
+            Err(err) => {
+                // As in `commit`: the batch's error is the one the caller acts on.
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        }
+    }
+
     /// Rebuilds a wallet from its whole ledger (the check behind every snapshot; see
     /// docs for its cost), reading it in pages of [`MAX_LIST`] records.
     pub async fn replay_wallet(&self, wallet_id: &str) -> Result<Option<Wallet>, StoreError> {

@@ -84,10 +84,15 @@ impl Store {
         }
     }
 
-    /// Commits several wallets' batches in one transaction, one savepoint per batch, so a
-    /// fence conflict (or a taken key) rolls back only that wallet's part. Returns one
-    /// result per batch, in order. `Err` means the transaction as a whole failed: then no
-    /// batch is known to be durable.
+    /// Commits several wallets' batches in one transaction, so that one wallet's fence
+    /// conflict (or taken key) leaves out only that wallet's part. Returns one result per
+    /// batch, in order. `Err` means the transaction as a whole failed: then no batch is
+    /// known to be durable.
+    ///
+    /// Fast path: every wallet's fenced UPDATE first (a conflict writes nothing, so it
+    /// needs no savepoint), then all fenced wallets' rows in shared multi-row INSERTs. If
+    /// those hit a unique key, the transaction is rolled back and redone with one
+    /// savepoint per wallet, which pins the refusal on the wallet that earned it.
     pub async fn commit_many(
         &self,
         batches: &[WalletBatch],
@@ -97,6 +102,44 @@ impl Store {
             batches.len(),
             MAX_GROUP_BATCHES,
         )?;
+        let txn = self.begin_write().await?;
+        let mut results = Vec::with_capacity(batches.len());
+        let mut fenced = Vec::with_capacity(batches.len());
+        for batch in batches {
+            if let Err(err) = check_batch(batch) {
+                results.push(Err(err.into()));
+                continue;
+            }
+            match fence(&txn, batch).await {
+                Ok(version) => {
+                    fenced.push(batch);
+                    results.push(Ok(version));
+                }
+                Err(err @ (CommitError::Conflict { .. } | CommitError::NotFound(_))) => {
+                    results.push(Err(err));
+                }
+                Err(CommitError::Store(err)) => return Err(err),
+            }
+        }
+        match write_rows(&txn, &fenced).await {
+            Ok(()) => {
+                txn.commit().await.map_err(StoreError::Db)?;
+                Ok(results)
+            }
+            Err(CommitError::Store(StoreError::Duplicate(_))) => {
+                txn.rollback().await.map_err(StoreError::Db)?;
+                self.commit_many_savepoints(batches).await
+            }
+            Err(CommitError::Store(err)) => Err(err),
+            Err(other) => Err(StoreError::InvalidBatch(other.to_string())),
+        }
+    }
+
+    /// The slow path of [`Store::commit_many`]: one savepoint per wallet batch.
+    async fn commit_many_savepoints(
+        &self,
+        batches: &[WalletBatch],
+    ) -> Result<Vec<Result<i64, CommitError>>, StoreError> {
         let txn = self.begin_write().await?;
         let mut results = Vec::with_capacity(batches.len());
         for batch in batches {
@@ -292,10 +335,26 @@ fn check_batch(batch: &WalletBatch) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Checks a batch's bounds and shape, then writes it behind the fence.
+pub(crate) async fn write_checked<C: ConnectionTrait>(
+    conn: &C,
+    batch: &WalletBatch,
+) -> Result<i64, CommitError> {
+    check_batch(batch)?;
+    write_batch(conn, batch).await
+}
+
 async fn write_batch<C: ConnectionTrait>(
     conn: &C,
     batch: &WalletBatch,
 ) -> Result<i64, CommitError> {
+    let version = fence(conn, batch).await?;
+    write_rows(conn, &[batch]).await?;
+    Ok(version)
+}
+
+/// The fenced UPDATE of one wallet row. On a conflict it has written nothing.
+async fn fence<C: ConnectionTrait>(conn: &C, batch: &WalletBatch) -> Result<i64, CommitError> {
     let new_version = batch.expected_version + 1;
     // The fence first: if it fails, nothing else is attempted.
     let fenced = wallets::Entity::update_many()
@@ -332,11 +391,17 @@ async fn write_batch<C: ConnectionTrait>(
             CommitError::NotFound(batch.wallet_id.clone())
         });
     }
+    Ok(new_version)
+}
 
-    let records = batch
-        .entries
+/// The rows of fenced batches, several wallets' rows sharing each multi-row INSERT.
+async fn write_rows<C: ConnectionTrait>(
+    conn: &C,
+    batches: &[&WalletBatch],
+) -> Result<(), CommitError> {
+    let records = batches
         .iter()
-        .map(|e| ledger_model(&batch.wallet_id, e))
+        .flat_map(|b| b.entries.iter().map(|e| ledger_model(&b.wallet_id, e)))
         .collect::<Result<Vec<_>, _>>()?;
     for chunk in records.chunks(INSERT_CHUNK) {
         ledger::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
@@ -344,9 +409,9 @@ async fn write_batch<C: ConnectionTrait>(
             .await?;
     }
 
-    let usage = batch
-        .usage
+    let usage = batches
         .iter()
+        .flat_map(|b| b.usage.iter())
         .map(usage_model)
         .collect::<Result<Vec<_>, _>>()?;
     for chunk in usage.chunks(INSERT_CHUNK) {
@@ -355,9 +420,9 @@ async fn write_batch<C: ConnectionTrait>(
             .await?;
     }
 
-    let lots = batch
-        .grants
+    let lots = batches
         .iter()
+        .flat_map(|b| b.grants.iter())
         .map(grant_model)
         .collect::<Result<Vec<_>, _>>()?;
     for chunk in lots.chunks(INSERT_CHUNK) {
@@ -377,9 +442,9 @@ async fn write_batch<C: ConnectionTrait>(
         same_wallet_upsert("grant", written, chunk.len())?;
     }
 
-    let holds = batch
-        .reservations
+    let holds = batches
         .iter()
+        .flat_map(|b| b.reservations.iter())
         .map(reservation_model)
         .collect::<Result<Vec<_>, _>>()?;
     for chunk in holds.chunks(INSERT_CHUNK) {
@@ -401,7 +466,10 @@ async fn write_batch<C: ConnectionTrait>(
         same_wallet_upsert("reservation", written, chunk.len())?;
     }
 
-    if let Some(resolution) = &batch.review {
+    for (batch, resolution) in batches
+        .iter()
+        .filter_map(|b| b.review.as_ref().map(|r| (b, r)))
+    {
         let resolved = reviews::Entity::update_many()
             .col_expr(
                 reviews::Column::Status,
@@ -433,7 +501,7 @@ async fn write_batch<C: ConnectionTrait>(
             ))));
         }
     }
-    Ok(new_version)
+    Ok(())
 }
 
 /// An upsert keyed by id must never touch another wallet's row: the conflict update is

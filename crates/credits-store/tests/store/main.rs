@@ -335,6 +335,20 @@ async fn losing_fence_changes_nothing(store: Store) -> anyhow::Result<()> {
         Err(CommitError::Conflict { .. })
     ));
     assert_eq!(store.entry_by_key("wal_f", "fresh").await?, None);
+    // The entries-only variant reads the state before from the store and is fenced too.
+    let mut fresh = live.journal.clone();
+    let at = t0() + Duration::minutes(2);
+    let _ = fresh.run(at, &usage_op("k2"));
+    let entries = &fresh.entries[live.committed..];
+    assert!(matches!(
+        store.commit_entries(0, entries, &fresh.wallet).await,
+        Err(CommitError::Conflict { .. })
+    ));
+    assert_eq!(store.commit_entries(1, entries, &fresh.wallet).await?, 2);
+    assert_eq!(
+        store.load_state("wal_f").await?.unwrap(),
+        (fresh.wallet.clone(), 2)
+    );
     // Unknown wallets are reported as such.
     let mut ghost = stale;
     ghost.wallet_id = "wal_ghost".into();
@@ -344,6 +358,20 @@ async fn losing_fence_changes_nothing(store: Store) -> anyhow::Result<()> {
         Err(CommitError::NotFound(_))
     ));
     Ok(())
+}
+
+fn usage_op(key: &str) -> credits_core::Op {
+    credits_core::Op::Usage(credits_core::UsageOp {
+        id: credits_core::UsageId(format!("use_{key}")),
+        key: key.into(),
+        thread_id: "t".into(),
+        model: "m".into(),
+        tier: "economy".into(),
+        tokens: credits_core::Tokens::default(),
+        cost: credits_core::Credits::from_micro(1_000),
+        priced_by: "economy@1.0.0".into(),
+        member: None,
+    })
 }
 
 async fn concurrent_writers_one_wins_each_version(store: Store) -> anyhow::Result<()> {
