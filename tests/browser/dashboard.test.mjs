@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const SCREENSHOTS = path.resolve(HERE, '../../docs/screenshots');
+const SCREENSHOTS = process.env.SCREENSHOTS_DIR || path.resolve(HERE, '../../docs/screenshots');
 const START_CLOCK = '2027-03-10T12:00:00Z'; // 13:00 in Paris (CET, UTC+1)
 const ZONE = 'Europe/Paris';
 /** Issue 9, item 3: a usage, grant, reset or expiry "updates the page within a second". */
