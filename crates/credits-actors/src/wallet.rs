@@ -587,10 +587,16 @@ impl WalletState {
         // what it contains, and decide every waiting call again on top of it.
         self.durable = r.loaded.wallet;
         self.version = r.loaded.version;
-        // Forget what this actor accepted but never made durable.
-        let durable_seq = self.durable.seq;
-        self.keys.retain(|e| e.seq <= durable_seq);
-        self.finished.retain(|e| e.seq <= durable_seq);
+        // Forget what this actor accepted but never made durable. (By identity, not by seq:
+        // another node's durable records may carry the same seq numbers.)
+        let undone: Vec<&Entry> = flight
+            .records
+            .iter()
+            .chain(&self.open_records)
+            .map(|r| &r.entry)
+            .collect();
+        self.keys.retain(|e| !undone.contains(&e));
+        self.finished.retain(|e| !undone.contains(&e));
         for rec in &r.records {
             self.remember(&rec.entry);
             self.publish(rec);

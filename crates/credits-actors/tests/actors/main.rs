@@ -6,3 +6,4 @@ mod helpers;
 mod clock;
 mod concurrency;
 mod faults;
+mod sql;
