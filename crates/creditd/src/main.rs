@@ -65,7 +65,8 @@ enum RoleArg {
 enum TokenCommand {
     /// Mint a token; it is printed once and stored hashed.
     Create {
-        #[arg(long, value_enum)]
+        /// ADMIN, SERVICE or USER (any case).
+        #[arg(long, value_enum, ignore_case = true)]
         role: RoleArg,
         #[arg(long)]
         owner: Option<String>,
