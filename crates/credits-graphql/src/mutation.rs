@@ -73,6 +73,19 @@ async fn team_admin(ctx: &Context<'_>, team_id: &str) -> ApiResult<credits_store
     Ok(team)
 }
 
+/// A member row with their spend in the pool's current day and period.
+async fn member_object(
+    ctx: &Context<'_>,
+    team: &credits_store::TeamRow,
+    row: credits_store::MemberRow,
+) -> ApiResult<TeamMemberObject> {
+    let pool = ledger(ctx)
+        .wallet(&WalletId(team.wallet_id.clone()))
+        .await?
+        .ok_or_else(|| ApiError::not_found("wallet"))?;
+    Ok(TeamMemberObject::new(row, &pool))
+}
+
 /// The reporter, or an admin, may read a review (SPEC 10).
 pub fn check_review_reader(ctx: &Context<'_>, row: &ReviewRow) -> ApiResult<()> {
     let p = principal(ctx)?;
@@ -376,12 +389,7 @@ impl Mutation {
             )
             .await
             .map_err(ApiError::from)?;
-        let pool = l
-            .wallet(&WalletId(team.wallet_id))
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("wallet"))?;
-        Ok(TeamMemberObject::new(row, &pool))
+        Ok(member_object(ctx, &team, row).await?)
     }
 
     #[graphql(guard = "RoleGuard::new(ANY)")]
@@ -404,12 +412,7 @@ impl Mutation {
             )
             .await
             .map_err(ApiError::from)?;
-        let pool = l
-            .wallet(&WalletId(team.wallet_id))
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("wallet"))?;
-        Ok(TeamMemberObject::new(row, &pool))
+        Ok(member_object(ctx, &team, row).await?)
     }
 
     #[graphql(guard = "RoleGuard::new(ANY)")]
@@ -498,15 +501,7 @@ impl Mutation {
         for refused in &report.refused {
             tracing::warn!(%refused, "pricing plugin refused on reload");
         }
-        Ok(l.pricing()
-            .models()
-            .into_iter()
-            .map(|m| Model {
-                id: ID(m.id),
-                tier: m.tier,
-                plugin_version: m.plugin_version,
-            })
-            .collect())
+        Ok(crate::query::models(l))
     }
 
     /// Admins only; fails with FORBIDDEN unless the server runs on a manual clock.

@@ -29,6 +29,20 @@ pub fn tokens(input: i32, cached: Option<i32>, output: i32) -> Result<Tokens, Ap
     })
 }
 
+/// Every loaded model with the tier and plugin version that prices it.
+pub fn models(ledger: &credits_actors::Ledger) -> Vec<Model> {
+    ledger
+        .pricing()
+        .models()
+        .into_iter()
+        .map(|m| Model {
+            id: ID(m.id),
+            tier: m.tier,
+            plugin_version: m.plugin_version,
+        })
+        .collect()
+}
+
 #[derive(Default)]
 pub struct Query;
 
@@ -101,16 +115,7 @@ impl Query {
 
     #[graphql(guard = "RoleGuard::new(ANY)")]
     async fn models(&self, ctx: &Context<'_>) -> Vec<Model> {
-        ledger(ctx)
-            .pricing()
-            .models()
-            .into_iter()
-            .map(|m| Model {
-                id: ID(m.id),
-                tier: m.tier,
-                plugin_version: m.plugin_version,
-            })
-            .collect()
+        models(ledger(ctx))
     }
 
     #[graphql(guard = "RoleGuard::new(ANY)")]
