@@ -1,0 +1,135 @@
+//! Subscriptions over real WebSockets, in both protocols.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{App, Backend, Init, Ws};
+use crate::on_both;
+use crate::reviews::{REPORT, RESOLVE};
+
+on_both!(
+    balance_changed_streams_snapshot_usage_and_reset,
+    legacy_graphql_ws_protocol_works,
+    bad_tokens_are_refused_at_connection_init,
+    review_updated_sees_the_credit,
+);
+
+const BALANCE_CHANGED: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { walletId seq cause at balance { ...Bal } } }";
+
+fn seq(e: &Value) -> u64 {
+    e["seq"].as_u64().expect("seq is a JSON integer")
+}
+
+async fn balance_changed_streams_snapshot_usage_and_reset(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let alice = app.token("USER", Some("alice")).await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    ws.subscribe("1", BALANCE_CHANGED, json!({ "w": w })).await;
+    let snap = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(snap["cause"], "SNAPSHOT");
+    assert_eq!(snap["walletId"], w.as_str());
+    assert_eq!(snap["balance"]["total"], "520");
+
+    app.record(&w, "u1", "t", "economy-mini", 0, 250_000).await;
+    let usage = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(usage["cause"], "USAGE");
+    assert_eq!(seq(&usage), seq(&snap) + 1);
+    assert_eq!(usage["balance"]["total"], "519");
+    assert_eq!(usage["balance"]["daily"]["remaining"], "19");
+
+    // A refused call and a replay yield no event: the next one is the reset.
+    let r = app.record(&w, "u1", "t", "economy-mini", 0, 250_000).await;
+    assert_eq!(r["data"]["recordUsage"]["replayed"], true);
+    let r = app.record(&w, "u2", "t", "premium-max", 0, 1).await;
+    assert_eq!(crate::helpers::error_code(&r), "MODEL_NOT_ALLOWED");
+
+    // Past local midnight (UTC): the daily bucket resets, at its due instant.
+    app.advance(12 * 3600 + 5).await;
+    let reset = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(reset["cause"], "DAILY_RESET");
+    assert_eq!(seq(&reset), seq(&usage) + 1);
+    assert_eq!(reset["at"], "2027-03-11T00:00:00Z");
+    assert_eq!(reset["balance"]["daily"]["remaining"], "20");
+    assert_eq!(
+        reset["balance"]["daily"]["nextResetAt"],
+        "2027-03-12T00:00:00Z"
+    );
+    assert_eq!(reset["balance"]["total"], "520");
+
+    // Another user may not subscribe to this wallet; an unknown one is NOT_FOUND.
+    let bob = app.token("USER", Some("bob")).await;
+    let (mut other, init) = Ws::connect(&app, "graphql-transport-ws", &bob).await;
+    assert!(matches!(init, Init::Ack));
+    other
+        .subscribe("x", BALANCE_CHANGED, json!({ "w": w }))
+        .await;
+    let p = other.next("x").await;
+    assert_eq!(p["errors"][0]["extensions"]["code"], "FORBIDDEN", "{p}");
+    other
+        .subscribe("y", BALANCE_CHANGED, json!({ "w": "wal_nope" }))
+        .await;
+    let p = other.next("y").await;
+    assert_eq!(p["errors"][0]["extensions"]["code"], "NOT_FOUND", "{p}");
+}
+
+async fn legacy_graphql_ws_protocol_works(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let service = app.token("SERVICE", None).await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-ws", &service).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    ws.subscribe("s", BALANCE_CHANGED, json!({ "w": w })).await;
+    let snap = ws.next_data("s").await["balanceChanged"].clone();
+    assert_eq!(snap["cause"], "SNAPSHOT");
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { grantCredits(input: {walletId: $w, idempotencyKey: \"g\", amount: \"3\", kind: COMMUNITY, reason: \"thanks\"}) { id } }",
+        json!({ "w": w }),
+    )
+    .await;
+    let grant = ws.next_data("s").await["balanceChanged"].clone();
+    assert_eq!(grant["cause"], "GRANT");
+    assert_eq!(seq(&grant), seq(&snap) + 1);
+    assert_eq!(grant["balance"]["bonus"]["remaining"], "3");
+    assert_eq!(grant["balance"]["total"], "523");
+}
+
+async fn bad_tokens_are_refused_at_connection_init(b: Backend) {
+    let app = App::spawn(b).await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let (_, init) = Ws::connect(&app, protocol, "not-a-token").await;
+        assert!(matches!(init, Init::Refused(_)), "{protocol}: {init:?}");
+    }
+}
+
+async fn review_updated_sees_the_credit(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    app.record(&w, "a", "t", "standard-chat", 1000, 1000).await;
+    let alice = app.token("USER", Some("alice")).await;
+    let d = app.ok(&alice, REPORT, json!({ "w": w, "t": "t" })).await;
+    let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, Init::Ack));
+    ws.subscribe(
+        "r",
+        "subscription($id: ID!) { reviewUpdated(reviewId: $id) { id status creditedGrant { kind amount } } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let first = ws.next_data("r").await;
+    assert_eq!(first["reviewUpdated"]["status"], "SUBMITTED");
+    app.ok(
+        &app.admin,
+        RESOLVE,
+        json!({ "i": { "reviewId": id, "decision": "APPROVE", "amount": "0.5" } }),
+    )
+    .await;
+    let credited = ws.next_data("r").await;
+    assert_eq!(
+        credited["reviewUpdated"],
+        json!({ "id": id, "status": "CREDITED", "creditedGrant": { "kind": "COMPENSATION", "amount": "0.5" } })
+    );
+}
