@@ -11,6 +11,7 @@ on_both!(
     legacy_graphql_ws_protocol_works,
     bad_tokens_are_refused_at_connection_init,
     review_updated_sees_the_credit,
+    due_events_stream_in_order_at_their_instants,
 );
 
 const BALANCE_CHANGED: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { walletId seq cause at balance { ...Bal } } }";
@@ -131,5 +132,98 @@ async fn review_updated_sees_the_credit(b: Backend) {
     assert_eq!(
         credited["reviewUpdated"],
         json!({ "id": id, "status": "CREDITED", "creditedGrant": { "kind": "COMPENSATION", "amount": "0.5" } })
+    );
+}
+
+async fn due_events_stream_in_order_at_their_instants(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack));
+    ws.subscribe("1", BALANCE_CHANGED, json!({ "w": w })).await;
+    let mut last = seq(&ws.next_data("1").await["balanceChanged"]);
+    let mut next = async |ws: &mut Ws| {
+        let e = ws.next_data("1").await["balanceChanged"].clone();
+        assert_eq!(seq(&e), last + 1, "no gap: {e}");
+        last = seq(&e);
+        e
+    };
+
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { reserveCredits(input: {walletId: $w, idempotencyKey: \"r\", amount: \"25\", ttlSeconds: 3600}) { id } }",
+        json!({ "w": w }),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["cause"], "RESERVATION");
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { grantCredits(input: {walletId: $w, idempotencyKey: \"g\", amount: \"4\", kind: PROMOTION, reason: \"r\", expiresAt: \"2027-03-10T18:00:00Z\"}) { id } }",
+        json!({ "w": w }),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["cause"], "GRANT");
+    let d = app
+        .ok(&app.admin, "mutation($w: ID!) { changePlan(walletId: $w, planId: \"free\") { scheduledPlan { id } } }", json!({ "w": w }))
+        .await;
+    assert_eq!(d["changePlan"]["scheduledPlan"]["id"], "free");
+    assert_eq!(next(&mut ws).await["cause"], "PLAN_CHANGE");
+
+    // One day on: the hold expires at 13:00, the lot at 18:00, the day resets at midnight.
+    app.advance(86_400).await;
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (&e["cause"], &e["at"]),
+        (&json!("RELEASE"), &json!("2027-03-10T13:00:00Z"))
+    );
+    assert_eq!(e["balance"]["reserved"], "0", "{e:#}");
+    // The balance right after this record: the lot and the day are still there.
+    assert_eq!(e["balance"]["total"], "524", "{e:#}");
+    assert_eq!(e["balance"]["daily"]["nextResetAt"], "2027-03-11T00:00:00Z");
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (&e["cause"], &e["at"]),
+        (&json!("EXPIRY"), &json!("2027-03-10T18:00:00Z"))
+    );
+    assert_eq!(e["balance"]["total"], "520");
+    assert_eq!(e["balance"]["bonus"]["grants"], json!([]));
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (&e["cause"], &e["at"]),
+        (&json!("DAILY_RESET"), &json!("2027-03-11T00:00:00Z"))
+    );
+
+    // To the period end (Apr 10 12:00): 30 more resets, then the renewal onto `free`.
+    app.advance(30 * 86_400).await;
+    for day in 12..=40 {
+        let e = next(&mut ws).await;
+        assert_eq!(e["cause"], "DAILY_RESET", "day {day}: {e}");
+    }
+    // Apr 10 00:00 is the 30th reset; the renewal follows at 12:00.
+    let e = next(&mut ws).await;
+    assert_eq!(e["cause"], "DAILY_RESET");
+    assert_eq!(e["at"], "2027-04-10T00:00:00Z");
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (&e["cause"], &e["at"]),
+        (&json!("RENEWAL"), &json!("2027-04-10T12:00:00Z"))
+    );
+    assert_eq!(e["balance"]["subscription"]["allowance"], "0");
+    assert_eq!(
+        e["balance"]["subscription"]["periodEnd"],
+        "2027-05-10T12:00:00Z"
+    );
+    // The daily bucket keeps its remaining until the next reset.
+    assert_eq!(e["balance"]["daily"]["remaining"], "20");
+    let d = app
+        .ok(
+            &app.admin,
+            "query($w: ID!) { wallet(id: $w) { plan { id } scheduledPlan { id } } }",
+            json!({ "w": w }),
+        )
+        .await;
+    assert_eq!(
+        d["wallet"],
+        json!({ "plan": { "id": "free" }, "scheduledPlan": null })
     );
 }

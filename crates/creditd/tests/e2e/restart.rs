@@ -33,6 +33,18 @@ async fn sigterm_drains_and_a_restart_keeps_every_balance(b: Backend) {
     }
     assert_eq!(before[0].0["reserved"], "4");
 
+    // A live subscriber must not hold up the drain.
+    let (mut ws, init) = crate::helpers::Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, crate::helpers::Init::Ack));
+    ws.subscribe(
+        "1",
+        "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause } }",
+        json!({ "w": w1 }),
+    )
+    .await;
+    let snap = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(snap["cause"], "SNAPSHOT");
+
     let status = app.stop();
     assert!(
         status.success(),
@@ -55,4 +67,18 @@ async fn sigterm_drains_and_a_restart_keeps_every_balance(b: Backend) {
         .await;
     assert_eq!(r["data"]["recordUsage"]["replayed"], true);
     assert_eq!(app.balance(&w1).await, before[0].0);
+    // The ledger's seq continues where it stopped.
+    let (mut ws, _) = crate::helpers::Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    ws.subscribe(
+        "1",
+        "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause } }",
+        json!({ "w": w1 }),
+    )
+    .await;
+    let again = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(again, snap);
+    app.record(&w1, "u2", "t", "economy-mini", 1, 1).await;
+    let next = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(next["cause"], "USAGE");
+    assert_eq!(next["seq"].as_u64(), snap["seq"].as_u64().map(|s| s + 1));
 }
