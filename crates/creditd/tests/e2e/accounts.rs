@@ -13,6 +13,7 @@ on_both!(
     custom_plans_and_plan_changes,
     set_timezone_moves_the_next_reset,
     reload_pricing_and_advance_clock,
+    plain_http_endpoints,
 );
 
 async fn tokens_of_each_role_authenticate(b: Backend) {
@@ -358,4 +359,37 @@ async fn reload_pricing_and_advance_clock(b: Backend) {
         real.code(&real.admin, q, json!({ "s": 1 })).await,
         "FORBIDDEN"
     );
+}
+
+async fn plain_http_endpoints(b: Backend) {
+    let app = App::spawn(b).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(app.url(path)).send();
+    let r = get("/healthz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get("/readyz").await.unwrap();
+    assert!(r.text().await.unwrap().contains("3 pricing tiers"));
+    let r = get("/").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().to_lowercase().contains("<html"));
+    let r = get("/graphql").await.unwrap();
+    assert!(r.text().await.unwrap().to_lowercase().contains("graphiql"));
+    app.record(
+        &app.wallet("a", "pro").await,
+        "k",
+        "t",
+        "economy-mini",
+        1,
+        1,
+    )
+    .await;
+    let r = get("/metrics").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("credits_graphql_requests_total")
+    );
+    assert_eq!(get("/no-such-page").await.unwrap().status(), 404);
 }

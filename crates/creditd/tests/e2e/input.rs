@@ -5,7 +5,12 @@ use serde_json::{Value, json};
 use crate::helpers::{App, Backend, error_code};
 use crate::on_both;
 
-on_both!(bad_input_changes_nothing, request_limits);
+on_both!(
+    bad_input_changes_nothing,
+    request_limits,
+    refused_batches_and_aliases_change_nothing,
+    a_recorded_key_is_answered_before_other_checks,
+);
 
 async fn bad_input_changes_nothing(b: Backend) {
     let app = App::spawn(b).await;
@@ -161,4 +166,76 @@ async fn request_limits(b: Backend) {
         post(json!({ "query": format!("{{ plans {{ id }} }} # {}", "x".repeat(300 * 1024)) }))
             .await;
     assert_eq!(error_code(&resp), "INVALID_INPUT");
+}
+
+async fn refused_batches_and_aliases_change_nothing(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let grant = |key: String| {
+        format!(
+            "mutation {{ grantCredits(input: {{walletId: \"{w}\", idempotencyKey: \"{key}\", amount: 1, kind: ADMIN, reason: \"r\"}}) {{ id }} }}"
+        )
+    };
+    let batch: Vec<Value> = (0..11)
+        .map(|i| json!({ "query": grant(format!("b{i}")) }))
+        .collect();
+    let (_, resp) = app.post(Some(&app.admin), &Value::Array(batch)).await;
+    assert_eq!(error_code(&resp), "INVALID_INPUT");
+    let fields: Vec<String> = (0..101)
+        .map(|i| format!("g{i}: grantCredits(input: {{walletId: \"{w}\", idempotencyKey: \"a{i}\", amount: 1, kind: ADMIN, reason: \"r\"}}) {{ id }}"))
+        .collect();
+    let (_, resp) = app
+        .post(
+            Some(&app.admin),
+            &json!({ "query": format!("mutation {{ {} }}", fields.join(" ")) }),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "INVALID_INPUT");
+    let (_, resp) = app
+        .post(
+            Some(&app.admin),
+            &json!({ "query": format!("{} }}", grant("s".into())) }),
+        )
+        .await;
+    assert_eq!(error_code(&resp), "INVALID_INPUT");
+    assert_eq!(app.balance(&w).await["total"], "520");
+    // A batch within the limit runs every operation.
+    let batch: Vec<Value> = (0..2)
+        .map(|i| json!({ "query": grant(format!("ok{i}")) }))
+        .collect();
+    let (_, resp) = app.post(Some(&app.admin), &Value::Array(batch)).await;
+    assert_eq!(resp.as_array().map(Vec::len), Some(2), "{resp}");
+    assert_eq!(app.balance(&w).await["total"], "522");
+}
+
+async fn a_recorded_key_is_answered_before_other_checks(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "free").await;
+    // 5 credits: the whole free daily allowance.
+    let first = app.record(&w, "k", "t", "economy-mini", 0, 1_250_000).await;
+    assert_eq!(first["data"]["recordUsage"]["balance"]["total"], "0");
+    // Nothing is left, yet the replay is answered; another call with the key conflicts
+    // before pricing, plan or balance are looked at.
+    let again = app.record(&w, "k", "t", "economy-mini", 0, 1_250_000).await;
+    assert_eq!(again["data"]["recordUsage"]["replayed"], true);
+    assert_eq!(
+        again["data"]["recordUsage"]["usage"],
+        first["data"]["recordUsage"]["usage"]
+    );
+    for model in ["nope-model", "premium-max", "economy-code"] {
+        let r = app.record(&w, "k", "t", model, 0, 1_250_000).await;
+        assert_eq!(error_code(&r), "IDEMPOTENCY_CONFLICT", "{model}");
+    }
+    // A refused call records no key: after a top-up the same key succeeds.
+    let r = app.record(&w, "k2", "t", "economy-mini", 0, 1).await;
+    assert_eq!(error_code(&r), "INSUFFICIENT_CREDITS");
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { grantCredits(input: {walletId: $w, idempotencyKey: \"g\", amount: 1, kind: ADMIN, reason: \"r\"}) { id } }",
+        json!({ "w": w }),
+    )
+    .await;
+    let r = app.record(&w, "k2", "t", "economy-mini", 0, 1).await;
+    assert_eq!(r["data"]["recordUsage"]["replayed"], false, "{r}");
+    assert_eq!(r["data"]["recordUsage"]["balance"]["total"], "0.999996");
 }

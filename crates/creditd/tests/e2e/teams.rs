@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::helpers::{App, Backend};
 use crate::on_both;
 
-on_both!(teams_members_and_limits);
+on_both!(teams_members_and_limits, plain_members_see_their_own_share);
 
 const MEMBERS: &str = "query($t: ID!) { team(id: $t) { id name wallet { id ownerId } members { userId role dailyLimit periodLimit spentToday spentThisPeriod } } }";
 
@@ -173,5 +173,88 @@ async fn teams_members_and_limits(b: Backend) {
     assert_eq!(
         d["wallet"]["usageSummary"],
         json!([{ "key": "bob", "credits": "2", "events": 3 }])
+    );
+}
+
+async fn plain_members_see_their_own_share(b: Backend) {
+    let app = App::spawn(b).await;
+    let d = app
+        .ok(
+            &app.admin,
+            r#"mutation { createTeam(input: {name: "Acme", planId: "team", timezone: "UTC", adminUserIds: ["alice"]}) { id wallet { id } } }"#,
+            json!({}),
+        )
+        .await;
+    let team = d["createTeam"]["id"].as_str().unwrap().to_owned();
+    let pool = d["createTeam"]["wallet"]["id"].as_str().unwrap().to_owned();
+    let alice = app.token("USER", Some("alice")).await;
+    let bob = app.token("USER", Some("bob")).await;
+    for user in ["bob", "carol"] {
+        app.ok(
+            &alice,
+            "mutation($t: ID!, $u: String!) { addTeamMember(teamId: $t, userId: $u) { userId } }",
+            json!({ "t": team, "u": user }),
+        )
+        .await;
+    }
+    pool_usage(&app, &pool, "b1", Some("bob"), 250_000).await;
+    pool_usage(&app, &pool, "c1", Some("carol"), 500_000).await;
+    let q = "query($w: ID!) { wallet(id: $w) { balance { total } usage { edges { node { memberId } } } usageSummary(groupBy: MEMBER) { key credits } } }";
+    let d = app.ok(&bob, q, json!({ "w": pool })).await;
+    assert_eq!(d["wallet"]["balance"]["total"], "9997");
+    assert_eq!(
+        d["wallet"]["usage"]["edges"],
+        json!([{ "node": { "memberId": "bob" } }])
+    );
+    assert_eq!(
+        d["wallet"]["usageSummary"],
+        json!([{ "key": "bob", "credits": "1" }])
+    );
+    let d = app.ok(&alice, q, json!({ "w": pool })).await;
+    assert_eq!(d["wallet"]["usage"]["edges"].as_array().unwrap().len(), 2);
+    // A member quotes on the pool; only team admins change its zone.
+    let quote = "query($w: ID!) { quote(walletId: $w, model: \"premium-max\", inputTokens: 0, outputTokens: 1) }";
+    assert_eq!(
+        app.ok(&bob, quote, json!({ "w": pool })).await["quote"],
+        "0.0004"
+    );
+    let zone =
+        "mutation($w: ID!) { setTimezone(walletId: $w, timezone: \"Asia/Tokyo\") { timezone } }";
+    assert_eq!(
+        app.code(&bob, zone, json!({ "w": pool })).await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        app.ok(&alice, zone, json!({ "w": pool })).await["setTimezone"]["timezone"],
+        "Asia/Tokyo"
+    );
+    // A member reports a pool thread they spent in; the review is theirs alone.
+    let d = app
+        .ok(
+            &bob,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" }),
+        )
+        .await;
+    assert_eq!(d["reportHighUsage"]["findings"]["events"], 2);
+    let mallory = app.token("USER", Some("mallory")).await;
+    assert_eq!(
+        app.code(
+            &mallory,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" })
+        )
+        .await,
+        "FORBIDDEN"
+    );
+    let reviews = "query($w: ID!) { wallet(id: $w) { reviews { threadId } } }";
+    let carol = app.token("USER", Some("carol")).await;
+    assert_eq!(
+        app.ok(&carol, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
+        json!([])
+    );
+    assert_eq!(
+        app.ok(&bob, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
+        json!([{ "threadId": "pool-thread" }])
     );
 }
