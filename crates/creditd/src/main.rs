@@ -65,7 +65,7 @@ enum RoleArg {
 enum TokenCommand {
     /// Mint a token; it is printed once and stored hashed.
     Create {
-        /// ADMIN, SERVICE or USER (any case).
+        /// `ADMIN`, `SERVICE` or `USER`, as the API spells roles (any case).
         #[arg(long, value_enum, ignore_case = true)]
         role: RoleArg,
         #[arg(long)]
@@ -235,6 +235,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    // The first line on stdout, so a supervisor (or a test) that asked for port 0 learns
+    // the port it got. Documented on `ServeArgs::listen`.
+    println!("listening on {addr}");
     tracing::info!(%addr, database = %redact(&settings.database), "creditd listening: dashboard at http://{addr}/, GraphiQL at http://{addr}/graphql");
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())

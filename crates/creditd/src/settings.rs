@@ -16,7 +16,8 @@ pub const DEFAULT_DATABASE: &str = "sqlite://creditd.db?mode=rwc";
 /// Options of `creditd serve`; each is also an environment variable and a config key.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on. Port 0 picks a free port; either way, once bound, `serve`
+    /// prints `listening on <addr>` as the first line on stdout (logs go to stderr).
     #[arg(long, env = "CREDITD_LISTEN")]
     pub listen: Option<String>,
     /// `sqlite://…` or `postgres://…`.

@@ -63,6 +63,36 @@ pub fn new_id(prefix: &str) -> String {
     id
 }
 
+/// A fresh opaque id that sorts after every id this process made before it: 16 hex digits
+/// of wall-clock microseconds, made strictly increasing within the process, then 96 random
+/// bits. The store lists wallets, teams and reviews by (creation instant, id); on a manual
+/// clock many share an instant, and this id keeps such lists in creation order (SPEC 8:
+/// `viewer` lists "in creation order"). The wall clock orders ties only; it is never a
+/// domain time, which comes from the injected `Clock`.
+pub fn new_ordered_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MICROS: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let prev = LAST_MICROS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last.saturating_add(1)))
+        })
+        .unwrap_or(0);
+    let stamp = now.max(prev.saturating_add(1));
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    let mut id = String::with_capacity(prefix.len() + 41);
+    id.push_str(prefix);
+    id.push('_');
+    id.push_str(&format!("{stamp:016x}"));
+    for b in bytes {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
 pub fn parse_zone(name: &str) -> ServiceResult<Tz> {
     name.parse::<Tz>()
         .map_err(|_| invalid(format!("unknown time zone {name:?}")))
@@ -176,7 +206,7 @@ impl Ledger {
             }
         }
         let new = NewWallet {
-            id: WalletId(new_id("wal")),
+            id: WalletId(new_ordered_id("wal")),
             owner_id: owner_id.to_owned(),
             pool: false,
             timezone,
@@ -648,9 +678,9 @@ impl Ledger {
         if name.is_empty() || name.chars().count() > credits_core::wallet::MAX_TEXT_CHARS {
             return Err(invalid("name must be 1 to 4096 characters"));
         }
-        let team_id = new_id("team");
+        let team_id = new_ordered_id("team");
         let new = NewWallet {
-            id: WalletId(new_id("wal")),
+            id: WalletId(new_ordered_id("wal")),
             owner_id: team_id.clone(),
             pool: true,
             timezone,

@@ -288,8 +288,8 @@ impl WalletState {
     fn advance(&mut self) {
         let now = self.shared.clock.now();
         let plans = self.shared.plans.snapshot();
-        for entry in self.spec.advance_to(now, &*plans) {
-            let balance = self.spec.balance();
+        // Each record's event carries the balance right after it, not after the last one.
+        for (entry, balance) in self.spec.advance_to_with_balances(now, &*plans) {
             self.open_records.push(Record { entry, balance });
         }
     }

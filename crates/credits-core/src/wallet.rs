@@ -613,6 +613,19 @@ impl Wallet {
     /// wallet's time to `t` (never backwards). The result does not depend on how often this
     /// is called.
     pub fn advance_to(&mut self, t: DateTime<Utc>, plans: &(impl Plans + ?Sized)) -> Vec<Entry> {
+        self.advance_to_with_balances(t, plans)
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect()
+    }
+
+    /// [`Wallet::advance_to`], with the balance right after each record: what a live
+    /// subscriber must see with that record's event (SPEC 8), not the state after the last.
+    pub fn advance_to_with_balances(
+        &mut self,
+        t: DateTime<Utc>,
+        plans: &(impl Plans + ?Sized),
+    ) -> Vec<(Entry, Balance)> {
         let mut entries = Vec::new();
         loop {
             let due = self.next_due();
@@ -631,7 +644,8 @@ impl Wallet {
                 let kind = self
                     .release_kind(&id, ReleaseReason::Expired)
                     .expect("reservation is active");
-                entries.push(self.commit(due, kind));
+                let entry = self.commit(due, kind);
+                entries.push((entry, self.balance()));
             }
             let lots: Vec<(GrantId, Credits)> = self
                 .lots
@@ -640,11 +654,13 @@ impl Wallet {
                 .map(|l| (l.id.clone(), l.remaining))
                 .collect();
             for (grant_id, amount) in lots {
-                entries.push(self.commit(due, EntryKind::LotExpired { grant_id, amount }));
+                let entry = self.commit(due, EntryKind::LotExpired { grant_id, amount });
+                entries.push((entry, self.balance()));
             }
             if self.subscription.period_end <= due {
                 let kind = self.renewal_kind(due, plans);
-                entries.push(self.commit(due, kind));
+                let entry = self.commit(due, kind);
+                entries.push((entry, self.balance()));
             }
             if self.daily.next_reset <= due {
                 let allowance = self
@@ -657,7 +673,8 @@ impl Wallet {
                     day_start: due,
                     next_reset: calendar::next_daily_reset(self.timezone, due),
                 };
-                entries.push(self.commit(due, kind));
+                let entry = self.commit(due, kind);
+                entries.push((entry, self.balance()));
             }
         }
         self.now = self.now.max(t);

@@ -171,7 +171,7 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
     };
     let findings = credits_review::analyse_with_percentile(&report, &thread, &already, percentile);
     let row = ReviewRow {
-        id: credits_actors::ledger::new_id("rev"),
+        id: credits_actors::ledger::new_ordered_id("rev"),
         wallet_id: wallet_id.0.clone(),
         thread_id: input.thread_id,
         reporter_id: p

@@ -1,118 +1,229 @@
-//! Subscriptions over a real WebSocket, in both protocols.
+//! Subscriptions over real WebSockets, in both protocols.
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::*;
+use crate::helpers::{App, Backend, Init, Ws};
+use crate::on_both;
+use crate::reviews::{REPORT, RESOLVE};
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+on_both!(
+    balance_changed_streams_snapshot_usage_and_reset,
+    legacy_graphql_ws_protocol_works,
+    bad_tokens_are_refused_at_connection_init,
+    review_updated_sees_the_credit,
+    due_events_stream_in_order_at_their_instants,
+);
 
-async fn connect(s: &Server, protocol: &str, token: &str) -> Ws {
-    let mut req = s.ws_url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::text(
-        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    ws
+const BALANCE_CHANGED: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { walletId seq cause at balance { ...Bal } } }";
+
+fn seq(e: &Value) -> u64 {
+    e["seq"].as_u64().expect("seq is a JSON integer")
 }
 
-/// The next JSON message that is not a keep-alive, within a bound.
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message in time");
-        match msg {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t).unwrap();
-                if v["type"] != "ka" && v["type"] != "ping" {
-                    return v;
-                }
-            }
-            Some(Ok(Message::Close(frame))) => {
-                return json!({"type": "closed", "frame": format!("{frame:?}")});
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("socket ended: {other:?}"),
-        }
+async fn balance_changed_streams_snapshot_usage_and_reset(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let alice = app.token("USER", Some("alice")).await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    ws.subscribe("1", BALANCE_CHANGED, json!({ "w": w })).await;
+    let snap = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(snap["cause"], "SNAPSHOT");
+    assert_eq!(snap["walletId"], w.as_str());
+    assert_eq!(snap["balance"]["total"], "520");
+
+    app.record(&w, "u1", "t", "economy-mini", 0, 250_000).await;
+    let usage = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(usage["cause"], "USAGE");
+    assert_eq!(seq(&usage), seq(&snap) + 1);
+    assert_eq!(usage["balance"]["total"], "519");
+    assert_eq!(usage["balance"]["daily"]["remaining"], "19");
+
+    // A refused call and a replay yield no event: the next one is the reset.
+    let r = app.record(&w, "u1", "t", "economy-mini", 0, 250_000).await;
+    assert_eq!(r["data"]["recordUsage"]["replayed"], true);
+    let r = app.record(&w, "u2", "t", "premium-max", 0, 1).await;
+    assert_eq!(crate::helpers::error_code(&r), "MODEL_NOT_ALLOWED");
+
+    // Past local midnight (UTC): the daily bucket resets, at its due instant.
+    app.advance(12 * 3600 + 5).await;
+    let reset = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(reset["cause"], "DAILY_RESET");
+    assert_eq!(seq(&reset), seq(&usage) + 1);
+    assert_eq!(reset["at"], "2027-03-11T00:00:00Z");
+    assert_eq!(reset["balance"]["daily"]["remaining"], "20");
+    assert_eq!(
+        reset["balance"]["daily"]["nextResetAt"],
+        "2027-03-12T00:00:00Z"
+    );
+    assert_eq!(reset["balance"]["total"], "520");
+
+    // Another user may not subscribe to this wallet; an unknown one is NOT_FOUND.
+    let bob = app.token("USER", Some("bob")).await;
+    let (mut other, init) = Ws::connect(&app, "graphql-transport-ws", &bob).await;
+    assert!(matches!(init, Init::Ack));
+    other
+        .subscribe("x", BALANCE_CHANGED, json!({ "w": w }))
+        .await;
+    let p = other.next("x").await;
+    assert_eq!(p["errors"][0]["extensions"]["code"], "FORBIDDEN", "{p}");
+    other
+        .subscribe("y", BALANCE_CHANGED, json!({ "w": "wal_nope" }))
+        .await;
+    let p = other.next("y").await;
+    assert_eq!(p["errors"][0]["extensions"]["code"], "NOT_FOUND", "{p}");
+}
+
+async fn legacy_graphql_ws_protocol_works(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let service = app.token("SERVICE", None).await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-ws", &service).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    ws.subscribe("s", BALANCE_CHANGED, json!({ "w": w })).await;
+    let snap = ws.next_data("s").await["balanceChanged"].clone();
+    assert_eq!(snap["cause"], "SNAPSHOT");
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { grantCredits(input: {walletId: $w, idempotencyKey: \"g\", amount: \"3\", kind: COMMUNITY, reason: \"thanks\"}) { id } }",
+        json!({ "w": w }),
+    )
+    .await;
+    let grant = ws.next_data("s").await["balanceChanged"].clone();
+    assert_eq!(grant["cause"], "GRANT");
+    assert_eq!(seq(&grant), seq(&snap) + 1);
+    assert_eq!(grant["balance"]["bonus"]["remaining"], "3");
+    assert_eq!(grant["balance"]["total"], "523");
+}
+
+async fn bad_tokens_are_refused_at_connection_init(b: Backend) {
+    let app = App::spawn(b).await;
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let (_, init) = Ws::connect(&app, protocol, "not-a-token").await;
+        assert!(matches!(init, Init::Refused(_)), "{protocol}: {init:?}");
     }
 }
 
-#[tokio::test]
-async fn balance_changed_streams_a_snapshot_usage_and_a_reset_in_seq_order() {
-    let s = Server::start().await;
-    let w = s.wallet("alice", "pro", "UTC").await;
-    let alice = s.token("USER", Some("alice")).await;
-    let mut ws = connect(&s, "graphql-transport-ws", &alice).await;
-    assert_eq!(next(&mut ws).await["type"], "connection_ack");
-    let sub = "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause at balance { total daily { remaining } } } }";
-    ws.send(Message::text(
-        json!({"id": "1", "type": "subscribe", "payload": {"query": sub, "variables": {"w": w}}})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    let snap = next(&mut ws).await;
-    assert_eq!(
-        snap["payload"]["data"]["balanceChanged"]["cause"], "SNAPSHOT",
-        "{snap}"
-    );
-    let seq0 = snap["payload"]["data"]["balanceChanged"]["seq"]
-        .as_u64()
-        .unwrap();
-    s.usage(&w, "k1", "economy-mini").await;
-    let used = next(&mut ws).await["payload"]["data"]["balanceChanged"].clone();
-    assert_eq!(
-        (used["cause"].as_str(), used["seq"].as_u64()),
-        (Some("USAGE"), Some(seq0 + 1))
-    );
-    // 12:00 → past midnight UTC.
-    s.gql(
-        ADMIN,
-        "mutation { advanceClock(seconds: 43200) }",
-        json!({}),
+async fn review_updated_sees_the_credit(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    app.record(&w, "a", "t", "standard-chat", 1000, 1000).await;
+    let alice = app.token("USER", Some("alice")).await;
+    let d = app.ok(&alice, REPORT, json!({ "w": w, "t": "t" })).await;
+    let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, Init::Ack));
+    ws.subscribe(
+        "r",
+        "subscription($id: ID!) { reviewUpdated(reviewId: $id) { id status creditedGrant { kind amount } } }",
+        json!({ "id": id }),
     )
     .await;
-    let reset = next(&mut ws).await["payload"]["data"]["balanceChanged"].clone();
+    let first = ws.next_data("r").await;
+    assert_eq!(first["reviewUpdated"]["status"], "SUBMITTED");
+    app.ok(
+        &app.admin,
+        RESOLVE,
+        json!({ "i": { "reviewId": id, "decision": "APPROVE", "amount": "0.5" } }),
+    )
+    .await;
+    let credited = ws.next_data("r").await;
     assert_eq!(
-        (reset["cause"].as_str(), reset["seq"].as_u64()),
-        (Some("DAILY_RESET"), Some(seq0 + 2))
+        credited["reviewUpdated"],
+        json!({ "id": id, "status": "CREDITED", "creditedGrant": { "kind": "COMPENSATION", "amount": "0.5" } })
     );
-    assert_eq!(reset["at"], "2027-03-11T00:00:00Z");
-    assert_eq!(reset["balance"]["daily"]["remaining"], "20");
 }
 
-#[tokio::test]
-async fn legacy_protocol_and_a_refused_token() {
-    let s = Server::start().await;
-    let w = s.wallet("alice", "pro", "UTC").await;
-    let mut ws = connect(&s, "graphql-ws", ADMIN).await;
-    assert_eq!(next(&mut ws).await["type"], "connection_ack");
-    let sub = "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause } }";
-    ws.send(Message::text(
-        json!({"id": "1", "type": "start", "payload": {"query": sub, "variables": {"w": w}}})
-            .to_string(),
-    ))
-    .await
-    .unwrap();
-    let snap = next(&mut ws).await;
+async fn due_events_stream_in_order_at_their_instants(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack));
+    ws.subscribe("1", BALANCE_CHANGED, json!({ "w": w })).await;
+    let mut last = seq(&ws.next_data("1").await["balanceChanged"]);
+    let mut next = async |ws: &mut Ws| {
+        let e = ws.next_data("1").await["balanceChanged"].clone();
+        assert_eq!(seq(&e), last + 1, "no gap: {e}");
+        last = seq(&e);
+        e
+    };
+
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { reserveCredits(input: {walletId: $w, idempotencyKey: \"r\", amount: \"25\", ttlSeconds: 3600}) { id } }",
+        json!({ "w": w }),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["cause"], "RESERVATION");
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { grantCredits(input: {walletId: $w, idempotencyKey: \"g\", amount: \"4\", kind: PROMOTION, reason: \"r\", expiresAt: \"2027-03-10T18:00:00Z\"}) { id } }",
+        json!({ "w": w }),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["cause"], "GRANT");
+    let d = app
+        .ok(&app.admin, "mutation($w: ID!) { changePlan(walletId: $w, planId: \"free\") { scheduledPlan { id } } }", json!({ "w": w }))
+        .await;
+    assert_eq!(d["changePlan"]["scheduledPlan"]["id"], "free");
+    assert_eq!(next(&mut ws).await["cause"], "PLAN_CHANGE");
+
+    // One day on: the hold expires at 13:00, the lot at 18:00, the day resets at midnight.
+    app.advance(86_400).await;
+    let e = next(&mut ws).await;
     assert_eq!(
-        snap["payload"]["data"]["balanceChanged"]["cause"], "SNAPSHOT",
-        "{snap}"
+        (&e["cause"], &e["at"]),
+        (&json!("RELEASE"), &json!("2027-03-10T13:00:00Z"))
+    );
+    assert_eq!(e["balance"]["reserved"], "0", "{e:#}");
+    // The balance right after this record: the lot and the day are still there.
+    assert_eq!(e["balance"]["total"], "524", "{e:#}");
+    assert_eq!(e["balance"]["daily"]["nextResetAt"], "2027-03-11T00:00:00Z");
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (&e["cause"], &e["at"]),
+        (&json!("EXPIRY"), &json!("2027-03-10T18:00:00Z"))
+    );
+    assert_eq!(e["balance"]["total"], "520");
+    assert_eq!(e["balance"]["bonus"]["grants"], json!([]));
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (&e["cause"], &e["at"]),
+        (&json!("DAILY_RESET"), &json!("2027-03-11T00:00:00Z"))
     );
 
-    let mut bad = connect(&s, "graphql-transport-ws", "wrong-token").await;
-    let answer = next(&mut bad).await;
-    assert_ne!(
-        answer["type"], "connection_ack",
-        "a bad token is refused: {answer}"
+    // To the period end (Apr 10 12:00): 30 more resets, then the renewal onto `free`.
+    app.advance(30 * 86_400).await;
+    for day in 12..=40 {
+        let e = next(&mut ws).await;
+        assert_eq!(e["cause"], "DAILY_RESET", "day {day}: {e}");
+    }
+    // Apr 10 00:00 is the 30th reset; the renewal follows at 12:00.
+    let e = next(&mut ws).await;
+    assert_eq!(e["cause"], "DAILY_RESET");
+    assert_eq!(e["at"], "2027-04-10T00:00:00Z");
+    let e = next(&mut ws).await;
+    assert_eq!(
+        (&e["cause"], &e["at"]),
+        (&json!("RENEWAL"), &json!("2027-04-10T12:00:00Z"))
+    );
+    assert_eq!(e["balance"]["subscription"]["allowance"], "0");
+    assert_eq!(
+        e["balance"]["subscription"]["periodEnd"],
+        "2027-05-10T12:00:00Z"
+    );
+    // The daily bucket keeps its remaining until the next reset.
+    assert_eq!(e["balance"]["daily"]["remaining"], "20");
+    let d = app
+        .ok(
+            &app.admin,
+            "query($w: ID!) { wallet(id: $w) { plan { id } scheduledPlan { id } } }",
+            json!({ "w": w }),
+        )
+        .await;
+    assert_eq!(
+        d["wallet"],
+        json!({ "plan": { "id": "free" }, "scheduledPlan": null })
     );
 }

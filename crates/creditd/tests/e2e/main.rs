@@ -1,9 +1,15 @@
-//! End-to-end tests: the real `creditd` binary over real sockets (HTTP and WebSocket), on a
-//! fresh SQLite file per test.
+//! End-to-end tests: the real `creditd` binary over real sockets (HTTP and WebSocket), one
+//! server process per test, on SQLite and — when `CREDITS_TEST_DATABASE_URL` is set — on
+//! PostgreSQL (issue 7).
 
 mod helpers;
 
-mod api;
+mod accounts;
 mod auth;
+mod cli;
+mod input;
+mod ledger;
 mod live;
-mod operations;
+mod restart;
+mod reviews;
+mod teams;

@@ -1,0 +1,395 @@
+//! Tokens, the viewer, wallets, the catalogue, plans, zones, the clock and pricing reloads.
+
+use serde_json::json;
+
+use crate::helpers::{App, Backend};
+use crate::on_both;
+
+on_both!(
+    tokens_of_each_role_authenticate,
+    viewer_lists_own_wallets_and_teams,
+    create_wallet_with_a_key_is_idempotent,
+    catalogue_models_and_bundles,
+    custom_plans_and_plan_changes,
+    set_timezone_moves_the_next_reset,
+    reload_pricing_and_advance_clock,
+    plain_http_endpoints,
+);
+
+async fn tokens_of_each_role_authenticate(b: Backend) {
+    let app = App::spawn(b).await;
+    for (role, owner) in [("ADMIN", None), ("SERVICE", None), ("USER", Some("alice"))] {
+        let token = app.token(role, owner).await;
+        let d = app
+            .ok(&token, "{ viewer { role ownerId } }", json!({}))
+            .await;
+        assert_eq!(d["viewer"], json!({ "role": role, "ownerId": owner }));
+    }
+    let q = "mutation($r: Role!, $o: String) { createApiToken(role: $r, ownerId: $o) { token } }";
+    // A USER token needs an owner; the others have none.
+    assert_eq!(
+        app.code(&app.admin, q, json!({ "r": "USER" })).await,
+        "INVALID_INPUT"
+    );
+    assert_eq!(
+        app.code(&app.admin, q, json!({ "r": "SERVICE", "o": "x" }))
+            .await,
+        "INVALID_INPUT"
+    );
+    // Only admins mint tokens.
+    let service = app.token("SERVICE", None).await;
+    assert_eq!(
+        app.code(&service, q, json!({ "r": "ADMIN" })).await,
+        "FORBIDDEN"
+    );
+    let user = app.token("USER", Some("bob")).await;
+    assert_eq!(
+        app.code(&user, q, json!({ "r": "ADMIN" })).await,
+        "FORBIDDEN"
+    );
+}
+
+async fn viewer_lists_own_wallets_and_teams(b: Backend) {
+    let app = App::spawn(b).await;
+    let w1 = app.wallet("alice", "pro").await;
+    let w2 = app.wallet("alice", "free").await;
+    app.wallet("bob", "pro").await;
+    let team = app
+        .ok(
+            &app.admin,
+            r#"mutation { createTeam(input: {name: "Acme", planId: "team", timezone: "UTC", adminUserIds: ["alice"]}) { id wallet { id } } }"#,
+            json!({}),
+        )
+        .await;
+    let team_id = team["createTeam"]["id"].as_str().unwrap();
+    let team2 = app
+        .ok(
+            &app.admin,
+            r#"mutation { createTeam(input: {name: "Zeta", planId: "team", timezone: "UTC", adminUserIds: ["bob", "alice"]}) { id } }"#,
+            json!({}),
+        )
+        .await;
+    let team2_id = team2["createTeam"]["id"].as_str().unwrap();
+
+    let q = "{ viewer { role ownerId wallets { id ownerId } teams { id name } } }";
+    let alice = app.token("USER", Some("alice")).await;
+    let d = app.ok(&alice, q, json!({})).await;
+    // Own wallets in creation order (all made at one manual-clock instant), never the
+    // pools; the teams she belongs to, in creation order.
+    assert_eq!(
+        d["viewer"],
+        json!({
+            "role": "USER", "ownerId": "alice",
+            "wallets": [{ "id": w1, "ownerId": "alice" }, { "id": w2, "ownerId": "alice" }],
+            "teams": [{ "id": team_id, "name": "Acme" }, { "id": team2_id, "name": "Zeta" }],
+        })
+    );
+    for role in ["ADMIN", "SERVICE"] {
+        let token = app.token(role, None).await;
+        let d = app.ok(&token, q, json!({})).await;
+        assert_eq!(
+            d["viewer"],
+            json!({ "role": role, "ownerId": null, "wallets": [], "teams": [] })
+        );
+    }
+}
+
+async fn create_wallet_with_a_key_is_idempotent(b: Backend) {
+    let app = App::spawn(b).await;
+    let q = r#"mutation($k: String, $o: String!) { createWallet(input: {ownerId: $o, planId: "pro", timezone: "Europe/Paris", idempotencyKey: $k}) { id ownerId timezone plan { id } scheduledPlan { id } balance { ...Bal } } }"#;
+    let first = app
+        .ok(&app.admin, q, json!({ "k": "k1", "o": "alice" }))
+        .await;
+    let again = app
+        .ok(&app.admin, q, json!({ "k": "k1", "o": "alice" }))
+        .await;
+    assert_eq!(
+        first, again,
+        "a retried createWallet returns the wallet it created"
+    );
+    let other_owner = app
+        .ok(&app.admin, q, json!({ "k": "k1", "o": "bob" }))
+        .await;
+    assert_ne!(
+        other_owner["createWallet"]["id"],
+        first["createWallet"]["id"]
+    );
+    let unkeyed1 = app.ok(&app.admin, q, json!({ "o": "alice" })).await;
+    let unkeyed2 = app.ok(&app.admin, q, json!({ "o": "alice" })).await;
+    assert_ne!(
+        unkeyed1["createWallet"]["id"],
+        unkeyed2["createWallet"]["id"]
+    );
+
+    let w = &first["createWallet"];
+    assert!(w["id"].as_str().unwrap().starts_with("wal_"));
+    assert_eq!(w["timezone"], "Europe/Paris");
+    assert_eq!(w["plan"]["id"], "pro");
+    assert_eq!(w["scheduledPlan"], json!(null));
+    // Plan `pro`: 20 daily + 500 subscription, full at creation.
+    assert_eq!(
+        w["balance"],
+        json!({
+            "total": "520", "reserved": "0",
+            // Next local midnight in Paris (UTC+1 in March before the DST change).
+            "daily": { "remaining": "20", "allowance": "20", "nextResetAt": "2027-03-10T23:00:00Z" },
+            "subscription": { "remaining": "500", "allowance": "500",
+                "periodStart": "2027-03-10T12:00:00Z", "periodEnd": "2027-04-10T12:00:00Z" },
+            "bonus": { "remaining": "0", "grants": [] },
+        })
+    );
+    // A service reads it too; an unknown plan is refused.
+    let service = app.token("SERVICE", None).await;
+    let d = app
+        .ok(
+            &service,
+            "query($id: ID!) { wallet(id: $id) { balance { total } } }",
+            json!({ "id": w["id"] }),
+        )
+        .await;
+    assert_eq!(d["wallet"]["balance"]["total"], "520");
+    let code = app
+        .code(
+            &app.admin,
+            r#"mutation { createWallet(input: {ownerId: "a", planId: "no-such-plan", timezone: "UTC"}) { id } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, "NOT_FOUND");
+}
+
+async fn catalogue_models_and_bundles(b: Backend) {
+    let app = App::spawn(b).await;
+    let user = app.token("USER", Some("alice")).await;
+    let d = app
+        .ok(
+            &user,
+            "{ plans { id name dailyCredits subscriptionCredits interval modelTiers custom } models { id tier pluginVersion } bundles { id credits priceCents currency } }",
+            json!({}),
+        )
+        .await;
+    let plans: Vec<_> = d["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap(),
+                p["dailyCredits"].as_str().unwrap(),
+                p["subscriptionCredits"].as_str().unwrap(),
+                p["interval"].as_str().unwrap(),
+                p["modelTiers"].as_array().unwrap().len(),
+                p["custom"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        plans,
+        [
+            ("free", "5", "0", "MONTHLY", 1, false),
+            ("pro", "20", "500", "MONTHLY", 2, false),
+            ("pro-annual", "20", "6000", "ANNUAL", 2, false),
+            ("max", "50", "2000", "MONTHLY", 3, false),
+            ("team", "0", "10000", "MONTHLY", 3, false),
+        ]
+    );
+    assert_eq!(
+        d["bundles"],
+        json!([
+            { "id": "credits-100", "credits": "100", "priceCents": 1000, "currency": "USD" },
+            { "id": "credits-500", "credits": "500", "priceCents": 4500, "currency": "USD" },
+            { "id": "credits-2000", "credits": "2000", "priceCents": 16000, "currency": "USD" },
+        ])
+    );
+    let models = d["models"].as_array().unwrap();
+    for (id, tier) in [
+        ("economy-mini", "economy"),
+        ("standard-chat", "standard"),
+        ("premium-max", "premium"),
+    ] {
+        let m = models
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {models:?}"));
+        assert_eq!(m["tier"], tier);
+        assert!(!m["pluginVersion"].as_str().unwrap().is_empty());
+    }
+}
+
+async fn custom_plans_and_plan_changes(b: Backend) {
+    let app = App::spawn(b).await;
+    let upsert = "mutation($i: PlanInput!) { upsertPlan(input: $i) { id name dailyCredits subscriptionCredits interval modelTiers custom } }";
+    let input = json!({ "id": "acme-custom", "name": "Acme", "dailyCredits": "1.5",
+        "subscriptionCredits": 30, "interval": "MONTHLY", "modelTiers": ["economy"] });
+    let d = app.ok(&app.admin, upsert, json!({ "i": input })).await;
+    assert_eq!(
+        d["upsertPlan"],
+        json!({ "id": "acme-custom", "name": "Acme", "dailyCredits": "1.5",
+            "subscriptionCredits": "30", "interval": "MONTHLY", "modelTiers": ["economy"], "custom": true })
+    );
+    let mut catalogue = input.clone();
+    catalogue["id"] = json!("pro");
+    assert_eq!(
+        app.code(&app.admin, upsert, json!({ "i": catalogue }))
+            .await,
+        "INVALID_INPUT"
+    );
+    let service = app.token("SERVICE", None).await;
+    assert_eq!(
+        app.code(&service, upsert, json!({ "i": input })).await,
+        "FORBIDDEN"
+    );
+    // Custom plans come after the catalogue; a USER sees only those of their wallets.
+    let d = app.ok(&app.admin, "{ plans { id } }", json!({})).await;
+    assert_eq!(
+        d["plans"].as_array().unwrap().last().unwrap()["id"],
+        "acme-custom"
+    );
+    let alice = app.token("USER", Some("alice")).await;
+    let d = app.ok(&alice, "{ plans { id } }", json!({})).await;
+    assert!(!d["plans"].to_string().contains("acme-custom"));
+    app.wallet("alice", "acme-custom").await;
+    let d = app.ok(&alice, "{ plans { id } }", json!({})).await;
+    assert!(d["plans"].to_string().contains("acme-custom"));
+
+    // A day later (one daily reset), upgrade pro → max: daily += 30, subscription +=
+    // floor(1500 × remaining / period) with 30 of 31 days left.
+    let w = app.wallet("bob", "pro").await;
+    app.advance(86_400).await;
+    let change = "mutation($w: ID!, $p: ID!) { changePlan(walletId: $w, planId: $p) { plan { id } scheduledPlan { id } balance { ...Bal } } }";
+    let d = app
+        .ok(&app.admin, change, json!({ "w": w, "p": "max" }))
+        .await;
+    let up = &d["changePlan"];
+    assert_eq!(up["plan"]["id"], "max");
+    assert_eq!(up["scheduledPlan"], json!(null));
+    assert_eq!(up["balance"]["daily"]["remaining"], "50");
+    assert_eq!(up["balance"]["daily"]["allowance"], "50");
+    // 1_500_000_000 µcr × 2_592_000 s / 2_678_400 s = 1_451_612_903.2… → floor.
+    assert_eq!(up["balance"]["subscription"]["remaining"], "1951.612903");
+    assert_eq!(up["balance"]["subscription"]["allowance"], "2000");
+    assert_eq!(up["balance"]["total"], "2001.612903");
+    // A downgrade waits for the period end and changes nothing now.
+    let d = app
+        .ok(&app.admin, change, json!({ "w": w, "p": "pro" }))
+        .await;
+    assert_eq!(d["changePlan"]["plan"]["id"], "max");
+    assert_eq!(d["changePlan"]["scheduledPlan"]["id"], "pro");
+    assert_eq!(d["changePlan"]["balance"], up["balance"]);
+    // Back to the current plan clears it.
+    let d = app
+        .ok(&app.admin, change, json!({ "w": w, "p": "max" }))
+        .await;
+    assert_eq!(d["changePlan"]["scheduledPlan"], json!(null));
+    assert_eq!(
+        app.code(&app.admin, change, json!({ "w": w, "p": "nope" }))
+            .await,
+        "NOT_FOUND"
+    );
+}
+
+async fn set_timezone_moves_the_next_reset(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let alice = app.token("USER", Some("alice")).await;
+    let q = "mutation($w: ID!, $z: String!) { setTimezone(walletId: $w, timezone: $z) { timezone balance { daily { remaining nextResetAt } } } }";
+    let d = app
+        .ok(&alice, q, json!({ "w": w, "z": "Asia/Tokyo" }))
+        .await;
+    // Changed at 21:00 Tokyo on Mar 10, created 12:00Z: the first Tokyo midnight at least
+    // 23 hours after creation is Mar 12 00:00 JST = Mar 11 15:00Z.
+    assert_eq!(
+        d["setTimezone"],
+        json!({ "timezone": "Asia/Tokyo", "balance": { "daily": { "remaining": "20", "nextResetAt": "2027-03-11T15:00:00Z" } } })
+    );
+    let bob = app.token("USER", Some("bob")).await;
+    assert_eq!(
+        app.code(&bob, q, json!({ "w": w, "z": "UTC" })).await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        app.code(&alice, q, json!({ "w": "wal_nope", "z": "UTC" }))
+            .await,
+        "NOT_FOUND"
+    );
+}
+
+async fn reload_pricing_and_advance_clock(b: Backend) {
+    let app = App::spawn(b.clone()).await;
+    let before = app
+        .ok(
+            &app.admin,
+            "{ models { id tier pluginVersion } }",
+            json!({}),
+        )
+        .await;
+    let d = app
+        .ok(
+            &app.admin,
+            "mutation { reloadPricing { id tier pluginVersion } }",
+            json!({}),
+        )
+        .await;
+    let mut reloaded = d["reloadPricing"].as_array().unwrap().clone();
+    let mut models = before["models"].as_array().unwrap().clone();
+    let key = |v: &serde_json::Value| v["id"].as_str().unwrap().to_owned();
+    reloaded.sort_by_key(key);
+    models.sort_by_key(key);
+    assert_eq!(reloaded, models);
+    assert!(reloaded.len() >= 9);
+    let service = app.token("SERVICE", None).await;
+    assert_eq!(
+        app.code(&service, "mutation { reloadPricing { id } }", json!({}))
+            .await,
+        "FORBIDDEN"
+    );
+
+    assert_eq!(app.advance(60).await, "2027-03-10T12:01:00Z");
+    assert_eq!(app.advance(0).await, "2027-03-10T12:01:00Z");
+    let q = "mutation($s: Int!) { advanceClock(seconds: $s) }";
+    assert_eq!(
+        app.code(&app.admin, q, json!({ "s": -1 })).await,
+        "INVALID_INPUT"
+    );
+    assert_eq!(app.code(&service, q, json!({ "s": 1 })).await, "FORBIDDEN");
+    drop(app);
+
+    let real = App::spawn_with(b, None).await;
+    assert_eq!(
+        real.code(&real.admin, q, json!({ "s": 1 })).await,
+        "FORBIDDEN"
+    );
+}
+
+async fn plain_http_endpoints(b: Backend) {
+    let app = App::spawn(b).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(app.url(path)).send();
+    let r = get("/healthz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get("/readyz").await.unwrap();
+    assert!(r.text().await.unwrap().contains("3 pricing tiers"));
+    let r = get("/").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().to_lowercase().contains("<html"));
+    let r = get("/graphql").await.unwrap();
+    assert!(r.text().await.unwrap().to_lowercase().contains("graphiql"));
+    app.record(
+        &app.wallet("a", "pro").await,
+        "k",
+        "t",
+        "economy-mini",
+        1,
+        1,
+    )
+    .await;
+    let r = get("/metrics").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("credits_graphql_requests_total")
+    );
+    assert_eq!(get("/no-such-page").await.unwrap().status(), 404);
+}

@@ -1,0 +1,93 @@
+//! The operator's commands: `plugins check` and `token create` (SPEC 2, 12).
+
+use serde_json::json;
+
+use crate::helpers::{App, Backend, creditd, tier_lib};
+use crate::on_both;
+
+on_both!(token_create_prints_a_token_that_authenticates);
+
+#[test]
+fn plugins_check_reports_a_good_tier() {
+    let lib = tier_lib("standard");
+    let out = creditd()
+        .arg("plugins")
+        .arg("check")
+        .arg(&lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("standard"), "{stdout}");
+    assert!(stdout.contains("1.2.0"), "the plugin version: {stdout}");
+    for model in ["standard-chat", "standard-code", "standard-vision"] {
+        assert!(stdout.contains(model), "{model} in {stdout}");
+    }
+}
+
+#[test]
+fn plugins_check_refuses_a_bad_file_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("libcredits_tier_bogus.so");
+    std::fs::write(&bad, b"not a shared library").unwrap();
+    let out = creditd()
+        .arg("plugins")
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("libcredits_tier_bogus.so"), "{stderr}");
+    let missing = dir.path().join("missing.so");
+    let out = creditd()
+        .arg("plugins")
+        .arg("check")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.so"));
+}
+
+async fn token_create_prints_a_token_that_authenticates(b: Backend) {
+    let app = App::spawn(b).await;
+    let out = creditd()
+        .current_dir(app.dir.path())
+        .args([
+            "token",
+            "create",
+            "--role",
+            "USER",
+            "--owner",
+            "alice",
+            "--database",
+            &app.db.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        !token.is_empty() && !token.contains(char::is_whitespace),
+        "{token:?}"
+    );
+    let d = app
+        .ok(&token, "{ viewer { role ownerId } }", json!({}))
+        .await;
+    assert_eq!(d["viewer"], json!({ "role": "USER", "ownerId": "alice" }));
+    // A USER token needs an owner.
+    let out = creditd()
+        .current_dir(app.dir.path())
+        .args([
+            "token",
+            "create",
+            "--role",
+            "USER",
+            "--database",
+            &app.db.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

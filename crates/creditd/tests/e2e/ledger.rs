@@ -1,0 +1,474 @@
+//! Spending: quotes, usage and its idempotency, reservations, grants, bundles, history.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{App, Backend, USAGE, error_code};
+use crate::on_both;
+
+on_both!(
+    record_usage_costs_the_quote_and_replays,
+    reservations_settle_release_and_expire,
+    grants_expire_and_bundles_are_idempotent,
+    usage_history_pages_filters_and_summaries,
+);
+
+fn charged(usage: &Value) -> Vec<(String, String)> {
+    usage["charged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["bucket"].as_str().unwrap().to_owned(),
+                c["amount"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(bucket: &str, amount: &str) -> (String, String) {
+    (bucket.to_owned(), amount.to_owned())
+}
+
+async fn record_usage_costs_the_quote_and_replays(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let quote = "query($w: ID!, $m: String!, $i: Int!, $o: Int!, $c: Int) { quote(walletId: $w, model: $m, inputTokens: $i, outputTokens: $o, cachedTokens: $c) }";
+    // (800 × 30 + 200 × 3 + 500 × 150) µcr per token-million × 1e6 / 1e6 = 99_600 µcr.
+    let alice = app.token("USER", Some("alice")).await;
+    let q = app
+        .ok(
+            &alice,
+            quote,
+            json!({ "w": w, "m": "standard-chat", "i": 1000, "o": 500, "c": 200 }),
+        )
+        .await;
+    assert_eq!(q["quote"], "0.0996");
+    // One rounding, up: 1 cached token of economy-mini is 0.25 µcr → 1 µcr.
+    let q = app
+        .ok(
+            &alice,
+            quote,
+            json!({ "w": w, "m": "economy-mini", "i": 1, "o": 0, "c": 1 }),
+        )
+        .await;
+    assert_eq!(q["quote"], "0.000001");
+    assert_eq!(
+        app.balance(&w).await["total"],
+        "520",
+        "a quote changes nothing"
+    );
+
+    let record = format!(
+        "mutation($i: RecordUsageInput!) {{ recordUsage(input: $i) {{ replayed usage {{ {USAGE} }} balance {{ ...Bal }} }} }}"
+    );
+    let input = json!({ "walletId": w, "idempotencyKey": "u1", "threadId": "t1",
+        "model": "standard-chat", "inputTokens": 1000, "cachedTokens": 200, "outputTokens": 500 });
+    let first = app.ok(&app.admin, &record, json!({ "i": input })).await["recordUsage"].clone();
+    assert_eq!(first["replayed"], false);
+    let u = &first["usage"];
+    assert!(u["id"].as_str().unwrap().starts_with("use_"));
+    assert_eq!(u["cost"], "0.0996");
+    assert_eq!(u["uncollected"], "0");
+    assert_eq!(u["idempotencyKey"], "u1");
+    assert_eq!(u["memberId"], json!(null));
+    assert_eq!(u["at"], "2027-03-10T12:00:00Z");
+    assert!(u["pricedBy"].as_str().unwrap().starts_with("standard@"));
+    assert_eq!(charged(u), [pair("DAILY", "0.0996")]);
+    assert_eq!(first["balance"]["total"], "519.9004");
+    assert_eq!(first["balance"]["daily"]["remaining"], "19.9004");
+
+    // The same key and input: the original event, replayed, nothing charged again.
+    let again = app.ok(&app.admin, &record, json!({ "i": input })).await["recordUsage"].clone();
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["usage"], first["usage"]);
+    assert_eq!(again["balance"]["total"], "519.9004");
+    // The same key, other input: a conflict, nothing charged.
+    let mut other = input.clone();
+    other["outputTokens"] = json!(501);
+    let resp = app.gql(&app.admin, &record, json!({ "i": other })).await;
+    assert_eq!(error_code(&resp), "IDEMPOTENCY_CONFLICT");
+    assert_eq!(app.balance(&w).await["total"], "519.9004");
+
+    // A usage larger than the daily bucket spills into the subscription (30 credits).
+    let r = app
+        .record(&w, "u2", "t1", "standard-chat", 0, 200_000)
+        .await;
+    let u = &r["data"]["recordUsage"]["usage"];
+    assert_eq!(u["cost"], "30");
+    assert_eq!(
+        charged(u),
+        [pair("DAILY", "19.9004"), pair("SUBSCRIPTION", "10.0996")]
+    );
+    let bal = app.balance(&w).await;
+    assert_eq!(bal["daily"]["remaining"], "0");
+    assert_eq!(bal["subscription"]["remaining"], "489.9004");
+    assert_eq!(bal["total"], "489.9004");
+    assert_eq!(app.usage(&w).await.as_array().unwrap().len(), 2);
+}
+
+async fn reservations_settle_release_and_expire(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let reserve = "mutation($i: ReserveInput!) { reserveCredits(input: $i) { id walletId amount status expiresAt } }";
+    let settle = format!(
+        "mutation($i: SettleInput!) {{ settleReservation(input: $i) {{ replayed usage {{ {USAGE} }} balance {{ ...Bal }} }} }}"
+    );
+    let release =
+        "mutation($id: ID!) { releaseReservation(id: $id) { id amount status expiresAt } }";
+
+    let d = app
+        .ok(&app.admin, reserve, json!({ "i": { "walletId": w, "idempotencyKey": "r1", "amount": "25", "ttlSeconds": 600 } }))
+        .await;
+    let r = &d["reserveCredits"];
+    let rid = r["id"].as_str().unwrap().to_owned();
+    assert!(rid.starts_with("res_"));
+    assert_eq!(
+        r,
+        &json!({ "id": rid, "walletId": w, "amount": "25", "status": "ACTIVE", "expiresAt": "2027-03-10T12:10:00Z" })
+    );
+    // Held credits are in no bucket: 20 from daily, 5 from subscription.
+    let bal = app.balance(&w).await;
+    assert_eq!(
+        (
+            &bal["total"],
+            &bal["reserved"],
+            &bal["daily"]["remaining"],
+            &bal["subscription"]["remaining"]
+        ),
+        (&json!("495"), &json!("25"), &json!("0"), &json!("495"))
+    );
+
+    // Settle for 15 credits: paid from the held daily part; the rest goes back.
+    let input = json!({ "reservationId": rid, "threadId": "t1", "model": "standard-chat",
+        "inputTokens": 0, "outputTokens": 100_000 });
+    let d = app.ok(&app.admin, &settle, json!({ "i": input })).await;
+    let s = &d["settleReservation"];
+    assert_eq!(s["replayed"], false);
+    assert_eq!(s["usage"]["cost"], "15");
+    assert_eq!(s["usage"]["uncollected"], "0");
+    assert_eq!(s["usage"]["idempotencyKey"], "r1");
+    assert_eq!(charged(&s["usage"]), [pair("DAILY", "15")]);
+    assert_eq!(
+        (
+            &s["balance"]["total"],
+            &s["balance"]["reserved"],
+            &s["balance"]["daily"]["remaining"]
+        ),
+        (&json!("505"), &json!("0"), &json!("5"))
+    );
+    // Settling again with the same input replays; other input conflicts; release refuses.
+    let d = app.ok(&app.admin, &settle, json!({ "i": input })).await;
+    assert_eq!(d["settleReservation"]["replayed"], true);
+    assert_eq!(d["settleReservation"]["usage"], s["usage"]);
+    let mut other = input.clone();
+    other["outputTokens"] = json!(1);
+    assert_eq!(
+        app.code(&app.admin, &settle, json!({ "i": other })).await,
+        "IDEMPOTENCY_CONFLICT"
+    );
+    assert_eq!(
+        app.code(&app.admin, release, json!({ "id": rid })).await,
+        "RESERVATION_NOT_ACTIVE"
+    );
+    assert_eq!(app.balance(&w).await["total"], "505");
+
+    // Release gives everything back, and is idempotent.
+    let d = app
+        .ok(&app.admin, reserve, json!({ "i": { "walletId": w, "idempotencyKey": "r2", "amount": "7.5", "ttlSeconds": 60 } }))
+        .await;
+    let r2 = d["reserveCredits"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.balance(&w).await["reserved"], "7.5");
+    let d1 = app.ok(&app.admin, release, json!({ "id": r2 })).await;
+    assert_eq!(d1["releaseReservation"]["status"], "RELEASED");
+    let d2 = app.ok(&app.admin, release, json!({ "id": r2 })).await;
+    assert_eq!(d1, d2);
+    let bal = app.balance(&w).await;
+    assert_eq!(
+        (&bal["total"], &bal["reserved"]),
+        (&json!("505"), &json!("0"))
+    );
+    let mut settle_released = input.clone();
+    settle_released["reservationId"] = json!(r2);
+    assert_eq!(
+        app.code(&app.admin, &settle, json!({ "i": settle_released }))
+            .await,
+        "RESERVATION_NOT_ACTIVE"
+    );
+
+    // A reservation expires at its TTL and frees its credits.
+    let d = app
+        .ok(&app.admin, reserve, json!({ "i": { "walletId": w, "idempotencyKey": "r3", "amount": 3, "ttlSeconds": 60 } }))
+        .await;
+    let r3 = d["reserveCredits"]["id"].as_str().unwrap().to_owned();
+    app.advance(60).await;
+    let bal = app.balance(&w).await;
+    assert_eq!(
+        (&bal["total"], &bal["reserved"]),
+        (&json!("505"), &json!("0"))
+    );
+    assert_eq!(
+        app.code(&app.admin, release, json!({ "id": r3 })).await,
+        "RESERVATION_NOT_ACTIVE"
+    );
+    assert_eq!(
+        app.code(&app.admin, release, json!({ "id": "res_nope" }))
+            .await,
+        "NOT_FOUND"
+    );
+
+    // What neither the hold nor the balance can pay is written off as uncollected:
+    // a free wallet (5 daily) holds 5, then settles 8 credits of economy-mini.
+    let f = app.wallet("bob", "free").await;
+    let d = app
+        .ok(&app.admin, reserve, json!({ "i": { "walletId": f, "idempotencyKey": "r1", "amount": "5", "ttlSeconds": 600 } }))
+        .await;
+    let rf = d["reserveCredits"]["id"].as_str().unwrap().to_owned();
+    let d = app
+        .ok(&app.admin, &settle, json!({ "i": { "reservationId": rf, "threadId": "t", "model": "economy-mini", "inputTokens": 0, "outputTokens": 2_000_000 } }))
+        .await;
+    let u = &d["settleReservation"]["usage"];
+    assert_eq!((&u["cost"], &u["uncollected"]), (&json!("8"), &json!("3")));
+    assert_eq!(charged(u), [pair("DAILY", "5")]);
+    assert_eq!(d["settleReservation"]["balance"]["total"], "0");
+}
+
+async fn grants_expire_and_bundles_are_idempotent(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let grant = "mutation($i: GrantInput!) { grantCredits(input: $i) { id kind amount remaining reason grantedAt expiresAt } }";
+    let d = app
+        .ok(
+            &app.admin,
+            grant,
+            json!({ "i": { "walletId": w, "idempotencyKey": "g1", "amount": "10",
+            "kind": "PROMOTION", "reason": "launch", "expiresAt": "2027-03-20T00:00:00Z" } }),
+        )
+        .await;
+    let g = &d["grantCredits"];
+    assert!(g["id"].as_str().unwrap().starts_with("grt_"));
+    assert_eq!(
+        g,
+        &json!({ "id": g["id"], "kind": "PROMOTION", "amount": "10", "remaining": "10",
+            "reason": "launch", "grantedAt": "2027-03-10T12:00:00Z", "expiresAt": "2027-03-20T00:00:00Z" })
+    );
+    let d2 = app
+        .ok(
+            &app.admin,
+            grant,
+            json!({ "i": { "walletId": w, "idempotencyKey": "g2", "amount": 2,
+            "kind": "COMPENSATION", "reason": "outage" } }),
+        )
+        .await;
+    let bal = app.balance(&w).await;
+    assert_eq!(bal["total"], "532");
+    // Spend order: soonest expiry first, no expiry last.
+    let ids: Vec<_> = bal["bonus"]["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].clone())
+        .collect();
+    assert_eq!(ids, [g["id"].clone(), d2["grantCredits"]["id"].clone()]);
+    // A grant's expiry must be after now; PURCHASE comes only from bundles.
+    for bad in [
+        json!({ "walletId": w, "idempotencyKey": "g3", "amount": 1, "kind": "ADMIN", "reason": "x", "expiresAt": "2027-03-10T12:00:00Z" }),
+        json!({ "walletId": w, "idempotencyKey": "g3", "amount": 1, "kind": "PURCHASE", "reason": "x" }),
+        json!({ "walletId": w, "idempotencyKey": "g3", "amount": 0, "kind": "ADMIN", "reason": "x" }),
+    ] {
+        assert_eq!(
+            app.code(&app.admin, grant, json!({ "i": bad })).await,
+            "INVALID_INPUT",
+            "{bad}"
+        );
+    }
+    // Past its expiry the lot is gone (ten days on: the daily bucket has reset too).
+    app.advance(10 * 86_400).await;
+    let bal = app.balance(&w).await;
+    assert_eq!(bal["bonus"]["remaining"], "2");
+    assert_eq!(bal["total"], "522");
+
+    let buy = "mutation($w: ID!, $b: ID!, $p: String!) { purchaseBundle(input: {walletId: $w, bundleId: $b, paymentReference: $p}) { id kind amount remaining expiresAt } }";
+    let p1 = app
+        .ok(
+            &app.admin,
+            buy,
+            json!({ "w": w, "b": "credits-100", "p": "pay-1" }),
+        )
+        .await;
+    assert_eq!(p1["purchaseBundle"]["kind"], "PURCHASE");
+    assert_eq!(p1["purchaseBundle"]["amount"], "100");
+    assert_eq!(p1["purchaseBundle"]["expiresAt"], json!(null));
+    let p2 = app
+        .ok(
+            &app.admin,
+            buy,
+            json!({ "w": w, "b": "credits-100", "p": "pay-1" }),
+        )
+        .await;
+    assert_eq!(
+        p1, p2,
+        "the same payment reference returns the original grant"
+    );
+    assert_eq!(app.balance(&w).await["total"], "622");
+    let other = app.wallet("bob", "pro").await;
+    assert_eq!(
+        app.code(
+            &app.admin,
+            buy,
+            json!({ "w": other, "b": "credits-100", "p": "pay-1" })
+        )
+        .await,
+        "IDEMPOTENCY_CONFLICT"
+    );
+    assert_eq!(
+        app.code(
+            &app.admin,
+            buy,
+            json!({ "w": w, "b": "credits-500", "p": "pay-1" })
+        )
+        .await,
+        "IDEMPOTENCY_CONFLICT"
+    );
+    assert_eq!(
+        app.code(
+            &app.admin,
+            buy,
+            json!({ "w": w, "b": "credits-7", "p": "pay-2" })
+        )
+        .await,
+        "NOT_FOUND"
+    );
+    assert_eq!(app.balance(&other).await["total"], "520");
+    assert_eq!(app.balance(&w).await["total"], "622");
+}
+
+async fn usage_history_pages_filters_and_summaries(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    // Two events at 12:00, three an hour later.
+    let plan = [
+        ("k1", "t1", "economy-mini", 0),
+        ("k2", "t1", "standard-chat", 0),
+        ("k3", "t2", "economy-mini", 3600),
+        ("k4", "t2", "economy-mini", 0),
+        ("k5", "t2", "standard-chat", 0),
+    ];
+    let mut ids = Vec::new();
+    for (key, thread, model, advance) in plan {
+        if advance > 0 {
+            app.advance(advance).await;
+        }
+        let r = app.record(&w, key, thread, model, 1000, 1000).await;
+        ids.push(
+            r["data"]["recordUsage"]["usage"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let page = "query($w: ID!, $f: UsageFilter, $n: Int, $a: String) { wallet(id: $w) { usage(filter: $f, first: $n, after: $a) { edges { cursor node { id threadId model at } } pageInfo { hasNextPage endCursor } } } }";
+    let mut seen = Vec::new();
+    let mut after = Value::Null;
+    for expected_len in [2, 2, 1] {
+        let d = app
+            .ok(&app.admin, page, json!({ "w": w, "n": 2, "a": after }))
+            .await;
+        let conn = &d["wallet"]["usage"];
+        let edges = conn["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), expected_len);
+        seen.extend(
+            edges
+                .iter()
+                .map(|e| e["node"]["id"].as_str().unwrap().to_owned()),
+        );
+        assert_eq!(
+            conn["pageInfo"]["hasNextPage"],
+            expected_len == 2 && seen.len() < 5
+        );
+        assert_eq!(
+            conn["pageInfo"]["endCursor"],
+            edges.last().unwrap()["cursor"]
+        );
+        after = conn["pageInfo"]["endCursor"].clone();
+    }
+    // Newest first.
+    ids.reverse();
+    assert_eq!(seen, ids);
+
+    let count = |f: Value| {
+        let app = &app;
+        let w = w.clone();
+        async move {
+            let d = app.ok(&app.admin, page, json!({ "w": w, "f": f })).await;
+            d["wallet"]["usage"]["edges"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count(json!({ "threadId": "t2" })).await, 3);
+    assert_eq!(count(json!({ "model": "economy-mini" })).await, 3);
+    assert_eq!(
+        count(json!({ "threadId": "t2", "model": "standard-chat" })).await,
+        1
+    );
+    assert_eq!(count(json!({ "from": "2027-03-10T13:00:00Z" })).await, 3);
+    assert_eq!(count(json!({ "to": "2027-03-10T13:00:00Z" })).await, 2);
+    assert_eq!(count(json!({ "memberId": "nobody" })).await, 0);
+    for n in [101, -1] {
+        assert_eq!(
+            app.code(&app.admin, page, json!({ "w": w, "n": n })).await,
+            "INVALID_INPUT"
+        );
+    }
+    assert_eq!(
+        app.code(&app.admin, page, json!({ "w": w, "a": "garbage" }))
+            .await,
+        "INVALID_INPUT"
+    );
+
+    // economy-mini 1000/1000: 1000 + 4000 µcr; standard-chat: 30_000 + 150_000 µcr.
+    let summary = "query($w: ID!, $g: UsageGroupBy!, $t: UsageGroupBy, $from: DateTime) { wallet(id: $w) { usageSummary(groupBy: $g, thenBy: $t, from: $from) { key subKey credits events } } }";
+    let d = app
+        .ok(&app.admin, summary, json!({ "w": w, "g": "THREAD" }))
+        .await;
+    assert_eq!(
+        d["wallet"]["usageSummary"],
+        json!([
+            { "key": "t1", "subKey": null, "credits": "0.185", "events": 2 },
+            { "key": "t2", "subKey": null, "credits": "0.19", "events": 3 },
+        ])
+    );
+    let d = app
+        .ok(
+            &app.admin,
+            summary,
+            json!({ "w": w, "g": "MODEL", "t": "THREAD" }),
+        )
+        .await;
+    assert_eq!(
+        d["wallet"]["usageSummary"],
+        json!([
+            { "key": "economy-mini", "subKey": "t1", "credits": "0.005", "events": 1 },
+            { "key": "economy-mini", "subKey": "t2", "credits": "0.01", "events": 2 },
+            { "key": "standard-chat", "subKey": "t1", "credits": "0.18", "events": 1 },
+            { "key": "standard-chat", "subKey": "t2", "credits": "0.18", "events": 1 },
+        ])
+    );
+    let d = app
+        .ok(
+            &app.admin,
+            summary,
+            json!({ "w": w, "g": "DAY", "from": "2027-03-10T13:00:00Z" }),
+        )
+        .await;
+    assert_eq!(
+        d["wallet"]["usageSummary"],
+        json!([{ "key": "2027-03-10", "subKey": null, "credits": "0.19", "events": 3 }])
+    );
+    let d = app
+        .ok(&app.admin, summary, json!({ "w": w, "g": "MEMBER" }))
+        .await;
+    assert_eq!(
+        d["wallet"]["usageSummary"],
+        json!([{ "key": "", "subKey": null, "credits": "0.375", "events": 5 }])
+    );
+}

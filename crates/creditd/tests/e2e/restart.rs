@@ -1,0 +1,84 @@
+//! A restart on the same database keeps everything (SPEC 9, 12).
+
+use serde_json::json;
+
+use crate::helpers::{App, Backend};
+use crate::on_both;
+
+on_both!(sigterm_drains_and_a_restart_keeps_every_balance);
+
+async fn sigterm_drains_and_a_restart_keeps_every_balance(b: Backend) {
+    let mut app = App::spawn(b).await;
+    let w1 = app.wallet("alice", "pro").await;
+    let w2 = app.wallet("bob", "free").await;
+    app.record(&w1, "u1", "t", "standard-chat", 1000, 200_000)
+        .await;
+    app.record(&w2, "u1", "t", "economy-mini", 1000, 1000).await;
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { grantCredits(input: {walletId: $w, idempotencyKey: \"g\", amount: \"2.5\", kind: ADMIN, reason: \"r\"}) { id } }",
+        json!({ "w": w2 }),
+    )
+    .await;
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!) { reserveCredits(input: {walletId: $w, idempotencyKey: \"r\", amount: \"4\", ttlSeconds: 3600}) { id } }",
+        json!({ "w": w1 }),
+    )
+    .await;
+    let alice = app.token("USER", Some("alice")).await;
+    let mut before = Vec::new();
+    for w in [&w1, &w2] {
+        before.push((app.balance(w).await, app.usage(w).await));
+    }
+    assert_eq!(before[0].0["reserved"], "4");
+
+    // A live subscriber must not hold up the drain.
+    let (mut ws, init) = crate::helpers::Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, crate::helpers::Init::Ack));
+    ws.subscribe(
+        "1",
+        "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause } }",
+        json!({ "w": w1 }),
+    )
+    .await;
+    let snap = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(snap["cause"], "SNAPSHOT");
+
+    let status = app.stop();
+    assert!(
+        status.success(),
+        "SIGTERM exits 0, got {status}; log:\n{}",
+        app.log()
+    );
+    app.start().await;
+
+    for (w, (balance, usage)) in [&w1, &w2].into_iter().zip(&before) {
+        assert_eq!(&app.balance(w).await, balance);
+        assert_eq!(&app.usage(w).await, usage);
+    }
+    // Tokens and idempotency keys survive too.
+    let d = app
+        .ok(&alice, "{ viewer { ownerId wallets { id } } }", json!({}))
+        .await;
+    assert_eq!(d["viewer"]["wallets"], json!([{ "id": w1 }]));
+    let r = app
+        .record(&w1, "u1", "t", "standard-chat", 1000, 200_000)
+        .await;
+    assert_eq!(r["data"]["recordUsage"]["replayed"], true);
+    assert_eq!(app.balance(&w1).await, before[0].0);
+    // The ledger's seq continues where it stopped.
+    let (mut ws, _) = crate::helpers::Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    ws.subscribe(
+        "1",
+        "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause } }",
+        json!({ "w": w1 }),
+    )
+    .await;
+    let again = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(again, snap);
+    app.record(&w1, "u2", "t", "economy-mini", 1, 1).await;
+    let next = ws.next_data("1").await["balanceChanged"].clone();
+    assert_eq!(next["cause"], "USAGE");
+    assert_eq!(next["seq"].as_u64(), snap["seq"].as_u64().map(|s| s + 1));
+}

@@ -1,0 +1,260 @@
+//! Team pools: creation, member configuration, member spending and limits.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{App, Backend};
+use crate::on_both;
+
+on_both!(teams_members_and_limits, plain_members_see_their_own_share);
+
+const MEMBERS: &str = "query($t: ID!) { team(id: $t) { id name wallet { id ownerId } members { userId role dailyLimit periodLimit spentToday spentThisPeriod } } }";
+
+async fn pool_usage(
+    app: &App,
+    wallet: &str,
+    key: &str,
+    member: Option<&str>,
+    output: i64,
+) -> Value {
+    app.gql(
+        &app.admin,
+        "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { usage { cost memberId } balance { total } } }",
+        json!({ "i": { "walletId": wallet, "idempotencyKey": key, "threadId": "pool-thread",
+            "model": "economy-mini", "inputTokens": 0, "outputTokens": output, "memberId": member } }),
+    )
+    .await
+}
+
+async fn teams_members_and_limits(b: Backend) {
+    let app = App::spawn(b).await;
+    let create = "mutation($a: [String!]!) { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: $a}) { id name wallet { id ownerId plan { id } balance { total } } members { userId role dailyLimit periodLimit spentToday } } }";
+    assert_eq!(
+        app.code(&app.admin, create, json!({ "a": [] })).await,
+        "INVALID_INPUT"
+    );
+    let d = app.ok(&app.admin, create, json!({ "a": ["alice"] })).await;
+    let team = &d["createTeam"];
+    let team_id = team["id"].as_str().unwrap().to_owned();
+    assert!(team_id.starts_with("team_"));
+    let pool = team["wallet"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(team["wallet"]["ownerId"], team_id.as_str());
+    assert_eq!(team["wallet"]["balance"]["total"], "10000");
+    assert_eq!(
+        team["members"],
+        json!([{ "userId": "alice", "role": "ADMIN", "dailyLimit": null, "periodLimit": null, "spentToday": "0" }])
+    );
+
+    let alice = app.token("USER", Some("alice")).await;
+    let bob = app.token("USER", Some("bob")).await;
+    let add = "mutation($t: ID!, $u: String!, $d: Credits, $p: Credits) { addTeamMember(teamId: $t, userId: $u, dailyLimit: $d, periodLimit: $p) { userId role dailyLimit periodLimit spentToday spentThisPeriod } }";
+    // A team admin (USER token) configures members.
+    let d = app
+        .ok(
+            &alice,
+            add,
+            json!({ "t": team_id, "u": "bob", "d": "1", "p": "5" }),
+        )
+        .await;
+    assert_eq!(
+        d["addTeamMember"],
+        json!({ "userId": "bob", "role": "MEMBER", "dailyLimit": "1", "periodLimit": "5", "spentToday": "0", "spentThisPeriod": "0" })
+    );
+    assert_eq!(
+        app.code(&alice, add, json!({ "t": team_id, "u": "bob" }))
+            .await,
+        "INVALID_INPUT"
+    );
+    // A plain member may not; nor may a service, nor a stranger.
+    assert_eq!(
+        app.code(&bob, add, json!({ "t": team_id, "u": "carol" }))
+            .await,
+        "FORBIDDEN"
+    );
+    let service = app.token("SERVICE", None).await;
+    assert_eq!(
+        app.code(&service, add, json!({ "t": team_id, "u": "carol" }))
+            .await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        app.code(&app.admin, add, json!({ "t": "team_nope", "u": "carol" }))
+            .await,
+        "NOT_FOUND"
+    );
+
+    // Members spend from the pool: 0.8 credits, then 0.8 more would pass the daily 1.
+    let r = pool_usage(&app, &pool, "m1", Some("bob"), 200_000).await;
+    assert_eq!(r["data"]["recordUsage"]["usage"]["memberId"], "bob");
+    assert_eq!(r["data"]["recordUsage"]["balance"]["total"], "9999.2");
+    let r = pool_usage(&app, &pool, "m2", Some("bob"), 200_000).await;
+    assert_eq!(crate::helpers::error_code(&r), "MEMBER_LIMIT_EXCEEDED");
+    // Reaching the limit exactly is allowed.
+    let r = pool_usage(&app, &pool, "m3", Some("bob"), 50_000).await;
+    assert_eq!(r["data"]["recordUsage"]["balance"]["total"], "9999");
+    let r = pool_usage(&app, &pool, "m4", Some("bob"), 1).await;
+    assert_eq!(crate::helpers::error_code(&r), "MEMBER_LIMIT_EXCEEDED");
+    // A pool needs a member, and only a member.
+    let r = pool_usage(&app, &pool, "m5", None, 1).await;
+    assert_eq!(crate::helpers::error_code(&r), "INVALID_INPUT");
+    let r = pool_usage(&app, &pool, "m6", Some("mallory"), 1).await;
+    assert_eq!(crate::helpers::error_code(&r), "FORBIDDEN");
+    let personal = app.wallet("bob", "pro").await;
+    let r = pool_usage(&app, &personal, "m7", Some("bob"), 1).await;
+    assert_eq!(crate::helpers::error_code(&r), "INVALID_INPUT");
+    // Reservations count against the limit too.
+    let reserve = "mutation($i: ReserveInput!) { reserveCredits(input: $i) { id } }";
+    let r = app
+        .code(&app.admin, reserve, json!({ "i": { "walletId": pool, "idempotencyKey": "rv", "amount": "0.5", "ttlSeconds": 60, "memberId": "bob" } }))
+        .await;
+    assert_eq!(r, "MEMBER_LIMIT_EXCEEDED");
+    assert_eq!(app.balance(&pool).await["total"], "9999");
+
+    let d = app.ok(&alice, MEMBERS, json!({ "t": team_id })).await;
+    let members = d["team"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[1]["spentToday"], "1");
+    assert_eq!(members[1]["spentThisPeriod"], "1");
+    // A plain member sees only themselves, and only their own pool usage.
+    let d = app.ok(&bob, MEMBERS, json!({ "t": team_id })).await;
+    assert_eq!(d["team"]["members"].as_array().unwrap().len(), 1);
+    assert_eq!(d["team"]["members"][0]["userId"], "bob");
+    let carol = app.token("USER", Some("carol")).await;
+    assert_eq!(
+        app.code(&carol, MEMBERS, json!({ "t": team_id })).await,
+        "FORBIDDEN"
+    );
+
+    // Limits are replaced whole; omitted means none.
+    let set = "mutation($t: ID!, $u: String!, $d: Credits) { setMemberLimits(teamId: $t, userId: $u, dailyLimit: $d) { userId dailyLimit periodLimit } }";
+    let d = app
+        .ok(&alice, set, json!({ "t": team_id, "u": "bob" }))
+        .await;
+    assert_eq!(
+        d["setMemberLimits"],
+        json!({ "userId": "bob", "dailyLimit": null, "periodLimit": null })
+    );
+    assert_eq!(
+        app.code(&bob, set, json!({ "t": team_id, "u": "bob", "d": "9" }))
+            .await,
+        "FORBIDDEN"
+    );
+    let r = pool_usage(&app, &pool, "m8", Some("bob"), 250_000).await;
+    assert_eq!(r["data"]["recordUsage"]["balance"]["total"], "9998");
+    // 0 forbids spending.
+    app.ok(&alice, set, json!({ "t": team_id, "u": "bob", "d": 0 }))
+        .await;
+    let r = pool_usage(&app, &pool, "m9", Some("bob"), 1).await;
+    assert_eq!(crate::helpers::error_code(&r), "MEMBER_LIMIT_EXCEEDED");
+
+    let remove = "mutation($t: ID!, $u: String!) { removeTeamMember(teamId: $t, userId: $u) }";
+    assert_eq!(
+        app.code(&bob, remove, json!({ "t": team_id, "u": "bob" }))
+            .await,
+        "FORBIDDEN"
+    );
+    let d = app
+        .ok(&alice, remove, json!({ "t": team_id, "u": "bob" }))
+        .await;
+    assert_eq!(d["removeTeamMember"], true);
+    let d = app
+        .ok(&alice, remove, json!({ "t": team_id, "u": "bob" }))
+        .await;
+    assert_eq!(d["removeTeamMember"], false);
+    // The last admin stays.
+    assert_eq!(
+        app.code(&alice, remove, json!({ "t": team_id, "u": "alice" }))
+            .await,
+        "INVALID_INPUT"
+    );
+    // A removed member's usage stays attributed to them.
+    let d = app
+        .ok(&app.admin, "query($w: ID!) { wallet(id: $w) { usageSummary(groupBy: MEMBER) { key credits events } } }", json!({ "w": pool }))
+        .await;
+    assert_eq!(
+        d["wallet"]["usageSummary"],
+        json!([{ "key": "bob", "credits": "2", "events": 3 }])
+    );
+}
+
+async fn plain_members_see_their_own_share(b: Backend) {
+    let app = App::spawn(b).await;
+    let d = app
+        .ok(
+            &app.admin,
+            r#"mutation { createTeam(input: {name: "Acme", planId: "team", timezone: "UTC", adminUserIds: ["alice"]}) { id wallet { id } } }"#,
+            json!({}),
+        )
+        .await;
+    let team = d["createTeam"]["id"].as_str().unwrap().to_owned();
+    let pool = d["createTeam"]["wallet"]["id"].as_str().unwrap().to_owned();
+    let alice = app.token("USER", Some("alice")).await;
+    let bob = app.token("USER", Some("bob")).await;
+    for user in ["bob", "carol"] {
+        app.ok(
+            &alice,
+            "mutation($t: ID!, $u: String!) { addTeamMember(teamId: $t, userId: $u) { userId } }",
+            json!({ "t": team, "u": user }),
+        )
+        .await;
+    }
+    pool_usage(&app, &pool, "b1", Some("bob"), 250_000).await;
+    pool_usage(&app, &pool, "c1", Some("carol"), 500_000).await;
+    let q = "query($w: ID!) { wallet(id: $w) { balance { total } usage { edges { node { memberId } } } usageSummary(groupBy: MEMBER) { key credits } } }";
+    let d = app.ok(&bob, q, json!({ "w": pool })).await;
+    assert_eq!(d["wallet"]["balance"]["total"], "9997");
+    assert_eq!(
+        d["wallet"]["usage"]["edges"],
+        json!([{ "node": { "memberId": "bob" } }])
+    );
+    assert_eq!(
+        d["wallet"]["usageSummary"],
+        json!([{ "key": "bob", "credits": "1" }])
+    );
+    let d = app.ok(&alice, q, json!({ "w": pool })).await;
+    assert_eq!(d["wallet"]["usage"]["edges"].as_array().unwrap().len(), 2);
+    // A member quotes on the pool; only team admins change its zone.
+    let quote = "query($w: ID!) { quote(walletId: $w, model: \"premium-max\", inputTokens: 0, outputTokens: 1) }";
+    assert_eq!(
+        app.ok(&bob, quote, json!({ "w": pool })).await["quote"],
+        "0.0004"
+    );
+    let zone =
+        "mutation($w: ID!) { setTimezone(walletId: $w, timezone: \"Asia/Tokyo\") { timezone } }";
+    assert_eq!(
+        app.code(&bob, zone, json!({ "w": pool })).await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        app.ok(&alice, zone, json!({ "w": pool })).await["setTimezone"]["timezone"],
+        "Asia/Tokyo"
+    );
+    // A member reports a pool thread they spent in; the review is theirs alone.
+    let d = app
+        .ok(
+            &bob,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" }),
+        )
+        .await;
+    assert_eq!(d["reportHighUsage"]["findings"]["events"], 2);
+    let mallory = app.token("USER", Some("mallory")).await;
+    assert_eq!(
+        app.code(
+            &mallory,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" })
+        )
+        .await,
+        "FORBIDDEN"
+    );
+    let reviews = "query($w: ID!) { wallet(id: $w) { reviews { threadId } } }";
+    let carol = app.token("USER", Some("carol")).await;
+    assert_eq!(
+        app.ok(&carol, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
+        json!([])
+    );
+    assert_eq!(
+        app.ok(&bob, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
+        json!([{ "threadId": "pool-thread" }])
+    );
+}
