@@ -331,6 +331,36 @@ impl App {
         }
     }
 
+    /// Kills the server with SIGKILL (no drain) and reaps it; `start` restarts it on the
+    /// same database.
+    #[allow(dead_code)] // used by the reliability suite
+    pub fn kill(&mut self) {
+        let mut running = self.server.take().expect("a running server");
+        running.child.kill().expect("SIGKILL creditd");
+        running.child.wait().expect("reap creditd");
+    }
+
+    /// A second server process on this app's database (its own directory, log and port,
+    /// the same admin token): another node of the same service. Its drop stops it and
+    /// leaves the database to `self`.
+    #[allow(dead_code)] // used by the reliability suite
+    pub async fn another_node(&self) -> App {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut node = App {
+            server: None,
+            db: TestDb {
+                url: self.db.url.clone(),
+                postgres: None,
+            },
+            dir,
+            admin: self.admin.clone(),
+            manual_clock: self.manual_clock.clone(),
+            http: self.http.clone(),
+        };
+        node.start().await;
+        node
+    }
+
     pub fn addr(&self) -> &str {
         &self.server.as_ref().expect("a running server").addr
     }

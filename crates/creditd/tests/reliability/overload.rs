@@ -1,0 +1,1 @@
+//! Overload (issue 10, item 6).

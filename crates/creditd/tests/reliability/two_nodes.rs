@@ -1,0 +1,1 @@
+//! Two nodes on one PostgreSQL (issue 10, item 2).
