@@ -228,6 +228,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ledger,
         admin_token,
         metrics,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
     };
 
     reload_on_sighup(pricing);

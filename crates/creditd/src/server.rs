@@ -10,7 +10,8 @@ use async_graphql::{BatchRequest, BatchResponse, Data};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use credits_actors::Ledger;
@@ -25,11 +26,18 @@ pub struct AppState {
     pub ledger: Ledger,
     pub admin_token: Option<Arc<TokenHash>>,
     pub metrics: Option<PrometheusHandle>,
+    /// One permit per GraphQL-over-HTTP request being served (`Settings::max_in_flight`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route(
+            "/graphql",
+            get(graphql_get)
+                .post(graphql_post)
+                .route_layer(middleware::from_fn_with_state(state.clone(), shed_load)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -46,6 +54,32 @@ fn error_response(status: StatusCode, e: ApiError) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// Past `max_in_flight` GraphQL POSTs at once, answers at once with `UNAVAILABLE` (503,
+/// `Retry-After: 1`) rather than queueing: before the body is read and before the token
+/// is looked up, so a shed request costs next to nothing and changes nothing. WebSocket
+/// upgrades and GraphiQL (GETs) pass through.
+async fn shed_load(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if req.method() != Method::POST {
+        return next.run(req).await;
+    }
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        metrics::counter!("credits_graphql_shed_total").increment(1);
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::unavailable("the server is at capacity; retry later"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(req).await
 }
 
 async fn principal_from(state: &AppState, auth: Option<&str>) -> Result<Principal, ApiError> {

@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "sqlite://creditd.db?mode=rwc";
+/// GraphQL-over-HTTP requests served at once; past it the server sheds load with
+/// `UNAVAILABLE` (HTTP 503) instead of queueing without bound. With bodies of at most
+/// 256 KiB this also bounds the memory held by requests (about 256 MiB at worst).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// Options of `creditd serve`; each is also an environment variable and a config key.
 #[derive(Args, Clone, Debug, Default)]
@@ -38,6 +42,9 @@ pub struct ServeArgs {
     /// Turn GraphQL introspection off (production).
     #[arg(long, env = "CREDITD_NO_INTROSPECTION")]
     pub no_introspection: bool,
+    /// GraphQL requests served at once over HTTP; more are answered `UNAVAILABLE` (503).
+    #[arg(long, env = "CREDITD_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -50,6 +57,7 @@ struct FileSettings {
     catalogue: Option<PathBuf>,
     manual_clock: Option<String>,
     introspection: Option<bool>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +69,8 @@ pub struct Settings {
     pub catalogue: Option<PathBuf>,
     pub manual_clock: Option<DateTime<Utc>>,
     pub introspection: bool,
+    /// At least 1.
+    pub max_in_flight: usize,
 }
 
 /// Where cargo put this executable, and with it the built tier libraries.
@@ -93,6 +103,11 @@ impl Settings {
             ),
             None => None,
         };
+        let max_in_flight = args
+            .max_in_flight
+            .or(file.max_in_flight)
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
         Ok(Settings {
             listen: listen
                 .parse()
@@ -109,6 +124,40 @@ impl Settings {
             catalogue: args.catalogue.or(file.catalogue),
             manual_clock,
             introspection: !args.no_introspection && file.introspection.unwrap_or(true),
+            max_in_flight,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: ServeArgs, toml: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("creditd.toml");
+        std::fs::write(&path, toml).unwrap();
+        Settings::load(args, Some(&path))
+    }
+
+    #[test]
+    fn max_in_flight_defaults_reads_the_file_and_the_flag_wins() {
+        let flag = |n| ServeArgs {
+            max_in_flight: Some(n),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            load(ServeArgs::default(), "").unwrap().max_in_flight,
+            DEFAULT_MAX_IN_FLIGHT
+        );
+        assert_eq!(
+            load(ServeArgs::default(), "max_in_flight = 7")
+                .unwrap()
+                .max_in_flight,
+            7
+        );
+        assert_eq!(load(flag(3), "max_in_flight = 7").unwrap().max_in_flight, 3);
+        let zero = load(flag(0), "").unwrap_err().to_string();
+        assert!(zero.contains("at least 1"), "{zero}");
     }
 }

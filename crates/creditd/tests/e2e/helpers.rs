@@ -89,6 +89,7 @@ pub fn creditd() -> Command {
         "CREDITD_CATALOGUE",
         "CREDITD_MANUAL_CLOCK",
         "CREDITD_NO_INTROSPECTION",
+        "CREDITD_MAX_IN_FLIGHT",
         "CREDITD_ADMIN_TOKEN",
     ] {
         c.env_remove(var);
@@ -202,6 +203,8 @@ pub struct App {
     pub dir: tempfile::TempDir,
     pub admin: String,
     pub manual_clock: Option<String>,
+    /// More `serve` arguments, e.g. `--max-in-flight 4`.
+    pub args: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -212,6 +215,15 @@ impl App {
     }
 
     pub async fn spawn_with(backend: Backend, manual_clock: Option<&str>) -> App {
+        App::spawn_with_args(backend, manual_clock, &[]).await
+    }
+
+    /// A server started with more `serve` arguments.
+    pub async fn spawn_with_args(
+        backend: Backend,
+        manual_clock: Option<&str>,
+        args: &[&str],
+    ) -> App {
         let dir = tempfile::tempdir().expect("a temp dir");
         let db = TestDb::new(&backend, dir.path());
         let mut app = App {
@@ -220,6 +232,7 @@ impl App {
             dir,
             admin: format!("adm{}", random_hex()),
             manual_clock: manual_clock.map(str::to_owned),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -263,6 +276,7 @@ impl App {
         if let Some(t) = &self.manual_clock {
             cmd.args(["--manual-clock", t]);
         }
+        cmd.args(&self.args);
         let mut child = cmd.spawn().expect("start creditd");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -355,10 +369,17 @@ impl App {
             dir,
             admin: self.admin.clone(),
             manual_clock: self.manual_clock.clone(),
+            args: self.args.clone(),
             http: self.http.clone(),
         };
         node.start().await;
         node
+    }
+
+    /// The server's process id.
+    #[allow(dead_code)] // used by the reliability suite
+    pub fn pid(&self) -> u32 {
+        self.server.as_ref().expect("a running server").child.id()
     }
 
     pub fn addr(&self) -> &str {

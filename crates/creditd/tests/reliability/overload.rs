@@ -1,1 +1,235 @@
-//! Overload (issue 10, item 6).
+//! Overload (issue 10, item 6): past `--max-in-flight` GraphQL requests the server answers
+//! `UNAVAILABLE` (HTTP 503, `Retry-After`) at once instead of queueing, a shed request
+//! changes nothing, memory stays bounded, and service is normal again once load drops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use credits_store::Store;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::helpers::{App, Backend, START};
+use crate::on_both;
+use crate::workload::{Outcome, Shared, http_client, ledger, seed, spawn_clients, verify, wallets};
+
+/// The server's bound in these tests.
+const MAX_IN_FLIGHT: usize = 4;
+/// Requests of the flood while every slot is held.
+const FLOOD: usize = 300;
+/// Concurrent senders of the flood.
+const FLOOD_CONCURRENCY: usize = 50;
+/// How long phase 3's clients run (each shed request is retried once by the verifier,
+/// one at a time, which is what takes long).
+const LOAD_TIME: Duration = Duration::from_secs(1);
+/// Bound on waiting for the server to change state (a slot taken or freed).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on the server's memory growth over the flood and the load (MiB): generous, it
+/// only catches an unbounded queue.
+const MAX_RSS_GROWTH_MIB: u64 = 256;
+
+on_both!(overload_sheds_at_once_changes_nothing_and_recovers);
+
+fn usage(wallet: &str, key: &str) -> Value {
+    json!({
+        "query": "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { replayed usage { id } } }",
+        "variables": { "i": { "walletId": wallet, "idempotencyKey": key, "threadId": "t",
+            "model": "economy-mini", "inputTokens": 1000, "outputTokens": 1000 } },
+    })
+}
+
+/// The server's resident memory in KiB (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A POST to `/graphql` whose headers promise a body that never comes: it holds one
+/// in-flight slot for as long as the connection stays open.
+async fn stalled_request(app: &App) -> TcpStream {
+    let mut s = TcpStream::connect(app.addr()).await.expect("connect");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        app.addr(),
+        app.admin
+    );
+    s.write_all(head.as_bytes()).await.expect("send a head");
+    s
+}
+
+/// One raw POST: (status, Retry-After, body, how long it took).
+async fn post(
+    http: &reqwest::Client,
+    app: &App,
+    body: &Value,
+) -> (u16, Option<String>, Value, Duration) {
+    let t = Instant::now();
+    let resp = http
+        .post(app.url("/graphql"))
+        .bearer_auth(&app.admin)
+        .json(body)
+        .send()
+        .await
+        .expect("an answer");
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let json = resp.json().await.expect("a JSON body");
+    (status, retry, json, t.elapsed())
+}
+
+async fn overload_sheds_at_once_changes_nothing_and_recovers(b: Backend) {
+    let bound = MAX_IN_FLIGHT.to_string();
+    let app = App::spawn_with_args(b, Some(START), &["--max-in-flight", &bound]).await;
+    let targets = wallets(&app, 2).await;
+    let wallet = targets[0].id.clone();
+    let store = Store::connect(&app.db.url).await.expect("open the store");
+    let http = http_client();
+    let records_before = ledger(&store, &wallet).await.len();
+    let balance_before = app.balance(&wallet).await;
+    let rss_before = rss_kib(app.pid());
+
+    // 1. Every slot held by a request that never finishes: nothing can be served, and
+    //    nothing may wait either.
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_IN_FLIGHT {
+        stalled.push(stalled_request(&app).await);
+    }
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let (status, ..) = post(&http, &app, &usage(&wallet, "probe")).await;
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slots were never taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The probe may have been served before the slots filled: it is one more key.
+    let probe_served = ledger(&store, &wallet).await.len() - records_before;
+
+    let started = Instant::now();
+    let answers: Vec<_> = futures::stream::iter(0..FLOOD)
+        .map(|i| {
+            let (http, app, wallet) = (&http, &app, &wallet);
+            async move { post(http, app, &usage(wallet, &format!("flood-{i}"))).await }
+        })
+        .buffer_unordered(FLOOD_CONCURRENCY)
+        .collect()
+        .await;
+    let flood_time = started.elapsed();
+    let mut slowest = Duration::ZERO;
+    for (status, retry, body, took) in &answers {
+        // Each answer arrived while every slot was still held: it was not queued.
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+            "{body}"
+        );
+        slowest = slowest.max(*took);
+    }
+    // A shed request changed nothing.
+    assert_eq!(
+        ledger(&store, &wallet).await.len(),
+        records_before + probe_served
+    );
+
+    // 2. Load drops: the stalled clients go away and the same requests are served, each
+    //    key applied once.
+    drop(stalled);
+    let read = json!({
+        "query": "query($id: ID!) { wallet(id: $id) { balance { ...Bal } } }",
+        "variables": { "id": wallet },
+    });
+    let read = json!({
+        "query": format!("{}\n{}", read["query"].as_str().unwrap(), crate::helpers::BALANCE),
+        "variables": read["variables"],
+    });
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let (status, _, body, _) = post(&http, &app, &read).await;
+        if status == 200 {
+            if probe_served == 0 {
+                assert_eq!(body["data"]["wallet"]["balance"], balance_before);
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..FLOOD {
+        let (status, _, body, _) = post(&http, &app, &usage(&wallet, &format!("flood-{i}"))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["recordUsage"]["replayed"], false, "{body}");
+    }
+    assert_eq!(
+        ledger(&store, &wallet).await.len(),
+        records_before + probe_served + FLOOD
+    );
+    assert_ne!(app.balance(&wallet).await, balance_before);
+
+    // 3. Real load far past the bound (many clients, every kind of operation): some work
+    //    is shed, none is lost or doubled, and memory stays bounded.
+    let shared = Arc::new(Shared::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let targets = Arc::new(targets);
+    let handles = spawn_clients(
+        FLOOD_CONCURRENCY,
+        vec![app.url("/graphql")],
+        app.admin.clone(),
+        targets.clone(),
+        shared.clone(),
+        stop.clone(),
+        seed(),
+    );
+    tokio::time::sleep(LOAD_TIME).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.expect("a client task");
+    }
+    let rss_after = rss_kib(app.pid());
+    let ops = shared.ops.lock().unwrap().clone();
+    let shed = ops
+        .iter()
+        .filter(|o| matches!(&o.outcome, Outcome::Unknown(e) if e.contains("UNAVAILABLE")))
+        .count();
+    let tally = verify(&store, &[app.url("/graphql")], &app.admin, &targets, &ops).await;
+    println!(
+        "overload: max in flight {MAX_IN_FLIGHT}; {FLOOD} requests from {FLOOD_CONCURRENCY} senders \
+         with every slot held all shed (503) in {:.0} ms, slowest answer {:.0} ms; then {} ops from \
+         {FLOOD_CONCURRENCY} clients: {} acknowledged, {shed} shed, lost {}, doubled {}; \
+         RSS {} -> {} MiB",
+        flood_time.as_secs_f64() * 1e3,
+        slowest.as_secs_f64() * 1e3,
+        ops.len(),
+        tally.acked,
+        tally.lost,
+        tally.doubled,
+        rss_before / 1024,
+        rss_after / 1024,
+    );
+    assert_eq!((tally.lost, tally.doubled), (0, 0));
+    assert!(shed > 0, "the load never passed the bound: {tally:?}");
+    assert!(tally.acked > 0, "nothing was served under load: {tally:?}");
+    assert!(
+        rss_after.saturating_sub(rss_before) < MAX_RSS_GROWTH_MIB * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // Normal service afterwards.
+    let (status, _, body, _) = post(&http, &app, &usage(&wallet, "after")).await;
+    assert_eq!(
+        (status, &body["data"]["recordUsage"]["replayed"]),
+        (200, &json!(false)),
+        "{body}"
+    );
+}
