@@ -33,7 +33,7 @@ async fn kill_9_under_load_loses_and_doubles_nothing(b: Backend) {
     eprintln!("kill -9 on {name}: RELIABILITY_SEED={seed}");
     let started = Instant::now();
     let mut app = App::spawn(b).await;
-    let targets = Arc::new(wallets(&app, 3).await);
+    let targets = Arc::new(wallets(&app, 3, "team").await);
     let shared = Arc::new(Shared::default());
     let mut rng = Rng::new(seed);
     for cycle in 0..cycles {
@@ -65,20 +65,23 @@ async fn kill_9_under_load_loses_and_doubles_nothing(b: Backend) {
     let tally = verify(&store, &[app.url("/graphql")], &app.admin, &targets, &ops).await;
     println!(
         "kill -9 on {name}: {cycles} cycles, {} clients, {} ops sent, {} acknowledged, {} refused {:?}, \
-         {} unknown ({} of them durable, {} acknowledged on retry), lost {}, doubled {}, {:.1} s, RELIABILITY_SEED={seed}",
+         {} unknown {:?} ({} of them durable, {} acknowledged on retry), lost {}, doubled {}, \
+         unearned refusals {}, {:.1} s, RELIABILITY_SEED={seed}",
         clients,
         ops.len(),
         tally.acked,
         tally.refused,
         tally.refusals,
         tally.unknown,
+        tally.unknowns,
         tally.unknown_durable,
         tally.acked_on_retry,
         tally.lost,
         tally.doubled,
+        tally.unearned,
         started.elapsed().as_secs_f64(),
     );
-    assert_eq!((tally.lost, tally.doubled), (0, 0));
+    assert_eq!((tally.lost, tally.doubled, tally.unearned), (0, 0, 0));
     // The run must have exercised something: acknowledged work in every kind of cycle.
     assert!(
         tally.acked as u64 >= cycles,

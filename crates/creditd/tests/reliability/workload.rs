@@ -71,8 +71,8 @@ pub struct Target {
 }
 
 /// Creates the wallets of a run: `personal` personal wallets on `max`, and one team pool
-/// (plan `team`, 10,000 subscription credits) with three admin members, last.
-pub async fn wallets(app: &App, personal: usize) -> Vec<Target> {
+/// on `pool_plan` with three admin members, last.
+pub async fn wallets(app: &App, personal: usize, pool_plan: &str) -> Vec<Target> {
     let mut targets = Vec::new();
     for i in 0..personal {
         targets.push(Target {
@@ -84,8 +84,8 @@ pub async fn wallets(app: &App, personal: usize) -> Vec<Target> {
     let d = app
         .ok(
             &app.admin,
-            "mutation($a: [String!]!) { createTeam(input: {name: \"Pool\", planId: \"team\", timezone: \"UTC\", adminUserIds: $a}) { wallet { id } } }",
-            json!({ "a": members }),
+            "mutation($a: [String!]!, $p: ID!) { createTeam(input: {name: \"Pool\", planId: $p, timezone: \"UTC\", adminUserIds: $a}) { wallet { id } } }",
+            json!({ "a": members, "p": pool_plan }),
         )
         .await;
     targets.push(Target {
@@ -372,6 +372,12 @@ pub struct Tally {
     pub lost: usize,
     pub doubled: usize,
     pub refusals: HashMap<String, usize>,
+    /// Why outcomes were unknown (the error's code or the transport error's kind).
+    pub unknowns: HashMap<String, usize>,
+    /// Definite refusals the operation had not earned: `RESERVATION_NOT_ACTIVE` for a
+    /// reservation that nothing else finished (the workload settles or releases each
+    /// reservation once, and the manual clock never lets one expire).
+    pub unearned: usize,
 }
 
 /// Every ledger record of a wallet, in seq order, read straight from the store.
@@ -523,11 +529,22 @@ pub async fn verify(
             Outcome::Refused(code) => {
                 tally.refused += 1;
                 *tally.refusals.entry(code.clone()).or_default() += 1;
+                if code == "RESERVATION_NOT_ACTIVE" {
+                    tally.unearned += 1;
+                }
                 if !hits.is_empty() {
                     failures.push(format!("refused ({code}) but in the ledger: {op:?}"));
                 }
             }
-            Outcome::Unknown(_) => {
+            Outcome::Unknown(why) => {
+                let reason = if why.contains("UNAVAILABLE") {
+                    "UNAVAILABLE"
+                } else if why.starts_with("request") || why.starts_with("body") {
+                    "no answer"
+                } else {
+                    "other"
+                };
+                *tally.unknowns.entry(reason.to_owned()).or_default() += 1;
                 tally.unknown += 1;
                 tally.unknown_durable += usize::from(!hits.is_empty());
             }
