@@ -16,6 +16,7 @@ use ractor::{Actor, ActorId, ActorRef, ActorStatus, MessagingErr};
 use tokio::sync::OnceCell;
 
 use crate::clock::Clock;
+use crate::committer::Committer;
 use crate::events::Subscription;
 use crate::store::{CommitError, Record, WalletStore};
 use crate::wallet::{Applied, ExecError, WalletActor, WalletArgs, WalletMsg};
@@ -30,12 +31,16 @@ const MAX_ACTIVATION_RETRIES: usize = 3;
 pub struct ActorConfig {
     /// An actor with nothing to do and no subscribers stops after this long.
     pub idle_after: Duration,
+    /// Store transactions in flight at once, each carrying many wallets' batches: 1 for
+    /// SQLite (one writer anyway), a few for PostgreSQL.
+    pub writers: usize,
 }
 
 impl Default for ActorConfig {
     fn default() -> Self {
         ActorConfig {
             idle_after: Duration::from_secs(60),
+            writers: 1,
         }
     }
 }
@@ -57,7 +62,11 @@ impl PlanBook {
 /// Counters the server exports as metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Wallet batches made durable.
     pub commits: AtomicU64,
+    /// Store transactions the committer ran, and the wallet batches they carried.
+    pub groups: AtomicU64,
+    pub grouped_batches: AtomicU64,
     pub records: AtomicU64,
     pub activations: AtomicU64,
 }
@@ -66,6 +75,12 @@ impl Metrics {
     pub(crate) fn committed(&self, records: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn grouped(&self, batches: usize) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.grouped_batches
+            .fetch_add(batches as u64, Ordering::Relaxed);
     }
 }
 
@@ -77,7 +92,8 @@ pub struct Shared {
     pub clock: Clock,
     pub plans: PlanBook,
     pub config: ActorConfig,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub(crate) committer: Committer,
     actors: DashMap<WalletId, Slot>,
 }
 
@@ -112,12 +128,15 @@ impl Directory {
     ) -> Directory {
         let plan_book = PlanBook::default();
         plan_book.replace(plans);
+        let metrics = Arc::new(Metrics::default());
+        let committer = Committer::start(store.clone(), config.writers, metrics.clone());
         let shared = Shared {
             store,
             clock,
             plans: plan_book,
             config,
-            metrics: Metrics::default(),
+            metrics,
+            committer,
             actors: DashMap::new(),
         };
         Directory {
@@ -305,6 +324,23 @@ impl Directory {
             let _ = a
                 .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
                 .await;
+        }
+    }
+
+    /// Another writer committed `id` up to `seq` (`None`: maybe, notices were lost). If the
+    /// wallet is active here, its actor reloads what it missed and publishes it.
+    pub fn announce(&self, id: &WalletId, seq: Option<u64>) {
+        if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned()) {
+            let _ = a.send_message(WalletMsg::Refresh(seq));
+        }
+    }
+
+    /// Every active wallet may be behind (the notice feed had a gap).
+    pub fn announce_all(&self) {
+        for slot in self.shared.actors.iter() {
+            if let Some(a) = slot.value().get() {
+                let _ = a.send_message(WalletMsg::Refresh(None));
+            }
         }
     }
 

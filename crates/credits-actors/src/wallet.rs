@@ -62,6 +62,9 @@ pub enum WalletMsg {
     /// Apply what fell due; the reply (if any) comes once it is durable and published.
     Tick(Option<RpcReplyPort<()>>),
     CommitDone(Result<(), CommitError>),
+    /// Another node committed this wallet up to this seq (`None`: maybe; notices were
+    /// lost): reload what this actor missed and publish it.
+    Refresh(Option<u64>),
     Recovered(Result<Recovery, StoreError>),
     IdleCheck,
     /// For fault-injection tests: the actor dies as if a bug had panicked in it.
@@ -114,6 +117,8 @@ pub struct WalletState {
     open_records: Vec<Record>,
     in_flight: Option<InFlight>,
     recovering: bool,
+    /// The highest seq another node announced while this actor was busy.
+    announced: Option<u64>,
     failures: u32,
     /// Calls that arrived during recovery, run after it.
     parked: Vec<(Op, ExecReply)>,
@@ -180,6 +185,7 @@ impl Actor for WalletActor {
             open_records: Vec::new(),
             in_flight: None,
             recovering: false,
+            announced: None,
             failures: 0,
             parked: Vec::new(),
             keys: Bounded::new(),
@@ -235,13 +241,7 @@ impl Actor for WalletActor {
             }
             WalletMsg::Subscribe(reply) => {
                 let events = state.events.subscribe();
-                let snapshot = BalanceEvent {
-                    wallet_id: state.durable.id.clone(),
-                    seq: state.durable.seq,
-                    kind: EventKind::Snapshot,
-                    balance: state.durable.balance(),
-                    at: state.durable.now,
-                };
+                let snapshot = state.snapshot();
                 let _ = reply.send(Subscription { snapshot, events });
             }
             WalletMsg::Tick(reply) => {
@@ -254,6 +254,7 @@ impl Actor for WalletActor {
                 }
             }
             WalletMsg::CommitDone(result) => state.commit_done(&myself, result),
+            WalletMsg::Refresh(seq) => state.refresh(&myself, seq),
             WalletMsg::Recovered(result) => state.recovered(&myself, result),
             WalletMsg::IdleCheck => {
                 let idle_for = state.idle_since.map(|t| t.elapsed());
@@ -440,10 +441,10 @@ impl WalletState {
             records,
             wallet: self.spec.clone(),
         });
-        let store = self.shared.store.clone();
+        let committer = self.shared.committer.clone();
         let me = myself.clone();
         tokio::spawn(async move {
-            let result = store.commit(&batch).await;
+            let result = committer.commit(batch).await;
             let _ = me.send_message(WalletMsg::CommitDone(result));
         });
     }
@@ -455,7 +456,7 @@ impl WalletState {
                 self.failures = 0;
                 self.version += 1;
                 self.became_durable(flight);
-                self.maybe_commit(myself);
+                self.carry_on(myself);
             }
             Err(e) => {
                 self.failures += 1;
@@ -486,6 +487,20 @@ impl WalletState {
         let _ = self.events.send(Arc::new(event));
     }
 
+    fn publish_snapshot(&self) {
+        let _ = self.events.send(Arc::new(self.snapshot()));
+    }
+
+    fn snapshot(&self) -> BalanceEvent {
+        BalanceEvent {
+            wallet_id: self.durable.id.clone(),
+            seq: self.durable.seq,
+            kind: EventKind::Snapshot,
+            balance: self.durable.balance(),
+            at: self.durable.now,
+        }
+    }
+
     fn answer(&self, waiters: Vec<Waiter>) {
         for w in waiters {
             match w {
@@ -502,6 +517,19 @@ impl WalletState {
                 }
             }
         }
+    }
+
+    fn refresh(&mut self, myself: &ActorRef<WalletMsg>, seq: Option<u64>) {
+        if seq.is_some_and(|s| s <= self.durable.seq) {
+            return; // Already here: this actor's own commit, or an old notice.
+        }
+        if self.in_flight.is_some() || self.recovering {
+            // Decided once the commit or the reload in progress is done.
+            let seq = seq.unwrap_or(u64::MAX);
+            self.announced = Some(self.announced.map_or(seq, |a| a.max(seq)));
+            return;
+        }
+        self.start_recovery(myself);
     }
 
     fn start_recovery(&mut self, myself: &ActorRef<WalletMsg>) {
@@ -528,9 +556,12 @@ impl WalletState {
                     .load(&id)
                     .await?
                     .ok_or_else(|| StoreError("wallet vanished".into()))?;
-                let records = store
+                let mut records = store
                     .records_after(&id, after, MAX_RECOVERY_RECORDS)
                     .await?;
+                // Records read after the snapshot may go beyond it; they belong to the next
+                // reload, or they would be published twice.
+                records.retain(|r| r.entry.seq <= loaded.wallet.seq);
                 let mut found = HashMap::new();
                 for key in keys {
                     if let Some(e) = store.find_key(&id, &key).await? {
@@ -549,8 +580,23 @@ impl WalletState {
     }
 
     fn recovered(&mut self, myself: &ActorRef<WalletMsg>, result: Result<Recovery, StoreError>) {
+        // Without a commit in flight, this reload was asked for by another node's notice.
+        let refresh = self.in_flight.is_none();
         let r = match result {
             Ok(r) if self.failures < MAX_COMMIT_ATTEMPTS => r,
+            Err(e) if refresh => {
+                // Nothing of ours is at stake: keep serving; the next commit's fence (or the
+                // next notice) brings the state up to date.
+                tracing::warn!(wallet = %self.durable.id, error = %e, "reload after a notice failed");
+                self.recovering = false;
+                self.announced = None;
+                let parked = std::mem::take(&mut self.parked);
+                for (op, reply) in parked {
+                    self.execute(op, reply);
+                }
+                self.maybe_commit(myself);
+                return;
+            }
             outcome => {
                 let why = match outcome {
                     Err(e) => e.to_string(),
@@ -561,11 +607,13 @@ impl WalletState {
             }
         };
         self.recovering = false;
-        let flight = self
-            .in_flight
-            .take()
-            .expect("recovery follows a failed commit");
-        let landed = r.records.len() >= flight.records.len()
+        let flight = self.in_flight.take().unwrap_or_else(|| InFlight {
+            waiters: Vec::new(),
+            records: Vec::new(),
+            wallet: self.durable.clone(),
+        });
+        let landed = !refresh
+            && r.records.len() >= flight.records.len()
             && r.records
                 .iter()
                 .zip(&flight.records)
@@ -580,11 +628,12 @@ impl WalletState {
             for (op, reply) in parked {
                 self.execute(op, reply);
             }
-            self.maybe_commit(myself);
+            self.carry_on(myself);
             return;
         }
         // Someone else wrote (or nothing landed): adopt the stored state, tell subscribers
         // what it contains, and decide every waiting call again on top of it.
+        let old_seq = self.durable.seq;
         self.durable = r.loaded.wallet;
         self.version = r.loaded.version;
         // Forget what this actor accepted but never made durable. (By identity, not by seq:
@@ -600,6 +649,14 @@ impl WalletState {
         for rec in &r.records {
             self.remember(&rec.entry);
             self.publish(rec);
+        }
+        if r.records
+            .last()
+            .is_none_or(|rec| rec.entry.seq < self.durable.seq)
+            && self.durable.seq > old_seq
+        {
+            // More was written than one reload reads: subscribers start again from here.
+            self.publish_snapshot();
         }
         for (key, entry) in r.keys {
             self.keys.insert(key, entry);
@@ -628,7 +685,16 @@ impl WalletState {
             self.execute(op, reply);
         }
         self.advance();
-        self.maybe_commit(myself);
+        self.carry_on(myself);
+    }
+
+    /// Commits what waits, unless another node announced a seq this actor has not seen:
+    /// then it reloads first (and decides what waits again on top of that).
+    fn carry_on(&mut self, myself: &ActorRef<WalletMsg>) {
+        match self.announced.take() {
+            Some(seq) if seq > self.durable.seq => self.start_recovery(myself),
+            _ => self.maybe_commit(myself),
+        }
     }
 
     /// The store keeps failing: answer UNAVAILABLE (never a refusal) and stop; the next call

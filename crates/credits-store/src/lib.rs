@@ -13,6 +13,7 @@ mod catalogue;
 mod core;
 mod entity;
 mod error;
+mod feed;
 mod lookups;
 mod queries;
 mod reviews;
@@ -31,6 +32,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 
 pub use core::cause_name;
 pub use error::{CommitError, StoreError};
+pub use feed::{CHANNEL, CommitListener, Notice};
 pub use queries::cursor_of;
 pub use rows::*;
 

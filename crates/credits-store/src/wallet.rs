@@ -12,6 +12,7 @@ use sea_orm::{
 
 use crate::entity::{grants, ledger, reservations, reviews, usage_events, wallets};
 use crate::error::{CommitError, StoreError};
+use crate::feed::notify;
 use crate::rows::*;
 use crate::sql::Sql;
 use crate::time::{from_us, opt_from_us, seq_from_db, seq_to_db, to_us};
@@ -70,7 +71,14 @@ impl Store {
     pub async fn commit(&self, batch: &WalletBatch) -> Result<i64, CommitError> {
         check_batch(batch)?;
         let txn = self.begin_write().await?;
-        match write_batch(&txn, batch).await {
+        let written = async {
+            let version = write_batch(&txn, batch).await?;
+            let moved = [(batch.wallet_id.as_str(), batch.seq)];
+            notify(&txn, self.backend(), &moved).await?;
+            Ok(version)
+        }
+        .await;
+        match written {
             Ok(version) => {
                 txn.commit().await?;
                 Ok(version)
@@ -123,6 +131,13 @@ impl Store {
         }
         match write_rows(&txn, &fenced).await {
             Ok(()) => {
+                let moved: Vec<(&str, u64)> = fenced
+                    .iter()
+                    .map(|b| (b.wallet_id.as_str(), b.seq))
+                    .collect();
+                notify(&txn, self.backend(), &moved)
+                    .await
+                    .map_err(StoreError::Db)?;
                 txn.commit().await.map_err(StoreError::Db)?;
                 Ok(results)
             }
@@ -142,6 +157,7 @@ impl Store {
     ) -> Result<Vec<Result<i64, CommitError>>, StoreError> {
         let txn = self.begin_write().await?;
         let mut results = Vec::with_capacity(batches.len());
+        let mut moved = Vec::with_capacity(batches.len());
         for batch in batches {
             if let Err(err) = check_batch(batch) {
                 results.push(Err(err.into()));
@@ -151,6 +167,7 @@ impl Store {
             match write_batch(&savepoint, batch).await {
                 Ok(version) => {
                     savepoint.commit().await.map_err(StoreError::Db)?;
+                    moved.push((batch.wallet_id.as_str(), batch.seq));
                     results.push(Ok(version));
                 }
                 Err(err) => {
@@ -159,6 +176,9 @@ impl Store {
                 }
             }
         }
+        notify(&txn, self.backend(), &moved)
+            .await
+            .map_err(StoreError::Db)?;
         txn.commit().await.map_err(StoreError::Db)?;
         Ok(results)
     }
