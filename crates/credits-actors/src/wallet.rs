@@ -124,7 +124,9 @@ pub struct WalletState {
     parked: Vec<(Op, ExecReply)>,
     keys: Bounded<String, Entry>,
     finished: Bounded<ReservationId, Entry>,
-    events: broadcast::Sender<Arc<BalanceEvent>>,
+    /// Open while someone subscribes: a channel's slots cost more than the rest of the
+    /// actor, so a wallet nobody watches has none.
+    events: Option<broadcast::Sender<Arc<BalanceEvent>>>,
     timer: Option<(DateTime<Utc>, JoinHandle<()>)>,
     idle_since: Option<tokio::time::Instant>,
 }
@@ -190,7 +192,7 @@ impl Actor for WalletActor {
             parked: Vec::new(),
             keys: Bounded::new(),
             finished: Bounded::new(),
-            events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
+            events: None,
             timer: None,
             idle_since: None,
         })
@@ -240,7 +242,10 @@ impl Actor for WalletActor {
                 let _ = reply.send(w);
             }
             WalletMsg::Subscribe(reply) => {
-                let events = state.events.subscribe();
+                let events = state
+                    .events
+                    .get_or_insert_with(|| broadcast::Sender::new(EVENT_CHANNEL_CAPACITY))
+                    .subscribe();
                 let snapshot = state.snapshot();
                 let _ = reply.send(Subscription { snapshot, events });
             }
@@ -259,7 +264,10 @@ impl Actor for WalletActor {
             WalletMsg::IdleCheck => {
                 let idle_for = state.idle_since.map(|t| t.elapsed());
                 if idle_for.is_some_and(|d| d >= state.shared.config.idle_after)
-                    && state.events.receiver_count() == 0
+                    && state
+                        .events
+                        .as_ref()
+                        .is_none_or(|e| e.receiver_count() == 0)
                 {
                     myself.stop(Some("idle".into()));
                     return Ok(());
@@ -475,7 +483,7 @@ impl WalletState {
         self.answer(flight.waiters);
     }
 
-    fn publish(&self, r: &Record) {
+    fn publish(&mut self, r: &Record) {
         let event = BalanceEvent {
             wallet_id: self.durable.id.clone(),
             seq: r.entry.seq,
@@ -484,11 +492,20 @@ impl WalletState {
             at: r.entry.at,
         };
         // No receivers is fine: nobody is watching this wallet.
-        let _ = self.events.send(Arc::new(event));
+        self.send(event);
     }
 
-    fn publish_snapshot(&self) {
-        let _ = self.events.send(Arc::new(self.snapshot()));
+    fn send(&mut self, event: BalanceEvent) {
+        if let Some(events) = &self.events
+            && events.send(Arc::new(event)).is_err()
+        {
+            // Nobody is subscribed any more: free the channel.
+            self.events = None;
+        }
+    }
+
+    fn publish_snapshot(&mut self) {
+        self.send(self.snapshot());
     }
 
     fn snapshot(&self) -> BalanceEvent {
