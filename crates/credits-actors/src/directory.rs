@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use crate::clock::Clock;
 use crate::committer::Committer;
 use crate::events::Subscription;
+use crate::pool::Pools;
 use crate::store::{CommitError, Record, WalletStore};
 use crate::wallet::{Applied, ExecError, WalletActor, WalletArgs, WalletMsg};
 
@@ -94,6 +95,7 @@ pub struct Shared {
     pub config: ActorConfig,
     pub metrics: Arc<Metrics>,
     pub(crate) committer: Committer,
+    pools: Pools,
     actors: DashMap<WalletId, Slot>,
 }
 
@@ -137,6 +139,7 @@ impl Directory {
             config,
             metrics,
             committer,
+            pools: Pools::default(),
             actors: DashMap::new(),
         };
         Directory {
@@ -158,6 +161,23 @@ impl Directory {
 
     pub fn store(&self) -> &Arc<dyn WalletStore> {
         &self.shared.store
+    }
+
+    /// The team pool supervisors of this node.
+    pub fn pools(&self) -> &Pools {
+        &self.shared.pools
+    }
+
+    /// The actor of a wallet, activated as needed (for supervisors that link to it).
+    pub(crate) async fn cell(&self, id: &WalletId) -> Result<ractor::ActorCell, ExecError> {
+        Ok(self.actor(id).await?.get_cell())
+    }
+
+    /// The running actor of a wallet on this node, if any.
+    pub fn active_actor(&self, id: &WalletId) -> Option<ActorId> {
+        let slot = self.shared.actors.get(id)?;
+        let actor = slot.get()?;
+        (actor.get_status() == ActorStatus::Running).then(|| actor.get_id())
     }
 
     pub fn active_wallets(&self) -> usize {

@@ -2,8 +2,9 @@
 //! commits behind the store's fence, and every commit on PostgreSQL is announced on a
 //! notice channel (`credits_store::CommitListener`). This task hands each notice to the
 //! local actor of the wallet, if there is one; the actor reloads what it missed and
-//! publishes it to its subscribers in seq order. A lost listening connection makes every
-//! active wallet check itself.
+//! publishes it to its subscribers in seq order. A change of a team member's limits is
+//! announced the same way, and restarts that member's seat. A lost listening connection
+//! makes every active wallet check itself and every seat read its limits again.
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
             listener = store.listen_commits().await.ok().flatten();
             // Whatever was announced while nobody listened is unknown.
             dir.announce_all();
+            dir.pools().forget_all();
             continue;
         };
         match l.next().await {
@@ -45,7 +47,11 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
                     dir.announce(&WalletId(id), Some(seq));
                 }
             }
-            Ok(Notice::Gap) => dir.announce_all(),
+            Ok(Notice::Member(team_id, user_id)) => dir.pools().forget(&team_id, &user_id),
+            Ok(Notice::Gap) => {
+                dir.announce_all();
+                dir.pools().forget_all();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "lost the commit notice feed; listening again");
                 listener = None;

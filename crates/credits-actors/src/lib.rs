@@ -8,6 +8,7 @@ pub mod directory;
 pub mod events;
 pub mod feed;
 pub mod ledger;
+pub mod pool;
 pub mod sql;
 pub mod store;
 pub mod wallet;

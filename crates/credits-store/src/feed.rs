@@ -21,6 +21,8 @@ pub enum Notice {
     /// These wallets' ledgers reached these seqs in a committed transaction (on any node,
     /// this one included).
     Committed(Vec<(String, u64)>),
+    /// A team member's limits or membership changed (team id, user id).
+    Member(String, String),
     /// The listening connection was lost and re-established: notices sent in between are
     /// gone, so every wallet held may be behind.
     Gap,
@@ -45,6 +47,33 @@ pub(crate) async fn notify<C: ConnectionTrait>(
         conn.execute_raw(sql.build()).await?;
     }
     Ok(())
+}
+
+/// Sends one notice that a team member's limits or membership changed, inside the
+/// caller's transaction.
+pub(crate) async fn notify_member<C: ConnectionTrait>(
+    conn: &C,
+    backend: Backend,
+    team_id: &str,
+    user_id: &str,
+) -> Result<(), DbErr> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    let payload = serde_json::json!({ "member": [team_id, user_id] }).to_string();
+    let mut sql = Sql::new(DbBackend::Postgres);
+    sql.push("SELECT pg_notify(")
+        .bind(CHANNEL)
+        .push(", ")
+        .bind(payload)
+        .push(")");
+    conn.execute_raw(sql.build()).await?;
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct MemberNotice {
+    member: (String, String),
 }
 
 /// JSON arrays of `[wallet id, seq]` pairs, each under [`MAX_PAYLOAD`] bytes.
@@ -84,6 +113,9 @@ impl CommitListener {
             };
             if let Ok(moved) = serde_json::from_str::<Vec<(String, u64)>>(n.payload()) {
                 return Ok(Notice::Committed(moved));
+            }
+            if let Ok(m) = serde_json::from_str::<MemberNotice>(n.payload()) {
+                return Ok(Notice::Member(m.member.0, m.member.1));
             }
         }
     }

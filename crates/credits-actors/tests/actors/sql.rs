@@ -27,7 +27,7 @@ fn unique() -> String {
 }
 
 /// A fresh, migrated database URL: a SQLite file, or a PostgreSQL schema of its own.
-async fn databases() -> Vec<(String, Option<(String, String)>)> {
+pub async fn databases() -> Vec<(String, Option<(String, String)>)> {
     let dir = std::env::temp_dir().join(format!("credits-actors-{}.db", unique()));
     let mut urls = vec![(format!("sqlite://{}?mode=rwc", dir.display()), None)];
     match std::env::var(PG_ENV) {
@@ -53,7 +53,7 @@ async fn databases() -> Vec<(String, Option<(String, String)>)> {
     urls
 }
 
-async fn cleanup(pg: Option<(String, String)>) {
+pub async fn cleanup(pg: Option<(String, String)>) {
     if let Some((base, schema)) = pg {
         let admin = Store::connect(&base).await.unwrap();
         admin
@@ -64,7 +64,7 @@ async fn cleanup(pg: Option<(String, String)>) {
     }
 }
 
-async fn node(url: &str) -> (Directory, Store) {
+pub async fn node(url: &str) -> (Directory, Store) {
     let store = Store::connect(url).await.unwrap();
     let dir = Directory::new(
         Arc::new(SqlWallets::new(store.clone())),
