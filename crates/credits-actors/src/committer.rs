@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::directory::Metrics;
 use crate::store::{Batch, CommitError, WalletStore};
@@ -18,9 +18,12 @@ use crate::store::{Batch, CommitError, WalletStore};
 /// Most wallet batches in one transaction (the SQL store allows 1,024).
 pub const MAX_GROUP: usize = 512;
 
+/// Called once with the batch's outcome (the wallet actor sends itself a message).
+pub type Done = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
+
 struct Job {
     batch: Batch,
-    done: oneshot::Sender<Result<(), CommitError>>,
+    done: Done,
 }
 
 /// The handle wallet actors commit through.
@@ -39,12 +42,14 @@ impl Committer {
         Committer { jobs }
     }
 
-    /// Commits one wallet's batch, grouped with whatever else is waiting.
-    pub async fn commit(&self, batch: Batch) -> Result<(), CommitError> {
-        let (done, outcome) = oneshot::channel();
-        let gone = || CommitError::Unavailable("the committer stopped".into());
-        self.jobs.send(Job { batch, done }).map_err(|_| gone())?;
-        outcome.await.unwrap_or_else(|_| Err(gone()))
+    /// Commits one wallet's batch, grouped with whatever else is waiting, and calls `done`
+    /// with the outcome.
+    pub fn commit(&self, batch: Batch, done: Done) {
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { batch, done }) {
+            (job.done)(Err(CommitError::Unavailable(
+                "the committer stopped".into(),
+            )));
+        }
     }
 }
 
@@ -89,7 +94,6 @@ async fn commit_group(store: &dyn WalletStore, jobs: Vec<Job>) {
         }
     };
     for (done, result) in done.into_iter().zip(results) {
-        // A wallet actor that stopped meanwhile will reload from the store.
-        let _ = done.send(result);
+        done(result);
     }
 }

@@ -203,6 +203,12 @@ impl Directory {
 
     async fn actor(&self, id: &WalletId) -> Result<ActorRef<WalletMsg>, ExecError> {
         loop {
+            // The common case under a read lock: an actor that is already running.
+            if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned())
+                && a.get_status() == ActorStatus::Running
+            {
+                return Ok(a);
+            }
             let slot = self.shared.actors.entry(id.clone()).or_default().clone();
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
             match actor {

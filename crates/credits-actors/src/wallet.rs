@@ -449,12 +449,14 @@ impl WalletState {
             records,
             wallet: self.spec.clone(),
         });
-        let committer = self.shared.committer.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
-            let result = committer.commit(batch).await;
-            let _ = me.send_message(WalletMsg::CommitDone(result));
-        });
+        self.shared.committer.commit(
+            batch,
+            Box::new(move |result| {
+                // An actor that stopped meanwhile reloads from the store when next activated.
+                let _ = me.send_message(WalletMsg::CommitDone(result));
+            }),
+        );
     }
 
     fn commit_done(&mut self, myself: &ActorRef<WalletMsg>, result: Result<(), CommitError>) {
