@@ -5,7 +5,9 @@
 //!
 //! `cargo bench -p credits-actors --bench debits` (SQLite FULL and NORMAL; PostgreSQL too
 //! when `CREDITS_TEST_DATABASE_URL` is set). `BENCH_WALLETS` (10,000), `BENCH_CALLERS` (64)
-//! and `BENCH_SECS` (5, per run) change the load.
+//! and `BENCH_SECS` (5, per run) change the load. `BENCH_ONLY=memory` measures memory
+//! alone, with `BENCH_REGISTERED` wallets registered (default: `BENCH_WALLETS`) of which
+//! `BENCH_WALLETS` are active.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -459,7 +461,7 @@ async fn database(name: &str, url: &str, sync: SqliteSync, load: &Load, writers:
 
 /// Heap bytes per active wallet actor and per subscriber, on the in-memory store (so the
 /// figure is the actor system's own), and what is left once the wallets passivate.
-async fn memory(wallets: usize) {
+async fn memory(wallets: usize, registered_wallets: usize) {
     let store = Arc::new(MemoryStore::new());
     let dir = Directory::new(
         store.clone(),
@@ -470,10 +472,11 @@ async fn memory(wallets: usize) {
             ..ActorConfig::default()
         },
     );
-    let ids: Vec<WalletId> = (0..wallets)
+    let all: Vec<WalletId> = (0..registered_wallets.max(wallets))
         .map(|i| WalletId(format!("wal_mem_{i}")))
         .collect();
-    create_many(&dir, &ids).await;
+    create_many(&dir, &all).await;
+    let ids = &all[..wallets];
     // What the parts cost: one copy of a wallet's state, and a bare ractor actor.
     let one = dir.read(&ids[0]).await.unwrap();
     let before = LIVE.load(Ordering::Relaxed);
@@ -492,20 +495,26 @@ async fn memory(wallets: usize) {
     }
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let registered = LIVE.load(Ordering::Relaxed);
-    for id in &ids {
+    for id in ids {
         dir.read(id).await.unwrap();
     }
     let active = LIVE.load(Ordering::Relaxed);
     let mut subs = Vec::new();
-    for id in &ids {
+    for id in ids {
         subs.push(dir.subscribe(id).await.unwrap());
     }
     let subscribed = LIVE.load(Ordering::Relaxed);
     drop(subs);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let passivated = LIVE.load(Ordering::Relaxed);
-    println!("\nmemory ({wallets} wallets, in-memory store)");
-
+    println!(
+        "\nmemory ({} registered wallets, {wallets} active, in-memory store)",
+        all.len()
+    );
+    println!(
+        "actor system for all of them: {} bytes while {wallets} are active",
+        active - registered
+    );
     println!("one copy of a wallet's state: {state} bytes; a bare ractor actor: {actor} bytes");
     println!(
         "per active wallet actor: {} bytes; per subscriber: {} bytes; active after passivation: {}; left per wallet after passivation: {} bytes",
@@ -537,7 +546,8 @@ fn main() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(memory(env("BENCH_WALLETS", 10_000)));
+        let wallets = env("BENCH_WALLETS", 10_000);
+        rt.block_on(memory(wallets, env("BENCH_REGISTERED", wallets)));
         return;
     }
     let load = Load {
@@ -590,6 +600,6 @@ fn main() {
                 .await
                 .unwrap();
         }
-        memory(load.wallets).await;
+        memory(load.wallets, load.wallets).await;
     });
 }
