@@ -505,7 +505,14 @@ async fn memory(wallets: usize, registered_wallets: usize) {
     }
     let subscribed = LIVE.load(Ordering::Relaxed);
     drop(subs);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Idle actors passivate after 300 ms; give 10,000 of them time to stop.
+    for _ in 0..300 {
+        if dir.active_wallets() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let passivated = LIVE.load(Ordering::Relaxed);
     println!(
         "\nmemory ({} registered wallets, {wallets} active, in-memory store)",
