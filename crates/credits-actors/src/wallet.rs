@@ -27,7 +27,8 @@ pub const MAX_QUEUED_OPERATIONS: usize = 4096;
 /// Recently used keys and finished reservations kept in memory to answer retries without
 /// a read; the store's unique index is the guard beyond them.
 pub const RECENT_KEYS: usize = 1024;
-/// Consecutive failed commits after which the actor answers UNAVAILABLE and stops.
+/// Consecutive commits with an unknown outcome (the store failing, not a lost fence) after
+/// which the actor answers UNAVAILABLE and stops.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 3;
 /// Records read back at most when checking what a failed commit left behind.
 pub const MAX_RECOVERY_RECORDS: usize = 4096;
@@ -469,8 +470,14 @@ impl WalletState {
                 self.carry_on(myself);
             }
             Err(e) => {
-                self.failures += 1;
-                tracing::warn!(wallet = %self.durable.id, error = %e, attempt = self.failures, "commit failed; reloading");
+                // Losing the fence to another writer is not a failing store: reload and
+                // decide again as often as it happens (someone wins every round).
+                if matches!(e, CommitError::Unavailable(_)) {
+                    self.failures += 1;
+                    tracing::warn!(wallet = %self.durable.id, error = %e, failures = self.failures, "commit failed; reloading");
+                } else {
+                    tracing::debug!(wallet = %self.durable.id, "fenced out by another writer; reloading");
+                }
                 self.start_recovery(myself);
             }
         }

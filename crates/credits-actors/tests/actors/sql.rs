@@ -256,7 +256,7 @@ async fn events_committed_on_one_node_reach_subscribers_on_the_other() {
         for c in calls {
             match c.await.unwrap() {
                 Ok(_) => acknowledged += 1,
-                // A node that lost the fence three times in a row answers UNAVAILABLE.
+                // Only a call that waited past the call timeout is UNAVAILABLE.
                 Err(ExecError::Unavailable(_)) => {}
                 Err(e) => panic!("unexpected {e}"),
             }
