@@ -267,7 +267,8 @@ impl Ledger {
         self.existing(id).await
     }
 
-    /// The member spending on a pool, with their limits; FORBIDDEN for a non-member.
+    /// The member spending on a pool, with the limits their seat in the pool's supervisor
+    /// holds; FORBIDDEN for a non-member.
     async fn member(
         &self,
         wallet: &Wallet,
@@ -279,20 +280,12 @@ impl Ledger {
         if !wallet.pool {
             return Err(invalid("memberId is only allowed on a team wallet"));
         }
-        let team = self
-            .store
-            .team_of_wallet(&wallet.id.0)
-            .await?
-            .ok_or(ServiceError::NotFound("team"))?;
-        let row = self.store.member(&team.id, member_id).await?;
-        let row = row.ok_or_else(|| {
-            ServiceError::Forbidden(format!("{member_id} is not a member of this team"))
-        })?;
-        Ok(Some(Member {
-            id: row.user_id,
-            daily_limit: row.daily_limit_ucr.map(Credits::from_micro),
-            period_limit: row.period_limit_ucr.map(Credits::from_micro),
-        }))
+        let member = self
+            .dir
+            .pools()
+            .member(&self.dir, &self.store, &wallet.id, member_id)
+            .await?;
+        Ok(Some(member))
     }
 
     /// Answers a call whose key is already recorded: the original record, or a conflict.
@@ -772,6 +765,7 @@ impl Ledger {
         {
             return Err(ServiceError::NotFound("member"));
         }
+        self.dir.pools().forget(team_id, user_id);
         self.store
             .member(team_id, user_id)
             .await?
@@ -793,7 +787,9 @@ impl Ledger {
         if target.role == MemberRole::Admin && admins == 1 {
             return Err(invalid("a team keeps at least one admin"));
         }
-        Ok(self.store.remove_member(team_id, user_id).await?)
+        let removed = self.store.remove_member(team_id, user_id).await?;
+        self.dir.pools().forget(team_id, user_id);
+        Ok(removed)
     }
 
     // ---- clock and pricing -------------------------------------------------------------

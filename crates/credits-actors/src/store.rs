@@ -56,6 +56,19 @@ pub trait WalletStore: Send + Sync + 'static {
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError>;
     /// Fenced, atomic commit of one wallet's batch.
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError>;
+    /// Several wallets' batches (one per wallet) in one transaction, each fenced on its own:
+    /// one result per batch, in order. `Err` means no batch is known to be durable. The
+    /// default commits them one by one.
+    async fn commit_many(
+        &self,
+        batches: &[Batch],
+    ) -> Result<Vec<Result<(), CommitError>>, StoreError> {
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            results.push(self.commit(batch).await);
+        }
+        Ok(results)
+    }
     /// Records with seq above `seq`, in order, at most `limit`.
     async fn records_after(
         &self,

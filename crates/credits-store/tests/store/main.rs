@@ -29,6 +29,7 @@ both!(
     due_queries_and_events,
     payment_reference_is_unique_across_wallets,
     thread_rank_counts_platform_threads,
+    commits_are_announced_to_listeners,
 );
 
 async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
@@ -990,4 +991,46 @@ async fn thread_rank_counts_platform_threads(store: Store) -> anyhow::Result<()>
     );
     let _ = Utc::now();
     Ok(())
+}
+
+/// On PostgreSQL every committed batch is announced on the commit channel with its new
+/// seq; a batch that lost its fence is not. SQLite has no listeners.
+async fn commits_are_announced_to_listeners(store: Store) -> anyhow::Result<()> {
+    let Some(mut listener) = store.listen_commits().await? else {
+        assert_eq!(store.backend(), Backend::Sqlite);
+        return Ok(());
+    };
+    let mut a = create(&store, "wal_n1", "pro", t0()).await?;
+    let mut b = create(&store, "wal_n2", "pro", t0()).await?;
+    let at = t0() + Duration::minutes(5);
+    a.usage(at, "ka", "t", "m", 10);
+    a.commit(&store).await?;
+    assert_eq!(
+        ours(&mut listener).await?,
+        Notice::Committed(vec![("wal_n1".into(), a.durable.seq)])
+    );
+    a.usage(at, "ka2", "t", "m", 10);
+    b.usage(at, "kb", "t", "m", 20);
+    let mut stale_a = a.batch();
+    stale_a.expected_version = 9;
+    let results = store.commit_many(&[stale_a, b.batch()]).await?;
+    assert!(matches!(results[0], Err(CommitError::Conflict { .. })));
+    assert_eq!(
+        ours(&mut listener).await?,
+        Notice::Committed(vec![("wal_n2".into(), b.journal.wallet.seq)])
+    );
+    Ok(())
+}
+
+/// The next notice about this test's wallets (tests in other schemas of the same
+/// database commit at the same time, on the same channel).
+async fn ours(listener: &mut CommitListener) -> anyhow::Result<Notice> {
+    loop {
+        let notice = listener.next().await?;
+        if let Notice::Committed(moved) = &notice
+            && moved.iter().any(|(id, _)| id.starts_with("wal_n"))
+        {
+            return Ok(notice);
+        }
+    }
 }
