@@ -468,6 +468,9 @@ impl Ledger {
         op.cost = cost;
         op.tier = tier;
         op.priced_by = priced_by;
+        // The reservation may have been made on another node a moment ago: the actor must
+        // not refuse it as unknown before it has read that far.
+        self.dir.announce(&wallet_id, Some(row.seq));
         let applied = self.run(&wallet_id, Op::Settle(op)).await?;
         Ok(Receipt {
             usage: usage_of(&applied.entry)?,
@@ -497,6 +500,8 @@ impl Ledger {
             }
             ReservationStatus::Active => {}
         }
+        // As in `settle`: read up to the reservation before deciding.
+        self.dir.announce(&wallet_id, Some(row.seq));
         self.run(&wallet_id, Op::Release(reservation_id.clone()))
             .await?;
         Ok(view(ReservationStatus::Released))

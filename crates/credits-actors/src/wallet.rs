@@ -230,7 +230,10 @@ impl Actor for WalletActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WalletMsg::Execute(op, reply) => {
-                if state.recovering {
+                // Behind another node's announced commit, a decision would rest on a state
+                // known to be stale (a refusal it did not earn, e.g. settling a reservation
+                // made there): wait for the reload.
+                if state.recovering || state.behind() {
                     state.park(op, reply);
                 } else {
                     state.execute(op, reply);
@@ -284,6 +287,22 @@ impl Actor for WalletActor {
 impl WalletState {
     fn queued(&self) -> usize {
         self.open.len() + self.in_flight.as_ref().map_or(0, |f| f.waiters.len()) + self.parked.len()
+    }
+
+    /// Another node announced a commit this actor has not read yet.
+    fn behind(&self) -> bool {
+        self.announced.is_some_and(|s| s > self.durable.seq)
+    }
+
+    /// Decides the parked calls, unless this actor is still behind another node (then
+    /// they wait for the reload that `carry_on` starts).
+    fn run_parked(&mut self) {
+        if self.behind() {
+            return;
+        }
+        for (op, reply) in std::mem::take(&mut self.parked) {
+            self.execute(op, reply);
+        }
     }
 
     fn park(&mut self, op: Op, reply: ExecReply) {
@@ -650,10 +669,7 @@ impl WalletState {
             self.failures = 0;
             self.version = r.loaded.version;
             self.became_durable(flight);
-            let parked = std::mem::take(&mut self.parked);
-            for (op, reply) in parked {
-                self.execute(op, reply);
-            }
+            self.run_parked();
             self.carry_on(myself);
             return;
         }
@@ -692,9 +708,12 @@ impl WalletState {
         let mut waiting: Vec<Waiter> = flight.waiters;
         waiting.append(&mut self.open);
         let parked = std::mem::take(&mut self.parked);
+        let behind = self.behind();
         for w in waiting {
             match w {
                 Waiter::Exec(w) => match w.op {
+                    // Still behind another node: decide on the next reload instead.
+                    Some(op) if behind => self.parked.push((op, w.reply)),
                     Some(op) => self.execute(op, w.reply),
                     // A retry answered from a record that never became durable: its original
                     // call is being decided again above, so this one cannot be answered yet.
@@ -707,9 +726,8 @@ impl WalletState {
                 Waiter::Tick(r) => self.open.push(Waiter::Tick(r)),
             }
         }
-        for (op, reply) in parked {
-            self.execute(op, reply);
-        }
+        self.parked.extend(parked);
+        self.run_parked();
         self.advance();
         self.carry_on(myself);
     }
