@@ -33,7 +33,7 @@ async fn kill_9_under_load_loses_and_doubles_nothing(b: Backend) {
     eprintln!("kill -9 on {name}: RELIABILITY_SEED={seed}");
     let started = Instant::now();
     let mut app = App::spawn(b).await;
-    let targets = Arc::new(wallets(&app, 3, "team").await);
+    let targets = Arc::new(wallets(&app, 3).await);
     let shared = Arc::new(Shared::default());
     let mut rng = Rng::new(seed);
     for cycle in 0..cycles {

@@ -91,7 +91,7 @@ async fn post(
 async fn overload_sheds_at_once_changes_nothing_and_recovers(b: Backend) {
     let bound = MAX_IN_FLIGHT.to_string();
     let app = App::spawn_with_args(b, Some(START), &["--max-in-flight", &bound]).await;
-    let targets = wallets(&app, 2, "team").await;
+    let targets = wallets(&app, 2).await;
     let wallet = targets[0].id.clone();
     let store = Store::connect(&app.db.url).await.expect("open the store");
     let http = http_client();
@@ -107,11 +107,15 @@ async fn overload_sheds_at_once_changes_nothing_and_recovers(b: Backend) {
     }
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     loop {
-        let (status, ..) = post(&http, &app, &usage(&wallet, "probe")).await;
+        let (status, _, body, _) = post(&http, &app, &usage(&wallet, "probe")).await;
         if status == 503 {
             break;
         }
-        assert!(Instant::now() < deadline, "the slots were never taken");
+        assert!(
+            Instant::now() < deadline,
+            "the slots were never taken: {status} {body}; log:\n{}",
+            app.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The probe may have been served before the slots filled: it is one more key.

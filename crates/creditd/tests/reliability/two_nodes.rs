@@ -78,15 +78,7 @@ async fn two_nodes(b: Backend) {
     eprintln!("two nodes: RELIABILITY_SEED={seed}");
     let started = Instant::now();
     let a = App::spawn(b).await;
-    // A pool with little in it: grants and purchases refill it while members race to
-    // spend it from both nodes.
-    a.ok(
-        &a.admin,
-        "mutation { upsertPlan(input: {id: \"tight\", name: \"Tight\", dailyCredits: \"0\", subscriptionCredits: \"40\", interval: MONTHLY, modelTiers: [\"economy\", \"standard\", \"premium\"]}) { id } }",
-        json!({}),
-    )
-    .await;
-    let targets = Arc::new(wallets(&a, 2, "tight").await);
+    let targets = Arc::new(wallets(&a, 2).await);
     let b = a.another_node().await;
     let pool = targets.last().unwrap().id.clone();
     let personal = targets[0].id.clone();

@@ -70,13 +70,20 @@ pub struct Target {
     pub members: Vec<String>,
 }
 
-/// Creates the wallets of a run: `personal` personal wallets on `max`, and one team pool
-/// on `pool_plan` with three admin members, last.
-pub async fn wallets(app: &App, personal: usize, pool_plan: &str) -> Vec<Target> {
+/// Creates the wallets of a run: `personal` personal wallets on `pro` (520 credits), and
+/// last one team pool, the hot wallet, with three admin members on a custom plan with 40
+/// credits, so that spending soon outpaces the grants and purchases that refill it.
+pub async fn wallets(app: &App, personal: usize) -> Vec<Target> {
+    app.ok(
+        &app.admin,
+        "mutation { upsertPlan(input: {id: \"tight\", name: \"Tight\", dailyCredits: \"0\", subscriptionCredits: \"40\", interval: MONTHLY, modelTiers: [\"economy\", \"standard\", \"premium\"]}) { id } }",
+        json!({}),
+    )
+    .await;
     let mut targets = Vec::new();
     for i in 0..personal {
         targets.push(Target {
-            id: app.wallet(&format!("user{i}"), "max").await,
+            id: app.wallet(&format!("user{i}"), "pro").await,
             members: Vec::new(),
         });
     }
@@ -84,8 +91,8 @@ pub async fn wallets(app: &App, personal: usize, pool_plan: &str) -> Vec<Target>
     let d = app
         .ok(
             &app.admin,
-            "mutation($a: [String!]!, $p: ID!) { createTeam(input: {name: \"Pool\", planId: $p, timezone: \"UTC\", adminUserIds: $a}) { wallet { id } } }",
-            json!({ "a": members, "p": pool_plan }),
+            "mutation($a: [String!]!) { createTeam(input: {name: \"Pool\", planId: \"tight\", timezone: \"UTC\", adminUserIds: $a}) { wallet { id } } }",
+            json!({ "a": members }),
         )
         .await;
     targets.push(Target {
@@ -155,6 +162,11 @@ pub struct Op {
     pub outcome: Outcome,
 }
 
+/// Output tokens of one usage, at most: up to 15 credits on `standard-chat`, so that with
+/// the mix of [`next_op`] spending outpaces grants and purchases and wallets run dry
+/// (all-or-nothing refusals, and any credit spent twice would show as an overdraft).
+const MAX_OUTPUT_TOKENS: u64 = 100_000;
+
 const USAGE_FIELDS: &str = "id cost uncollected charged { bucket grantId amount }";
 
 fn usage_body(wallet: &Target, key: &str, rng: &mut Rng) -> Value {
@@ -165,7 +177,7 @@ fn usage_body(wallet: &Target, key: &str, rng: &mut Rng) -> Value {
         "query": format!("mutation($i: RecordUsageInput!) {{ recordUsage(input: $i) {{ replayed usage {{ {USAGE_FIELDS} }} }} }}"),
         "variables": { "i": {
             "walletId": wallet.id, "idempotencyKey": key, "threadId": format!("t{}", rng.below(5)),
-            "model": model, "inputTokens": 1 + rng.below(5_000), "outputTokens": 1 + rng.below(5_000),
+            "model": model, "inputTokens": 1 + rng.below(5_000), "outputTokens": 1 + rng.below(MAX_OUTPUT_TOKENS),
             "memberId": member,
         }},
     })
@@ -303,7 +315,7 @@ fn next_op(rng: &mut Rng, targets: &[Target], shared: &Shared) -> (Kind, String,
         // A settle or release with no reservation to finish.
         55..80 => (Kind::Usage, wallet, id, usage_body(target, &key, rng)),
         80..90 => (Kind::Grant, wallet, id, grant_body(target, &key, rng)),
-        _ if target.members.is_empty() || roll < 95 => {
+        90..93 => {
             let payment = format!("pay-{n}");
             let body = purchase_body(target, &payment);
             (Kind::Purchase, wallet, Identity::Payment(payment), body)
