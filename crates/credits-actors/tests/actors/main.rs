@@ -6,5 +6,6 @@ mod helpers;
 mod clock;
 mod concurrency;
 mod faults;
+mod nodes;
 mod pools;
 mod sql;

@@ -1,0 +1,94 @@
+//! Two nodes (two directories) on one store: a node that has heard of another node's
+//! commit decides nothing on its older state, so it never refuses what it has not read.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use credits_actors::{ActorConfig, Clock, Directory, MemoryStore};
+use credits_core::testing::catalogue;
+use credits_core::{
+    NewWallet, Op, PlanId, ReservationId, ReserveOp, SettleOp, Tokens, UsageId, WalletId,
+};
+
+use crate::helpers::*;
+
+/// How long each commit takes while the node is busy: far longer than the pause below.
+const SLOW_COMMIT_MICROS: u32 = 300_000;
+/// Long enough for the node to have sent its commit.
+const PAUSE: Duration = Duration::from_millis(50);
+
+/// Regression (reliability suite, two nodes): a settle sent to node B right after node A
+/// acknowledged the reservation was refused RESERVATION_NOT_ACTIVE when B had a commit in
+/// flight, because B decided it on its speculative state although A's notice had arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let a = Directory::new(
+        store.clone(),
+        clock.clone(),
+        catalogue(),
+        ActorConfig::default(),
+    );
+    let b = Directory::new(store.clone(), clock, catalogue(), ActorConfig::default());
+    let id = a
+        .create(NewWallet {
+            id: WalletId::from("wal_nodes"),
+            owner_id: "owner".into(),
+            pool: false,
+            timezone: "UTC".parse().unwrap(),
+            plan_id: PlanId::from("pro"),
+            billing_anchor: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    // B holds the wallet as it is now; A then reserves on it.
+    b.read(&id).await.unwrap();
+    let reserve = ReserveOp {
+        id: ReservationId::from("res_1"),
+        key: "r1".into(),
+        amount: cr("5"),
+        ttl_seconds: 600,
+        member: None,
+    };
+    let reserved = a.execute(&id, Op::Reserve(reserve)).await.unwrap();
+
+    // B is busy committing a call of its own, decided on its older state.
+    store
+        .faults
+        .commit_delay_micros
+        .store(SLOW_COMMIT_MICROS, Ordering::SeqCst);
+    let busy = {
+        let (b, id) = (b.clone(), id.clone());
+        tokio::spawn(async move { b.execute(&id, usage("u1", "1")).await })
+    };
+    tokio::time::sleep(PAUSE).await;
+    // A's notice reaches B, then the settle of A's reservation.
+    b.announce(&id, Some(reserved.entry.seq));
+    let settle = SettleOp {
+        reservation_id: ReservationId::from("res_1"),
+        usage_id: UsageId::from("use_s1"),
+        thread_id: "thread".into(),
+        model: "economy-model".into(),
+        tier: "economy".into(),
+        tokens: Tokens {
+            input: 1,
+            cached: 0,
+            output: 1,
+        },
+        cost: cr("2"),
+        priced_by: "economy@1.0.0".into(),
+    };
+    let settled = b.execute(&id, Op::Settle(settle)).await;
+    assert!(settled.is_ok(), "{settled:?}");
+    busy.await.unwrap().unwrap();
+    // Created, reserved, then B's usage and the settlement: each once.
+    let ledger = store.ledger(&id);
+    assert_eq!(ledger.len(), 4, "{ledger:#?}");
+    let w = b.read(&id).await.unwrap();
+    assert_eq!(w.reserved(), cr("0"));
+    // 520 − 1 (usage) − 2 (settled)
+    assert_eq!(w.spendable(), cr("517"));
+}
