@@ -11,6 +11,7 @@
 #[path = "../e2e/helpers.rs"]
 mod helpers;
 
+mod checker;
 mod kill9;
 mod overload;
 mod two_nodes;

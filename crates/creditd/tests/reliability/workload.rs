@@ -169,7 +169,7 @@ const MAX_OUTPUT_TOKENS: u64 = 100_000;
 
 const USAGE_FIELDS: &str = "id cost uncollected charged { bucket grantId amount }";
 
-fn usage_body(wallet: &Target, key: &str, rng: &mut Rng) -> Value {
+pub fn usage_body(wallet: &Target, key: &str, rng: &mut Rng) -> Value {
     let model = ["economy-mini", "standard-chat"][rng.below(2) as usize];
     let member = (!wallet.members.is_empty())
         .then(|| wallet.members[rng.below(wallet.members.len() as u64) as usize].clone());
