@@ -94,3 +94,23 @@ async fn a_crashed_actor_restarts_from_durable_state() {
     assert_eq!(replay(&ledger).unwrap().spendable(), cr("495"));
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("495"));
 }
+
+/// Found by the seeded simulation: a retry answered while the wallet's due records (here
+/// the next day's reset) were not yet durable showed the stale balance from before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_shows_the_balance_after_due_records() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_r", "pro", "UTC").await;
+    app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    // Slow commits: the reset is still being written when the retry arrives.
+    app.store
+        .faults
+        .commit_delay_micros
+        .store(50_000, Ordering::SeqCst);
+    let clock = app.dir.clock().as_manual().unwrap().clone();
+    clock.advance(chrono::Duration::days(1));
+    let again = app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.balance.daily.remaining, cr("20"), "after the reset");
+    assert_eq!(again.balance, app.dir.read(&id).await.unwrap().balance());
+}
