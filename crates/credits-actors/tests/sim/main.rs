@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 /// Seeds run by default: "a few thousand", sized to stay well under a minute in debug.
 const DEFAULT_SEEDS: u64 = 2000;
 /// Steps in one history by default.
-const DEFAULT_STEPS: usize = 60;
+const DEFAULT_STEPS: usize = 50;
 /// Histories running at once on the runtime (they are independent: one store, clock and
 /// directory each).
 const CONCURRENT_SEEDS: usize = 128;
@@ -68,8 +68,12 @@ fn seeded_histories() {
             tasks.push((
                 seed,
                 tokio::spawn(async move {
+                    let t = Instant::now();
                     let r = tokio::time::timeout(SEED_TIMEOUT, sim::run(seed, steps)).await;
                     drop(permit);
+                    if t.elapsed() > Duration::from_secs(30) {
+                        eprintln!("sim: seed {seed} took {:.1?}", t.elapsed());
+                    }
                     r.unwrap_or_else(|_| Err(format!("hung: no progress for {SEED_TIMEOUT:?}")))
                 }),
             ));
