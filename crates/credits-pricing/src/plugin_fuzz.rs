@@ -144,14 +144,17 @@ fn str_ref(f: &Field) -> StrRef<'static> {
 fn valid_text(f: &Field, max: usize, name: bool) -> Option<String> {
     let Field::Bytes(b) = f else { return None };
     let s = std::str::from_utf8(b).ok()?;
-    let ok = !s.is_empty()
-        && s.len() <= max
-        && !s.chars().any(char::is_control)
-        && !(name && s.chars().any(char::is_whitespace));
-    ok.then(|| s.to_owned())
+    let refused = s.is_empty()
+        || s.len() > max
+        || s.chars().any(char::is_control)
+        || (name && s.chars().any(char::is_whitespace));
+    (!refused).then(|| s.to_owned())
 }
 
-fn expected(d: &GenDescriptor) -> Option<(String, String, Vec<(String, String, [i64; 3])>)> {
+/// A model as the host must copy it: id, display name, prices.
+type Model = (String, String, [i64; 3]);
+
+fn expected(d: &GenDescriptor) -> Option<(String, String, Vec<Model>)> {
     if d.abi_version != ABI_VERSION || d.bad_list.is_some() || !d.has_price {
         return None;
     }
