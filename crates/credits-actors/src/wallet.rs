@@ -724,6 +724,9 @@ impl WalletState {
     /// activates the wallet again from durable state.
     fn give_up(&mut self, myself: &ActorRef<WalletMsg>, why: &str) {
         tracing::error!(wallet = %self.durable.id, why, "giving up on the store; stopping the wallet actor");
+        // Leave the directory before answering: a caller retrying at once must reach a fresh
+        // activation, not this stopping actor (which would drop the call unanswered).
+        self.shared.forget(&self.durable.id, myself.get_id());
         let mut waiting: Vec<Waiter> = self.in_flight.take().map(|f| f.waiters).unwrap_or_default();
         waiting.append(&mut self.open);
         for w in waiting {

@@ -114,3 +114,26 @@ async fn a_replay_shows_the_balance_after_due_records() {
     assert_eq!(again.balance.daily.remaining, cr("20"), "after the reset");
     assert_eq!(again.balance, app.dir.read(&id).await.unwrap().balance());
 }
+
+/// Found while running the suite next to the simulation: after the actor gave up on the
+/// store, a call made right after its UNAVAILABLE answer could still reach the stopping
+/// actor and be dropped unanswered ("stopped before answering").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_giving_up_reaches_a_fresh_actor() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_g", "pro", "UTC").await;
+    for i in 0..30 {
+        app.store.faults.fail_commits.store(3, Ordering::SeqCst);
+        let key = format!("k{i}");
+        assert!(matches!(
+            app.dir.execute(&id, usage(&key, "1")).await,
+            Err(ExecError::Unavailable(_))
+        ));
+        let applied = app.dir.execute(&id, usage(&key, "1")).await.unwrap();
+        assert!(
+            !applied.replayed,
+            "nothing was written by the failed attempt"
+        );
+    }
+    assert_eq!(app.ledger(&id).len(), 31);
+}
