@@ -6,11 +6,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use credits_actors::{ActorConfig, Applied, Clock, Directory, ExecError, ManualClock, MemoryStore};
+use credits_actors::{
+    ActorConfig, Applied, Clock, Directory, ExecError, ManualClock, MemoryStore, WalletStore,
+};
 use credits_core::testing::{Journal, Outcome, ZONES, catalogue, step};
 use credits_core::{
-    Entry, EntryKind, Flows, NewWallet, Op, OpError, ReleaseReason, Tokens, UsageId, UsageOp,
-    WalletId, replay,
+    Entry, EntryKind, Flows, KeyCheck, NewWallet, Op, OpError, ReleaseReason, Tokens, UsageId,
+    UsageOp, WalletId, check_key, replay,
 };
 use proptest::prelude::Rng;
 use proptest::strategy::{Strategy, ValueTree};
@@ -34,8 +36,9 @@ pub struct Stats {
     pub replayed: u64,
     pub refused: u64,
     pub unavailable: u64,
-    /// Refusals where the reference replays or says NOT_FOUND: the actor lost its memory of
-    /// keys or finished reservations (restart); the facade answers these from the store.
+    /// Answers the facade (`Ledger`) gives from the store rather than the actor: a retried
+    /// key found recorded, or a refusal where the reference replays or says NOT_FOUND
+    /// because a restarted actor forgot keys or finished reservations.
     pub answered_by_facade: u64,
     pub faults: u64,
     pub crashes: u64,
@@ -90,6 +93,16 @@ struct Model {
     journal: Journal,
     /// Records the service acknowledged as applied (not replays).
     acked: Vec<Entry>,
+}
+
+/// A call run on the reference, waiting for the service's answer.
+struct Pending {
+    w: usize,
+    id: WalletId,
+    op: Op,
+    now: DateTime<Utc>,
+    expected: Result<Outcome, OpError>,
+    balance_after: credits_core::Balance,
 }
 
 struct Sim {
@@ -219,7 +232,7 @@ pub async fn run(seed: u64, steps: usize) -> Result<Stats, String> {
             writers,
         },
     );
-    let n_wallets = 1 + sim.below(3) as usize;
+    let n_wallets = 1 + sim.below(4) as usize;
     for i in 0..n_wallets {
         let anchor = anchor_before(&mut sim, start);
         let plans = catalogue();
@@ -365,6 +378,7 @@ impl Sim {
                 self.dir.crash(&id).await;
                 Ok(())
             }
+            96..100 if self.wallets.len() > 1 => self.concurrent().await,
             94..96 => {
                 self.stats.passivations += 1;
                 self.note("passivate (idle wait)".into());
@@ -393,6 +407,46 @@ impl Sim {
     /// a call without a key is first looked up in the store, as the facade does for bundle
     /// payment references. The answer must be the reference's.
     async fn call(&mut self, w: usize, op: Op) -> Check {
+        let p = self.prepare(w, op)?;
+        let first = self.dir.execute(&p.id, p.op.clone()).await;
+        self.finish(p, first).await
+    }
+
+    /// Calls on distinct wallets at once, so that their commits group in one store
+    /// transaction (the cross-wallet group committer). Each wallet's reference is independent.
+    async fn concurrent(&mut self) -> Check {
+        let mut ws: Vec<usize> = (0..self.wallets.len()).collect();
+        for i in (1..ws.len()).rev() {
+            ws.swap(i, self.below(i as u64 + 1) as usize);
+        }
+        let mut pending = Vec::new();
+        for w in ws {
+            let s = step()
+                .new_tree(&mut self.rng)
+                .map_err(|e| format!("strategy: {e}"))?
+                .current();
+            self.calls += 1;
+            if let Some(op) = s.op(&self.wallets[w].journal, self.calls) {
+                pending.push(self.prepare(w, op)?);
+            }
+        }
+        self.note(format!("  ({} calls at once)", pending.len()));
+        let sent: Vec<_> = pending
+            .iter()
+            .map(|p| {
+                let (dir, id, op) = (self.dir.clone(), p.id.clone(), p.op.clone());
+                tokio::spawn(async move { dir.execute(&id, op).await })
+            })
+            .collect();
+        for (p, answer) in pending.into_iter().zip(sent) {
+            let first = answer.await.map_err(|e| format!("a call panicked: {e}"))?;
+            self.finish(p, first).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the call on the reference first (at the current instant).
+    fn prepare(&mut self, w: usize, op: Op) -> Result<Pending, String> {
         self.stats.calls += 1;
         // A bundle purchase is retried by its payment reference, which the facade looks up
         // in the store before it reaches a wallet; resending it here would be a new purchase
@@ -415,15 +469,65 @@ impl Sim {
                 Err(e) => format!("refused: {e}"),
             }
         ));
+        let now = self.clock.now();
+        Ok(Pending {
+            w,
+            id,
+            op,
+            now,
+            expected,
+            balance_after,
+        })
+    }
+
+    /// Checks a call's answer against the reference, retrying UNAVAILABLE like a client.
+    async fn finish(&mut self, p: Pending, first: Result<Applied, ExecError>) -> Check {
+        let Pending {
+            w,
+            id,
+            op,
+            now,
+            expected,
+            balance_after,
+        } = p;
+        if self.clock.now() != now {
+            return Err("the clock moved during a call".into());
+        }
         let mut unavailable = 0;
+        let mut answer = Some(first);
         let got = loop {
-            match self.dir.execute(&id, op.clone()).await {
+            let next = match answer.take() {
+                Some(a) => a,
+                None => self.dir.execute(&id, op.clone()).await,
+            };
+            match next {
                 Err(ExecError::Unavailable(why)) => {
                     unavailable += 1;
                     self.stats.unavailable += 1;
                     self.note(format!("  UNAVAILABLE: {why}"));
                     if unavailable > MAX_RETRIES {
                         return Err(format!("still UNAVAILABLE after {MAX_RETRIES} retries"));
+                    }
+                    // Like the facade (`Ledger`) on the client's retry: a recorded key is
+                    // answered from the store. The actor alone cannot, after a restart: it
+                    // no longer remembers the key, and would decide the call afresh.
+                    if let Some(key) = op.key()
+                        && self.wallets[w].journal.wallet.validate(&op).is_ok()
+                        && let Some(e) = self
+                            .store
+                            .find_key(&id, key)
+                            .await
+                            .map_err(|e| e.to_string())?
+                    {
+                        self.stats.answered_by_facade += 1;
+                        break match check_key(Some(&e), op.request().as_ref()) {
+                            KeyCheck::Replay(_) => Ok(Applied {
+                                balance: self.read_balance(&id).await?,
+                                entry: e,
+                                replayed: true,
+                            }),
+                            _ => Err(ExecError::Op(OpError::IdempotencyConflict)),
+                        };
                     }
                     if op.key().is_none()
                         && let Ok(Outcome::Applied(e)) = &expected
@@ -623,6 +727,18 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// The balance a read shows now, retrying UNAVAILABLE.
+    async fn read_balance(&self, id: &WalletId) -> Result<credits_core::Balance, String> {
+        for _ in 0..MAX_RETRIES {
+            match self.dir.read(id).await {
+                Ok(w) => return Ok(w.balance()),
+                Err(ExecError::Unavailable(_)) => continue,
+                Err(e) => return Err(format!("{id}: read: {e}")),
+            }
+        }
+        Err(format!("{id}: reads still UNAVAILABLE"))
     }
 
     /// Reads the wallet (activating it; the read must show the reference's state) and ticks
