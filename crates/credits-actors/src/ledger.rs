@@ -332,33 +332,43 @@ impl Ledger {
             priced_by: String::new(),
             member: unchecked_member(input.member_id.as_deref()),
         };
-        // SPEC 10: input errors first, then membership, then a recorded key, then pricing.
+        // SPEC 10: input errors first, then membership, then a recorded key, then pricing
+        // and funds. The wallet actor answers a key it knows as a replay; the store is
+        // asked only when a call is about to be refused, so that a retry of a call
+        // recorded long ago still gets its receipt, not a refusal.
         wallet.validate(&Op::Usage(op.clone()))?;
         op.member = self.member(&wallet, input.member_id.as_deref()).await?;
-        if let Some(e) = self
-            .recorded(
-                &input.wallet_id,
-                &input.key,
-                Op::Usage(op.clone()).request().as_ref(),
-            )
+        let request = Op::Usage(op.clone()).request();
+        let refused = match self.price(&op.model, op.tokens) {
+            Ok((cost, tier, priced_by)) => {
+                op.cost = cost;
+                op.tier = tier;
+                op.priced_by = priced_by;
+                match self.run(&input.wallet_id, Op::Usage(op)).await {
+                    Ok(applied) => {
+                        return Ok(Receipt {
+                            usage: usage_of(&applied.entry)?,
+                            balance: applied.balance,
+                            replayed: applied.replayed,
+                        });
+                    }
+                    Err(e @ ServiceError::Exec(ExecError::Op(_))) => e,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => e,
+        };
+        match self
+            .recorded(&input.wallet_id, &input.key, request.as_ref())
             .await?
         {
-            return Ok(Receipt {
+            Some(e) => Ok(Receipt {
                 usage: usage_of(&e)?,
                 balance: self.existing(&input.wallet_id).await?.balance(),
                 replayed: true,
-            });
+            }),
+            None => Err(refused),
         }
-        let (cost, tier, priced_by) = self.price(&op.model, op.tokens)?;
-        op.cost = cost;
-        op.tier = tier;
-        op.priced_by = priced_by;
-        let applied = self.run(&input.wallet_id, Op::Usage(op)).await?;
-        Ok(Receipt {
-            usage: usage_of(&applied.entry)?,
-            balance: applied.balance,
-            replayed: applied.replayed,
-        })
     }
 
     /// What recordUsage would charge now: input, model and plan checks only.

@@ -128,6 +128,15 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
+    /// The stored snapshot and version, bypassing injected faults (for checks in tests).
+    pub fn stored(&self, id: &WalletId) -> Option<Loaded> {
+        let wallets = self.wallets.lock().unwrap();
+        wallets.get(id).map(|s| Loaded {
+            wallet: s.wallet.clone(),
+            version: s.version,
+        })
+    }
+
     pub fn version(&self, id: &WalletId) -> Option<i64> {
         self.wallets.lock().unwrap().get(id).map(|s| s.version)
     }

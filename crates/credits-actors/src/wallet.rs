@@ -83,7 +83,8 @@ pub struct Recovery {
 }
 
 struct ExecWaiter {
-    /// The call, to decide again if its commit fails; `None` for a replay.
+    /// The call, to decide again if its commit fails; `None` for a replay of a record that
+    /// is not durable yet.
     op: Option<Op>,
     reply: ExecReply,
     entry: Entry,
@@ -345,7 +346,11 @@ impl WalletState {
             Ok(Decision::Replay(entry)) => {
                 let entry = *entry;
                 let durable = entry.seq <= self.durable.seq;
-                if durable {
+                // The balance shown is the durable one as of now: with due records (a reset,
+                // a renewal, an expiry) or other calls pending, it is answered once they are
+                // durable, not from the stale durable state (found by the seeded simulation).
+                let settled = self.open_records.is_empty() && self.in_flight.is_none();
+                if durable && settled {
                     let _ = reply.send(Ok(Applied {
                         entry,
                         balance: self.durable.balance(),
@@ -353,7 +358,8 @@ impl WalletState {
                     }));
                 } else {
                     self.open.push(Waiter::Exec(Box::new(ExecWaiter {
-                        op: None,
+                        // A durable record is replayed again if the pending commit fails.
+                        op: durable.then_some(op),
                         reply,
                         entry,
                         balance: None,
@@ -745,6 +751,9 @@ impl WalletState {
     /// activates the wallet again from durable state.
     fn give_up(&mut self, myself: &ActorRef<WalletMsg>, why: &str) {
         tracing::error!(wallet = %self.durable.id, why, "giving up on the store; stopping the wallet actor");
+        // Leave the directory before answering: a caller retrying at once must reach a fresh
+        // activation, not this stopping actor (which would drop the call unanswered).
+        self.shared.forget(&self.durable.id, myself.get_id());
         let mut waiting: Vec<Waiter> = self.in_flight.take().map(|f| f.waiters).unwrap_or_default();
         waiting.append(&mut self.open);
         for w in waiting {
