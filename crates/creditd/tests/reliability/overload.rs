@@ -26,7 +26,7 @@ const FLOOD_CONCURRENCY: usize = 50;
 /// one at a time, which is what takes long).
 const LOAD_TIME: Duration = Duration::from_secs(1);
 /// Bound on waiting for the server to change state (a slot taken or freed).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on the server's memory growth over the flood and the load (MiB): generous, it
 /// only catches an unbounded queue.
 const MAX_RSS_GROWTH_MIB: u64 = 256;
