@@ -33,6 +33,7 @@ pub use core::cause_name;
 pub use error::{CommitError, StoreError};
 pub use queries::cursor_of;
 pub use rows::*;
+pub use usage::UsageQuery;
 
 /// Most usage events one history page returns (SPEC 8: `first` ≤ 100).
 pub const MAX_PAGE: usize = 100;
