@@ -159,7 +159,7 @@ fn ms(d: StdDuration) -> String {
 /// A plan reads through an index (a range or lookup), never the whole table or index.
 fn check_plan(name: &str, plan: &[String]) -> bool {
     let full_scan = plan.iter().any(|line| {
-        let l = line.trim_start_matches(|c: char| c == ' ' || c == '-' || c == '>');
+        let l = line.trim_start_matches([' ', '-', '>']);
         // SQLite: "SCAN u" / "SCAN usage_events" (with or without a covering index) is a
         // full pass; "SEARCH … USING INDEX" is a range. PostgreSQL: "Seq Scan".
         (l.starts_with("SCAN ") && (l.contains("usage_events") || l.starts_with("SCAN u")))
@@ -247,10 +247,9 @@ async fn run(name: &str, url: &str, events: usize) {
     for (label, f) in &filters {
         // The deep page continues after the middle of the filter's events: the cursor
         // of the newest matching event before the wallet's midpoint (or the day's).
-        let pivot = if f.from.is_some() {
-            f.from.unwrap() + Duration::hours(12)
-        } else {
-            at(mid)
+        let pivot = match f.from {
+            Some(from) => from + Duration::hours(12),
+            None => at(mid),
         };
         let probe = UsageFilter {
             to: Some(pivot.min(f.to.unwrap_or(pivot))),

@@ -281,6 +281,54 @@ async fn reviews_round_trip(store: Store) -> anyhow::Result<()> {
         3
     );
     assert!(store.reviews_of_reporter("bob", None, 10).await?.is_empty());
+
+    // An approval claims the review first: one claim wins, a claimed review cannot be
+    // rejected, and it stays SUBMITTED until the lot is granted and it is finished.
+    assert!(
+        !store
+            .finish_review_approval("rev_3", t0() + Duration::hours(2))
+            .await?,
+        "nothing to finish before a claim"
+    );
+    assert!(
+        store
+            .claim_review_approval("rev_3", 2_000_000, "grt_a", Some("sorry"))
+            .await?
+    );
+    assert!(
+        !store
+            .claim_review_approval("rev_3", 1_000_000, "grt_b", None)
+            .await?,
+        "claimed once"
+    );
+    let claimed = store.review("rev_3").await?.unwrap();
+    assert_eq!(claimed.status, ReviewStatus::Submitted);
+    assert_eq!(
+        (claimed.credited_ucr, claimed.grant_id.as_deref()),
+        (Some(2_000_000), Some("grt_a"))
+    );
+    let reject = ReviewResolution {
+        review_id: "rev_3".into(),
+        ..resolution
+    };
+    assert!(
+        !store.resolve_review(&reject).await?,
+        "claimed: not rejected"
+    );
+    assert!(
+        store
+            .finish_review_approval("rev_3", t0() + Duration::hours(2))
+            .await?
+    );
+    assert!(
+        !store
+            .finish_review_approval("rev_3", t0() + Duration::hours(3))
+            .await?
+    );
+    let credited = store.review("rev_3").await?.unwrap();
+    assert_eq!(credited.status, ReviewStatus::Credited);
+    assert_eq!(credited.note.as_deref(), Some("sorry"));
+    assert_eq!(credited.resolved_at, Some(t0() + Duration::hours(2)));
     Ok(())
 }
 
