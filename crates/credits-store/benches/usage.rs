@@ -128,7 +128,8 @@ async fn load(store: &Store, events: usize) -> (i64, StdDuration) {
     }
     // Fresh statistics, as autovacuum / `PRAGMA optimize` would have them in service.
     match db.get_database_backend() {
-        sea_orm::DbBackend::Postgres => db.execute_unprepared("ANALYZE usage_events").await,
+        // VACUUM also sets the visibility map that index-only scans rely on.
+        sea_orm::DbBackend::Postgres => db.execute_unprepared("VACUUM ANALYZE usage_events").await,
         _ => db.execute_unprepared("ANALYZE").await,
     }
     .unwrap();
@@ -423,11 +424,15 @@ async fn main() {
             events,
         )
         .await;
-        admin
-            .connection()
-            .execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE"))
-            .await
-            .unwrap();
+        if std::env::var_os("CREDITS_BENCH_KEEP").is_some() {
+            println!("\nkept schema {schema}");
+        } else {
+            admin
+                .connection()
+                .execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await
+                .unwrap();
+        }
     } else {
         println!("\nCREDITS_TEST_DATABASE_URL not set: PostgreSQL skipped");
     }
