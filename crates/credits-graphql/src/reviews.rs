@@ -274,7 +274,11 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
             return Err(ApiError::unavailable("review claimed without an amount"));
         };
         if amount_ucr != Some(claimed) {
-            return Err(conflict());
+            return Err(ApiError::new(
+                crate::error::Code::IdempotencyConflict,
+                "the review is being approved with another amount (approving again with \
+                 that amount completes it)",
+            ));
         }
         let wallet = WalletId(review.wallet_id.clone());
         let reason = format!(
