@@ -602,17 +602,20 @@ impl Ledger {
         self.lot_of(&applied.entry).await
     }
 
-    /// A COMPENSATION lot for an approved review, keyed by the review so it is granted once.
+    /// A COMPENSATION lot for an approved review, keyed by the review so it is granted once;
+    /// `grant_id` is the one the review's approval claimed, so every caller completing the
+    /// same approval sends the same operation.
     pub async fn compensate(
         &self,
         wallet_id: &WalletId,
         review_id: &str,
+        grant_id: GrantId,
         amount: Credits,
         reason: String,
     ) -> ServiceResult<Lot> {
         let key = format!("review:{review_id}");
         let op = GrantOp {
-            id: GrantId(new_id("grt")),
+            id: grant_id,
             key: Some(key.clone()),
             amount,
             kind: GrantKind::Compensation,

@@ -35,6 +35,7 @@ pub use error::{CommitError, StoreError};
 pub use feed::{CHANNEL, CommitListener, Notice};
 pub use queries::cursor_of;
 pub use rows::*;
+pub use usage::UsageQuery;
 
 /// Most usage events one history page returns (SPEC 8: `first` ≤ 100).
 pub const MAX_PAGE: usize = 100;
