@@ -63,22 +63,24 @@ const TABLES: &[&str] = &[
 /// Everything a refused call must leave alone: the row count of every table, each
 /// wallet's fence version and ledger length, and the balances as the API reads them.
 async fn state(app: &App, wallets: &[&str]) -> Value {
-    let mut counts = serde_json::Map::new();
-    for t in TABLES {
-        counts.insert(
-            (*t).to_owned(),
-            json!(sql(app, &format!("SELECT count(*) FROM {t}")).trim()),
-        );
-    }
-    let versions = sql(
+    // One client process per look: every table's row count, then each wallet's row.
+    let counts: Vec<String> = TABLES
+        .iter()
+        .map(|t| format!("(SELECT count(*) FROM {t})"))
+        .collect();
+    let rows = sql(
         app,
-        "SELECT id, version, seq, (SELECT count(*) FROM ledger l WHERE l.wallet_id = w.id) FROM wallets w ORDER BY id",
+        &format!(
+            "SELECT 'counts', {} UNION ALL SELECT id, version, seq, (SELECT count(*) FROM ledger l WHERE l.wallet_id = w.id){} FROM wallets w ORDER BY 1",
+            counts.join(", "),
+            ", 0".repeat(TABLES.len() - 3),
+        ),
     );
     let mut balances = Vec::new();
     for w in wallets {
         balances.push(app.balance(w).await);
     }
-    json!({ "counts": counts, "wallets": versions, "balances": balances })
+    json!({ "tables": TABLES, "rows": rows, "balances": balances })
 }
 
 /// The ledger length of one wallet.
