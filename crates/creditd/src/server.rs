@@ -129,6 +129,9 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
     let schema = state.schema.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        // A message is a request: the HTTP body limit holds here too (SPEC 10).
+        .max_message_size(MAX_BODY_BYTES)
+        .max_frame_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("credits_websocket_connections").increment(1.0);
             let (init_tx, init_rx) = tokio::sync::oneshot::channel::<()>();

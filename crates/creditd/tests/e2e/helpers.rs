@@ -573,6 +573,24 @@ impl Ws {
                 .0
             }
         };
+        Ws::init(socket, protocol, token).await
+    }
+
+    /// [`Ws::connect`], or the HTTP status of a refused handshake.
+    pub async fn try_connect(app: &App, protocol: &str, token: &str) -> Result<(Ws, Init), u16> {
+        let mut req = format!("ws://{}/graphql", app.addr())
+            .into_client_request()
+            .expect("a WebSocket request");
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((socket, _)) => Ok(Ws::init(socket, protocol, token).await),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("WebSocket connect: {e}"),
+        }
+    }
+
+    async fn init(socket: Socket, protocol: &str, token: &str) -> (Ws, Init) {
         let mut ws = Ws {
             socket,
             legacy: protocol == "graphql-ws",
@@ -612,6 +630,18 @@ impl Ws {
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Whether the server closes the socket (within [`WS_TIMEOUT`]) before sending a result.
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match self.recv().await {
+                None => return true,
+                Some(m) if m["type"] == "close" => return true,
+                Some(m) if m["type"] == "ka" || m["type"] == "ping" || m["type"] == "pong" => {}
+                Some(_) => return false,
             }
         }
     }

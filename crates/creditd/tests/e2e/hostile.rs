@@ -1191,21 +1191,26 @@ async fn refused_handshake(app: &App) -> (u16, String) {
     }
 }
 
-/// A raw socket that upgraded and sends nothing.
+/// A raw socket that upgraded and sends nothing (retried while places are still being
+/// freed by closed sockets).
 async fn idle_socket(
     app: &App,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut req = format!("ws://{}/graphql", app.addr())
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade")
-        .0
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut req = format!("ws://{}/graphql", app.addr())
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((s, _)) => return s,
+            Err(e) => assert!(Instant::now() < deadline, "no free place: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 const MAX_WS: usize = 4;
@@ -1244,19 +1249,25 @@ async fn websocket_connections_are_bounded(b: Backend) {
         open[0].next_data("b").await["balanceChanged"]["cause"],
         "SNAPSHOT"
     );
-    // Closing one frees its place.
-    drop(open.pop());
+    // A message over the body limit closes that socket and changes nothing else.
+    let mut big = open.pop().unwrap();
+    big.subscribe(
+        "big",
+        &format!(
+            "subscription($w: ID!) {{ balanceChanged(walletId: $w) {{ cause }} }} # {}",
+            "x".repeat(1024 * 1024)
+        ),
+        json!({ "w": w }),
+    )
+    .await;
+    assert!(big.closed().await, "a 1 MiB WebSocket message was read");
+    drop(big);
+    // The closed socket's place is free again.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (_, init) = loop {
-        let mut req = format!("ws://{}/graphql", app.addr())
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        if tokio_tungstenite::connect_async(req).await.is_ok() {
-            break Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+        match Ws::try_connect(&app, "graphql-transport-ws", &app.admin).await {
+            Ok(ws) => break ws,
+            Err(status) => assert_eq!(status, 503),
         }
         assert!(
             Instant::now() < deadline,
@@ -1269,7 +1280,6 @@ async fn websocket_connections_are_bounded(b: Backend) {
 
     // Anonymous sockets that never send `connection_init` cannot hold the places: the
     // server closes them after its init timeout.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut idle = Vec::new();
     for _ in 0..MAX_WS {
         idle.push(idle_socket(&app).await);
@@ -1292,24 +1302,8 @@ async fn websocket_connections_are_bounded(b: Backend) {
         assert!(end.is_ok(), "an idle socket was never closed");
     }
     drop(idle);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut req = format!("ws://{}/graphql", app.addr())
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
-        if tokio_tungstenite::connect_async(req).await.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the idle sockets' places were never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Their places are free again.
+    idle_socket(&app).await;
 }
 
 /// Debits after which a subscriber that reads nothing has certainly fallen behind: more
