@@ -241,6 +241,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ledger,
         admin_token,
         metrics,
+        websockets: Arc::new(tokio::sync::Semaphore::new(settings.max_websockets)),
     };
 
     reload_on_sighup(pricing);
