@@ -242,6 +242,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         admin_token,
         metrics,
         in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
+        websockets: Arc::new(tokio::sync::Semaphore::new(settings.max_websockets)),
     };
 
     reload_on_sighup(pricing);

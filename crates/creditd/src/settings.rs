@@ -16,6 +16,9 @@ pub const DEFAULT_DATABASE: &str = "sqlite://creditd.db?mode=rwc";
 /// `UNAVAILABLE` (HTTP 503) instead of queueing without bound. With bodies of at most
 /// 256 KiB this also bounds the memory held by requests (about 256 MiB at worst).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Open WebSocket connections a node serves at once; each holds a task, buffers and its
+/// subscriptions' channels, so a flood of them must not grow without bound.
+pub const DEFAULT_MAX_WEBSOCKETS: usize = 1024;
 
 /// Options of `creditd serve`; each is also an environment variable and a config key.
 #[derive(Args, Clone, Debug, Default)]
@@ -45,6 +48,10 @@ pub struct ServeArgs {
     /// GraphQL requests served at once over HTTP; more are answered `UNAVAILABLE` (503).
     #[arg(long, env = "CREDITD_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// Most WebSocket connections open at once; one more is refused with 503 and
+    /// `UNAVAILABLE` (default 1024).
+    #[arg(long, env = "CREDITD_MAX_WEBSOCKETS")]
+    pub max_websockets: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -58,6 +65,7 @@ struct FileSettings {
     manual_clock: Option<String>,
     introspection: Option<bool>,
     max_in_flight: Option<usize>,
+    max_websockets: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +79,7 @@ pub struct Settings {
     pub introspection: bool,
     /// At least 1.
     pub max_in_flight: usize,
+    pub max_websockets: usize,
 }
 
 /// Where cargo put this executable, and with it the built tier libraries.
@@ -125,6 +134,10 @@ impl Settings {
             manual_clock,
             introspection: !args.no_introspection && file.introspection.unwrap_or(true),
             max_in_flight,
+            max_websockets: args
+                .max_websockets
+                .or(file.max_websockets)
+                .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
         })
     }
 }

@@ -90,7 +90,7 @@ async fn post(
 
 async fn overload_sheds_at_once_changes_nothing_and_recovers(b: Backend) {
     let bound = MAX_IN_FLIGHT.to_string();
-    let app = App::spawn_with_args(b, Some(START), &["--max-in-flight", &bound]).await;
+    let app = App::spawn_env(b, Some(START), &[("CREDITD_MAX_IN_FLIGHT", &bound)]).await;
     let targets = wallets(&app, 2).await;
     let wallet = targets[0].id.clone();
     let store = Store::connect(&app.db.url).await.expect("open the store");
