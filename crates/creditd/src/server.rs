@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql::{BatchRequest, BatchResponse, Data};
@@ -61,9 +62,13 @@ fn error_response(status: StatusCode, e: ApiError) -> Response {
         .into_response()
 }
 
+/// Bound on receiving a GraphQL request's body once its headers are in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Past `max_in_flight` GraphQL POSTs at once, answers at once with `UNAVAILABLE` (503,
 /// `Retry-After: 1`) rather than queueing: before the body is read and before the token
-/// is looked up, so a shed request costs next to nothing and changes nothing. WebSocket
+/// is looked up, so a shed request costs next to nothing and changes nothing. A body that
+/// takes longer than [`BODY_TIMEOUT`] is answered 408 and frees its slot. WebSocket
 /// upgrades and GraphiQL (GETs) pass through.
 async fn shed_load(
     State(state): State<AppState>,
@@ -84,7 +89,33 @@ async fn shed_load(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    next.run(req).await
+    // A slot is held until the body has arrived: one that never comes must not hold it
+    // for ever (a few stalled clients would otherwise shut everyone out).
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ApiError::invalid(format!(
+                    "the body is unreadable or over {MAX_BODY_BYTES} bytes: {e}"
+                )),
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                ApiError::invalid(format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                )),
+            );
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
 }
 
 async fn principal_from(state: &AppState, auth: Option<&str>) -> Result<Principal, ApiError> {

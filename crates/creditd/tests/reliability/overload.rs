@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use credits_store::Store;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{App, Backend, START};
@@ -250,4 +250,44 @@ async fn overload_sheds_at_once_changes_nothing_and_recovers(b: Backend) {
         (200, &json!(false)),
         "{body}"
     );
+}
+
+/// Bound on the server's answer to a body that never arrives (its `BODY_TIMEOUT` is 10 s).
+const STALL_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// With one slot, a client that sends headers and never the body would shut everyone out;
+/// the server answers it 408 `INVALID_INPUT` and serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_answered_and_frees_its_slot() {
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        Some(START),
+        &[("CREDITD_MAX_IN_FLIGHT", "1")],
+    )
+    .await;
+    let http = http_client();
+    let mut stalled = stalled_request(&app).await;
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let (status, _, body, _) =
+            post(&http, &app, &json!({ "query": "{ models { id } }" })).await;
+        if status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot was never taken: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(STALL_ANSWER_TIMEOUT, stalled.read_to_end(&mut answer))
+        .await
+        .expect("an answer to the stalled request")
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("INVALID_INPUT"), "{answer}");
+    let (status, _, body, _) = post(&http, &app, &json!({ "query": "{ models { id } }" })).await;
+    assert_eq!(status, 200, "{body}");
 }
