@@ -268,14 +268,17 @@ impl Actor for WalletActor {
             WalletMsg::Recovered(result) => state.recovered(&myself, result),
             WalletMsg::IdleCheck => {
                 let idle_for = state.idle_since.map(|t| t.elapsed());
-                if idle_for.is_some_and(|d| d >= state.shared.config.idle_after)
-                    && state
+                if idle_for.is_some_and(|d| d >= state.shared.config.idle_after) {
+                    let watched = state
                         .events
                         .as_ref()
-                        .is_none_or(|e| e.receiver_count() == 0)
-                {
-                    myself.stop(Some("idle".into()));
-                    return Ok(());
+                        .is_some_and(|e| e.receiver_count() > 0);
+                    if !watched {
+                        myself.stop(Some("idle".into()));
+                        return Ok(());
+                    }
+                    // A subscriber leaves without a message: look again after another period.
+                    state.idle_since = None;
                 }
             }
             WalletMsg::Crash => panic!("injected crash"),

@@ -172,6 +172,16 @@ async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
             .load(std::sync::atomic::Ordering::Relaxed),
         2
     );
+    // A watched wallet stays while watched, and leaves once its last subscriber has gone,
+    // even though nothing else happens to it.
+    let sub = app.dir.subscribe(&id).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(app.dir.active_wallets(), 1, "a watched wallet stays active");
+    drop(sub);
+    assert!(
+        eventually(|| app.dir.active_wallets() == 0).await,
+        "the wallet leaves once nobody watches"
+    );
 }
 
 #[tokio::test]
