@@ -3,8 +3,15 @@
 //! (settle, release, expiry), grants with expiries, bundle purchases, plan and zone changes,
 //! idempotent retries (same request and conflicting), clock jumps (small, to just around the
 //! next due instant, across DST changes and month ends), store faults (failed commit, lost
-//! reply, failed load), actor crashes and passivation. Every call is also run on the core's
-//! `Journal`, the reference driver; after every step the store is checked against it.
+//! reply, failed load), actor crashes, passivation, calls on several wallets at once (so that
+//! their commits group in one store transaction) and a subscriber on some wallets. Every call
+//! is also run on the core's `Journal`, the reference driver; after every step the store, the
+//! answers and the events are checked against it (see `sim.rs`, `Sim::check`). A retry after
+//! UNAVAILABLE first looks its key up in the store, as the `Ledger` facade does.
+//!
+//! A seed replays the same history; the only inputs it does not fix are scheduling and the
+//! idle timer (real time), so a failure seen among many concurrent seeds is re-run alone
+//! with the printed command.
 //!
 //! ```text
 //! cargo test -p credits-actors --test sim                       # SIM_SEEDS seeds (default 2000)
