@@ -25,6 +25,8 @@ const IDLE_AFTER: Duration = Duration::from_millis(150);
 const MAX_RETRIES: usize = 12;
 /// Rounds of "read, then tick" a full check may take to make a wallet's due records durable.
 const MAX_CATCH_UP: usize = 12;
+/// How long a subscriber waits for the event of a record already durable.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
 /// Steps of the history kept for the failure report.
 const LOG_TAIL: usize = 40;
 
@@ -775,10 +777,30 @@ impl Sim {
                 Err(e) => return Err(format!("{id}: subscribe: {e}")),
             }
         }
+        let durable = self.store.ledger(&id).len() as u64 - 1;
         let watch = self.wallets[w].watch.as_mut().expect("subscribed");
         loop {
-            use tokio::sync::broadcast::error::TryRecvError;
-            match watch.events.try_recv() {
+            use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+            let next = match watch.events.try_recv() {
+                // A durable record without its event yet: either it is on its way, or the
+                // actor that wrote it is stopping (it gave up before learning the commit
+                // landed) and the subscription is about to close.
+                Err(TryRecvError::Empty) if full && !fresh && watch.last_seq < durable => {
+                    match tokio::time::timeout(EVENT_WAIT, watch.events.recv()).await {
+                        Ok(Ok(ev)) => Ok(ev),
+                        Ok(Err(RecvError::Closed)) => Err(TryRecvError::Closed),
+                        Ok(Err(RecvError::Lagged(n))) => Err(TryRecvError::Lagged(n)),
+                        Err(_) => {
+                            return Err(format!(
+                                "{id}: no event for durable record {} within {EVENT_WAIT:?} on a live subscription",
+                                watch.last_seq + 1
+                            ));
+                        }
+                    }
+                }
+                other => other,
+            };
+            match next {
                 Ok(ev) => {
                     if ev.seq != watch.last_seq + 1 {
                         return Err(format!(
@@ -818,7 +840,6 @@ impl Sim {
             }
         }
         let delivered = watch.last_seq;
-        let durable = self.store.ledger(&id).len() as u64 - 1;
         if full && !fresh && delivered != durable {
             return Err(format!(
                 "{id}: the subscriber has events up to seq {delivered}, the store up to {durable}"
