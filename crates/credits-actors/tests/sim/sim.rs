@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use credits_actors::{
-    ActorConfig, Applied, Clock, Directory, ExecError, ManualClock, MemoryStore, WalletStore,
+    ActorConfig, Applied, BalanceEvent, Clock, Directory, EventKind, ExecError, ManualClock,
+    MemoryStore, WalletStore,
 };
 use credits_core::testing::{Journal, Outcome, ZONES, catalogue, step};
 use credits_core::{
@@ -24,6 +25,8 @@ const IDLE_AFTER: Duration = Duration::from_millis(150);
 const MAX_RETRIES: usize = 12;
 /// Rounds of "read, then tick" a full check may take to make a wallet's due records durable.
 const MAX_CATCH_UP: usize = 12;
+/// How long a subscriber waits for the event of a record already durable.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
 /// Steps of the history kept for the failure report.
 const LOG_TAIL: usize = 40;
 
@@ -45,6 +48,8 @@ pub struct Stats {
     pub passivations: u64,
     pub clock_jumps: u64,
     pub full_checks: u64,
+    pub events: u64,
+    pub resubscriptions: u64,
 }
 
 impl Stats {
@@ -61,6 +66,8 @@ impl Stats {
         self.passivations += o.passivations;
         self.clock_jumps += o.clock_jumps;
         self.full_checks += o.full_checks;
+        self.events += o.events;
+        self.resubscriptions += o.resubscriptions;
     }
 }
 
@@ -70,7 +77,7 @@ impl fmt::Display for Stats {
             f,
             "{} steps, {} calls ({} applied, {} replayed, {} refused, {} UNAVAILABLE answers retried, \
              {} left to the facade), {} faults injected, {} crashes, {} passivations, {} clock jumps, \
-             {} full checks",
+             {} full checks, {} balance events checked, {} resubscriptions",
             self.steps,
             self.calls,
             self.applied,
@@ -82,7 +89,9 @@ impl fmt::Display for Stats {
             self.crashes,
             self.passivations,
             self.clock_jumps,
-            self.full_checks
+            self.full_checks,
+            self.events,
+            self.resubscriptions
         )
     }
 }
@@ -93,6 +102,16 @@ struct Model {
     journal: Journal,
     /// Records the service acknowledged as applied (not replays).
     acked: Vec<Entry>,
+    /// A subscriber on this wallet, if it has one: its events are checked at every step.
+    watch: Option<Watch>,
+    /// Whether this wallet is watched at all in this history.
+    watched: bool,
+}
+
+/// A live subscription and the last seq it delivered.
+struct Watch {
+    events: tokio::sync::broadcast::Receiver<Arc<BalanceEvent>>,
+    last_seq: u64,
 }
 
 /// A call run on the reference, waiting for the service's answer.
@@ -259,10 +278,13 @@ pub async fn run(seed: u64, steps: usize) -> Result<Stats, String> {
         if created != journal.wallet {
             return Err(sim.fail(format!("created wallet differs: {created:?}")));
         }
+        let watched = sim.chance(50);
         sim.wallets.push(Model {
             id: created.id,
             journal,
             acked: Vec::new(),
+            watch: None,
+            watched,
         });
     }
     for _ in 0..steps {
@@ -712,6 +734,8 @@ impl Sim {
                     "{id}: a bucket or lot is negative or does not add up: {stored:?}"
                 ));
             }
+            self.check_events(w, full).await?;
+            let m = &self.wallets[w];
             if full {
                 m.journal
                     .check_invariants()
@@ -725,6 +749,101 @@ impl Sim {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A watched wallet's subscriber gets one event per durable record, in seq order with no
+    /// gap, each with the record's cause, instant and the balance right after it (SPEC 8). A
+    /// subscription ends only when the actor stops (crash, giving up); the subscriber then
+    /// subscribes again and starts from the new snapshot. After a full check every durable
+    /// record has been delivered.
+    async fn check_events(&mut self, w: usize, full: bool) -> Check {
+        let id = self.wallets[w].id.clone();
+        if !self.wallets[w].watched {
+            return Ok(());
+        }
+        let mut fresh = false;
+        if self.wallets[w].watch.is_none() {
+            match self.dir.subscribe(&id).await {
+                Ok(sub) => {
+                    self.wallets[w].watch = Some(Watch {
+                        events: sub.events,
+                        last_seq: sub.snapshot.seq,
+                    });
+                    fresh = true;
+                }
+                Err(ExecError::Unavailable(_)) => return Ok(()),
+                Err(e) => return Err(format!("{id}: subscribe: {e}")),
+            }
+        }
+        let durable = self.store.ledger(&id).len() as u64 - 1;
+        let watch = self.wallets[w].watch.as_mut().expect("subscribed");
+        loop {
+            use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+            let next = match watch.events.try_recv() {
+                // A durable record without its event yet: either it is on its way, or the
+                // actor that wrote it is stopping (it gave up before learning the commit
+                // landed) and the subscription is about to close.
+                Err(TryRecvError::Empty) if full && !fresh && watch.last_seq < durable => {
+                    match tokio::time::timeout(EVENT_WAIT, watch.events.recv()).await {
+                        Ok(Ok(ev)) => Ok(ev),
+                        Ok(Err(RecvError::Closed)) => Err(TryRecvError::Closed),
+                        Ok(Err(RecvError::Lagged(n))) => Err(TryRecvError::Lagged(n)),
+                        Err(_) => {
+                            return Err(format!(
+                                "{id}: no event for durable record {} within {EVENT_WAIT:?} on a live subscription",
+                                watch.last_seq + 1
+                            ));
+                        }
+                    }
+                }
+                other => other,
+            };
+            match next {
+                Ok(ev) => {
+                    if ev.seq != watch.last_seq + 1 {
+                        return Err(format!(
+                            "{id}: event seq {} after {}: out of order or a gap",
+                            ev.seq, watch.last_seq
+                        ));
+                    }
+                    let record = self
+                        .store
+                        .records_after(&id, watch.last_seq, 1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let Some(r) = record.first().filter(|r| r.entry.seq == ev.seq) else {
+                        return Err(format!(
+                            "{id}: event {} for a record not in the store",
+                            ev.seq
+                        ));
+                    };
+                    if ev.balance != r.balance
+                        || ev.at != r.entry.at
+                        || ev.kind != EventKind::Change(r.entry.cause())
+                    {
+                        return Err(format!(
+                            "{id}: event {} differs from its record:\n  event {ev:?}\n  record {r:?}",
+                            ev.seq
+                        ));
+                    }
+                    watch.last_seq = ev.seq;
+                    self.stats.events += 1;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => {
+                    self.stats.resubscriptions += 1;
+                    self.wallets[w].watch = None;
+                    return Ok(());
+                }
+            }
+        }
+        let delivered = watch.last_seq;
+        if full && !fresh && delivered != durable {
+            return Err(format!(
+                "{id}: the subscriber has events up to seq {delivered}, the store up to {durable}"
+            ));
         }
         Ok(())
     }
