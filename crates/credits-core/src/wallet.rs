@@ -933,6 +933,11 @@ impl Wallet {
     }
 
     fn decide_grant(&self, g: &GrantOp) -> Result<EntryKind, OpError> {
+        // Lot ids are the store's keys and the ledger's references: one lot per id, ever
+        // (expired and spent lots stay in `lots`).
+        if self.lots.iter().any(|l| l.id == g.id) {
+            return Err(invalid(format!("grant id {} is already taken", g.id)));
+        }
         let lot = Lot {
             id: g.id.clone(),
             kind: g.kind,

@@ -1023,6 +1023,16 @@ fn grant_rules_for_kinds_amounts_and_expiry() {
     ok(&mut j, t, &purchase);
     ok(&mut j, t, &grant("b", "1", GrantKind::Compensation, None));
     assert_eq!(j.wallet.balance().grants.len(), 2);
+    // A lot id is taken once (another key, same id): refused, nothing changes.
+    let mut again = grant("b", "5", GrantKind::Admin, None);
+    if let Op::Grant(g) = &mut again {
+        g.key = Some("another-key".into());
+    }
+    assert!(matches!(
+        refused(&mut j, t, &again),
+        OpError::InvalidInput(_)
+    ));
+    assert_eq!(j.wallet.balance().grants.len(), 2);
 }
 
 #[test]
