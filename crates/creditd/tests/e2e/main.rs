@@ -12,4 +12,5 @@ mod ledger;
 mod live;
 mod restart;
 mod reviews;
+mod server;
 mod teams;
