@@ -18,6 +18,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20251128_000001_catalogue;
 mod m20251128_000002_wallets_ledger;
 mod m20251128_000003_teams_reviews_tokens;
+mod m20251128_000004_usage_covering_indexes;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251128_000001_catalogue::Migration),
             Box::new(m20251128_000002_wallets_ledger::Migration),
             Box::new(m20251128_000003_teams_reviews_tokens::Migration),
+            Box::new(m20251128_000004_usage_covering_indexes::Migration),
         ]
     }
 }

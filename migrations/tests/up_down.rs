@@ -30,11 +30,45 @@ async fn tables_present(db: &DatabaseConnection) -> Vec<&'static str> {
     present
 }
 
+/// The usage indexes the covering-index migration swaps: (before, after).
+const SWAPPED_INDEXES: &[(&str, &str)] = &[
+    ("usage_wallet_at", "usage_wallet_at_cover"),
+    ("usage_model_at", "usage_model_at_cover"),
+];
+
+async fn usage_indexes(db: &DatabaseConnection) -> Vec<&'static str> {
+    let manager = SchemaManager::new(db);
+    let mut present = Vec::new();
+    for (before, after) in SWAPPED_INDEXES {
+        for name in [before, after] {
+            if manager
+                .has_index("usage_events", name)
+                .await
+                .expect("probe index")
+            {
+                present.push(*name);
+            }
+        }
+    }
+    present
+}
+
 async fn up_down_up(db: &DatabaseConnection) {
     Migrator::up(db, None).await.expect("up");
     assert_eq!(tables_present(db).await, TABLES);
-    // One step down removes only the last migration's tables.
+    assert_eq!(
+        usage_indexes(db).await,
+        ["usage_wallet_at_cover", "usage_model_at_cover"]
+    );
+    // One step down swaps the covering indexes back, and only that.
     Migrator::down(db, Some(1)).await.expect("down one");
+    assert_eq!(tables_present(db).await, TABLES);
+    assert_eq!(
+        usage_indexes(db).await,
+        ["usage_wallet_at", "usage_model_at"]
+    );
+    // The next step removes only its migration's tables.
+    Migrator::down(db, Some(1)).await.expect("down two");
     assert_eq!(tables_present(db).await, &TABLES[..8]);
     Migrator::down(db, None).await.expect("down all");
     assert!(tables_present(db).await.is_empty());

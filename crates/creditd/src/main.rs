@@ -13,8 +13,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use credits_actors::{ActorConfig, Clock, Directory, Ledger, SqlWallets};
 use credits_pricing::PricingRegistry;
-use credits_store::{BundleRow, Store, TokenHash, TokenRole, TokenRow};
+use credits_store::{Backend, BundleRow, Store, TokenHash, TokenRole, TokenRow};
 use settings::{ServeArgs, Settings};
+
+/// Store transactions in flight at once on PostgreSQL, each carrying many wallets' batches
+/// (SQLite has one writer: 1). See docs/BENCHMARKS.md, "Actors".
+const POSTGRES_WRITERS: usize = 4;
 
 #[derive(Parser)]
 #[command(
@@ -203,12 +207,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => Clock::System,
     };
+    let config = ActorConfig {
+        writers: match store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WRITERS,
+        },
+        ..ActorConfig::default()
+    };
     let dir = Directory::new(
         Arc::new(SqlWallets::new(store.clone())),
         clock,
         plans,
-        ActorConfig::default(),
+        config,
     );
+    // Other nodes' commits reach this node's subscribers (PostgreSQL only).
+    let _feed = credits_actors::feed::follow(dir.clone(), store.clone()).await;
     let ledger = Ledger::new(dir.clone(), store, pricing.clone());
     let schema = credits_graphql::schema(
         ledger.clone(),
@@ -228,6 +241,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ledger,
         admin_token,
         metrics,
+        websockets: Arc::new(tokio::sync::Semaphore::new(settings.max_websockets)),
     };
 
     reload_on_sighup(pricing);

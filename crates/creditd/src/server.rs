@@ -19,12 +19,17 @@ use credits_graphql::{ApiError, Code, CreditsSchema, Principal};
 use credits_store::TokenHash;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// How long a new WebSocket may take to send `connection_init`.
+pub const CONNECTION_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct AppState {
     pub schema: CreditsSchema,
     pub ledger: Ledger,
     pub admin_token: Option<Arc<TokenHash>>,
     pub metrics: Option<PrometheusHandle>,
+    /// One permit per open WebSocket (`--max-websockets`).
+    pub websockets: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -113,12 +118,24 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
     let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &state).await else {
         return (StatusCode::BAD_REQUEST, "unsupported WebSocket subprotocol").into_response();
     };
+    // Refused before the upgrade, so a flood costs no task and no buffers.
+    let Ok(permit) = state.websockets.clone().try_acquire_owned() else {
+        metrics::counter!("credits_websocket_refused_total").increment(1);
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::new(Code::Unavailable, "too many WebSocket connections"),
+        );
+    };
     let schema = state.schema.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        // A message is a request: the HTTP body limit holds here too (SPEC 10).
+        .max_message_size(MAX_BODY_BYTES)
+        .max_frame_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("credits_websocket_connections").increment(1.0);
-            GraphQLWebSocket::new(socket, schema, protocol)
+            let (init_tx, init_rx) = tokio::sync::oneshot::channel::<()>();
+            let serve = GraphQLWebSocket::new(socket, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let auth = payload
                         .get("Authorization")
@@ -130,11 +147,24 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
                         .map_err(async_graphql::Error::from)?;
                     let mut data = Data::default();
                     data.insert(principal);
+                    let _ = init_tx.send(());
                     Ok(data)
                 })
-                .serve()
-                .await;
+                .serve();
+            tokio::pin!(serve);
+            tokio::select! {
+                () = &mut serve => {}
+                init = tokio::time::timeout(CONNECTION_INIT_TIMEOUT, init_rx) => {
+                    // Authenticated, or refused (the protocol closes the socket itself).
+                    // Without a `connection_init` in time, dropping `serve` closes it, so
+                    // idle anonymous sockets cannot hold every permit.
+                    if init.is_ok() {
+                        serve.await;
+                    }
+                }
+            }
             metrics::gauge!("credits_websocket_connections").decrement(1.0);
+            drop(permit);
         })
 }
 

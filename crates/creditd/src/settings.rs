@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "sqlite://creditd.db?mode=rwc";
+/// Open WebSocket connections a node serves at once; each holds a task, buffers and its
+/// subscriptions' channels, so a flood of them must not grow without bound.
+pub const DEFAULT_MAX_WEBSOCKETS: usize = 1024;
 
 /// Options of `creditd serve`; each is also an environment variable and a config key.
 #[derive(Args, Clone, Debug, Default)]
@@ -38,6 +41,10 @@ pub struct ServeArgs {
     /// Turn GraphQL introspection off (production).
     #[arg(long, env = "CREDITD_NO_INTROSPECTION")]
     pub no_introspection: bool,
+    /// Most WebSocket connections open at once; one more is refused with 503 and
+    /// `UNAVAILABLE` (default 1024).
+    #[arg(long, env = "CREDITD_MAX_WEBSOCKETS")]
+    pub max_websockets: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -50,6 +57,7 @@ struct FileSettings {
     catalogue: Option<PathBuf>,
     manual_clock: Option<String>,
     introspection: Option<bool>,
+    max_websockets: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +69,7 @@ pub struct Settings {
     pub catalogue: Option<PathBuf>,
     pub manual_clock: Option<DateTime<Utc>>,
     pub introspection: bool,
+    pub max_websockets: usize,
 }
 
 /// Where cargo put this executable, and with it the built tier libraries.
@@ -109,6 +118,10 @@ impl Settings {
             catalogue: args.catalogue.or(file.catalogue),
             manual_clock,
             introspection: !args.no_introspection && file.introspection.unwrap_or(true),
+            max_websockets: args
+                .max_websockets
+                .or(file.max_websockets)
+                .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
         })
     }
 }

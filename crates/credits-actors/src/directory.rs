@@ -16,7 +16,9 @@ use ractor::{Actor, ActorId, ActorRef, ActorStatus, MessagingErr};
 use tokio::sync::OnceCell;
 
 use crate::clock::Clock;
+use crate::committer::Committer;
 use crate::events::Subscription;
+use crate::pool::Pools;
 use crate::store::{CommitError, Record, WalletStore};
 use crate::wallet::{Applied, ExecError, WalletActor, WalletArgs, WalletMsg};
 
@@ -30,12 +32,16 @@ const MAX_ACTIVATION_RETRIES: usize = 3;
 pub struct ActorConfig {
     /// An actor with nothing to do and no subscribers stops after this long.
     pub idle_after: Duration,
+    /// Store transactions in flight at once, each carrying many wallets' batches: 1 for
+    /// SQLite (one writer anyway), a few for PostgreSQL.
+    pub writers: usize,
 }
 
 impl Default for ActorConfig {
     fn default() -> Self {
         ActorConfig {
             idle_after: Duration::from_secs(60),
+            writers: 1,
         }
     }
 }
@@ -57,7 +63,11 @@ impl PlanBook {
 /// Counters the server exports as metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Wallet batches made durable.
     pub commits: AtomicU64,
+    /// Store transactions the committer ran, and the wallet batches they carried.
+    pub groups: AtomicU64,
+    pub grouped_batches: AtomicU64,
     pub records: AtomicU64,
     pub activations: AtomicU64,
 }
@@ -66,6 +76,12 @@ impl Metrics {
     pub(crate) fn committed(&self, records: usize) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn grouped(&self, batches: usize) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.grouped_batches
+            .fetch_add(batches as u64, Ordering::Relaxed);
     }
 }
 
@@ -77,7 +93,9 @@ pub struct Shared {
     pub clock: Clock,
     pub plans: PlanBook,
     pub config: ActorConfig,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub(crate) committer: Committer,
+    pools: Pools,
     actors: DashMap<WalletId, Slot>,
 }
 
@@ -112,12 +130,16 @@ impl Directory {
     ) -> Directory {
         let plan_book = PlanBook::default();
         plan_book.replace(plans);
+        let metrics = Arc::new(Metrics::default());
+        let committer = Committer::start(store.clone(), config.writers, metrics.clone());
         let shared = Shared {
             store,
             clock,
             plans: plan_book,
             config,
-            metrics: Metrics::default(),
+            metrics,
+            committer,
+            pools: Pools::default(),
             actors: DashMap::new(),
         };
         Directory {
@@ -139,6 +161,23 @@ impl Directory {
 
     pub fn store(&self) -> &Arc<dyn WalletStore> {
         &self.shared.store
+    }
+
+    /// The team pool supervisors of this node.
+    pub fn pools(&self) -> &Pools {
+        &self.shared.pools
+    }
+
+    /// The actor of a wallet, activated as needed (for supervisors that link to it).
+    pub(crate) async fn cell(&self, id: &WalletId) -> Result<ractor::ActorCell, ExecError> {
+        Ok(self.actor(id).await?.get_cell())
+    }
+
+    /// The running actor of a wallet on this node, if any.
+    pub fn active_actor(&self, id: &WalletId) -> Option<ActorId> {
+        let slot = self.shared.actors.get(id)?;
+        let actor = slot.get()?;
+        (actor.get_status() == ActorStatus::Running).then(|| actor.get_id())
     }
 
     pub fn active_wallets(&self) -> usize {
@@ -164,6 +203,12 @@ impl Directory {
 
     async fn actor(&self, id: &WalletId) -> Result<ActorRef<WalletMsg>, ExecError> {
         loop {
+            // The common case under a read lock: an actor that is already running.
+            if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned())
+                && a.get_status() == ActorStatus::Running
+            {
+                return Ok(a);
+            }
             let slot = self.shared.actors.entry(id.clone()).or_default().clone();
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
             match actor {
@@ -305,6 +350,23 @@ impl Directory {
             let _ = a
                 .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
                 .await;
+        }
+    }
+
+    /// Another writer committed `id` up to `seq` (`None`: maybe, notices were lost). If the
+    /// wallet is active here, its actor reloads what it missed and publishes it.
+    pub fn announce(&self, id: &WalletId, seq: Option<u64>) {
+        if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned()) {
+            let _ = a.send_message(WalletMsg::Refresh(seq));
+        }
+    }
+
+    /// Every active wallet may be behind (the notice feed had a gap).
+    pub fn announce_all(&self) {
+        for slot in self.shared.actors.iter() {
+            if let Some(a) = slot.value().get() {
+                let _ = a.send_message(WalletMsg::Refresh(None));
+            }
         }
     }
 

@@ -267,7 +267,8 @@ impl Ledger {
         self.existing(id).await
     }
 
-    /// The member spending on a pool, with their limits; FORBIDDEN for a non-member.
+    /// The member spending on a pool, with the limits their seat in the pool's supervisor
+    /// holds; FORBIDDEN for a non-member.
     async fn member(
         &self,
         wallet: &Wallet,
@@ -279,20 +280,12 @@ impl Ledger {
         if !wallet.pool {
             return Err(invalid("memberId is only allowed on a team wallet"));
         }
-        let team = self
-            .store
-            .team_of_wallet(&wallet.id.0)
-            .await?
-            .ok_or(ServiceError::NotFound("team"))?;
-        let row = self.store.member(&team.id, member_id).await?;
-        let row = row.ok_or_else(|| {
-            ServiceError::Forbidden(format!("{member_id} is not a member of this team"))
-        })?;
-        Ok(Some(Member {
-            id: row.user_id,
-            daily_limit: row.daily_limit_ucr.map(Credits::from_micro),
-            period_limit: row.period_limit_ucr.map(Credits::from_micro),
-        }))
+        let member = self
+            .dir
+            .pools()
+            .member(&self.dir, &self.store, &wallet.id, member_id)
+            .await?;
+        Ok(Some(member))
     }
 
     /// Answers a call whose key is already recorded: the original record, or a conflict.
@@ -339,33 +332,43 @@ impl Ledger {
             priced_by: String::new(),
             member: unchecked_member(input.member_id.as_deref()),
         };
-        // SPEC 10: input errors first, then membership, then a recorded key, then pricing.
+        // SPEC 10: input errors first, then membership, then a recorded key, then pricing
+        // and funds. The wallet actor answers a key it knows as a replay; the store is
+        // asked only when a call is about to be refused, so that a retry of a call
+        // recorded long ago still gets its receipt, not a refusal.
         wallet.validate(&Op::Usage(op.clone()))?;
         op.member = self.member(&wallet, input.member_id.as_deref()).await?;
-        if let Some(e) = self
-            .recorded(
-                &input.wallet_id,
-                &input.key,
-                Op::Usage(op.clone()).request().as_ref(),
-            )
+        let request = Op::Usage(op.clone()).request();
+        let refused = match self.price(&op.model, op.tokens) {
+            Ok((cost, tier, priced_by)) => {
+                op.cost = cost;
+                op.tier = tier;
+                op.priced_by = priced_by;
+                match self.run(&input.wallet_id, Op::Usage(op)).await {
+                    Ok(applied) => {
+                        return Ok(Receipt {
+                            usage: usage_of(&applied.entry)?,
+                            balance: applied.balance,
+                            replayed: applied.replayed,
+                        });
+                    }
+                    Err(e @ ServiceError::Exec(ExecError::Op(_))) => e,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => e,
+        };
+        match self
+            .recorded(&input.wallet_id, &input.key, request.as_ref())
             .await?
         {
-            return Ok(Receipt {
+            Some(e) => Ok(Receipt {
                 usage: usage_of(&e)?,
                 balance: self.existing(&input.wallet_id).await?.balance(),
                 replayed: true,
-            });
+            }),
+            None => Err(refused),
         }
-        let (cost, tier, priced_by) = self.price(&op.model, op.tokens)?;
-        op.cost = cost;
-        op.tier = tier;
-        op.priced_by = priced_by;
-        let applied = self.run(&input.wallet_id, Op::Usage(op)).await?;
-        Ok(Receipt {
-            usage: usage_of(&applied.entry)?,
-            balance: applied.balance,
-            replayed: applied.replayed,
-        })
     }
 
     /// What recordUsage would charge now: input, model and plan checks only.
@@ -594,17 +597,20 @@ impl Ledger {
         self.lot_of(&applied.entry).await
     }
 
-    /// A COMPENSATION lot for an approved review, keyed by the review so it is granted once.
+    /// A COMPENSATION lot for an approved review, keyed by the review so it is granted once;
+    /// `grant_id` is the one the review's approval claimed, so every caller completing the
+    /// same approval sends the same operation.
     pub async fn compensate(
         &self,
         wallet_id: &WalletId,
         review_id: &str,
+        grant_id: GrantId,
         amount: Credits,
         reason: String,
     ) -> ServiceResult<Lot> {
         let key = format!("review:{review_id}");
         let op = GrantOp {
-            id: GrantId(new_id("grt")),
+            id: grant_id,
             key: Some(key.clone()),
             amount,
             kind: GrantKind::Compensation,
@@ -772,6 +778,7 @@ impl Ledger {
         {
             return Err(ServiceError::NotFound("member"));
         }
+        self.dir.pools().forget(team_id, user_id);
         self.store
             .member(team_id, user_id)
             .await?
@@ -793,7 +800,9 @@ impl Ledger {
         if target.role == MemberRole::Admin && admins == 1 {
             return Err(invalid("a team keeps at least one admin"));
         }
-        Ok(self.store.remove_member(team_id, user_id).await?)
+        let removed = self.store.remove_member(team_id, user_id).await?;
+        self.dir.pools().forget(team_id, user_id);
+        Ok(removed)
     }
 
     // ---- clock and pricing -------------------------------------------------------------

@@ -3,9 +3,12 @@
 //! durable. Callers go through `Directory`; they never touch a wallet's state directly.
 
 pub mod clock;
+pub mod committer;
 pub mod directory;
 pub mod events;
+pub mod feed;
 pub mod ledger;
+pub mod pool;
 pub mod sql;
 pub mod store;
 pub mod wallet;

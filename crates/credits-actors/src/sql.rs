@@ -30,6 +30,17 @@ fn record(r: &LedgerRecord) -> Result<Record, StoreError> {
     Ok(Record { entry, balance })
 }
 
+fn rows(batch: &Batch) -> Result<WalletBatch, CommitError> {
+    let entries: Vec<Entry> = batch.records.iter().map(|r| r.entry.clone()).collect();
+    WalletBatch::from_core(
+        &batch.before,
+        batch.expected_version,
+        &entries,
+        &batch.wallet,
+    )
+    .map_err(|e| CommitError::Unavailable(e.to_string()))
+}
+
 fn commit_error(e: SqlCommitError) -> CommitError {
     match e {
         SqlCommitError::Conflict { .. } | SqlCommitError::NotFound(_) => CommitError::Conflict,
@@ -59,19 +70,41 @@ impl WalletStore for SqlWallets {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
-        let entries: Vec<Entry> = batch.records.iter().map(|r| r.entry.clone()).collect();
-        let rows = WalletBatch::from_core(
-            &batch.before,
-            batch.expected_version,
-            &entries,
-            &batch.wallet,
-        )
-        .map_err(|e| CommitError::Unavailable(e.to_string()))?;
         self.store
-            .commit(&rows)
+            .commit(&rows(batch)?)
             .await
             .map(|_| ())
             .map_err(commit_error)
+    }
+
+    async fn commit_many(
+        &self,
+        batches: &[Batch],
+    ) -> Result<Vec<Result<(), CommitError>>, StoreError> {
+        // A batch that does not convert (a bug) fails alone; the others still commit.
+        let mut results: Vec<Result<(), CommitError>> = Vec::with_capacity(batches.len());
+        let mut converted = Vec::with_capacity(batches.len());
+        for batch in batches {
+            match rows(batch) {
+                Ok(r) => {
+                    converted.push(r);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        let mut committed = self
+            .store
+            .commit_many(&converted)
+            .await
+            .map_err(unavailable)?
+            .into_iter();
+        for result in results.iter_mut().filter(|r| r.is_ok()) {
+            if let Some(outcome) = committed.next() {
+                *result = outcome.map(|_| ()).map_err(commit_error);
+            }
+        }
+        Ok(results)
     }
 
     async fn records_after(

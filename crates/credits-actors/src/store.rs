@@ -56,6 +56,19 @@ pub trait WalletStore: Send + Sync + 'static {
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError>;
     /// Fenced, atomic commit of one wallet's batch.
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError>;
+    /// Several wallets' batches (one per wallet) in one transaction, each fenced on its own:
+    /// one result per batch, in order. `Err` means no batch is known to be durable. The
+    /// default commits them one by one.
+    async fn commit_many(
+        &self,
+        batches: &[Batch],
+    ) -> Result<Vec<Result<(), CommitError>>, StoreError> {
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            results.push(self.commit(batch).await);
+        }
+        Ok(results)
+    }
     /// Records with seq above `seq`, in order, at most `limit`.
     async fn records_after(
         &self,
@@ -113,6 +126,15 @@ impl MemoryStore {
             .get(id)
             .map(|s| s.records.iter().map(|r| r.entry.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The stored snapshot and version, bypassing injected faults (for checks in tests).
+    pub fn stored(&self, id: &WalletId) -> Option<Loaded> {
+        let wallets = self.wallets.lock().unwrap();
+        wallets.get(id).map(|s| Loaded {
+            wallet: s.wallet.clone(),
+            version: s.version,
+        })
     }
 
     pub fn version(&self, id: &WalletId) -> Option<i64> {

@@ -27,7 +27,8 @@ pub const MAX_QUEUED_OPERATIONS: usize = 4096;
 /// Recently used keys and finished reservations kept in memory to answer retries without
 /// a read; the store's unique index is the guard beyond them.
 pub const RECENT_KEYS: usize = 1024;
-/// Consecutive failed commits after which the actor answers UNAVAILABLE and stops.
+/// Consecutive commits with an unknown outcome (the store failing, not a lost fence) after
+/// which the actor answers UNAVAILABLE and stops.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 3;
 /// Records read back at most when checking what a failed commit left behind.
 pub const MAX_RECOVERY_RECORDS: usize = 4096;
@@ -62,6 +63,9 @@ pub enum WalletMsg {
     /// Apply what fell due; the reply (if any) comes once it is durable and published.
     Tick(Option<RpcReplyPort<()>>),
     CommitDone(Result<(), CommitError>),
+    /// Another node committed this wallet up to this seq (`None`: maybe; notices were
+    /// lost): reload what this actor missed and publish it.
+    Refresh(Option<u64>),
     Recovered(Result<Recovery, StoreError>),
     IdleCheck,
     /// For fault-injection tests: the actor dies as if a bug had panicked in it.
@@ -79,7 +83,8 @@ pub struct Recovery {
 }
 
 struct ExecWaiter {
-    /// The call, to decide again if its commit fails; `None` for a replay.
+    /// The call, to decide again if its commit fails; `None` for a replay of a record that
+    /// is not durable yet.
     op: Option<Op>,
     reply: ExecReply,
     entry: Entry,
@@ -114,12 +119,16 @@ pub struct WalletState {
     open_records: Vec<Record>,
     in_flight: Option<InFlight>,
     recovering: bool,
+    /// The highest seq another node announced while this actor was busy.
+    announced: Option<u64>,
     failures: u32,
     /// Calls that arrived during recovery, run after it.
     parked: Vec<(Op, ExecReply)>,
     keys: Bounded<String, Entry>,
     finished: Bounded<ReservationId, Entry>,
-    events: broadcast::Sender<Arc<BalanceEvent>>,
+    /// Open while someone subscribes: a channel's slots cost more than the rest of the
+    /// actor, so a wallet nobody watches has none.
+    events: Option<broadcast::Sender<Arc<BalanceEvent>>>,
     timer: Option<(DateTime<Utc>, JoinHandle<()>)>,
     idle_since: Option<tokio::time::Instant>,
 }
@@ -180,11 +189,12 @@ impl Actor for WalletActor {
             open_records: Vec::new(),
             in_flight: None,
             recovering: false,
+            announced: None,
             failures: 0,
             parked: Vec::new(),
             keys: Bounded::new(),
             finished: Bounded::new(),
-            events: broadcast::Sender::new(EVENT_CHANNEL_CAPACITY),
+            events: None,
             timer: None,
             idle_since: None,
         })
@@ -234,14 +244,11 @@ impl Actor for WalletActor {
                 let _ = reply.send(w);
             }
             WalletMsg::Subscribe(reply) => {
-                let events = state.events.subscribe();
-                let snapshot = BalanceEvent {
-                    wallet_id: state.durable.id.clone(),
-                    seq: state.durable.seq,
-                    kind: EventKind::Snapshot,
-                    balance: state.durable.balance(),
-                    at: state.durable.now,
-                };
+                let events = state
+                    .events
+                    .get_or_insert_with(|| broadcast::Sender::new(EVENT_CHANNEL_CAPACITY))
+                    .subscribe();
+                let snapshot = state.snapshot();
                 let _ = reply.send(Subscription { snapshot, events });
             }
             WalletMsg::Tick(reply) => {
@@ -254,11 +261,15 @@ impl Actor for WalletActor {
                 }
             }
             WalletMsg::CommitDone(result) => state.commit_done(&myself, result),
+            WalletMsg::Refresh(seq) => state.refresh(&myself, seq),
             WalletMsg::Recovered(result) => state.recovered(&myself, result),
             WalletMsg::IdleCheck => {
                 let idle_for = state.idle_since.map(|t| t.elapsed());
                 if idle_for.is_some_and(|d| d >= state.shared.config.idle_after)
-                    && state.events.receiver_count() == 0
+                    && state
+                        .events
+                        .as_ref()
+                        .is_none_or(|e| e.receiver_count() == 0)
                 {
                     myself.stop(Some("idle".into()));
                     return Ok(());
@@ -316,7 +327,11 @@ impl WalletState {
             Ok(Decision::Replay(entry)) => {
                 let entry = *entry;
                 let durable = entry.seq <= self.durable.seq;
-                if durable {
+                // The balance shown is the durable one as of now: with due records (a reset,
+                // a renewal, an expiry) or other calls pending, it is answered once they are
+                // durable, not from the stale durable state (found by the seeded simulation).
+                let settled = self.open_records.is_empty() && self.in_flight.is_none();
+                if durable && settled {
                     let _ = reply.send(Ok(Applied {
                         entry,
                         balance: self.durable.balance(),
@@ -324,7 +339,8 @@ impl WalletState {
                     }));
                 } else {
                     self.open.push(Waiter::Exec(Box::new(ExecWaiter {
-                        op: None,
+                        // A durable record is replayed again if the pending commit fails.
+                        op: durable.then_some(op),
                         reply,
                         entry,
                         balance: None,
@@ -440,12 +456,14 @@ impl WalletState {
             records,
             wallet: self.spec.clone(),
         });
-        let store = self.shared.store.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
-            let result = store.commit(&batch).await;
-            let _ = me.send_message(WalletMsg::CommitDone(result));
-        });
+        self.shared.committer.commit(
+            batch,
+            Box::new(move |result| {
+                // An actor that stopped meanwhile reloads from the store when next activated.
+                let _ = me.send_message(WalletMsg::CommitDone(result));
+            }),
+        );
     }
 
     fn commit_done(&mut self, myself: &ActorRef<WalletMsg>, result: Result<(), CommitError>) {
@@ -455,11 +473,17 @@ impl WalletState {
                 self.failures = 0;
                 self.version += 1;
                 self.became_durable(flight);
-                self.maybe_commit(myself);
+                self.carry_on(myself);
             }
             Err(e) => {
-                self.failures += 1;
-                tracing::warn!(wallet = %self.durable.id, error = %e, attempt = self.failures, "commit failed; reloading");
+                // Losing the fence to another writer is not a failing store: reload and
+                // decide again as often as it happens (someone wins every round).
+                if matches!(e, CommitError::Unavailable(_)) {
+                    self.failures += 1;
+                    tracing::warn!(wallet = %self.durable.id, error = %e, failures = self.failures, "commit failed; reloading");
+                } else {
+                    tracing::debug!(wallet = %self.durable.id, "fenced out by another writer; reloading");
+                }
                 self.start_recovery(myself);
             }
         }
@@ -474,7 +498,7 @@ impl WalletState {
         self.answer(flight.waiters);
     }
 
-    fn publish(&self, r: &Record) {
+    fn publish(&mut self, r: &Record) {
         let event = BalanceEvent {
             wallet_id: self.durable.id.clone(),
             seq: r.entry.seq,
@@ -483,7 +507,30 @@ impl WalletState {
             at: r.entry.at,
         };
         // No receivers is fine: nobody is watching this wallet.
-        let _ = self.events.send(Arc::new(event));
+        self.send(event);
+    }
+
+    fn send(&mut self, event: BalanceEvent) {
+        if let Some(events) = &self.events
+            && events.send(Arc::new(event)).is_err()
+        {
+            // Nobody is subscribed any more: free the channel.
+            self.events = None;
+        }
+    }
+
+    fn publish_snapshot(&mut self) {
+        self.send(self.snapshot());
+    }
+
+    fn snapshot(&self) -> BalanceEvent {
+        BalanceEvent {
+            wallet_id: self.durable.id.clone(),
+            seq: self.durable.seq,
+            kind: EventKind::Snapshot,
+            balance: self.durable.balance(),
+            at: self.durable.now,
+        }
     }
 
     fn answer(&self, waiters: Vec<Waiter>) {
@@ -502,6 +549,19 @@ impl WalletState {
                 }
             }
         }
+    }
+
+    fn refresh(&mut self, myself: &ActorRef<WalletMsg>, seq: Option<u64>) {
+        if seq.is_some_and(|s| s <= self.durable.seq) {
+            return; // Already here: this actor's own commit, or an old notice.
+        }
+        if self.in_flight.is_some() || self.recovering {
+            // Decided once the commit or the reload in progress is done.
+            let seq = seq.unwrap_or(u64::MAX);
+            self.announced = Some(self.announced.map_or(seq, |a| a.max(seq)));
+            return;
+        }
+        self.start_recovery(myself);
     }
 
     fn start_recovery(&mut self, myself: &ActorRef<WalletMsg>) {
@@ -528,9 +588,12 @@ impl WalletState {
                     .load(&id)
                     .await?
                     .ok_or_else(|| StoreError("wallet vanished".into()))?;
-                let records = store
+                let mut records = store
                     .records_after(&id, after, MAX_RECOVERY_RECORDS)
                     .await?;
+                // Records read after the snapshot may go beyond it; they belong to the next
+                // reload, or they would be published twice.
+                records.retain(|r| r.entry.seq <= loaded.wallet.seq);
                 let mut found = HashMap::new();
                 for key in keys {
                     if let Some(e) = store.find_key(&id, &key).await? {
@@ -549,8 +612,23 @@ impl WalletState {
     }
 
     fn recovered(&mut self, myself: &ActorRef<WalletMsg>, result: Result<Recovery, StoreError>) {
+        // Without a commit in flight, this reload was asked for by another node's notice.
+        let refresh = self.in_flight.is_none();
         let r = match result {
             Ok(r) if self.failures < MAX_COMMIT_ATTEMPTS => r,
+            Err(e) if refresh => {
+                // Nothing of ours is at stake: keep serving; the next commit's fence (or the
+                // next notice) brings the state up to date.
+                tracing::warn!(wallet = %self.durable.id, error = %e, "reload after a notice failed");
+                self.recovering = false;
+                self.announced = None;
+                let parked = std::mem::take(&mut self.parked);
+                for (op, reply) in parked {
+                    self.execute(op, reply);
+                }
+                self.maybe_commit(myself);
+                return;
+            }
             outcome => {
                 let why = match outcome {
                     Err(e) => e.to_string(),
@@ -561,11 +639,13 @@ impl WalletState {
             }
         };
         self.recovering = false;
-        let flight = self
-            .in_flight
-            .take()
-            .expect("recovery follows a failed commit");
-        let landed = r.records.len() >= flight.records.len()
+        let flight = self.in_flight.take().unwrap_or_else(|| InFlight {
+            waiters: Vec::new(),
+            records: Vec::new(),
+            wallet: self.durable.clone(),
+        });
+        let landed = !refresh
+            && r.records.len() >= flight.records.len()
             && r.records
                 .iter()
                 .zip(&flight.records)
@@ -580,11 +660,12 @@ impl WalletState {
             for (op, reply) in parked {
                 self.execute(op, reply);
             }
-            self.maybe_commit(myself);
+            self.carry_on(myself);
             return;
         }
         // Someone else wrote (or nothing landed): adopt the stored state, tell subscribers
         // what it contains, and decide every waiting call again on top of it.
+        let old_seq = self.durable.seq;
         self.durable = r.loaded.wallet;
         self.version = r.loaded.version;
         // Forget what this actor accepted but never made durable. (By identity, not by seq:
@@ -600,6 +681,14 @@ impl WalletState {
         for rec in &r.records {
             self.remember(&rec.entry);
             self.publish(rec);
+        }
+        if r.records
+            .last()
+            .is_none_or(|rec| rec.entry.seq < self.durable.seq)
+            && self.durable.seq > old_seq
+        {
+            // More was written than one reload reads: subscribers start again from here.
+            self.publish_snapshot();
         }
         for (key, entry) in r.keys {
             self.keys.insert(key, entry);
@@ -628,13 +717,25 @@ impl WalletState {
             self.execute(op, reply);
         }
         self.advance();
-        self.maybe_commit(myself);
+        self.carry_on(myself);
+    }
+
+    /// Commits what waits, unless another node announced a seq this actor has not seen:
+    /// then it reloads first (and decides what waits again on top of that).
+    fn carry_on(&mut self, myself: &ActorRef<WalletMsg>) {
+        match self.announced.take() {
+            Some(seq) if seq > self.durable.seq => self.start_recovery(myself),
+            _ => self.maybe_commit(myself),
+        }
     }
 
     /// The store keeps failing: answer UNAVAILABLE (never a refusal) and stop; the next call
     /// activates the wallet again from durable state.
     fn give_up(&mut self, myself: &ActorRef<WalletMsg>, why: &str) {
         tracing::error!(wallet = %self.durable.id, why, "giving up on the store; stopping the wallet actor");
+        // Leave the directory before answering: a caller retrying at once must reach a fresh
+        // activation, not this stopping actor (which would drop the call unanswered).
+        self.shared.forget(&self.durable.id, myself.get_id());
         let mut waiting: Vec<Waiter> = self.in_flight.take().map(|f| f.waiters).unwrap_or_default();
         waiting.append(&mut self.open);
         for w in waiting {

@@ -34,6 +34,22 @@ fn text(name: &str, value: &str, max: usize, allow_empty: bool) -> ApiResult<()>
     Ok(())
 }
 
+/// A plan or bundle id named by a mutation: one that cannot exist is INVALID_INPUT, which
+/// SPEC 10 ranks before NOT_FOUND (SPEC 1: ids match `[a-z0-9][a-z0-9-]{0,62}`).
+fn catalogue_id(name: &str, value: &str) -> ApiResult<()> {
+    if PlanId::parse(value).is_none() {
+        return Err(ApiError::invalid(format!(
+            "{name} must match [a-z0-9][a-z0-9-]{{0,62}}"
+        )));
+    }
+    Ok(())
+}
+
+/// An optional user id (`memberId`) is 1 to 128 characters when given (SPEC 1, 6).
+fn member(value: Option<&String>) -> ApiResult<()> {
+    value.map_or(Ok(()), |m| text("memberId", m, MAX_KEY, false))
+}
+
 fn receipt(r: Receipt) -> UsageReceipt {
     UsageReceipt {
         usage: (&r.usage).into(),
@@ -86,11 +102,13 @@ async fn member_object(
     Ok(TeamMemberObject::new(row, &pool))
 }
 
-/// The reporter, or an admin, may read a review (SPEC 10).
+/// The reporter, an admin or the service may read a review (SPEC 10: SERVICE may do
+/// everything but a listed few, and `review`/`reviewUpdated` are not among them; it already
+/// reads every review of a wallet through `Wallet.reviews`).
 pub fn check_review_reader(ctx: &Context<'_>, row: &ReviewRow) -> ApiResult<()> {
     let p = principal(ctx)?;
     match p.role {
-        Role::Admin => Ok(()),
+        Role::Admin | Role::Service => Ok(()),
         Role::User if p.owner_id.as_deref() == Some(row.reporter_id.as_str()) => Ok(()),
         _ => Err(ApiError::forbidden()),
     }
@@ -114,6 +132,7 @@ impl Mutation {
         input: CreateWalletInput,
     ) -> async_graphql::Result<WalletObject> {
         text("ownerId", &input.owner_id, MAX_KEY, false)?;
+        catalogue_id("planId", &input.plan_id.0)?;
         let tz = parse_zone_name(&input.timezone).map_err(ApiError::from)?;
         let plan = PlanId(input.plan_id.0);
         let wallet = ledger(ctx)
@@ -171,6 +190,7 @@ impl Mutation {
         let tokens = tokens(input.input_tokens, input.cached_tokens, input.output_tokens)?;
         text("idempotencyKey", &input.idempotency_key, MAX_KEY, false)?;
         text("threadId", &input.thread_id, MAX_KEY, false)?;
+        member(input.member_id.as_ref())?;
         let r = ledger(ctx)
             .record_usage(UsageInput {
                 wallet_id: WalletId(input.wallet_id.0),
@@ -193,6 +213,7 @@ impl Mutation {
     ) -> async_graphql::Result<Reservation> {
         text("idempotencyKey", &input.idempotency_key, MAX_KEY, false)?;
         input.amount.0.positive().map_err(ApiError::from)?;
+        member(input.member_id.as_ref())?;
         let r = ledger(ctx)
             .reserve(
                 &WalletId(input.wallet_id.0),
@@ -279,6 +300,7 @@ impl Mutation {
         input: PurchaseBundleInput,
     ) -> async_graphql::Result<Grant> {
         text("paymentReference", &input.payment_reference, MAX_KEY, false)?;
+        catalogue_id("bundleId", &input.bundle_id.0)?;
         let lot = ledger(ctx)
             .purchase_bundle(
                 &WalletId(input.wallet_id.0),
@@ -329,6 +351,7 @@ impl Mutation {
         wallet_id: ID,
         plan_id: ID,
     ) -> async_graphql::Result<WalletObject> {
+        catalogue_id("planId", &plan_id.0)?;
         let wallet = ledger(ctx)
             .change_plan(&WalletId(wallet_id.0), &PlanId(plan_id.0))
             .await
@@ -345,6 +368,7 @@ impl Mutation {
         ctx: &Context<'_>,
         input: CreateTeamInput,
     ) -> async_graphql::Result<TeamObject> {
+        catalogue_id("planId", &input.plan_id.0)?;
         let tz = parse_zone_name(&input.timezone).map_err(ApiError::from)?;
         let team = ledger(ctx)
             .create_team(
@@ -401,6 +425,7 @@ impl Mutation {
         daily_limit: Option<Credits>,
         period_limit: Option<Credits>,
     ) -> async_graphql::Result<TeamMemberObject> {
+        text("userId", &user_id, MAX_KEY, false)?;
         let team = team_admin(ctx, &team_id.0).await?;
         let l = ledger(ctx);
         let row = l
@@ -422,6 +447,7 @@ impl Mutation {
         team_id: ID,
         user_id: String,
     ) -> async_graphql::Result<bool> {
+        text("userId", &user_id, MAX_KEY, false)?;
         let team = team_admin(ctx, &team_id.0).await?;
         Ok(ledger(ctx)
             .remove_member(&team.id, &user_id)

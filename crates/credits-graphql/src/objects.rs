@@ -323,6 +323,12 @@ impl TeamMemberObject {
 
 pub struct ReviewObject(pub ReviewRow);
 
+impl ReviewObject {
+    fn resolved(&self) -> bool {
+        self.0.status != StoreReviewStatus::Submitted
+    }
+}
+
 #[derive(async_graphql::SimpleObject)]
 pub struct ReviewFindings {
     pub thread_credits: Credits,
@@ -369,7 +375,9 @@ impl ReviewObject {
     }
 
     async fn credited_grant(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Grant>> {
-        let Some(id) = &self.0.grant_id else {
+        // A SUBMITTED review may be claimed for approval (grant id, amount and note set
+        // before the lot is granted): none of it shows until it is CREDITED.
+        let Some(id) = self.0.grant_id.as_ref().filter(|_| self.resolved()) else {
             return Ok(None);
         };
         let lot = ledger(ctx)
@@ -380,7 +388,7 @@ impl ReviewObject {
     }
 
     async fn note(&self) -> Option<&str> {
-        self.0.note.as_deref()
+        self.0.note.as_deref().filter(|_| self.resolved())
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use async_graphql::Context;
 use chrono::Duration;
+use credits_actors::Ledger;
 use credits_core::{
     Charge, Credits as CoreCredits, GrantId, ReservationId, Source, Tokens, UsageId, UsageRecord,
     WalletId,
@@ -234,42 +235,91 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
     } else {
         StoreStatus::Rejected
     };
-    if review.status != StoreStatus::Submitted {
-        let same = review.status == wanted && review.credited_ucr == amount.map(CoreCredits::micro);
-        return if same {
-            Ok(review)
-        } else {
-            Err(ApiError::new(
-                crate::error::Code::IdempotencyConflict,
-                "the review is already resolved differently",
-            ))
+    // One decision wins however many admins race (SPEC 7): an approval first claims the
+    // SUBMITTED review (amount, grant id, note), then grants the lot keyed by the review,
+    // then marks it CREDITED; a rejection only applies to an unclaimed review. Each step
+    // is conditional, so the loser of a step reads the review again and answers from it.
+    let mut review = review;
+    let amount_ucr = amount.map(CoreCredits::micro);
+    if review.status == StoreStatus::Submitted && review.grant_id.is_none() {
+        let now = l.now();
+        let changed = match amount {
+            Some(a) => {
+                let grant = credits_actors::ledger::new_id("grt");
+                l.store()
+                    .claim_review_approval(&review.id, a.micro(), &grant, input.note.as_deref())
+                    .await?;
+                false
+            }
+            None => {
+                let resolution = crate::mutation::resolution(
+                    &review,
+                    StoreStatus::Rejected,
+                    None,
+                    input.note,
+                    None,
+                    now,
+                );
+                l.store().resolve_review(&resolution).await?
+            }
         };
-    }
-    let now = l.now();
-    let grant = match amount {
-        Some(a) => {
-            let wallet = WalletId(review.wallet_id.clone());
-            let reason = format!(
-                "high usage review {} of thread {}",
-                review.id, review.thread_id
-            );
-            Some(l.compensate(&wallet, &review.id, a, reason).await?.id.0)
+        review = reread(l, &review.id).await?;
+        if changed {
+            crate::subscription::review_changed(ctx, &review);
         }
-        None => None,
-    };
-    let resolution = crate::mutation::resolution(&review, wanted, amount, input.note, grant, now);
-    l.store().resolve_review(&resolution).await?;
-    let resolved = l
-        .store()
-        .review(&review.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("review"))?;
-    if resolved.status != wanted || resolved.credited_ucr != amount.map(CoreCredits::micro) {
-        return Err(ApiError::new(
-            crate::error::Code::IdempotencyConflict,
-            "the review was resolved differently meanwhile",
-        ));
     }
-    crate::subscription::review_changed(ctx, &resolved);
-    Ok(resolved)
+    if review.status == StoreStatus::Submitted {
+        // Claimed for approval (by this caller or another): complete it if it is ours.
+        let (Some(claimed), Some(grant)) = (review.credited_ucr, review.grant_id.clone()) else {
+            return Err(ApiError::unavailable("review claimed without an amount"));
+        };
+        if amount_ucr != Some(claimed) {
+            return Err(ApiError::new(
+                crate::error::Code::IdempotencyConflict,
+                "the review is being approved with another amount (approving again with \
+                 that amount completes it)",
+            ));
+        }
+        let wallet = WalletId(review.wallet_id.clone());
+        let reason = format!(
+            "high usage review {} of thread {}",
+            review.id, review.thread_id
+        );
+        l.compensate(
+            &wallet,
+            &review.id,
+            GrantId(grant),
+            CoreCredits::from_micro(claimed),
+            reason,
+        )
+        .await?;
+        let finished = l
+            .store()
+            .finish_review_approval(&review.id, l.now())
+            .await?;
+        review = reread(l, &review.id).await?;
+        if finished {
+            crate::subscription::review_changed(ctx, &review);
+        }
+    }
+    // Resolved: the same decision and amount returns it unchanged, anything else conflicts.
+    if review.status == wanted && review.credited_ucr == amount_ucr {
+        Ok(review)
+    } else {
+        Err(conflict())
+    }
+}
+
+fn conflict() -> ApiError {
+    ApiError::new(
+        crate::error::Code::IdempotencyConflict,
+        "the review is already resolved differently",
+    )
+}
+
+async fn reread(l: &Ledger, id: &str) -> ApiResult<ReviewRow> {
+    l.store()
+        .review(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("review"))
 }

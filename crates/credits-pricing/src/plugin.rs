@@ -280,3 +280,7 @@ fn read_text(what: &str, s: StrRef<'static>, max: usize) -> Result<String, Refus
     }
     Ok(text.to_owned())
 }
+
+#[cfg(test)]
+#[path = "plugin_fuzz.rs"]
+mod fuzz;

@@ -13,6 +13,7 @@ mod catalogue;
 mod core;
 mod entity;
 mod error;
+mod feed;
 mod lookups;
 mod queries;
 mod reviews;
@@ -31,8 +32,10 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 
 pub use core::cause_name;
 pub use error::{CommitError, StoreError};
+pub use feed::{CHANNEL, CommitListener, Notice};
 pub use queries::cursor_of;
 pub use rows::*;
+pub use usage::UsageQuery;
 
 /// Most usage events one history page returns (SPEC 8: `first` ≤ 100).
 pub const MAX_PAGE: usize = 100;
@@ -76,10 +79,26 @@ pub struct Store {
     backend: Backend,
 }
 
+/// How SQLite makes a commit durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// `synchronous=FULL`: an acknowledged commit survives power loss. What the service uses.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: a commit may be lost on power loss (not on a crash). Only for
+    /// measuring what FULL costs.
+    Normal,
+}
+
 impl Store {
     /// Opens `sqlite://path?mode=rwc` (WAL, `synchronous=FULL` so an acknowledged commit
     /// survives power loss, a busy timeout) or `postgres://…` (a pool). Does not migrate.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, SqliteSync::Full).await
+    }
+
+    /// [`Store::connect`] with a chosen SQLite durability (benchmarks).
+    pub async fn connect_with(url: &str, sync: SqliteSync) -> Result<Store, StoreError> {
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -94,9 +113,12 @@ impl Store {
                 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
                 options
                     .max_connections(SQLITE_POOL)
-                    .map_sqlx_sqlite_opts(|o| {
+                    .map_sqlx_sqlite_opts(move |o| {
                         o.journal_mode(SqliteJournalMode::Wal)
-                            .synchronous(SqliteSynchronous::Full)
+                            .synchronous(match sync {
+                                SqliteSync::Full => SqliteSynchronous::Full,
+                                SqliteSync::Normal => SqliteSynchronous::Normal,
+                            })
                             .busy_timeout(SQLITE_BUSY_TIMEOUT)
                             .foreign_keys(false)
                     });

@@ -1,7 +1,9 @@
 //! High-usage reviews. This module owns their rows and the "one open review per thread"
-//! rule as a unique index; it never analyses usage or grants credits (an approval's
-//! grant and status change commit together through [`WalletBatch::review`]).
+//! rule as a unique index; it never analyses usage or grants credits. An approval is
+//! claimed on the review row first, then granted (the wallet's fenced commit, keyed by
+//! the review), then marked CREDITED, so one decision wins however many admins race.
 
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -171,8 +173,58 @@ impl Store {
             .collect()
     }
 
-    /// Resolves a SUBMITTED review without a grant (a rejection); false when it is not
-    /// SUBMITTED any more. An approval goes through [`WalletBatch::review`] instead.
+    /// Claims a SUBMITTED review for approval before its COMPENSATION lot is granted:
+    /// records the amount, the grant id to use and the note, while the review stays
+    /// SUBMITTED (callers show none of them until it is CREDITED). Exactly one decision
+    /// wins: false when the review is claimed or resolved already. The grant and the
+    /// claim are in different transactions (the grant is the wallet's fenced commit), so
+    /// the claim comes first: a rejection can then never race a grant, and an approval
+    /// interrupted between the two is completed by approving again with the same amount.
+    pub async fn claim_review_approval(
+        &self,
+        review_id: &str,
+        credited_ucr: i64,
+        grant_id: &str,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let res = reviews::Entity::update_many()
+            .col_expr(reviews::Column::CreditedUcr, Expr::value(credited_ucr))
+            .col_expr(reviews::Column::GrantId, Expr::value(grant_id))
+            .col_expr(reviews::Column::Note, Expr::value(note.map(str::to_owned)))
+            .filter(reviews::Column::Id.eq(review_id))
+            .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .filter(reviews::Column::GrantId.is_null())
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Marks a claimed review CREDITED once its lot is durable; false when it is not a
+    /// claimed SUBMITTED review (another caller finished it).
+    pub async fn finish_review_approval(
+        &self,
+        review_id: &str,
+        resolved_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = reviews::Entity::update_many()
+            .col_expr(
+                reviews::Column::Status,
+                Expr::value(ReviewStatus::Credited.as_str()),
+            )
+            .col_expr(reviews::Column::ResolvedUs, Expr::value(to_us(resolved_at)))
+            .filter(reviews::Column::Id.eq(review_id))
+            .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .filter(reviews::Column::GrantId.is_not_null())
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Resolves a SUBMITTED, unclaimed review without a grant (a rejection); false when
+    /// it is resolved or claimed for approval already. An approval goes through
+    /// [`Store::claim_review_approval`] instead.
     pub async fn resolve_review(&self, resolution: &ReviewResolution) -> Result<bool, StoreError> {
         let res = reviews::Entity::update_many()
             .col_expr(
@@ -194,6 +246,7 @@ impl Store {
             )
             .filter(reviews::Column::Id.eq(resolution.review_id.as_str()))
             .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .filter(reviews::Column::GrantId.is_null())
             .exec(&self.db)
             .await
             .map_err(StoreError::Db)?;

@@ -3,10 +3,11 @@
 //! changes and checks them before calling here.
 
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 
 use crate::entity::{team_members, teams};
 use crate::error::StoreError;
+use crate::feed::notify_member;
 use crate::rows::*;
 use crate::time::{from_us, to_us};
 use crate::wallet::insert_wallet;
@@ -162,10 +163,15 @@ impl Store {
 
     /// Removes a member; false when they were not one.
     pub async fn remove_member(&self, team_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await.map_err(StoreError::Db)?;
         let res = team_members::Entity::delete_by_id((team_id.to_owned(), user_id.to_owned()))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(StoreError::Db)?;
+        notify_member(&txn, self.backend(), team_id, user_id)
+            .await
+            .map_err(StoreError::Db)?;
+        txn.commit().await.map_err(StoreError::Db)?;
         Ok(res.rows_affected > 0)
     }
 
@@ -177,6 +183,7 @@ impl Store {
         daily_limit_ucr: Option<i64>,
         period_limit_ucr: Option<i64>,
     ) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await.map_err(StoreError::Db)?;
         let res = team_members::Entity::update_many()
             .col_expr(
                 team_members::Column::DailyLimitUcr,
@@ -188,9 +195,13 @@ impl Store {
             )
             .filter(team_members::Column::TeamId.eq(team_id))
             .filter(team_members::Column::UserId.eq(user_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(StoreError::Db)?;
+        notify_member(&txn, self.backend(), team_id, user_id)
+            .await
+            .map_err(StoreError::Db)?;
+        txn.commit().await.map_err(StoreError::Db)?;
         Ok(res.rows_affected > 0)
     }
 

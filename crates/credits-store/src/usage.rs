@@ -5,7 +5,10 @@
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
 use sea_orm::sea_query::Condition;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Statement,
+};
 
 use crate::entity::usage_events::{self, Column};
 use crate::error::{StoreError, corrupt};
@@ -84,7 +87,106 @@ fn push_filter(sql: &mut Sql, wallet_id: &str, filter: &UsageFilter) {
     }
 }
 
+/// One of the usage queries, named for [`Store::explain_usage`]: the plan printed is the
+/// plan of the very statement the query method runs.
+#[derive(Clone, Debug)]
+pub enum UsageQuery<'a> {
+    /// [`Store::usage_history`].
+    History {
+        wallet_id: &'a str,
+        filter: &'a UsageFilter,
+        first: usize,
+        after: Option<&'a str>,
+    },
+    /// [`Store::usage_summary`]: the span look-up (DAY only) and the aggregate.
+    Summary {
+        wallet_id: &'a str,
+        filter: &'a UsageFilter,
+        by: GroupBy,
+        then_by: Option<GroupBy>,
+        zone: Tz,
+    },
+    /// [`Store::thread_usage`].
+    ThreadEvents {
+        wallet_id: &'a str,
+        thread_id: &'a str,
+        limit: usize,
+    },
+    /// [`Store::thread_rank`].
+    ThreadRank {
+        model: &'a str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+}
+
 impl Store {
+    /// The database's plan for a usage query (`EXPLAIN QUERY PLAN` on SQLite, `EXPLAIN`
+    /// on PostgreSQL), one line per plan node, for the benchmark and the index tests.
+    pub async fn explain_usage(&self, query: &UsageQuery<'_>) -> Result<Vec<String>, StoreError> {
+        let backend = self.db_backend();
+        let statements = match query {
+            UsageQuery::History {
+                wallet_id,
+                filter,
+                first,
+                after,
+            } => vec![self.history_statement(wallet_id, filter, *first, *after)?],
+            UsageQuery::Summary {
+                wallet_id,
+                filter,
+                by,
+                then_by,
+                zone,
+            } => {
+                let wants_day = *by == GroupBy::Day || *then_by == Some(GroupBy::Day);
+                let mut out = Vec::new();
+                let mut days = Vec::new();
+                if wants_day {
+                    out.push(span_statement(backend, wallet_id, filter));
+                    // Without usage in range the summary stops after the span.
+                    if let Some((lo, hi)) = self.usage_span(wallet_id, filter).await? {
+                        days = day_table(*zone, lo, hi)?;
+                    }
+                }
+                if !wants_day || !days.is_empty() {
+                    out.push(summary_sql(
+                        backend, wallet_id, filter, *by, *then_by, &days,
+                    ));
+                }
+                out
+            }
+            UsageQuery::ThreadEvents {
+                wallet_id,
+                thread_id,
+                limit,
+            } => vec![thread_statement(backend, wallet_id, thread_id, *limit)],
+            UsageQuery::ThreadRank { model, from, to } => {
+                vec![rank_statement(backend, model, *from, *to, 0)]
+            }
+        };
+        let (prefix, column) = match backend {
+            DbBackend::Postgres => ("EXPLAIN ", "QUERY PLAN"),
+            _ => ("EXPLAIN QUERY PLAN ", "detail"),
+        };
+        let mut lines = Vec::new();
+        for statement in statements {
+            let explained = Statement {
+                sql: format!("{prefix}{}", statement.sql),
+                ..statement
+            };
+            for row in self
+                .db
+                .query_all_raw(explained)
+                .await
+                .map_err(StoreError::Db)?
+            {
+                lines.push(row.try_get::<String>("", column).map_err(StoreError::Db)?);
+            }
+        }
+        Ok(lines)
+    }
+
     /// One page of a wallet's usage, newest first by (at, seq), `first` ≤ [`MAX_PAGE`],
     /// continuing after `after` (a cursor from an earlier page). Cursors name a position,
     /// so pages stay stable while new (later) events arrive.
@@ -96,26 +198,12 @@ impl Store {
         after: Option<&str>,
     ) -> Result<UsagePage, StoreError> {
         bound("usage page size", first, MAX_PAGE)?;
-        let mut cond = filter_condition(wallet_id, filter);
-        if let Some(cursor) = after {
-            let (at_us, seq) = decode_cursor(cursor)?;
-            cond = cond.add(
-                Condition::any().add(Column::AtUs.lt(at_us)).add(
-                    Condition::all()
-                        .add(Column::AtUs.eq(at_us))
-                        .add(Column::Seq.lt(seq)),
-                ),
-            );
-        }
-        let mut rows = usage_events::Entity::find()
-            .filter(cond)
-            .order_by_desc(Column::AtUs)
-            .order_by_desc(Column::Seq)
-            // One more than asked tells whether another page exists.
-            .limit(first as u64 + 1)
+        let rows = usage_events::Entity::find()
+            .from_raw_sql(self.history_statement(wallet_id, filter, first, after)?)
             .all(&self.db)
             .await
             .map_err(StoreError::Db)?;
+        let mut rows = rows;
         let has_next_page = rows.len() > first;
         rows.truncate(first);
         let end_cursor = rows.last().map(|r| encode_cursor(r.at_us, r.seq));
@@ -124,6 +212,36 @@ impl Store {
             end_cursor,
             has_next_page,
         })
+    }
+
+    fn history_statement(
+        &self,
+        wallet_id: &str,
+        filter: &UsageFilter,
+        first: usize,
+        after: Option<&str>,
+    ) -> Result<Statement, StoreError> {
+        let mut cond = filter_condition(wallet_id, filter);
+        if let Some(cursor) = after {
+            let (at_us, seq) = decode_cursor(cursor)?;
+            // `at ≤ cursor` is implied by the disjunction, but stated alone it is what
+            // lets the database start the index range at the cursor: without it a deep
+            // page walks every newer entry first.
+            cond = cond.add(Column::AtUs.lte(at_us)).add(
+                Condition::any().add(Column::AtUs.lt(at_us)).add(
+                    Condition::all()
+                        .add(Column::AtUs.eq(at_us))
+                        .add(Column::Seq.lt(seq)),
+                ),
+            );
+        }
+        Ok(usage_events::Entity::find()
+            .filter(cond)
+            .order_by_desc(Column::AtUs)
+            .order_by_desc(Column::Seq)
+            // One more than asked tells whether another page exists.
+            .limit(first as u64 + 1)
+            .build(self.db_backend()))
     }
 
     /// Every usage event of one thread of a wallet, oldest first, at most `limit`
@@ -136,11 +254,12 @@ impl Store {
     ) -> Result<Vec<UsageRow>, StoreError> {
         bound("thread events", limit, MAX_LIST)?;
         usage_events::Entity::find()
-            .filter(Column::WalletId.eq(wallet_id))
-            .filter(Column::ThreadId.eq(thread_id))
-            .order_by_asc(Column::AtUs)
-            .order_by_asc(Column::Seq)
-            .limit(limit as u64)
+            .from_raw_sql(thread_statement(
+                self.db_backend(),
+                wallet_id,
+                thread_id,
+                limit,
+            ))
             .all(&self.db)
             .await
             .map_err(StoreError::Db)?
@@ -172,44 +291,8 @@ impl Store {
             Vec::new()
         };
 
-        let mut sql = Sql::new(self.db_backend());
-        if wants_day {
-            // Literals, not binds: dates and integers this function produced, and a
-            // VALUES list of thousands of binds would hit parameter limits.
-            sql.push("WITH days (day, lo, hi) AS (VALUES ");
-            for (i, (day, lo, hi)) in days.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.push(&format!("('{day}', {lo}, {hi})"));
-            }
-            sql.push(") ");
-        }
-        let key = group_expr(by);
-        let sub = then_by.map(group_expr);
-        sql.push("SELECT ").push(key).push(" AS k, ");
-        match sub {
-            Some(sub) => sql.push(sub).push(" AS s, "),
-            None => sql.push("NULL AS s, "),
-        };
-        sql.push("CAST(SUM(u.cost_ucr) AS BIGINT) AS total, CAST(COUNT(*) AS BIGINT) AS n");
-        sql.push(" FROM usage_events u");
-        if wants_day {
-            sql.push(" JOIN days d ON u.at_us >= d.lo AND u.at_us < d.hi");
-        }
-        push_filter(&mut sql, wallet_id, filter);
-        sql.push(" GROUP BY ").push(key);
-        if let Some(sub) = sub {
-            sql.push(", ").push(sub);
-        }
-        // Sorted below, by bytes: PostgreSQL's collation may order text differently from
-        // SQLite's. The limit only detects an oversized answer.
-        sql.push(&format!(" LIMIT {}", MAX_SUMMARY_GROUPS + 1));
-        let rows = self
-            .db
-            .query_all_raw(sql.build())
-            .await
-            .map_err(StoreError::Db)?;
+        let sql = summary_sql(self.db_backend(), wallet_id, filter, by, then_by, &days);
+        let rows = self.db.query_all_raw(sql).await.map_err(StoreError::Db)?;
         bound("summary groups", rows.len(), MAX_SUMMARY_GROUPS)?;
         let mut groups = rows
             .into_iter()
@@ -232,12 +315,9 @@ impl Store {
         wallet_id: &str,
         filter: &UsageFilter,
     ) -> Result<Option<(i64, i64)>, StoreError> {
-        let mut sql = Sql::new(self.db_backend());
-        sql.push("SELECT MIN(u.at_us) AS lo, MAX(u.at_us) AS hi FROM usage_events u");
-        push_filter(&mut sql, wallet_id, filter);
         let row = self
             .db
-            .query_one_raw(sql.build())
+            .query_one_raw(span_statement(self.db_backend(), wallet_id, filter))
             .await
             .map_err(StoreError::Db)?;
         let Some(row) = row else { return Ok(None) };
@@ -256,22 +336,9 @@ impl Store {
         to: DateTime<Utc>,
         cost_ucr: i64,
     ) -> Result<ThreadRank, StoreError> {
-        let mut sql = Sql::new(self.db_backend());
-        sql.push("SELECT CAST(COUNT(*) AS BIGINT) AS threads, ")
-            .push("CAST(COALESCE(SUM(CASE WHEN t.total <= ")
-            .bind(cost_ucr)
-            .push(" THEN 1 ELSE 0 END), 0) AS BIGINT) AS below FROM (")
-            .push("SELECT u.wallet_id, u.thread_id, SUM(u.cost_ucr) AS total FROM usage_events u")
-            .push(" WHERE u.model = ")
-            .bind(model.to_owned())
-            .push(" AND u.at_us >= ")
-            .bind(to_us(from))
-            .push(" AND u.at_us < ")
-            .bind(to_us(to))
-            .push(" GROUP BY u.wallet_id, u.thread_id) t");
         let row = self
             .db
-            .query_one_raw(sql.build())
+            .query_one_raw(rank_statement(self.db_backend(), model, from, to, cost_ucr))
             .await
             .map_err(StoreError::Db)?
             .ok_or_else(|| corrupt("aggregate returned no row"))?;
@@ -293,6 +360,125 @@ impl Store {
             .await
             .map_err(StoreError::Db)
     }
+}
+
+fn thread_statement(
+    backend: DbBackend,
+    wallet_id: &str,
+    thread_id: &str,
+    limit: usize,
+) -> Statement {
+    usage_events::Entity::find()
+        .filter(Column::WalletId.eq(wallet_id))
+        .filter(Column::ThreadId.eq(thread_id))
+        .order_by_asc(Column::AtUs)
+        .order_by_asc(Column::Seq)
+        .limit(limit as u64)
+        .build(backend)
+}
+
+/// First and last instant matching the filter, as two index probes: SQLite applies its
+/// MIN/MAX shortcut only to a query with a single MIN or MAX, and otherwise reads every
+/// matching entry.
+fn span_statement(backend: DbBackend, wallet_id: &str, filter: &UsageFilter) -> Statement {
+    let mut sql = Sql::new(backend);
+    for (i, order) in ["ASC", "DESC"].into_iter().enumerate() {
+        sql.push(if i == 0 { "SELECT (" } else { ", (" })
+            .push("SELECT u.at_us FROM usage_events u");
+        push_filter(&mut sql, wallet_id, filter);
+        sql.push(" ORDER BY u.at_us ")
+            .push(order)
+            .push(" LIMIT 1)")
+            .push(if i == 0 { " AS lo" } else { " AS hi" });
+    }
+    sql.build()
+}
+
+/// The covering index (see migration 4) a summary limited only by time reads: one range
+/// of it, or the wallet's whole slice, without visiting the table. SQLite's planner
+/// prefers an index that spares the GROUP BY a sort even when that costs a table lookup
+/// per row (3× slower on 1M rows), so it is named there; PostgreSQL weighs this itself.
+fn summary_index(backend: DbBackend, filter: &UsageFilter) -> &'static str {
+    let time_only =
+        filter.thread_id.is_none() && filter.model.is_none() && filter.member_id.is_none();
+    match backend {
+        DbBackend::Sqlite if time_only => " INDEXED BY usage_wallet_at_cover",
+        _ => "",
+    }
+}
+
+fn summary_sql(
+    backend: DbBackend,
+    wallet_id: &str,
+    filter: &UsageFilter,
+    by: GroupBy,
+    then_by: Option<GroupBy>,
+    days: &[(NaiveDate, i64, i64)],
+) -> Statement {
+    let wants_day = by == GroupBy::Day || then_by == Some(GroupBy::Day);
+    let mut sql = Sql::new(backend);
+    if wants_day {
+        // Literals, not binds: dates and integers this function produced, and a
+        // VALUES list of thousands of binds would hit parameter limits.
+        sql.push("WITH days (day, lo, hi) AS (VALUES ");
+        for (i, (day, lo, hi)) in days.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.push(&format!("('{day}', {lo}, {hi})"));
+        }
+        sql.push(") ");
+    }
+    let key = group_expr(by);
+    let sub = then_by.map(group_expr);
+    sql.push("SELECT ").push(key).push(" AS k, ");
+    match sub {
+        Some(sub) => sql.push(sub).push(" AS s, "),
+        None => sql.push("NULL AS s, "),
+    };
+    sql.push("CAST(SUM(u.cost_ucr) AS BIGINT) AS total, CAST(COUNT(*) AS BIGINT) AS n");
+    sql.push(" FROM usage_events u")
+        .push(summary_index(backend, filter));
+    if wants_day {
+        sql.push(" JOIN days d ON u.at_us >= d.lo AND u.at_us < d.hi");
+    }
+    push_filter(&mut sql, wallet_id, filter);
+    sql.push(" GROUP BY ").push(key);
+    if let Some(sub) = sub {
+        sql.push(", ").push(sub);
+    }
+    // Sorted by the caller, by bytes: PostgreSQL's collation may order text differently
+    // from SQLite's. The limit only detects an oversized answer.
+    sql.push(&format!(" LIMIT {}", MAX_SUMMARY_GROUPS + 1));
+    sql.build()
+}
+
+fn rank_statement(
+    backend: DbBackend,
+    model: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    cost_ucr: i64,
+) -> Statement {
+    let mut sql = Sql::new(backend);
+    sql.push("SELECT CAST(COUNT(*) AS BIGINT) AS threads, ")
+        .push("CAST(COALESCE(SUM(CASE WHEN t.total <= ")
+        .bind(cost_ucr)
+        .push(" THEN 1 ELSE 0 END), 0) AS BIGINT) AS below FROM (")
+        .push("SELECT u.wallet_id, u.thread_id, SUM(u.cost_ucr) AS total FROM usage_events u")
+        // SQLite's statistics can make it skip-scan (wallet, model, …) wallet by wallet.
+        .push(match backend {
+            DbBackend::Sqlite => " INDEXED BY usage_model_at_cover",
+            _ => "",
+        })
+        .push(" WHERE u.model = ")
+        .bind(model.to_owned())
+        .push(" AND u.at_us >= ")
+        .bind(to_us(from))
+        .push(" AND u.at_us < ")
+        .bind(to_us(to))
+        .push(" GROUP BY u.wallet_id, u.thread_id) t");
+    sql.build()
 }
 
 fn group_expr(by: GroupBy) -> &'static str {

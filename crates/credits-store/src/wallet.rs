@@ -7,11 +7,13 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IsolationLevel,
-    PaginatorTrait, QueryFilter, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    PaginatorTrait, QueryFilter, QuerySelect, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 
 use crate::entity::{grants, ledger, reservations, reviews, usage_events, wallets};
 use crate::error::{CommitError, StoreError};
+use crate::feed::notify;
 use crate::rows::*;
 use crate::sql::Sql;
 use crate::time::{from_us, opt_from_us, seq_from_db, seq_to_db, to_us};
@@ -70,7 +72,14 @@ impl Store {
     pub async fn commit(&self, batch: &WalletBatch) -> Result<i64, CommitError> {
         check_batch(batch)?;
         let txn = self.begin_write().await?;
-        match write_batch(&txn, batch).await {
+        let written = async {
+            let version = write_batch(&txn, batch).await?;
+            let moved = [(batch.wallet_id.as_str(), batch.seq)];
+            notify(&txn, self.backend(), &moved).await?;
+            Ok(version)
+        }
+        .await;
+        match written {
             Ok(version) => {
                 txn.commit().await?;
                 Ok(version)
@@ -104,25 +113,35 @@ impl Store {
         )?;
         let txn = self.begin_write().await?;
         let mut results = Vec::with_capacity(batches.len());
-        let mut fenced = Vec::with_capacity(batches.len());
+        let mut valid = Vec::with_capacity(batches.len());
         for batch in batches {
-            if let Err(err) = check_batch(batch) {
-                results.push(Err(err.into()));
-                continue;
+            match check_batch(batch) {
+                Ok(()) => {
+                    valid.push(batch);
+                    results.push(Ok(0));
+                }
+                Err(err) => results.push(Err(err.into())),
             }
-            match fence(&txn, batch).await {
-                Ok(version) => {
-                    fenced.push(batch);
-                    results.push(Ok(version));
-                }
-                Err(err @ (CommitError::Conflict { .. } | CommitError::NotFound(_))) => {
-                    results.push(Err(err));
-                }
-                Err(CommitError::Store(err)) => return Err(err),
+        }
+        let mut fences = fence_many(&txn, self.db_backend(), &valid)
+            .await?
+            .into_iter();
+        let mut fenced = Vec::with_capacity(valid.len());
+        for (result, batch) in results.iter_mut().filter(|r| r.is_ok()).zip(&valid) {
+            *result = fences.next().expect("one fence per valid batch");
+            if result.is_ok() {
+                fenced.push(*batch);
             }
         }
         match write_rows(&txn, &fenced).await {
             Ok(()) => {
+                let moved: Vec<(&str, u64)> = fenced
+                    .iter()
+                    .map(|b| (b.wallet_id.as_str(), b.seq))
+                    .collect();
+                notify(&txn, self.backend(), &moved)
+                    .await
+                    .map_err(StoreError::Db)?;
                 txn.commit().await.map_err(StoreError::Db)?;
                 Ok(results)
             }
@@ -142,6 +161,7 @@ impl Store {
     ) -> Result<Vec<Result<i64, CommitError>>, StoreError> {
         let txn = self.begin_write().await?;
         let mut results = Vec::with_capacity(batches.len());
+        let mut moved = Vec::with_capacity(batches.len());
         for batch in batches {
             if let Err(err) = check_batch(batch) {
                 results.push(Err(err.into()));
@@ -151,6 +171,7 @@ impl Store {
             match write_batch(&savepoint, batch).await {
                 Ok(version) => {
                     savepoint.commit().await.map_err(StoreError::Db)?;
+                    moved.push((batch.wallet_id.as_str(), batch.seq));
                     results.push(Ok(version));
                 }
                 Err(err) => {
@@ -159,6 +180,9 @@ impl Store {
                 }
             }
         }
+        notify(&txn, self.backend(), &moved)
+            .await
+            .map_err(StoreError::Db)?;
         txn.commit().await.map_err(StoreError::Db)?;
         Ok(results)
     }
@@ -392,6 +416,103 @@ async fn fence<C: ConnectionTrait>(conn: &C, batch: &WalletBatch) -> Result<i64,
         });
     }
     Ok(new_version)
+}
+
+/// Wallets fenced per UPDATE statement in a group commit (7 bound values each).
+const FENCE_CHUNK: usize = 256;
+
+/// The fenced UPDATE of many wallets in one statement per [`FENCE_CHUNK`]: one result per
+/// batch, in order. A conflict writes nothing for that wallet. With the same wallet twice
+/// (a caller bug the statement could not fence), it fences one by one.
+async fn fence_many<C: ConnectionTrait>(
+    conn: &C,
+    backend: sea_orm::DbBackend,
+    batches: &[&WalletBatch],
+) -> Result<Vec<Result<i64, CommitError>>, StoreError> {
+    let ids: std::collections::HashSet<&str> =
+        batches.iter().map(|b| b.wallet_id.as_str()).collect();
+    if ids.len() < batches.len() || batches.len() == 1 {
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            match fence(conn, batch).await {
+                Err(CommitError::Store(err)) => return Err(err),
+                other => results.push(other),
+            }
+        }
+        return Ok(results);
+    }
+    let mut fenced = std::collections::HashSet::new();
+    for chunk in batches.chunks(FENCE_CHUNK) {
+        let mut sql = Sql::new(backend);
+        sql.push(
+            "WITH v (id, expected, seq, snapshot, next_due_us, timezone, plan_id) AS (VALUES ",
+        );
+        for (i, b) in chunk.iter().enumerate() {
+            sql.push(if i == 0 { "(" } else { ", (" })
+                .bind(b.wallet_id.clone())
+                .push(", ")
+                .bind(b.expected_version)
+                .push(", ")
+                .bind(seq_to_db(b.seq)?)
+                .push(", ")
+                .bind(b.snapshot_json.clone())
+                .push(", ")
+                .bind(b.next_due_at.map(to_us))
+                .push(", ")
+                .bind(b.timezone.clone())
+                .push(", ")
+                .bind(b.plan_id.clone())
+                .push(")");
+        }
+        sql.push(
+            ") UPDATE wallets SET version = wallets.version + 1, seq = v.seq, \
+             snapshot = v.snapshot, next_due_us = v.next_due_us, timezone = v.timezone, \
+             plan_id = v.plan_id FROM v \
+             WHERE wallets.id = v.id AND wallets.version = v.expected RETURNING wallets.id",
+        );
+        for row in conn
+            .query_all_raw(sql.build())
+            .await
+            .map_err(StoreError::Db)?
+        {
+            fenced.insert(row.try_get_by_index::<String>(0).map_err(StoreError::Db)?);
+        }
+    }
+    let missing: Vec<&str> = batches
+        .iter()
+        .map(|b| b.wallet_id.as_str())
+        .filter(|id| !fenced.contains(*id))
+        .collect();
+    // Only after a conflict: which of the unfenced wallets exist at all.
+    let existing: std::collections::HashSet<String> = if missing.is_empty() {
+        Default::default()
+    } else {
+        wallets::Entity::find()
+            .select_only()
+            .column(wallets::Column::Id)
+            .filter(wallets::Column::Id.is_in(missing.iter().copied()))
+            .into_tuple::<String>()
+            .all(conn)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .collect()
+    };
+    Ok(batches
+        .iter()
+        .map(|b| {
+            if fenced.contains(&b.wallet_id) {
+                Ok(b.expected_version + 1)
+            } else if existing.contains(&b.wallet_id) {
+                Err(CommitError::Conflict {
+                    wallet_id: b.wallet_id.clone(),
+                    expected_version: b.expected_version,
+                })
+            } else {
+                Err(CommitError::NotFound(b.wallet_id.clone()))
+            }
+        })
+        .collect())
 }
 
 /// The rows of fenced batches, several wallets' rows sharing each multi-row INSERT.

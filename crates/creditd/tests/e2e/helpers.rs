@@ -113,6 +113,7 @@ pub fn creditd() -> Command {
         "CREDITD_CATALOGUE",
         "CREDITD_MANUAL_CLOCK",
         "CREDITD_NO_INTROSPECTION",
+        "CREDITD_MAX_WEBSOCKETS",
         "CREDITD_ADMIN_TOKEN",
     ] {
         c.env_remove(var);
@@ -228,6 +229,8 @@ pub struct App {
     pub manual_clock: Option<String>,
     /// The directory the server loads its pricing plugins from.
     pub plugins: PathBuf,
+    /// Extra environment of the server process (settings a test needs).
+    pub env: Vec<(String, String)>,
     http: reqwest::Client,
 }
 
@@ -238,15 +241,29 @@ impl App {
     }
 
     pub async fn spawn_with(backend: Backend, manual_clock: Option<&str>) -> App {
-        App::spawn_full(backend, manual_clock, plugins_dir().to_owned()).await
+        App::spawn_env(backend, manual_clock, &[]).await
+    }
+
+    /// A server with extra environment variables, e.g. `CREDITD_MAX_WEBSOCKETS`.
+    pub async fn spawn_env(
+        backend: Backend,
+        manual_clock: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> App {
+        App::spawn_full(backend, manual_clock, env, plugins_dir().to_owned()).await
     }
 
     /// A server on the manual clock at [`START`] loading its plugins from `plugins`.
     pub async fn spawn_with_plugins(backend: Backend, plugins: PathBuf) -> App {
-        App::spawn_full(backend, Some(START), plugins).await
+        App::spawn_full(backend, Some(START), &[], plugins).await
     }
 
-    async fn spawn_full(backend: Backend, manual_clock: Option<&str>, plugins: PathBuf) -> App {
+    async fn spawn_full(
+        backend: Backend,
+        manual_clock: Option<&str>,
+        env: &[(&str, &str)],
+        plugins: PathBuf,
+    ) -> App {
         let dir = tempfile::tempdir().expect("a temp dir");
         let db = TestDb::new(&backend, dir.path());
         let mut app = App {
@@ -256,6 +273,10 @@ impl App {
             admin: format!("adm{}", random_hex()),
             manual_clock: manual_clock.map(str::to_owned),
             plugins,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -299,6 +320,7 @@ impl App {
         if let Some(t) = &self.manual_clock {
             cmd.args(["--manual-clock", t]);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("start creditd");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -557,14 +579,64 @@ pub enum Init {
 impl Ws {
     /// Connects and sends `connection_init` with the token.
     pub async fn connect(app: &App, protocol: &str, token: &str) -> (Ws, Init) {
+        Ws::connect_with(app, protocol, token, None).await
+    }
+
+    /// Like [`Ws::connect`], with the client socket's kernel receive buffer fixed at about
+    /// `recv_buffer` bytes when given (a client that stops reading then stalls the server
+    /// soon, instead of after the tens of MB loopback autotuning allows).
+    pub async fn connect_with(
+        app: &App,
+        protocol: &str,
+        token: &str,
+        recv_buffer: Option<u32>,
+    ) -> (Ws, Init) {
         let mut req = format!("ws://{}/graphql", app.addr())
             .into_client_request()
             .expect("a WebSocket request");
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-        let (socket, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("WebSocket connect");
+        let socket = match recv_buffer {
+            None => {
+                tokio_tungstenite::connect_async(req)
+                    .await
+                    .expect("WebSocket connect")
+                    .0
+            }
+            Some(size) => {
+                let tcp = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+                tcp.set_recv_buffer_size(size).expect("SO_RCVBUF");
+                let stream = tcp
+                    .connect(app.addr().parse().expect("a socket address"))
+                    .await
+                    .expect("TCP connect");
+                tokio_tungstenite::client_async(
+                    req,
+                    tokio_tungstenite::MaybeTlsStream::Plain(stream),
+                )
+                .await
+                .expect("WebSocket connect")
+                .0
+            }
+        };
+        Ws::init(socket, protocol, token).await
+    }
+
+    /// [`Ws::connect`], or the HTTP status of a refused handshake.
+    pub async fn try_connect(app: &App, protocol: &str, token: &str) -> Result<(Ws, Init), u16> {
+        let mut req = format!("ws://{}/graphql", app.addr())
+            .into_client_request()
+            .expect("a WebSocket request");
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((socket, _)) => Ok(Ws::init(socket, protocol, token).await),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("WebSocket connect: {e}"),
+        }
+    }
+
+    async fn init(socket: Socket, protocol: &str, token: &str) -> (Ws, Init) {
         let mut ws = Ws {
             socket,
             legacy: protocol == "graphql-ws",
@@ -604,6 +676,18 @@ impl Ws {
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Whether the server closes the socket (within [`WS_TIMEOUT`]) before sending a result.
+    pub async fn closed(&mut self) -> bool {
+        loop {
+            match self.recv().await {
+                None => return true,
+                Some(m) if m["type"] == "close" => return true,
+                Some(m) if m["type"] == "ka" || m["type"] == "ping" || m["type"] == "pong" => {}
+                Some(_) => return false,
             }
         }
     }

@@ -4,9 +4,11 @@
 
 mod helpers;
 
+mod access;
 mod accounts;
 mod auth;
 mod cli;
+mod hostile;
 mod input;
 mod ledger;
 mod live;

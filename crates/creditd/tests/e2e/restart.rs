@@ -67,6 +67,19 @@ async fn sigterm_drains_and_a_restart_keeps_every_balance(b: Backend) {
         .await;
     assert_eq!(r["data"]["recordUsage"]["replayed"], true);
     assert_eq!(app.balance(&w1).await, before[0].0);
+    // A retry of a call recorded before the restart gets its receipt even when the wallet
+    // could no longer pay for it now (the new actor has not seen the key yet).
+    let original = app.usage(&w2).await[0]["node"].clone();
+    let total = app.balance(&w2).await["total"].as_str().unwrap().to_owned();
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!, $a: Credits!) { reserveCredits(input: {walletId: $w, idempotencyKey: \"all\", amount: $a, ttlSeconds: 3600}) { id } }",
+        json!({ "w": w2, "a": total }),
+    )
+    .await;
+    let r = app.record(&w2, "u1", "t", "economy-mini", 1000, 1000).await;
+    assert_eq!(r["data"]["recordUsage"]["replayed"], true, "{r}");
+    assert_eq!(r["data"]["recordUsage"]["usage"]["id"], original["id"]);
     // The ledger's seq continues where it stopped.
     let (mut ws, _) = crate::helpers::Ws::connect(&app, "graphql-transport-ws", &alice).await;
     ws.subscribe(

@@ -1,11 +1,15 @@
 //! High-usage reports: filing, reading, the admin's list and resolution.
 
-use serde_json::json;
+use futures::future::join_all;
+use serde_json::{Value, json};
 
-use crate::helpers::{App, Backend};
+use crate::helpers::{App, Backend, Init, Ws};
 use crate::on_both;
 
-on_both!(report_read_and_resolve_reviews);
+on_both!(
+    report_read_and_resolve_reviews,
+    concurrent_approvals_grant_exactly_once
+);
 
 pub const REPORT: &str = "mutation($w: ID!, $t: String!) { reportHighUsage(input: {walletId: $w, threadId: $t, taskDescription: \"refactor\", previewStatus: ERROR_LOOP, threadLength: 5}) { id walletId threadId status note findings { threadCredits events suggestedRefund tips } creditedGrant { id } } }";
 pub const RESOLVE: &str = "mutation($i: ResolveReviewInput!) { resolveReview(input: $i) { id status note creditedGrant { kind amount remaining } } }";
@@ -131,4 +135,186 @@ async fn report_read_and_resolve_reviews(b: Backend) {
         .await,
         "NOT_FOUND"
     );
+}
+
+/// Callers racing on one review: 20 admin calls at once, some approving the same amount,
+/// some another amount, some rejecting (rounds differ in who is first). Whatever wins,
+/// the review, the ledger and the balance agree: a CREDITED review has exactly one
+/// COMPENSATION lot (one GRANT record) of its credited amount, a REJECTED one none; every
+/// caller who asked for the winning decision gets that same review, every other caller
+/// IDEMPOTENCY_CONFLICT; asking again after the race answers the same way and grants
+/// nothing.
+async fn concurrent_approvals_grant_exactly_once(b: Backend) {
+    const CALLERS: usize = 20;
+    const ADMINS: usize = 5;
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let alice = app.token("USER", Some("alice")).await;
+    let mut admins = vec![app.admin.clone()];
+    for _ in 1..ADMINS {
+        admins.push(app.token("ADMIN", None).await);
+    }
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    ws.subscribe(
+        "b",
+        "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause } }",
+        json!({ "w": w }),
+    )
+    .await;
+    assert_eq!(
+        ws.next_data("b").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+
+    let read = "query($id: ID!) { review(id: $id) { id status note creditedGrant { kind amount remaining } } }";
+    // Round r: which decision each caller sends. Round 0: all approve 1.25. Round 1:
+    // mostly 1.25, some 2. Round 2: approvals of two amounts and rejections.
+    let decision = |round: usize, caller: usize| -> Value {
+        match (round, caller % 4) {
+            (0, _) | (1, 0..=2) | (2, 0 | 1) => json!({ "decision": "APPROVE", "amount": "1.25" }),
+            (1, _) | (2, 2) => json!({ "decision": "APPROVE", "amount": "2" }),
+            _ => json!({ "decision": "REJECT" }),
+        }
+    };
+    let mut bonus_ucr: i64 = 0;
+    for round in 0..3 {
+        let thread = format!("race-{round}");
+        for key in 0..3 {
+            let r = app
+                .record(
+                    &w,
+                    &format!("{thread}-{key}"),
+                    &thread,
+                    "standard-chat",
+                    10_000,
+                    1000,
+                )
+                .await;
+            assert!(r.get("errors").is_none(), "{r}");
+            assert_eq!(ws.next_data("b").await["balanceChanged"]["cause"], "USAGE");
+        }
+        let d = app.ok(&alice, REPORT, json!({ "w": w, "t": thread })).await;
+        let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+
+        let asks: Vec<Value> = (0..CALLERS)
+            .map(|c| {
+                let mut i = decision(round, c);
+                i["reviewId"] = json!(id);
+                i["note"] = json!(format!("caller {c}"));
+                i
+            })
+            .collect();
+        let answers = join_all(
+            asks.iter()
+                .enumerate()
+                .map(|(c, i)| app.gql(&admins[c % ADMINS], RESOLVE, json!({ "i": i }))),
+        )
+        .await;
+
+        let review = app.ok(&app.admin, read, json!({ "id": id })).await["review"].clone();
+        let status = review["status"].as_str().unwrap().to_owned();
+        assert_ne!(status, "SUBMITTED", "round {round}: nobody resolved it");
+        let credited = review["creditedGrant"]["amount"]
+            .as_str()
+            .map(str::to_owned);
+        // The decision that won, as a caller would have sent it.
+        let won = |i: &Value| match i["decision"].as_str().unwrap() {
+            "APPROVE" => status == "CREDITED" && i["amount"].as_str() == credited.as_deref(),
+            _ => status == "REJECTED",
+        };
+        let mut winners = 0;
+        for (i, answer) in asks.iter().zip(&answers) {
+            if won(i) {
+                let errors = answer.get("errors");
+                assert!(
+                    errors.is_none(),
+                    "round {round}: {i} lost to its own decision: {answer}"
+                );
+                let got = &answer["data"]["resolveReview"];
+                // Everyone gets the stored review (its note is the first resolver's).
+                assert_eq!(got["id"], review["id"]);
+                assert_eq!(got["status"], review["status"]);
+                assert_eq!(got["note"], review["note"]);
+                assert_eq!(got["creditedGrant"], review["creditedGrant"]);
+                winners += 1;
+            } else {
+                assert_eq!(
+                    crate::helpers::error_code(answer),
+                    "IDEMPOTENCY_CONFLICT",
+                    "round {round}: {i}: {answer}"
+                );
+            }
+        }
+        assert!(winners >= 1);
+
+        // One GRANT record for an approval, none for a rejection: the next record after
+        // the race is the sentinel usage.
+        if status == "CREDITED" {
+            let grant = &review["creditedGrant"];
+            assert_eq!(grant["kind"], "COMPENSATION");
+            assert_eq!(grant["remaining"], grant["amount"]);
+            assert_eq!(ws.next_data("b").await["balanceChanged"]["cause"], "GRANT");
+            bonus_ucr += match credited.as_deref() {
+                Some("1.25") => 1_250_000,
+                Some("2") => 2_000_000,
+                other => panic!("credited {other:?}"),
+            };
+        } else {
+            assert_eq!(review["creditedGrant"], json!(null));
+        }
+        app.record(
+            &w,
+            &format!("{thread}-after"),
+            "other",
+            "economy-mini",
+            10,
+            10,
+        )
+        .await;
+        let next = ws.next_data("b").await["balanceChanged"].clone();
+        assert_eq!(
+            next["cause"], "USAGE",
+            "round {round}: another record after the race, review {review}"
+        );
+        let bal = app.balance(&w).await;
+        let lots: Vec<&Value> = bal["bonus"]["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["kind"] == "COMPENSATION")
+            .collect();
+        let total: i64 = lots
+            .iter()
+            .map(|g| credits_ucr(g["amount"].as_str().unwrap()))
+            .sum();
+        assert_eq!(total, bonus_ucr, "round {round}: lots {lots:?}");
+        if let Some(id) = review["creditedGrant"]["id"].as_str() {
+            assert_eq!(lots.iter().filter(|g| g["id"] == id).count(), 1);
+        }
+
+        // After the race: the winning decision again is answered with the same review,
+        // anything else conflicts, and nothing more is granted.
+        for (c, i) in asks.iter().enumerate() {
+            let again = app
+                .gql(&admins[c % ADMINS], RESOLVE, json!({ "i": i }))
+                .await;
+            if won(i) {
+                let got = &again["data"]["resolveReview"];
+                assert_eq!(got["status"], review["status"], "{again}");
+                assert_eq!(got["creditedGrant"], review["creditedGrant"], "{again}");
+            } else {
+                assert_eq!(crate::helpers::error_code(&again), "IDEMPOTENCY_CONFLICT");
+            }
+        }
+        let after = app.balance(&w).await;
+        assert_eq!(after["bonus"], bal["bonus"], "round {round}: granted again");
+    }
+}
+
+/// "1.25" → 1_250_000 µcr (canonical Credits strings of these tests only).
+fn credits_ucr(s: &str) -> i64 {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let frac = format!("{frac:0<6}");
+    int.parse::<i64>().unwrap() * 1_000_000 + frac.parse::<i64>().unwrap()
 }

@@ -133,6 +133,7 @@ async fn one_key_from_fifty_concurrent_callers_applies_once() {
 async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
     let config = credits_actors::ActorConfig {
         idle_after: std::time::Duration::from_millis(50),
+        ..Default::default()
     };
     let app = app_with(
         credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),

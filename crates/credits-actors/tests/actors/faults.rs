@@ -94,3 +94,46 @@ async fn a_crashed_actor_restarts_from_durable_state() {
     assert_eq!(replay(&ledger).unwrap().spendable(), cr("495"));
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("495"));
 }
+
+/// Found by the seeded simulation: a retry answered while the wallet's due records (here
+/// the next day's reset) were not yet durable showed the stale balance from before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_shows_the_balance_after_due_records() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_r", "pro", "UTC").await;
+    app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    // Slow commits: the reset is still being written when the retry arrives.
+    app.store
+        .faults
+        .commit_delay_micros
+        .store(50_000, Ordering::SeqCst);
+    let clock = app.dir.clock().as_manual().unwrap().clone();
+    clock.advance(chrono::Duration::days(1));
+    let again = app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.balance.daily.remaining, cr("20"), "after the reset");
+    assert_eq!(again.balance, app.dir.read(&id).await.unwrap().balance());
+}
+
+/// Found while running the suite next to the simulation: after the actor gave up on the
+/// store, a call made right after its UNAVAILABLE answer could still reach the stopping
+/// actor and be dropped unanswered ("stopped before answering").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_giving_up_reaches_a_fresh_actor() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_g", "pro", "UTC").await;
+    for i in 0..30 {
+        app.store.faults.fail_commits.store(3, Ordering::SeqCst);
+        let key = format!("k{i}");
+        assert!(matches!(
+            app.dir.execute(&id, usage(&key, "1")).await,
+            Err(ExecError::Unavailable(_))
+        ));
+        let applied = app.dir.execute(&id, usage(&key, "1")).await.unwrap();
+        assert!(
+            !applied.replayed,
+            "nothing was written by the failed attempt"
+        );
+    }
+    assert_eq!(app.ledger(&id).len(), 31);
+}

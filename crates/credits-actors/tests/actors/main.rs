@@ -6,4 +6,5 @@ mod helpers;
 mod clock;
 mod concurrency;
 mod faults;
+mod pools;
 mod sql;

@@ -1,0 +1,99 @@
+//! Group commit across wallets. Every wallet actor of a node hands its batch to one
+//! committer; while `writers` transactions are in flight, further batches wait and then go
+//! together in one transaction (`WalletStore::commit_many`), each still fenced and answered
+//! on its own. One fsync then carries the operations of many wallets: with one wallet actor
+//! per wallet, this is what makes debits spread over many wallets cheap (DESIGN "Group
+//! commit inside a ractor actor"; `docs/BENCHMARKS.md`, "Actors").
+//!
+//! The queue needs no bound of its own: each wallet actor has at most one batch in flight,
+//! so it never holds more jobs than there are active wallets.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::directory::Metrics;
+use crate::store::{Batch, CommitError, WalletStore};
+
+/// Most wallet batches in one transaction (the SQL store allows 1,024).
+pub const MAX_GROUP: usize = 512;
+
+/// Called once with the batch's outcome (the wallet actor sends itself a message).
+pub type Done = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
+
+struct Job {
+    batch: Batch,
+    done: Done,
+}
+
+/// The handle wallet actors commit through.
+#[derive(Clone)]
+pub struct Committer {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Committer {
+    /// Starts the committer task: at most `writers` transactions at once (1 for SQLite,
+    /// which has one writer anyway; a few for PostgreSQL, whose own group commit then
+    /// merges their fsyncs).
+    pub fn start(store: Arc<dyn WalletStore>, writers: usize, metrics: Arc<Metrics>) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, queue, writers.max(1), metrics));
+        Committer { jobs }
+    }
+
+    /// Commits one wallet's batch, grouped with whatever else is waiting, and calls `done`
+    /// with the outcome.
+    pub fn commit(&self, batch: Batch, done: Done) {
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { batch, done }) {
+            (job.done)(Err(CommitError::Unavailable(
+                "the committer stopped".into(),
+            )));
+        }
+    }
+}
+
+async fn run(
+    store: Arc<dyn WalletStore>,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    writers: usize,
+    metrics: Arc<Metrics>,
+) {
+    let slots = Arc::new(Semaphore::new(writers));
+    while let Some(first) = queue.recv().await {
+        // Waiting for a free writer is what lets the queue fill up into a group.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            metrics.grouped(jobs.len());
+            commit_group(&*store, jobs).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit_group(store: &dyn WalletStore, jobs: Vec<Job>) {
+    let (batches, done): (Vec<Batch>, Vec<_>) = jobs.into_iter().map(|j| (j.batch, j.done)).unzip();
+    let results = if let [batch] = batches.as_slice() {
+        vec![store.commit(batch).await]
+    } else {
+        match store.commit_many(&batches).await {
+            Ok(results) => results,
+            // The transaction as a whole failed: no batch of it is known to be durable.
+            Err(e) => vec![Err(CommitError::Unavailable(e.0)); batches.len()],
+        }
+    };
+    for (done, result) in done.into_iter().zip(results) {
+        done(result);
+    }
+}
