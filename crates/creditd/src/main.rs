@@ -280,7 +280,12 @@ fn reload_on_sighup(pricing: Arc<PricingRegistry>) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match pricing.reload() {
-                Ok(report) => tracing::info!("pricing reloaded: {report}"),
+                Ok(report) => {
+                    for refused in &report.refused {
+                        tracing::warn!(%refused, "pricing plugin refused on reload");
+                    }
+                    tracing::info!("pricing reloaded: {report}")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "pricing reload failed; previous tiers keep serving")
                 }

@@ -72,6 +72,74 @@ fn longest_string(v: &Value) -> usize {
     }
 }
 
+/// The longest string written in the document itself: arguments of fields and directives,
+/// and variables' default values (literals count against the per-string limit too).
+fn longest_literal(doc: &ExecutableDocument) -> usize {
+    // The parser's value type (which may hold variables) is not exported by name.
+    macro_rules! literal {
+        ($v:expr) => {
+            match $v
+                .clone()
+                .into_const_with(|_| Ok::<_, std::convert::Infallible>(Value::Null))
+            {
+                Ok(v) => longest_string(&v),
+                Err(never) => match never {},
+            }
+        };
+    }
+    fn args<'a>(
+        list: impl Iterator<
+            Item = &'a async_graphql::Positioned<async_graphql::parser::types::Directive>,
+        >,
+    ) -> usize {
+        list.flat_map(|d| d.node.arguments.iter())
+            .map(|(_, v)| literal!(v.node))
+            .max()
+            .unwrap_or(0)
+    }
+    fn walk(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|s| match &s.node {
+                Selection::Field(f) => f
+                    .node
+                    .arguments
+                    .iter()
+                    .map(|(_, v)| literal!(v.node))
+                    .chain([
+                        args(f.node.directives.iter()),
+                        walk(&f.node.selection_set.node),
+                    ])
+                    .max()
+                    .unwrap_or(0),
+                Selection::InlineFragment(i) => {
+                    args(i.node.directives.iter()).max(walk(&i.node.selection_set.node))
+                }
+                Selection::FragmentSpread(sp) => args(sp.node.directives.iter()),
+            })
+            .max()
+            .unwrap_or(0)
+    }
+    let operations = doc.operations.iter().map(|(_, op)| {
+        let defaults = op
+            .node
+            .variable_definitions
+            .iter()
+            .filter_map(|d| d.node.default_value.as_ref())
+            .map(|v| longest_string(&v.node))
+            .max()
+            .unwrap_or(0);
+        defaults
+            .max(args(op.node.directives.iter()))
+            .max(walk(&op.node.selection_set.node))
+    });
+    let fragments = doc
+        .fragments
+        .values()
+        .map(|fr| args(fr.node.directives.iter()).max(walk(&fr.node.selection_set.node)));
+    operations.chain(fragments).max().unwrap_or(0)
+}
+
 /// Errors without a code come from parsing or validation: bad input by definition.
 fn with_codes(mut resp: Response) -> Response {
     for e in &mut resp.errors {
@@ -117,6 +185,9 @@ impl Extension for LimitsExtension {
             return Err(invalid("a string is longer than 64 KiB"));
         }
         let doc = next.run(ctx, query, variables).await?;
+        if longest_literal(&doc) > MAX_STRING_BYTES {
+            return Err(invalid("a string is longer than 64 KiB"));
+        }
         if count_aliases(&doc) > MAX_ALIASES {
             return Err(invalid(format!("more than {MAX_ALIASES} aliases")));
         }

@@ -35,7 +35,31 @@ const TIER_PACKAGES: &[&str] = &[
 /// `credits-pricing`'s tests do); later callers wait for that one build.
 pub fn plugins_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    BUILT.get_or_init(|| build_packages(TIER_PACKAGES))
+}
+
+/// The pricing test fixtures (`crates/credits-pricing/fixtures`) the server tests load.
+const FIXTURE_PACKAGES: &[&str] = &[
+    "credits-fixture-gate-v1",
+    "credits-fixture-gate-v2",
+    "credits-fixture-wrong-abi",
+];
+
+/// A built fixture library, e.g. `fixture_lib("gate_v1")` for `credits-fixture-gate-v1`.
+pub fn fixture_lib(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_packages(FIXTURE_PACKAGES))
+        .join(format!(
+            "{}credits_fixture_{name}{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        ))
+}
+
+/// Builds `packages` in this test binary's target dir and profile; returns the profile dir.
+fn build_packages(packages: &[&str]) -> PathBuf {
+    {
         let exe = std::env::current_exe().expect("path of the test binary");
         // <target>/<profile dir>/deps/<binary>
         let profile_dir = exe
@@ -54,7 +78,7 @@ pub fn plugins_dir() -> &'static Path {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["build", "--quiet", "--profile", profile, "--target-dir"])
             .arg(target_dir);
-        for package in TIER_PACKAGES {
+        for package in packages {
             command.args(["-p", package]);
         }
         let output = command.output().expect("run cargo build for the tiers");
@@ -65,7 +89,7 @@ pub fn plugins_dir() -> &'static Path {
             String::from_utf8_lossy(&output.stderr)
         );
         profile_dir.to_owned()
-    })
+    }
 }
 
 /// The built library of a shipped tier, e.g. `tier_lib("standard")`.
@@ -204,6 +228,8 @@ pub struct App {
     pub dir: tempfile::TempDir,
     pub admin: String,
     pub manual_clock: Option<String>,
+    /// The directory the server loads its pricing plugins from.
+    pub plugins: PathBuf,
     /// Extra environment of the server process (settings a test needs).
     pub env: Vec<(String, String)>,
     http: reqwest::Client,
@@ -225,6 +251,20 @@ impl App {
         manual_clock: Option<&str>,
         env: &[(&str, &str)],
     ) -> App {
+        App::spawn_full(backend, manual_clock, env, plugins_dir().to_owned()).await
+    }
+
+    /// A server on the manual clock at [`START`] loading its plugins from `plugins`.
+    pub async fn spawn_with_plugins(backend: Backend, plugins: PathBuf) -> App {
+        App::spawn_full(backend, Some(START), &[], plugins).await
+    }
+
+    async fn spawn_full(
+        backend: Backend,
+        manual_clock: Option<&str>,
+        env: &[(&str, &str)],
+        plugins: PathBuf,
+    ) -> App {
         let dir = tempfile::tempdir().expect("a temp dir");
         let db = TestDb::new(&backend, dir.path());
         let mut app = App {
@@ -233,6 +273,7 @@ impl App {
             dir,
             admin: format!("adm{}", random_hex()),
             manual_clock: manual_clock.map(str::to_owned),
+            plugins,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -258,7 +299,7 @@ impl App {
     /// Starts the server (again) on this app's directory and database.
     pub async fn start(&mut self) {
         assert!(self.server.is_none(), "the server is already running");
-        let plugins = plugins_dir();
+        let plugins = &self.plugins;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -373,6 +414,7 @@ impl App {
             dir,
             admin: self.admin.clone(),
             manual_clock: self.manual_clock.clone(),
+            plugins: self.plugins.clone(),
             env: self.env.clone(),
             http: self.http.clone(),
         };

@@ -14,4 +14,5 @@ mod ledger;
 mod live;
 mod restart;
 mod reviews;
+mod server;
 mod teams;
