@@ -38,14 +38,20 @@ pub(crate) async fn notify<C: ConnectionTrait>(
         return Ok(());
     }
     for payload in payloads(moved) {
-        let mut sql = Sql::new(DbBackend::Postgres);
-        sql.push("SELECT pg_notify(")
-            .bind(CHANNEL)
-            .push(", ")
-            .bind(payload)
-            .push(")");
-        conn.execute_raw(sql.build()).await?;
+        send(conn, payload).await?;
     }
+    Ok(())
+}
+
+/// One `pg_notify` on [`CHANNEL`], delivered when the caller's transaction commits.
+async fn send<C: ConnectionTrait>(conn: &C, payload: String) -> Result<(), DbErr> {
+    let mut sql = Sql::new(DbBackend::Postgres);
+    sql.push("SELECT pg_notify(")
+        .bind(CHANNEL)
+        .push(", ")
+        .bind(payload)
+        .push(")");
+    conn.execute_raw(sql.build()).await?;
     Ok(())
 }
 
@@ -60,15 +66,11 @@ pub(crate) async fn notify_member<C: ConnectionTrait>(
     if backend != Backend::Postgres {
         return Ok(());
     }
-    let payload = serde_json::json!({ "member": [team_id, user_id] }).to_string();
-    let mut sql = Sql::new(DbBackend::Postgres);
-    sql.push("SELECT pg_notify(")
-        .bind(CHANNEL)
-        .push(", ")
-        .bind(payload)
-        .push(")");
-    conn.execute_raw(sql.build()).await?;
-    Ok(())
+    send(
+        conn,
+        serde_json::json!({ "member": [team_id, user_id] }).to_string(),
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
