@@ -10,6 +10,7 @@ use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql::{BatchRequest, BatchResponse, Data};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
+use axum::extract::ws::Message;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -23,6 +24,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 /// How long a new WebSocket may take to send `connection_init`.
 pub const CONNECTION_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Subscriptions one WebSocket may have open at once (each holds a wallet's event channel
+/// and keeps the wallet active); asking for one more closes the socket.
+pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 256;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -200,7 +204,8 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("credits_websocket_connections").increment(1.0);
             let (init_tx, init_rx) = tokio::sync::oneshot::channel::<()>();
-            let serve = GraphQLWebSocket::new(socket, schema, protocol)
+            let (sink, stream) = counted(socket);
+            let serve = GraphQLWebSocket::new_with_pair(sink, stream, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let auth = payload
                         .get("Authorization")
@@ -231,6 +236,72 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
             metrics::gauge!("credits_websocket_connections").decrement(1.0);
             drop(permit);
         })
+}
+
+/// The operation ids a WebSocket has open, followed in both directions: a client's
+/// `subscribe`/`start` opens one, its `complete`/`stop` or the server's `complete`/`error`
+/// closes it. Past [`MAX_SUBSCRIPTIONS_PER_SOCKET`] the incoming stream ends, and with it
+/// the connection.
+fn counted(
+    socket: axum::extract::ws::WebSocket,
+) -> (
+    impl futures::Sink<Message, Error = axum::Error>,
+    impl futures::Stream<Item = Result<Message, axum::Error>>,
+) {
+    use futures::{SinkExt, StreamExt};
+    let open = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let (sink, stream) = socket.split();
+    let closing = open.clone();
+    let sink = sink.with(move |m: Message| {
+        // Data messages (most of the traffic, and the large ones) are not parsed.
+        if let Message::Text(text) = &m
+            && !text.starts_with(r#"{"type":"next""#)
+            && !text.starts_with(r#"{"type":"data""#)
+            && let Some((kind, id)) = frame(text)
+            && matches!(kind.as_str(), "complete" | "error")
+        {
+            closing.lock().expect("open ids").remove(&id);
+        }
+        futures::future::ready(Ok::<_, axum::Error>(m))
+    });
+    let stream = stream.map(move |m| {
+        if let Ok(Message::Text(text)) = &m
+            && let Some((kind, id)) = frame(text)
+        {
+            let mut ids = open.lock().expect("open ids");
+            match kind.as_str() {
+                "subscribe" | "start" => {
+                    ids.insert(id);
+                    if ids.len() > MAX_SUBSCRIPTIONS_PER_SOCKET {
+                        metrics::counter!("credits_websocket_subscriptions_refused_total")
+                            .increment(1);
+                        return Err(axum::Error::new("too many subscriptions on one WebSocket"));
+                    }
+                }
+                "complete" | "stop" => {
+                    ids.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        m
+    });
+    (sink, stream)
+}
+
+/// The `type` and `id` of a WebSocket protocol message, if it has both.
+fn frame(text: &str) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        #[serde(rename = "type")]
+        kind: String,
+        id: String,
+    }
+    serde_json::from_str::<Frame>(text)
+        .ok()
+        .map(|f| (f.kind, f.id))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

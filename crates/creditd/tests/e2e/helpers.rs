@@ -688,7 +688,7 @@ impl Ws {
         (ws, init)
     }
 
-    async fn send(&mut self, msg: Value) {
+    pub async fn send(&mut self, msg: Value) {
         self.socket
             .send(Message::text(msg.to_string()))
             .await
@@ -696,7 +696,7 @@ impl Ws {
     }
 
     /// The next JSON message, or `None` when the server closed; panics after [`WS_TIMEOUT`].
-    async fn recv(&mut self) -> Option<Value> {
+    pub async fn recv(&mut self) -> Option<Value> {
         loop {
             let msg = tokio::time::timeout(WS_TIMEOUT, self.socket.next())
                 .await

@@ -18,6 +18,7 @@ on_both!(
     graphql_abuse_is_refused_and_changes_nothing,
     websocket_connections_are_bounded,
     a_subscriber_that_never_reads_is_told_to_resync,
+    subscriptions_on_one_socket_are_bounded,
 );
 
 /// One SQL query against the app's database (the `sqlite3` or `psql` client); rows are
@@ -1390,4 +1391,42 @@ async fn a_subscriber_that_never_reads_is_told_to_resync(b: Backend) {
         "the stalled subscriber never fell behind; the test proves nothing"
     );
     eprintln!("the stalled subscriber was told to resync {resyncs} time(s)");
+}
+
+/// One WebSocket holds at most `MAX_SUBSCRIPTIONS_PER_SOCKET` (256) subscriptions at once:
+/// completed ones free their place, and asking for one more closes the socket.
+async fn subscriptions_on_one_socket_are_bounded(b: Backend) {
+    const MAX: usize = 256;
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let query = "subscription($w: ID!) { balanceChanged(walletId: $w) { cause } }";
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    // One subscription opened and completed by the client frees its place.
+    ws.subscribe("done", query, json!({ "w": w })).await;
+    assert_eq!(
+        ws.next_data("done").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+    ws.send(json!({ "id": "done", "type": "complete" })).await;
+    for i in 0..MAX {
+        ws.subscribe(&format!("s{i}"), query, json!({ "w": w }))
+            .await;
+    }
+    // Every one of them is served (snapshots arrive in any order).
+    let mut served = std::collections::HashSet::new();
+    while served.len() < MAX {
+        let m = ws
+            .recv()
+            .await
+            .expect("the socket stays open within the bound");
+        if m["type"] == "next" {
+            assert_eq!(m["payload"]["data"]["balanceChanged"]["cause"], "SNAPSHOT");
+            served.insert(m["id"].as_str().unwrap().to_owned());
+        }
+    }
+    ws.subscribe("one-too-many", query, json!({ "w": w })).await;
+    assert!(ws.closed().await, "the socket is closed past the bound");
+    // The server keeps serving.
+    assert_eq!(app.balance(&w).await["total"], "520");
 }
