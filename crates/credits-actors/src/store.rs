@@ -128,6 +128,19 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
+    /// The stored snapshot and every record, read together (a commit in flight lands
+    /// before or after both), bypassing injected faults (for checks in tests).
+    pub fn stored_with_ledger(&self, id: &WalletId) -> Option<(Loaded, Vec<Entry>)> {
+        let wallets = self.wallets.lock().unwrap();
+        wallets.get(id).map(|s| {
+            let loaded = Loaded {
+                wallet: s.wallet.clone(),
+                version: s.version,
+            };
+            (loaded, s.records.iter().map(|r| r.entry.clone()).collect())
+        })
+    }
+
     /// The stored snapshot and version, bypassing injected faults (for checks in tests).
     pub fn stored(&self, id: &WalletId) -> Option<Loaded> {
         let wallets = self.wallets.lock().unwrap();

@@ -671,7 +671,13 @@ impl Sim {
                 self.catch_up(w).await?;
             }
             let m = &self.wallets[w];
-            let ledger = self.store.ledger(&id);
+            // One read of both: a commit still in flight (e.g. a crashed actor's, or due
+            // records behind a refusal) may land at any moment.
+            let (stored, ledger) = self
+                .store
+                .stored_with_ledger(&id)
+                .ok_or("wallet vanished")?;
+            let stored = stored.wallet;
             let want = &m.journal.entries;
             if let Some(i) = (0..ledger.len()).find(|&i| want.get(i) != Some(&ledger[i])) {
                 return Err(format!(
@@ -708,7 +714,6 @@ impl Sim {
             {
                 return Err(format!("{id}: key {k} consumed twice"));
             }
-            let stored = self.store.stored(&id).ok_or("wallet vanished")?.wallet;
             let mut replayed = replay(&ledger).map_err(|e| format!("{id}: replay: {e}"))?;
             replayed.now = stored.now;
             if replayed != stored {
