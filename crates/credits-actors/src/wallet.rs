@@ -746,7 +746,11 @@ impl WalletState {
     fn carry_on(&mut self, myself: &ActorRef<WalletMsg>) {
         match self.announced.take() {
             Some(seq) if seq > self.durable.seq => self.start_recovery(myself),
-            _ => self.maybe_commit(myself),
+            _ => {
+                // Calls parked while this actor looked behind are decided now.
+                self.run_parked();
+                self.maybe_commit(myself);
+            }
         }
     }
 

@@ -92,3 +92,38 @@ async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
     // 520 − 1 (usage) − 2 (settled)
     assert_eq!(w.spendable(), cr("517"));
 }
+
+/// Regression (CI, concurrent review approvals on PostgreSQL): calls parked because a
+/// notice named a seq inside the commit in flight were never decided once that commit
+/// landed, and timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_parked_behind_a_notice_run_once_the_commit_lands() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_notice", "pro", "UTC").await;
+    app.store
+        .faults
+        .commit_delay_micros
+        .store(SLOW_COMMIT_MICROS, Ordering::SeqCst);
+    let call = |key: &str| {
+        let (dir, id, key) = (app.dir.clone(), id.clone(), key.to_owned());
+        tokio::spawn(async move { dir.execute(&id, usage(&key, "1")).await })
+    };
+    // A commits alone (seq 1); B and C queue behind it and commit together (seqs 2, 3).
+    let a = call("a");
+    tokio::time::sleep(PAUSE).await;
+    let (b, c) = (call("b"), call("c"));
+    a.await.unwrap().unwrap();
+    tokio::time::sleep(PAUSE).await;
+    // A notice of seq 2 (this batch's own first record) arrives while it is in flight.
+    app.dir.announce(&id, Some(2));
+    tokio::time::sleep(PAUSE).await;
+    let d = call("d");
+    b.await.unwrap().unwrap();
+    c.await.unwrap().unwrap();
+    let applied = tokio::time::timeout(Duration::from_secs(3), d)
+        .await
+        .expect("the parked call is decided once the commit lands")
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied.entry.seq, 4);
+}
