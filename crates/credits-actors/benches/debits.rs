@@ -477,22 +477,12 @@ async fn memory(wallets: usize, registered_wallets: usize) {
         .collect();
     create_many(&dir, &all).await;
     let ids = &all[..wallets];
-    // What the parts cost: one copy of a wallet's state, and a bare ractor actor.
+    // What one copy of a wallet's state costs (an actor holds two: durable and speculative).
     let one = dir.read(&ids[0]).await.unwrap();
     let before = LIVE.load(Ordering::Relaxed);
     let copies: Vec<Wallet> = (0..wallets).map(|_| one.clone()).collect();
     let state = (LIVE.load(Ordering::Relaxed) - before) / wallets;
     drop(copies);
-    let before = LIVE.load(Ordering::Relaxed);
-    let mut bare = Vec::new();
-    for _ in 0..wallets {
-        bare.push(ractor::Actor::spawn(None, Bare, ()).await.unwrap());
-    }
-    let actor = (LIVE.load(Ordering::Relaxed) - before) / wallets;
-    for (a, h) in bare {
-        a.stop(None);
-        h.await.unwrap();
-    }
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let registered = LIVE.load(Ordering::Relaxed);
     for id in ids {
@@ -522,7 +512,7 @@ async fn memory(wallets: usize, registered_wallets: usize) {
         "actor system for all of them: {} bytes while {wallets} are active",
         active - registered
     );
-    println!("one copy of a wallet's state: {state} bytes; a bare ractor actor: {actor} bytes");
+    println!("one copy of a wallet's state: {state} bytes");
     println!(
         "per active wallet actor: {} bytes; per subscriber: {} bytes; active after passivation: {}; left per wallet after passivation: {} bytes",
         (active - registered) / wallets,
@@ -530,21 +520,6 @@ async fn memory(wallets: usize, registered_wallets: usize) {
         dir.active_wallets(),
         passivated.saturating_sub(registered) / wallets
     );
-}
-
-struct Bare;
-
-impl ractor::Actor for Bare {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-    async fn pre_start(
-        &self,
-        _: ractor::ActorRef<()>,
-        _: (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
 }
 
 fn main() {
