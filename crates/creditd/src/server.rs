@@ -323,12 +323,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let m = state.ledger.directory().metrics();
-    metrics::gauge!("credits_active_wallets").set(state.ledger.directory().active_wallets() as f64);
-    metrics::gauge!("credits_commits_total").set(m.commits.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("credits_ledger_records_total").set(m.records.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("credits_wallet_activations_total")
-        .set(m.activations.load(Ordering::Relaxed) as f64);
+    let dir = state.ledger.directory();
+    let m = dir.metrics();
+    let count = |name: &'static str, n: &std::sync::atomic::AtomicU64| {
+        metrics::counter!(name).absolute(n.load(Ordering::Relaxed));
+    };
+    metrics::gauge!("credits_active_wallets").set(dir.active_wallets() as f64);
+    count("credits_wallet_activations_total", &m.activations);
+    // Wallet batches made durable, the ledger records they carried, and the store
+    // transactions that carried them: batches ÷ transactions is the group-commit size.
+    count("credits_commits_total", &m.commits);
+    count("credits_ledger_records_total", &m.records);
+    count("credits_store_transactions_total", &m.groups);
+    count(
+        "credits_store_transaction_batches_total",
+        &m.grouped_batches,
+    );
     match &state.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

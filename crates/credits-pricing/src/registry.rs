@@ -90,7 +90,10 @@ impl PricingRegistry {
             .ok_or_else(|| PricingError::UnknownModel {
                 model: model.to_owned(),
             })?;
-        tier.price(model, usage)
+        let price = tier.price(model, usage);
+        let outcome = if price.is_ok() { "ok" } else { "error" };
+        metrics::counter!("credits_plugin_calls_total", "outcome" => outcome).increment(1);
+        price
     }
 
     /// Scans the directory again and swaps in the new table. A tier whose file is unchanged

@@ -385,11 +385,22 @@ async fn plain_http_endpoints(b: Backend) {
     .await;
     let r = get("/metrics").await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("credits_graphql_requests_total")
-    );
+    let text = r.text().await.unwrap();
+    // One usage: one plugin call, one wallet batch of one record in one transaction
+    // (the wallet's creation is written by the store directly, not by the committer).
+    for line in [
+        "credits_plugin_calls_total{outcome=\"ok\"} 1",
+        "credits_commits_total 1",
+        "credits_ledger_records_total 1",
+        "credits_store_transactions_total 1",
+        "credits_store_transaction_batches_total 1",
+        "credits_active_wallets 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
+    assert!(text.contains("credits_graphql_requests_total"));
     assert_eq!(get("/no-such-page").await.unwrap().status(), 404);
 }
