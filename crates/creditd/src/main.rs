@@ -5,6 +5,7 @@ mod assets;
 mod catalogue;
 mod server;
 mod settings;
+mod ws;
 
 use std::path::PathBuf;
 use std::sync::Arc;

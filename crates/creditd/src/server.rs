@@ -7,10 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql::{BatchRequest, BatchResponse, Data};
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use async_graphql::{BatchRequest, BatchResponse};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
 use axum::Router;
-use axum::extract::ws::Message;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -122,7 +121,10 @@ async fn shed_load(
         .await
 }
 
-async fn principal_from(state: &AppState, auth: Option<&str>) -> Result<Principal, ApiError> {
+pub(crate) async fn principal_from(
+    state: &AppState,
+    auth: Option<&str>,
+) -> Result<Principal, ApiError> {
     let token = auth
         .and_then(credits_graphql::bearer)
         .ok_or_else(|| ApiError::new(Code::Unauthenticated, "a bearer token is required"))?;
@@ -184,7 +186,12 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
         )
         .into_response();
     };
-    let Ok(protocol) = GraphQLProtocol::from_request_parts(&mut parts, &state).await else {
+    let protocol = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|offered| offered.split(',').find_map(|p| p.trim().parse().ok()));
+    let Some(protocol) = protocol else {
         return (StatusCode::BAD_REQUEST, "unsupported WebSocket subprotocol").into_response();
     };
     // Refused before the upgrade, so a flood costs no task and no buffers.
@@ -195,7 +202,6 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
             ApiError::new(Code::Unavailable, "too many WebSocket connections"),
         );
     };
-    let schema = state.schema.clone();
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         // A message is a request: the HTTP body limit holds here too (SPEC 10).
@@ -203,105 +209,10 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
         .max_frame_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("credits_websocket_connections").increment(1.0);
-            let (init_tx, init_rx) = tokio::sync::oneshot::channel::<()>();
-            let (sink, stream) = counted(socket);
-            let serve = GraphQLWebSocket::new_with_pair(sink, stream, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let auth = payload
-                        .get("Authorization")
-                        .or_else(|| payload.get("authorization"))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned);
-                    let principal = principal_from(&state, auth.as_deref())
-                        .await
-                        .map_err(async_graphql::Error::from)?;
-                    let mut data = Data::default();
-                    data.insert(principal);
-                    let _ = init_tx.send(());
-                    Ok(data)
-                })
-                .serve();
-            tokio::pin!(serve);
-            tokio::select! {
-                () = &mut serve => {}
-                init = tokio::time::timeout(CONNECTION_INIT_TIMEOUT, init_rx) => {
-                    // Authenticated, or refused (the protocol closes the socket itself).
-                    // Without a `connection_init` in time, dropping `serve` closes it, so
-                    // idle anonymous sockets cannot hold every permit.
-                    if init.is_ok() {
-                        serve.await;
-                    }
-                }
-            }
+            crate::ws::serve(socket, state, protocol).await;
             metrics::gauge!("credits_websocket_connections").decrement(1.0);
             drop(permit);
         })
-}
-
-/// The operation ids a WebSocket has open, followed in both directions: a client's
-/// `subscribe`/`start` opens one, its `complete`/`stop` or the server's `complete`/`error`
-/// closes it. Past [`MAX_SUBSCRIPTIONS_PER_SOCKET`] the incoming stream ends, and with it
-/// the connection.
-fn counted(
-    socket: axum::extract::ws::WebSocket,
-) -> (
-    impl futures::Sink<Message, Error = axum::Error>,
-    impl futures::Stream<Item = Result<Message, axum::Error>>,
-) {
-    use futures::{SinkExt, StreamExt};
-    let open = Arc::new(std::sync::Mutex::new(
-        std::collections::HashSet::<String>::new(),
-    ));
-    let (sink, stream) = socket.split();
-    let closing = open.clone();
-    let sink = sink.with(move |m: Message| {
-        // Data messages (most of the traffic, and the large ones) are not parsed.
-        if let Message::Text(text) = &m
-            && !text.starts_with(r#"{"type":"next""#)
-            && !text.starts_with(r#"{"type":"data""#)
-            && let Some((kind, id)) = frame(text)
-            && matches!(kind.as_str(), "complete" | "error")
-        {
-            closing.lock().expect("open ids").remove(&id);
-        }
-        futures::future::ready(Ok::<_, axum::Error>(m))
-    });
-    let stream = stream.map(move |m| {
-        if let Ok(Message::Text(text)) = &m
-            && let Some((kind, id)) = frame(text)
-        {
-            let mut ids = open.lock().expect("open ids");
-            match kind.as_str() {
-                "subscribe" | "start" => {
-                    ids.insert(id);
-                    if ids.len() > MAX_SUBSCRIPTIONS_PER_SOCKET {
-                        metrics::counter!("credits_websocket_subscriptions_refused_total")
-                            .increment(1);
-                        return Err(axum::Error::new("too many subscriptions on one WebSocket"));
-                    }
-                }
-                "complete" | "stop" => {
-                    ids.remove(&id);
-                }
-                _ => {}
-            }
-        }
-        m
-    });
-    (sink, stream)
-}
-
-/// The `type` and `id` of a WebSocket protocol message, if it has both.
-fn frame(text: &str) -> Option<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Frame {
-        #[serde(rename = "type")]
-        kind: String,
-        id: String,
-    }
-    serde_json::from_str::<Frame>(text)
-        .ok()
-        .map(|f| (f.kind, f.id))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -670,6 +670,34 @@ impl Ws {
         }
     }
 
+    /// A socket that has not sent `connection_init` yet.
+    pub async fn open(app: &App, protocol: &str) -> Ws {
+        let mut req = format!("ws://{}/graphql", app.addr())
+            .into_client_request()
+            .expect("a WebSocket request");
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let socket = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("WebSocket connect")
+            .0;
+        Ws {
+            socket,
+            legacy: protocol == "graphql-ws",
+        }
+    }
+
+    /// The close code the server ends with, skipping any other message.
+    pub async fn close_code(&mut self) -> Option<u64> {
+        loop {
+            match self.recv().await {
+                None => return None,
+                Some(m) if m["type"] == "close" => return m["code"].as_u64(),
+                Some(_) => {}
+            }
+        }
+    }
+
     async fn init(socket: Socket, protocol: &str, token: &str) -> (Ws, Init) {
         let mut ws = Ws {
             socket,
@@ -704,9 +732,11 @@ impl Ws {
             match msg {
                 Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(frame))) => {
-                    return Some(
-                        json!({ "type": "close", "frame": frame.map(|f| f.reason.to_string()) }),
-                    );
+                    return Some(json!({
+                        "type": "close",
+                        "code": frame.as_ref().map(|f| u16::from(f.code)),
+                        "frame": frame.map(|f| f.reason.to_string()),
+                    }));
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,

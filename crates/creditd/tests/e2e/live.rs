@@ -12,6 +12,7 @@ on_both!(
     bad_tokens_are_refused_at_connection_init,
     review_updated_sees_the_credit,
     due_events_stream_in_order_at_their_instants,
+    protocol_messages_and_close_codes,
 );
 
 const BALANCE_CHANGED: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { walletId seq cause at balance { ...Bal } } }";
@@ -226,4 +227,94 @@ async fn due_events_stream_in_order_at_their_instants(b: Backend) {
         d["wallet"],
         json!({ "plan": { "id": "free" }, "scheduledPlan": null })
     );
+}
+
+/// What `graphql-transport-ws` asks of a server beyond subscribing: pong, a completed id
+/// freed for reuse, errors as a result, and the close codes for a client that breaks the
+/// protocol (the legacy protocol reports a `connection_error` first).
+async fn protocol_messages_and_close_codes(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let auth = json!({ "Authorization": format!("Bearer {}", app.admin) });
+    // Never initialised: closed when `connection_init` is 10 s overdue (checked last).
+    let mut idle = Ws::open(&app, "graphql-transport-ws").await;
+    let opened = tokio::time::Instant::now();
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+
+    ws.send(json!({ "type": "ping" })).await;
+    assert_eq!(ws.recv().await.unwrap(), json!({ "type": "pong" }));
+
+    // Completed by the client: answered with `complete`, no event after it, and the id
+    // can be used again.
+    ws.subscribe("a", BALANCE_CHANGED, json!({ "w": w })).await;
+    assert_eq!(
+        ws.next_data("a").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+    ws.send(json!({ "id": "a", "type": "complete" })).await;
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        json!({ "id": "a", "type": "complete" })
+    );
+    ws.subscribe("b", BALANCE_CHANGED, json!({ "w": w })).await;
+    assert_eq!(
+        ws.next_data("b").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+    app.record(&w, "k1", "t", "economy-mini", 1_000, 200).await;
+    assert_eq!(ws.next_data("b").await["balanceChanged"]["cause"], "USAGE");
+    ws.subscribe("a", BALANCE_CHANGED, json!({ "w": w })).await;
+    assert_eq!(
+        ws.next_data("a").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+
+    // A subscription that cannot start is one result with errors, then `complete`.
+    ws.subscribe("bad", "subscription { noSuchField }", json!({}))
+        .await;
+    assert!(ws.next("bad").await["errors"][0]["message"].is_string());
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        json!({ "id": "bad", "type": "complete" })
+    );
+
+    // An id still open is a protocol error.
+    ws.subscribe("a", BALANCE_CHANGED, json!({ "w": w })).await;
+    assert_eq!(ws.close_code().await, Some(4409));
+
+    // Subscribing before `connection_init`, initialising twice, or sending what is not a
+    // protocol message closes the socket with the protocol's code.
+    let mut early = Ws::open(&app, "graphql-transport-ws").await;
+    early
+        .subscribe("s", BALANCE_CHANGED, json!({ "w": w }))
+        .await;
+    assert_eq!(early.close_code().await, Some(4401));
+    let (mut twice, _) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    twice
+        .send(json!({ "type": "connection_init", "payload": auth }))
+        .await;
+    assert_eq!(twice.close_code().await, Some(4429));
+    let (mut garbled, _) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    garbled.send(json!({ "type": "subscribe" })).await;
+    assert_eq!(garbled.close_code().await, Some(4400));
+    let (mut legacy, _) = Ws::connect(&app, "graphql-ws", &app.admin).await;
+    legacy.send(json!({ "type": "nonsense" })).await;
+    let error = legacy.recv().await.unwrap();
+    assert_eq!(error["type"], "connection_error", "{error}");
+    // The reason is cut to fit a close frame (the parse error is longer).
+    assert_eq!(legacy.close_code().await, Some(4400));
+
+    // The server keeps serving sockets that follow the protocol.
+    let (mut fresh, _) = Ws::connect(&app, "graphql-ws", &app.admin).await;
+    fresh
+        .subscribe("s", BALANCE_CHANGED, json!({ "w": w }))
+        .await;
+    assert_eq!(
+        fresh.next_data("s").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+
+    tokio::time::sleep_until(opened + std::time::Duration::from_secs(8)).await;
+    assert_eq!(idle.close_code().await, Some(4408));
 }

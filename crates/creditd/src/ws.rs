@@ -1,0 +1,313 @@
+//! GraphQL over WebSocket: `graphql-transport-ws` and the legacy `graphql-ws`
+//! (subscriptions-transport-ws). One task per socket reads the client's messages and
+//! forwards the events of every subscription it opened.
+//!
+//! Our own loop rather than async-graphql's: that one polls every subscription of a socket
+//! each time any of them (or the socket) wakes it, so a socket with n subscriptions paid
+//! O(n) per event (a third of the server's CPU with 100 per socket, `docs/BENCHMARKS.md`,
+//! "Server"). Here the subscriptions sit in a [`SelectAll`], which polls only the ones
+//! that were woken. The messages and close codes are those of the two protocols.
+
+use std::collections::HashMap;
+
+use async_graphql::http::WebSocketProtocols as Protocol;
+use async_graphql::{Request, Response};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::server::{AppState, CONNECTION_INIT_TIMEOUT, MAX_SUBSCRIPTIONS_PER_SOCKET};
+use credits_graphql::Principal;
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    ConnectionInit {
+        payload: Option<serde_json::Value>,
+    },
+    #[serde(alias = "start")]
+    Subscribe {
+        id: String,
+        payload: Box<Request>,
+    },
+    #[serde(alias = "stop")]
+    Complete {
+        id: String,
+    },
+    ConnectionTerminate,
+    Ping {
+        #[allow(dead_code)] // Read only to accept the message; the pong carries none.
+        payload: Option<serde_json::Value>,
+    },
+    Pong {
+        #[allow(dead_code)]
+        payload: Option<serde_json::Value>,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerMessage<'a> {
+    ConnectionAck,
+    ConnectionError { payload: ErrorPayload },
+    Next { id: &'a str, payload: &'a Response },
+    Data { id: &'a str, payload: &'a Response },
+    Complete { id: &'a str },
+    Pong,
+}
+
+#[derive(Serialize)]
+struct ErrorPayload {
+    message: String,
+}
+
+/// Why the loop stops: a close frame to send (code, reason), or nothing (the client left).
+type Close = Option<(u16, String)>;
+
+/// One event of a subscription, or its end (`None`), tagged with the subscription's id and
+/// the generation of that id (an id may be reused once completed).
+type Tagged = (String, u64, Option<Response>);
+
+/// Serves one upgraded socket until either side closes it.
+pub async fn serve(socket: WebSocket, state: AppState, protocol: Protocol) {
+    let (mut sink, mut incoming) = socket.split();
+    let close =
+        match tokio::time::timeout(CONNECTION_INIT_TIMEOUT, init(&mut incoming, &state)).await {
+            Err(_) => Some((4408, "Connection initialisation timeout".to_owned())),
+            Ok(Err(close)) => close,
+            Ok(Ok(principal)) => match send(&mut sink, &ServerMessage::ConnectionAck).await {
+                Ok(()) => {
+                    Connection::new(state, protocol, principal)
+                        .run(&mut sink, &mut incoming)
+                        .await
+                }
+                Err(()) => None,
+            },
+        };
+    if let Some((code, reason)) = close {
+        if protocol == Protocol::SubscriptionsTransportWS && code != 4408 {
+            // The legacy protocol reports errors in a message before closing.
+            let error = ServerMessage::ConnectionError {
+                payload: ErrorPayload {
+                    message: reason.clone(),
+                },
+            };
+            let _ = send(&mut sink, &error).await;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: truncate(reason, MAX_CLOSE_REASON).into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+}
+
+/// A close frame's reason fits in a control frame's 125 bytes, after the 2-byte code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(cut);
+    }
+    text
+}
+
+type Incoming = futures::stream::SplitStream<WebSocket>;
+type Outgoing = futures::stream::SplitSink<WebSocket, Message>;
+
+/// Waits for `connection_init` and authenticates its `Authorization` payload. Pings are
+/// answered meanwhile; anything else first closes the socket.
+async fn init(incoming: &mut Incoming, state: &AppState) -> Result<Principal, Close> {
+    loop {
+        match read(incoming).await? {
+            ClientMessage::ConnectionInit { payload } => {
+                let auth = payload.as_ref().and_then(|p| {
+                    p.get("Authorization")
+                        .or_else(|| p.get("authorization"))
+                        .and_then(|v| v.as_str())
+                });
+                return crate::server::principal_from(state, auth)
+                    .await
+                    .map_err(|e| Some((4403, e.message)));
+            }
+            ClientMessage::Ping { .. } | ClientMessage::Pong { .. } => {}
+            ClientMessage::ConnectionTerminate => return Err(None),
+            ClientMessage::Subscribe { .. } | ClientMessage::Complete { .. } => {
+                return Err(Some((4401, "Unauthorized".to_owned())));
+            }
+        }
+    }
+}
+
+/// The next protocol message; `Err` closes the socket (with a frame when it is the
+/// client's fault).
+async fn read(incoming: &mut Incoming) -> Result<ClientMessage, Close> {
+    loop {
+        let bytes = match incoming.next().await {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(None),
+            Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
+            Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+        };
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| Some((4400, format!("invalid message: {e}"))));
+    }
+}
+
+async fn send(sink: &mut Outgoing, message: &ServerMessage<'_>) -> Result<(), ()> {
+    let text = serde_json::to_string(message).expect("protocol messages serialize");
+    sink.send(Message::Text(text.into())).await.map_err(|_| ())
+}
+
+/// An authenticated socket and its open subscriptions.
+struct Connection {
+    state: AppState,
+    protocol: Protocol,
+    principal: Principal,
+    /// Open subscriptions by id: their generation and the handle that ends them.
+    open: HashMap<String, (u64, AbortHandle)>,
+    events: SelectAll<BoxStream<'static, Tagged>>,
+    generation: u64,
+}
+
+impl Connection {
+    fn new(state: AppState, protocol: Protocol, principal: Principal) -> Self {
+        Connection {
+            state,
+            protocol,
+            principal,
+            open: HashMap::new(),
+            events: SelectAll::new(),
+            generation: 0,
+        }
+    }
+
+    async fn run(mut self, sink: &mut Outgoing, incoming: &mut Incoming) -> Close {
+        loop {
+            tokio::select! {
+                message = read(incoming) => {
+                    let message = match message {
+                        Ok(m) => m,
+                        Err(close) => return close,
+                    };
+                    if let Err(close) = self.handle(sink, message).await {
+                        return close;
+                    }
+                }
+                Some((id, generation, event)) = self.events.next(), if !self.events.is_empty() => {
+                    if self.deliver(sink, &id, generation, event).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, sink: &mut Outgoing, message: ClientMessage) -> Result<(), Close> {
+        match message {
+            ClientMessage::Subscribe { id, payload } => self.subscribe(id, *payload),
+            ClientMessage::Complete { id } => {
+                if let Some((_, handle)) = self.open.remove(&id) {
+                    handle.abort();
+                    send(sink, &ServerMessage::Complete { id: &id })
+                        .await
+                        .map_err(|()| None)?;
+                }
+                Ok(())
+            }
+            ClientMessage::Ping { .. } => send(sink, &ServerMessage::Pong).await.map_err(|()| None),
+            ClientMessage::Pong { .. } => Ok(()),
+            ClientMessage::ConnectionTerminate => Err(None),
+            ClientMessage::ConnectionInit { .. } => {
+                Err(Some((4429, "Too many initialisation requests".to_owned())))
+            }
+        }
+    }
+
+    fn subscribe(&mut self, id: String, request: Request) -> Result<(), Close> {
+        if self.open.contains_key(&id) {
+            if self.protocol == Protocol::GraphQLWS {
+                return Err(Some((4409, format!("Subscriber for {id} already exists"))));
+            }
+            // The legacy protocol replaces it.
+            if let Some((_, handle)) = self.open.remove(&id) {
+                handle.abort();
+            }
+        }
+        if self.open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
+            metrics::counter!("credits_websocket_subscriptions_refused_total").increment(1);
+            return Err(Some((
+                4400,
+                format!("at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions on one WebSocket"),
+            )));
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let (handle, registration) = AbortHandle::new_pair();
+        let stream = self
+            .state
+            .schema
+            .execute_stream(request.data(self.principal.clone()));
+        let tag = id.clone();
+        let end = id.clone();
+        let events = Abortable::new(stream, registration)
+            .map(move |r| (tag.clone(), generation, Some(r)))
+            .chain(futures::stream::once(
+                async move { (end, generation, None) },
+            ));
+        self.open.insert(id, (generation, handle));
+        self.events.push(events.boxed());
+        Ok(())
+    }
+
+    /// Sends one event of a subscription that is still open, or its `complete` when it
+    /// ended by itself (not when the client completed it: that was answered already).
+    async fn deliver(
+        &mut self,
+        sink: &mut Outgoing,
+        id: &str,
+        generation: u64,
+        event: Option<Response>,
+    ) -> Result<(), ()> {
+        if self.open.get(id).map(|(g, _)| *g) != Some(generation) {
+            return Ok(()); // Completed by the client, maybe reopened under the same id.
+        }
+        match event {
+            Some(payload) => {
+                let message = match self.protocol {
+                    Protocol::GraphQLWS => ServerMessage::Next {
+                        id,
+                        payload: &payload,
+                    },
+                    Protocol::SubscriptionsTransportWS => ServerMessage::Data {
+                        id,
+                        payload: &payload,
+                    },
+                };
+                send(sink, &message).await
+            }
+            None => {
+                self.open.remove(id);
+                send(sink, &ServerMessage::Complete { id }).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn close_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 123), "short");
+        assert_eq!(truncate("é".repeat(100), 123).len(), 122);
+        assert_eq!(truncate("x".repeat(200), 123).len(), 123);
+    }
+}
