@@ -3,6 +3,7 @@
 
 mod assets;
 mod catalogue;
+mod graphiql;
 mod server;
 mod settings;
 mod ws;

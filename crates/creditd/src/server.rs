@@ -1,12 +1,12 @@
 //! The HTTP server: GraphQL over HTTP and WebSocket at `/graphql` (GraphiQL on a plain
-//! GET), the dashboard at `/`, `/healthz`, `/readyz` and Prometheus `/metrics`. Every
-//! GraphQL request is authenticated before it runs.
+//! GET, its files under `/graphql/assets/`), the dashboard at `/`, `/healthz`, `/readyz`
+//! and Prometheus `/metrics`. Every GraphQL request is authenticated before it runs.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, BatchResponse};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
 use axum::Router;
@@ -46,6 +46,10 @@ pub fn router(state: AppState) -> Router {
             get(graphql_get)
                 .post(graphql_post)
                 .route_layer(middleware::from_fn_with_state(state.clone(), shed_load)),
+        )
+        .route(
+            &format!("{}{{name}}", crate::graphiql::ASSETS_PREFIX),
+            get(crate::graphiql::asset),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -178,13 +182,12 @@ async fn graphql_post(
 async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await else {
-        return Html(
-            GraphiQLSource::build()
-                .endpoint("/graphql")
-                .subscription_endpoint("/graphql")
-                .finish(),
+        // Revalidated each time: a new binary may name new asset versions.
+        return (
+            [(header::CACHE_CONTROL, "no-cache")],
+            Html(crate::graphiql::PAGE),
         )
-        .into_response();
+            .into_response();
     };
     let protocol = parts
         .headers
