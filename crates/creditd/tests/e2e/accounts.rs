@@ -14,6 +14,7 @@ on_both!(
     set_timezone_moves_the_next_reset,
     reload_pricing_and_advance_clock,
     plain_http_endpoints,
+    graphiql_is_served_from_the_binary,
 );
 
 async fn tokens_of_each_role_authenticate(b: Backend) {
@@ -403,4 +404,90 @@ async fn plain_http_endpoints(b: Backend) {
     }
     assert!(text.contains("credits_graphql_requests_total"));
     assert_eq!(get("/no-such-page").await.unwrap().status(), 404);
+}
+
+/// GraphiQL needs nothing but this server: the page names only its own files, and each is
+/// served gzip-encoded, with its type and a long cache lifetime (its name carries its
+/// version).
+async fn graphiql_is_served_from_the_binary(b: Backend) {
+    use std::io::Read;
+
+    use reqwest::header::{ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE};
+
+    let app = App::spawn(b).await;
+    let http = reqwest::Client::new();
+    let header = |r: &reqwest::Response, name| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let page = http.get(app.url("/graphql")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(header(&page, CONTENT_TYPE).starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("GraphiQL.createFetcher"), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page names another origin:\n{html}"
+    );
+    // Every `src` and `href`: a path on this server (not `//host/…`), or inline data.
+    let mut references = Vec::new();
+    for attribute in [" src=\"", " href=\""] {
+        for (at, _) in html.match_indices(attribute) {
+            let value = &html[at + attribute.len()..];
+            references.push(&value[..value.find('"').unwrap()]);
+        }
+    }
+    let assets: Vec<&str> = references
+        .iter()
+        .copied()
+        .filter(|r| !r.starts_with("data:"))
+        .collect();
+    for r in &assets {
+        assert!(
+            r.starts_with("/graphql/assets/") && !r.contains("//"),
+            "not one of the server's own files: {r}"
+        );
+    }
+    assert!(assets.iter().any(|r| r.ends_with(".js")), "{assets:?}");
+    assert!(assets.iter().any(|r| r.ends_with(".css")), "{assets:?}");
+
+    for path in assets {
+        let r = http
+            .get(app.url(path))
+            .header(ACCEPT_ENCODING, "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let expected_type = if path.ends_with(".css") {
+            "text/css"
+        } else {
+            "text/javascript"
+        };
+        assert!(
+            header(&r, CONTENT_TYPE).starts_with(expected_type),
+            "{path}: {}",
+            header(&r, CONTENT_TYPE)
+        );
+        assert_eq!(header(&r, CONTENT_ENCODING), "gzip", "{path}");
+        assert!(
+            header(&r, CACHE_CONTROL).contains("max-age=31536000"),
+            "{path}"
+        );
+        let gzip = r.bytes().await.unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gzip[..])
+            .read_to_string(&mut text)
+            .unwrap_or_else(|e| panic!("{path} is not gzip-compressed UTF-8: {e}"));
+        assert!(text.len() > gzip.len(), "{path}: {} bytes", text.len());
+    }
+    let r = http
+        .get(app.url("/graphql/assets/no-such-file.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
