@@ -9,16 +9,12 @@
 // Steps run in order and share state; after the first failure the rest are skipped, so the
 // first failure is the one to read.
 
-import { describe, it, before, after } from 'node:test';
+import { describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { eventually, gql, launchChromium, startCreditd, steps } from './helpers.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SCREENSHOTS = process.env.SCREENSHOTS_DIR || path.resolve(HERE, '../../docs/screenshots');
@@ -28,54 +24,9 @@ const ZONE = 'Europe/Paris';
 const LIVE_UPDATE_MS = 1000;
 /** Loading the page, signing in, a query round trip: generous, these are not the claim. */
 const LOAD_MS = 15_000;
-const SERVER_START_MS = 60_000;
 const STEP_TIMEOUT_MS = 120_000;
 
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-];
-
 // ------------------------------------------------------------------ helpers
-
-/** Picks a free loopback port: bind port 0, read it, close. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/**
- * Polls `probe` until `check(value)` holds or `timeoutMs` passes; then fails with `what`,
- * the expectation and the last value seen.
- */
-async function eventually(what, probe, check, timeoutMs, expectation) {
-  const start = Date.now();
-  let last;
-  let lastError;
-  for (;;) {
-    try {
-      last = await probe();
-      lastError = undefined;
-      if (check(last)) return { value: last, elapsedMs: Date.now() - start };
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() - start > timeoutMs) {
-      const seen = lastError ? `error ${lastError.message}` : JSON.stringify(last);
-      assert.fail(`${what}: expected ${expectation} within ${timeoutMs} ms, last saw ${seen}`);
-    }
-    await sleep(50);
-  }
-}
 
 /** The canonical value of a figure and the text a person sees, checked to agree. */
 async function readFigure(page, testid, scope = '#wallet-view') {
@@ -94,140 +45,29 @@ async function expectFigure(page, testid, expected, timeoutMs, scope) {
 
 const sameInstant = (a, b) => Date.parse(a) === Date.parse(b);
 
-// ------------------------------------------------------------------ the server
-
-const server = { child: null, base: null, adminToken: null, tmp: null, log: [] };
-
-async function startServer() {
-  const bin = process.env.CREDITD_BIN;
-  if (!bin) {
-    throw new Error('CREDITD_BIN is not set: point it at the built creditd binary, e.g. '
-      + 'CREDITD_BIN=$PWD/../../target/debug/creditd (see docs/DASHBOARD.md)');
-  }
-  await fs.access(bin).catch(() => { throw new Error(`CREDITD_BIN=${bin} does not exist`); });
-  // Where the pricing plugins are; creditd's own default is the binary's directory.
-  const plugins = process.env.CREDITD_PLUGINS || path.dirname(path.resolve(bin));
-  server.tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'creditd-dashboard-'));
-  server.adminToken = crypto.randomBytes(24).toString('hex');
-  const port = await freePort();
-  server.base = `http://127.0.0.1:${port}`;
-  const args = [
-    'serve',
-    '--listen', `127.0.0.1:${port}`,
-    '--database', `sqlite://${server.tmp}/t.db?mode=rwc`,
-    '--manual-clock', START_CLOCK,
-    '--plugins', plugins,
-  ];
-  const env = { ...process.env, CREDITD_ADMIN_TOKEN: server.adminToken };
-  for (const name of ['CREDITD_LISTEN', 'CREDITD_DATABASE_URL']) delete env[name];
-  server.child = spawn(bin, args, { cwd: server.tmp, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const keep = (chunk) => {
-    server.log.push(chunk.toString());
-    if (server.log.length > 200) server.log.shift();
-  };
-  server.child.stdout.on('data', keep);
-  server.child.stderr.on('data', keep);
-  let exited = null;
-  server.child.on('exit', (code, signal) => { exited = { code, signal }; });
-
-  const start = Date.now();
-  for (;;) {
-    if (exited) {
-      throw new Error(`creditd exited (${JSON.stringify(exited)}) before /readyz answered; `
-        + `command: ${bin} ${args.join(' ')}\n--- its output ---\n${serverLog()}`);
-    }
-    try {
-      const res = await fetch(`${server.base}/readyz`);
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() - start > SERVER_START_MS) {
-      throw new Error(`creditd did not answer /readyz within ${SERVER_START_MS} ms\n--- its output ---\n${serverLog()}`);
-    }
-    await sleep(100);
-  }
-}
-
-const serverLog = () => server.log.join('').split('\n').slice(-40).join('\n');
-
-async function stopServer() {
-  const { child } = server;
-  if (child && child.exitCode === null && child.signalCode === null) {
-    const gone = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    await gone;
-    clearTimeout(timer);
-  }
-  if (server.tmp) await fs.rm(server.tmp, { recursive: true, force: true });
-}
-
-/** One GraphQL call over HTTP; fails with the operation and the errors' codes. */
-async function gql(token, query, variables = {}) {
-  const res = await fetch(`${server.base}/graphql`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
-    body: JSON.stringify({ query, variables }),
-  });
-  const text = await res.text();
-  let body;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    assert.fail(`GraphQL answered HTTP ${res.status} with non-JSON: ${text.slice(0, 300)}`);
-  }
-  const name = /(query|mutation)\s+(\w+)/.exec(query)?.[2] ?? query.trim().slice(0, 40);
-  if (body.errors?.length) {
-    assert.fail(`GraphQL ${name} failed: ${body.errors.map((e) => `${e.message} [${e.extensions?.code}]`).join('; ')}`);
-  }
-  return body.data;
-}
-const admin = (query, variables) => gql(server.adminToken, query, variables);
+let server = null;
+const admin = (query, variables) => gql(server.base, server.adminToken, query, variables);
 
 // ------------------------------------------------------------------ the steps
 
 const world = {};
-let failed = null;
-
-/** A step that is skipped once an earlier one failed, so the first failure stands out. */
-function step(name, fn) {
-  it(name, { timeout: STEP_TIMEOUT_MS }, async (t) => {
-    if (failed) {
-      t.skip(`skipped: the step "${failed}" failed`);
-      return;
-    }
-    try {
-      await fn(t);
-    } catch (error) {
-      failed = name;
-      if (world.page) {
-        const shot = path.join(os.tmpdir(), 'creditd-dashboard-failure.png');
-        await world.page.screenshot({ path: shot, fullPage: true })
-          .then(() => t.diagnostic(`the page at the failure: ${shot}`))
-          .catch(() => {});
-      }
-      throw error;
-    }
-  });
-}
+const { step, failed } = steps({
+  timeoutMs: STEP_TIMEOUT_MS, page: () => world.page, shotName: 'creditd-dashboard-failure.png',
+});
 
 const BALANCE_FIELDS = 'total reserved daily { remaining allowance nextResetAt } subscription { remaining allowance periodEnd } bonus { remaining }';
 
 describe('account dashboard in Chromium against creditd', () => {
   before(async () => {
-    await startServer();
-    world.browser = await chromium.launch({
-      executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-      args: CHROMIUM_ARGS,
-    });
+    server = await startCreditd('dashboard', { manualClock: START_CLOCK });
+    world.browser = await launchChromium();
     await fs.mkdir(SCREENSHOTS, { recursive: true });
   });
 
   after(async () => {
     await world.browser?.close().catch(() => {});
-    if (failed) process.stderr.write(`\n--- creditd output (last lines) ---\n${serverLog()}\n`);
-    await stopServer();
+    if (failed()) process.stderr.write(`\n--- creditd output (last lines) ---\n${server?.log()}\n`);
+    await server?.stop();
   });
 
   step('admin sets up alice, her pro wallet in Paris and a team with bob', async () => {
