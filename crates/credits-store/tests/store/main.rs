@@ -1204,3 +1204,40 @@ async fn sqlite_usage_queries_read_through_indexes() {
     })
     .await;
 }
+
+/// The pool's connections never checkpoint the WAL (`wal_autocheckpoint=0`): committed
+/// pages reach the database file only through the store's own checkpointing task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_in_the_background() {
+    let path = std::env::temp_dir().join(format!("credits-ckpt-{}.db", std::process::id()));
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let store = Store::connect(&url).await.expect("open sqlite");
+    store.migrate().await.expect("migrate");
+    let marker = "wallet_that_must_reach_the_database_file";
+    let mut live = create(&store, marker, "pro", t0()).await.expect("create");
+    for i in 0..20 {
+        live.grant(t0(), &format!("g{i}"), 1_000);
+        live.commit(&store).await.expect("commit");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let in_file = loop {
+        let bytes = std::fs::read(&path).expect("read the database file");
+        if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let wal = std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len());
+    store.close().await.ok();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    assert!(wal.is_ok_and(|len| len > 0), "commits go to the WAL first");
+    assert!(
+        in_file,
+        "the WAL was never checkpointed into the database file"
+    );
+}
