@@ -10,7 +10,6 @@
 //! wallet per savepoint, so the tables can be distributed by wallet id.
 
 mod catalogue;
-mod checkpoint;
 mod core;
 mod entity;
 mod error;
@@ -78,8 +77,6 @@ pub enum Backend {
 pub struct Store {
     db: DatabaseConnection,
     backend: Backend,
-    /// SQLite only: checkpoints the WAL off the commit path while any clone lives.
-    _checkpointer: Option<std::sync::Arc<checkpoint::Checkpointer>>,
 }
 
 /// How SQLite makes a commit durable.
@@ -124,10 +121,6 @@ impl Store {
                             })
                             .busy_timeout(SQLITE_BUSY_TIMEOUT)
                             .foreign_keys(false)
-                            // Committers never checkpoint; see `checkpoint`. A WAL
-                            // that grew past 64 MiB is cut back when it restarts.
-                            .pragma("wal_autocheckpoint", "0")
-                            .pragma("journal_size_limit", (64 << 20).to_string())
                     });
             }
             Backend::Postgres => {
@@ -135,17 +128,7 @@ impl Store {
             }
         }
         let db = Database::connect(options).await.map_err(StoreError::Db)?;
-        let checkpointer = match backend {
-            Backend::Sqlite => Some(std::sync::Arc::new(
-                checkpoint::Checkpointer::start(url).await?,
-            )),
-            Backend::Postgres => None,
-        };
-        Ok(Store {
-            db,
-            backend,
-            _checkpointer: checkpointer,
-        })
+        Ok(Store { db, backend })
     }
 
     /// Applies every pending migration.
