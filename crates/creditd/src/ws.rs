@@ -9,6 +9,7 @@
 //! that were woken. The messages and close codes are those of the two protocols.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_graphql::http::WebSocketProtocols as Protocol;
 use async_graphql::{Request, Response};
@@ -67,7 +68,7 @@ type Close = Option<(u16, String)>;
 
 /// One event of a subscription, or its end (`None`), tagged with the subscription's id and
 /// the generation of that id (an id may be reused once completed).
-type Tagged = (String, u64, Option<Response>);
+type Tagged = (Arc<str>, u64, Option<Response>);
 
 /// Serves one upgraded socket until either side closes it.
 pub async fn serve(socket: WebSocket, state: AppState, protocol: Protocol) {
@@ -149,14 +150,13 @@ async fn init(incoming: &mut Incoming, state: &AppState) -> Result<Principal, Cl
 /// client's fault).
 async fn read(incoming: &mut Incoming) -> Result<ClientMessage, Close> {
     loop {
-        let bytes = match incoming.next().await {
+        let parsed = match incoming.next().await {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(None),
-            Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
-            Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),
+            Some(Ok(Message::Text(text))) => serde_json::from_str(text.as_str()),
+            Some(Ok(Message::Binary(bytes))) => serde_json::from_slice(&bytes),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
         };
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| Some((4400, format!("invalid message: {e}"))));
+        return parsed.map_err(|e| Some((4400, format!("invalid message: {e}"))));
     }
 }
 
@@ -254,8 +254,8 @@ impl Connection {
             .state
             .schema
             .execute_stream(request.data(self.principal.clone()));
-        let tag = id.clone();
-        let end = id.clone();
+        let tag: Arc<str> = id.as_str().into();
+        let end = tag.clone();
         let events = Abortable::new(stream, registration)
             .map(move |r| (tag.clone(), generation, Some(r)))
             .chain(futures::stream::once(

@@ -432,6 +432,19 @@ impl App {
         &self.server.as_ref().expect("a running server").addr
     }
 
+    /// The handshake request for a WebSocket at `/graphql` offering `protocol`.
+    pub fn ws_request(
+        &self,
+        protocol: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        let mut req = format!("ws://{}/graphql", self.addr())
+            .into_client_request()
+            .expect("a WebSocket request");
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        req
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr())
     }
@@ -625,11 +638,7 @@ impl Ws {
         token: &str,
         recv_buffer: Option<u32>,
     ) -> (Ws, Init) {
-        let mut req = format!("ws://{}/graphql", app.addr())
-            .into_client_request()
-            .expect("a WebSocket request");
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let req = app.ws_request(protocol);
         let socket = match recv_buffer {
             None => {
                 tokio_tungstenite::connect_async(req)
@@ -658,11 +667,7 @@ impl Ws {
 
     /// [`Ws::connect`], or the HTTP status of a refused handshake.
     pub async fn try_connect(app: &App, protocol: &str, token: &str) -> Result<(Ws, Init), u16> {
-        let mut req = format!("ws://{}/graphql", app.addr())
-            .into_client_request()
-            .expect("a WebSocket request");
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let req = app.ws_request(protocol);
         match tokio_tungstenite::connect_async(req).await {
             Ok((socket, _)) => Ok(Ws::init(socket, protocol, token).await),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
@@ -672,11 +677,7 @@ impl Ws {
 
     /// A socket that has not sent `connection_init` yet.
     pub async fn open(app: &App, protocol: &str) -> Ws {
-        let mut req = format!("ws://{}/graphql", app.addr())
-            .into_client_request()
-            .expect("a WebSocket request");
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let req = app.ws_request(protocol);
         let socket = tokio_tungstenite::connect_async(req)
             .await
             .expect("WebSocket connect")

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::{App, BALANCE, Backend, Init, USAGE, Ws, error_code};
 use crate::on_both;
@@ -1175,13 +1174,7 @@ async fn graphql_abuse_is_refused_and_changes_nothing(b: Backend) {
 
 /// The server's answer to a WebSocket handshake that did not upgrade.
 async fn refused_handshake(app: &App) -> (u16, String) {
-    let mut req = format!("ws://{}/graphql", app.addr())
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
+    let req = app.ws_request("graphql-transport-ws");
     match tokio_tungstenite::connect_async(req).await {
         Ok(_) => panic!("the WebSocket was accepted"),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (
@@ -1199,13 +1192,7 @@ async fn idle_socket(
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut req = format!("ws://{}/graphql", app.addr())
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            "graphql-transport-ws".parse().unwrap(),
-        );
+        let req = app.ws_request("graphql-transport-ws");
         match tokio_tungstenite::connect_async(req).await {
             Ok((s, _)) => return s,
             Err(e) => assert!(Instant::now() < deadline, "no free place: {e}"),
