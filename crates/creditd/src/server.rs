@@ -19,6 +19,7 @@ use credits_actors::Ledger;
 use credits_graphql::limits::{MAX_BATCH, MAX_BODY_BYTES};
 use credits_graphql::{ApiError, Code, CreditsSchema, Principal};
 use credits_store::TokenHash;
+use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// How long a new WebSocket may take to send `connection_init`.
@@ -99,9 +100,7 @@ async fn shed_load(
     // A slot is held until the body has arrived: one that never comes must not hold it
     // for ever (a few stalled clients would otherwise shut everyone out).
     let (parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
-        .await
-    {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             return error_response(
@@ -123,6 +122,32 @@ async fn shed_load(
     };
     next.run(axum::extract::Request::from_parts(parts, body.into()))
         .await
+}
+
+/// How much of a body over [`MAX_BODY_BYTES`] is read and dropped before the refusal.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a body of at most [`MAX_BODY_BYTES`]. Past that it reads on and drops the rest, up
+/// to [`DRAIN_BYTES`], before refusing: a client still writing a large body then reads the
+/// 413 and its code, where closing at once would leave it a broken pipe and no answer.
+async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, String> {
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        if kept.len() + chunk.len() > MAX_BODY_BYTES {
+            let mut seen = kept.len() + chunk.len();
+            while seen <= DRAIN_BYTES {
+                match stream.next().await {
+                    Some(Ok(chunk)) => seen += chunk.len(),
+                    Some(Err(_)) | None => break,
+                }
+            }
+            return Err("length limit exceeded".to_owned());
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    Ok(kept.into())
 }
 
 pub(crate) async fn principal_from(

@@ -724,6 +724,15 @@ impl Ws {
             .expect("WebSocket send");
     }
 
+    /// Sends a message the server may refuse by closing the socket while it is still being
+    /// written (one over the size limit): whether the whole of it was written.
+    pub async fn try_send(&mut self, msg: Value) -> bool {
+        self.socket
+            .send(Message::text(msg.to_string()))
+            .await
+            .is_ok()
+    }
+
     /// The next JSON message, or `None` when the server closed; panics after [`WS_TIMEOUT`].
     pub async fn recv(&mut self) -> Option<Value> {
         loop {
