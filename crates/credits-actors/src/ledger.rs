@@ -50,7 +50,8 @@ fn invalid(msg: impl Into<String>) -> ServiceError {
     ServiceError::Invalid(msg.into())
 }
 
-/// A fresh opaque id with a kind prefix (`wal_…`, `grt_…`): 128 random bits.
+/// A fresh opaque id with a kind prefix: 128 random bits, for what must not be guessed
+/// (tokens). Rows use [`new_ordered_id`].
 pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS random source works");
@@ -67,8 +68,11 @@ pub fn new_id(prefix: &str) -> String {
 /// of wall-clock microseconds, made strictly increasing within the process, then 96 random
 /// bits. The store lists wallets, teams and reviews by (creation instant, id); on a manual
 /// clock many share an instant, and this id keeps such lists in creation order (SPEC 8:
-/// `viewer` lists "in creation order"). The wall clock orders ties only; it is never a
-/// domain time, which comes from the injected `Clock`.
+/// `viewer` lists "in creation order"). Ids that rise also keep a table's primary key
+/// appending to its last page instead of dirtying a random one on every insert (a usage
+/// row's id is one of about ten B-trees a recordUsage writes; see `docs/BENCHMARKS.md`).
+/// The wall clock orders ties only; it is never a domain time, which comes from the
+/// injected `Clock`.
 pub fn new_ordered_id(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST_MICROS: AtomicU64 = AtomicU64::new(0);
@@ -322,7 +326,7 @@ impl Ledger {
     pub async fn record_usage(&self, input: UsageInput) -> ServiceResult<Receipt> {
         let wallet = self.existing(&input.wallet_id).await?;
         let mut op = UsageOp {
-            id: UsageId(new_id("use")),
+            id: UsageId(new_ordered_id("use")),
             key: input.key.clone(),
             thread_id: input.thread_id,
             model: input.model,
@@ -396,7 +400,7 @@ impl Ledger {
         let ttl =
             u32::try_from(ttl_seconds).map_err(|_| invalid("ttlSeconds must be 1 to 3600"))?;
         let mut op = ReserveOp {
-            id: ReservationId(new_id("res")),
+            id: ReservationId(new_ordered_id("res")),
             key: key.clone(),
             amount,
             ttl_seconds: ttl,
@@ -442,7 +446,7 @@ impl Ledger {
         let wallet_id = WalletId(row.wallet_id.clone());
         let mut op = SettleOp {
             reservation_id: reservation_id.clone(),
-            usage_id: UsageId(new_id("use")),
+            usage_id: UsageId(new_ordered_id("use")),
             thread_id,
             model,
             tier: String::new(),
@@ -528,7 +532,7 @@ impl Ledger {
     ) -> ServiceResult<Lot> {
         let wallet = self.existing(wallet_id).await?;
         let op = GrantOp {
-            id: GrantId(new_id("grt")),
+            id: GrantId(new_ordered_id("grt")),
             key: Some(key.clone()),
             amount,
             kind,
@@ -587,7 +591,7 @@ impl Ledger {
             return Err(OpError::IdempotencyConflict.into());
         }
         let op = GrantOp {
-            id: GrantId(new_id("grt")),
+            id: GrantId(new_ordered_id("grt")),
             key: None,
             amount: Credits::from_micro(bundle.credits_ucr),
             kind: GrantKind::Purchase,

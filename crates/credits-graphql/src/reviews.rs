@@ -245,7 +245,7 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
         let now = l.now();
         let changed = match amount {
             Some(a) => {
-                let grant = credits_actors::ledger::new_id("grt");
+                let grant = credits_actors::ledger::new_ordered_id("grt");
                 l.store()
                     .claim_review_approval(&review.id, a.micro(), &grant, input.note.as_deref())
                     .await?;
