@@ -18,6 +18,12 @@ use credits_pricing::PricingRegistry;
 use credits_store::{Backend, BundleRow, Store, TokenHash, TokenRole, TokenRow};
 use settings::{ServeArgs, Settings};
 
+/// mimalloc, not glibc's malloc: under `recordUsage` load glibc's allocator took a fifth of
+/// the server's CPU, much of it consolidating freed chunks (`docs/BENCHMARKS.md`). Plugins
+/// keep their own allocator; no allocation crosses the plugin ABI.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Store transactions in flight at once on PostgreSQL, each carrying many wallets' batches
 /// (SQLite has one writer: 1). See docs/BENCHMARKS.md, "Actors".
 const POSTGRES_WRITERS: usize = 4;
