@@ -126,8 +126,8 @@ fn truncate(mut text: String, max: usize) -> String {
 type Incoming = futures::stream::SplitStream<WebSocket>;
 type Outgoing = futures::stream::SplitSink<WebSocket, Message>;
 
-/// Waits for `connection_init` and authenticates its `Authorization` payload. Pings are
-/// answered meanwhile; anything else first closes the socket.
+/// Waits for `connection_init` and authenticates its `Authorization` payload. Pings and
+/// pongs before it are skipped (not answered); anything else first closes the socket.
 async fn init(incoming: &mut Incoming, state: &AppState) -> Result<Principal, Close> {
     loop {
         match read(incoming).await? {
@@ -165,8 +165,8 @@ async fn read(incoming: &mut Incoming) -> Result<ClientMessage, Close> {
 }
 
 async fn send(sink: &mut Outgoing, message: &ServerMessage<'_>) -> Result<(), ()> {
-    let text = serde_json::to_string(message).expect("protocol messages serialize");
-    sink.send(Message::Text(text.into())).await.map_err(|_| ())
+    feed(sink, message).await?;
+    sink.flush().await.map_err(|_| ())
 }
 
 /// Queues a message without flushing; the caller flushes.
