@@ -28,7 +28,7 @@ pub const CONNECTION_INIT_TIMEOUT: std::time::Duration = std::time::Duration::fr
 /// and keeps the wallet active); asking for one more closes the socket.
 pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 256;
 
-#[derive(Clone)]
+/// What every handler shares, behind one `Arc` (see [`Shared`]).
 pub struct AppState {
     pub schema: CreditsSchema,
     pub ledger: Ledger,
@@ -40,7 +40,12 @@ pub struct AppState {
     pub websockets: Arc<tokio::sync::Semaphore>,
 }
 
+/// The state as handlers receive it: one reference count per request, where cloning
+/// `AppState` itself would touch a dozen shared counters.
+pub type Shared = Arc<AppState>;
+
 pub fn router(state: AppState) -> Router {
+    let state: Shared = Arc::new(state);
     Router::new()
         .route(
             "/graphql",
@@ -79,7 +84,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// takes longer than [`BODY_TIMEOUT`] is answered 408 and frees its slot. WebSocket
 /// upgrades and GraphiQL (GETs) pass through.
 async fn shed_load(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     req: axum::extract::Request,
     next: Next,
 ) -> Response {
@@ -163,7 +168,7 @@ pub(crate) async fn principal_from(
 }
 
 async fn graphql_post(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     headers: HeaderMap,
     request: Result<GraphQLBatchRequest, async_graphql_axum::rejection::GraphQLRejection>,
 ) -> Response {
@@ -204,7 +209,7 @@ async fn graphql_post(
 }
 
 /// A WebSocket upgrade serves subscriptions; a plain GET serves GraphiQL.
-async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+async fn graphql_get(State(state): State<Shared>, req: axum::extract::Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await else {
         // Revalidated each time: a new binary may name new asset versions.
@@ -243,7 +248,7 @@ async fn graphql_get(State(state): State<AppState>, req: axum::extract::Request)
         })
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Shared>) -> Response {
     let db = state.ledger.store().ping().await;
     let plugins = state.ledger.pricing().tiers().len();
     match (db, plugins) {
@@ -261,7 +266,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Shared>) -> Response {
     let dir = state.ledger.directory();
     let m = dir.metrics();
     let count = |name: &'static str, n: &std::sync::atomic::AtomicU64| {

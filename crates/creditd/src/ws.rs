@@ -19,7 +19,7 @@ use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::server::{AppState, CONNECTION_INIT_TIMEOUT, MAX_SUBSCRIPTIONS_PER_SOCKET};
+use crate::server::{AppState, CONNECTION_INIT_TIMEOUT, MAX_SUBSCRIPTIONS_PER_SOCKET, Shared};
 use credits_graphql::Principal;
 
 /// Events written to a socket before one flush.
@@ -75,7 +75,7 @@ type Close = Option<(u16, String)>;
 type Tagged = (Arc<str>, u64, Option<Response>);
 
 /// Serves one upgraded socket until either side closes it.
-pub async fn serve(socket: WebSocket, state: AppState, protocol: Protocol) {
+pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
     let (mut sink, mut incoming) = socket.split();
     let close =
         match tokio::time::timeout(CONNECTION_INIT_TIMEOUT, init(&mut incoming, &state)).await {
@@ -177,7 +177,7 @@ async fn feed(sink: &mut Outgoing, message: &ServerMessage<'_>) -> Result<(), ()
 
 /// An authenticated socket and its open subscriptions.
 struct Connection {
-    state: AppState,
+    state: Shared,
     protocol: Protocol,
     principal: Principal,
     /// Open subscriptions by id: their generation and the handle that ends them.
@@ -187,7 +187,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(state: AppState, protocol: Protocol, principal: Principal) -> Self {
+    fn new(state: Shared, protocol: Protocol, principal: Principal) -> Self {
         Connection {
             state,
             protocol,
