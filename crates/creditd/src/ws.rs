@@ -77,19 +77,23 @@ type Tagged = (Arc<str>, u64, Option<Response>);
 /// Serves one upgraded socket until either side closes it.
 pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
     let (mut sink, mut incoming) = socket.split();
-    let close =
-        match tokio::time::timeout(CONNECTION_INIT_TIMEOUT, init(&mut incoming, &state)).await {
-            Err(_) => Some((4408, "Connection initialisation timeout".to_owned())),
-            Ok(Err(close)) => close,
-            Ok(Ok(principal)) => match send(&mut sink, &ServerMessage::ConnectionAck).await {
-                Ok(()) => {
-                    Connection::new(state, protocol, principal)
-                        .run(&mut sink, &mut incoming)
-                        .await
-                }
-                Err(()) => None,
-            },
-        };
+    let close = match tokio::time::timeout(
+        CONNECTION_INIT_TIMEOUT,
+        init(&mut sink, &mut incoming, &state),
+    )
+    .await
+    {
+        Err(_) => Some((4408, "Connection initialisation timeout".to_owned())),
+        Ok(Err(close)) => close,
+        Ok(Ok(principal)) => match send(&mut sink, &ServerMessage::ConnectionAck).await {
+            Ok(()) => {
+                Connection::new(state, protocol, principal)
+                    .run(&mut sink, &mut incoming)
+                    .await
+            }
+            Err(()) => None,
+        },
+    };
     if let Some((code, reason)) = close {
         if protocol == Protocol::SubscriptionsTransportWS && code != 4408 {
             // The legacy protocol reports errors in a message before closing.
@@ -126,9 +130,14 @@ fn truncate(mut text: String, max: usize) -> String {
 type Incoming = futures::stream::SplitStream<WebSocket>;
 type Outgoing = futures::stream::SplitSink<WebSocket, Message>;
 
-/// Waits for `connection_init` and authenticates its `Authorization` payload. Pings and
-/// pongs before it are skipped (not answered); anything else first closes the socket.
-async fn init(incoming: &mut Incoming, state: &AppState) -> Result<Principal, Close> {
+/// Waits for `connection_init` and authenticates its `Authorization` payload. A ping before
+/// it is answered (graphql-transport-ws allows pings at any time), a pong skipped; anything
+/// else first closes the socket.
+async fn init(
+    sink: &mut Outgoing,
+    incoming: &mut Incoming,
+    state: &AppState,
+) -> Result<Principal, Close> {
     loop {
         match read(incoming).await? {
             ClientMessage::ConnectionInit { payload } => {
@@ -141,7 +150,10 @@ async fn init(incoming: &mut Incoming, state: &AppState) -> Result<Principal, Cl
                     .await
                     .map_err(|e| Some((4403, e.message)));
             }
-            ClientMessage::Ping { .. } | ClientMessage::Pong { .. } => {}
+            ClientMessage::Ping { .. } => {
+                send(sink, &ServerMessage::Pong).await.map_err(|()| None)?;
+            }
+            ClientMessage::Pong { .. } => {}
             ClientMessage::ConnectionTerminate => return Err(None),
             ClientMessage::Subscribe { .. } | ClientMessage::Complete { .. } => {
                 return Err(Some((4401, "Unauthorized".to_owned())));

@@ -283,6 +283,15 @@ async fn protocol_messages_and_close_codes(b: Backend) {
     ws.subscribe("a", BALANCE_CHANGED, json!({ "w": w })).await;
     assert_eq!(ws.close_code().await, Some(4409));
 
+    // A ping before `connection_init` is answered, and the socket can still initialise.
+    let mut pinged = Ws::open(&app, "graphql-transport-ws").await;
+    pinged.send(json!({ "type": "ping" })).await;
+    assert_eq!(pinged.recv().await.unwrap(), json!({ "type": "pong" }));
+    pinged
+        .send(json!({ "type": "connection_init", "payload": auth }))
+        .await;
+    assert_eq!(pinged.recv().await.unwrap()["type"], "connection_ack");
+
     // Subscribing before `connection_init`, initialising twice, or sending what is not a
     // protocol message closes the socket with the protocol's code.
     let mut early = Ws::open(&app, "graphql-transport-ws").await;
