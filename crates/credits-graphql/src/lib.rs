@@ -48,7 +48,7 @@ pub fn schema(ledger: Ledger, config: &ApiConfig) -> CreditsSchema {
         .data(ReviewHub::default())
         .limit_depth(limits::MAX_DEPTH)
         .limit_complexity(limits::MAX_COMPLEXITY)
-        .extension(limits::Limits);
+        .extension(limits::Limits::default());
     if !config.introspection {
         builder = builder.disable_introspection();
     }

@@ -1,7 +1,8 @@
 //! Request limits (SPEC 10): depth, complexity, aliases and string sizes, all refused with
-//! INVALID_INPUT before anything runs; and the rule that every error carries a code.
+//! INVALID_INPUT before anything runs; the rule that every error carries a code; and a
+//! cache of parsed documents.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
@@ -18,15 +19,54 @@ pub const MAX_BATCH: usize = 10;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const MAX_STRING_BYTES: usize = 64 * 1024;
 
-pub struct Limits;
+/// Documents kept parsed, most recently used first out last.
+pub const PARSED_DOCUMENTS: usize = 256;
+/// Longer queries are parsed every time, so the cache stays a few MiB at most.
+pub const MAX_CACHED_QUERY_BYTES: usize = 4 * 1024;
 
-impl ExtensionFactory for Limits {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(LimitsExtension)
+/// Parsed documents by query text. Clients send the same few operations with new variables,
+/// and parsing one (pest) was a tenth of the server's CPU per `recordUsage`. Only documents
+/// that passed the checks below are kept, and a document does not depend on variables, so
+/// a hit is exactly what parsing again would give.
+type Parsed = Mutex<hashlink::LruCache<Box<str>, ExecutableDocument>>;
+
+pub struct Limits {
+    parsed: Arc<Parsed>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            parsed: Arc::new(Mutex::new(hashlink::LruCache::new(PARSED_DOCUMENTS))),
+        }
     }
 }
 
-struct LimitsExtension;
+impl ExtensionFactory for Limits {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(LimitsExtension {
+            parsed: self.parsed.clone(),
+        })
+    }
+}
+
+struct LimitsExtension {
+    parsed: Arc<Parsed>,
+}
+
+impl LimitsExtension {
+    fn cached(&self, query: &str) -> Option<ExecutableDocument> {
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        parsed.get(query).cloned()
+    }
+
+    fn keep(&self, query: &str, doc: &ExecutableDocument) {
+        if query.len() <= MAX_CACHED_QUERY_BYTES {
+            let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+            parsed.insert(query.into(), doc.clone());
+        }
+    }
+}
 
 fn invalid(message: impl Into<String>) -> ServerError {
     let mut e = ServerError::new(message, None);
@@ -184,6 +224,9 @@ impl Extension for LimitsExtension {
         if variables.values().map(longest_string).max().unwrap_or(0) > MAX_STRING_BYTES {
             return Err(invalid("a string is longer than 64 KiB"));
         }
+        if let Some(doc) = self.cached(query) {
+            return Ok(doc);
+        }
         let doc = next.run(ctx, query, variables).await?;
         if longest_literal(&doc) > MAX_STRING_BYTES {
             return Err(invalid("a string is longer than 64 KiB"));
@@ -191,6 +234,91 @@ impl Extension for LimitsExtension {
         if count_aliases(&doc) > MAX_ALIASES {
             return Err(invalid(format!("more than {MAX_ALIASES} aliases")));
         }
+        self.keep(query, &doc);
         Ok(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_graphql::{EmptyMutation, EmptySubscription, Object, Request, Schema};
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        async fn echo(&self, s: String) -> String {
+            s
+        }
+    }
+
+    fn schema() -> (Schema<Query, EmptyMutation, EmptySubscription>, Arc<Parsed>) {
+        let limits = Limits::default();
+        let parsed = limits.parsed.clone();
+        let schema = Schema::build(Query, EmptyMutation, EmptySubscription)
+            .extension(limits)
+            .finish();
+        (schema, parsed)
+    }
+
+    fn cached(parsed: &Parsed) -> usize {
+        parsed.lock().unwrap().len()
+    }
+
+    fn echo(s: &str) -> Request {
+        Request::new("query($s: String!) { echo(s: $s) }")
+            .variables(Variables::from_json(serde_json::json!({ "s": s })))
+    }
+
+    #[tokio::test]
+    async fn a_cached_document_runs_with_each_requests_own_variables() {
+        let (schema, parsed) = schema();
+        let first = schema.execute(echo("one")).await;
+        let second = schema.execute(echo("two")).await;
+        assert_eq!(first.data.into_json().unwrap()["echo"], "one");
+        assert_eq!(second.data.into_json().unwrap()["echo"], "two");
+        assert_eq!(cached(&parsed), 1);
+    }
+
+    #[tokio::test]
+    async fn checks_hold_whether_or_not_the_document_is_cached() {
+        let (schema, parsed) = schema();
+        // Refused documents are not kept: the second try is refused the same way.
+        let aliases: String = (0..=MAX_ALIASES)
+            .map(|i| format!("a{i}: echo(s: \"x\") "))
+            .collect();
+        let query = format!("{{ {aliases} }}");
+        for _ in 0..2 {
+            let resp = schema.execute(Request::new(query.clone())).await;
+            assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+            assert_eq!(resp.errors[0].message, "more than 100 aliases");
+        }
+        assert_eq!(cached(&parsed), 0);
+        // The variables' limit applies to a cached document too.
+        assert!(schema.execute(echo("short")).await.errors.is_empty());
+        let resp = schema
+            .execute(echo(&"x".repeat(MAX_STRING_BYTES + 1)))
+            .await;
+        assert_eq!(resp.errors[0].message, "a string is longer than 64 KiB");
+        let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
+        assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_in_entries_and_query_size() {
+        let (schema, parsed) = schema();
+        for i in 0..PARSED_DOCUMENTS + 10 {
+            let resp = schema.execute(format!("{{ echo(s: \"{i}\") }}")).await;
+            assert!(resp.errors.is_empty(), "{:?}", resp.errors);
+        }
+        assert_eq!(cached(&parsed), PARSED_DOCUMENTS);
+        parsed.lock().unwrap().clear();
+        let padding = " ".repeat(MAX_CACHED_QUERY_BYTES);
+        let resp = schema
+            .execute(format!("{{ echo(s: \"long\") {padding}}}"))
+            .await;
+        assert_eq!(resp.data.into_json().unwrap()["echo"], "long");
+        assert_eq!(cached(&parsed), 0);
     }
 }
