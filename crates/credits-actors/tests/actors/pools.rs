@@ -121,7 +121,7 @@ async fn pool_members_at_their_limits_and_crashes_under_supervision() {
         assert_eq!(replayed.balance(), stored.balance());
         assert_eq!(stored.reservations.len(), 6);
         dir.shutdown().await;
-        cleanup(pg).await;
+        cleanup(&url, pg).await;
     }
 }
 

@@ -53,7 +53,8 @@ pub async fn databases() -> Vec<(String, Option<(String, String)>)> {
     urls
 }
 
-pub async fn cleanup(pg: Option<(String, String)>) {
+/// Drops the PostgreSQL schema, or deletes the SQLite file, that [`databases`] made.
+pub async fn cleanup(url: &str, pg: Option<(String, String)>) {
     if let Some((base, schema)) = pg {
         let admin = Store::connect(&base).await.unwrap();
         admin
@@ -61,6 +62,11 @@ pub async fn cleanup(pg: Option<(String, String)>) {
             .execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE"))
             .await
             .unwrap();
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
     }
 }
 
@@ -113,7 +119,7 @@ async fn concurrent_debits_on_the_sql_store_are_exact_and_replay() {
             "commits are grouped"
         );
         dir.shutdown().await;
-        cleanup(pg).await;
+        cleanup(&url, pg).await;
     }
 }
 
@@ -185,7 +191,7 @@ async fn two_nodes_never_spend_a_credit_twice() {
             wallet.spendable(),
             "snapshot equals replay"
         );
-        cleanup(pg).await;
+        cleanup(&url, pg).await;
     }
 }
 
@@ -222,7 +228,7 @@ async fn debits_on_many_wallets_share_transactions() {
             "wallet batches share transactions: {groups} transactions for {batches} batches"
         );
         dir.shutdown().await;
-        cleanup(pg).await;
+        cleanup(&url, pg).await;
     }
 }
 
@@ -231,7 +237,10 @@ async fn debits_on_many_wallets_share_transactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_committed_on_one_node_reach_subscribers_on_the_other() {
     for (url, pg) in databases().await {
-        let Some(_) = pg else { continue };
+        if pg.is_none() {
+            cleanup(&url, pg).await;
+            continue;
+        }
         let (a, store_a) = node(&url).await;
         let (b, store_b) = node(&url).await;
         let feed_a = credits_actors::feed::follow(a.clone(), store_a)
@@ -283,7 +292,7 @@ async fn events_committed_on_one_node_reach_subscribers_on_the_other() {
         feed_b.abort();
         a.shutdown().await;
         b.shutdown().await;
-        cleanup(pg).await;
+        cleanup(&url, pg).await;
     }
 }
 
