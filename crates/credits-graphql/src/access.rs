@@ -57,6 +57,8 @@ impl RoleGuard {
 pub const ANY: &[Role] = &[Role::Admin, Role::Service, Role::User];
 pub const STAFF: &[Role] = &[Role::Admin, Role::Service];
 pub const ADMIN: &[Role] = &[Role::Admin];
+/// Team member configuration: ADMIN tokens and USERs (who must administer the team).
+pub const PEOPLE: &[Role] = &[Role::Admin, Role::User];
 
 impl Guard for RoleGuard {
     async fn check(&self, ctx: &Context<'_>) -> Result<()> {

@@ -11,7 +11,7 @@ use credits_store::{
 };
 
 use crate::access::{
-    ADMIN, ANY, Principal, RoleGuard, STAFF, ledger, principal, team_access, wallet_access,
+    ADMIN, ANY, PEOPLE, Principal, RoleGuard, STAFF, ledger, principal, team_access, wallet_access,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{ReviewObject, TeamMemberObject, TeamObject, WalletObject};
@@ -385,7 +385,7 @@ impl Mutation {
         })
     }
 
-    #[graphql(guard = "RoleGuard::new(ANY)")]
+    #[graphql(guard = "RoleGuard::new(PEOPLE)")]
     async fn add_team_member(
         &self,
         ctx: &Context<'_>,
@@ -416,7 +416,7 @@ impl Mutation {
         Ok(member_object(ctx, &team, row).await?)
     }
 
-    #[graphql(guard = "RoleGuard::new(ANY)")]
+    #[graphql(guard = "RoleGuard::new(PEOPLE)")]
     async fn set_member_limits(
         &self,
         ctx: &Context<'_>,
@@ -440,7 +440,7 @@ impl Mutation {
         Ok(member_object(ctx, &team, row).await?)
     }
 
-    #[graphql(guard = "RoleGuard::new(ANY)")]
+    #[graphql(guard = "RoleGuard::new(PEOPLE)")]
     async fn remove_team_member(
         &self,
         ctx: &Context<'_>,
