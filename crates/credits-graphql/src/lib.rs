@@ -77,13 +77,19 @@ pub async fn authenticate(
         }));
     }
     let row = ledger.store().find_token(&hash).await?;
-    Ok(row.map(|t| Principal {
-        role: match t.role {
+    Ok(row.and_then(|t| {
+        let role = match t.role {
             credits_store::TokenRole::Admin => Role::Admin,
             credits_store::TokenRole::Service => Role::Service,
             credits_store::TokenRole::User => Role::User,
-        },
-        owner_id: t.owner_id,
+        };
+        // Ownership checks read a USER's owner id; a USER token without one (which no
+        // command mints) is refused rather than read as staff.
+        let orphan = role == Role::User && t.owner_id.is_none();
+        (!orphan).then_some(Principal {
+            role,
+            owner_id: t.owner_id,
+        })
     }))
 }
 

@@ -1,5 +1,6 @@
 //! Authentication and ownership (SPEC 10).
 
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::helpers::{App, Backend, error_code};
@@ -70,4 +71,47 @@ async fn tokens_and_ownership_are_enforced(b: Backend) {
     // A quote on another user's wallet is refused.
     let quote = "query($w: ID!) { quote(walletId: $w, model: \"economy-mini\", inputTokens: 1, outputTokens: 1) }";
     assert_eq!(app.code(&bob, quote, json!({ "w": w })).await, "FORBIDDEN");
+
+    // A role that may never configure members is FORBIDDEN before its input is read
+    // (SPEC 10's order: the role first, then INVALID_INPUT).
+    let d = app
+        .ok(
+            &app.admin,
+            "mutation { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: [\"alice\"]}) { id } }",
+            json!({}),
+        )
+        .await;
+    let team = d["createTeam"]["id"].as_str().unwrap();
+    for op in [
+        "mutation($t: ID!) { addTeamMember(teamId: $t, userId: \"\") { userId } }",
+        "mutation($t: ID!) { setMemberLimits(teamId: $t, userId: \"\", dailyLimit: 1) { userId } }",
+        "mutation($t: ID!) { removeTeamMember(teamId: $t, userId: \"\") }",
+    ] {
+        assert_eq!(
+            app.code(&service, op, json!({ "t": team })).await,
+            "FORBIDDEN",
+            "{op}"
+        );
+        assert_eq!(
+            app.code(&alice, op, json!({ "t": team })).await,
+            "INVALID_INPUT",
+            "{op}"
+        );
+    }
+
+    // A USER token whose owner id is gone (no command mints one) is refused, not read as
+    // a token that may see every wallet.
+    let carol = app.token("USER", Some("carol")).await;
+    let db = sea_orm::Database::connect(&app.db.url).await.unwrap();
+    db.execute_unprepared("UPDATE api_tokens SET owner_id = NULL WHERE owner_id = 'carol'")
+        .await
+        .unwrap();
+    let (status, resp) = app
+        .post(
+            Some(&carol),
+            &json!({ "query": read, "variables": { "id": w } }),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(error_code(&resp), "UNAUTHENTICATED");
 }
