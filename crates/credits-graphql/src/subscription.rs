@@ -9,7 +9,7 @@ use credits_store::ReviewRow;
 use futures::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::access::{ANY, RoleGuard, ledger, wallet_access};
+use crate::access::{ANY, RoleGuard, ledger, principal, wallet_access};
 use crate::error::ApiError;
 use crate::objects::ReviewObject;
 use crate::types::{BalanceCause, BalanceEvent};
@@ -41,11 +41,53 @@ fn snapshot(ledger: &Ledger, live: &Live) -> BalanceEvent {
     e
 }
 
+/// How often a team member's right to a pool's events is read again while they stream.
+pub const MEMBERSHIP_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Feed {
     ledger: Ledger,
     wallet: WalletId,
     first: Option<BalanceEvent>,
     events: broadcast::Receiver<std::sync::Arc<credits_actors::BalanceEvent>>,
+    seat: Option<Seat>,
+}
+
+/// A USER streaming a team pool: their membership, checked when the stream began, is read
+/// again before an event once [`MEMBERSHIP_RECHECK`] has passed, so a removed member stops
+/// receiving the pool's events within that time.
+struct Seat {
+    team: String,
+    user: String,
+    checked: tokio::time::Instant,
+}
+
+impl Feed {
+    /// The next event: `Err` ends the stream.
+    async fn next(&mut self) -> Result<BalanceEvent, ApiError> {
+        let event = match self.first.take() {
+            Some(first) => first,
+            None => match self.events.recv().await {
+                Ok(e) => BalanceEvent::from(&*e),
+                // Fell behind, or the wallet's actor restarted: start again from a snapshot.
+                Err(RecvError::Lagged(_) | RecvError::Closed) => {
+                    let live = self.ledger.subscribe(&self.wallet).await?;
+                    let first = snapshot(&self.ledger, &live);
+                    self.events = live.events;
+                    first
+                }
+            },
+        };
+        if let Some(seat) = &mut self.seat
+            && seat.checked.elapsed() >= MEMBERSHIP_RECHECK
+        {
+            let store = self.ledger.store();
+            if store.member(&seat.team, &seat.user).await?.is_none() {
+                return Err(ApiError::forbidden());
+            }
+            seat.checked = tokio::time::Instant::now();
+        }
+        Ok(event)
+    }
 }
 
 #[derive(Default)]
@@ -58,7 +100,8 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         wallet_id: ID,
-    ) -> async_graphql::Result<impl Stream<Item = BalanceEvent> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<BalanceEvent>> + use<>>
+    {
         let l = ledger(ctx).clone();
         let wallet = WalletId(wallet_id.0);
         let state = l
@@ -67,26 +110,28 @@ impl Subscription {
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("wallet"))?;
         wallet_access(ctx, &state).await?;
+        let seat = match principal(ctx)?.user() {
+            Some(user) if state.pool => Some(Seat {
+                team: state.owner_id.clone(),
+                user: user.to_owned(),
+                checked: tokio::time::Instant::now(),
+            }),
+            _ => None,
+        };
         let live = l.subscribe(&wallet).await.map_err(ApiError::from)?;
         let feed = Feed {
             first: Some(snapshot(&l, &live)),
             events: live.events,
             ledger: l,
             wallet,
+            seat,
         };
-        Ok(futures::stream::unfold(feed, |mut feed| async move {
-            if let Some(first) = feed.first.take() {
-                return Some((first, feed));
-            }
-            match feed.events.recv().await {
-                Ok(e) => Some((BalanceEvent::from(&*e), feed)),
-                // Fell behind, or the wallet's actor restarted: start again from a snapshot.
-                Err(RecvError::Lagged(_) | RecvError::Closed) => {
-                    let live = feed.ledger.subscribe(&feed.wallet).await.ok()?;
-                    let first = snapshot(&feed.ledger, &live);
-                    feed.events = live.events;
-                    Some((first, feed))
-                }
+        // An error is sent once, then the stream ends.
+        Ok(futures::stream::unfold(Some(feed), |feed| async move {
+            let mut feed = feed?;
+            match feed.next().await {
+                Ok(event) => Some((Ok(event), Some(feed))),
+                Err(e) => Some((Err(e.into()), None)),
             }
         }))
     }

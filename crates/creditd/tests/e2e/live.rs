@@ -13,6 +13,7 @@ on_both!(
     review_updated_sees_the_credit,
     due_events_stream_in_order_at_their_instants,
     protocol_messages_and_close_codes,
+    a_removed_member_stops_receiving_the_pools_events,
 );
 
 const BALANCE_CHANGED: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { walletId seq cause at balance { ...Bal } } }";
@@ -326,4 +327,76 @@ async fn protocol_messages_and_close_codes(b: Backend) {
 
     tokio::time::sleep_until(opened + std::time::Duration::from_secs(8)).await;
     assert_eq!(idle.close_code().await, Some(4408));
+}
+
+/// A member streaming a team pool keeps it only while they belong to the team: once
+/// removed, the next event after `MEMBERSHIP_RECHECK` (1 s) is FORBIDDEN, then `complete`.
+async fn a_removed_member_stops_receiving_the_pools_events(b: Backend) {
+    let app = App::spawn(b).await;
+    let d = app
+        .ok(
+            &app.admin,
+            "mutation { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: [\"ann\"]}) { id wallet { id } } }",
+            json!({}),
+        )
+        .await;
+    let team = d["createTeam"]["id"].as_str().unwrap().to_owned();
+    let pool = d["createTeam"]["wallet"]["id"].as_str().unwrap().to_owned();
+    let member =
+        "mutation($t: ID!, $u: String!) { addTeamMember(teamId: $t, userId: $u) { userId } }";
+    for user in ["bob", "cy"] {
+        app.ok(&app.admin, member, json!({ "t": team, "u": user }))
+            .await;
+    }
+    let spend = |key: &'static str| {
+        let app = &app;
+        let pool = pool.clone();
+        async move {
+            let r = app
+                .gql(
+                    &app.admin,
+                    "mutation($p: ID!, $k: String!) { recordUsage(input: {walletId: $p, idempotencyKey: $k, threadId: \"t\", model: \"economy-mini\", inputTokens: 1, outputTokens: 1, memberId: \"cy\"}) { replayed } }",
+                    json!({ "p": pool, "k": key }),
+                )
+                .await;
+            assert!(r["errors"].is_null(), "{r}");
+        }
+    };
+    let bob = app.token("USER", Some("bob")).await;
+    let cy = app.token("USER", Some("cy")).await;
+    let (mut bob_ws, init) = Ws::connect(&app, "graphql-transport-ws", &bob).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    let (mut cy_ws, _) = Ws::connect(&app, "graphql-transport-ws", &cy).await;
+    for ws in [&mut bob_ws, &mut cy_ws] {
+        ws.subscribe("p", BALANCE_CHANGED, json!({ "w": pool }))
+            .await;
+        assert_eq!(
+            ws.next_data("p").await["balanceChanged"]["cause"],
+            "SNAPSHOT"
+        );
+    }
+    spend("k1").await;
+    for ws in [&mut bob_ws, &mut cy_ws] {
+        assert_eq!(ws.next_data("p").await["balanceChanged"]["cause"], "USAGE");
+    }
+
+    let remove = "mutation($t: ID!, $u: String!) { removeTeamMember(teamId: $t, userId: $u) }";
+    app.ok(&app.admin, remove, json!({ "t": team, "u": "bob" }))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    spend("k2").await;
+    let refused = bob_ws.next("p").await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    assert_eq!(
+        bob_ws.recv().await.unwrap(),
+        json!({ "id": "p", "type": "complete" })
+    );
+    // The member still in the team streams on.
+    assert_eq!(
+        cy_ws.next_data("p").await["balanceChanged"]["cause"],
+        "USAGE"
+    );
 }
