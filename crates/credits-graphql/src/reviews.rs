@@ -18,6 +18,11 @@ use crate::access::{Access, ledger, principal, wallet_access};
 use crate::error::{ApiError, ApiResult};
 use crate::types::{HighUsageReportInput, PreviewStatus, ResolveReviewInput, ReviewDecision};
 
+/// The reporter of a review filed with an ADMIN or SERVICE token: no user. User ids are 1–128
+/// characters (SPEC 1), so no USER can read such a review as one they filed (a role name
+/// here was also a valid user id).
+pub const TOKEN_REPORTER: &str = "";
+
 /// Usage events of one thread read for an analysis, at most.
 pub const MAX_THREAD_EVENTS: usize = 10_000;
 /// Reviews resolved or filed per thread considered for "already credited".
@@ -175,10 +180,7 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         id: credits_actors::ledger::new_ordered_id("rev"),
         wallet_id: wallet_id.0.clone(),
         thread_id: input.thread_id,
-        reporter_id: p
-            .owner_id
-            .clone()
-            .unwrap_or_else(|| format!("{:?}", p.role).to_uppercase()),
+        reporter_id: p.user().unwrap_or(TOKEN_REPORTER).to_owned(),
         task_description: input.task_description,
         model: input.model,
         preview_status: preview_name(input.preview_status).to_owned(),

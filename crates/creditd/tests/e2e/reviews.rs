@@ -65,8 +65,8 @@ async fn report_read_and_resolve_reviews(b: Backend) {
         json!([{ "id": id, "status": "SUBMITTED" }])
     );
 
-    // Only admins resolve; approval grants one COMPENSATION lot.
     let service = app.token("SERVICE", None).await;
+    // Only admins resolve; approval grants one COMPENSATION lot.
     let approve = json!({ "i": { "reviewId": id, "decision": "APPROVE", "amount": "1.25", "note": "sorry" } });
     assert_eq!(
         app.code(&service, RESOLVE, approve.clone()).await,
@@ -135,6 +135,27 @@ async fn report_read_and_resolve_reviews(b: Backend) {
         .await,
         "NOT_FOUND"
     );
+
+    // A review a SERVICE token files belongs to no user, not even one whose id is the
+    // role's name.
+    app.record(&w, "e", "by-service", "standard-chat", 10_000, 1000)
+        .await;
+    let d = app
+        .ok(&service, REPORT, json!({ "w": w, "t": "by-service" }))
+        .await;
+    let by_service = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+    let named_service = app.token("USER", Some("SERVICE")).await;
+    assert_eq!(
+        app.code(&named_service, read, json!({ "id": by_service }))
+            .await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        app.code(&alice, read, json!({ "id": by_service })).await,
+        "FORBIDDEN"
+    );
+    let d = app.ok(&service, read, json!({ "id": by_service })).await;
+    assert_eq!(d["review"]["status"], "SUBMITTED");
 }
 
 /// Callers racing on one review: 20 admin calls at once, some approving the same amount,
