@@ -682,6 +682,16 @@ impl WalletState {
             self.carry_on(myself);
             return;
         }
+        if !refresh && !landed && r.loaded.version == self.version && r.keys.is_empty() {
+            // Refused with the fence intact, nothing written and no waiting key found
+            // recorded (which would make a call a replay this time): a unique row the batch
+            // collides with (a payment reference another wallet holds) that deciding again
+            // only repeats. Counted as a failing commit, so its waiters get UNAVAILABLE after
+            // MAX_COMMIT_ATTEMPTS rather than the wallet retrying, and blocking every other
+            // call, for ever.
+            self.failures += 1;
+            tracing::warn!(wallet = %self.durable.id, failures = self.failures, "commit refused by a unique row; deciding again");
+        }
         // Someone else wrote (or nothing landed): adopt the stored state, tell subscribers
         // what it contains, and decide every waiting call again on top of it.
         let old_seq = self.durable.seq;

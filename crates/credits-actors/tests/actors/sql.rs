@@ -300,3 +300,48 @@ async fn store_len(url: &str, id: &WalletId) -> u64 {
     let store = Store::connect(url).await.unwrap();
     store.ledger_len(&id.0).await.unwrap()
 }
+
+/// A batch the store refuses for a unique row that deciding again repeats (here a payment
+/// reference another wallet holds, as when two purchases race past the ledger's check) is
+/// answered UNAVAILABLE after a bounded number of attempts; the wallet is not stuck retrying
+/// it, and its next call commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_by_a_unique_row_is_given_up_not_retried_for_ever() {
+    use credits_core::{GrantId, GrantKind, GrantOp, LotOrigin, Op};
+    let purchase = |id: &str, reference: &str| {
+        Op::Grant(GrantOp {
+            id: GrantId::from(id),
+            key: None,
+            amount: cr("100"),
+            kind: GrantKind::Purchase,
+            reason: None,
+            expires_at: None,
+            origin: Some(LotOrigin::Bundle {
+                bundle_id: "credits-100".into(),
+                payment_reference: reference.into(),
+            }),
+        })
+    };
+    for (url, pg) in databases().await {
+        let (dir, _store) = node(&url).await;
+        let a = open(&dir, "pro").await;
+        let b = open(&dir, "pro").await;
+        dir.execute(&a, purchase(&format!("grt_a{}", unique()), "pay-1"))
+            .await
+            .unwrap();
+        let refused = dir
+            .execute(&b, purchase(&format!("grt_b{}", unique()), "pay-1"))
+            .await;
+        match refused {
+            Err(ExecError::Unavailable(why)) => assert!(!why.contains("in time"), "{why}"),
+            other => panic!("expected UNAVAILABLE from giving up, got {other:?}"),
+        }
+        dir.execute(&b, purchase(&format!("grt_c{}", unique()), "pay-2"))
+            .await
+            .unwrap();
+        assert_eq!(dir.read(&b).await.unwrap().spendable(), cr("620"), "{url}");
+        assert_eq!(dir.read(&a).await.unwrap().spendable(), cr("620"), "{url}");
+        dir.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
