@@ -107,15 +107,7 @@ async fn world(app: &App) -> World {
     let wallet = app.wallet("alice", "pro").await;
     app.record(&wallet, "seed", "t-seed", "standard-chat", 1000, 1000)
         .await;
-    let d = app
-        .ok(
-            &app.admin,
-            "mutation { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: [\"tadmin\"]}) { id wallet { id } } }",
-            json!({}),
-        )
-        .await;
-    let team = d["createTeam"]["id"].as_str().unwrap().to_owned();
-    let pool = d["createTeam"]["wallet"]["id"].as_str().unwrap().to_owned();
+    let (team, pool) = app.team("tadmin").await;
     app.ok(
         &app.admin,
         "mutation($t: ID!) { addTeamMember(teamId: $t, userId: \"tmember\") { userId } }",

@@ -74,14 +74,7 @@ async fn tokens_and_ownership_are_enforced(b: Backend) {
 
     // A role that may never configure members is FORBIDDEN before its input is read
     // (SPEC 10's order: the role first, then INVALID_INPUT).
-    let d = app
-        .ok(
-            &app.admin,
-            "mutation { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: [\"alice\"]}) { id } }",
-            json!({}),
-        )
-        .await;
-    let team = d["createTeam"]["id"].as_str().unwrap();
+    let (team, _) = app.team("alice").await;
     for op in [
         "mutation($t: ID!) { addTeamMember(teamId: $t, userId: \"\") { userId } }",
         "mutation($t: ID!) { setMemberLimits(teamId: $t, userId: \"\", dailyLimit: 1) { userId } }",

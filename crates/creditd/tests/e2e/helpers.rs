@@ -507,6 +507,22 @@ impl App {
         d["createApiToken"]["token"].as_str().unwrap().to_owned()
     }
 
+    /// A team "Acme" on the `team` plan administered by `admin`: (team id, pool wallet id).
+    pub async fn team(&self, admin: &str) -> (String, String) {
+        let d = self
+            .ok(
+                &self.admin,
+                "mutation($a: String!) { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: [$a]}) { id wallet { id } } }",
+                json!({ "a": admin }),
+            )
+            .await;
+        let id = |v: &Value| v.as_str().unwrap().to_owned();
+        (
+            id(&d["createTeam"]["id"]),
+            id(&d["createTeam"]["wallet"]["id"]),
+        )
+    }
+
     pub async fn wallet(&self, owner: &str, plan: &str) -> String {
         let d = self
             .ok(

@@ -143,15 +143,7 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
         )
         .await;
     let res = d["reserveCredits"]["id"].as_str().unwrap().to_owned();
-    let d = app
-        .ok(
-            &app.admin,
-            "mutation { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: [\"tadmin\"]}) { id wallet { id } } }",
-            json!({ "w": w }),
-        )
-        .await;
-    let team = d["createTeam"]["id"].as_str().unwrap().to_owned();
-    let pool = d["createTeam"]["wallet"]["id"].as_str().unwrap().to_owned();
+    let (team, pool) = app.team("tadmin").await;
     app.ok(
         &app.admin,
         ADD_MEMBER,

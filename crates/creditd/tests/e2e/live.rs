@@ -333,15 +333,7 @@ async fn protocol_messages_and_close_codes(b: Backend) {
 /// removed, the next event after `MEMBERSHIP_RECHECK` (1 s) is FORBIDDEN, then `complete`.
 async fn a_removed_member_stops_receiving_the_pools_events(b: Backend) {
     let app = App::spawn(b).await;
-    let d = app
-        .ok(
-            &app.admin,
-            "mutation { createTeam(input: {name: \"Acme\", planId: \"team\", timezone: \"UTC\", adminUserIds: [\"ann\"]}) { id wallet { id } } }",
-            json!({}),
-        )
-        .await;
-    let team = d["createTeam"]["id"].as_str().unwrap().to_owned();
-    let pool = d["createTeam"]["wallet"]["id"].as_str().unwrap().to_owned();
+    let (team, pool) = app.team("ann").await;
     let member =
         "mutation($t: ID!, $u: String!) { addTeamMember(teamId: $t, userId: $u) { userId } }";
     for user in ["bob", "cy"] {

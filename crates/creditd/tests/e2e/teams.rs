@@ -178,15 +178,7 @@ async fn teams_members_and_limits(b: Backend) {
 
 async fn plain_members_see_their_own_share(b: Backend) {
     let app = App::spawn(b).await;
-    let d = app
-        .ok(
-            &app.admin,
-            r#"mutation { createTeam(input: {name: "Acme", planId: "team", timezone: "UTC", adminUserIds: ["alice"]}) { id wallet { id } } }"#,
-            json!({}),
-        )
-        .await;
-    let team = d["createTeam"]["id"].as_str().unwrap().to_owned();
-    let pool = d["createTeam"]["wallet"]["id"].as_str().unwrap().to_owned();
+    let (team, pool) = app.team("alice").await;
     let alice = app.token("USER", Some("alice")).await;
     let bob = app.token("USER", Some("bob")).await;
     for user in ["bob", "carol"] {
