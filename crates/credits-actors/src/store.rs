@@ -99,6 +99,12 @@ pub struct Faults {
     pub fail_loads: AtomicU32,
     /// Microseconds every commit takes, as an fsync would.
     pub commit_delay_micros: AtomicU32,
+    /// Loads that wait for [`Faults::release_loads`] before reading (a test's way to put
+    /// another node's write between a commit and the reload after it).
+    pub hold_loads: AtomicU32,
+    /// Loads waiting now.
+    pub held_loads: AtomicU32,
+    pub release_loads: tokio::sync::Notify,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -175,6 +181,11 @@ impl WalletStore for MemoryStore {
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
         if take(&self.faults.fail_loads) {
             return Err(StoreError("injected load failure".into()));
+        }
+        if take(&self.faults.hold_loads) {
+            self.faults.held_loads.fetch_add(1, Ordering::SeqCst);
+            self.faults.release_loads.notified().await;
+            self.faults.held_loads.fetch_sub(1, Ordering::SeqCst);
         }
         let wallets = self.wallets.lock().unwrap();
         Ok(wallets.get(id).map(|s| Loaded {

@@ -661,12 +661,14 @@ impl WalletState {
             }
         };
         self.recovering = false;
-        let flight = self.in_flight.take().unwrap_or_else(|| InFlight {
+        let mut flight = self.in_flight.take().unwrap_or_else(|| InFlight {
             waiters: Vec::new(),
             records: Vec::new(),
             wallet: self.durable.clone(),
         });
+        let mut r = r;
         let landed = !refresh
+            && !flight.records.is_empty()
             && r.records.len() >= flight.records.len()
             && r.records
                 .iter()
@@ -681,6 +683,19 @@ impl WalletState {
             self.run_parked();
             self.carry_on(myself);
             return;
+        }
+        if landed {
+            // The commit was durable and another writer has committed after it: answer ours
+            // (never decide a durable call again), then adopt what came after it below.
+            self.failures = 0;
+            let theirs = r.records.split_off(flight.records.len());
+            r.records = theirs;
+            let empty = InFlight {
+                waiters: Vec::new(),
+                records: Vec::new(),
+                wallet: flight.wallet.clone(),
+            };
+            self.became_durable(std::mem::replace(&mut flight, empty));
         }
         if !refresh && !landed && r.loaded.version == self.version && r.keys.is_empty() {
             // Refused with the fence intact, nothing written and no waiting key found

@@ -1,7 +1,8 @@
 use std::sync::atomic::Ordering;
 
-use credits_actors::ExecError;
+use credits_actors::{ActorConfig, Clock, Directory, ExecError};
 use credits_core::replay;
+use credits_core::testing::catalogue;
 
 use crate::helpers::*;
 
@@ -28,6 +29,59 @@ async fn a_lost_reply_is_recognised_and_not_applied_twice() {
     let again = app.dir.execute(&id, usage("k1", "5")).await.unwrap();
     assert!(again.replayed);
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("515"));
+}
+
+/// A commit lands but its reply is lost, and another node commits on the wallet before this
+/// one reloads: the call is answered as durable, not decided again (a purchase decided
+/// again would be refused, its grant id being taken by its own durable record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_then_another_nodes_write_answers_the_durable_call() {
+    use credits_core::{GrantId, GrantKind, GrantOp, LotOrigin, Op};
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_n", "pro", "UTC").await;
+    app.dir.read(&id).await.unwrap();
+    let other = Directory::new(
+        app.store.clone(),
+        Clock::manual(at("2027-03-10T12:00:00Z")),
+        catalogue(),
+        ActorConfig::default(),
+    );
+    let purchase = Op::Grant(GrantOp {
+        id: GrantId::from("grt_p"),
+        key: None,
+        amount: cr("100"),
+        kind: GrantKind::Purchase,
+        reason: None,
+        expires_at: None,
+        origin: Some(LotOrigin::Bundle {
+            bundle_id: "credits-100".into(),
+            payment_reference: "pay-1".into(),
+        }),
+    });
+    let faults = &app.store.faults;
+    faults.lose_replies.store(1, Ordering::SeqCst);
+    faults.hold_loads.store(1, Ordering::SeqCst);
+    let call = tokio::spawn({
+        let dir = app.dir.clone();
+        let id = id.clone();
+        async move { dir.execute(&id, purchase).await }
+    });
+    // The purchase is durable and this node's reload waits: the other node writes now.
+    assert!(eventually(|| faults.held_loads.load(Ordering::SeqCst) == 1).await);
+    other.execute(&id, usage("k-other", "5")).await.unwrap();
+    faults.release_loads.notify_one();
+    let applied = call
+        .await
+        .unwrap()
+        .expect("the durable purchase is answered");
+    assert!(!applied.replayed);
+    let grants = app
+        .ledger(&id)
+        .iter()
+        .filter(|e| e.cause() == credits_core::Cause::Grant)
+        .count();
+    assert_eq!(grants, 1, "written once");
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("615"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
