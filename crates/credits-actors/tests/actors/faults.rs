@@ -36,7 +36,6 @@ async fn a_lost_reply_is_recognised_and_not_applied_twice() {
 /// again would be refused, its grant id being taken by its own durable record).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_then_another_nodes_write_answers_the_durable_call() {
-    use credits_core::{GrantId, GrantKind, GrantOp, LotOrigin, Op};
     let app = app_at("2027-03-10T12:00:00Z");
     let id = app.wallet("wal_n", "pro", "UTC").await;
     app.dir.read(&id).await.unwrap();
@@ -46,18 +45,7 @@ async fn a_lost_reply_then_another_nodes_write_answers_the_durable_call() {
         catalogue(),
         ActorConfig::default(),
     );
-    let purchase = Op::Grant(GrantOp {
-        id: GrantId::from("grt_p"),
-        key: None,
-        amount: cr("100"),
-        kind: GrantKind::Purchase,
-        reason: None,
-        expires_at: None,
-        origin: Some(LotOrigin::Bundle {
-            bundle_id: "credits-100".into(),
-            payment_reference: "pay-1".into(),
-        }),
-    });
+    let purchase = purchase("grt_p", "pay-1");
     let faults = &app.store.faults;
     faults.lose_replies.store(1, Ordering::SeqCst);
     faults.hold_loads.store(1, Ordering::SeqCst);

@@ -307,21 +307,6 @@ async fn store_len(url: &str, id: &WalletId) -> u64 {
 /// it, and its next call commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_by_a_unique_row_is_given_up_not_retried_for_ever() {
-    use credits_core::{GrantId, GrantKind, GrantOp, LotOrigin, Op};
-    let purchase = |id: &str, reference: &str| {
-        Op::Grant(GrantOp {
-            id: GrantId::from(id),
-            key: None,
-            amount: cr("100"),
-            kind: GrantKind::Purchase,
-            reason: None,
-            expires_at: None,
-            origin: Some(LotOrigin::Bundle {
-                bundle_id: "credits-100".into(),
-                payment_reference: reference.into(),
-            }),
-        })
-    };
     for (url, pg) in databases().await {
         let (dir, _store) = node(&url).await;
         let a = open(&dir, "pro").await;
