@@ -103,6 +103,17 @@ struct InFlight {
     wallet: Wallet,
 }
 
+impl InFlight {
+    /// No commit: nobody waits, nothing to write, `wallet` as it stands.
+    fn nothing(wallet: Wallet) -> InFlight {
+        InFlight {
+            waiters: Vec::new(),
+            records: Vec::new(),
+            wallet,
+        }
+    }
+}
+
 pub struct WalletActor;
 
 pub struct WalletArgs {
@@ -636,7 +647,7 @@ impl WalletState {
     fn recovered(&mut self, myself: &ActorRef<WalletMsg>, result: Result<Recovery, StoreError>) {
         // Without a commit in flight, this reload was asked for by another node's notice.
         let refresh = self.in_flight.is_none();
-        let r = match result {
+        let mut r = match result {
             Ok(r) if self.failures < MAX_COMMIT_ATTEMPTS => r,
             Err(e) if refresh => {
                 // Nothing of ours is at stake: keep serving; the next commit's fence (or the
@@ -661,12 +672,10 @@ impl WalletState {
             }
         };
         self.recovering = false;
-        let mut flight = self.in_flight.take().unwrap_or_else(|| InFlight {
-            waiters: Vec::new(),
-            records: Vec::new(),
-            wallet: self.durable.clone(),
-        });
-        let mut r = r;
+        let mut flight = self
+            .in_flight
+            .take()
+            .unwrap_or_else(|| InFlight::nothing(self.durable.clone()));
         let landed = !refresh
             && !flight.records.is_empty()
             && r.records.len() >= flight.records.len()
@@ -688,14 +697,9 @@ impl WalletState {
             // The commit was durable and another writer has committed after it: answer ours
             // (never decide a durable call again), then adopt what came after it below.
             self.failures = 0;
-            let theirs = r.records.split_off(flight.records.len());
-            r.records = theirs;
-            let empty = InFlight {
-                waiters: Vec::new(),
-                records: Vec::new(),
-                wallet: flight.wallet.clone(),
-            };
-            self.became_durable(std::mem::replace(&mut flight, empty));
+            r.records.drain(..flight.records.len());
+            let nothing = InFlight::nothing(flight.wallet.clone());
+            self.became_durable(std::mem::replace(&mut flight, nothing));
         }
         if !refresh && !landed && r.loaded.version == self.version && r.keys.is_empty() {
             // Refused with the fence intact, nothing written and no waiting key found
