@@ -441,8 +441,11 @@ async fn fence_many<C: ConnectionTrait>(
         }
         return Ok(results);
     }
+    // In id order across chunks too (see `locked` below).
+    let mut ordered = batches.to_vec();
+    ordered.sort_unstable_by(|a, b| a.wallet_id.cmp(&b.wallet_id));
     let mut fenced = std::collections::HashSet::new();
-    for chunk in batches.chunks(FENCE_CHUNK) {
+    for chunk in ordered.chunks(FENCE_CHUNK) {
         let mut sql = Sql::new(backend);
         sql.push(
             "WITH v (id, expected, seq, snapshot, next_due_us, timezone, plan_id) AS (VALUES ",
@@ -464,12 +467,32 @@ async fn fence_many<C: ConnectionTrait>(
                 .bind(b.plan_id.clone())
                 .push(")");
         }
+        sql.push(")");
+        // PostgreSQL locks rows in the order its plan meets them (the VALUES' order in a
+        // nested loop, the table's in a hash join), so two group commits over the same
+        // wallets could each hold one the other waits for: a deadlock, and one of them
+        // aborted. Locking them first, in id order, makes every writer queue the same way.
+        // (SQLite has one writer at a time.)
+        let locked = if backend == sea_orm::DbBackend::Postgres {
+            sql.push(
+                ", locked AS MATERIALIZED (SELECT wallets.id FROM wallets JOIN v \
+                 ON wallets.id = v.id ORDER BY wallets.id FOR UPDATE OF wallets)",
+            );
+            ", locked"
+        } else {
+            ""
+        };
         sql.push(
-            ") UPDATE wallets SET version = wallets.version + 1, seq = v.seq, \
+            " UPDATE wallets SET version = wallets.version + 1, seq = v.seq, \
              snapshot = v.snapshot, next_due_us = v.next_due_us, timezone = v.timezone, \
-             plan_id = v.plan_id FROM v \
-             WHERE wallets.id = v.id AND wallets.version = v.expected RETURNING wallets.id",
-        );
+             plan_id = v.plan_id FROM v",
+        )
+        .push(locked)
+        .push(" WHERE wallets.id = v.id AND wallets.version = v.expected");
+        if !locked.is_empty() {
+            sql.push(" AND locked.id = v.id");
+        }
+        sql.push(" RETURNING wallets.id");
         for row in conn
             .query_all_raw(sql.build())
             .await

@@ -1204,3 +1204,86 @@ async fn sqlite_usage_queries_read_through_indexes() {
     })
     .await;
 }
+
+/// Two group commits over the same wallets, listed in opposite orders, must lock those
+/// wallets in one order, or PostgreSQL can deadlock them (one is aborted: UNAVAILABLE for
+/// its callers). A third transaction holds `wal_d2` so that the first group commit (d2,
+/// d1) queues on it first; then the second (d1, d2) starts. Locking in the order given,
+/// the first would take d2 next and wait for d1, held by the second: a deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_group_commits_lock_wallets_in_one_order() {
+    use sea_orm::TransactionTrait;
+    helpers::on_postgres(|store: Store| async move {
+        let mut d1 = create(&store, "wal_d1", "pro", t0()).await?;
+        let mut d2 = create(&store, "wal_d2", "pro", t0()).await?;
+        let at = t0() + Duration::minutes(5);
+        d1.usage(at, "k1", "t", "m", 10);
+        d2.usage(at, "k2", "t", "m", 20);
+        // Enough other wallets that the planner looks each one up by id, as in production
+        // (on a table this small it would scan it and lock in its order by chance).
+        store
+            .connection()
+            .execute_unprepared(
+                "INSERT INTO wallets SELECT (json_populate_record(w, \
+                 json_build_object('id', 'wal_x' || g))).* \
+                 FROM wallets w, generate_series(1, 5000) g WHERE w.id = 'wal_d1'; \
+                 ANALYZE wallets",
+            )
+            .await?;
+        let holder = store.connection().begin().await?;
+        let row = holder
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pg_backend_pid() FROM wallets WHERE id = 'wal_d2' FOR UPDATE",
+            ))
+            .await?
+            .expect("one row");
+        let holder_pid: i32 = row.try_get_by_index(0)?;
+        let first = tokio::spawn({
+            let store = store.clone();
+            let batches = [d2.batch(), d1.batch()];
+            async move { store.commit_many(&batches).await }
+        });
+        queued_on(&store, holder_pid, 1).await?;
+        let second = tokio::spawn({
+            let store = store.clone();
+            let batches = [d1.batch(), d2.batch()];
+            async move { store.commit_many(&batches).await }
+        });
+        queued_on(&store, holder_pid, 2).await?;
+        holder.rollback().await?;
+        let mut won = 0;
+        for results in [first.await?, second.await?] {
+            let results = results.map_err(|e| anyhow::anyhow!("a group commit failed: {e}"))?;
+            won += results.iter().filter(|r| r.is_ok()).count();
+        }
+        assert_eq!(won, 2, "each wallet committed once, by one of the two");
+        Ok(())
+    })
+    .await;
+}
+
+/// Waits until `n` sessions wait on the transaction of backend `pid`, directly or queued
+/// behind another waiter.
+async fn queued_on(store: &Store, pid: i32, n: i64) -> anyhow::Result<()> {
+    let count = format!(
+        "WITH RECURSIVE w (pid) AS (SELECT {pid} UNION \
+         SELECT a.pid FROM pg_stat_activity a, w WHERE w.pid = ANY (pg_blocking_pids(a.pid))) \
+         SELECT count(*) - 1 FROM w"
+    );
+    for _ in 0..500 {
+        let row = store
+            .connection()
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                count.clone(),
+            ))
+            .await?
+            .expect("one row");
+        if row.try_get_by_index::<i64>(0)? >= n {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("{n} sessions never queued on backend {pid}")
+}
