@@ -18,5 +18,7 @@ pub use directory::{ActorConfig, Directory, Metrics, PlanBook};
 pub use events::{BalanceEvent, EventKind, Subscription};
 pub use ledger::{Ledger, Receipt, ReservationView, ServiceError, ServiceResult, UsageInput};
 pub use sql::SqlWallets;
-pub use store::{Batch, CommitError, Loaded, MemoryStore, Record, StoreError, WalletStore};
+pub use store::{
+    Batch, CommitError, Faults, Gate, Loaded, MemoryStore, Record, StoreError, WalletStore,
+};
 pub use wallet::{Applied, ExecError};

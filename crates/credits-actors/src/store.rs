@@ -99,12 +99,31 @@ pub struct Faults {
     pub fail_loads: AtomicU32,
     /// Microseconds every commit takes, as an fsync would.
     pub commit_delay_micros: AtomicU32,
-    /// Loads that wait for [`Faults::release_loads`] before reading (a test's way to put
-    /// another node's write between a commit and the reload after it).
-    pub hold_loads: AtomicU32,
-    /// Loads waiting now.
-    pub held_loads: AtomicU32,
-    pub release_loads: tokio::sync::Notify,
+    /// Held loads (a test's way to put another node's write between a commit and the
+    /// reload after it).
+    pub loads: Gate,
+    /// Held commits (a test's way to decide calls while a commit is in flight).
+    pub commits: Gate,
+}
+
+/// Calls held until a test releases them, one per [`Gate::release`] notification.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// Calls still to hold.
+    pub hold: AtomicU32,
+    /// Calls waiting now.
+    pub held: AtomicU32,
+    pub release: tokio::sync::Notify,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        if take(&self.hold) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            self.release.notified().await;
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -182,11 +201,7 @@ impl WalletStore for MemoryStore {
         if take(&self.faults.fail_loads) {
             return Err(StoreError("injected load failure".into()));
         }
-        if take(&self.faults.hold_loads) {
-            self.faults.held_loads.fetch_add(1, Ordering::SeqCst);
-            self.faults.release_loads.notified().await;
-            self.faults.held_loads.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.faults.loads.pass().await;
         let wallets = self.wallets.lock().unwrap();
         Ok(wallets.get(id).map(|s| Loaded {
             wallet: s.wallet.clone(),
@@ -195,6 +210,7 @@ impl WalletStore for MemoryStore {
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
+        self.faults.commits.pass().await;
         let delay = self.faults.commit_delay_micros.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_micros(u64::from(delay))).await;

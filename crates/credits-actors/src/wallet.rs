@@ -94,6 +94,12 @@ struct ExecWaiter {
 
 enum Waiter {
     Exec(Box<ExecWaiter>),
+    /// A call refused for want of funds (or of a member's limit) while keyed calls ahead of
+    /// it are not durable yet. Any of those may be a retry of a call recorded long ago whose
+    /// key this actor no longer holds: its commit then fails on the key, it becomes a
+    /// replay, and the funds it seemed to take were never taken. So the refusal is answered
+    /// only once the calls ahead are durable, and decided again if their commit fails.
+    Refused(Box<(Op, ExecReply, OpError)>),
     Tick(RpcReplyPort<()>),
 }
 
@@ -399,6 +405,9 @@ impl WalletState {
                             replayed: false,
                         })));
                     }
+                    Err(e) if depends_on_funds(&e) && self.keyed_ahead() => {
+                        self.open.push(Waiter::Refused(Box::new((op, reply, e))));
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
                     }
@@ -408,6 +417,14 @@ impl WalletState {
                 let _ = reply.send(Err(e.into()));
             }
         }
+    }
+
+    /// Some record not yet durable consumed an idempotency key.
+    fn keyed_ahead(&self) -> bool {
+        let flight = self.in_flight.iter().flat_map(|f| &f.records);
+        flight
+            .chain(&self.open_records)
+            .any(|r| r.entry.idempotency_key().is_some())
     }
 
     /// Input checks, idempotent retries and finished reservations, in SPEC 10's order.
@@ -577,6 +594,10 @@ impl WalletState {
                         replayed: w.replayed,
                     }));
                 }
+                Waiter::Refused(r) => {
+                    let (_, reply, e) = *r;
+                    let _ = reply.send(Err(e.into()));
+                }
                 Waiter::Tick(r) => {
                     let _ = r.send(());
                 }
@@ -605,9 +626,12 @@ impl WalletState {
         let mut keys: Vec<String> = Vec::new();
         let flight = self.in_flight.iter().flat_map(|f| &f.waiters);
         for w in flight.chain(&self.open) {
-            if let Waiter::Exec(w) = w {
-                keys.extend(w.op.as_ref().and_then(Op::key).map(str::to_owned));
-            }
+            let op = match w {
+                Waiter::Exec(w) => w.op.as_ref(),
+                Waiter::Refused(r) => Some(&r.0),
+                Waiter::Tick(_) => None,
+            };
+            keys.extend(op.and_then(Op::key).map(str::to_owned));
         }
         keys.extend(
             self.parked
@@ -761,6 +785,14 @@ impl WalletState {
                         )));
                     }
                 },
+                Waiter::Refused(r) => {
+                    let (op, reply, _) = *r;
+                    if behind {
+                        self.parked.push((op, reply));
+                    } else {
+                        self.execute(op, reply);
+                    }
+                }
                 Waiter::Tick(r) => self.open.push(Waiter::Tick(r)),
             }
         }
@@ -799,6 +831,10 @@ impl WalletState {
                         "commit outcome unknown: {why}"
                     ))));
                 }
+                // Whether the calls ahead of it were new is unknown, so is the refusal.
+                Waiter::Refused(r) => {
+                    let _ = r.1.send(Err(ExecError::Unavailable(why.to_owned())));
+                }
                 Waiter::Tick(r) => drop(r),
             }
         }
@@ -836,6 +872,14 @@ impl WalletState {
             });
         }
     }
+}
+
+/// A refusal that calls decided ahead of it may have caused.
+fn depends_on_funds(e: &OpError) -> bool {
+    matches!(
+        e,
+        OpError::InsufficientCredits { .. } | OpError::MemberLimitExceeded { .. }
+    )
 }
 
 enum Decision {

@@ -48,16 +48,16 @@ async fn a_lost_reply_then_another_nodes_write_answers_the_durable_call() {
     let purchase = purchase("grt_p", "pay-1");
     let faults = &app.store.faults;
     faults.lose_replies.store(1, Ordering::SeqCst);
-    faults.hold_loads.store(1, Ordering::SeqCst);
+    faults.loads.hold.store(1, Ordering::SeqCst);
     let call = tokio::spawn({
         let dir = app.dir.clone();
         let id = id.clone();
         async move { dir.execute(&id, purchase).await }
     });
     // The purchase is durable and this node's reload waits: the other node writes now.
-    assert!(eventually(|| faults.held_loads.load(Ordering::SeqCst) == 1).await);
+    assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
     other.execute(&id, usage("k-other", "5")).await.unwrap();
-    faults.release_loads.notify_one();
+    faults.loads.release.notify_one();
     let applied = call
         .await
         .unwrap()
@@ -178,4 +178,53 @@ async fn a_call_right_after_giving_up_reaches_a_fresh_actor() {
         );
     }
     assert_eq!(app.ledger(&id).len(), 31);
+}
+
+/// A retry whose key this actor no longer holds (a restart empties its cache) is decided as
+/// new until its commit hits the key. A call refused for want of funds meanwhile must not
+/// get that refusal: the retry takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_retry_ahead_does_not_refuse_the_next_call() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_k", "pro", "UTC").await;
+    app.dir.execute(&id, usage("big", "502")).await.unwrap();
+    app.dir.execute(&id, usage("k", "8")).await.unwrap();
+    let before = app.dir.active_actor(&id);
+    app.dir.crash(&id).await;
+    // A fresh activation: it knows no key.
+    loop {
+        if let Ok(w) = app.dir.read(&id).await
+            && app.dir.active_actor(&id) != before
+        {
+            assert_eq!(w.spendable(), cr("10"));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The retry's commit is held, so the next call is decided while it is in flight.
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    let retry = tokio::spawn({
+        let dir = app.dir.clone();
+        let id = id.clone();
+        async move { dir.execute(&id, usage("k", "8")).await }
+    });
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let mut next = std::pin::pin!(app.dir.execute(&id, usage("k2", "5")));
+    // The first poll sends the call; a read sent after it is answered after it is decided.
+    std::future::poll_fn(|cx| {
+        assert!(next.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    app.dir.read(&id).await.unwrap();
+    faults.commits.release.notify_one();
+    let next = next
+        .await
+        .expect("10 spendable: the retry ahead takes nothing");
+    assert!(!next.replayed);
+    assert_eq!(next.balance.total, cr("5"));
+    assert!(retry.await.unwrap().unwrap().replayed);
+    assert_eq!(app.ledger(&id).len(), 4, "created, big, k, k2");
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("5"));
 }
