@@ -272,6 +272,7 @@ impl Actor for WalletActor {
                 let _ = reply.send(Subscription { snapshot, events });
             }
             WalletMsg::Tick(reply) => {
+                // While recovering, what fell due is applied when the reload ends.
                 if state.recovering {
                     if let Some(r) = reply {
                         state.open.push(Waiter::Tick(r));
@@ -683,6 +684,8 @@ impl WalletState {
                 for (op, reply) in parked {
                     self.execute(op, reply);
                 }
+                // A timer that fired meanwhile was not acted on.
+                self.advance();
                 self.maybe_commit(myself);
                 return;
             }
@@ -714,6 +717,8 @@ impl WalletState {
             self.version = r.loaded.version;
             self.became_durable(flight);
             self.run_parked();
+            // A timer that fired meanwhile was not acted on.
+            self.advance();
             self.carry_on(myself);
             return;
         }

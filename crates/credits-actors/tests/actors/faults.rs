@@ -228,3 +228,35 @@ async fn a_forgotten_retry_ahead_does_not_refuse_the_next_call() {
     assert_eq!(app.ledger(&id).len(), 4, "created, big, k, k2");
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("5"));
 }
+
+/// Found by review: a reset that fell due while the actor reloaded after a lost reply was
+/// not applied when the reload found the commit durable, and its timer was not armed
+/// again, so the idle wallet never recorded it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_due_during_a_reload_is_applied_after_it() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_d", "pro", "UTC").await;
+    app.dir.read(&id).await.unwrap();
+    let faults = &app.store.faults;
+    faults.lose_replies.store(1, Ordering::SeqCst);
+    faults.loads.hold.store(1, Ordering::SeqCst);
+    let call = tokio::spawn({
+        let dir = app.dir.clone();
+        let id = id.clone();
+        async move { dir.execute(&id, usage("k1", "5")).await }
+    });
+    // The commit landed; its reply was lost and the reload waits. Midnight passes.
+    assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
+    let clock = app.dir.clock().as_manual().unwrap().clone();
+    clock.advance(chrono::Duration::hours(13));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    faults.loads.release.notify_one();
+    assert!(!call.await.unwrap().unwrap().replayed);
+    let reset = |app: &App| {
+        app.ledger(&id)
+            .iter()
+            .any(|e| e.cause() == credits_core::Cause::DailyReset)
+    };
+    assert!(eventually(|| reset(&app)).await, "the reset is recorded");
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("520"));
+}
