@@ -777,6 +777,13 @@ impl Wallet {
             Op::Release(id) => self.release_kind(id, ReleaseReason::Released),
             Op::Grant(g) => self.decide_grant(g),
             Op::ChangePlan(id) => self.decide_change_plan(id, plans),
+            // The zone it already has is no change: the wallet keeps resetting at every
+            // local date (the 23-hour rule would skip one after a short day or a new
+            // wallet's first evening).
+            Op::SetTimezone(tz) if *tz == self.timezone => Ok(EntryKind::TimezoneChanged {
+                timezone: *tz,
+                next_reset: self.daily.next_reset,
+            }),
             Op::SetTimezone(tz) => Ok(EntryKind::TimezoneChanged {
                 timezone: *tz,
                 next_reset: calendar::first_reset_after_zone_change(

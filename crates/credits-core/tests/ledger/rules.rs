@@ -484,6 +484,31 @@ fn zone_change_before_any_reset_counts_23_hours_from_creation() {
     assert_eq!(j.wallet.daily.next_reset, at("2027-06-03T15:00:00Z"));
 }
 
+/// Found by review: setting the zone the wallet already has applied the 23-hour rule and
+/// skipped a local date: here a new wallet at 23:30 local, whose first reset is 30 minutes
+/// away.
+#[test]
+fn setting_the_same_zone_changes_no_reset() {
+    let mut j = open("free", "Europe/Paris", "2027-06-01T21:30:00Z", None);
+    assert_eq!(j.wallet.daily.next_reset, at("2027-06-01T22:00:00Z"));
+    let e = ok(
+        &mut j,
+        "2027-06-01T21:40:00Z",
+        &Op::SetTimezone("Europe/Paris".parse().unwrap()),
+    );
+    assert_eq!(e.cause(), Cause::TimezoneChange);
+    assert_eq!(j.wallet.daily.next_reset, at("2027-06-01T22:00:00Z"));
+    // Antarctica/Troll: the 22-hour day after the switch to summer time still resets.
+    let mut j = open("free", "Antarctica/Troll", "2027-03-27T12:00:00Z", None);
+    j.advance_to(at("2027-03-28T12:00:00Z"));
+    ok(
+        &mut j,
+        "2027-03-28T12:00:00Z",
+        &Op::SetTimezone("Antarctica/Troll".parse().unwrap()),
+    );
+    assert_eq!(j.wallet.daily.next_reset, at("2027-03-28T22:00:00Z"));
+}
+
 // ---- billing periods -------------------------------------------------------------------------
 
 fn renewal_instants(plan: &str, anchor: &str, from: &str, until: &str) -> Vec<DateTime<Utc>> {
