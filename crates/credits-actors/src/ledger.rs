@@ -396,9 +396,12 @@ impl Ledger {
         ttl_seconds: i64,
         member_id: Option<String>,
     ) -> ServiceResult<ReservationView> {
+        // Input errors come before NOT_FOUND.
+        let ttl = u32::try_from(ttl_seconds)
+            .ok()
+            .filter(|t| credits_core::RESERVATION_TTL_SECONDS.contains(t))
+            .ok_or_else(|| invalid("ttlSeconds must be 1 to 3600"))?;
         let wallet = self.existing(wallet_id).await?;
-        let ttl =
-            u32::try_from(ttl_seconds).map_err(|_| invalid("ttlSeconds must be 1 to 3600"))?;
         let mut op = ReserveOp {
             id: ReservationId(new_ordered_id("res")),
             key: key.clone(),
@@ -419,7 +422,7 @@ impl Ledger {
             return Err(OpError::IdempotencyConflict.into());
         };
         let status = match self.store.reservation(&reservation.id.0).await? {
-            Some(row) => row.status,
+            Some(row) => self.status_now(&row),
             None => ReservationStatus::Active,
         };
         Ok(ReservationView {
@@ -429,6 +432,15 @@ impl Ledger {
             status,
             expires_at: reservation.expires_at,
         })
+    }
+
+    /// A reservation's status as of now: its row may still say ACTIVE after `expiresAt`
+    /// until the wallet records the expiry (SPEC 3: ACTIVE only while now < expiresAt).
+    fn status_now(&self, row: &credits_store::ReservationRow) -> ReservationStatus {
+        match row.status {
+            ReservationStatus::Active if row.expires_at <= self.now() => ReservationStatus::Expired,
+            status => status,
+        }
     }
 
     pub async fn settle(
@@ -456,7 +468,7 @@ impl Ledger {
         };
         let wallet = self.existing(&wallet_id).await?;
         wallet.validate(&Op::Settle(op.clone()))?;
-        match row.status {
+        match self.status_now(&row) {
             ReservationStatus::Active => {}
             ReservationStatus::Settled => {
                 let stored: Request =
@@ -507,7 +519,7 @@ impl Ledger {
             status,
             expires_at: row.expires_at,
         };
-        match row.status {
+        match self.status_now(&row) {
             ReservationStatus::Released => return Ok(view(ReservationStatus::Released)),
             ReservationStatus::Settled | ReservationStatus::Expired => {
                 return Err(OpError::ReservationNotActive.into());

@@ -467,6 +467,15 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
             "NOT_FOUND",
         ),
         (
+            "zero TTL on an unknown wallet (input first)",
+            with(
+                &with(&rc, "walletId", json!("wal_nope")),
+                "ttlSeconds",
+                json!(0),
+            ),
+            "INVALID_INPUT",
+        ),
+        (
             "more than the balance",
             with(&rc, "amount", json!("1000000")),
             "INSUFFICIENT_CREDITS",

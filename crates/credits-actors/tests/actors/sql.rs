@@ -330,3 +330,67 @@ async fn a_batch_refused_by_a_unique_row_is_given_up_not_retried_for_ever() {
         cleanup(&url, pg).await;
     }
 }
+
+/// Found by review: once its wallet has passivated, nothing records a reservation's
+/// expiry until the wallet is next used, and its row still said ACTIVE. A settle after
+/// `expiresAt` was priced first, so an unknown model gave UNKNOWN_MODEL instead of
+/// RESERVATION_NOT_ACTIVE (SPEC 3: ACTIVE only while now < expiresAt; SPEC 10's order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_past_its_expiry_is_not_active_before_it_is_recorded() {
+    let url = format!(
+        "sqlite://{}/credits-actors-{}.db?mode=rwc",
+        std::env::temp_dir().display(),
+        unique()
+    );
+    let store = Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let config = ActorConfig {
+        idle_after: std::time::Duration::from_millis(20),
+        ..ActorConfig::default()
+    };
+    let dir = Directory::new(
+        Arc::new(SqlWallets::new(store.clone())),
+        clock.clone(),
+        catalogue(),
+        config,
+    );
+    let plugins = tempfile::tempdir().unwrap();
+    let (pricing, _) =
+        credits_pricing::PricingRegistry::open(plugins.path(), plugins.path().join("cache"))
+            .unwrap();
+    let ledger = credits_actors::Ledger::new(dir.clone(), store.clone(), Arc::new(pricing));
+    let w = open(&dir, "pro").await;
+    let reserve = || ledger.reserve(&w, "r1".into(), cr("5"), 60, None);
+    let r = reserve().await.unwrap();
+    assert!(
+        eventually(|| dir.active_actor(&w).is_none()).await,
+        "passivated"
+    );
+    clock
+        .as_manual()
+        .unwrap()
+        .advance(chrono::Duration::minutes(2));
+    let tokens = credits_core::Tokens {
+        input: 1,
+        cached: 0,
+        output: 1,
+    };
+    let settled = ledger
+        .settle(&r.id, "t".into(), "no-such-model".into(), tokens)
+        .await;
+    assert!(
+        matches!(
+            settled,
+            Err(credits_actors::ServiceError::Exec(ExecError::Op(
+                OpError::ReservationNotActive
+            )))
+        ),
+        "{settled:?}"
+    );
+    assert_eq!(
+        reserve().await.unwrap().status,
+        credits_store::ReservationStatus::Expired
+    );
+    cleanup(&url, None).await;
+}
