@@ -14,7 +14,7 @@ use credits_core::{
 };
 use credits_pricing::{PricingError, PricingRegistry};
 use credits_store::{
-    GrantRow, MemberRole, MemberRow, ReservationStatus, Store, StoreError, TeamRow,
+    GrantRow, MemberRemoval, MemberRole, MemberRow, ReservationStatus, Store, StoreError, TeamRow,
 };
 
 use crate::directory::Directory;
@@ -810,20 +810,14 @@ impl Ledger {
         self.team(team_id)
             .await?
             .ok_or(ServiceError::NotFound("team"))?;
-        let members = self.store.members(team_id).await?;
-        let Some(target) = members.iter().find(|m| m.user_id == user_id) else {
-            return Ok(false);
-        };
-        let admins = members
-            .iter()
-            .filter(|m| m.role == MemberRole::Admin)
-            .count();
-        if target.role == MemberRole::Admin && admins == 1 {
-            return Err(invalid("a team keeps at least one admin"));
+        match self.store.remove_member(team_id, user_id).await? {
+            MemberRemoval::Removed => {
+                self.dir.pools().forget(team_id, user_id);
+                Ok(true)
+            }
+            MemberRemoval::NotAMember => Ok(false),
+            MemberRemoval::LastAdmin => Err(invalid("a team keeps at least one admin")),
         }
-        let removed = self.store.remove_member(team_id, user_id).await?;
-        self.dir.pools().forget(team_id, user_id);
-        Ok(removed)
     }
 
     // ---- clock and pricing -------------------------------------------------------------

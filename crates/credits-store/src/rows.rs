@@ -398,3 +398,12 @@ impl std::fmt::Debug for TokenHash {
         write!(f, "TokenHash({}…)", &self.0[..self.0.len().min(8)])
     }
 }
+
+/// What [`crate::Store::remove_member`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberRemoval {
+    Removed,
+    NotAMember,
+    /// Refused: they are the team's only ADMIN. Nothing changed.
+    LastAdmin,
+}

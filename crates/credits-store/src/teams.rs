@@ -1,6 +1,6 @@
-//! Teams and members. This module owns their rows; it never enforces team rules (at least
-//! one ADMIN, who may configure whom): the team's supervisor actor serialises those
-//! changes and checks them before calling here.
+//! Teams and members. This module owns their rows. Of the team rules it enforces only the
+//! one two concurrent calls could break between a check and a write: a team keeps at least
+//! one ADMIN ([`Store::remove_member`]). Who may configure whom is checked by the caller.
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
@@ -161,18 +161,43 @@ impl Store {
         Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
     }
 
-    /// Removes a member; false when they were not one.
-    pub async fn remove_member(&self, team_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin().await.map_err(StoreError::Db)?;
+    /// Removes a member, unless they are the team's last ADMIN. The check and the delete
+    /// are one transaction that locks the team's ADMIN rows (SQLite: one writer at a
+    /// time), so two admins removing each other at once cannot leave the team with none.
+    pub async fn remove_member(
+        &self,
+        team_id: &str,
+        user_id: &str,
+    ) -> Result<MemberRemoval, StoreError> {
+        let txn = self.begin_write().await?;
+        let mut admins = team_members::Entity::find()
+            .select_only()
+            .column(team_members::Column::UserId)
+            .filter(team_members::Column::TeamId.eq(team_id))
+            .filter(team_members::Column::Role.eq(MemberRole::Admin.as_str()));
+        if self.backend() == crate::Backend::Postgres {
+            admins = admins.lock_exclusive();
+        }
+        let admins: Vec<String> = admins
+            .into_tuple()
+            .all(&txn)
+            .await
+            .map_err(StoreError::Db)?;
+        if admins.len() == 1 && admins[0] == user_id {
+            return Ok(MemberRemoval::LastAdmin);
+        }
         let res = team_members::Entity::delete_by_id((team_id.to_owned(), user_id.to_owned()))
             .exec(&txn)
             .await
             .map_err(StoreError::Db)?;
+        if res.rows_affected == 0 {
+            return Ok(MemberRemoval::NotAMember);
+        }
         notify_member(&txn, self.backend(), team_id, user_id)
             .await
             .map_err(StoreError::Db)?;
         txn.commit().await.map_err(StoreError::Db)?;
-        Ok(res.rows_affected > 0)
+        Ok(MemberRemoval::Removed)
     }
 
     /// Replaces both limits of a member (None = no limit); false for a non-member.

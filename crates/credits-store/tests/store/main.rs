@@ -206,8 +206,47 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
         MemberRole::Admin
     );
     assert_eq!(store.teams_of_user("bob").await?, vec![team]);
-    assert!(store.remove_member("team_1", "bob").await?);
-    assert!(!store.remove_member("team_1", "bob").await?);
+    assert_eq!(
+        store.remove_member("team_1", "bob").await?,
+        MemberRemoval::Removed
+    );
+    assert_eq!(
+        store.remove_member("team_1", "bob").await?,
+        MemberRemoval::NotAMember
+    );
+    assert_eq!(
+        store.remove_member("team_1", "alice").await?,
+        MemberRemoval::LastAdmin
+    );
+    assert_eq!(store.members("team_1").await?, vec![admin.clone()]);
+    // Two admins removing each other at once: one of them stays, every round.
+    for round in 0..10 {
+        let other = MemberRow {
+            user_id: format!("admin_{round}"),
+            ..admin.clone()
+        };
+        assert!(store.add_member(&other).await?);
+        let remove = |user: String| {
+            let store = store.clone();
+            tokio::spawn(async move { store.remove_member("team_1", &user).await })
+        };
+        let (a, b) = (remove("alice".into()), remove(other.user_id.clone()));
+        let outcomes = [a.await??, b.await??];
+        assert!(
+            outcomes.contains(&MemberRemoval::LastAdmin),
+            "round {round}: {outcomes:?}"
+        );
+        let left = store.members("team_1").await?;
+        assert_eq!(left.len(), 1, "round {round}: {left:?}");
+        if left[0].user_id != "alice" {
+            // Put alice back as the one admin for the next round.
+            assert!(store.add_member(&admin).await?);
+            assert_eq!(
+                store.remove_member("team_1", &left[0].user_id).await?,
+                MemberRemoval::Removed
+            );
+        }
+    }
     assert!(!store.set_member_limits("team_1", "bob", None, None).await?);
     assert!(store.teams_of_user("bob").await?.is_empty());
     Ok(())
