@@ -194,13 +194,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         })
         .collect();
     store.upsert_catalogue(&plan_rows, &bundle_rows).await?;
-    let mut plans: Vec<_> = store
-        .plans()
-        .await?
-        .iter()
-        .map(credits_actors::ledger::plan_from_row)
-        .collect();
-    credits_actors::ledger::sort_plans(&mut plans);
+    let plans = credits_actors::ledger::stored_plans(&store).await?;
 
     std::fs::create_dir_all(&settings.plugin_cache)
         .with_context(|| format!("creating {}", settings.plugin_cache.display()))?;

@@ -3,8 +3,9 @@
 //! notice channel (`credits_store::CommitListener`). This task hands each notice to the
 //! local actor of the wallet, if there is one; the actor reloads what it missed and
 //! publishes it to its subscribers in seq order. A change of a team member's limits is
-//! announced the same way, and restarts that member's seat. A lost listening connection
-//! makes every active wallet check itself and every seat read its limits again.
+//! announced the same way, and restarts that member's seat; a custom plan's change makes
+//! every node read the plans again. A lost listening connection makes every active wallet
+//! check itself, every seat read its limits and the node read the plans again.
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
             // Whatever was announced while nobody listened is unknown.
             dir.announce_all();
             dir.pools().forget_all();
+            reload_plans(&dir, &store).await;
             continue;
         };
         match l.next().await {
@@ -48,14 +50,24 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
                 }
             }
             Ok(Notice::Member(team_id, user_id)) => dir.pools().forget(&team_id, &user_id),
+            Ok(Notice::Plans) => reload_plans(&dir, &store).await,
             Ok(Notice::Gap) => {
                 dir.announce_all();
                 dir.pools().forget_all();
+                reload_plans(&dir, &store).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lost the commit notice feed; listening again");
                 listener = None;
             }
         }
+    }
+}
+
+/// Reads the plans from the store into this node's plan book (another node changed one).
+async fn reload_plans(dir: &Directory, store: &Store) {
+    match crate::ledger::stored_plans(store).await {
+        Ok(plans) => dir.plans().replace(plans),
+        Err(e) => tracing::warn!(error = %e, "reading the plans again failed"),
     }
 }

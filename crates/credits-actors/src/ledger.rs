@@ -869,6 +869,13 @@ pub fn plan_row(p: &Plan, position: i64, now: DateTime<Utc>) -> credits_store::P
     }
 }
 
+/// Every stored plan, in the catalogue's order.
+pub async fn stored_plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
+    let mut plans: Vec<Plan> = store.plans().await?.iter().map(plan_from_row).collect();
+    sort_plans(&mut plans);
+    Ok(plans)
+}
+
 pub fn plan_from_row(r: &credits_store::PlanRow) -> Plan {
     Plan {
         id: PlanId(r.id.clone()),

@@ -106,9 +106,15 @@ async fn upsert_bundles<C: ConnectionTrait>(
 }
 
 impl Store {
-    /// Creates or replaces one plan (custom plans from `upsertPlan`).
+    /// Creates or replaces one plan (custom plans from `upsertPlan`), announcing it to
+    /// the other nodes (PostgreSQL), which read the plans again.
     pub async fn upsert_plan(&self, plan: &PlanRow) -> Result<(), StoreError> {
-        upsert_plans(&self.db, std::slice::from_ref(plan)).await
+        let txn = self.begin_write().await?;
+        upsert_plans(&txn, std::slice::from_ref(plan)).await?;
+        crate::feed::notify_plans(&txn, self.backend())
+            .await
+            .map_err(StoreError::Db)?;
+        txn.commit().await.map_err(StoreError::from_db)
     }
 
     /// Upserts the catalogue's plans and bundles in one transaction (each start).

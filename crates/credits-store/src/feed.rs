@@ -2,7 +2,8 @@
 //! sends one `NOTIFY` on [`CHANNEL`] naming each wallet and the seq it reached; PostgreSQL
 //! delivers it to every listening connection when the transaction commits, and never if it
 //! rolls back. A node that holds one of those wallets reloads it and publishes what it
-//! missed. On SQLite there is one process, so there is nobody to tell.
+//! missed. Changes of a team member and of custom plans are announced the same way. On
+//! SQLite there is one process, so there is nobody to tell.
 
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
@@ -23,6 +24,8 @@ pub enum Notice {
     Committed(Vec<(String, u64)>),
     /// A team member's limits or membership changed (team id, user id).
     Member(String, String),
+    /// A custom plan was created or changed: read the plans again.
+    Plans,
     /// The listening connection was lost and re-established: notices sent in between are
     /// gone, so every wallet held may be behind.
     Gap,
@@ -78,6 +81,19 @@ struct MemberNotice {
     member: (String, String),
 }
 
+/// Sends one notice that the plans changed, inside the caller's transaction.
+pub(crate) async fn notify_plans<C: ConnectionTrait>(
+    conn: &C,
+    backend: Backend,
+) -> Result<(), DbErr> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    send(conn, PLANS_NOTICE.to_owned()).await
+}
+
+const PLANS_NOTICE: &str = r#"{"plans":true}"#;
+
 /// JSON arrays of `[wallet id, seq]` pairs, each under [`MAX_PAYLOAD`] bytes.
 fn payloads(moved: &[(&str, u64)]) -> Vec<String> {
     let mut out = Vec::new();
@@ -118,6 +134,9 @@ impl CommitListener {
             }
             if let Ok(m) = serde_json::from_str::<MemberNotice>(n.payload()) {
                 return Ok(Notice::Member(m.member.0, m.member.1));
+            }
+            if n.payload() == PLANS_NOTICE {
+                return Ok(Notice::Plans);
             }
         }
     }

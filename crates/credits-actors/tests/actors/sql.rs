@@ -394,3 +394,63 @@ async fn a_reservation_past_its_expiry_is_not_active_before_it_is_recorded() {
     );
     cleanup(&url, None).await;
 }
+
+/// Found by review: a custom plan created or changed through one node stayed unknown (or
+/// old) on the others, which then refused `changePlan` to it and reset its wallets with
+/// the old allowance. Every node now reads the plans again on the plan notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_plan_changed_on_one_node_reaches_the_other() {
+    for (url, pg) in databases().await {
+        if pg.is_none() {
+            cleanup(&url, pg).await;
+            continue;
+        }
+        let plugins = tempfile::tempdir().unwrap();
+        let ledger = |dir: Directory, store: Store| {
+            let (pricing, _) = credits_pricing::PricingRegistry::open(
+                plugins.path(),
+                plugins.path().join("cache"),
+            )
+            .unwrap();
+            credits_actors::Ledger::new(dir, store, Arc::new(pricing))
+        };
+        let (a, store_a) = node(&url).await;
+        let (b, store_b) = node(&url).await;
+        // As `creditd` does at every start: the catalogue's plans are stored too.
+        let rows: Vec<_> = catalogue()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| credits_actors::ledger::plan_row(p, i as i64, at("2027-03-10T12:00:00Z")))
+            .collect();
+        store_a.upsert_catalogue(&rows, &[]).await.unwrap();
+        let feed_b = credits_actors::feed::follow(b.clone(), store_b.clone())
+            .await
+            .unwrap();
+        let (on_a, on_b) = (ledger(a.clone(), store_a), ledger(b.clone(), store_b));
+        let id = PlanId::from("acme-custom");
+        for daily in ["10", "50"] {
+            let plan = credits_core::Plan {
+                id: id.clone(),
+                name: "Acme".into(),
+                daily_credits: cr(daily),
+                subscription_credits: cr("100"),
+                interval: credits_core::BillingInterval::Monthly,
+                model_tiers: vec!["economy".into()],
+                custom: true,
+            };
+            on_a.upsert_plan(plan).await.unwrap();
+            assert!(
+                eventually(|| on_b.plan(&id).is_some_and(|p| p.daily_credits == cr(daily))).await,
+                "node b knows the plan with {daily} daily"
+            );
+        }
+        let w = open(&b, "pro").await;
+        on_b.change_plan(&w, &id)
+            .await
+            .expect("node b changes to it");
+        feed_b.abort();
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
