@@ -142,37 +142,70 @@ impl Subscription {
         ctx: &Context<'_>,
         review_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = ReviewObject> + use<>> {
-        let row = ledger(ctx)
-            .store()
-            .review(&review_id.0)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("review"))?;
-        crate::mutation::check_review_reader(ctx, &row)?;
+        // Subscribed before the row is read, so a resolution between the two is not missed
+        // (it may then arrive twice: a row equal to the last one sent is skipped).
         let rx = ctx
             .data_opt::<ReviewHub>()
             .cloned()
             .unwrap_or_default()
             .0
             .subscribe();
-        let id = row.id.clone();
-        let first = Some(row);
+        let store = ledger(ctx).store().clone();
+        let row = store
+            .review(&review_id.0)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("review"))?;
+        crate::mutation::check_review_reader(ctx, &row)?;
+        let watch = ReviewWatch {
+            rx,
+            store,
+            last: None,
+        };
         Ok(futures::stream::unfold(
-            (first, rx, id),
-            |(mut first, mut rx, id)| async move {
-                if let Some(row) = first.take() {
-                    return Some((ReviewObject(row), (None, rx, id)));
-                }
-                loop {
-                    match rx.recv().await {
-                        Ok(row) if row.id == id => {
-                            return Some((ReviewObject(row), (None, rx, id)));
-                        }
-                        Ok(_) | Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return None,
-                    }
-                }
+            (Some(row), watch),
+            |(first, mut watch)| async move {
+                let row = match first {
+                    Some(row) => row,
+                    None => watch.next().await?,
+                };
+                watch.last = Some(row.clone());
+                Some((ReviewObject(row), (None, watch)))
             },
         ))
+    }
+}
+
+/// One review's changes from the hub, each sent once.
+struct ReviewWatch {
+    rx: broadcast::Receiver<ReviewRow>,
+    store: credits_store::Store,
+    last: Option<ReviewRow>,
+}
+
+impl ReviewWatch {
+    /// The review's next state unlike the last one sent; `None` when the hub closes.
+    async fn next(&mut self) -> Option<ReviewRow> {
+        let id = self.last.as_ref()?.id.clone();
+        loop {
+            let row = match self.rx.recv().await {
+                Ok(row) if row.id == id => row,
+                Ok(_) => continue,
+                // The hub is shared by every review: after missing some of its messages,
+                // read this review again rather than lose its change.
+                Err(RecvError::Lagged(_)) => match self.store.review(&id).await {
+                    Ok(Some(row)) => row,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(review = %id, error = %e, "reading a review after lag failed");
+                        continue;
+                    }
+                },
+                Err(RecvError::Closed) => return None,
+            };
+            if self.last.as_ref() != Some(&row) {
+                return Some(row);
+            }
+        }
     }
 }
