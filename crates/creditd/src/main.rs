@@ -224,6 +224,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     // Other nodes' commits reach this node's subscribers (PostgreSQL only).
     let _feed = credits_actors::feed::follow(dir.clone(), store.clone()).await;
+    // What falls due on inactive wallets is recorded at its instant (within a second).
+    let sweeper = dir.sweep_due();
     let ledger = Ledger::new(dir.clone(), store, pricing.clone());
     let schema = credits_graphql::schema(
         ledger.clone(),
@@ -260,6 +262,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("draining wallets");
+    sweeper.abort();
     dir.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -252,6 +252,13 @@ impl WalletStore for Timed {
     async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.find_key(id, key).await
     }
+    async fn due(
+        &self,
+        before: chrono::DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<WalletId>, StoreError> {
+        self.inner.due(before, limit).await
+    }
 }
 
 fn start() -> chrono::DateTime<Utc> {

@@ -26,6 +26,13 @@ use crate::wallet::{Applied, ExecError, WalletActor, WalletArgs, WalletMsg};
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Times a call is re-sent to a freshly activated actor when the old one had stopped.
 const MAX_ACTIVATION_RETRIES: usize = 3;
+/// Wallets read per query when looking for what fell due on inactive wallets.
+const DUE_BATCH: usize = 256;
+/// Wallets brought up to date at once by [`Directory::tick_due`]: enough to share group
+/// commits, few enough not to crowd out the calls being served.
+const DUE_CONCURRENCY: usize = 32;
+/// How often a node looks for inactive wallets with something due (real clock).
+pub const DUE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Tunables of the actor system.
 #[derive(Clone, Debug)]
@@ -329,12 +336,68 @@ impl Directory {
     }
 
     /// Moves a manual clock forward and returns after every due event in between is durable
-    /// and published. FORBIDDEN-worthy on the real clock: returns `None` there.
+    /// and published, on active and inactive wallets. FORBIDDEN-worthy on the real clock:
+    /// returns `None` there.
     pub async fn advance_clock(&self, by: chrono::Duration) -> Option<DateTime<Utc>> {
         let manual = self.shared.clock.as_manual()?;
         let now = manual.advance(by);
         self.tick_all().await;
+        self.tick_due().await;
         Some(now)
+    }
+
+    /// Brings every wallet whose stored next reset, renewal or expiry is by now up to date:
+    /// an inactive one is activated (which applies and commits what fell due) and then
+    /// passivates again as usual. Active wallets do this with their own timers; they are
+    /// ticked too, harmlessly. Returns the number of wallets ticked. Each wallet is ticked
+    /// at most once per call, so one whose commits keep failing cannot hold it up.
+    pub async fn tick_due(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let now = self.shared.clock.now();
+            let due = match self.shared.store.due(now, DUE_BATCH).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for due wallets failed");
+                    break;
+                }
+            };
+            let fresh: Vec<WalletId> = due
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            let mut ticks = tokio::task::JoinSet::new();
+            for id in fresh {
+                if ticks.len() >= DUE_CONCURRENCY {
+                    ticks.join_next().await;
+                }
+                let dir = self.clone();
+                ticks.spawn(async move {
+                    if let Err(e) = dir.call(&id, |r| WalletMsg::Tick(Some(r))).await {
+                        tracing::warn!(wallet = %id, error = %e, "applying due events failed");
+                    }
+                });
+            }
+            while ticks.join_next().await.is_some() {}
+        }
+        seen.len()
+    }
+
+    /// Runs [`Directory::tick_due`] every [`DUE_SWEEP_EVERY`] until the task is aborted, so
+    /// resets, renewals and expiries of inactive wallets are recorded (and a reservation's
+    /// row leaves ACTIVE) within about a second of their instant.
+    pub fn sweep_due(&self) -> tokio::task::JoinHandle<()> {
+        let dir = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = dir.shared.clock.now() + DUE_SWEEP_EVERY;
+                dir.shared.clock.sleep_until(next).await;
+                dir.tick_due().await;
+            }
+        })
     }
 
     /// Stops every actor after its in-flight work is durable (SIGTERM drain).

@@ -134,4 +134,17 @@ impl WalletStore for SqlWallets {
             None => Ok(None),
         }
     }
+
+    async fn due(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<WalletId>, StoreError> {
+        let due = self
+            .store
+            .wallets_due(before, limit)
+            .await
+            .map_err(unavailable)?;
+        Ok(due.into_iter().map(|(id, _)| WalletId(id)).collect())
+    }
 }

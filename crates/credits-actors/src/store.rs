@@ -78,6 +78,13 @@ pub trait WalletStore: Send + Sync + 'static {
     ) -> Result<Vec<Record>, StoreError>;
     /// The record that consumed an idempotency key on this wallet.
     async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Wallets whose next reset, renewal or expiry is at or before `before`, as stored,
+    /// soonest first, at most `limit`.
+    async fn due(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<WalletId>, StoreError>;
 }
 
 #[derive(Debug)]
@@ -273,5 +280,24 @@ impl WalletStore for MemoryStore {
         Ok(wallets
             .get(id)
             .and_then(|s| s.keys.get(key).map(|&i| s.records[i].entry.clone())))
+    }
+
+    async fn due(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<WalletId>, StoreError> {
+        let wallets = self.wallets.lock().unwrap();
+        let mut due: Vec<_> = wallets
+            .values()
+            .map(|s| (s.wallet.next_due(), &s.wallet.id))
+            .filter(|(at, _)| *at <= before)
+            .collect();
+        due.sort();
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect())
     }
 }

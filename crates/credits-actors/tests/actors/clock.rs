@@ -90,3 +90,43 @@ async fn an_idle_wallet_ends_in_the_state_of_one_touched_every_minute() {
         a.spendable()
     );
 }
+
+/// Found by review: a passivated wallet recorded what fell due only when it was next used,
+/// so `advanceClock` returned before its reset, renewal or reservation expiry was
+/// committed (SPEC 9), and the reservation's row stayed ACTIVE. The directory now finds
+/// such wallets in the store and brings them up to date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advancing_the_clock_records_due_events_of_passivated_wallets() {
+    let config = credits_actors::ActorConfig {
+        idle_after: std::time::Duration::from_millis(20),
+        ..Default::default()
+    };
+    let app = app_with(
+        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
+        config,
+    );
+    let ids = [
+        app.wallet("wal_p1", "pro", "UTC").await,
+        app.wallet("wal_p2", "pro", "Asia/Tokyo").await,
+    ];
+    for id in &ids {
+        app.dir
+            .execute(id, usage(&format!("{}-k", id.0), "5"))
+            .await
+            .unwrap();
+    }
+    assert!(eventually(|| ids.iter().all(|id| app.dir.active_actor(id).is_none())).await);
+    // Past midnight in both zones (Tokyo: 15:00Z; UTC: 00:00Z).
+    app.dir.advance_clock(Duration::hours(13)).await.unwrap();
+    for id in &ids {
+        let ledger = app.ledger(id);
+        assert_eq!(
+            ledger.last().map(|e| e.cause()),
+            Some(Cause::DailyReset),
+            "{id:?}: the reset is recorded by the time advance returns"
+        );
+        assert_eq!(replay(&ledger).unwrap().daily.remaining, cr("20"));
+    }
+    // Nothing is due any more: nothing to tick.
+    assert_eq!(app.dir.tick_due().await, 0);
+}

@@ -454,3 +454,35 @@ async fn a_custom_plan_changed_on_one_node_reaches_the_other() {
         cleanup(&url, pg).await;
     }
 }
+
+/// The same as `clock::advancing_the_clock_records_due_events_of_passivated_wallets`, with
+/// the due wallets found by the SQL store's `next_due_us` index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_events_of_passivated_wallets_are_found_in_the_sql_store() {
+    for (url, pg) in databases().await {
+        let store = Store::connect(&url).await.unwrap();
+        let config = ActorConfig {
+            idle_after: std::time::Duration::from_millis(20),
+            ..ActorConfig::default()
+        };
+        let dir = Directory::new(
+            Arc::new(SqlWallets::new(store.clone())),
+            Clock::manual(at("2027-03-10T12:00:00Z")),
+            catalogue(),
+            config,
+        );
+        let id = open(&dir, "pro").await;
+        dir.execute(&id, usage(&format!("{}-k", id.0), "5"))
+            .await
+            .unwrap();
+        assert!(eventually(|| dir.active_actor(&id).is_none()).await);
+        let before = store_len(&url, &id).await;
+        dir.advance_clock(chrono::Duration::hours(13))
+            .await
+            .unwrap();
+        assert_eq!(store_len(&url, &id).await, before + 1, "the reset");
+        assert_eq!(dir.read(&id).await.unwrap().daily.remaining, cr("20"));
+        dir.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
