@@ -209,3 +209,81 @@ impl ReviewWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use credits_store::{ReviewResolution, ReviewStatus, Store};
+
+    use super::*;
+
+    fn review(id: &str) -> ReviewRow {
+        ReviewRow {
+            id: id.into(),
+            wallet_id: "wal_r".into(),
+            thread_id: format!("thread-{id}"),
+            reporter_id: "alice".into(),
+            task_description: "refactor".into(),
+            model: None,
+            preview_status: "OK".into(),
+            thread_length: None,
+            context_size: None,
+            status: ReviewStatus::Submitted,
+            findings_json: "{}".into(),
+            suggested_refund_ucr: 1,
+            credited_ucr: None,
+            note: None,
+            grant_id: None,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            resolved_at: None,
+        }
+    }
+
+    /// A watcher that fell behind the shared hub reads its review again instead of
+    /// losing the change; a row equal to the last one sent is not sent twice.
+    #[tokio::test]
+    async fn a_lagging_watch_reads_the_review_again_and_sends_each_state_once() {
+        let path = std::env::temp_dir().join(format!(
+            "credits-graphql-watch-{}-{}.db",
+            std::process::id(),
+            credits_actors::ledger::new_id("t")
+        ));
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let submitted = review("rev_1");
+        store.insert_review(&submitted).await.unwrap();
+        let (hub, rx) = broadcast::channel(2);
+        let mut watch = ReviewWatch {
+            rx,
+            store: store.clone(),
+            last: Some(submitted),
+        };
+        let resolution = ReviewResolution {
+            review_id: "rev_1".into(),
+            status: ReviewStatus::Rejected,
+            credited_ucr: None,
+            note: Some("no".into()),
+            grant_id: None,
+            resolved_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        assert!(store.resolve_review(&resolution).await.unwrap());
+        // Its own message is pushed out by three about other reviews.
+        let rejected = store.review("rev_1").await.unwrap().unwrap();
+        hub.send(rejected.clone()).unwrap();
+        for i in 0..3 {
+            hub.send(review(&format!("rev_other{i}"))).unwrap();
+        }
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next());
+        assert_eq!(next.await.expect("not lost").as_ref(), Some(&rejected));
+        watch.last = Some(rejected.clone());
+        // Sent again (as it may be when the row was read after subscribing): skipped.
+        hub.send(rejected).unwrap();
+        drop(hub);
+        assert_eq!(watch.next().await, None);
+        store.close().await.ok();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
