@@ -141,13 +141,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 role,
                 owner_id: owner,
                 label: None,
-                created_at: chrono::Utc::now(),
+                created_at: clock_of(&settings).now(),
             };
             store.insert_token(&row).await?;
             println!("{token}");
             Ok(())
         }
     }
+}
+
+/// The one clock every time comes from: manual when the settings say so.
+fn clock_of(settings: &Settings) -> Clock {
+    settings.manual_clock.map_or(Clock::System, Clock::manual)
 }
 
 /// A database URL for logs: without a password.
@@ -174,7 +179,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => catalogue::EMBEDDED.to_owned(),
     };
     let cat = catalogue::parse(&text)?;
-    let now = chrono::Utc::now();
+    let clock = clock_of(&settings);
+    if let Some(t) = settings.manual_clock {
+        tracing::info!(start = %t, "running on a manual clock");
+    }
+    let now = clock.now();
     let plan_rows: Vec<_> = cat
         .plans
         .iter()
@@ -202,13 +211,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(dir = %settings.plugins.display(), "pricing plugins: {report}");
     let pricing = Arc::new(pricing);
 
-    let clock = match settings.manual_clock {
-        Some(t) => {
-            tracing::info!(start = %t, "running on a manual clock");
-            Clock::manual(t)
-        }
-        None => Clock::System,
-    };
     let config = ActorConfig {
         writers: match store.backend() {
             Backend::Sqlite => 1,

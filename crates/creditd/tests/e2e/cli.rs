@@ -63,11 +63,27 @@ async fn token_create_prints_a_token_that_authenticates(b: Backend) {
             "alice",
             "--database",
             &app.db.url,
+            "--manual-clock",
+            "2031-01-02T03:04:05Z",
         ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Stamped by the one clock (here the manual one), never the system's.
+    let store = credits_store::Store::connect(&app.db.url).await.unwrap();
+    let row = store
+        .find_token(&credits_store::TokenHash::of_secret(&token))
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(
+        row.created_at,
+        "2031-01-02T03:04:05Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    );
+    store.close().await.ok();
     assert!(
         !token.is_empty() && !token.contains(char::is_whitespace),
         "{token:?}"
