@@ -49,11 +49,7 @@ async fn a_lost_reply_then_another_nodes_write_answers_the_durable_call() {
     let faults = &app.store.faults;
     faults.lose_replies.store(1, Ordering::SeqCst);
     faults.loads.hold.store(1, Ordering::SeqCst);
-    let call = tokio::spawn({
-        let dir = app.dir.clone();
-        let id = id.clone();
-        async move { dir.execute(&id, purchase).await }
-    });
+    let call = app.spawn_execute(&id, purchase);
     // The purchase is durable and this node's reload waits: the other node writes now.
     assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
     other.execute(&id, usage("k-other", "5")).await.unwrap();
@@ -204,11 +200,7 @@ async fn a_forgotten_retry_ahead_does_not_refuse_the_next_call() {
     // The retry's commit is held, so the next call is decided while it is in flight.
     let faults = &app.store.faults;
     faults.commits.hold.store(1, Ordering::SeqCst);
-    let retry = tokio::spawn({
-        let dir = app.dir.clone();
-        let id = id.clone();
-        async move { dir.execute(&id, usage("k", "8")).await }
-    });
+    let retry = app.spawn_execute(&id, usage("k", "8"));
     assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
     let mut next = std::pin::pin!(app.dir.execute(&id, usage("k2", "5")));
     // The first poll sends the call; a read sent after it is answered after it is decided.
@@ -240,11 +232,7 @@ async fn a_reset_due_during_a_reload_is_applied_after_it() {
     let faults = &app.store.faults;
     faults.lose_replies.store(1, Ordering::SeqCst);
     faults.loads.hold.store(1, Ordering::SeqCst);
-    let call = tokio::spawn({
-        let dir = app.dir.clone();
-        let id = id.clone();
-        async move { dir.execute(&id, usage("k1", "5")).await }
-    });
+    let call = app.spawn_execute(&id, usage("k1", "5"));
     // The commit landed; its reply was lost and the reload waits. Midnight passes.
     assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
     let clock = app.dir.clock().as_manual().unwrap().clone();

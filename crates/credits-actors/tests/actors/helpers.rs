@@ -2,12 +2,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use credits_actors::{ActorConfig, Clock, Directory, MemoryStore};
+use credits_actors::{ActorConfig, Applied, Clock, Directory, ExecError, Ledger, MemoryStore};
 use credits_core::testing::catalogue;
 use credits_core::{
     Credits, Entry, GrantId, GrantKind, GrantOp, NewWallet, Op, PlanId, Tokens, UsageId, UsageOp,
     WalletId,
 };
+use credits_pricing::PricingRegistry;
 
 pub fn at(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
@@ -48,6 +49,27 @@ impl App {
     pub fn ledger(&self, id: &WalletId) -> Vec<Entry> {
         self.store.ledger(id)
     }
+
+    /// Runs `op` on a task of its own, so the test can act while it waits.
+    pub fn spawn_execute(
+        &self,
+        id: &WalletId,
+        op: Op,
+    ) -> tokio::task::JoinHandle<Result<Applied, ExecError>> {
+        let (dir, id) = (self.dir.clone(), id.clone());
+        tokio::spawn(async move { dir.execute(&id, op).await })
+    }
+}
+
+/// The service facade on `dir` and `store` with no pricing plugins (`plugins` is an empty
+/// directory): every model is unknown.
+pub fn ledger_without_plugins(
+    dir: &Directory,
+    store: &credits_store::Store,
+    plugins: &std::path::Path,
+) -> Ledger {
+    let (pricing, _) = PricingRegistry::open(plugins, plugins.join("cache")).unwrap();
+    Ledger::new(dir.clone(), store.clone(), Arc::new(pricing))
 }
 
 pub fn usage(key: &str, cost: &str) -> Op {

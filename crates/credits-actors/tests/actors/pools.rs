@@ -2,12 +2,9 @@
 //! a crashed seat or pool wallet actor comes back from durable state while the pool keeps
 //! serving, and limit changes reach the seat (on SQLite and PostgreSQL).
 
-use std::sync::Arc;
-
 use credits_actors::pool::SeatMsg;
-use credits_actors::{ExecError, Ledger, ServiceError};
+use credits_actors::{ExecError, ServiceError};
 use credits_core::{OpError, PlanId};
-use credits_pricing::PricingRegistry;
 use credits_store::MemberRole;
 
 use crate::helpers::*;
@@ -25,9 +22,7 @@ async fn pool_members_at_their_limits_and_crashes_under_supervision() {
     let plugins = tempfile::tempdir().unwrap();
     for (url, pg) in databases().await {
         let (dir, store) = node(&url).await;
-        let (pricing, _) =
-            PricingRegistry::open(plugins.path(), plugins.path().join("cache")).unwrap();
-        let ledger = Ledger::new(dir.clone(), store.clone(), Arc::new(pricing));
+        let ledger = ledger_without_plugins(&dir, &store, plugins.path());
         let team = ledger
             .create_team(
                 "Team".into(),

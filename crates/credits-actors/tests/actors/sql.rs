@@ -356,10 +356,7 @@ async fn a_reservation_past_its_expiry_is_not_active_before_it_is_recorded() {
         config,
     );
     let plugins = tempfile::tempdir().unwrap();
-    let (pricing, _) =
-        credits_pricing::PricingRegistry::open(plugins.path(), plugins.path().join("cache"))
-            .unwrap();
-    let ledger = credits_actors::Ledger::new(dir.clone(), store.clone(), Arc::new(pricing));
+    let ledger = ledger_without_plugins(&dir, &store, plugins.path());
     let w = open(&dir, "pro").await;
     let reserve = || ledger.reserve(&w, "r1".into(), cr("5"), 60, None);
     let r = reserve().await.unwrap();
@@ -406,14 +403,6 @@ async fn a_custom_plan_changed_on_one_node_reaches_the_other() {
             continue;
         }
         let plugins = tempfile::tempdir().unwrap();
-        let ledger = |dir: Directory, store: Store| {
-            let (pricing, _) = credits_pricing::PricingRegistry::open(
-                plugins.path(),
-                plugins.path().join("cache"),
-            )
-            .unwrap();
-            credits_actors::Ledger::new(dir, store, Arc::new(pricing))
-        };
         let (a, store_a) = node(&url).await;
         let (b, store_b) = node(&url).await;
         // As `creditd` does at every start: the catalogue's plans are stored too.
@@ -426,7 +415,8 @@ async fn a_custom_plan_changed_on_one_node_reaches_the_other() {
         let feed_b = credits_actors::feed::follow(b.clone(), store_b.clone())
             .await
             .unwrap();
-        let (on_a, on_b) = (ledger(a.clone(), store_a), ledger(b.clone(), store_b));
+        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
+        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
         let id = PlanId::from("acme-custom");
         for daily in ["10", "50"] {
             let plan = credits_core::Plan {
