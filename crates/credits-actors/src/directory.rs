@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use crate::clock::Clock;
 use crate::committer::Committer;
 use crate::events::Subscription;
+use crate::feed::ReviewChanges;
 use crate::pool::Pools;
 use crate::store::{CommitError, Record, WalletStore};
 use crate::wallet::{Applied, ExecError, WalletActor, WalletArgs, WalletMsg};
@@ -103,6 +104,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub(crate) committer: Committer,
     pools: Pools,
+    reviews: ReviewChanges,
     actors: DashMap<WalletId, Slot>,
 }
 
@@ -147,6 +149,7 @@ impl Directory {
             metrics,
             committer,
             pools: Pools::default(),
+            reviews: ReviewChanges::default(),
             actors: DashMap::new(),
         };
         Directory {
@@ -173,6 +176,10 @@ impl Directory {
     /// The team pool supervisors of this node.
     pub fn pools(&self) -> &Pools {
         &self.shared.pools
+    }
+
+    pub fn reviews(&self) -> &ReviewChanges {
+        &self.shared.reviews
     }
 
     /// The actor of a wallet, activated as needed (for supervisors that link to it).

@@ -4,13 +4,16 @@
 //! local actor of the wallet, if there is one; the actor reloads what it missed and
 //! publishes it to its subscribers in seq order. A change of a team member's limits is
 //! announced the same way, and restarts that member's seat; a custom plan's change makes
-//! every node read the plans again. A lost listening connection makes every active wallet
-//! check itself, every seat read its limits and the node read the plans again.
+//! every node read the plans again; a resolved review is passed to this node's review
+//! watchers ([`ReviewChanges`]). A lost listening connection makes every active wallet
+//! check itself, every seat read its limits, every review watcher read its review and the
+//! node read the plans again.
 
 use std::time::Duration;
 
 use credits_core::WalletId;
 use credits_store::{CommitListener, Notice, Store};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use crate::directory::Directory;
@@ -40,6 +43,7 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
             // Whatever was announced while nobody listened is unknown.
             dir.announce_all();
             dir.pools().forget_all();
+            dir.reviews().announce_any();
             reload_plans(&dir, &store).await;
             continue;
         };
@@ -51,9 +55,11 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
             }
             Ok(Notice::Member(team_id, user_id)) => dir.pools().forget(&team_id, &user_id),
             Ok(Notice::Plans) => reload_plans(&dir, &store).await,
+            Ok(Notice::Review(id)) => dir.reviews().announce(&id),
             Ok(Notice::Gap) => {
                 dir.announce_all();
                 dir.pools().forget_all();
+                dir.reviews().announce_any();
                 reload_plans(&dir, &store).await;
             }
             Err(e) => {
@@ -69,5 +75,41 @@ async fn reload_plans(dir: &Directory, store: &Store) {
     match crate::ledger::stored_plans(store).await {
         Ok(plans) => dir.plans().replace(plans),
         Err(e) => tracing::warn!(error = %e, "reading the plans again failed"),
+    }
+}
+
+/// Review changes buffered for slow watchers (a watcher that falls behind reads its review
+/// again).
+pub const REVIEW_CHANNEL_CAPACITY: usize = 256;
+
+/// What changed: one review (its id), or any of them (notices were lost).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReviewChange {
+    One(String),
+    Any,
+}
+
+/// Where this node's review watchers (`reviewUpdated`) hear that a review changed, on
+/// this node or, through the notice feed, on another.
+#[derive(Clone, Debug)]
+pub struct ReviewChanges(broadcast::Sender<ReviewChange>);
+
+impl Default for ReviewChanges {
+    fn default() -> Self {
+        ReviewChanges(broadcast::Sender::new(REVIEW_CHANNEL_CAPACITY))
+    }
+}
+
+impl ReviewChanges {
+    pub fn announce(&self, review_id: &str) {
+        let _ = self.0.send(ReviewChange::One(review_id.to_owned()));
+    }
+
+    pub fn announce_any(&self) {
+        let _ = self.0.send(ReviewChange::Any);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ReviewChange> {
+        self.0.subscribe()
     }
 }

@@ -16,6 +16,7 @@ pub mod wallet;
 pub use clock::{Clock, ManualClock};
 pub use directory::{ActorConfig, Directory, Metrics, PlanBook};
 pub use events::{BalanceEvent, EventKind, Subscription};
+pub use feed::{ReviewChange, ReviewChanges};
 pub use ledger::{Ledger, Receipt, ReservationView, ServiceError, ServiceResult, UsageInput};
 pub use sql::SqlWallets;
 pub use store::{

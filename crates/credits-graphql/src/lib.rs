@@ -19,7 +19,6 @@ use credits_actors::Ledger;
 
 pub use access::Principal;
 pub use error::{ApiError, Code};
-pub use subscription::ReviewHub;
 pub use types::Role;
 
 /// Largest list a resolver reads in one go.
@@ -45,7 +44,6 @@ impl Default for ApiConfig {
 pub fn schema(ledger: Ledger, config: &ApiConfig) -> CreditsSchema {
     let mut builder = Schema::build(query::Query, mutation::Mutation, subscription::Subscription)
         .data(ledger)
-        .data(ReviewHub::default())
         .limit_depth(limits::MAX_DEPTH)
         .limit_complexity(limits::MAX_COMPLEXITY)
         .extension(limits::Limits::default());

@@ -3,7 +3,7 @@
 //! status of a review.
 
 use async_graphql::{Context, ID, Subscription as GqlSubscription};
-use credits_actors::{Ledger, Subscription as Live};
+use credits_actors::{Ledger, ReviewChange, Subscription as Live};
 use credits_core::WalletId;
 use credits_store::ReviewRow;
 use futures::Stream;
@@ -14,23 +14,10 @@ use crate::error::ApiError;
 use crate::objects::ReviewObject;
 use crate::types::{BalanceCause, BalanceEvent};
 
-/// Review changes buffered for slow subscribers.
-pub const REVIEW_CHANNEL_CAPACITY: usize = 256;
-
-/// Where resolved reviews are announced.
-#[derive(Clone, Debug)]
-pub struct ReviewHub(pub broadcast::Sender<ReviewRow>);
-
-impl Default for ReviewHub {
-    fn default() -> Self {
-        ReviewHub(broadcast::Sender::new(REVIEW_CHANNEL_CAPACITY))
-    }
-}
-
+/// Tells this node's review watchers that `row` changed (other nodes hear it from the
+/// store's notice).
 pub fn review_changed(ctx: &Context<'_>, row: &ReviewRow) {
-    if let Some(hub) = ctx.data_opt::<ReviewHub>() {
-        let _ = hub.0.send(row.clone());
-    }
+    ledger(ctx).directory().reviews().announce(&row.id);
 }
 
 fn snapshot(ledger: &Ledger, live: &Live) -> BalanceEvent {
@@ -144,12 +131,7 @@ impl Subscription {
     ) -> async_graphql::Result<impl Stream<Item = ReviewObject> + use<>> {
         // Subscribed before the row is read, so a resolution between the two is not missed
         // (it may then arrive twice: a row equal to the last one sent is skipped).
-        let rx = ctx
-            .data_opt::<ReviewHub>()
-            .cloned()
-            .unwrap_or_default()
-            .0
-            .subscribe();
+        let rx = ledger(ctx).directory().reviews().subscribe();
         let store = ledger(ctx).store().clone();
         let row = store
             .review(&review_id.0)
@@ -176,32 +158,33 @@ impl Subscription {
     }
 }
 
-/// One review's changes from the hub, each sent once.
+/// One review's changes, each state sent once.
 struct ReviewWatch {
-    rx: broadcast::Receiver<ReviewRow>,
+    rx: broadcast::Receiver<ReviewChange>,
     store: credits_store::Store,
     last: Option<ReviewRow>,
 }
 
 impl ReviewWatch {
-    /// The review's next state unlike the last one sent; `None` when the hub closes.
+    /// The review's next state unlike the last one sent; `None` when the hub closes or
+    /// the review is gone.
     async fn next(&mut self) -> Option<ReviewRow> {
         let id = self.last.as_ref()?.id.clone();
         loop {
-            let row = match self.rx.recv().await {
-                Ok(row) if row.id == id => row,
-                Ok(_) => continue,
-                // The hub is shared by every review: after missing some of its messages,
-                // read this review again rather than lose its change.
-                Err(RecvError::Lagged(_)) => match self.store.review(&id).await {
-                    Ok(Some(row)) => row,
-                    Ok(None) => return None,
-                    Err(e) => {
-                        tracing::warn!(review = %id, error = %e, "reading a review after lag failed");
-                        continue;
-                    }
-                },
+            match self.rx.recv().await {
+                Ok(ReviewChange::One(changed)) if changed != id => continue,
+                // This review, any review (notices were lost), or fell behind the hub
+                // shared by every review: read it again rather than lose its change.
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return None,
+            }
+            let row = match self.store.review(&id).await {
+                Ok(Some(row)) => row,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(review = %id, error = %e, "reading a changed review failed");
+                    continue;
+                }
             };
             if self.last.as_ref() != Some(&row) {
                 return Some(row);
@@ -270,15 +253,18 @@ mod tests {
         assert!(store.resolve_review(&resolution).await.unwrap());
         // Its own message is pushed out by three about other reviews.
         let rejected = store.review("rev_1").await.unwrap().unwrap();
-        hub.send(rejected.clone()).unwrap();
+        hub.send(ReviewChange::One("rev_1".into())).unwrap();
         for i in 0..3 {
-            hub.send(review(&format!("rev_other{i}"))).unwrap();
+            hub.send(ReviewChange::One(format!("rev_other{i}")))
+                .unwrap();
         }
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next());
         assert_eq!(next.await.expect("not lost").as_ref(), Some(&rejected));
         watch.last = Some(rejected.clone());
-        // Sent again (as it may be when the row was read after subscribing): skipped.
-        hub.send(rejected).unwrap();
+        // Announced again (as it may be when the row was read after subscribing, or by
+        // this node's own notice), or any review changed: the same state is skipped.
+        hub.send(ReviewChange::One("rev_1".into())).unwrap();
+        hub.send(ReviewChange::Any).unwrap();
         drop(hub);
         assert_eq!(watch.next().await, None);
         store.close().await.ok();

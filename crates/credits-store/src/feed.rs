@@ -2,7 +2,8 @@
 //! sends one `NOTIFY` on [`CHANNEL`] naming each wallet and the seq it reached; PostgreSQL
 //! delivers it to every listening connection when the transaction commits, and never if it
 //! rolls back. A node that holds one of those wallets reloads it and publishes what it
-//! missed. Changes of a team member and of custom plans are announced the same way. On
+//! missed. Changes of a team member, of custom plans and of reviews are announced the
+//! same way. On
 //! SQLite there is one process, so there is nobody to tell.
 
 use sea_orm::sqlx::postgres::PgListener;
@@ -26,6 +27,8 @@ pub enum Notice {
     Member(String, String),
     /// A custom plan was created or changed: read the plans again.
     Plans,
+    /// A review was resolved (its id).
+    Review(String),
     /// The listening connection was lost and re-established: notices sent in between are
     /// gone, so every wallet held may be behind.
     Gap,
@@ -94,6 +97,23 @@ pub(crate) async fn notify_plans<C: ConnectionTrait>(
 
 const PLANS_NOTICE: &str = r#"{"plans":true}"#;
 
+/// Sends one notice that a review changed, inside the caller's transaction.
+pub(crate) async fn notify_review<C: ConnectionTrait>(
+    conn: &C,
+    backend: Backend,
+    review_id: &str,
+) -> Result<(), DbErr> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    send(conn, serde_json::json!({ "review": review_id }).to_string()).await
+}
+
+#[derive(serde::Deserialize)]
+struct ReviewNotice {
+    review: String,
+}
+
 /// JSON arrays of `[wallet id, seq]` pairs, each under [`MAX_PAYLOAD`] bytes.
 fn payloads(moved: &[(&str, u64)]) -> Vec<String> {
     let mut out = Vec::new();
@@ -134,6 +154,9 @@ impl CommitListener {
             }
             if let Ok(m) = serde_json::from_str::<MemberNotice>(n.payload()) {
                 return Ok(Notice::Member(m.member.0, m.member.1));
+            }
+            if let Ok(r) = serde_json::from_str::<ReviewNotice>(n.payload()) {
+                return Ok(Notice::Review(r.review));
             }
             if n.payload() == PLANS_NOTICE {
                 return Ok(Notice::Plans);

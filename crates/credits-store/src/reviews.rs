@@ -5,7 +5,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 
 use crate::entity::reviews;
 use crate::error::StoreError;
@@ -200,13 +202,14 @@ impl Store {
         Ok(res.rows_affected > 0)
     }
 
-    /// Marks a claimed review CREDITED once its lot is durable; false when it is not a
-    /// claimed SUBMITTED review (another caller finished it).
+    /// Marks a claimed review CREDITED once its lot is durable, announcing it to the other
+    /// nodes; false when it is not a claimed SUBMITTED review (another caller finished it).
     pub async fn finish_review_approval(
         &self,
         review_id: &str,
         resolved_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let txn = self.begin_write().await?;
         let res = reviews::Entity::update_many()
             .col_expr(
                 reviews::Column::Status,
@@ -216,16 +219,18 @@ impl Store {
             .filter(reviews::Column::Id.eq(review_id))
             .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
             .filter(reviews::Column::GrantId.is_not_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(StoreError::Db)?;
-        Ok(res.rows_affected > 0)
+        self.announce_review(txn, review_id, res.rows_affected > 0)
+            .await
     }
 
-    /// Resolves a SUBMITTED, unclaimed review without a grant (a rejection); false when
-    /// it is resolved or claimed for approval already. An approval goes through
-    /// [`Store::claim_review_approval`] instead.
+    /// Resolves a SUBMITTED, unclaimed review without a grant (a rejection), announcing it
+    /// to the other nodes; false when it is resolved or claimed for approval already. An
+    /// approval goes through [`Store::claim_review_approval`] instead.
     pub async fn resolve_review(&self, resolution: &ReviewResolution) -> Result<bool, StoreError> {
+        let txn = self.begin_write().await?;
         let res = reviews::Entity::update_many()
             .col_expr(
                 reviews::Column::Status,
@@ -247,9 +252,27 @@ impl Store {
             .filter(reviews::Column::Id.eq(resolution.review_id.as_str()))
             .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
             .filter(reviews::Column::GrantId.is_null())
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(StoreError::Db)?;
-        Ok(res.rows_affected > 0)
+        self.announce_review(txn, &resolution.review_id, res.rows_affected > 0)
+            .await
+    }
+
+    /// Commits a review's resolution, announcing it to the other nodes (PostgreSQL) when
+    /// `changed`; returns `changed`.
+    async fn announce_review(
+        &self,
+        txn: DatabaseTransaction,
+        review_id: &str,
+        changed: bool,
+    ) -> Result<bool, StoreError> {
+        if changed {
+            crate::feed::notify_review(&txn, self.backend(), review_id)
+                .await
+                .map_err(StoreError::Db)?;
+        }
+        txn.commit().await.map_err(StoreError::from_db)?;
+        Ok(changed)
     }
 }

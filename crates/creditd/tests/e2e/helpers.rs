@@ -402,7 +402,6 @@ impl App {
     /// A second server process on this app's database (its own directory, log and port,
     /// the same admin token): another node of the same service. Its drop stops it and
     /// leaves the database to `self`.
-    #[allow(dead_code)] // used by the reliability suite
     pub async fn another_node(&self) -> App {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut node = App {

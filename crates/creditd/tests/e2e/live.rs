@@ -137,6 +137,47 @@ async fn review_updated_sees_the_credit(b: Backend) {
     );
 }
 
+/// SPEC 9 "several nodes": a review resolved through one node reaches a `reviewUpdated`
+/// subscriber on another (PostgreSQL only: SQLite is one process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_updated_sees_a_resolution_on_another_node() {
+    let Some(b) = Backend::postgres() else {
+        return eprintln!("CREDITS_TEST_DATABASE_URL is unset: skipped");
+    };
+    let a = App::spawn(b).await;
+    let w = a.wallet("alice", "pro").await;
+    a.record(&w, "a", "t", "standard-chat", 1000, 1000).await;
+    let alice = a.token("USER", Some("alice")).await;
+    let d = a.ok(&alice, REPORT, json!({ "w": w, "t": "t" })).await;
+    let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+    let (mut ws, init) = Ws::connect(&a, "graphql-transport-ws", &alice).await;
+    assert!(matches!(init, Init::Ack));
+    ws.subscribe(
+        "r",
+        "subscription($id: ID!) { reviewUpdated(reviewId: $id) { id status } }",
+        json!({ "id": id }),
+    )
+    .await;
+    assert_eq!(
+        ws.next_data("r").await["reviewUpdated"]["status"],
+        "SUBMITTED"
+    );
+
+    let other = a.another_node().await;
+    other
+        .ok(
+            &other.admin,
+            RESOLVE,
+            json!({ "i": { "reviewId": id, "decision": "REJECT" } }),
+        )
+        .await;
+    let rejected = ws.next_data("r").await;
+    assert_eq!(
+        rejected["reviewUpdated"],
+        json!({ "id": id, "status": "REJECTED" })
+    );
+}
+
 async fn due_events_stream_in_order_at_their_instants(b: Backend) {
     let app = App::spawn(b).await;
     let w = app.wallet("alice", "pro").await;
