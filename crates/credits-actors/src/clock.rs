@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use tokio::sync::watch;
 
 /// A source of time that can also wait for an instant.
@@ -30,7 +30,9 @@ impl Clock {
 
     pub fn now(&self) -> DateTime<Utc> {
         match self {
-            Clock::System => Utc::now(),
+            // The store keeps microseconds (so does the manual clock): an instant with more
+            // would differ between a receipt and the history, and between their sorts.
+            Clock::System => Utc::now().trunc_subsecs(6),
             Clock::Manual(m) => m.now(),
         }
     }
@@ -73,7 +75,7 @@ pub struct ManualClock {
 impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> ManualClock {
         ManualClock {
-            now: watch::Sender::new(start),
+            now: watch::Sender::new(start.trunc_subsecs(6)),
         }
     }
 
@@ -84,6 +86,7 @@ impl ManualClock {
     /// Moves the clock forward and returns the new instant.
     pub fn advance(&self, by: chrono::Duration) -> DateTime<Utc> {
         let by = by.max(chrono::Duration::zero());
+        let by = by - chrono::Duration::nanoseconds(i64::from(by.subsec_nanos() % 1_000));
         self.now.send_modify(|t| *t += by);
         self.now()
     }
@@ -92,5 +95,26 @@ impl ManualClock {
         let mut rx = self.now.subscribe();
         // `wait_for` checks the current value first, so an instant already passed returns at once.
         let _ = rx.wait_for(|now| *now >= t).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone, Timelike};
+
+    use super::*;
+
+    #[test]
+    fn every_instant_is_whole_microseconds() {
+        let whole = |t: DateTime<Utc>| t.nanosecond().is_multiple_of(1_000);
+        for _ in 0..1_000 {
+            assert!(whole(Clock::System.now()));
+        }
+        let start = Utc.timestamp_opt(1_800_000_000, 123_456_789).unwrap();
+        let clock = Clock::manual(start);
+        assert!(whole(clock.now()));
+        let m = clock.as_manual().unwrap();
+        assert!(whole(m.advance(Duration::nanoseconds(1_999))));
+        assert_eq!(clock.now().nanosecond(), 123_457_000);
     }
 }
