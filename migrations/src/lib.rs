@@ -19,6 +19,7 @@ mod m20251128_000001_catalogue;
 mod m20251128_000002_wallets_ledger;
 mod m20251128_000003_teams_reviews_tokens;
 mod m20251128_000004_usage_covering_indexes;
+mod m20251128_000005_wallet_creation_requests;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251128_000002_wallets_ledger::Migration),
             Box::new(m20251128_000003_teams_reviews_tokens::Migration),
             Box::new(m20251128_000004_usage_covering_indexes::Migration),
+            Box::new(m20251128_000005_wallet_creation_requests::Migration),
         ]
     }
 }

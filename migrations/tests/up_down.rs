@@ -53,6 +53,13 @@ async fn usage_indexes(db: &DatabaseConnection) -> Vec<&'static str> {
     present
 }
 
+async fn creation_request(db: &DatabaseConnection) -> bool {
+    SchemaManager::new(db)
+        .has_column("wallet_creations", "request")
+        .await
+        .expect("probe column")
+}
+
 async fn up_down_up(db: &DatabaseConnection) {
     Migrator::up(db, None).await.expect("up");
     assert_eq!(tables_present(db).await, TABLES);
@@ -60,15 +67,20 @@ async fn up_down_up(db: &DatabaseConnection) {
         usage_indexes(db).await,
         ["usage_wallet_at_cover", "usage_model_at_cover"]
     );
-    // One step down swaps the covering indexes back, and only that.
+    assert!(creation_request(db).await);
+    // One step down drops the createWallet request column, and only that.
     Migrator::down(db, Some(1)).await.expect("down one");
+    assert!(!creation_request(db).await);
+    assert_eq!(tables_present(db).await, TABLES);
+    // The next swaps the covering indexes back, and only that.
+    Migrator::down(db, Some(1)).await.expect("down two");
     assert_eq!(tables_present(db).await, TABLES);
     assert_eq!(
         usage_indexes(db).await,
         ["usage_wallet_at", "usage_model_at"]
     );
     // The next step removes only its migration's tables.
-    Migrator::down(db, Some(1)).await.expect("down two");
+    Migrator::down(db, Some(1)).await.expect("down three");
     assert_eq!(tables_present(db).await, &TABLES[..8]);
     Migrator::down(db, None).await.expect("down all");
     assert!(tables_present(db).await.is_empty());

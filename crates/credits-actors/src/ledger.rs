@@ -189,7 +189,8 @@ impl Ledger {
 
     // ---- wallets -----------------------------------------------------------------------
 
-    /// Opens a wallet; with a key, a retried call returns the wallet it created.
+    /// Opens a wallet; with a key, a retried call returns the wallet it created, and the
+    /// key with other input is IDEMPOTENCY_CONFLICT (SPEC 4).
     pub async fn create_wallet(
         &self,
         owner_id: &str,
@@ -198,15 +199,20 @@ impl Ledger {
         billing_anchor: Option<DateTime<Utc>>,
         key: Option<String>,
     ) -> ServiceResult<Wallet> {
+        // The canonical input: an omitted anchor stays omitted (its default is the
+        // creation instant, which a retry cannot know).
+        let request = serde_json::json!({
+            "planId": plan_id.0,
+            "timezone": timezone.name(),
+            "billingAnchor": billing_anchor.map(|t| t.timestamp_micros()),
+        })
+        .to_string();
         if let Some(k) = &key {
             if k.is_empty() || k.chars().count() > credits_core::wallet::MAX_KEY_CHARS {
                 return Err(invalid("idempotencyKey must be 1 to 128 characters"));
             }
-            if let Some(id) = self.store.wallet_for_creation_key(owner_id, k).await? {
-                return self
-                    .wallet(&WalletId(id))
-                    .await?
-                    .ok_or(ServiceError::NotFound("wallet"));
+            if let Some(done) = self.store.wallet_for_creation_key(owner_id, k).await? {
+                return self.created(done, &request).await;
             }
         }
         let new = NewWallet {
@@ -218,14 +224,29 @@ impl Ledger {
             billing_anchor,
         };
         let (wallet, entry) = Wallet::create(new, &*self.plans(), self.now())?;
+        let key = key.map(|key| credits_store::CreationKey {
+            key,
+            request: request.clone(),
+        });
         let row = credits_store::NewWallet::from_core(&wallet, &entry, None, key)?;
         match self.store.create_wallet(&row).await? {
             credits_store::Created::New => Ok(wallet),
-            credits_store::Created::Existing { wallet_id } => self
-                .wallet(&WalletId(wallet_id))
-                .await?
-                .ok_or(ServiceError::NotFound("wallet")),
+            credits_store::Created::Existing(done) => self.created(done, &request).await,
         }
+    }
+
+    /// The wallet a recorded createWallet key created, if `request` is what it recorded.
+    async fn created(
+        &self,
+        done: credits_store::KeyedCreation,
+        request: &str,
+    ) -> ServiceResult<Wallet> {
+        if done.request.as_deref().is_some_and(|r| r != request) {
+            return Err(OpError::IdempotencyConflict.into());
+        }
+        self.wallet(&WalletId(done.wallet_id))
+            .await?
+            .ok_or(ServiceError::NotFound("wallet"))
     }
 
     /// A wallet as of now, or `None` when it does not exist.

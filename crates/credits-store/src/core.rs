@@ -176,7 +176,7 @@ impl NewWallet {
         wallet: &Wallet,
         creation: &Entry,
         team_id: Option<String>,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<CreationKey>,
     ) -> Result<NewWallet, StoreError> {
         Ok(NewWallet {
             id: wallet.id.0.clone(),

@@ -193,6 +193,7 @@ pub mod wallet_creations {
         #[sea_orm(primary_key, auto_increment = false)]
         pub idempotency_key: String,
         pub wallet_id: String,
+        pub request: Option<String>,
     }
     no_relations!();
 }

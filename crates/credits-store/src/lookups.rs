@@ -51,7 +51,7 @@ impl Store {
         &self,
         owner_id: &str,
         key: &str,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<KeyedCreation>, StoreError> {
         self.wallet_for_creation_key_in(&self.db, owner_id, key)
             .await
     }
@@ -61,13 +61,16 @@ impl Store {
         conn: &C,
         owner_id: &str,
         key: &str,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<KeyedCreation>, StoreError> {
         Ok(
             wallet_creations::Entity::find_by_id((owner_id.to_owned(), key.to_owned()))
                 .one(conn)
                 .await
                 .map_err(StoreError::Db)?
-                .map(|row| row.wallet_id),
+                .map(|row| KeyedCreation {
+                    wallet_id: row.wallet_id,
+                    request: row.request,
+                }),
         )
     }
 

@@ -41,7 +41,23 @@ pub struct NewWallet {
     /// The CREATED record; its seq is the wallet's initial seq.
     pub creation: LedgerRecord,
     /// createWallet's optional idempotency key, scoped to `owner_id`.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<CreationKey>,
+}
+
+/// A createWallet idempotency key and the canonical input it is recorded with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreationKey {
+    pub key: String,
+    /// The caller's canonical input (opaque to the store; compared on a retry).
+    pub request: String,
+}
+
+/// The wallet a recorded createWallet key created, and the input it was recorded with
+/// (`None` for keys recorded before inputs were kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyedCreation {
+    pub wallet_id: String,
+    pub request: Option<String>,
 }
 
 /// What `create_wallet` did.
@@ -49,8 +65,8 @@ pub struct NewWallet {
 pub enum Created {
     /// The wallet was created at version 0.
     New,
-    /// The owner's key was already recorded: the wallet it created.
-    Existing { wallet_id: String },
+    /// The owner's key was already recorded: what it created.
+    Existing(KeyedCreation),
 }
 
 /// One ledger record: one operation or one due event.

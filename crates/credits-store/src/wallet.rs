@@ -272,13 +272,17 @@ async fn create_in(
         // ON CONFLICT DO NOTHING rather than catching the error: on PostgreSQL a failed
         // statement would abort the whole transaction.
         let mut sql = Sql::new(store.db_backend());
-        sql.push("INSERT INTO wallet_creations (owner_id, idempotency_key, wallet_id) VALUES (")
-            .bind(wallet.owner_id.clone())
-            .push(", ")
-            .bind(key.clone())
-            .push(", ")
-            .bind(wallet.id.clone())
-            .push(") ON CONFLICT DO NOTHING");
+        sql.push(
+            "INSERT INTO wallet_creations (owner_id, idempotency_key, wallet_id, request) VALUES (",
+        )
+        .bind(wallet.owner_id.clone())
+        .push(", ")
+        .bind(key.key.clone())
+        .push(", ")
+        .bind(wallet.id.clone())
+        .push(", ")
+        .bind(key.request.clone())
+        .push(") ON CONFLICT DO NOTHING");
         let inserted = txn
             .execute_raw(sql.build())
             .await
@@ -286,12 +290,10 @@ async fn create_in(
             .rows_affected();
         if inserted == 0 {
             let existing = store
-                .wallet_for_creation_key_in(txn, &wallet.owner_id, key)
+                .wallet_for_creation_key_in(txn, &wallet.owner_id, &key.key)
                 .await?
                 .ok_or_else(|| crate::error::corrupt("creation key vanished"))?;
-            return Ok(Created::Existing {
-                wallet_id: existing,
-            });
+            return Ok(Created::Existing(existing));
         }
     }
     insert_wallet(txn, wallet).await?;

@@ -108,6 +108,26 @@ async fn create_wallet_with_a_key_is_idempotent(b: Backend) {
         first, again,
         "a retried createWallet returns the wallet it created"
     );
+    // The same key with other input is a conflict, not the first wallet (SPEC 4).
+    let other = r#"mutation($k: String, $o: String!, $p: ID!, $z: String!) { createWallet(input: {ownerId: $o, planId: $p, timezone: $z, idempotencyKey: $k}) { id } }"#;
+    for (plan, zone) in [("max", "Europe/Paris"), ("pro", "Asia/Tokyo")] {
+        assert_eq!(
+            app.code(
+                &app.admin,
+                other,
+                json!({ "k": "k1", "o": "alice", "p": plan, "z": zone })
+            )
+            .await,
+            "IDEMPOTENCY_CONFLICT",
+            "{plan} {zone}"
+        );
+    }
+    let anchored = r#"mutation($k: String, $o: String!) { createWallet(input: {ownerId: $o, planId: "pro", timezone: "Europe/Paris", billingAnchor: "2027-03-01T00:00:00Z", idempotencyKey: $k}) { id } }"#;
+    assert_eq!(
+        app.code(&app.admin, anchored, json!({ "k": "k1", "o": "alice" }))
+            .await,
+        "IDEMPOTENCY_CONFLICT"
+    );
     let other_owner = app
         .ok(&app.admin, q, json!({ "k": "k1", "o": "bob" }))
         .await;

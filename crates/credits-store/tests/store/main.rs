@@ -90,22 +90,29 @@ async fn wallet_round_trip_and_creation_key(store: Store) -> anyhow::Result<()> 
     let mut keyed =
         NewWallet::from_core(&live.journal.wallet, &live.journal.entries[0], None, None)?;
     keyed.id = "wal_k1".into();
-    keyed.idempotency_key = Some("create-1".into());
+    keyed.idempotency_key = Some(CreationKey {
+        key: "create-1".into(),
+        request: "input-1".into(),
+    });
     assert_eq!(store.create_wallet(&keyed).await?, Created::New);
     let mut again = keyed.clone();
     again.id = "wal_k2".into();
+    again.idempotency_key.as_mut().unwrap().request = "input-2".into();
+    // The key's wallet and the input it was recorded with (the caller compares).
+    let first = KeyedCreation {
+        wallet_id: "wal_k1".into(),
+        request: Some("input-1".into()),
+    };
     assert_eq!(
         store.create_wallet(&again).await?,
-        Created::Existing {
-            wallet_id: "wal_k1".into()
-        }
+        Created::Existing(first.clone())
     );
     assert!(store.load_wallet("wal_k2").await?.is_none());
     assert_eq!(
         store
             .wallet_for_creation_key(&keyed.owner_id, "create-1")
             .await?,
-        Some("wal_k1".into())
+        Some(first)
     );
     assert_eq!(
         store.wallet_for_creation_key("other", "create-1").await?,
