@@ -20,7 +20,7 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{AppState, CONNECTION_INIT_TIMEOUT, MAX_SUBSCRIPTIONS_PER_SOCKET, Shared};
-use credits_graphql::Principal;
+use credits_graphql::{Code, Principal};
 
 /// Events written to a socket before one flush.
 const SEND_BATCH: usize = 64;
@@ -146,9 +146,14 @@ async fn init(
                         .or_else(|| p.get("authorization"))
                         .and_then(|v| v.as_str())
                 });
+                // A store that cannot be asked is no refusal (SPEC 10): 4500, as
+                // graphql-ws closes on a server error, so that the client tries again.
                 return crate::server::principal_from(state, auth)
                     .await
-                    .map_err(|e| Some((4403, e.message)));
+                    .map_err(|e| match e.code {
+                        Code::Unavailable => Some((4500, e.message)),
+                        _ => Some((4403, e.message)),
+                    });
             }
             ClientMessage::Ping { .. } => {
                 send(sink, &ServerMessage::Pong).await.map_err(|()| None)?;

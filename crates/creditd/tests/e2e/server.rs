@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{App, Backend, fixture_lib, tier_lib};
+use crate::helpers::{App, Backend, Init, Ws, fixture_lib, tier_lib};
 use crate::on_both;
 
 on_both!(
@@ -363,10 +363,20 @@ async fn database_gone_is_unavailable(b: Backend) {
     let w = app.wallet("alice", "pro").await;
     receipt(&app.record(&w, "warm", "t", "standard-chat", 1000, 0).await);
     let before = app.balance(&w).await;
+    let alice = app.token("USER", Some("alice")).await;
     {
         let _outage = Outage::start(&app, &b);
         let resp = app.record(&w, "k", "t", "standard-chat", 1000, 0).await;
         assert_eq!(crate::helpers::error_code(&resp), "UNAVAILABLE", "{resp:#}");
+        // A token that cannot be looked up is not refused (4403) but a server error
+        // (PostgreSQL; SQLite's lock in WAL mode still lets the token be read).
+        if let Backend::Postgres(_) = b {
+            let (_, init) = Ws::connect(&app, "graphql-transport-ws", &alice).await;
+            let Init::Refused(close) = init else {
+                panic!("acknowledged without its store")
+            };
+            assert!(close.contains("\"code\":4500"), "{close}");
+        }
     }
     // Back: the retry with the same key is applied once, whatever happened before.
     let mut resp = Value::Null;
