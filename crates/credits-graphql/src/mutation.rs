@@ -21,9 +21,9 @@ use crate::types::*;
 
 /// Longest free text (reason, task description, note) and id-like string (SPEC 1).
 const MAX_TEXT: usize = 4096;
-const MAX_KEY: usize = 128;
+pub(crate) const MAX_KEY: usize = 128;
 
-fn text(name: &str, value: &str, max: usize, allow_empty: bool) -> ApiResult<()> {
+pub(crate) fn text(name: &str, value: &str, max: usize, allow_empty: bool) -> ApiResult<()> {
     let n = value.chars().count();
     if n > max || (!allow_empty && n == 0) {
         return Err(ApiError::invalid(format!(
@@ -46,7 +46,7 @@ fn catalogue_id(name: &str, value: &str) -> ApiResult<()> {
 }
 
 /// An optional user id (`memberId`) is 1 to 128 characters when given (SPEC 1, 6).
-fn member(value: Option<&String>) -> ApiResult<()> {
+pub(crate) fn member(value: Option<&String>) -> ApiResult<()> {
     value.map_or(Ok(()), |m| text("memberId", m, MAX_KEY, false))
 }
 
@@ -279,12 +279,23 @@ impl Mutation {
         text("idempotencyKey", &input.idempotency_key, MAX_KEY, false)?;
         text("reason", &input.reason, MAX_TEXT, true)?;
         input.amount.0.positive().map_err(ApiError::from)?;
+        let kind: credits_core::GrantKind = input.kind.into();
+        if let Some(at) = &input.expires_at {
+            if !kind.may_expire() {
+                return Err(
+                    ApiError::invalid("PURCHASE and COMPENSATION grants never expire").into(),
+                );
+            }
+            if at.0 <= ledger(ctx).now() {
+                return Err(ApiError::invalid("expiresAt must be in the future").into());
+            }
+        }
         let lot = ledger(ctx)
             .grant(
                 &WalletId(input.wallet_id.0),
                 input.idempotency_key,
                 input.amount.0,
-                input.kind.into(),
+                kind,
                 input.reason,
                 input.expires_at.map(|t| t.0),
             )

@@ -109,7 +109,25 @@ impl WalletObject {
         if !(0..=MAX_PAGE).contains(&first) {
             return Err(ApiError::invalid(format!("first must be 0 to {MAX_PAGE}")).into());
         }
-        let filter = self.filter(filter.unwrap_or_default(), None, None);
+        let filter = filter.unwrap_or_default();
+        if let Some(t) = &filter.thread_id {
+            crate::mutation::text("threadId", t, crate::mutation::MAX_KEY, false)?;
+        }
+        crate::mutation::member(filter.member_id.as_ref())?;
+        // Filters combine with AND (SPEC 8): a plain member asking for another member's
+        // usage gets none.
+        if let (Access::Member(user), Some(m)) = (&self.access, &filter.member_id)
+            && m != user
+        {
+            return Ok(UsageConnection {
+                edges: Vec::new(),
+                page_info: PageInfo {
+                    has_next_page: false,
+                    end_cursor: None,
+                },
+            });
+        }
+        let filter = self.filter(filter, None, None);
         let page = ledger(ctx)
             .store()
             .usage_history(&self.wallet.id.0, &filter, first as usize, after.as_deref())

@@ -105,27 +105,27 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         .await?
         .ok_or_else(|| ApiError::not_found("wallet"))?;
     let access = wallet_access(ctx, &wallet).await?;
-    let rows = l
+    let mut rows = l
         .store()
         .thread_usage(&wallet_id.0, &input.thread_id, MAX_THREAD_EVENTS)
         .await?;
     if rows.is_empty() {
         return Err(ApiError::not_found("thread"));
     }
-    // A plain member reports only pool threads they spent in.
-    if let Access::Member(user) = &access
-        && !rows
-            .iter()
-            .any(|r| r.member_id.as_deref() == Some(user.as_str()))
-    {
-        return Err(ApiError::forbidden());
+    // A plain member reports only pool threads they spent in, and sees only their own
+    // pool usage (SPEC 10): the findings come from their events alone.
+    if let Access::Member(user) = &access {
+        rows.retain(|r| r.member_id.as_deref() == Some(user.as_str()));
+        if rows.is_empty() {
+            return Err(ApiError::forbidden());
+        }
     }
     if let Some(open) = l
         .store()
         .open_review(&wallet_id.0, &input.thread_id)
         .await?
     {
-        return Ok(open);
+        return open_review(ctx, open);
     }
     let thread: Vec<UsageRecord> = rows.iter().map(record).collect();
     let report = Report {
@@ -198,8 +198,20 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
     };
     match l.store().insert_review(&row).await? {
         ReviewInsert::New => Ok(row),
-        ReviewInsert::Open(open) => Ok(*open),
+        ReviewInsert::Open(open) => open_review(ctx, *open),
     }
+}
+
+/// The thread's open review, answered to a new report (SPEC 7) only when the caller may
+/// read it (SPEC 10: reviews they filed); another's stays theirs until it is resolved.
+fn open_review(ctx: &Context<'_>, open: ReviewRow) -> ApiResult<ReviewRow> {
+    crate::mutation::check_review_reader(ctx, &open).map_err(|_| {
+        ApiError::new(
+            crate::error::Code::Forbidden,
+            "this thread already has an open review filed by someone else",
+        )
+    })?;
+    Ok(open)
 }
 
 /// Approves (one COMPENSATION lot) or rejects a review; the same decision again returns it.
@@ -211,6 +223,11 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
         .is_some_and(|n| n.chars().count() > 4096)
     {
         return Err(ApiError::invalid("note must be at most 4096 characters"));
+    }
+    if input.amount.as_ref().is_some_and(|a| !a.0.is_positive()) {
+        return Err(ApiError::invalid(
+            "an approved amount must be greater than zero",
+        ));
     }
     let review = l
         .store()

@@ -666,6 +666,28 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
             "NOT_FOUND",
         ),
         (
+            "COMPENSATION with expiry on an unknown wallet (input first)",
+            with(
+                &with(
+                    &with(&gc, "kind", json!("COMPENSATION")),
+                    "expiresAt",
+                    json!("2030-01-01T00:00:00Z"),
+                ),
+                "walletId",
+                json!("wal_nope"),
+            ),
+            "INVALID_INPUT",
+        ),
+        (
+            "past expiry on an unknown wallet (input first)",
+            with(
+                &with(&gc, "expiresAt", json!("2020-01-01T00:00:00Z")),
+                "walletId",
+                json!("wal_nope"),
+            ),
+            "INVALID_INPUT",
+        ),
+        (
             "replayed key, other amount",
             with(&gc, "idempotencyKey", json!("seed-use")),
             "IDEMPOTENCY_CONFLICT",
@@ -964,6 +986,24 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
             "unknown review",
             with(&rr, "reviewId", json!("rev_nope")),
             "NOT_FOUND",
+        ),
+        (
+            "zero amount on an unknown review (input first)",
+            with(
+                &with(&rr, "amount", json!("0")),
+                "reviewId",
+                json!("rev_nope"),
+            ),
+            "INVALID_INPUT",
+        ),
+        (
+            "note 4097 on an unknown review (input first)",
+            with(
+                &with(&rr, "note", json!(t4097)),
+                "reviewId",
+                json!("rev_nope"),
+            ),
+            "INVALID_INPUT",
         ),
         (
             "note 4097",

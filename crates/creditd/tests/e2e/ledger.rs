@@ -10,6 +10,7 @@ on_both!(
     reservations_settle_release_and_expire,
     grants_expire_and_bundles_are_idempotent,
     usage_history_pages_filters_and_summaries,
+    a_summary_larger_than_its_bound_is_refused_as_input,
 );
 
 fn charged(usage: &Value) -> Vec<(String, String)> {
@@ -413,6 +414,19 @@ async fn usage_history_pages_filters_and_summaries(b: Backend) {
     assert_eq!(count(json!({ "from": "2027-03-10T13:00:00Z" })).await, 3);
     assert_eq!(count(json!({ "to": "2027-03-10T13:00:00Z" })).await, 2);
     assert_eq!(count(json!({ "memberId": "nobody" })).await, 0);
+    let long = "x".repeat(129);
+    for f in [
+        json!({ "threadId": "" }),
+        json!({ "threadId": long }),
+        json!({ "memberId": "" }),
+        json!({ "memberId": long }),
+    ] {
+        assert_eq!(
+            app.code(&app.admin, page, json!({ "w": w, "f": f })).await,
+            "INVALID_INPUT",
+            "{f}"
+        );
+    }
     for n in [101, -1] {
         assert_eq!(
             app.code(&app.admin, page, json!({ "w": w, "n": n })).await,
@@ -471,4 +485,29 @@ async fn usage_history_pages_filters_and_summaries(b: Backend) {
         d["wallet"]["usageSummary"],
         json!([{ "key": "", "subKey": null, "credits": "0.375", "events": 5 }])
     );
+}
+
+/// A summary over more days than its bound is the request's fault (INVALID_INPUT, narrow
+/// it with from/to), not an outage (UNAVAILABLE would be retried for ever).
+async fn a_summary_larger_than_its_bound_is_refused_as_input(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "free").await;
+    app.record(&w, "k1", "t", "economy-mini", 1, 1).await;
+    // More than ten years later (the bound is 3,700 days).
+    app.advance(3_800 * 86_400).await;
+    let r = app.record(&w, "k2", "t", "economy-mini", 1, 1).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let summary = "query($w: ID!, $from: DateTime) { wallet(id: $w) { usageSummary(groupBy: DAY, from: $from) { key events } } }";
+    assert_eq!(
+        app.code(&app.admin, summary, json!({ "w": w })).await,
+        "INVALID_INPUT"
+    );
+    let d = app
+        .ok(
+            &app.admin,
+            summary,
+            json!({ "w": w, "from": r["data"]["recordUsage"]["usage"]["at"] }),
+        )
+        .await;
+    assert_eq!(d["wallet"]["usageSummary"][0]["events"], 1);
 }

@@ -220,7 +220,14 @@ async fn plain_members_see_their_own_share(b: Backend) {
         app.ok(&alice, zone, json!({ "w": pool })).await["setTimezone"]["timezone"],
         "Asia/Tokyo"
     );
-    // A member reports a pool thread they spent in; the review is theirs alone.
+    // A member's filter for another member is ANDed with their own: nothing.
+    let other = "query($w: ID!) { wallet(id: $w) { usage(filter: {memberId: \"carol\"}) { edges { node { memberId } } } } }";
+    assert_eq!(
+        app.ok(&bob, other, json!({ "w": pool })).await["wallet"]["usage"]["edges"],
+        json!([])
+    );
+    // A member reports a pool thread they spent in; the review is theirs alone, and its
+    // findings come from their own usage only (carol spent on the same thread).
     let d = app
         .ok(
             &bob,
@@ -228,7 +235,28 @@ async fn plain_members_see_their_own_share(b: Backend) {
             json!({ "w": pool, "t": "pool-thread" }),
         )
         .await;
-    assert_eq!(d["reportHighUsage"]["findings"]["events"], 2);
+    assert_eq!(d["reportHighUsage"]["findings"]["events"], 1);
+    assert_eq!(d["reportHighUsage"]["findings"]["threadCredits"], "1");
+    let id = d["reportHighUsage"]["id"].clone();
+    let again = app
+        .ok(
+            &bob,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" }),
+        )
+        .await;
+    assert_eq!(again["reportHighUsage"]["id"], id);
+    // Another member with usage on the thread is not handed bob's open review.
+    let carol = app.token("USER", Some("carol")).await;
+    assert_eq!(
+        app.code(
+            &carol,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" })
+        )
+        .await,
+        "FORBIDDEN"
+    );
     let mallory = app.token("USER", Some("mallory")).await;
     assert_eq!(
         app.code(
@@ -240,7 +268,6 @@ async fn plain_members_see_their_own_share(b: Backend) {
         "FORBIDDEN"
     );
     let reviews = "query($w: ID!) { wallet(id: $w) { reviews { threadId } } }";
-    let carol = app.token("USER", Some("carol")).await;
     assert_eq!(
         app.ok(&carol, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
         json!([])
