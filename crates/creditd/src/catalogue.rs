@@ -63,7 +63,7 @@ pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
             "ANNUAL" => BillingInterval::Annual,
             other => bail!("plan {}: interval {other:?} is not MONTHLY or ANNUAL", p.id),
         };
-        plans.push(Plan {
+        let plan = Plan {
             id,
             name: p.name,
             daily_credits: Credits::parse_non_negative(&p.daily_credits)
@@ -73,7 +73,11 @@ pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
             interval,
             model_tiers: p.model_tiers,
             custom: false,
-        });
+        };
+        if let Err(e) = plan.check_credits() {
+            bail!("plan {}: {e}", p.id);
+        }
+        plans.push(plan);
     }
     let mut bundles = Vec::new();
     for b in file.bundles {

@@ -613,15 +613,11 @@ impl Ledger {
             .bundle(bundle_id)
             .await?
             .ok_or(ServiceError::NotFound("bundle"))?;
-        if let Some(row) = self
-            .store
-            .grant_by_payment_reference(&payment_reference)
+        if let Some(lot) = self
+            .purchased(&wallet.id, bundle_id, &payment_reference)
             .await?
         {
-            if row.wallet_id == wallet.id.0 && row.bundle_id.as_deref() == Some(bundle_id) {
-                return Ok(lot_from_row(&row));
-            }
-            return Err(OpError::IdempotencyConflict.into());
+            return Ok(lot);
         }
         let op = GrantOp {
             id: GrantId(new_ordered_id("grt")),
@@ -632,11 +628,42 @@ impl Ledger {
             expires_at: None,
             origin: Some(LotOrigin::Bundle {
                 bundle_id: bundle.id.clone(),
-                payment_reference,
+                payment_reference: payment_reference.clone(),
             }),
         };
-        let applied = self.run(wallet_id, Op::Grant(op)).await?;
-        self.lot_of(&applied.entry).await
+        match self.run(wallet_id, Op::Grant(op)).await {
+            Ok(applied) => self.lot_of(&applied.entry).await,
+            // A purchase with this reference was decided first and is durable now (the
+            // wallet answers such a refusal only then): the same purchase returns its lot.
+            Err(ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict))) => self
+                .purchased(wallet_id, bundle_id, &payment_reference)
+                .await?
+                .ok_or(OpError::IdempotencyConflict.into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The lot a payment reference bought: `Some` for the same wallet and bundle, a
+    /// conflict for any other, `None` when the reference is unused.
+    async fn purchased(
+        &self,
+        wallet_id: &WalletId,
+        bundle_id: &str,
+        payment_reference: &str,
+    ) -> ServiceResult<Option<Lot>> {
+        match self
+            .store
+            .grant_by_payment_reference(payment_reference)
+            .await?
+        {
+            Some(row)
+                if row.wallet_id == wallet_id.0 && row.bundle_id.as_deref() == Some(bundle_id) =>
+            {
+                Ok(Some(lot_from_row(&row)))
+            }
+            Some(_) => Err(OpError::IdempotencyConflict.into()),
+            None => Ok(None),
+        }
     }
 
     /// A COMPENSATION lot for an approved review, keyed by the review so it is granted once;
@@ -678,6 +705,7 @@ impl Ledger {
     /// Creates or edits a custom plan; catalogue ids are refused, as is changing the
     /// interval of a plan in use.
     pub async fn upsert_plan(&self, plan: Plan) -> ServiceResult<Plan> {
+        plan.check_credits().map_err(invalid)?;
         if let Some(existing) = self.plan(&plan.id) {
             if !existing.custom {
                 return Err(invalid(format!("{} is a catalogue plan", plan.id)));

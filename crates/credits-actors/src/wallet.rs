@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use credits_core::{
-    Balance, Entry, EntryKind, KeyCheck, Op, OpError, ReleaseReason, ReservationId, Wallet,
-    check_key,
+    Balance, Entry, EntryKind, KeyCheck, Lot, LotOrigin, Op, OpError, ReleaseReason, ReservationId,
+    Wallet, check_key,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast;
@@ -406,7 +406,7 @@ impl WalletState {
                             replayed: false,
                         })));
                     }
-                    Err(e) if depends_on_funds(&e) && self.keyed_ahead() => {
+                    Err(e) if self.refusal_may_turn(&op, &e) => {
                         self.open.push(Waiter::Refused(Box::new((op, reply, e))));
                     }
                     Err(e) => {
@@ -420,12 +420,28 @@ impl WalletState {
         }
     }
 
-    /// Some record not yet durable consumed an idempotency key.
-    fn keyed_ahead(&self) -> bool {
-        let flight = self.in_flight.iter().flat_map(|f| &f.records);
-        flight
-            .chain(&self.open_records)
-            .any(|r| r.entry.idempotency_key().is_some())
+    /// Whether a refusal depends on records ahead of it that are not durable yet, so that
+    /// it is answered only once they are (and decided again if their commit fails): one
+    /// for funds or a member limit on a keyed record (a retry whose key was forgotten is
+    /// not new), a purchase's on the purchase with its payment reference (the caller then
+    /// finds that lot stored).
+    fn refusal_may_turn(&self, op: &Op, e: &OpError) -> bool {
+        let mut ahead = self
+            .in_flight
+            .iter()
+            .flat_map(|f| &f.records)
+            .chain(&self.open_records);
+        match (e, payment_reference(op)) {
+            (OpError::InsufficientCredits { .. } | OpError::MemberLimitExceeded { .. }, _) => {
+                ahead.any(|r| r.entry.idempotency_key().is_some())
+            }
+            (OpError::IdempotencyConflict, Some(reference)) => ahead.any(|r| {
+                r.entry
+                    .grant()
+                    .is_some_and(|lot| payment_reference_of(lot) == Some(reference))
+            }),
+            _ => false,
+        }
     }
 
     /// Input checks, idempotent retries and finished reservations, in SPEC 10's order.
@@ -879,12 +895,25 @@ impl WalletState {
     }
 }
 
-/// A refusal that calls decided ahead of it may have caused.
-fn depends_on_funds(e: &OpError) -> bool {
-    matches!(
-        e,
-        OpError::InsufficientCredits { .. } | OpError::MemberLimitExceeded { .. }
-    )
+/// The payment reference a purchase (a PURCHASE grant from a bundle) pays with.
+fn payment_reference(op: &Op) -> Option<&str> {
+    match op {
+        Op::Grant(g) => g.origin.as_ref().and_then(reference),
+        _ => None,
+    }
+}
+
+fn payment_reference_of(lot: &Lot) -> Option<&str> {
+    lot.origin.as_ref().and_then(reference)
+}
+
+fn reference(origin: &LotOrigin) -> Option<&str> {
+    match origin {
+        LotOrigin::Bundle {
+            payment_reference, ..
+        } => Some(payment_reference),
+        LotOrigin::Review { .. } => None,
+    }
 }
 
 enum Decision {

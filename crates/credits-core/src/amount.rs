@@ -39,6 +39,10 @@ pub enum AmountError {
 impl Credits {
     pub const ZERO: Credits = Credits(0);
     pub const MAX: Credits = Credits(i64::MAX);
+    /// The most a plan's daily or subscription credits, or a wallet's outstanding lots,
+    /// may be (about 2.3 trillion credits): a wallet's parts, each at most this, always
+    /// add up within i64.
+    pub const MAX_HOLDING: Credits = Credits(i64::MAX / 4);
 
     pub const fn from_micro(micro_credits: i64) -> Self {
         Credits(micro_credits)

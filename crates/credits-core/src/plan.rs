@@ -90,6 +90,20 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Its credits are at most [`Credits::MAX_HOLDING`] each, so that a wallet's buckets
+    /// and lots always add up (SPEC 1: checked arithmetic).
+    pub fn check_credits(&self) -> Result<(), String> {
+        for (name, credits) in [
+            ("dailyCredits", self.daily_credits),
+            ("subscriptionCredits", self.subscription_credits),
+        ] {
+            if credits > Credits::MAX_HOLDING {
+                return Err(format!("{name} must be at most {}", Credits::MAX_HOLDING));
+            }
+        }
+        Ok(())
+    }
+
     pub fn allows_tier(&self, tier: &str) -> bool {
         self.model_tiers.iter().any(|t| t == tier)
     }

@@ -945,6 +945,31 @@ impl Wallet {
         if self.lots.iter().any(|l| l.id == g.id) {
             return Err(invalid(format!("grant id {} is already taken", g.id)));
         }
+        // One payment buys one lot: a second purchase with its reference (decided before
+        // the first was stored, so the caller's lookup missed it) is a conflict.
+        if let Some(LotOrigin::Bundle {
+            payment_reference, ..
+        }) = &g.origin
+            && self.lots.iter().any(|l| {
+                matches!(&l.origin, Some(LotOrigin::Bundle { payment_reference: p, .. })
+                    if p == payment_reference)
+            })
+        {
+            return Err(OpError::IdempotencyConflict);
+        }
+        // Checked arithmetic (SPEC 1): the wallet's lots stay within what its sum can hold.
+        let outstanding = self
+            .lots
+            .iter()
+            .filter(|l| !l.expiry_applied)
+            .map(|l| i128::from(l.remaining.micro()) + i128::from(l.held.micro()))
+            .sum::<i128>();
+        if outstanding + i128::from(g.amount.micro()) > i128::from(Credits::MAX_HOLDING.micro()) {
+            return Err(invalid(format!(
+                "a wallet's grants may hold at most {} credits",
+                Credits::MAX_HOLDING
+            )));
+        }
         let lot = Lot {
             id: g.id.clone(),
             kind: g.kind,

@@ -607,6 +607,11 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
             "INVALID_INPUT",
         ),
         (
+            "more than a wallet's sum can hold",
+            with(&gc, "amount", json!("9223372036854.775807")),
+            "INVALID_INPUT",
+        ),
+        (
             "zero amount int",
             with(&gc, "amount", json!(0)),
             "INVALID_INPUT",
@@ -753,6 +758,16 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
         );
     }
     for (n, v, c) in [
+        (
+            "dailyCredits more than a wallet can hold",
+            with(&up, "dailyCredits", json!("9000000000000")),
+            "INVALID_INPUT",
+        ),
+        (
+            "subscriptionCredits more than a wallet can hold",
+            with(&up, "subscriptionCredits", json!("9000000000000")),
+            "INVALID_INPUT",
+        ),
         (
             "subscription negative",
             with(&up, "subscriptionCredits", json!("-0.000001")),

@@ -11,6 +11,7 @@ on_both!(
     grants_expire_and_bundles_are_idempotent,
     usage_history_pages_filters_and_summaries,
     a_summary_larger_than_its_bound_is_refused_as_input,
+    a_purchase_sent_many_times_at_once_buys_one_lot,
 );
 
 fn charged(usage: &Value) -> Vec<(String, String)> {
@@ -510,4 +511,31 @@ async fn a_summary_larger_than_its_bound_is_refused_as_input(b: Backend) {
         )
         .await;
     assert_eq!(d["wallet"]["usageSummary"][0]["events"], 1);
+}
+
+/// SPEC 5: one payment reference buys one lot, however many copies of the purchase arrive
+/// at once (a payment webhook delivered twice): every copy gets the same grant, none an
+/// UNAVAILABLE, and a usage call beside them is not caught up in it.
+async fn a_purchase_sent_many_times_at_once_buys_one_lot(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let buy = "mutation($w: ID!) { purchaseBundle(input: {walletId: $w, bundleId: \"credits-100\", paymentReference: \"pay-twice\"}) { id } }";
+    for round in 0..3 {
+        let calls = (0..8).map(|_| app.gql(&app.admin, buy, json!({ "w": w })));
+        let key = format!("beside-{round}");
+        let usage = app.record(&w, &key, "t", "economy-mini", 1, 1);
+        let (bought, used) = futures::join!(futures::future::join_all(calls), usage);
+        assert!(used["errors"].is_null(), "{used}");
+        let ids: Vec<&Value> = bought
+            .iter()
+            .map(|r| {
+                assert!(r["errors"].is_null(), "{r}");
+                &r["data"]["purchaseBundle"]["id"]
+            })
+            .collect();
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    }
+    let bal = app.balance(&w).await;
+    assert_eq!(bal["bonus"]["grants"].as_array().unwrap().len(), 1);
+    assert_eq!(bal["bonus"]["remaining"], "100");
 }

@@ -248,3 +248,42 @@ async fn a_reset_due_during_a_reload_is_applied_after_it() {
     assert!(eventually(|| reset(&app)).await, "the reset is recorded");
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("520"));
 }
+
+/// Found by review: a purchase sent twice (a payment webhook delivered twice at once) was
+/// decided twice before either was stored; the second commit then failed on the store's
+/// unique payment reference until the wallet gave up (UNAVAILABLE, with every call
+/// batched beside it). The wallet now refuses the second as a conflict, and only once the
+/// first is durable, so that the caller finds its lot (the refusal waits like one for
+/// funds: decided again if the commit ahead fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_sent_twice_is_refused_once_the_first_is_durable() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_p", "pro", "UTC").await;
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    let first = app.spawn_execute(&id, purchase("grt_1", "pay-1"));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let mut second = std::pin::pin!(app.dir.execute(&id, purchase("grt_2", "pay-1")));
+    std::future::poll_fn(|cx| {
+        assert!(second.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // Decided (a read sent after it is answered after it), but not answered.
+    app.dir.read(&id).await.unwrap();
+    std::future::poll_fn(|cx| {
+        assert!(
+            second.as_mut().poll(cx).is_pending(),
+            "refused before the purchase ahead is durable"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    faults.commits.release.notify_one();
+    assert!(!first.await.unwrap().unwrap().replayed);
+    assert!(matches!(
+        second.await,
+        Err(ExecError::Op(credits_core::OpError::IdempotencyConflict))
+    ));
+    assert_eq!(app.ledger(&id).len(), 2, "created, one purchase");
+}

@@ -1060,6 +1060,83 @@ fn grant_rules_for_kinds_amounts_and_expiry() {
     assert_eq!(j.wallet.balance().grants.len(), 2);
 }
 
+/// SPEC 1: amounts are checked i64. A grant may not make a wallet's parts too large to
+/// add up: the sum of its buckets and lots (every balance, every reset) always fits.
+#[test]
+fn grants_cannot_grow_a_wallet_past_what_its_sum_can_hold() {
+    let mut j = open("free", "UTC", "2027-06-01T10:00:00Z", None);
+    let t = "2027-06-01T10:00:00Z";
+    ok(&mut j, t, &reserve("r", "5", 3600));
+    assert!(matches!(
+        refused(
+            &mut j,
+            t,
+            &grant("max", "9223372036854.775807", GrantKind::Admin, None)
+        ),
+        OpError::InvalidInput(_)
+    ));
+    let most = Credits::MAX_HOLDING;
+    let big = Op::Grant(GrantOp {
+        id: GrantId::from("big"),
+        key: Some("key-big".into()),
+        amount: most,
+        kind: GrantKind::Admin,
+        reason: None,
+        expires_at: None,
+        origin: None,
+    });
+    ok(&mut j, t, &big);
+    assert!(matches!(
+        refused(
+            &mut j,
+            t,
+            &grant("more", "0.000001", GrantKind::Admin, None)
+        ),
+        OpError::InvalidInput(_)
+    ));
+    // The reservation's credits go back and the next midnight refills the day: the
+    // wallet still adds up.
+    ok(
+        &mut j,
+        "2027-06-01T10:30:00Z",
+        &Op::Release(ReservationId("res_r".into())),
+    );
+    j.advance_to(at("2027-06-03T00:00:00Z"));
+    j.check_invariants().unwrap();
+    let b = j.wallet.balance();
+    assert_eq!(b.total, b.daily.remaining + b.subscription.remaining + most);
+}
+
+/// SPEC 5: one payment buys one lot. The same payment reference again on the wallet
+/// (a double submit decided before the first is stored) is refused, never a second lot.
+#[test]
+fn one_payment_reference_buys_one_lot() {
+    let mut j = open("free", "UTC", "2027-06-01T10:00:00Z", None);
+    let t = "2027-06-01T10:00:00Z";
+    let purchase = |id: &str, bundle: &str| {
+        Op::Grant(GrantOp {
+            id: GrantId::from(id),
+            key: None,
+            amount: cr("100"),
+            kind: GrantKind::Purchase,
+            reason: None,
+            expires_at: None,
+            origin: Some(LotOrigin::Bundle {
+                bundle_id: bundle.into(),
+                payment_reference: "pay-1".into(),
+            }),
+        })
+    };
+    ok(&mut j, t, &purchase("p1", "credits-100"));
+    for (id, bundle) in [("p2", "credits-100"), ("p3", "credits-500")] {
+        assert_eq!(
+            refused(&mut j, t, &purchase(id, bundle)),
+            OpError::IdempotencyConflict
+        );
+    }
+    assert_eq!(j.wallet.balance().grants.len(), 1);
+}
+
 #[test]
 fn grant_remaining_is_amount_minus_spent_held_and_expired() {
     let mut j = open("free", "UTC", "2027-06-01T10:00:00Z", None);
