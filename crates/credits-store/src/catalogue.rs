@@ -117,7 +117,9 @@ impl Store {
         txn.commit().await.map_err(StoreError::from_db)
     }
 
-    /// Upserts the catalogue's plans and bundles in one transaction (each start).
+    /// Upserts the catalogue's plans and bundles in one transaction (each start). Bundles
+    /// it does not list are no longer sold (a purchase keeps its bundle id); plans it does
+    /// not list stay, since wallets may be on them.
     pub async fn upsert_catalogue(
         &self,
         plans: &[PlanRow],
@@ -126,6 +128,11 @@ impl Store {
         crate::bound("catalogue entries", plans.len() + bundles.len(), MAX_LIST)?;
         let txn = self.begin_write().await?;
         upsert_plans(&txn, plans).await?;
+        bundles::Entity::delete_many()
+            .filter(bundles::Column::Id.is_not_in(bundles.iter().map(|b| b.id.clone())))
+            .exec(&txn)
+            .await
+            .map_err(StoreError::Db)?;
         upsert_bundles(&txn, bundles).await?;
         txn.commit().await.map_err(StoreError::from_db)
     }

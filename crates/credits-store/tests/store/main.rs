@@ -69,6 +69,17 @@ async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
     assert_eq!(store.bundles().await?, bundles.to_vec());
     assert_eq!(store.bundle("credits-100").await?, Some(bundles[0].clone()));
     assert!(!store.plan_in_use("zeta").await?);
+    // The next start's catalogue replaces the bundles: one it no longer lists is gone.
+    let next = [BundleRow {
+        id: "credits-500".into(),
+        credits_ucr: 500_000_000,
+        price_cents: 4500,
+        currency: "USD".into(),
+        position: 0,
+    }];
+    store.upsert_catalogue(&catalogue, &next).await?;
+    assert_eq!(store.bundles().await?, next.to_vec());
+    assert_eq!(store.bundle("credits-100").await?, None);
     Ok(())
 }
 
