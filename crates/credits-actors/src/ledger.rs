@@ -689,8 +689,11 @@ impl Ledger {
                 review_id: review_id.to_owned(),
             }),
         };
-        if let Some(record) = self.store.entry_by_key(&wallet_id.0, &key).await? {
-            return self.lot_of(&record.entry()?).await;
+        // Only this approval's own grant is taken as done: a record of anything else under
+        // the key is a conflict, not a compensation.
+        let request = Op::Grant(op.clone()).request();
+        if let Some(entry) = self.recorded(wallet_id, &key, request.as_ref()).await? {
+            return self.lot_of(&entry).await;
         }
         let applied = self.run(wallet_id, Op::Grant(op)).await?;
         self.lot_of(&applied.entry).await

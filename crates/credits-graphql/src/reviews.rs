@@ -156,21 +156,16 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         None => HashSet::new(),
     };
     let now = l.now();
-    let total: i64 = rows
-        .iter()
-        .map(|r| r.cost_ucr)
-        .fold(0i64, i64::saturating_add);
     let percentile = match credits_review::percentile_model(&report, &thread) {
         Some(model) => {
-            let rank = l
-                .store()
-                .thread_rank(
-                    model,
-                    now - Duration::days(30),
-                    now + Duration::seconds(1),
-                    total,
-                )
-                .await?;
+            let (from, to) = (now - Duration::days(30), now + Duration::seconds(1));
+            // Measured as its peers are: the thread's cost on that model in the window.
+            let total: i64 = rows
+                .iter()
+                .filter(|r| r.model == model && r.at >= from && r.at < to)
+                .map(|r| r.cost_ucr)
+                .fold(0i64, i64::saturating_add);
+            let rank = l.store().thread_rank(model, from, to, total).await?;
             credits_review::percentile_from_counts(rank.threads, rank.at_or_below)
         }
         None => None,
@@ -244,6 +239,13 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
                 return Err(ApiError::invalid(
                     "an approved amount must be greater than zero",
                 ));
+            }
+            // Refused before the review is claimed: a claim is only for a grant that can be.
+            if a > CoreCredits::MAX_HOLDING {
+                return Err(ApiError::invalid(format!(
+                    "an approved amount must be at most {}",
+                    CoreCredits::MAX_HOLDING
+                )));
             }
             Some(a)
         }

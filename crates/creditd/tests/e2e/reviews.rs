@@ -66,6 +66,17 @@ async fn report_read_and_resolve_reviews(b: Backend) {
     );
 
     let service = app.token("SERVICE", None).await;
+    // An amount no wallet can hold is refused before the review is claimed: it can still
+    // be approved below.
+    assert_eq!(
+        app.code(
+            &app.admin,
+            RESOLVE,
+            json!({ "i": { "reviewId": id, "decision": "APPROVE", "amount": "3000000000000" } })
+        )
+        .await,
+        "INVALID_INPUT"
+    );
     // Only admins resolve; approval grants one COMPENSATION lot.
     let approve = json!({ "i": { "reviewId": id, "decision": "APPROVE", "amount": "1.25", "note": "sorry" } });
     assert_eq!(
@@ -155,6 +166,30 @@ async fn report_read_and_resolve_reviews(b: Backend) {
         "FORBIDDEN"
     );
     let d = app.ok(&service, read, json!({ "id": by_service })).await;
+    assert_eq!(d["review"]["status"], "SUBMITTED");
+
+    // A client's record under the approval's own key is not taken for its grant.
+    app.record(&w, "s", "squat", "economy-mini", 10, 10).await;
+    let d = app
+        .ok(&alice, REPORT, json!({ "w": w, "t": "squat" }))
+        .await;
+    let squat = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+    app.ok(
+        &app.admin,
+        "mutation($w: ID!, $k: String!) { grantCredits(input: {walletId: $w, idempotencyKey: $k, amount: \"0.000001\", kind: PROMOTION, reason: \"r\"}) { id } }",
+        json!({ "w": w, "k": format!("review:{squat}") }),
+    )
+    .await;
+    assert_eq!(
+        app.code(
+            &app.admin,
+            RESOLVE,
+            json!({ "i": { "reviewId": squat, "decision": "APPROVE", "amount": "0.5" } })
+        )
+        .await,
+        "IDEMPOTENCY_CONFLICT"
+    );
+    let d = app.ok(&alice, read, json!({ "id": squat })).await;
     assert_eq!(d["review"]["status"], "SUBMITTED");
 }
 

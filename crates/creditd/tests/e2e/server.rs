@@ -268,6 +268,15 @@ async fn reviews_carry_the_cost_percentile(b: Backend) {
     assert_eq!(d["reportHighUsage"]["findings"]["costPercentile"], 70.0);
     let d = app.ok(&alice, report, json!({ "w": w, "t": "t10" })).await;
     assert_eq!(d["reportHighUsage"]["findings"]["costPercentile"], 100.0);
+    // The thread is measured as its peers are, on the model only: t2's 10 credits of
+    // economy-mini do not lift its standard-chat rank (2 of 10).
+    receipt(
+        &app.record(&w, "big", "t2", "economy-mini", 10_000_000, 0)
+            .await,
+    );
+    let named = "mutation($w: ID!, $t: String!) { reportHighUsage(input: {walletId: $w, threadId: $t, taskDescription: \"x\", model: \"standard-chat\", previewStatus: OK}) { findings { costPercentile } } }";
+    let d = app.ok(&alice, named, json!({ "w": w, "t": "t2" })).await;
+    assert_eq!(d["reportHighUsage"]["findings"]["costPercentile"], 20.0);
 }
 
 /// Holds the database away from the server; returned guard gives it back on drop.
