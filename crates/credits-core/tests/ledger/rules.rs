@@ -74,6 +74,23 @@ fn grant(id: &str, amount: &str, kind: GrantKind, expires_at: Option<&str>) -> O
     })
 }
 
+/// A purchase of 100 credits as `purchaseBundle` sends it (no key: the payment reference
+/// makes it unique).
+fn purchase(id: &str, bundle: &str, reference: &str) -> Op {
+    Op::Grant(GrantOp {
+        id: GrantId::from(id),
+        key: None,
+        amount: cr("100"),
+        kind: GrantKind::Purchase,
+        reason: None,
+        expires_at: None,
+        origin: Some(LotOrigin::Bundle {
+            bundle_id: bundle.into(),
+            payment_reference: reference.into(),
+        }),
+    })
+}
+
 fn reserve(key: &str, amount: &str, ttl_seconds: u32) -> Op {
     Op::Reserve(ReserveOp {
         id: ReservationId(format!("res_{key}")),
@@ -1033,19 +1050,7 @@ fn grant_rules_for_kinds_amounts_and_expiry() {
         refused(&mut j, t, &grant("a", "1", GrantKind::Purchase, None)),
         OpError::InvalidInput(_)
     ));
-    let purchase = Op::Grant(GrantOp {
-        id: GrantId::from("p"),
-        key: None,
-        amount: cr("100"),
-        kind: GrantKind::Purchase,
-        reason: None,
-        expires_at: None,
-        origin: Some(LotOrigin::Bundle {
-            bundle_id: "credits-100".into(),
-            payment_reference: "pay-1".into(),
-        }),
-    });
-    ok(&mut j, t, &purchase);
+    ok(&mut j, t, &purchase("p", "credits-100", "pay-1"));
     ok(&mut j, t, &grant("b", "1", GrantKind::Compensation, None));
     assert_eq!(j.wallet.balance().grants.len(), 2);
     // A lot id is taken once (another key, same id): refused, nothing changes.
@@ -1113,24 +1118,10 @@ fn grants_cannot_grow_a_wallet_past_what_its_sum_can_hold() {
 fn one_payment_reference_buys_one_lot() {
     let mut j = open("free", "UTC", "2027-06-01T10:00:00Z", None);
     let t = "2027-06-01T10:00:00Z";
-    let purchase = |id: &str, bundle: &str| {
-        Op::Grant(GrantOp {
-            id: GrantId::from(id),
-            key: None,
-            amount: cr("100"),
-            kind: GrantKind::Purchase,
-            reason: None,
-            expires_at: None,
-            origin: Some(LotOrigin::Bundle {
-                bundle_id: bundle.into(),
-                payment_reference: "pay-1".into(),
-            }),
-        })
-    };
-    ok(&mut j, t, &purchase("p1", "credits-100"));
+    ok(&mut j, t, &purchase("p1", "credits-100", "pay-1"));
     for (id, bundle) in [("p2", "credits-100"), ("p3", "credits-500")] {
         assert_eq!(
-            refused(&mut j, t, &purchase(id, bundle)),
+            refused(&mut j, t, &purchase(id, bundle, "pay-1")),
             OpError::IdempotencyConflict
         );
     }
