@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use credits_core::{
-    Balance, Entry, EntryKind, KeyCheck, Lot, LotOrigin, Op, OpError, ReleaseReason, ReservationId,
+    Balance, Entry, EntryKind, KeyCheck, LotOrigin, Op, OpError, ReleaseReason, ReservationId,
     Wallet, check_key,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -436,9 +436,9 @@ impl WalletState {
                 ahead.any(|r| r.entry.idempotency_key().is_some())
             }
             (OpError::IdempotencyConflict, Some(reference)) => ahead.any(|r| {
-                r.entry
-                    .grant()
-                    .is_some_and(|lot| payment_reference_of(lot) == Some(reference))
+                r.entry.grant().is_some_and(|lot| {
+                    lot.origin.as_ref().and_then(LotOrigin::payment_reference) == Some(reference)
+                })
             }),
             _ => false,
         }
@@ -898,21 +898,8 @@ impl WalletState {
 /// The payment reference a purchase (a PURCHASE grant from a bundle) pays with.
 fn payment_reference(op: &Op) -> Option<&str> {
     match op {
-        Op::Grant(g) => g.origin.as_ref().and_then(reference),
+        Op::Grant(g) => g.origin.as_ref().and_then(LotOrigin::payment_reference),
         _ => None,
-    }
-}
-
-fn payment_reference_of(lot: &Lot) -> Option<&str> {
-    lot.origin.as_ref().and_then(reference)
-}
-
-fn reference(origin: &LotOrigin) -> Option<&str> {
-    match origin {
-        LotOrigin::Bundle {
-            payment_reference, ..
-        } => Some(payment_reference),
-        LotOrigin::Review { .. } => None,
     }
 }
 

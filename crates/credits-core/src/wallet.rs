@@ -55,6 +55,18 @@ pub enum LotOrigin {
     },
 }
 
+impl LotOrigin {
+    /// The payment reference a purchased lot was bought with.
+    pub fn payment_reference(&self) -> Option<&str> {
+        match self {
+            LotOrigin::Bundle {
+                payment_reference, ..
+            } => Some(payment_reference),
+            LotOrigin::Review { .. } => None,
+        }
+    }
+}
+
 /// One bonus lot. `amount = remaining + held + spent + expired` always.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
@@ -947,12 +959,9 @@ impl Wallet {
         }
         // One payment buys one lot: a second purchase with its reference (decided before
         // the first was stored, so the caller's lookup missed it) is a conflict.
-        if let Some(LotOrigin::Bundle {
-            payment_reference, ..
-        }) = &g.origin
+        if let Some(reference) = g.origin.as_ref().and_then(LotOrigin::payment_reference)
             && self.lots.iter().any(|l| {
-                matches!(&l.origin, Some(LotOrigin::Bundle { payment_reference: p, .. })
-                    if p == payment_reference)
+                l.origin.as_ref().and_then(LotOrigin::payment_reference) == Some(reference)
             })
         {
             return Err(OpError::IdempotencyConflict);

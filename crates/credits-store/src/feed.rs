@@ -3,8 +3,7 @@
 //! delivers it to every listening connection when the transaction commits, and never if it
 //! rolls back. A node that holds one of those wallets reloads it and publishes what it
 //! missed. Changes of a team member, of custom plans and of reviews are announced the
-//! same way. On
-//! SQLite there is one process, so there is nobody to tell.
+//! same way. On SQLite there is one process, so there is nobody to tell.
 
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr};
