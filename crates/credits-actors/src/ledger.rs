@@ -666,9 +666,11 @@ impl Ledger {
         }
     }
 
-    /// A COMPENSATION lot for an approved review, keyed by the review so it is granted once;
-    /// `grant_id` is the one the review's approval claimed, so every caller completing the
-    /// same approval sends the same operation.
+    /// The COMPENSATION lot of an approved review. `grant_id` is the one the review's
+    /// approval claimed, so every caller completing the same approval sends the same
+    /// operation, and the wallet grants one lot per review. The operation carries no
+    /// idempotency key: keys are the clients' (SPEC 1), and a client's record under any
+    /// key must not stand in for the review's grant.
     pub async fn compensate(
         &self,
         wallet_id: &WalletId,
@@ -677,10 +679,12 @@ impl Ledger {
         amount: Credits,
         reason: String,
     ) -> ServiceResult<Lot> {
-        let key = format!("review:{review_id}");
+        if let Some(lot) = self.compensation(wallet_id, review_id, &grant_id).await? {
+            return Ok(lot);
+        }
         let op = GrantOp {
-            id: grant_id,
-            key: Some(key.clone()),
+            id: grant_id.clone(),
+            key: None,
             amount,
             kind: GrantKind::Compensation,
             reason: Some(reason),
@@ -689,14 +693,34 @@ impl Ledger {
                 review_id: review_id.to_owned(),
             }),
         };
-        // Only this approval's own grant is taken as done: a record of anything else under
-        // the key is a conflict, not a compensation.
-        let request = Op::Grant(op.clone()).request();
-        if let Some(entry) = self.recorded(wallet_id, &key, request.as_ref()).await? {
-            return self.lot_of(&entry).await;
+        match self.run(wallet_id, Op::Grant(op)).await {
+            Ok(applied) => self.lot_of(&applied.entry).await,
+            // Another caller completing this approval was decided first and is durable now
+            // (the wallet answers such a refusal only then).
+            Err(ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict))) => self
+                .compensation(wallet_id, review_id, &grant_id)
+                .await?
+                .ok_or(OpError::IdempotencyConflict.into()),
+            Err(e) => Err(e),
         }
-        let applied = self.run(wallet_id, Op::Grant(op)).await?;
-        self.lot_of(&applied.entry).await
+    }
+
+    /// The stored lot the review's approval claimed, if it has been granted.
+    async fn compensation(
+        &self,
+        wallet_id: &WalletId,
+        review_id: &str,
+        grant_id: &GrantId,
+    ) -> ServiceResult<Option<Lot>> {
+        match self.store.grant(&grant_id.0).await? {
+            Some(row)
+                if row.wallet_id == wallet_id.0 && row.review_id.as_deref() == Some(review_id) =>
+            {
+                Ok(Some(lot_from_row(&row)))
+            }
+            Some(_) => Err(OpError::IdempotencyConflict.into()),
+            None => Ok(None),
+        }
     }
 
     pub async fn subscribe(&self, wallet_id: &WalletId) -> ServiceResult<Subscription> {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use credits_core::{
-    Balance, Entry, EntryKind, KeyCheck, LotOrigin, Op, OpError, ReleaseReason, ReservationId,
-    Wallet, check_key,
+    Balance, Entry, EntryKind, KeyCheck, LotOrigin, OnceFor, Op, OpError, ReleaseReason,
+    ReservationId, Wallet, check_key,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast;
@@ -423,22 +423,22 @@ impl WalletState {
     /// Whether a refusal depends on records ahead of it that are not durable yet, so that
     /// it is answered only once they are (and decided again if their commit fails): one
     /// for funds or a member limit on a keyed record (a retry whose key was forgotten is
-    /// not new), a purchase's on the purchase with its payment reference (the caller then
-    /// finds that lot stored).
+    /// not new), a purchase's or a compensation's on the lot ahead for the same payment or
+    /// review (the caller then finds that lot stored).
     fn refusal_may_turn(&self, op: &Op, e: &OpError) -> bool {
         let mut ahead = self
             .in_flight
             .iter()
             .flat_map(|f| &f.records)
             .chain(&self.open_records);
-        match (e, payment_reference(op)) {
+        match (e, once_for(op)) {
             (OpError::InsufficientCredits { .. } | OpError::MemberLimitExceeded { .. }, _) => {
                 ahead.any(|r| r.entry.idempotency_key().is_some())
             }
-            (OpError::IdempotencyConflict, Some(reference)) => ahead.any(|r| {
-                r.entry.grant().is_some_and(|lot| {
-                    lot.origin.as_ref().and_then(LotOrigin::payment_reference) == Some(reference)
-                })
+            (OpError::IdempotencyConflict, Some(once)) => ahead.any(|r| {
+                r.entry
+                    .grant()
+                    .is_some_and(|lot| lot.origin.as_ref().map(LotOrigin::once_for) == Some(once))
             }),
             _ => false,
         }
@@ -895,10 +895,10 @@ impl WalletState {
     }
 }
 
-/// The payment reference a purchase (a PURCHASE grant from a bundle) pays with.
-fn payment_reference(op: &Op) -> Option<&str> {
+/// What a grant with an origin (a purchase, a review's compensation) is the one lot for.
+fn once_for(op: &Op) -> Option<OnceFor<'_>> {
     match op {
-        Op::Grant(g) => g.origin.as_ref().and_then(LotOrigin::payment_reference),
+        Op::Grant(g) => g.origin.as_ref().map(LotOrigin::once_for),
         _ => None,
     }
 }

@@ -19,6 +19,6 @@ pub use ledger::{
 };
 pub use plan::{GrantId, Plan, PlanId, Plans, ReservationId, UsageId, WalletId};
 pub use wallet::{
-    Balance, GrantOp, Hold, KeyCheck, Lot, LotOrigin, Member, NewWallet, Op, OpError,
+    Balance, GrantOp, Hold, KeyCheck, Lot, LotOrigin, Member, NewWallet, OnceFor, Op, OpError,
     RESERVATION_TTL_SECONDS, Reservation, ReserveOp, SettleOp, UsageOp, Wallet, check_key,
 };

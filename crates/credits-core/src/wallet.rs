@@ -55,14 +55,21 @@ pub enum LotOrigin {
     },
 }
 
+/// What a lot with an origin is the one lot for: a payment buys one lot (SPEC 5), a
+/// review is compensated once (SPEC 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnceFor<'a> {
+    Payment(&'a str),
+    Review(&'a str),
+}
+
 impl LotOrigin {
-    /// The payment reference a purchased lot was bought with.
-    pub fn payment_reference(&self) -> Option<&str> {
+    pub fn once_for(&self) -> OnceFor<'_> {
         match self {
             LotOrigin::Bundle {
                 payment_reference, ..
-            } => Some(payment_reference),
-            LotOrigin::Review { .. } => None,
+            } => OnceFor::Payment(payment_reference),
+            LotOrigin::Review { review_id } => OnceFor::Review(review_id),
         }
     }
 }
@@ -952,19 +959,21 @@ impl Wallet {
     }
 
     fn decide_grant(&self, g: &GrantOp) -> Result<EntryKind, OpError> {
+        // One payment buys one lot, one review is compensated once: a second lot for the
+        // same (decided before the first was stored, so the caller's lookup missed it) is
+        // a conflict.
+        if let Some(once) = g.origin.as_ref().map(LotOrigin::once_for)
+            && self
+                .lots
+                .iter()
+                .any(|l| l.origin.as_ref().map(LotOrigin::once_for) == Some(once))
+        {
+            return Err(OpError::IdempotencyConflict);
+        }
         // Lot ids are the store's keys and the ledger's references: one lot per id, ever
         // (expired and spent lots stay in `lots`).
         if self.lots.iter().any(|l| l.id == g.id) {
             return Err(invalid(format!("grant id {} is already taken", g.id)));
-        }
-        // One payment buys one lot: a second purchase with its reference (decided before
-        // the first was stored, so the caller's lookup missed it) is a conflict.
-        if let Some(reference) = g.origin.as_ref().and_then(LotOrigin::payment_reference)
-            && self.lots.iter().any(|l| {
-                l.origin.as_ref().and_then(LotOrigin::payment_reference) == Some(reference)
-            })
-        {
-            return Err(OpError::IdempotencyConflict);
         }
         // Checked arithmetic (SPEC 1): the wallet's lots stay within what its sum can hold.
         let outstanding = self

@@ -168,7 +168,8 @@ async fn report_read_and_resolve_reviews(b: Backend) {
     let d = app.ok(&service, read, json!({ "id": by_service })).await;
     assert_eq!(d["review"]["status"], "SUBMITTED");
 
-    // A client's record under the approval's own key is not taken for its grant.
+    // A client's record under any key, even one spelled after the review, neither stands
+    // in for the approval's grant nor blocks it: the review is credited with its own lot.
     app.record(&w, "s", "squat", "economy-mini", 10, 10).await;
     let d = app
         .ok(&alice, REPORT, json!({ "w": w, "t": "squat" }))
@@ -180,17 +181,34 @@ async fn report_read_and_resolve_reviews(b: Backend) {
         json!({ "w": w, "k": format!("review:{squat}") }),
     )
     .await;
-    assert_eq!(
-        app.code(
-            &app.admin,
-            RESOLVE,
-            json!({ "i": { "reviewId": squat, "decision": "APPROVE", "amount": "0.5" } })
-        )
-        .await,
-        "IDEMPOTENCY_CONFLICT"
+    let lots =
+        "query($w: ID!) { wallet(id: $w) { balance { bonus { grants { id kind amount } } } } }";
+    let compensations = |d: Value| -> Vec<Value> {
+        d["wallet"]["balance"]["bonus"]["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["kind"] == "COMPENSATION")
+            .cloned()
+            .collect()
+    };
+    let before = compensations(app.ok(&alice, lots, json!({ "w": w })).await);
+    let approve = json!({ "i": { "reviewId": squat, "decision": "APPROVE", "amount": "0.5" } });
+    for _ in 0..2 {
+        let d = app.ok(&app.admin, RESOLVE, approve.clone()).await;
+        assert_eq!(d["resolveReview"]["status"], "CREDITED");
+        assert_eq!(
+            d["resolveReview"]["creditedGrant"],
+            json!({ "kind": "COMPENSATION", "amount": "0.5", "remaining": "0.5" })
+        );
+    }
+    let after = compensations(app.ok(&alice, lots, json!({ "w": w })).await);
+    assert_eq!(after.len(), before.len() + 1, "{after:?}");
+    assert!(
+        after
+            .iter()
+            .any(|g| g["amount"] == "0.5" && !before.contains(g))
     );
-    let d = app.ok(&alice, read, json!({ "id": squat })).await;
-    assert_eq!(d["review"]["status"], "SUBMITTED");
 }
 
 /// Callers racing on one review: 20 admin calls at once, some approving the same amount,

@@ -1128,6 +1128,49 @@ fn one_payment_reference_buys_one_lot() {
     assert_eq!(j.wallet.balance().grants.len(), 1);
 }
 
+/// A review's COMPENSATION lot as an approval sends it: no key (keys are the clients'),
+/// the review makes it unique.
+fn compensation(id: &str, review: &str) -> Op {
+    Op::Grant(GrantOp {
+        id: GrantId::from(id),
+        key: None,
+        amount: cr("3"),
+        kind: GrantKind::Compensation,
+        reason: Some("high usage".into()),
+        expires_at: None,
+        origin: Some(LotOrigin::Review {
+            review_id: review.into(),
+        }),
+    })
+}
+
+/// SPEC 7: an approved review is one COMPENSATION lot. The same approval completed again
+/// (by a caller decided before the first lot is stored) is refused, never a second lot;
+/// another review, or a purchase whose payment reference is spelled like the review id,
+/// is its own lot.
+#[test]
+fn one_review_is_compensated_once() {
+    let mut j = open("free", "UTC", "2027-06-01T10:00:00Z", None);
+    let t = "2027-06-01T10:00:00Z";
+    ok(&mut j, t, &compensation("c1", "rev_1"));
+    for id in ["c1", "c2"] {
+        assert_eq!(
+            refused(&mut j, t, &compensation(id, "rev_1")),
+            OpError::IdempotencyConflict
+        );
+    }
+    ok(&mut j, t, &compensation("c3", "rev_2"));
+    ok(&mut j, t, &purchase("p1", "credits-100", "rev_1"));
+    let lots = j.wallet.balance().grants;
+    assert_eq!(lots.len(), 3);
+    assert_eq!(
+        lots.iter()
+            .filter(|l| l.kind == GrantKind::Compensation)
+            .count(),
+        2
+    );
+}
+
 #[test]
 fn grant_remaining_is_amount_minus_spent_held_and_expired() {
     let mut j = open("free", "UTC", "2027-06-01T10:00:00Z", None);
