@@ -219,11 +219,12 @@ async fn graphql_get(State(state): State<Shared>, req: axum::extract::Request) -
         )
             .into_response();
     };
-    let protocol = parts
-        .headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|offered| offered.split(',').find_map(|p| p.trim().parse().ok()));
+    // The protocol the handshake agrees is the one the socket speaks.
+    let upgrade = upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS);
+    let protocol = upgrade
+        .selected_protocol()
+        .and_then(|p| p.to_str().ok())
+        .and_then(|p| p.parse().ok());
     let Some(protocol) = protocol else {
         return (StatusCode::BAD_REQUEST, "unsupported WebSocket subprotocol").into_response();
     };
@@ -236,7 +237,6 @@ async fn graphql_get(State(state): State<Shared>, req: axum::extract::Request) -
         );
     };
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
         // A message is a request: the HTTP body limit holds here too (SPEC 10).
         .max_message_size(MAX_BODY_BYTES)
         .max_frame_size(MAX_BODY_BYTES)

@@ -680,6 +680,23 @@ impl Ws {
         Ws::init(socket, protocol, token).await
     }
 
+    /// Connects offering `offered` (a `Sec-WebSocket-Protocol` list, in the client's
+    /// order), speaks the protocol the handshake agreed and sends `connection_init`.
+    pub async fn connect_offering(app: &App, offered: &str, token: &str) -> (Ws, String, Init) {
+        let (socket, resp) = tokio_tungstenite::connect_async(app.ws_request(offered))
+            .await
+            .expect("WebSocket connect");
+        let agreed = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .expect("an agreed protocol")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let (ws, init) = Ws::init(socket, &agreed, token).await;
+        (ws, agreed, init)
+    }
+
     /// [`Ws::connect`], or the HTTP status of a refused handshake.
     pub async fn try_connect(app: &App, protocol: &str, token: &str) -> Result<(Ws, Init), u16> {
         let req = app.ws_request(protocol);

@@ -9,6 +9,7 @@ use crate::reviews::{REPORT, RESOLVE};
 on_both!(
     balance_changed_streams_snapshot_usage_and_reset,
     legacy_graphql_ws_protocol_works,
+    a_client_offering_both_protocols_is_answered_in_the_agreed_one,
     bad_tokens_are_refused_at_connection_init,
     review_updated_sees_the_credit,
     due_events_stream_in_order_at_their_instants,
@@ -96,6 +97,26 @@ async fn legacy_graphql_ws_protocol_works(b: Backend) {
     assert_eq!(seq(&grant), seq(&snap) + 1);
     assert_eq!(grant["balance"]["bonus"]["remaining"], "3");
     assert_eq!(grant["balance"]["total"], "523");
+}
+
+/// The handshake agrees one protocol (the server's first choice among those offered,
+/// whatever the client's order) and the socket then speaks exactly that one.
+async fn a_client_offering_both_protocols_is_answered_in_the_agreed_one(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let service = app.token("SERVICE", None).await;
+    for offered in [
+        "graphql-ws, graphql-transport-ws",
+        "graphql-transport-ws, graphql-ws",
+    ] {
+        let (mut ws, agreed, init) = Ws::connect_offering(&app, offered, &service).await;
+        assert_eq!(agreed, "graphql-transport-ws", "{offered}");
+        assert!(matches!(init, Init::Ack), "{offered}: {init:?}");
+        ws.subscribe("s", BALANCE_CHANGED, json!({ "w": w })).await;
+        let m = ws.recv().await.expect("a message");
+        assert_eq!(m["type"], "next", "{offered}: {m}");
+        assert_eq!(m["payload"]["data"]["balanceChanged"]["cause"], "SNAPSHOT");
+    }
 }
 
 async fn bad_tokens_are_refused_at_connection_init(b: Backend) {
