@@ -116,6 +116,17 @@ impl Shared {
     }
 }
 
+/// Whether a request a wallet's actor did not answer may be sent again (see
+/// [`Directory::call`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// Reads and subscriptions change nothing; ticks apply what is due from durable state,
+    /// so a fresh activation applies exactly what is still due.
+    Resend,
+    /// An operation may have been applied: its outcome is unknown.
+    Unavailable,
+}
+
 /// The entry point to every wallet on this node.
 #[derive(Clone)]
 pub struct Directory {
@@ -265,11 +276,13 @@ impl Directory {
     }
 
     /// Sends one request to a wallet's actor, activating it as needed. A request the actor
-    /// never received is re-sent to a fresh activation; one it received but did not answer
-    /// is UNAVAILABLE, since it may have been applied.
+    /// never received is re-sent to a fresh activation. One it did not answer (it stopped
+    /// first: it passivated with the request queued behind that decision, or it crashed)
+    /// is re-sent too when that is safe, and is UNAVAILABLE otherwise.
     async fn call<T: Send + 'static>(
         &self,
         id: &WalletId,
+        unanswered: Unanswered,
         mut build: impl FnMut(ractor::RpcReplyPort<T>) -> WalletMsg,
     ) -> Result<T, ExecError> {
         for _ in 0..MAX_ACTIVATION_RETRIES {
@@ -280,6 +293,9 @@ impl Directory {
                     return Err(ExecError::Unavailable(
                         "the wallet did not answer in time".into(),
                     ));
+                }
+                Ok(CallResult::SenderError) if unanswered == Unanswered::Resend => {
+                    self.shared.forget(id, actor.get_id());
                 }
                 Ok(CallResult::SenderError) => {
                     return Err(ExecError::Unavailable(
@@ -304,7 +320,7 @@ impl Directory {
     pub async fn execute(&self, id: &WalletId, op: Op) -> Result<Applied, ExecError> {
         let mut op = Some(op);
         let result = self
-            .call(id, |reply| match op.take() {
+            .call(id, Unanswered::Unavailable, |reply| match op.take() {
                 Some(op) => WalletMsg::Execute(op, reply),
                 // Only re-sent when the previous send never reached an actor, which hands the
                 // message back; reaching this means a logic error, reported as unavailable.
@@ -316,11 +332,12 @@ impl Directory {
 
     /// The wallet as of now.
     pub async fn read(&self, id: &WalletId) -> Result<Wallet, ExecError> {
-        self.call(id, WalletMsg::Read).await
+        self.call(id, Unanswered::Resend, WalletMsg::Read).await
     }
 
     pub async fn subscribe(&self, id: &WalletId) -> Result<Subscription, ExecError> {
-        self.call(id, WalletMsg::Subscribe).await
+        self.call(id, Unanswered::Resend, WalletMsg::Subscribe)
+            .await
     }
 
     /// Applies and commits whatever fell due on every active wallet; returns once all of it
@@ -383,7 +400,10 @@ impl Directory {
                 }
                 let dir = self.clone();
                 ticks.spawn(async move {
-                    if let Err(e) = dir.call(&id, |r| WalletMsg::Tick(Some(r))).await {
+                    if let Err(e) = dir
+                        .call(&id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)))
+                        .await
+                    {
                         tracing::warn!(wallet = %id, error = %e, "applying due events failed");
                     }
                 });
@@ -437,6 +457,15 @@ impl Directory {
             if let Some(a) = slot.value().get() {
                 let _ = a.send_message(WalletMsg::Refresh(None));
             }
+        }
+    }
+
+    /// Makes a wallet's actor check whether it is idle now, as its idle timer does (tests of
+    /// passivation races, with a zero `idle_after`).
+    #[doc(hidden)]
+    pub fn check_idle(&self, id: &WalletId) {
+        if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned()) {
+            let _ = a.send_message(WalletMsg::IdleCheck);
         }
     }
 

@@ -184,6 +184,30 @@ async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
     );
 }
 
+/// A read or a subscription queued behind the actor's decision to passivate is answered
+/// by a fresh activation, not dropped: every idle check here finds the wallet idle (zero
+/// `idle_after`, nothing watching) and stops it with the request already in its mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_passivation_are_answered() {
+    let config = credits_actors::ActorConfig {
+        idle_after: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let app = app_with(
+        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
+        config,
+    );
+    let id = app.wallet("wal_a", "pro", "UTC").await;
+    for _ in 0..50 {
+        app.dir.read(&id).await.unwrap();
+        app.dir.check_idle(&id);
+        assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("520"));
+        app.dir.check_idle(&id);
+        let sub = app.dir.subscribe(&id).await.unwrap();
+        assert_eq!(sub.snapshot.balance.total, cr("520"));
+    }
+}
+
 #[tokio::test]
 async fn unknown_wallet_is_not_found() {
     let app = app_at("2027-03-10T12:00:00Z");
