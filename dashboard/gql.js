@@ -53,6 +53,15 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 /** graphql-transport-ws close codes after which retrying cannot help. */
 const FATAL_CLOSE_CODES = new Set([4400, 4401, 4403]);
+/** A stream ended with this code may be subscribed again: UNAVAILABLE is never a
+ * definite refusal (SPEC 10), and the next subscription starts with a fresh SNAPSHOT. */
+const RETRYABLE_CODES = new Set(['UNAVAILABLE']);
+
+/** A backoff delay for the `attempt`-th retry (0-based), with jitter. */
+function backoff(attempt) {
+  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt);
+  return Math.round(base / 2 + Math.random() * (base / 2));
+}
 
 /**
  * A `graphql-transport-ws` connection that survives drops: it reconnects with backoff and
@@ -81,14 +90,18 @@ export class SubscriptionClient {
     if (this.acked) this.send({ id, type: 'subscribe', payload: { query, variables } });
     else this.ensureSocket();
     return () => {
-      if (!this.subs.delete(id)) return;
-      if (this.acked) this.send({ id, type: 'complete' });
+      const sub = this.subs.get(id);
+      if (!sub) return;
+      this.subs.delete(id);
+      clearTimeout(sub.timer);
+      if (this.acked && !sub.timer) this.send({ id, type: 'complete' });
     };
   }
 
   close() {
     this.closed = true;
     clearTimeout(this.timer);
+    for (const sub of this.subs.values()) clearTimeout(sub.timer);
     this.subs.clear();
     if (this.socket) this.socket.close(1000, 'signed out');
     this.socket = null;
@@ -135,8 +148,7 @@ export class SubscriptionClient {
 
   scheduleReconnect(reason) {
     if (this.closed) return;
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt);
-    const delay = Math.round(base / 2 + Math.random() * (base / 2));
+    const delay = backoff(this.attempt);
     this.attempt += 1;
     this.onStatus('retrying', `${reason}; retrying in ${Math.ceil(delay / 1000)} s`);
     this.timer = setTimeout(() => {
@@ -157,7 +169,12 @@ export class SubscriptionClient {
         this.acked = true;
         this.attempt = 0;
         this.onStatus('live');
-        for (const [id, { payload }] of this.subs) this.send({ id, type: 'subscribe', payload });
+        for (const [id, sub] of this.subs) {
+          clearTimeout(sub.timer);
+          sub.timer = null;
+          sub.retry = null;
+          this.send({ id, type: 'subscribe', payload: sub.payload });
+        }
         break;
       case 'ping':
         socket.send(JSON.stringify({ type: 'pong' }));
@@ -166,25 +183,54 @@ export class SubscriptionClient {
         const sub = this.subs.get(message.id);
         if (!sub) break;
         const { data, errors } = message.payload ?? {};
-        if (errors?.length) sub.sink.error?.(errorFromGraphql(errors));
-        else if (data) sub.sink.next(data);
+        if (errors?.length) {
+          const error = errorFromGraphql(errors);
+          // The server ends the stream next ('complete'); a retryable one is then resumed.
+          if (RETRYABLE_CODES.has(error.code)) sub.retry = error;
+          else sub.sink.error?.(error);
+        } else if (data) {
+          sub.attempt = 0;
+          sub.sink.next(data);
+        }
         break;
       }
       case 'error': {
         const sub = this.subs.get(message.id);
-        this.subs.delete(message.id);
-        sub?.sink.error?.(errorFromGraphql(Array.isArray(message.payload) ? message.payload : [message.payload]));
+        if (!sub) break;
+        const error = errorFromGraphql(Array.isArray(message.payload) ? message.payload : [message.payload]);
+        if (RETRYABLE_CODES.has(error.code)) {
+          this.resubscribe(message.id, sub);
+        } else {
+          this.subs.delete(message.id);
+          sub.sink.error?.(error);
+        }
         break;
       }
       case 'complete': {
         const sub = this.subs.get(message.id);
-        this.subs.delete(message.id);
-        sub?.sink.complete?.();
+        if (!sub) break;
+        if (sub.retry) {
+          this.resubscribe(message.id, sub);
+        } else {
+          this.subs.delete(message.id);
+          sub.sink.complete?.();
+        }
         break;
       }
       default:
         break;
     }
+  }
+
+  /** Subscribes again, after a backoff, to a stream the server ended as unavailable. */
+  resubscribe(id, sub) {
+    sub.retry = null;
+    const delay = backoff(sub.attempt ?? 0);
+    sub.attempt = (sub.attempt ?? 0) + 1;
+    sub.timer = setTimeout(() => {
+      sub.timer = null;
+      if (this.subs.get(id) === sub && this.acked) this.send({ id, type: 'subscribe', payload: sub.payload });
+    }, delay);
   }
 }
 
