@@ -20,6 +20,7 @@ mod m20251128_000002_wallets_ledger;
 mod m20251128_000003_teams_reviews_tokens;
 mod m20251128_000004_usage_covering_indexes;
 mod m20251128_000005_wallet_creation_requests;
+mod m20251129_000006_retired_plans;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251128_000003_teams_reviews_tokens::Migration),
             Box::new(m20251128_000004_usage_covering_indexes::Migration),
             Box::new(m20251128_000005_wallet_creation_requests::Migration),
+            Box::new(m20251129_000006_retired_plans::Migration),
         ]
     }
 }

@@ -60,6 +60,13 @@ async fn creation_request(db: &DatabaseConnection) -> bool {
         .expect("probe column")
 }
 
+async fn retired_plans(db: &DatabaseConnection) -> bool {
+    SchemaManager::new(db)
+        .has_column("plans", "retired")
+        .await
+        .expect("probe column")
+}
+
 async fn up_down_up(db: &DatabaseConnection) {
     Migrator::up(db, None).await.expect("up");
     assert_eq!(tables_present(db).await, TABLES);
@@ -67,6 +74,10 @@ async fn up_down_up(db: &DatabaseConnection) {
         usage_indexes(db).await,
         ["usage_wallet_at_cover", "usage_model_at_cover"]
     );
+    assert!(retired_plans(db).await);
+    // One step down drops the plans' retired mark, and only that.
+    Migrator::down(db, Some(1)).await.expect("down retired");
+    assert!(!retired_plans(db).await);
     assert!(creation_request(db).await);
     // One step down drops the createWallet request column, and only that.
     Migrator::down(db, Some(1)).await.expect("down one");

@@ -73,6 +73,7 @@ pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
             interval,
             model_tiers: p.model_tiers,
             custom: false,
+            retired: false,
         };
         if let Err(e) = plan.check_credits() {
             bail!("plan {}: {e}", p.id);

@@ -743,6 +743,7 @@ impl Ledger {
         }
         let plan = Plan {
             custom: true,
+            retired: false,
             ..plan
         };
         let position = self.plans().len() as i64;
@@ -940,6 +941,7 @@ pub fn plan_row(p: &Plan, position: i64, now: DateTime<Utc>) -> credits_store::P
         },
         model_tiers: p.model_tiers.clone(),
         custom: p.custom,
+        retired: p.retired,
         position,
         updated_at: now,
     }
@@ -965,6 +967,7 @@ pub fn plan_from_row(r: &credits_store::PlanRow) -> Plan {
         },
         model_tiers: r.model_tiers.clone(),
         custom: r.custom,
+        retired: r.retired,
     }
 }
 

@@ -87,9 +87,21 @@ pub struct Plan {
     pub interval: BillingInterval,
     pub model_tiers: Vec<String>,
     pub custom: bool,
+    /// A catalogue plan the current catalogue no longer lists: wallets on it keep it, no
+    /// wallet moves onto it.
+    #[serde(default)]
+    pub retired: bool,
 }
 
 impl Plan {
+    /// Whether a wallet may be created on this plan or move onto it.
+    pub fn check_offered(&self) -> Result<(), String> {
+        if self.retired {
+            return Err(format!("plan {} is no longer offered", self.id));
+        }
+        Ok(())
+    }
+
     /// Its credits are at most [`Credits::MAX_HOLDING`] each, so that a wallet's buckets
     /// and lots always add up (SPEC 1: checked arithmetic).
     pub fn check_credits(&self) -> Result<(), String> {

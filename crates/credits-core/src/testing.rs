@@ -182,6 +182,7 @@ pub fn catalogue() -> Vec<Plan> {
         interval,
         model_tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
         custom: false,
+        retired: false,
     };
     use BillingInterval::{Annual, Monthly};
     vec![

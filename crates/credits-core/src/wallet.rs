@@ -341,6 +341,7 @@ impl Wallet {
     ) -> Result<(Wallet, Entry), OpError> {
         check_text("ownerId", &new.owner_id, MAX_KEY_CHARS, false)?;
         let plan = plans.plan(&new.plan_id).ok_or(OpError::NotFound("plan"))?;
+        plan.check_offered().map_err(invalid)?;
         let anchor = new.billing_anchor.unwrap_or(now);
         if anchor > now {
             return Err(invalid("billingAnchor must not be after now"));
@@ -1019,6 +1020,7 @@ impl Wallet {
         if *id == self.plan_id {
             return Ok(EntryKind::PlanScheduled { plan_id: None });
         }
+        new.check_offered().map_err(invalid)?;
         let current = self.plan(plans)?;
         if new.interval != self.interval || new.subscription_credits <= current.subscription_credits
         {

@@ -347,6 +347,7 @@ impl Mutation {
             interval: input.interval.into(),
             model_tiers: input.model_tiers,
             custom: true,
+            retired: false,
         };
         let plan = ledger(ctx)
             .upsert_plan(plan)

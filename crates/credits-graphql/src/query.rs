@@ -75,6 +75,7 @@ impl Query {
     }
 
     /// The catalogue, then custom plans by id; a USER sees custom plans of wallets they may read.
+    /// A plan the catalogue no longer lists is left out (wallets on it still show it).
     #[graphql(guard = "RoleGuard::new(ANY)")]
     async fn plans(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Plan>> {
         let l = ledger(ctx);
@@ -108,6 +109,7 @@ impl Query {
         };
         Ok(plans
             .iter()
+            .filter(|p| !p.retired)
             .filter(|p| !p.custom || visible.as_ref().is_none_or(|ids| ids.contains(&p.id.0)))
             .map(Plan::from)
             .collect())

@@ -2,7 +2,7 @@
 //! in file order, then custom plans by id); it never checks whether an edit is allowed
 //! (catalogue ids, interval changes of a plan in use): that is the caller's rule.
 
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::entity::{bundles, plans, wallets};
@@ -20,6 +20,7 @@ fn plan_model(p: &PlanRow) -> Result<plans::Model, StoreError> {
         interval: p.interval.clone(),
         model_tiers: serde_json::to_string(&p.model_tiers).map_err(corrupt)?,
         custom: p.custom,
+        retired: p.retired,
         position: p.position,
         updated_us: to_us(p.updated_at),
     })
@@ -36,6 +37,7 @@ fn plan_row(m: plans::Model) -> Result<PlanRow, StoreError> {
         subscription_ucr: m.subscription_ucr,
         interval: m.interval,
         custom: m.custom,
+        retired: m.retired,
         position: m.position,
     })
 }
@@ -74,6 +76,7 @@ async fn upsert_plans<C: ConnectionTrait>(conn: &C, rows: &[PlanRow]) -> Result<
                         C::Interval,
                         C::ModelTiers,
                         C::Custom,
+                        C::Retired,
                         C::Position,
                         C::UpdatedUs,
                     ])
@@ -118,8 +121,8 @@ impl Store {
     }
 
     /// Upserts the catalogue's plans and bundles in one transaction (each start). Bundles
-    /// it does not list are no longer sold (a purchase keeps its bundle id); plans it does
-    /// not list stay, since wallets may be on them.
+    /// it does not list are no longer sold (a purchase keeps its bundle id); catalogue plans
+    /// it does not list are marked retired, not deleted, since wallets may be on them.
     pub async fn upsert_catalogue(
         &self,
         plans: &[PlanRow],
@@ -128,6 +131,13 @@ impl Store {
         crate::bound("catalogue entries", plans.len() + bundles.len(), MAX_LIST)?;
         let txn = self.begin_write().await?;
         upsert_plans(&txn, plans).await?;
+        plans::Entity::update_many()
+            .col_expr(plans::Column::Retired, Expr::value(true))
+            .filter(plans::Column::Custom.eq(false))
+            .filter(plans::Column::Id.is_not_in(plans.iter().map(|p| p.id.clone())))
+            .exec(&txn)
+            .await
+            .map_err(StoreError::Db)?;
         bundles::Entity::delete_many()
             .filter(bundles::Column::Id.is_not_in(bundles.iter().map(|b| b.id.clone())))
             .exec(&txn)

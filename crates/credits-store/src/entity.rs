@@ -37,6 +37,7 @@ pub mod plans {
         #[sea_orm(column_type = "Text")]
         pub model_tiers: String,
         pub custom: bool,
+        pub retired: bool,
         pub position: i64,
         pub updated_us: i64,
     }

@@ -309,6 +309,8 @@ pub struct PlanRow {
     pub interval: String,
     pub model_tiers: Vec<String>,
     pub custom: bool,
+    /// A catalogue plan the current catalogue no longer lists (set by `upsert_catalogue`).
+    pub retired: bool,
     /// Catalogue file order (ignored for custom plans, which list by id).
     pub position: i64,
     pub updated_at: DateTime<Utc>,

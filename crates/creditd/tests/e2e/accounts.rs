@@ -10,6 +10,7 @@ on_both!(
     viewer_lists_own_wallets_and_teams,
     create_wallet_with_a_key_is_idempotent,
     catalogue_models_and_bundles,
+    a_plan_the_catalogue_drops_is_retired,
     custom_plans_and_plan_changes,
     set_timezone_moves_the_next_reset,
     reload_pricing_and_advance_clock,
@@ -177,6 +178,78 @@ async fn create_wallet_with_a_key_is_idempotent(b: Backend) {
         )
         .await;
     assert_eq!(code, "NOT_FOUND");
+}
+
+/// A start whose catalogue no longer lists `max`: wallets on it keep it, `plans` leaves it
+/// out, nobody moves onto it; a later catalogue listing it again brings it back.
+async fn a_plan_the_catalogue_drops_is_retired(b: Backend) {
+    let mut app = App::spawn(b).await;
+    let on_max = app.wallet("alice", "max").await;
+    let on_pro = app.wallet("bob", "pro").await;
+    let embedded = include_str!("../../src/catalogue.toml");
+    let without_max: Vec<&str> = embedded
+        .split("[[")
+        .filter(|block| !block.contains("id = \"max\""))
+        .collect();
+    assert_eq!(without_max.len() + 1, embedded.split("[[").count());
+    let file = app.dir.path().join("catalogue.toml");
+    std::fs::write(&file, without_max.join("[[")).unwrap();
+    app.stop();
+    app.env
+        .push(("CREDITD_CATALOGUE".into(), file.display().to_string()));
+    app.start().await;
+
+    let alice = app.token("USER", Some("alice")).await;
+    let ids = |d: serde_json::Value| -> Vec<String> {
+        d["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let listed = ids(app.ok(&alice, "{ plans { id } }", json!({})).await);
+    assert_eq!(listed, ["free", "pro", "pro-annual", "team"]);
+    let d = app
+        .ok(
+            &alice,
+            "query($w: ID!) { wallet(id: $w) { plan { id name } } }",
+            json!({ "w": on_max }),
+        )
+        .await;
+    assert_eq!(d["wallet"]["plan"], json!({ "id": "max", "name": "Max" }));
+
+    let change = "mutation($w: ID!, $p: ID!) { changePlan(walletId: $w, planId: $p) { plan { id } scheduledPlan { id } } }";
+    assert_eq!(
+        app.code(&app.admin, change, json!({ "w": on_pro, "p": "max" }))
+            .await,
+        "INVALID_INPUT"
+    );
+    let create = "mutation($p: ID!) { createWallet(input: {ownerId: \"carol\", planId: $p, timezone: \"UTC\"}) { id } }";
+    assert_eq!(
+        app.code(&app.admin, create, json!({ "p": "max" })).await,
+        "INVALID_INPUT"
+    );
+    // The wallet on it may still ask for it (which clears a scheduled change).
+    app.ok(&app.admin, change, json!({ "w": on_max, "p": "free" }))
+        .await;
+    let d = app
+        .ok(&app.admin, change, json!({ "w": on_max, "p": "max" }))
+        .await;
+    assert_eq!(
+        d["changePlan"],
+        json!({ "plan": { "id": "max" }, "scheduledPlan": null })
+    );
+
+    app.stop();
+    app.env.retain(|(k, _)| k != "CREDITD_CATALOGUE");
+    app.start().await;
+    let listed = ids(app.ok(&alice, "{ plans { id } }", json!({})).await);
+    assert_eq!(listed, ["free", "pro", "pro-annual", "max", "team"]);
+    let d = app
+        .ok(&app.admin, change, json!({ "w": on_pro, "p": "max" }))
+        .await;
+    assert_eq!(d["changePlan"]["plan"]["id"], "max");
 }
 
 async fn catalogue_models_and_bundles(b: Backend) {

@@ -427,6 +427,7 @@ async fn a_custom_plan_changed_on_one_node_reaches_the_other() {
                 interval: credits_core::BillingInterval::Monthly,
                 model_tiers: vec!["economy".into()],
                 custom: true,
+                retired: false,
             };
             on_a.upsert_plan(plan).await.unwrap();
             assert!(

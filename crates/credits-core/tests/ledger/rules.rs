@@ -687,6 +687,7 @@ fn custom_plan_edit_applies_daily_at_next_reset_and_subscription_at_next_renewal
         interval: BillingInterval::Monthly,
         model_tiers: vec!["economy".into()],
         custom: true,
+        retired: false,
     });
     let mut j = open_with(plans, "acme", "UTC", "2027-06-15T12:00:00Z", None, false);
     let p = j
@@ -992,6 +993,52 @@ fn change_to_the_current_plan_clears_the_scheduled_one() {
     assert_eq!(j.wallet.scheduled_plan_id, None);
     j.advance_to(at("2027-07-02T00:00:00Z"));
     assert_eq!(j.wallet.plan_id, PlanId::from("max"));
+}
+
+/// A plan the catalogue no longer lists: a wallet on it keeps it and renews on it, may
+/// clear a scheduled change by asking for it, but no wallet is created on it or moves to
+/// it (INVALID_INPUT, nothing changes).
+#[test]
+fn a_retired_plan_keeps_its_wallets_and_takes_no_new_ones() {
+    let retire = |plans: &mut Vec<Plan>, id: &str| {
+        plans.iter_mut().find(|p| p.id.0 == id).unwrap().retired = true;
+    };
+    let mut j = open("pro", "UTC", "2027-06-01T06:00:00Z", None);
+    retire(&mut j.plans, "pro");
+    retire(&mut j.plans, "max");
+    assert!(matches!(
+        refused(&mut j, "2027-06-02T00:00:00Z", &Op::ChangePlan(PlanId::from("max"))),
+        OpError::InvalidInput(m) if m.contains("no longer offered")
+    ));
+    ok(
+        &mut j,
+        "2027-06-02T00:00:00Z",
+        &Op::ChangePlan(PlanId::from("free")),
+    );
+    ok(
+        &mut j,
+        "2027-06-03T00:00:00Z",
+        &Op::ChangePlan(PlanId::from("pro")),
+    );
+    assert_eq!(j.wallet.scheduled_plan_id, None);
+    j.advance_to(at("2027-07-02T00:00:00Z"));
+    assert_eq!(j.wallet.plan_id, PlanId::from("pro"));
+    assert_eq!(j.wallet.balance().subscription.remaining, cr("500"));
+
+    let mut plans = catalogue();
+    retire(&mut plans, "pro");
+    let new = NewWallet {
+        id: WalletId::from("wal_2"),
+        owner_id: "u1".into(),
+        pool: false,
+        timezone: Tz::UTC,
+        plan_id: PlanId::from("pro"),
+        billing_anchor: None,
+    };
+    assert!(matches!(
+        Journal::create(new, plans, at("2027-06-01T00:00:00Z")),
+        Err(OpError::InvalidInput(_))
+    ));
 }
 
 #[test]

@@ -43,6 +43,7 @@ async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
         interval: "MONTHLY".into(),
         model_tiers: vec!["economy".into(), "standard".into()],
         custom,
+        retired: false,
         position,
         updated_at: at,
     };
@@ -80,6 +81,20 @@ async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
     store.upsert_catalogue(&catalogue, &next).await?;
     assert_eq!(store.bundles().await?, next.to_vec());
     assert_eq!(store.bundle("credits-100").await?, None);
+    // A catalogue plan the next catalogue no longer lists stays, marked retired; custom
+    // plans are not the catalogue's to retire; listing it again brings it back.
+    let retired = |plans: Vec<PlanRow>| -> Vec<String> {
+        plans
+            .into_iter()
+            .filter(|p| p.retired)
+            .map(|p| p.id)
+            .collect()
+    };
+    store.upsert_catalogue(&catalogue[..1], &next).await?;
+    assert_eq!(retired(store.plans().await?), ["alpha"]);
+    assert_eq!(store.plans().await?.len(), 4);
+    store.upsert_catalogue(&catalogue, &next).await?;
+    assert!(retired(store.plans().await?).is_empty());
     Ok(())
 }
 
