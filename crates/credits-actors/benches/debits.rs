@@ -252,6 +252,9 @@ impl WalletStore for Timed {
     async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.find_key(id, key).await
     }
+    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError> {
+        self.inner.payment_holder(reference).await
+    }
     async fn due(
         &self,
         before: chrono::DateTime<Utc>,

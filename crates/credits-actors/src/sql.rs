@@ -135,6 +135,15 @@ impl WalletStore for SqlWallets {
         }
     }
 
+    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError> {
+        Ok(self
+            .store
+            .grant_by_payment_reference(reference)
+            .await
+            .map_err(unavailable)?
+            .map(|row| WalletId(row.wallet_id)))
+    }
+
     async fn due(
         &self,
         before: chrono::DateTime<chrono::Utc>,

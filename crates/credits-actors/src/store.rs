@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use credits_core::{Balance, Entry, Wallet, WalletId};
+use credits_core::{Balance, Entry, LotOrigin, OnceFor, Wallet, WalletId};
 
 /// One ledger record with the balance right after it (what a subscriber is sent).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +78,9 @@ pub trait WalletStore: Send + Sync + 'static {
     ) -> Result<Vec<Record>, StoreError>;
     /// The record that consumed an idempotency key on this wallet.
     async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// The wallet holding the durable lot bought with `reference` (SPEC 5: unique across
+    /// wallets).
+    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError>;
     /// Wallets whose next reset, renewal or expiry is at or before `before`, as stored,
     /// soonest first, at most `limit`.
     async fn due(
@@ -280,6 +283,22 @@ impl WalletStore for MemoryStore {
         Ok(wallets
             .get(id)
             .and_then(|s| s.keys.get(key).map(|&i| s.records[i].entry.clone())))
+    }
+
+    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError> {
+        let wallets = self.wallets.lock().unwrap();
+        Ok(wallets
+            .values()
+            .find(|s| {
+                s.records.iter().any(|r| {
+                    r.entry
+                        .grant()
+                        .and_then(|l| l.origin.as_ref())
+                        .map(LotOrigin::once_for)
+                        == Some(OnceFor::Payment(reference))
+                })
+            })
+            .map(|s| s.wallet.id.clone()))
     }
 
     async fn due(

@@ -80,6 +80,8 @@ pub struct Recovery {
     records: Vec<Record>,
     /// Keys of waiting operations already consumed in the store.
     keys: HashMap<String, Entry>,
+    /// Payment references of waiting purchases that another wallet holds.
+    held_elsewhere: Vec<String>,
 }
 
 struct ExecWaiter {
@@ -143,6 +145,10 @@ pub struct WalletState {
     parked: Vec<(Op, ExecReply)>,
     keys: Bounded<String, Entry>,
     finished: Bounded<ReservationId, Entry>,
+    /// Payment references another wallet holds, found when a commit collided with them
+    /// (SPEC 5: unique across wallets); a purchase with one is refused. The newest
+    /// [`RECENT_KEYS`].
+    held_elsewhere: Vec<String>,
     /// Open while someone subscribes: a channel's slots cost more than the rest of the
     /// actor, so a wallet nobody watches has none.
     events: Option<broadcast::Sender<Arc<BalanceEvent>>>,
@@ -211,6 +217,7 @@ impl Actor for WalletActor {
             parked: Vec::new(),
             keys: Bounded::new(),
             finished: Bounded::new(),
+            held_elsewhere: Vec::new(),
             events: None,
             timer: None,
             idle_since: None,
@@ -454,6 +461,11 @@ impl WalletState {
                 KeyCheck::Conflict => return Err(OpError::IdempotencyConflict),
             }
         }
+        if let Some(OnceFor::Payment(reference)) = once_for(op)
+            && self.held_elsewhere.iter().any(|r| r == reference)
+        {
+            return Err(OpError::IdempotencyConflict);
+        }
         let reservation = match op {
             Op::Settle(s) => Some(&s.reservation_id),
             Op::Release(id) => Some(id),
@@ -641,20 +653,26 @@ impl WalletState {
         let id = self.durable.id.clone();
         let after = self.durable.seq;
         let mut keys: Vec<String> = Vec::new();
+        let mut references: Vec<String> = Vec::new();
         let flight = self.in_flight.iter().flat_map(|f| &f.waiters);
-        for w in flight.chain(&self.open) {
-            let op = match w {
+        let waiting = flight
+            .filter_map(|w| match w {
                 Waiter::Exec(w) => w.op.as_ref(),
                 Waiter::Refused(r) => Some(&r.0),
                 Waiter::Tick(_) => None,
-            };
-            keys.extend(op.and_then(Op::key).map(str::to_owned));
+            })
+            .chain(self.open.iter().filter_map(|w| match w {
+                Waiter::Exec(w) => w.op.as_ref(),
+                Waiter::Refused(r) => Some(&r.0),
+                Waiter::Tick(_) => None,
+            }))
+            .chain(self.parked.iter().map(|(op, _)| op));
+        for op in waiting {
+            keys.extend(op.key().map(str::to_owned));
+            if let Some(OnceFor::Payment(reference)) = once_for(op) {
+                references.push(reference.to_owned());
+            }
         }
-        keys.extend(
-            self.parked
-                .iter()
-                .filter_map(|(op, _)| op.key().map(str::to_owned)),
-        );
         let me = myself.clone();
         tokio::spawn(async move {
             let result = async {
@@ -674,10 +692,21 @@ impl WalletState {
                         found.insert(key, e);
                     }
                 }
+                let mut held_elsewhere = Vec::new();
+                for reference in references {
+                    if store
+                        .payment_holder(&reference)
+                        .await?
+                        .is_some_and(|holder| holder != id)
+                    {
+                        held_elsewhere.push(reference);
+                    }
+                }
                 Ok(Recovery {
                     loaded,
                     records,
                     keys: found,
+                    held_elsewhere,
                 })
             }
             .await;
@@ -746,13 +775,18 @@ impl WalletState {
             let nothing = InFlight::nothing(flight.wallet.clone());
             self.became_durable(std::mem::replace(&mut flight, nothing));
         }
-        if !refresh && !landed && r.loaded.version == self.version && r.keys.is_empty() {
-            // Refused with the fence intact, nothing written and no waiting key found
-            // recorded (which would make a call a replay this time): a unique row the batch
-            // collides with (a payment reference another wallet holds) that deciding again
-            // only repeats. Counted as a failing commit, so its waiters get UNAVAILABLE after
-            // MAX_COMMIT_ATTEMPTS rather than the wallet retrying, and blocking every other
-            // call, for ever.
+        if !refresh
+            && !landed
+            && r.loaded.version == self.version
+            && r.keys.is_empty()
+            && r.held_elsewhere.is_empty()
+        {
+            // Refused with the fence intact, nothing written, no waiting key found recorded
+            // (which would make a call a replay this time) and no payment reference found
+            // held by another wallet (whose purchase is refused this time): a unique row the
+            // batch collides with that deciding again only repeats. Counted as a failing
+            // commit, so its waiters get UNAVAILABLE after MAX_COMMIT_ATTEMPTS rather than
+            // the wallet retrying, and blocking every other call, for ever.
             self.failures += 1;
             tracing::warn!(wallet = %self.durable.id, failures = self.failures, "commit refused by a unique row; deciding again");
         }
@@ -786,6 +820,9 @@ impl WalletState {
         for (key, entry) in r.keys {
             self.keys.insert(key, entry);
         }
+        self.held_elsewhere.extend(r.held_elsewhere);
+        let excess = self.held_elsewhere.len().saturating_sub(RECENT_KEYS);
+        self.held_elsewhere.drain(..excess);
         self.spec = self.durable.clone();
         self.open_records.clear();
         let mut waiting: Vec<Waiter> = flight.waiters;

@@ -538,4 +538,36 @@ async fn a_purchase_sent_many_times_at_once_buys_one_lot(b: Backend) {
     let bal = app.balance(&w).await;
     assert_eq!(bal["bonus"]["grants"].as_array().unwrap().len(), 1);
     assert_eq!(bal["bonus"]["remaining"], "100");
+
+    // One reference sent to two wallets at once: one of them buys the lot, every call on
+    // the other is IDEMPOTENCY_CONFLICT (SPEC 5), never UNAVAILABLE, and a usage batched
+    // beside them commits.
+    let buy_as = "mutation($w: ID!, $r: String!) { purchaseBundle(input: {walletId: $w, bundleId: \"credits-100\", paymentReference: $r}) { id } }";
+    let wallets = [
+        app.wallet("bob", "pro").await,
+        app.wallet("carol", "pro").await,
+    ];
+    for round in 0..3 {
+        let reference = format!("pay-two-wallets-{round}");
+        let calls = (0..8).map(|i| {
+            app.gql(
+                &app.admin,
+                buy_as,
+                json!({ "w": wallets[i % 2], "r": reference }),
+            )
+        });
+        let key = format!("beside-two-{round}");
+        let usage = app.record(&wallets[1], &key, "t", "economy-mini", 1, 1);
+        let (bought, used) = futures::join!(futures::future::join_all(calls), usage);
+        assert!(used["errors"].is_null(), "{used}");
+        let mut winners = std::collections::BTreeSet::new();
+        for (i, r) in bought.iter().enumerate() {
+            if r["errors"].is_null() {
+                winners.insert(i % 2);
+            } else {
+                assert_eq!(crate::helpers::error_code(r), "IDEMPOTENCY_CONFLICT", "{r}");
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {bought:?}");
+    }
 }
