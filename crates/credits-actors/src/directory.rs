@@ -400,10 +400,7 @@ impl Directory {
                 }
                 let dir = self.clone();
                 ticks.spawn(async move {
-                    if let Err(e) = dir
-                        .call(&id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)))
-                        .await
-                    {
+                    if let Err(e) = dir.tick(&id).await {
                         tracing::warn!(wallet = %id, error = %e, "applying due events failed");
                     }
                 });
@@ -458,6 +455,18 @@ impl Directory {
                 let _ = a.send_message(WalletMsg::Refresh(None));
             }
         }
+    }
+
+    /// The directory `shared` belongs to (a passivating actor hands its queued calls over
+    /// through it).
+    pub(crate) fn of(shared: Arc<Shared>) -> Directory {
+        Directory { shared }
+    }
+
+    /// Applies and publishes what fell due on one wallet.
+    pub(crate) async fn tick(&self, id: &WalletId) -> Result<(), ExecError> {
+        self.call(id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)))
+            .await
     }
 
     /// Makes a wallet's actor check whether it is idle now, as its idle timer does (tests of

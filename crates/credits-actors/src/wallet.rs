@@ -154,6 +154,8 @@ pub struct WalletState {
     events: Option<broadcast::Sender<Arc<BalanceEvent>>>,
     timer: Option<(DateTime<Utc>, JoinHandle<()>)>,
     idle_since: Option<tokio::time::Instant>,
+    /// Leaving memory: every call still queued is handed over to a fresh activation.
+    passivating: bool,
 }
 
 /// A small map that forgets its oldest entries past a bound.
@@ -221,6 +223,7 @@ impl Actor for WalletActor {
             events: None,
             timer: None,
             idle_since: None,
+            passivating: false,
         })
     }
 
@@ -253,6 +256,10 @@ impl Actor for WalletActor {
         msg: WalletMsg,
         state: &mut WalletState,
     ) -> Result<(), ActorProcessingErr> {
+        if state.passivating {
+            state.hand_over(msg);
+            return Ok(());
+        }
         match msg {
             WalletMsg::Execute(op, reply) => {
                 // Behind another node's announced commit, a decision would rest on a state
@@ -299,7 +306,7 @@ impl Actor for WalletActor {
                         .as_ref()
                         .is_some_and(|e| e.receiver_count() > 0);
                     if !watched {
-                        myself.stop(Some("idle".into()));
+                        state.passivate(&myself);
                         return Ok(());
                     }
                     // A subscriber leaves without a message: look again after another period.
@@ -314,6 +321,61 @@ impl Actor for WalletActor {
 }
 
 impl WalletState {
+    /// Idle and unwatched: leave memory. The actor leaves the directory first (new calls
+    /// activate the wallet afresh), then admits no more messages and hands each one already
+    /// queued to that fresh activation, so a call that raced the decision is answered, not
+    /// dropped. Nothing is in flight, so the store holds exactly this actor's state.
+    fn passivate(&mut self, myself: &ActorRef<WalletMsg>) {
+        self.passivating = true;
+        self.shared.forget(&self.durable.id, myself.get_id());
+        if myself.drain().is_err() {
+            myself.stop(Some("idle".into()));
+        }
+    }
+
+    fn hand_over(&self, msg: WalletMsg) {
+        let dir = crate::directory::Directory::of(self.shared.clone());
+        let id = self.durable.id.clone();
+        // A reply dropped here (the fresh activation failed) reaches the caller as an
+        // unanswered call: re-sent where that is safe, UNAVAILABLE otherwise.
+        match msg {
+            WalletMsg::Execute(op, reply) => {
+                tokio::spawn(async move {
+                    let _ = reply.send(dir.execute(&id, op).await);
+                });
+            }
+            WalletMsg::Read(reply) => {
+                tokio::spawn(async move {
+                    if let Ok(w) = dir.read(&id).await {
+                        let _ = reply.send(w);
+                    }
+                });
+            }
+            WalletMsg::Subscribe(reply) => {
+                tokio::spawn(async move {
+                    if let Ok(s) = dir.subscribe(&id).await {
+                        let _ = reply.send(s);
+                    }
+                });
+            }
+            WalletMsg::Tick(Some(reply)) => {
+                tokio::spawn(async move {
+                    if dir.tick(&id).await.is_ok() {
+                        let _ = reply.send(());
+                    }
+                });
+            }
+            // Timers, notices and idle checks concern this activation only; commits and
+            // reloads are never outstanding while passivating.
+            WalletMsg::Tick(None)
+            | WalletMsg::CommitDone(_)
+            | WalletMsg::Refresh(_)
+            | WalletMsg::Recovered(_)
+            | WalletMsg::IdleCheck
+            | WalletMsg::Crash => {}
+        }
+    }
+
     fn queued(&self) -> usize {
         self.open.len() + self.in_flight.as_ref().map_or(0, |f| f.waiters.len()) + self.parked.len()
     }

@@ -184,9 +184,10 @@ async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
     );
 }
 
-/// A read or a subscription queued behind the actor's decision to passivate is answered
-/// by a fresh activation, not dropped: every idle check here finds the wallet idle (zero
-/// `idle_after`, nothing watching) and stops it with the request already in its mailbox.
+/// A call, a read or a subscription queued behind the actor's decision to passivate is
+/// answered by a fresh activation, not dropped: every idle check here finds the wallet
+/// idle (zero `idle_after`, nothing watching) and stops it with the request already in its
+/// mailbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_queued_behind_passivation_are_answered() {
     let config = credits_actors::ActorConfig {
@@ -198,13 +199,20 @@ async fn requests_queued_behind_passivation_are_answered() {
         config,
     );
     let id = app.wallet("wal_a", "pro", "UTC").await;
-    for _ in 0..50 {
+    for n in 0..50 {
+        // One µcr spent per round.
+        let left = credits_core::Credits::from_micro(520_000_000 - n);
         app.dir.read(&id).await.unwrap();
         app.dir.check_idle(&id);
-        assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("520"));
+        assert_eq!(app.dir.read(&id).await.unwrap().spendable(), left);
         app.dir.check_idle(&id);
         let sub = app.dir.subscribe(&id).await.unwrap();
-        assert_eq!(sub.snapshot.balance.total, cr("520"));
+        assert_eq!(sub.snapshot.balance.total, left);
+        drop(sub);
+        app.dir.read(&id).await.unwrap();
+        app.dir.check_idle(&id);
+        let key = format!("u{n}");
+        app.dir.execute(&id, usage(&key, "0.000001")).await.unwrap();
     }
 }
 
