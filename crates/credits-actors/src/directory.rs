@@ -111,8 +111,11 @@ pub struct Shared {
 impl Shared {
     /// Removes a stopped actor from the directory, unless a newer one already took its place.
     pub(crate) fn forget(&self, id: &WalletId, actor: ActorId) {
-        self.actors
-            .remove_if(id, |_, slot| slot.get().is_none_or(|a| a.get_id() == actor));
+        // A slot still being filled is another caller's activation in progress: removing it
+        // would let a third caller start a second actor for the wallet.
+        self.actors.remove_if(id, |_, slot| {
+            slot.get().is_some_and(|a| a.get_id() == actor)
+        });
     }
 }
 
@@ -237,8 +240,14 @@ impl Directory {
             let slot = self.shared.actors.entry(id.clone()).or_default().clone();
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
             match actor {
-                Ok(a) if matches!(a.get_status(), ActorStatus::Stopping | ActorStatus::Stopped) => {
-                    // A stopped actor that has not left yet (it may have crashed): replace it.
+                Ok(a)
+                    if matches!(
+                        a.get_status(),
+                        ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+                    ) =>
+                {
+                    // A stopping actor that has not left yet (it may have crashed, or be
+                    // passivating): replace it.
                     self.shared.forget(id, a.get_id());
                 }
                 Ok(a) => return Ok(a.clone()),
@@ -278,12 +287,14 @@ impl Directory {
     /// Sends one request to a wallet's actor, activating it as needed. A request the actor
     /// never received is re-sent to a fresh activation. One it did not answer (it stopped
     /// first: it passivated with the request queued behind that decision, or it crashed)
-    /// is re-sent too when that is safe, and is UNAVAILABLE otherwise.
+    /// is re-sent too when that is safe, and is UNAVAILABLE otherwise. `reclaim` gets back
+    /// a message that was never delivered, so that `build` can send it again.
     async fn call<T: Send + 'static>(
         &self,
         id: &WalletId,
         unanswered: Unanswered,
         mut build: impl FnMut(ractor::RpcReplyPort<T>) -> WalletMsg,
+        mut reclaim: impl FnMut(WalletMsg),
     ) -> Result<T, ExecError> {
         for _ in 0..MAX_ACTIVATION_RETRIES {
             let actor = self.actor(id).await?;
@@ -302,11 +313,11 @@ impl Directory {
                         "the wallet stopped before answering".into(),
                     ));
                 }
-                Err(
-                    MessagingErr::SendErr(_)
-                    | MessagingErr::ChannelClosed
-                    | MessagingErr::InvalidActorType,
-                ) => {
+                Err(MessagingErr::SendErr(unsent)) => {
+                    reclaim(unsent);
+                    self.shared.forget(id, actor.get_id());
+                }
+                Err(MessagingErr::ChannelClosed | MessagingErr::InvalidActorType) => {
                     self.shared.forget(id, actor.get_id());
                 }
             }
@@ -318,25 +329,36 @@ impl Directory {
 
     /// Runs one operation on a wallet; answers once it is durable.
     pub async fn execute(&self, id: &WalletId, op: Op) -> Result<Applied, ExecError> {
-        let mut op = Some(op);
+        let op = std::sync::Mutex::new(Some(op));
+        let take = || op.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = self
-            .call(id, Unanswered::Unavailable, |reply| match op.take() {
-                Some(op) => WalletMsg::Execute(op, reply),
-                // Only re-sent when the previous send never reached an actor, which hands the
-                // message back; reaching this means a logic error, reported as unavailable.
-                None => WalletMsg::Tick(None),
-            })
+            .call(
+                id,
+                Unanswered::Unavailable,
+                |reply| match take() {
+                    Some(op) => WalletMsg::Execute(op, reply),
+                    // Re-sent only after a send that handed the operation back; reaching this
+                    // means a logic error, reported as unavailable (the reply is dropped).
+                    None => WalletMsg::Tick(None),
+                },
+                |unsent| {
+                    if let WalletMsg::Execute(o, _) = unsent {
+                        *op.lock().unwrap_or_else(|e| e.into_inner()) = Some(o);
+                    }
+                },
+            )
             .await;
         result?
     }
 
     /// The wallet as of now.
     pub async fn read(&self, id: &WalletId) -> Result<Wallet, ExecError> {
-        self.call(id, Unanswered::Resend, WalletMsg::Read).await
+        self.call(id, Unanswered::Resend, WalletMsg::Read, drop)
+            .await
     }
 
     pub async fn subscribe(&self, id: &WalletId) -> Result<Subscription, ExecError> {
-        self.call(id, Unanswered::Resend, WalletMsg::Subscribe)
+        self.call(id, Unanswered::Resend, WalletMsg::Subscribe, drop)
             .await
     }
 
@@ -465,7 +487,7 @@ impl Directory {
 
     /// Applies and publishes what fell due on one wallet.
     pub(crate) async fn tick(&self, id: &WalletId) -> Result<(), ExecError> {
-        self.call(id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)))
+        self.call(id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)), drop)
             .await
     }
 
