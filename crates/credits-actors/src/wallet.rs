@@ -483,10 +483,30 @@ impl WalletState {
                     }
                 }
             }
+            Err(e) if self.rests_on_pending(&e) => {
+                self.open.push(Waiter::Refused(Box::new((op, reply, e))));
+            }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
             }
         }
+    }
+
+    /// Whether a refusal by key or by reservation state (decided from the records this
+    /// actor remembers) may rest on records that are not durable yet: a key taken by a
+    /// call whose commit is still pending, a reservation settled by one. It is answered
+    /// once they are durable, and decided again if their commit fails (SPEC 4: a key is
+    /// recorded only when its operation succeeds; SPEC 10: never a definite refusal while
+    /// an outcome is unknown).
+    fn rests_on_pending(&self, e: &OpError) -> bool {
+        matches!(
+            e,
+            OpError::IdempotencyConflict | OpError::ReservationNotActive
+        ) && (!self.open_records.is_empty()
+            || self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| !f.records.is_empty()))
     }
 
     /// Whether a refusal depends on records ahead of it that are not durable yet, so that

@@ -287,3 +287,55 @@ async fn a_purchase_sent_twice_is_refused_once_the_first_is_durable() {
     ));
     assert_eq!(app.ledger(&id).len(), 2, "created, one purchase");
 }
+
+/// Found by review: a refusal the actor decides from its own memory of keys (another
+/// input under a key whose call is still committing) was answered at once, as a definite
+/// IDEMPOTENCY_CONFLICT, though that commit could still fail and leave the key unrecorded
+/// (SPEC 4). It is answered once the call ahead is durable; when that commit fails, the
+/// two calls are decided again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_conflict_waits_for_the_call_ahead_to_be_durable() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_k", "pro", "UTC").await;
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    faults.fail_commits.store(1, Ordering::SeqCst);
+    let first = app.spawn_execute(&id, usage("k", "1"));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    // The same key with another input (another thread).
+    let other = match usage("k", "1") {
+        credits_core::Op::Usage(mut u) => {
+            u.thread_id = "another-thread".into();
+            credits_core::Op::Usage(u)
+        }
+        _ => unreachable!(),
+    };
+    let mut second = std::pin::pin!(app.dir.execute(&id, other));
+    std::future::poll_fn(|cx| {
+        assert!(second.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // Decided (a read sent after it is answered after it), but not answered.
+    app.dir.read(&id).await.unwrap();
+    std::future::poll_fn(|cx| {
+        assert!(
+            second.as_mut().poll(cx).is_pending(),
+            "refused before the call ahead is durable"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // The held commit fails; both are decided again; the first commits this time.
+    faults.commits.release.notify_one();
+    assert!(!first.await.unwrap().unwrap().replayed);
+    let second = second.await;
+    assert!(
+        matches!(
+            second,
+            Err(ExecError::Op(credits_core::OpError::IdempotencyConflict))
+        ),
+        "{second:?}"
+    );
+    assert_eq!(app.ledger(&id).len(), 2, "created, one usage");
+}
