@@ -2,6 +2,7 @@
 //! parsed into core types once and upserted at every start (SPEC 5).
 
 use anyhow::{Context, bail};
+use credits_core::wallet::{MAX_KEY_CHARS, MAX_TEXT_CHARS};
 use credits_core::{BillingInterval, Credits, Plan, PlanId, plan::is_slug};
 use serde::Deserialize;
 
@@ -54,10 +55,29 @@ pub struct Catalogue {
 pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
     let file: File =
         toml::from_str(text).context("catalogue is not valid TOML of [[plans]] and [[bundles]]")?;
-    let mut plans = Vec::new();
+    let mut plans: Vec<Plan> = Vec::new();
     for p in file.plans {
         let id = PlanId::parse(&p.id)
             .with_context(|| format!("plan id {:?} must match [a-z0-9][a-z0-9-]{{0,62}}", p.id))?;
+        if plans.iter().any(|q| q.id == id) {
+            bail!("plan {} is listed twice", p.id);
+        }
+        // The same rules as upsertPlan's.
+        if p.name.is_empty() || p.name.chars().count() > MAX_TEXT_CHARS {
+            bail!(
+                "plan {}: name must be 1 to {MAX_TEXT_CHARS} characters",
+                p.id
+            );
+        }
+        if p.model_tiers
+            .iter()
+            .any(|t| t.is_empty() || t.len() > MAX_KEY_CHARS)
+        {
+            bail!(
+                "plan {}: model tiers are 1 to {MAX_KEY_CHARS} characters",
+                p.id
+            );
+        }
         let interval = match p.interval.as_str() {
             "MONTHLY" => BillingInterval::Monthly,
             "ANNUAL" => BillingInterval::Annual,
@@ -84,6 +104,20 @@ pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
     for b in file.bundles {
         if !is_slug(&b.id) {
             bail!("bundle id {:?} must match [a-z0-9][a-z0-9-]{{0,62}}", b.id);
+        }
+        if bundles.iter().any(|c: &Bundle| c.id == b.id) {
+            bail!("bundle {} is listed twice", b.id);
+        }
+        // `priceCents` is a GraphQL Int.
+        if !(0..=i64::from(i32::MAX)).contains(&b.price_cents) {
+            bail!("bundle {}: price_cents must be 0 to {}", b.id, i32::MAX);
+        }
+        if !(b.currency.len() == 3 && b.currency.bytes().all(|c| c.is_ascii_uppercase())) {
+            bail!(
+                "bundle {}: currency {:?} must be a three-letter code such as USD",
+                b.id,
+                b.currency
+            );
         }
         bundles.push(Bundle {
             credits: Credits::parse_positive(&b.credits)
@@ -132,5 +166,38 @@ mod tests {
         assert!(parse(bad).unwrap_err().to_string().contains("plan id"));
         let bad = "[[plans]]\nid = \"p\"\nname = \"x\"\ndaily_credits = \"1.0000001\"\nsubscription_credits = \"1\"\ninterval = \"MONTHLY\"\nmodel_tiers = []\n";
         assert!(format!("{:#}", parse(bad).unwrap_err()).contains("daily_credits"));
+    }
+
+    /// Found by review: the catalogue took what the API refuses, and prices a client
+    /// cannot be shown.
+    #[test]
+    fn a_catalogue_the_api_would_refuse_is_refused() {
+        let plan = |id: &str, name: &str, tiers: &str| {
+            format!(
+                "[[plans]]\nid = \"{id}\"\nname = \"{name}\"\ndaily_credits = \"1\"\nsubscription_credits = \"1\"\ninterval = \"MONTHLY\"\nmodel_tiers = [{tiers}]\n"
+            )
+        };
+        let bundle = |id: &str, price: &str, currency: &str| {
+            format!(
+                "[[bundles]]\nid = \"{id}\"\ncredits = \"1\"\nprice_cents = {price}\ncurrency = \"{currency}\"\n"
+            )
+        };
+        for (text, why) in [
+            (plan("p", "P", "") + &plan("p", "Q", ""), "listed twice"),
+            (plan("p", "", ""), "name must be"),
+            (plan("p", "P", "\"\""), "model tiers"),
+            (
+                bundle("b", "1", "USD") + &bundle("b", "2", "USD"),
+                "listed twice",
+            ),
+            (bundle("b", "-500", "USD"), "price_cents"),
+            (bundle("b", "3000000000", "USD"), "price_cents"),
+            (bundle("b", "100", ""), "currency"),
+            (bundle("b", "100", "usd"), "currency"),
+        ] {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        assert!(parse(&(plan("p", "P", "\"economy\"") + &bundle("b", "0", "EUR"))).is_ok());
     }
 }
