@@ -35,7 +35,8 @@ const POSTGRES_WRITERS: usize = 4;
     about = "The credits service for AI platforms"
 )]
 struct Cli {
-    /// A TOML file of settings (keys as the long options, with underscores).
+    /// A TOML file of settings (keys as the long options, with underscores;
+    /// `introspection = false` for --no-introspection).
     #[arg(long, env = "CREDITD_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -116,6 +117,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => match credits_pricing::check_plugin(&file) {
             Ok(report) => {
                 println!("{report}");
+                if !report.is_clean() {
+                    // Loads, but would fail every call to some model or be skipped by a
+                    // directory scan: not deployable as it is.
+                    eprintln!(
+                        "{}: loads, but is not ready to deploy (see the report)",
+                        file.display()
+                    );
+                    std::process::exit(2);
+                }
                 Ok(())
             }
             Err(refused) => {
@@ -126,15 +136,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             command: TokenCommand::Create { role, owner, serve },
         } => {
-            let settings = Settings::load(serve, cli.config.as_deref())?;
-            let store = open_store(&settings).await?;
+            // Checked before the database is opened (or created): a refused call changes
+            // nothing. Owners follow createApiToken's rule (SPEC 1: 1 to 128 characters).
             let (role, owner) = match (role, owner) {
+                (RoleArg::User, Some(o))
+                    if o.is_empty() || o.chars().count() > credits_core::wallet::MAX_KEY_CHARS =>
+                {
+                    anyhow::bail!("--owner must be 1 to 128 characters")
+                }
                 (RoleArg::User, Some(o)) => (TokenRole::User, Some(o)),
                 (RoleArg::User, None) => anyhow::bail!("a USER token needs --owner"),
                 (_, Some(_)) => anyhow::bail!("only USER tokens have an owner"),
                 (RoleArg::Admin, None) => (TokenRole::Admin, None),
                 (RoleArg::Service, None) => (TokenRole::Service, None),
             };
+            let settings = Settings::load(serve, cli.config.as_deref())?;
+            let store = open_store(&settings).await?;
             let token = credits_actors::ledger::new_id("cr").replace('_', "");
             let row = TokenRow {
                 hash: TokenHash::of_secret(&token),

@@ -265,8 +265,10 @@ pub mod __private {
     use super::*;
     use credits_plugin_abi::{ABI_VERSION, PluginDescriptor};
 
-    /// The ABI model table, checked at compile time: a bad model list fails the tier's
-    /// build instead of being refused at load.
+    /// The ABI model table. Checked at compile time: at least one model, no empty id or
+    /// name, no negative price, no id twice (such a list fails the tier's build). The
+    /// host checks the rest when it loads the tier (characters and lengths of ids and
+    /// names): run `creditd plugins check` on the built file.
     pub const fn model_table<const N: usize>(models: &'static [Model]) -> [ModelDescriptor; N] {
         assert!(N > 0, "a tier must list at least one model");
         let empty = ModelDescriptor {

@@ -51,16 +51,20 @@ impl CheckReport {
 
 /// Validates the plugin at `path` as the registry would (ABI version, entry symbol,
 /// descriptor), then prices a sample usage with each model. The library is loaded from a
-/// content-hash copy in `<temp dir>/credits-plugin-check` and closed before returning.
+/// content-hash copy in a private temporary directory (mode 0700, removed afterwards: a
+/// shared one would let another local user plant the library that gets loaded) and closed
+/// before returning.
 /// Uniqueness against other tiers is not checked: that depends on the directory.
 pub fn check_plugin(path: &Path) -> Result<CheckReport, RefusedPlugin> {
     let refused = |reason| RefusedPlugin {
         file: path.to_owned(),
         reason,
     };
-    let cache_dir = std::env::temp_dir().join("credits-plugin-check");
-    std::fs::create_dir_all(&cache_dir).map_err(|e| refused(RefusalReason::Io(e.to_string())))?;
-    let mut tier = LoadedTier::load(path, &cache_dir).map_err(refused)?;
+    let cache_dir = tempfile::Builder::new()
+        .prefix("credits-plugin-check")
+        .tempdir()
+        .map_err(|e| refused(RefusalReason::Io(e.to_string())))?;
+    let mut tier = LoadedTier::load(path, cache_dir.path()).map_err(refused)?;
     tier.info.file = path.display().to_string();
     let sample_quotes = tier
         .models

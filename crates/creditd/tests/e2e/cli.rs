@@ -50,6 +50,51 @@ fn plugins_check_refuses_a_bad_file_by_name() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.so"));
 }
 
+/// Found by review: a file that loads but that a directory scan would skip (or a tier
+/// that fails its sample quotes) passed the check with exit 0, so a deploy gate let it
+/// through. It now prints the report and exits 2.
+#[test]
+fn plugins_check_fails_a_tier_that_loads_but_is_not_deployable() {
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("standard-copy.so");
+    std::fs::copy(tier_lib("standard"), &renamed).unwrap();
+    let out = creditd()
+        .arg("plugins")
+        .arg("check")
+        .arg(&renamed)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("standard-chat"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standard-copy.so"));
+}
+
+/// Found by review: `token create` minted a USER token for an owner createApiToken
+/// refuses, and created the database before refusing a bad role and owner pair.
+#[test]
+fn token_create_refuses_a_bad_owner_before_touching_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(129);
+    for args in [
+        vec!["--role", "USER", "--owner", ""],
+        vec!["--role", "USER", "--owner", long.as_str()],
+        vec!["--role", "USER"],
+        vec!["--role", "ADMIN", "--owner", "alice"],
+    ] {
+        let out = creditd()
+            .current_dir(dir.path())
+            .args(["token", "create"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            !dir.path().join("creditd.db").exists(),
+            "{args:?} created the database"
+        );
+    }
+}
+
 async fn token_create_prints_a_token_that_authenticates(b: Backend) {
     let app = App::spawn(b).await;
     let out = creditd()
