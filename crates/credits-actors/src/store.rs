@@ -208,10 +208,11 @@ impl WalletStore for MemoryStore {
     }
 
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
+        // Held first, so that a test can make a held load fail.
+        self.faults.loads.pass().await;
         if take(&self.faults.fail_loads) {
             return Err(StoreError("injected load failure".into()));
         }
-        self.faults.loads.pass().await;
         let wallets = self.wallets.lock().unwrap();
         Ok(wallets.get(id).map(|s| Loaded {
             wallet: s.wallet.clone(),

@@ -27,6 +27,8 @@ pub const MAX_QUEUED_OPERATIONS: usize = 4096;
 /// Recently used keys and finished reservations kept in memory to answer retries without
 /// a read; the store's unique index is the guard beyond them.
 pub const RECENT_KEYS: usize = 1024;
+/// How long after a failed reload (after another node's notice) it is tried again.
+const REFRESH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Consecutive commits with an unknown outcome (the store failing, not a lost fence) after
 /// which the actor answers UNAVAILABLE and stops.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 3;
@@ -802,15 +804,24 @@ impl WalletState {
         let mut r = match result {
             Ok(r) if self.failures < MAX_COMMIT_ATTEMPTS => r,
             Err(e) if refresh => {
-                // Nothing of ours is at stake: keep serving; the next commit's fence (or the
-                // next notice) brings the state up to date.
+                // Nothing of ours is at stake: keep serving (the next commit's fence brings
+                // the state up to date). The calls parked for this reload cannot be decided
+                // on the state it was to replace (a refusal there would be unearned): they
+                // are UNAVAILABLE. The reload is tried again shortly, since subscribers here
+                // still miss what the other node committed.
                 tracing::warn!(wallet = %self.durable.id, error = %e, "reload after a notice failed");
                 self.recovering = false;
                 self.announced = None;
-                let parked = std::mem::take(&mut self.parked);
-                for (op, reply) in parked {
-                    self.execute(op, reply);
+                for (_, reply) in std::mem::take(&mut self.parked) {
+                    let _ = reply.send(Err(ExecError::Unavailable(format!(
+                        "could not read another node's commits: {e}"
+                    ))));
                 }
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REFRESH_RETRY).await;
+                    let _ = me.send_message(WalletMsg::Refresh(None));
+                });
                 // A timer that fired meanwhile was not acted on.
                 self.advance();
                 self.maybe_commit(myself);

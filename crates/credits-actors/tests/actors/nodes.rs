@@ -127,3 +127,83 @@ async fn calls_parked_behind_a_notice_run_once_the_commit_lands() {
         .unwrap();
     assert_eq!(applied.entry.seq, 4);
 }
+
+/// Found by review: when the reload after another node's notice failed, the calls parked
+/// for it were decided on the state it was to replace, so a settle of the other node's
+/// reservation was refused RESERVATION_NOT_ACTIVE, a definite answer the wallet had not
+/// earned. They are UNAVAILABLE now, and the reload is tried again: the node then sees
+/// the other node's record and settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_parked_for_a_failed_reload_are_unavailable_and_the_reload_is_retried() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let a = Directory::new(
+        store.clone(),
+        clock.clone(),
+        catalogue(),
+        ActorConfig::default(),
+    );
+    let b = Directory::new(store.clone(), clock, catalogue(), ActorConfig::default());
+    let id = a
+        .create(NewWallet {
+            id: WalletId::from("wal_retry"),
+            owner_id: "owner".into(),
+            pool: false,
+            timezone: "UTC".parse().unwrap(),
+            plan_id: PlanId::from("pro"),
+            billing_anchor: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    b.read(&id).await.unwrap();
+    let reserve = ReserveOp {
+        id: ReservationId::from("res_1"),
+        key: "r1".into(),
+        amount: cr("5"),
+        ttl_seconds: 600,
+        member: None,
+    };
+    let reserved = a.execute(&id, Op::Reserve(reserve)).await.unwrap();
+
+    // A's notice reaches B; B's reload is held, a settle parks behind it, then the reload
+    // fails.
+    let faults = &store.faults;
+    faults.loads.hold.store(1, Ordering::SeqCst);
+    b.announce(&id, Some(reserved.entry.seq));
+    assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
+    let settle = SettleOp {
+        reservation_id: ReservationId::from("res_1"),
+        usage_id: UsageId::from("use_s1"),
+        thread_id: "thread".into(),
+        model: "economy-model".into(),
+        tier: "economy".into(),
+        tokens: Tokens {
+            input: 1,
+            cached: 0,
+            output: 1,
+        },
+        cost: cr("2"),
+        priced_by: "economy@1.0.0".into(),
+    };
+    let parked = {
+        let (b, id, settle) = (b.clone(), id.clone(), settle.clone());
+        tokio::spawn(async move { b.execute(&id, Op::Settle(settle)).await })
+    };
+    tokio::time::sleep(PAUSE).await;
+    faults.fail_loads.store(1, Ordering::SeqCst);
+    faults.loads.release.notify_one();
+    let refused = parked.await.unwrap();
+    assert!(
+        matches!(refused, Err(credits_actors::ExecError::Unavailable(_))),
+        "{refused:?}"
+    );
+    // The retried reload brings B up to A's record; the settle then succeeds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.read(&id).await.unwrap().seq < reserved.entry.seq {
+        assert!(std::time::Instant::now() < deadline, "B never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.execute(&id, Op::Settle(settle)).await.unwrap();
+    assert_eq!(b.read(&id).await.unwrap().reserved(), cr("0"));
+}
