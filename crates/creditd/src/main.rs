@@ -27,6 +27,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Store transactions in flight at once on PostgreSQL, each carrying many wallets' batches
 /// (SQLite has one writer: 1). See docs/BENCHMARKS.md, "Actors".
 const POSTGRES_WRITERS: usize = 4;
+/// How often approvals left claimed (an interrupted resolveReview) are completed.
+const CLAIMED_APPROVALS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(
@@ -246,6 +248,24 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // What falls due on inactive wallets is recorded at its instant (within a second).
     let sweeper = dir.sweep_due();
     let ledger = Ledger::new(dir.clone(), store, pricing.clone());
+    // An approval interrupted between claiming its review and finishing it (a crash, a
+    // lost connection) is completed at start and then every minute.
+    let approvals = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(CLAIMED_APPROVALS_EVERY);
+            loop {
+                every.tick().await;
+                match ledger.complete_claimed_approvals().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(finished = n, "completed claimed review approvals"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "completing claimed review approvals failed")
+                    }
+                }
+            }
+        })
+    };
     let schema = credits_graphql::schema(
         ledger.clone(),
         &credits_graphql::ApiConfig {
@@ -282,6 +302,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await?;
     tracing::info!("draining wallets");
     sweeper.abort();
+    approvals.abort();
     dir.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -14,7 +14,8 @@ use credits_core::{
 };
 use credits_pricing::{PricingError, PricingRegistry};
 use credits_store::{
-    GrantRow, MemberRemoval, MemberRole, MemberRow, ReservationStatus, Store, StoreError, TeamRow,
+    GrantRow, MemberRemoval, MemberRole, MemberRow, ReservationStatus, ReviewRow, Store,
+    StoreError, TeamRow,
 };
 
 use crate::directory::Directory;
@@ -130,6 +131,9 @@ pub struct ReservationView {
     pub status: ReservationStatus,
     pub expires_at: DateTime<Utc>,
 }
+
+/// Claimed approvals completed per sweep (the rest wait for the next one).
+const CLAIMED_SWEEP: usize = 100;
 
 /// The whole service on this node.
 #[derive(Clone)]
@@ -703,6 +707,49 @@ impl Ledger {
                 .ok_or(OpError::IdempotencyConflict.into()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Completes the approval a review was claimed for: its COMPENSATION lot, then
+    /// CREDITED, announced to `reviewUpdated` watchers. True when this call finished it;
+    /// false when the review was not claimed or another caller finished it first. Safe to
+    /// run beside any other completion of the same approval.
+    pub async fn complete_approval(&self, review: &ReviewRow) -> ServiceResult<bool> {
+        let (Some(claimed), Some(grant)) = (review.credited_ucr, review.grant_id.clone()) else {
+            return Ok(false);
+        };
+        let reason = format!(
+            "high usage review {} of thread {}",
+            review.id, review.thread_id
+        );
+        self.compensate(
+            &WalletId(review.wallet_id.clone()),
+            &review.id,
+            GrantId(grant),
+            Credits::from_micro(claimed),
+            reason,
+        )
+        .await?;
+        let finished = self
+            .store
+            .finish_review_approval(&review.id, self.now())
+            .await?;
+        if finished {
+            self.dir.reviews().announce(&review.id);
+        }
+        Ok(finished)
+    }
+
+    /// Completes every approval left claimed, as by an admin's call interrupted between
+    /// claiming the review and finishing it (a crash, a lost connection): `creditd` runs
+    /// this at start and every minute. Returns how many it finished.
+    pub async fn complete_claimed_approvals(&self) -> ServiceResult<usize> {
+        let mut finished = 0;
+        for review in self.store.claimed_reviews(CLAIMED_SWEEP).await? {
+            if self.complete_approval(&review).await? {
+                finished += 1;
+            }
+        }
+        Ok(finished)
     }
 
     /// The stored lot the review's approval claimed, if it has been granted.

@@ -291,7 +291,7 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
     }
     if review.status == StoreStatus::Submitted {
         // Claimed for approval (by this caller or another): complete it if it is ours.
-        let (Some(claimed), Some(grant)) = (review.credited_ucr, review.grant_id.clone()) else {
+        let (Some(claimed), Some(_)) = (review.credited_ucr, review.grant_id.as_ref()) else {
             return Err(ApiError::unavailable("review claimed without an amount"));
         };
         if amount_ucr != Some(claimed) {
@@ -301,27 +301,8 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
                  that amount completes it)",
             ));
         }
-        let wallet = WalletId(review.wallet_id.clone());
-        let reason = format!(
-            "high usage review {} of thread {}",
-            review.id, review.thread_id
-        );
-        l.compensate(
-            &wallet,
-            &review.id,
-            GrantId(grant),
-            CoreCredits::from_micro(claimed),
-            reason,
-        )
-        .await?;
-        let finished = l
-            .store()
-            .finish_review_approval(&review.id, l.now())
-            .await?;
+        l.complete_approval(&review).await?;
         review = reread(l, &review.id).await?;
-        if finished {
-            crate::subscription::review_changed(ctx, &review);
-        }
     }
     // Resolved: the same decision and amount returns it unchanged, anything else conflicts.
     if review.status == wanted && review.credited_ucr == amount_ucr {

@@ -150,6 +150,24 @@ impl Store {
             .collect()
     }
 
+    /// Reviews claimed for approval and not finished (SUBMITTED with a grant id), oldest
+    /// first, at most `limit` (≤ [`MAX_LIST`]).
+    pub async fn claimed_reviews(&self, limit: usize) -> Result<Vec<ReviewRow>, StoreError> {
+        bound("reviews", limit, MAX_LIST)?;
+        reviews::Entity::find()
+            .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .filter(reviews::Column::GrantId.is_not_null())
+            .order_by_asc(reviews::Column::CreatedUs)
+            .order_by_asc(reviews::Column::Id)
+            .limit(limit as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(review_row)
+            .collect()
+    }
+
     /// Reviews filed by `reporter_id`, optionally on one wallet, oldest first, at most
     /// `limit` (≤ [`MAX_LIST`]).
     pub async fn reviews_of_reporter(

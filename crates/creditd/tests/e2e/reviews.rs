@@ -8,7 +8,8 @@ use crate::on_both;
 
 on_both!(
     report_read_and_resolve_reviews,
-    concurrent_approvals_grant_exactly_once
+    concurrent_approvals_grant_exactly_once,
+    an_interrupted_approval_is_completed_by_the_server,
 );
 
 pub const REPORT: &str = "mutation($w: ID!, $t: String!) { reportHighUsage(input: {walletId: $w, threadId: $t, taskDescription: \"refactor\", previewStatus: ERROR_LOOP, threadLength: 5}) { id walletId threadId status note findings { threadCredits events suggestedRefund tips } creditedGrant { id } } }";
@@ -209,6 +210,47 @@ async fn report_read_and_resolve_reviews(b: Backend) {
             .iter()
             .any(|g| g["amount"] == "0.5" && !before.contains(g))
     );
+}
+
+/// Found by review: an approval interrupted between claiming the review and finishing it
+/// (here: claimed straight in the store, as by a call whose server then died) left the
+/// review SUBMITTED for good unless an admin guessed the claimed amount. The server now
+/// completes claimed approvals at start (and every minute).
+async fn an_interrupted_approval_is_completed_by_the_server(b: Backend) {
+    let mut app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    app.record(&w, "a", "t", "standard-chat", 10_000, 1000)
+        .await;
+    let alice = app.token("USER", Some("alice")).await;
+    let d = app.ok(&alice, REPORT, json!({ "w": w, "t": "t" })).await;
+    let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+    app.stop();
+    let store = credits_store::Store::connect(&app.db.url).await.unwrap();
+    let grant = credits_actors::ledger::new_ordered_id("grt");
+    assert!(
+        store
+            .claim_review_approval(&id, 700_000, &grant, Some("sorry"))
+            .await
+            .unwrap()
+    );
+    drop(store);
+    app.start().await;
+    let read =
+        "query($id: ID!) { review(id: $id) { status note creditedGrant { id kind amount } } }";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let review = loop {
+        let d = app.ok(&alice, read, json!({ "id": id })).await;
+        if d["review"]["status"] != "SUBMITTED" {
+            break d["review"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "still {d}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        review,
+        json!({ "status": "CREDITED", "note": "sorry", "creditedGrant": { "id": grant, "kind": "COMPENSATION", "amount": "0.7" } })
+    );
+    assert_eq!(app.balance(&w).await["bonus"]["remaining"], "0.7");
 }
 
 /// Callers racing on one review: 20 admin calls at once, some approving the same amount,
