@@ -29,6 +29,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const POSTGRES_WRITERS: usize = 4;
 /// How often approvals left claimed (an interrupted resolveReview) are completed.
 const CLAIMED_APPROVALS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long SIGTERM waits for WebSocket operations in flight.
+const WEBSOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -279,6 +281,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    let draining = Arc::new(tokio::sync::RwLock::new(()));
     let state = server::AppState {
         schema,
         ledger,
@@ -286,6 +289,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics,
         in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         websockets: Arc::new(tokio::sync::Semaphore::new(settings.max_websockets)),
+        draining: draining.clone(),
     };
 
     reload_on_sighup(pricing);
@@ -300,6 +304,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // HTTP requests are done; WebSocket operations (not tracked by axum once upgraded)
+    // finish here, and new ones are refused.
+    if tokio::time::timeout(WEBSOCKET_DRAIN, draining.write())
+        .await
+        .is_err()
+    {
+        tracing::warn!("WebSocket operations still running after the drain timeout");
+    }
     tracing::info!("draining wallets");
     sweeper.abort();
     approvals.abort();

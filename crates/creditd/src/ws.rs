@@ -71,8 +71,13 @@ struct ErrorPayload {
 type Close = Option<(u16, String)>;
 
 /// One event of a subscription, or its end (`None`), tagged with the subscription's id and
-/// the generation of that id (an id may be reused once completed).
-type Tagged = (Arc<str>, u64, Option<Response>);
+/// the generation of that id (an id may be reused once completed), and, on its first
+/// result, the operation's in-flight guard.
+type Tagged = (Arc<str>, u64, Option<Response>, Option<InFlight>);
+
+/// Held by an operation until its first result is written to the socket (see
+/// `AppState::draining`).
+type InFlight = tokio::sync::OwnedRwLockReadGuard<()>;
 
 /// Serves one upgraded socket until either side closes it.
 pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
@@ -277,17 +282,31 @@ impl Connection {
         self.generation += 1;
         let generation = self.generation;
         let (handle, registration) = AbortHandle::new_pair();
-        let stream = self
-            .state
-            .schema
-            .execute_stream(request.data(self.principal.clone()));
+        // The first result carries the in-flight guard to the socket; an operation refused
+        // because the server is shutting down answers UNAVAILABLE and ends.
+        let (stream, mut in_flight) = match self.state.draining.clone().try_read_owned() {
+            Ok(guard) => (
+                self.state
+                    .schema
+                    .execute_stream(request.data(self.principal.clone()))
+                    .boxed(),
+                Some(guard),
+            ),
+            Err(_) => {
+                let refused = credits_graphql::ApiError::unavailable("the server is shutting down");
+                let error =
+                    async_graphql::Error::from(refused).into_server_error(Default::default());
+                let once = futures::stream::once(async move { Response::from_errors(vec![error]) });
+                (once.boxed(), None)
+            }
+        };
         let tag: Arc<str> = id.as_str().into();
         let end = tag.clone();
         let events = Abortable::new(stream, registration)
-            .map(move |r| (tag.clone(), generation, Some(r)))
-            .chain(futures::stream::once(
-                async move { (end, generation, None) },
-            ));
+            .map(move |r| (tag.clone(), generation, Some(r), in_flight.take()))
+            .chain(futures::stream::once(async move {
+                (end, generation, None, None)
+            }));
         self.open.insert(id, (generation, handle));
         self.events.push(events.boxed());
         Ok(())
@@ -297,17 +316,22 @@ impl Connection {
     /// flushes them together: one group commit wakes many subscriptions of a socket at once,
     /// and one write for all of them spares a syscall per event.
     async fn deliver_ready(&mut self, sink: &mut Outgoing, first: Tagged) -> Result<(), ()> {
-        let (id, generation, event) = first;
+        let (id, generation, event, guard) = first;
+        // Released once the results are written (shutdown waits for them).
+        let mut written: Vec<InFlight> = guard.into_iter().collect();
         self.deliver(sink, &id, generation, event).await?;
         for _ in 1..SEND_BATCH {
             match futures::poll!(self.events.next()) {
-                Poll::Ready(Some((id, generation, event))) => {
+                Poll::Ready(Some((id, generation, event, guard))) => {
+                    written.extend(guard);
                     self.deliver(sink, &id, generation, event).await?;
                 }
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
-        sink.flush().await.map_err(|_| ())
+        let flushed = sink.flush().await.map_err(|_| ());
+        drop(written);
+        flushed
     }
 
     /// Queues one event of a subscription that is still open, or its `complete` when it
