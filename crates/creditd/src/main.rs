@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{}: loads, but is not ready to deploy (see the report)",
                         file.display()
                     );
-                    std::process::exit(2);
+                    std::process::exit(3);
                 }
                 Ok(())
             }
@@ -306,12 +306,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await?;
     // HTTP requests are done; WebSocket operations (not tracked by axum once upgraded)
     // finish here, and new ones are refused.
-    if tokio::time::timeout(WEBSOCKET_DRAIN, draining.write())
-        .await
-        .is_err()
-    {
-        tracing::warn!("WebSocket operations still running after the drain timeout");
-    }
+    // The write guard is kept until the process ends, so operations stay refused while
+    // the wallets are flushed.
+    let _refusing =
+        match tokio::time::timeout(WEBSOCKET_DRAIN, draining.clone().write_owned()).await {
+            Ok(guard) => Some(guard),
+            Err(_) => {
+                tracing::warn!("WebSocket operations still running after the drain timeout");
+                None
+            }
+        };
     tracing::info!("draining wallets");
     sweeper.abort();
     approvals.abort();

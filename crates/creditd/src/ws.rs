@@ -293,9 +293,11 @@ impl Connection {
                 Some(guard),
             ),
             Err(_) => {
-                let refused = credits_graphql::ApiError::unavailable("the server is shutting down");
-                let error =
-                    async_graphql::Error::from(refused).into_server_error(Default::default());
+                let refused = async_graphql::Error::from(credits_graphql::ApiError::unavailable(
+                    "the server is shutting down",
+                ));
+                let mut error = async_graphql::ServerError::new(refused.message, None);
+                error.extensions = refused.extensions;
                 let once = futures::stream::once(async move { Response::from_errors(vec![error]) });
                 (once.boxed(), None)
             }

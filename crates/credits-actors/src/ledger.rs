@@ -741,12 +741,17 @@ impl Ledger {
 
     /// Completes every approval left claimed, as by an admin's call interrupted between
     /// claiming the review and finishing it (a crash, a lost connection): `creditd` runs
-    /// this at start and every minute. Returns how many it finished.
+    /// this at start and every minute. Returns how many it finished; one that fails is
+    /// logged and left for the next sweep, and the others are still completed.
     pub async fn complete_claimed_approvals(&self) -> ServiceResult<usize> {
         let mut finished = 0;
         for review in self.store.claimed_reviews(CLAIMED_SWEEP).await? {
-            if self.complete_approval(&review).await? {
-                finished += 1;
+            match self.complete_approval(&review).await {
+                Ok(true) => finished += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(review = %review.id, error = %e, "a claimed approval could not be completed");
+                }
             }
         }
         Ok(finished)

@@ -27,8 +27,11 @@ pub const MAX_QUEUED_OPERATIONS: usize = 4096;
 /// Recently used keys and finished reservations kept in memory to answer retries without
 /// a read; the store's unique index is the guard beyond them.
 pub const RECENT_KEYS: usize = 1024;
-/// How long after a failed reload (after another node's notice) it is tried again.
+/// How long after a failed reload (after another node's notice) it is first tried again;
+/// each further failure doubles it, up to [`REFRESH_RETRIES`] tries (then the next notice
+/// or commit catches up).
 const REFRESH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const REFRESH_RETRIES: u32 = 5;
 /// Consecutive commits with an unknown outcome (the store failing, not a lost fence) after
 /// which the actor answers UNAVAILABLE and stops.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 3;
@@ -158,6 +161,8 @@ pub struct WalletState {
     idle_since: Option<tokio::time::Instant>,
     /// Leaving memory: every call still queued is handed over to a fresh activation.
     passivating: bool,
+    /// Failed reloads after another node's notice since the last one that worked.
+    refresh_failures: u32,
 }
 
 /// A small map that forgets its oldest entries past a bound.
@@ -226,6 +231,7 @@ impl Actor for WalletActor {
             timer: None,
             idle_since: None,
             passivating: false,
+            refresh_failures: 0,
         })
     }
 
@@ -817,11 +823,15 @@ impl WalletState {
                         "could not read another node's commits: {e}"
                     ))));
                 }
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(REFRESH_RETRY).await;
-                    let _ = me.send_message(WalletMsg::Refresh(None));
-                });
+                if self.refresh_failures < REFRESH_RETRIES {
+                    let delay = REFRESH_RETRY * 2u32.pow(self.refresh_failures);
+                    self.refresh_failures += 1;
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = me.send_message(WalletMsg::Refresh(None));
+                    });
+                }
                 // A timer that fired meanwhile was not acted on.
                 self.advance();
                 self.maybe_commit(myself);
@@ -837,6 +847,7 @@ impl WalletState {
             }
         };
         self.recovering = false;
+        self.refresh_failures = 0;
         let mut flight = self
             .in_flight
             .take()
@@ -868,11 +879,21 @@ impl WalletState {
             let nothing = InFlight::nothing(flight.wallet.clone());
             self.became_durable(std::mem::replace(&mut flight, nothing));
         }
+        // A purchase of the failed batch whose reference another wallet holds explains the
+        // refusal: it is refused this time (a deferred refusal riding along does not count).
+        let explained = flight.waiters.iter().any(|w| {
+            match w {
+            Waiter::Exec(w) => w.op.as_ref().and_then(once_for).is_some_and(|once| {
+                matches!(once, OnceFor::Payment(p) if r.held_elsewhere.iter().any(|h| h == p))
+            }),
+            _ => false,
+        }
+        });
         if !refresh
             && !landed
             && r.loaded.version == self.version
             && r.keys.is_empty()
-            && r.held_elsewhere.is_empty()
+            && !explained
         {
             // Refused with the fence intact, nothing written, no waiting key found recorded
             // (which would make a call a replay this time) and no payment reference found

@@ -87,8 +87,9 @@ pub struct Plan {
     pub interval: BillingInterval,
     pub model_tiers: Vec<String>,
     pub custom: bool,
-    /// A catalogue plan the current catalogue no longer lists: wallets on it keep it, no
-    /// wallet moves onto it.
+    /// A catalogue plan the current catalogue no longer lists: wallets on it keep it, and
+    /// no wallet is created on it or asks to move onto it (a change scheduled while it was
+    /// offered still takes effect at the renewal).
     #[serde(default)]
     pub retired: bool,
 }

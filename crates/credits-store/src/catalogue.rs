@@ -144,6 +144,10 @@ impl Store {
             .await
             .map_err(StoreError::Db)?;
         upsert_bundles(&txn, bundles).await?;
+        // Nodes already running read the plans again (a retired plan refuses new wallets).
+        crate::feed::notify_plans(&txn, self.backend())
+            .await
+            .map_err(StoreError::Db)?;
         txn.commit().await.map_err(StoreError::from_db)
     }
 

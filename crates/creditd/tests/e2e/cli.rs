@@ -52,7 +52,7 @@ fn plugins_check_refuses_a_bad_file_by_name() {
 
 /// Found by review: a file that loads but that a directory scan would skip (or a tier
 /// that fails its sample quotes) passed the check with exit 0, so a deploy gate let it
-/// through. It now prints the report and exits 2.
+/// through. It now prints the report and exits 3 (2 is a usage error, as clap exits).
 #[test]
 fn plugins_check_fails_a_tier_that_loads_but_is_not_deployable() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,7 +64,7 @@ fn plugins_check_fails_a_tier_that_loads_but_is_not_deployable() {
         .arg(&renamed)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("standard-chat"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("standard-copy.so"));
 }
