@@ -223,9 +223,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             position: i as i64,
         })
         .collect();
-    store.upsert_catalogue(&plan_rows, &bundle_rows).await?;
-    let plans = credits_actors::ledger::stored_plans(&store).await?;
-
     std::fs::create_dir_all(&settings.plugin_cache)
         .with_context(|| format!("creating {}", settings.plugin_cache.display()))?;
     let (pricing, report) = PricingRegistry::open(&settings.plugins, &settings.plugin_cache)?;
@@ -239,12 +236,25 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         ..ActorConfig::default()
     };
+    // What fell due while the service was down is applied under the plans it fell due
+    // under, before this start's catalogue changes them (SPEC 5: a plan's new credits
+    // count from each wallet's next reset or renewal).
+    let before = credits_actors::ledger::stored_plans(&store).await?;
     let dir = Directory::new(
         Arc::new(SqlWallets::new(store.clone())),
         clock,
-        plans,
+        before.clone(),
         config,
     );
+    if !before.is_empty() {
+        let caught_up = dir.tick_due().await;
+        if caught_up > 0 {
+            tracing::info!(wallets = caught_up, "applied what fell due while stopped");
+        }
+    }
+    store.upsert_catalogue(&plan_rows, &bundle_rows).await?;
+    dir.plans()
+        .replace(credits_actors::ledger::stored_plans(&store).await?);
     // Other nodes' commits reach this node's subscribers (PostgreSQL only).
     let _feed = credits_actors::feed::follow(dir.clone(), store.clone()).await;
     // What falls due on inactive wallets is recorded at its instant (within a second).

@@ -798,6 +798,9 @@ impl Ledger {
             retired: false,
             ..plan
         };
+        // What fell due up to now is applied under the plan as it was (SPEC 5: an edit
+        // counts from each wallet's next reset or renewal), not by a sweep that runs late.
+        self.dir.tick_due().await;
         let position = self.plans().len() as i64;
         self.store
             .upsert_plan(&plan_row(&plan, position, self.now()))

@@ -11,6 +11,7 @@ on_both!(
     create_wallet_with_a_key_is_idempotent,
     catalogue_models_and_bundles,
     a_plan_the_catalogue_drops_is_retired,
+    what_fell_due_while_stopped_uses_the_plans_it_fell_due_under,
     custom_plans_and_plan_changes,
     set_timezone_moves_the_next_reset,
     reload_pricing_and_advance_clock,
@@ -250,6 +251,44 @@ async fn a_plan_the_catalogue_drops_is_retired(b: Backend) {
         .ok(&app.admin, change, json!({ "w": on_pro, "p": "max" }))
         .await;
     assert_eq!(d["changePlan"]["plan"]["id"], "max");
+}
+
+/// Found by review: a start with a catalogue that changes a plan's credits applied them
+/// to the renewals that fell due while the service was down. Those use the plan as it
+/// was (SPEC 5: new credits count from the next renewal); the next renewal uses the new.
+async fn what_fell_due_while_stopped_uses_the_plans_it_fell_due_under(b: Backend) {
+    let mut app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let embedded = include_str!("../../src/catalogue.toml");
+    let pro_500 =
+        "id = \"pro\"\nname = \"Pro\"\ndaily_credits = \"20\"\nsubscription_credits = \"500\"";
+    assert!(embedded.contains(pro_500));
+    let file = app.dir.path().join("catalogue.toml");
+    std::fs::write(
+        &file,
+        embedded.replace(pro_500, &pro_500.replace("\"500\"", "\"700\"")),
+    )
+    .unwrap();
+    app.stop();
+    // An hour past the first renewal (the wallet was created at START, 2027-03-10T12:00Z).
+    app.manual_clock = Some("2027-04-10T13:00:00Z".into());
+    app.env
+        .push(("CREDITD_CATALOGUE".into(), file.display().to_string()));
+    app.start().await;
+    let sub = |b: serde_json::Value| b["subscription"].clone();
+    let s = sub(app.balance(&w).await);
+    assert_eq!(
+        (&s["allowance"], &s["remaining"], &s["periodStart"]),
+        (&json!("500"), &json!("500"), &json!("2027-04-10T12:00:00Z")),
+        "{s}"
+    );
+    app.advance(30 * 86_400).await;
+    let s = sub(app.balance(&w).await);
+    assert_eq!(
+        (&s["allowance"], &s["periodStart"]),
+        (&json!("700"), &json!("2027-05-10T12:00:00Z")),
+        "{s}"
+    );
 }
 
 async fn catalogue_models_and_bundles(b: Backend) {
