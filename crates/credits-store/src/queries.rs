@@ -1,12 +1,12 @@
 //! Small read helpers the GraphQL layer needs beside the store's main queries.
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::ColumnTrait;
 
+use crate::Store;
 use crate::entity::reviews;
 use crate::error::StoreError;
 use crate::rows::{ReviewRow, UsageRow};
 use crate::time::to_us;
-use crate::{Store, bound};
 
 /// The opaque cursor naming one usage event's position, for a connection's edges.
 pub fn cursor_of(row: &UsageRow) -> String {
@@ -25,17 +25,7 @@ impl Store {
         wallet_id: &str,
         limit: usize,
     ) -> Result<Vec<ReviewRow>, StoreError> {
-        bound("reviews", limit, crate::MAX_LIST)?;
-        reviews::Entity::find()
-            .filter(reviews::Column::WalletId.eq(wallet_id))
-            .order_by_asc(reviews::Column::CreatedUs)
-            .order_by_asc(reviews::Column::Id)
-            .limit(limit as u64)
-            .all(&self.db)
-            .await
-            .map_err(StoreError::Db)?
-            .into_iter()
-            .map(crate::reviews::review_row)
-            .collect()
+        let wanted = sea_orm::Condition::all().add(reviews::Column::WalletId.eq(wallet_id));
+        self.reviews_where(wanted, limit).await
     }
 }

@@ -1,12 +1,12 @@
 //! High-usage reviews. This module owns their rows and the "one open review per thread"
 //! rule as a unique index; it never analyses usage or grants credits. An approval is
-//! claimed on the review row first, then granted (the wallet's fenced commit, keyed by
-//! the review), then marked CREDITED, so one decision wins however many admins race.
+//! claimed on the review row first, then granted (the wallet's fenced commit: one lot per
+//! review), then marked CREDITED, so one decision wins however many admins race.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use crate::entity::reviews;
@@ -116,12 +116,24 @@ impl Store {
         wallet_id: &str,
         thread_id: &str,
     ) -> Result<Vec<ReviewRow>, StoreError> {
+        let wanted = Condition::all()
+            .add(reviews::Column::WalletId.eq(wallet_id))
+            .add(reviews::Column::ThreadId.eq(thread_id));
+        self.reviews_where(wanted, MAX_LIST).await
+    }
+
+    /// Reviews matching `wanted`, oldest first, at most `limit` (≤ [`MAX_LIST`]).
+    pub(crate) async fn reviews_where(
+        &self,
+        wanted: Condition,
+        limit: usize,
+    ) -> Result<Vec<ReviewRow>, StoreError> {
+        bound("reviews", limit, MAX_LIST)?;
         reviews::Entity::find()
-            .filter(reviews::Column::WalletId.eq(wallet_id))
-            .filter(reviews::Column::ThreadId.eq(thread_id))
+            .filter(wanted)
             .order_by_asc(reviews::Column::CreatedUs)
             .order_by_asc(reviews::Column::Id)
-            .limit(MAX_LIST as u64)
+            .limit(limit as u64)
             .all(&self.db)
             .await
             .map_err(StoreError::Db)?
@@ -136,36 +148,17 @@ impl Store {
         status: ReviewStatus,
         limit: usize,
     ) -> Result<Vec<ReviewRow>, StoreError> {
-        bound("reviews", limit, MAX_LIST)?;
-        reviews::Entity::find()
-            .filter(reviews::Column::Status.eq(status.as_str()))
-            .order_by_asc(reviews::Column::CreatedUs)
-            .order_by_asc(reviews::Column::Id)
-            .limit(limit as u64)
-            .all(&self.db)
-            .await
-            .map_err(StoreError::Db)?
-            .into_iter()
-            .map(review_row)
-            .collect()
+        let wanted = Condition::all().add(reviews::Column::Status.eq(status.as_str()));
+        self.reviews_where(wanted, limit).await
     }
 
     /// Reviews claimed for approval and not finished (SUBMITTED with a grant id), oldest
     /// first, at most `limit` (≤ [`MAX_LIST`]).
     pub async fn claimed_reviews(&self, limit: usize) -> Result<Vec<ReviewRow>, StoreError> {
-        bound("reviews", limit, MAX_LIST)?;
-        reviews::Entity::find()
-            .filter(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
-            .filter(reviews::Column::GrantId.is_not_null())
-            .order_by_asc(reviews::Column::CreatedUs)
-            .order_by_asc(reviews::Column::Id)
-            .limit(limit as u64)
-            .all(&self.db)
-            .await
-            .map_err(StoreError::Db)?
-            .into_iter()
-            .map(review_row)
-            .collect()
+        let wanted = Condition::all()
+            .add(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
+            .add(reviews::Column::GrantId.is_not_null());
+        self.reviews_where(wanted, limit).await
     }
 
     /// Reviews filed by `reporter_id`, optionally on one wallet, oldest first, at most
@@ -176,21 +169,10 @@ impl Store {
         wallet_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ReviewRow>, StoreError> {
-        bound("reviews", limit, MAX_LIST)?;
-        let mut query = reviews::Entity::find().filter(reviews::Column::ReporterId.eq(reporter_id));
-        if let Some(wallet_id) = wallet_id {
-            query = query.filter(reviews::Column::WalletId.eq(wallet_id));
-        }
-        query
-            .order_by_asc(reviews::Column::CreatedUs)
-            .order_by_asc(reviews::Column::Id)
-            .limit(limit as u64)
-            .all(&self.db)
-            .await
-            .map_err(StoreError::Db)?
-            .into_iter()
-            .map(review_row)
-            .collect()
+        let wanted = Condition::all()
+            .add(reviews::Column::ReporterId.eq(reporter_id))
+            .add_option(wallet_id.map(|w| reviews::Column::WalletId.eq(w)));
+        self.reviews_where(wanted, limit).await
     }
 
     /// Claims a SUBMITTED review for approval before its COMPENSATION lot is granted:

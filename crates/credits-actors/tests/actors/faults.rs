@@ -255,6 +255,29 @@ async fn a_reset_due_during_a_reload_is_applied_after_it() {
 /// batched beside it). The wallet now refuses the second as a conflict, and only once the
 /// first is durable, so that the caller finds its lot (the refusal waits like one for
 /// funds: decided again if the commit ahead fails).
+/// Sends `call` (polled once) and checks it is decided (a read sent after it is answered
+/// after it) but not answered: its refusal waits for the commit ahead.
+async fn decided_not_answered<T>(
+    app: &App,
+    id: &credits_core::WalletId,
+    mut call: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
+) {
+    std::future::poll_fn(|cx| {
+        assert!(call.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    app.dir.read(id).await.unwrap();
+    std::future::poll_fn(|cx| {
+        assert!(
+            call.as_mut().poll(cx).is_pending(),
+            "refused before the call ahead is durable"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_sent_twice_is_refused_once_the_first_is_durable() {
     let app = app_at("2027-03-10T12:00:00Z");
@@ -264,21 +287,7 @@ async fn a_purchase_sent_twice_is_refused_once_the_first_is_durable() {
     let first = app.spawn_execute(&id, purchase("grt_1", "pay-1"));
     assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
     let mut second = std::pin::pin!(app.dir.execute(&id, purchase("grt_2", "pay-1")));
-    std::future::poll_fn(|cx| {
-        assert!(second.as_mut().poll(cx).is_pending());
-        std::task::Poll::Ready(())
-    })
-    .await;
-    // Decided (a read sent after it is answered after it), but not answered.
-    app.dir.read(&id).await.unwrap();
-    std::future::poll_fn(|cx| {
-        assert!(
-            second.as_mut().poll(cx).is_pending(),
-            "refused before the purchase ahead is durable"
-        );
-        std::task::Poll::Ready(())
-    })
-    .await;
+    decided_not_answered(&app, &id, second.as_mut()).await;
     faults.commits.release.notify_one();
     assert!(!first.await.unwrap().unwrap().replayed);
     assert!(matches!(
@@ -311,21 +320,7 @@ async fn a_key_conflict_waits_for_the_call_ahead_to_be_durable() {
         _ => unreachable!(),
     };
     let mut second = std::pin::pin!(app.dir.execute(&id, other));
-    std::future::poll_fn(|cx| {
-        assert!(second.as_mut().poll(cx).is_pending());
-        std::task::Poll::Ready(())
-    })
-    .await;
-    // Decided (a read sent after it is answered after it), but not answered.
-    app.dir.read(&id).await.unwrap();
-    std::future::poll_fn(|cx| {
-        assert!(
-            second.as_mut().poll(cx).is_pending(),
-            "refused before the call ahead is durable"
-        );
-        std::task::Poll::Ready(())
-    })
-    .await;
+    decided_not_answered(&app, &id, second.as_mut()).await;
     // The held commit fails; both are decided again; the first commits this time.
     faults.commits.release.notify_one();
     assert!(!first.await.unwrap().unwrap().replayed);

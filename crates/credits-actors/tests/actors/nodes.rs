@@ -18,11 +18,9 @@ const SLOW_COMMIT_MICROS: u32 = 300_000;
 /// Long enough for the node to have sent its commit.
 const PAUSE: Duration = Duration::from_millis(50);
 
-/// Regression (reliability suite, two nodes): a settle sent to node B right after node A
-/// acknowledged the reservation was refused RESERVATION_NOT_ACTIVE when B had a commit in
-/// flight, because B decided it on its speculative state although A's notice had arrived.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
+/// Two nodes (directories) on one memory store, and a wallet created on A that B has
+/// read as it is now.
+async fn two_nodes(wallet: &str) -> (Arc<MemoryStore>, Directory, Directory, WalletId) {
     let store = Arc::new(MemoryStore::new());
     let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
     let a = Directory::new(
@@ -34,7 +32,7 @@ async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
     let b = Directory::new(store.clone(), clock, catalogue(), ActorConfig::default());
     let id = a
         .create(NewWallet {
-            id: WalletId::from("wal_nodes"),
+            id: WalletId::from(wallet),
             owner_id: "owner".into(),
             pool: false,
             timezone: "UTC".parse().unwrap(),
@@ -44,16 +42,47 @@ async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
         .await
         .unwrap()
         .id;
-    // B holds the wallet as it is now; A then reserves on it.
     b.read(&id).await.unwrap();
-    let reserve = ReserveOp {
+    (store, a, b, id)
+}
+
+/// A reservation `res_1` of 5 credits.
+fn reserve_op() -> Op {
+    Op::Reserve(ReserveOp {
         id: ReservationId::from("res_1"),
         key: "r1".into(),
         amount: cr("5"),
         ttl_seconds: 600,
         member: None,
-    };
-    let reserved = a.execute(&id, Op::Reserve(reserve)).await.unwrap();
+    })
+}
+
+/// The settlement of `res_1` at 2 credits.
+fn settle_op() -> SettleOp {
+    SettleOp {
+        reservation_id: ReservationId::from("res_1"),
+        usage_id: UsageId::from("use_s1"),
+        thread_id: "thread".into(),
+        model: "economy-model".into(),
+        tier: "economy".into(),
+        tokens: Tokens {
+            input: 1,
+            cached: 0,
+            output: 1,
+        },
+        cost: cr("2"),
+        priced_by: "economy@1.0.0".into(),
+    }
+}
+
+/// Regression (reliability suite, two nodes): a settle sent to node B right after node A
+/// acknowledged the reservation was refused RESERVATION_NOT_ACTIVE when B had a commit in
+/// flight, because B decided it on its speculative state although A's notice had arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
+    // B holds the wallet as it is now; A then reserves on it.
+    let (store, a, b, id) = two_nodes("wal_nodes").await;
+    let reserved = a.execute(&id, reserve_op()).await.unwrap();
 
     // B is busy committing a call of its own, decided on its older state.
     store
@@ -67,20 +96,7 @@ async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
     tokio::time::sleep(PAUSE).await;
     // A's notice reaches B, then the settle of A's reservation.
     b.announce(&id, Some(reserved.entry.seq));
-    let settle = SettleOp {
-        reservation_id: ReservationId::from("res_1"),
-        usage_id: UsageId::from("use_s1"),
-        thread_id: "thread".into(),
-        model: "economy-model".into(),
-        tier: "economy".into(),
-        tokens: Tokens {
-            input: 1,
-            cached: 0,
-            output: 1,
-        },
-        cost: cr("2"),
-        priced_by: "economy@1.0.0".into(),
-    };
+    let settle = settle_op();
     let settled = b.execute(&id, Op::Settle(settle)).await;
     assert!(settled.is_ok(), "{settled:?}");
     busy.await.unwrap().unwrap();
@@ -135,36 +151,8 @@ async fn calls_parked_behind_a_notice_run_once_the_commit_lands() {
 /// the other node's record and settles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_parked_for_a_failed_reload_are_unavailable_and_the_reload_is_retried() {
-    let store = Arc::new(MemoryStore::new());
-    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
-    let a = Directory::new(
-        store.clone(),
-        clock.clone(),
-        catalogue(),
-        ActorConfig::default(),
-    );
-    let b = Directory::new(store.clone(), clock, catalogue(), ActorConfig::default());
-    let id = a
-        .create(NewWallet {
-            id: WalletId::from("wal_retry"),
-            owner_id: "owner".into(),
-            pool: false,
-            timezone: "UTC".parse().unwrap(),
-            plan_id: PlanId::from("pro"),
-            billing_anchor: None,
-        })
-        .await
-        .unwrap()
-        .id;
-    b.read(&id).await.unwrap();
-    let reserve = ReserveOp {
-        id: ReservationId::from("res_1"),
-        key: "r1".into(),
-        amount: cr("5"),
-        ttl_seconds: 600,
-        member: None,
-    };
-    let reserved = a.execute(&id, Op::Reserve(reserve)).await.unwrap();
+    let (store, a, b, id) = two_nodes("wal_retry").await;
+    let reserved = a.execute(&id, reserve_op()).await.unwrap();
 
     // A's notice reaches B; B's reload is held, a settle parks behind it, then the reload
     // fails.
@@ -172,20 +160,7 @@ async fn calls_parked_for_a_failed_reload_are_unavailable_and_the_reload_is_retr
     faults.loads.hold.store(1, Ordering::SeqCst);
     b.announce(&id, Some(reserved.entry.seq));
     assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
-    let settle = SettleOp {
-        reservation_id: ReservationId::from("res_1"),
-        usage_id: UsageId::from("use_s1"),
-        thread_id: "thread".into(),
-        model: "economy-model".into(),
-        tier: "economy".into(),
-        tokens: Tokens {
-            input: 1,
-            cached: 0,
-            output: 1,
-        },
-        cost: cr("2"),
-        priced_by: "economy@1.0.0".into(),
-    };
+    let settle = settle_op();
     let parked = {
         let (b, id, settle) = (b.clone(), id.clone(), settle.clone());
         tokio::spawn(async move { b.execute(&id, Op::Settle(settle)).await })
