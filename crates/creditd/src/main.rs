@@ -238,15 +238,24 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     // What fell due while the service was down is applied under the plans it fell due
     // under, before this start's catalogue changes them (SPEC 5: a plan's new credits
-    // count from each wallet's next reset or renewal).
+    // count from each wallet's next reset or renewal). Only then does the start wait for
+    // it; otherwise the sweep catches up in the background while the service serves.
     let before = credits_actors::ledger::stored_plans(&store).await?;
+    let credits_change = before.iter().filter(|p| !p.custom).any(|p| {
+        cat.plans.iter().any(|n| {
+            n.id == p.id
+                && (n.daily_credits != p.daily_credits
+                    || n.subscription_credits != p.subscription_credits
+                    || n.interval != p.interval)
+        })
+    });
     let dir = Directory::new(
         Arc::new(SqlWallets::new(store.clone())),
         clock,
         before.clone(),
         config,
     );
-    if !before.is_empty() {
+    if credits_change {
         let caught_up = dir.tick_due().await;
         if caught_up > 0 {
             tracing::info!(wallets = caught_up, "applied what fell due while stopped");
