@@ -2,15 +2,13 @@
 //! keys, reservations, grant lots. Read-only; it must never be used to decide a write
 //! that the fence does not also protect (a look-up may be stale by the time of a commit).
 
-use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::entity::{grants, ledger, reservations, usage_events, wallet_creations};
 use crate::error::StoreError;
 use crate::rows::*;
-use crate::time::to_us;
 use crate::wallet::{grant_row, ledger_record, reservation_row, usage_row};
-use crate::{MAX_LIST, Store, bound};
+use crate::{MAX_LIST, Store};
 
 impl Store {
     /// The ledger record that recorded `key` on `wallet_id`, if any (SPEC 4).
@@ -82,28 +80,6 @@ impl Store {
             .map_err(StoreError::Db)?
             .map(reservation_row)
             .transpose()
-    }
-
-    /// ACTIVE reservations whose `expires_at` ≤ `before`, soonest first, at most `limit`
-    /// (≤ [`MAX_LIST`]).
-    pub async fn reservations_due(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<ReservationRow>, StoreError> {
-        bound("due reservations", limit, MAX_LIST)?;
-        reservations::Entity::find()
-            .filter(reservations::Column::Status.eq(ReservationStatus::Active.as_str()))
-            .filter(reservations::Column::ExpiresUs.lte(to_us(before)))
-            .order_by_asc(reservations::Column::ExpiresUs)
-            .order_by_asc(reservations::Column::Id)
-            .limit(limit as u64)
-            .all(&self.db)
-            .await
-            .map_err(StoreError::Db)?
-            .into_iter()
-            .map(reservation_row)
-            .collect()
     }
 
     /// A grant lot by id.
