@@ -5,7 +5,10 @@ use serde_json::json;
 use crate::helpers::{App, Backend};
 use crate::on_both;
 
-on_both!(sigterm_drains_and_a_restart_keeps_every_balance);
+on_both!(
+    sigterm_drains_and_a_restart_keeps_every_balance,
+    sigterm_answers_a_websocket_mutation_in_flight,
+);
 
 async fn sigterm_drains_and_a_restart_keeps_every_balance(b: Backend) {
     let mut app = App::spawn(b).await;
@@ -94,4 +97,33 @@ async fn sigterm_drains_and_a_restart_keeps_every_balance(b: Backend) {
     let next = ws.next_data("1").await["balanceChanged"].clone();
     assert_eq!(next["cause"], "USAGE");
     assert_eq!(next["seq"].as_u64(), snap["seq"].as_u64().map(|s| s + 1));
+}
+
+/// Found by review: axum's graceful shutdown stops tracking upgraded connections, so a
+/// mutation sent over a WebSocket could be cut off by the exit. Here an `advanceClock`
+/// that resets a hundred wallets is in flight when SIGTERM arrives: it is answered (its
+/// result, or UNAVAILABLE if the drain began first) before the process exits 0.
+async fn sigterm_answers_a_websocket_mutation_in_flight(b: Backend) {
+    let mut app = App::spawn(b).await;
+    for i in 0..100 {
+        app.wallet(&format!("user-{i}"), "pro").await;
+    }
+    let (mut ws, init) =
+        crate::helpers::Ws::connect(&app, "graphql-transport-ws", &app.admin.clone()).await;
+    assert!(matches!(init, crate::helpers::Init::Ack));
+    ws.subscribe("m", "mutation { advanceClock(seconds: 86400) }", json!({}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &app.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let answer = ws.next("m").await;
+    match answer["errors"][0]["extensions"]["code"].as_str() {
+        None => assert!(answer["data"]["advanceClock"].is_string(), "{answer}"),
+        Some(code) => assert_eq!(code, "UNAVAILABLE", "{answer}"),
+    }
+    let status = app.stop();
+    assert!(status.success(), "{status}; log:\n{}", app.log());
 }
