@@ -617,12 +617,6 @@ impl Ledger {
             .bundle(bundle_id)
             .await?
             .ok_or(ServiceError::NotFound("bundle"))?;
-        if let Some(lot) = self
-            .purchased(&wallet.id, bundle_id, &payment_reference)
-            .await?
-        {
-            return Ok(lot);
-        }
         let op = GrantOp {
             id: GrantId(new_ordered_id("grt")),
             key: None,
@@ -635,14 +629,34 @@ impl Ledger {
                 payment_reference: payment_reference.clone(),
             }),
         };
+        let reference = payment_reference.as_str();
+        self.grant_once(&wallet.id, op, || {
+            self.purchased(&wallet.id, bundle_id, reference)
+        })
+        .await
+    }
+
+    /// Grants the one lot `op`'s origin stands for (a payment's, a review's): the lot
+    /// `stored` finds, or a new one. A second grant for the same origin, decided before the
+    /// first was stored, is refused by the wallet only once the first is durable; `stored`
+    /// then finds that one.
+    async fn grant_once<F>(
+        &self,
+        wallet_id: &WalletId,
+        op: GrantOp,
+        stored: impl Fn() -> F,
+    ) -> ServiceResult<Lot>
+    where
+        F: std::future::Future<Output = ServiceResult<Option<Lot>>>,
+    {
+        if let Some(lot) = stored().await? {
+            return Ok(lot);
+        }
         match self.run(wallet_id, Op::Grant(op)).await {
             Ok(applied) => self.lot_of(&applied.entry).await,
-            // A purchase with this reference was decided first and is durable now (the
-            // wallet answers such a refusal only then): the same purchase returns its lot.
-            Err(ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict))) => self
-                .purchased(wallet_id, bundle_id, &payment_reference)
-                .await?
-                .ok_or(OpError::IdempotencyConflict.into()),
+            Err(ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict))) => {
+                stored().await?.ok_or(OpError::IdempotencyConflict.into())
+            }
             Err(e) => Err(e),
         }
     }
@@ -683,9 +697,6 @@ impl Ledger {
         amount: Credits,
         reason: String,
     ) -> ServiceResult<Lot> {
-        if let Some(lot) = self.compensation(wallet_id, review_id, &grant_id).await? {
-            return Ok(lot);
-        }
         let op = GrantOp {
             id: grant_id.clone(),
             key: None,
@@ -697,16 +708,11 @@ impl Ledger {
                 review_id: review_id.to_owned(),
             }),
         };
-        match self.run(wallet_id, Op::Grant(op)).await {
-            Ok(applied) => self.lot_of(&applied.entry).await,
-            // Another caller completing this approval was decided first and is durable now
-            // (the wallet answers such a refusal only then).
-            Err(ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict))) => self
-                .compensation(wallet_id, review_id, &grant_id)
-                .await?
-                .ok_or(OpError::IdempotencyConflict.into()),
-            Err(e) => Err(e),
-        }
+        let grant_id = &grant_id;
+        self.grant_once(wallet_id, op, || {
+            self.compensation(wallet_id, review_id, grant_id)
+        })
+        .await
     }
 
     /// Completes the approval a review was claimed for: its COMPENSATION lot, then

@@ -110,6 +110,17 @@ enum Waiter {
     Tick(RpcReplyPort<()>),
 }
 
+impl Waiter {
+    /// The operation it waits on, if it still holds one.
+    fn op(&self) -> Option<&Op> {
+        match self {
+            Waiter::Exec(w) => w.op.as_ref(),
+            Waiter::Refused(r) => Some(&r.0),
+            Waiter::Tick(_) => None,
+        }
+    }
+}
+
 struct InFlight {
     waiters: Vec<Waiter>,
     records: Vec<Record>,
@@ -744,18 +755,12 @@ impl WalletState {
         let after = self.durable.seq;
         let mut keys: Vec<String> = Vec::new();
         let mut references: Vec<String> = Vec::new();
-        let flight = self.in_flight.iter().flat_map(|f| &f.waiters);
-        let waiting = flight
-            .filter_map(|w| match w {
-                Waiter::Exec(w) => w.op.as_ref(),
-                Waiter::Refused(r) => Some(&r.0),
-                Waiter::Tick(_) => None,
-            })
-            .chain(self.open.iter().filter_map(|w| match w {
-                Waiter::Exec(w) => w.op.as_ref(),
-                Waiter::Refused(r) => Some(&r.0),
-                Waiter::Tick(_) => None,
-            }))
+        let waiting = self
+            .in_flight
+            .iter()
+            .flat_map(|f| &f.waiters)
+            .chain(&self.open)
+            .filter_map(Waiter::op)
             .chain(self.parked.iter().map(|(op, _)| op));
         for op in waiting {
             keys.extend(op.key().map(str::to_owned));

@@ -173,6 +173,23 @@ impl Journal {
 }
 
 /// The default catalogue's plans (SPEC 5), for tests.
+/// A bundle purchase as `purchaseBundle` sends it: no idempotency key, the payment
+/// reference is what makes it unique.
+pub fn purchase(id: &str, bundle: &str, reference: &str, amount: Credits) -> Op {
+    Op::Grant(GrantOp {
+        id: GrantId::from(id),
+        key: None,
+        amount,
+        kind: GrantKind::Purchase,
+        reason: None,
+        expires_at: None,
+        origin: Some(LotOrigin::Bundle {
+            bundle_id: bundle.into(),
+            payment_reference: reference.into(),
+        }),
+    })
+}
+
 pub fn catalogue() -> Vec<Plan> {
     let plan = |id: &str, daily: i64, sub: i64, interval, tiers: &[&str]| Plan {
         id: PlanId::from(id),
@@ -466,18 +483,12 @@ impl Step {
                     origin: None,
                 })
             }
-            Step::Purchase { amount_micro } => Op::Grant(GrantOp {
-                id: GrantId(format!("grt_{n}")),
-                key: None,
-                amount: Credits::from_micro(amount_micro),
-                kind: GrantKind::Purchase,
-                reason: None,
-                expires_at: None,
-                origin: Some(LotOrigin::Bundle {
-                    bundle_id: "credits-100".into(),
-                    payment_reference: format!("pay_{n}"),
-                }),
-            }),
+            Step::Purchase { amount_micro } => purchase(
+                &format!("grt_{n}"),
+                "credits-100",
+                &format!("pay_{n}"),
+                Credits::from_micro(amount_micro),
+            ),
             Step::ChangePlan { plan } => {
                 Op::ChangePlan(j.plans[plan as usize % j.plans.len()].id.clone())
             }

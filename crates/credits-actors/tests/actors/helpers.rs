@@ -93,18 +93,7 @@ pub fn usage(key: &str, cost: &str) -> Op {
 /// A purchase of the 100-credit bundle, as `purchaseBundle` sends it (no idempotency key:
 /// the payment reference is what makes it unique).
 pub fn purchase(id: &str, reference: &str) -> Op {
-    Op::Grant(GrantOp {
-        id: GrantId::from(id),
-        key: None,
-        amount: cr("100"),
-        kind: GrantKind::Purchase,
-        reason: None,
-        expires_at: None,
-        origin: Some(credits_core::LotOrigin::Bundle {
-            bundle_id: "credits-100".into(),
-            payment_reference: reference.into(),
-        }),
-    })
+    credits_core::testing::purchase(id, "credits-100", reference, cr("100"))
 }
 
 pub fn grant(id: &str, amount: &str, expires_at: Option<&str>) -> Op {

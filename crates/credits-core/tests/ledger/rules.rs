@@ -77,18 +77,7 @@ fn grant(id: &str, amount: &str, kind: GrantKind, expires_at: Option<&str>) -> O
 /// A purchase of 100 credits as `purchaseBundle` sends it (no key: the payment reference
 /// makes it unique).
 fn purchase(id: &str, bundle: &str, reference: &str) -> Op {
-    Op::Grant(GrantOp {
-        id: GrantId::from(id),
-        key: None,
-        amount: cr("100"),
-        kind: GrantKind::Purchase,
-        reason: None,
-        expires_at: None,
-        origin: Some(LotOrigin::Bundle {
-            bundle_id: bundle.into(),
-            payment_reference: reference.into(),
-        }),
-    })
+    credits_core::testing::purchase(id, bundle, reference, cr("100"))
 }
 
 fn reserve(key: &str, amount: &str, ttl_seconds: u32) -> Op {
