@@ -21,6 +21,7 @@ mod m20251128_000003_teams_reviews_tokens;
 mod m20251128_000004_usage_covering_indexes;
 mod m20251128_000005_wallet_creation_requests;
 mod m20251129_000006_retired_plans;
+mod m20251129_000007_members_version;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251128_000004_usage_covering_indexes::Migration),
             Box::new(m20251128_000005_wallet_creation_requests::Migration),
             Box::new(m20251129_000006_retired_plans::Migration),
+            Box::new(m20251129_000007_members_version::Migration),
         ]
     }
 }

@@ -67,6 +67,13 @@ async fn retired_plans(db: &DatabaseConnection) -> bool {
         .expect("probe column")
 }
 
+async fn members_version(db: &DatabaseConnection) -> bool {
+    SchemaManager::new(db)
+        .has_column("wallets", "members_version")
+        .await
+        .expect("probe column")
+}
+
 async fn up_down_up(db: &DatabaseConnection) {
     Migrator::up(db, None).await.expect("up");
     assert_eq!(tables_present(db).await, TABLES);
@@ -74,6 +81,12 @@ async fn up_down_up(db: &DatabaseConnection) {
         usage_indexes(db).await,
         ["usage_wallet_at_cover", "usage_model_at_cover"]
     );
+    assert!(members_version(db).await);
+    // One step down drops the wallets' members version, and only that.
+    Migrator::down(db, Some(1))
+        .await
+        .expect("down members version");
+    assert!(!members_version(db).await);
     assert!(retired_plans(db).await);
     // One step down drops the plans' retired mark, and only that.
     Migrator::down(db, Some(1)).await.expect("down retired");

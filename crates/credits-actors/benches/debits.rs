@@ -300,6 +300,7 @@ fn debit(member: Option<usize>) -> Op {
             id: format!("m{m}"),
             daily_limit: None,
             period_limit: None,
+            limits_version: 0,
         }),
     })
 }

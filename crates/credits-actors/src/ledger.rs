@@ -158,6 +158,9 @@ fn usage_of(entry: &Entry) -> ServiceResult<UsageRecord> {
         .ok_or_else(|| ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict)))
 }
 
+/// Tries of a spend whose member limits keep changing under it before it is UNAVAILABLE.
+const STALE_LIMITS_TRIES: u32 = 3;
+
 impl Ledger {
     pub fn new(dir: Directory, store: Store, pricing: Arc<PricingRegistry>) -> Ledger {
         Ledger {
@@ -279,8 +282,24 @@ impl Ledger {
         Ok(out)
     }
 
-    async fn run(&self, id: &WalletId, op: Op) -> ServiceResult<Applied> {
-        Ok(self.dir.execute(id, op).await?)
+    async fn run(&self, id: &WalletId, mut op: Op) -> ServiceResult<Applied> {
+        // A spend whose member limits changed since their seat read them (on another node,
+        // maybe) is refused undecided: the seat reads them again and the spend is retried.
+        for attempt in 1.. {
+            let again = (attempt < STALE_LIMITS_TRIES && op.member().is_some()).then(|| op.clone());
+            match (self.dir.execute(id, op).await, again) {
+                (Err(ExecError::StaleLimits), Some(mut again)) => {
+                    let member_id = again.member().map(|m| m.id.clone()).unwrap_or_default();
+                    let pools = self.dir.pools();
+                    pools.reseat(id, &member_id);
+                    let member = pools.member(&self.dir, &self.store, id, &member_id).await?;
+                    again.set_member(Some(member));
+                    op = again;
+                }
+                (result, _) => return Ok(result?),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     pub async fn set_timezone(&self, id: &WalletId, tz: Tz) -> ServiceResult<Wallet> {
@@ -979,6 +998,7 @@ fn unchecked_member(id: Option<&str>) -> Option<Member> {
         id: id.to_owned(),
         daily_limit: None,
         period_limit: None,
+        limits_version: 0,
     })
 }
 

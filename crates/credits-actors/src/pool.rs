@@ -43,6 +43,8 @@ pub enum PoolMsg {
     /// A member's limits or membership changed in the store (team id, user id; `None`:
     /// maybe every member's): restart the seat on next use.
     Forget(String, Option<String>),
+    /// This pool's seat of a member reads their limits again.
+    Reseat(String),
     /// Activate the pool's wallet again after its actor failed, and supervise it.
     Rewire,
 }
@@ -89,6 +91,14 @@ impl Pools {
             }
         }
         Err(unavailable("the team pool did not answer"))
+    }
+
+    /// The member's seat in pool `wallet` (if started) reads their limits again before it
+    /// next answers.
+    pub fn reseat(&self, wallet: &WalletId, member_id: &str) {
+        if let Some(pool) = self.active(wallet) {
+            let _ = pool.send_message(PoolMsg::Reseat(member_id.to_owned()));
+        }
     }
 
     /// Limits or membership of a member of `team_id` changed durably (here or on another
@@ -246,6 +256,11 @@ impl Actor for PoolSupervisor {
                 }
                 let _ = reply.send(started);
             }
+            PoolMsg::Reseat(m) => {
+                if let Some(seat) = state.seats.remove(&m) {
+                    seat.stop(Some("limits changed".into()));
+                }
+            }
             PoolMsg::Forget(team_id, member_id) => match member_id {
                 Some(m) if team_id == state.args.team_id => {
                     if let Some(seat) = state.seats.remove(&m) {
@@ -309,18 +324,19 @@ async fn start_seat(
     state: &PoolState,
     member_id: &str,
 ) -> ServiceResult<ActorRef<SeatMsg>> {
-    let row = state
+    let (limits_version, row) = state
         .args
         .store
-        .member(&state.args.team_id, member_id)
-        .await?
-        .ok_or_else(|| {
-            ServiceError::Forbidden(format!("{member_id} is not a member of this team"))
-        })?;
+        .seat(&state.args.team_id, member_id)
+        .await?;
+    let row = row.ok_or_else(|| {
+        ServiceError::Forbidden(format!("{member_id} is not a member of this team"))
+    })?;
     let member = Member {
         id: row.user_id,
         daily_limit: row.daily_limit_ucr.map(Credits::from_micro),
         period_limit: row.period_limit_ucr.map(Credits::from_micro),
+        limits_version,
     };
     let (seat, _) = Actor::spawn_linked(
         Some(seat_name(&state.args.wallet, member_id)),

@@ -65,8 +65,14 @@ impl WalletStore for SqlWallets {
     }
 
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
-        let loaded = self.store.load_state(&id.0).await.map_err(unavailable)?;
-        Ok(loaded.map(|(wallet, version)| Loaded { wallet, version }))
+        let Some(row) = self.store.load_wallet(&id.0).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        Ok(Some(Loaded {
+            wallet: row.state().map_err(unavailable)?,
+            version: row.version,
+            members_version: row.members_version,
+        }))
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {

@@ -21,6 +21,8 @@ pub struct Record {
 pub struct Loaded {
     pub wallet: Wallet,
     pub version: i64,
+    /// A team pool's members version: spends are decided on member limits read at it.
+    pub members_version: i64,
 }
 
 /// One wallet's records to commit atomically, with the state after them.
@@ -171,6 +173,7 @@ impl MemoryStore {
             let loaded = Loaded {
                 wallet: s.wallet.clone(),
                 version: s.version,
+                members_version: 0,
             };
             (loaded, s.records.iter().map(|r| r.entry.clone()).collect())
         })
@@ -182,6 +185,7 @@ impl MemoryStore {
         wallets.get(id).map(|s| Loaded {
             wallet: s.wallet.clone(),
             version: s.version,
+            members_version: 0,
         })
     }
 
@@ -217,6 +221,7 @@ impl WalletStore for MemoryStore {
         Ok(wallets.get(id).map(|s| Loaded {
             wallet: s.wallet.clone(),
             version: s.version,
+            members_version: 0,
         }))
     }
 

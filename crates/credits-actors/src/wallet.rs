@@ -56,6 +56,10 @@ pub enum ExecError {
     /// Load was shed or the outcome is unknown; never a definite refusal.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The member's limits changed since their seat read them (on another node, maybe):
+    /// nothing was decided; read the seat again and retry.
+    #[error("the member's limits changed; read them again")]
+    StaleLimits,
 }
 
 type ExecReply = RpcReplyPort<Result<Applied, ExecError>>;
@@ -149,6 +153,9 @@ pub struct WalletState {
     shared: Arc<Shared>,
     durable: Wallet,
     version: i64,
+    /// The pool's members version as loaded: spends on older member limits are refused
+    /// with [`ExecError::StaleLimits`].
+    members_version: i64,
     spec: Wallet,
     open: Vec<Waiter>,
     open_records: Vec<Record>,
@@ -228,6 +235,7 @@ impl Actor for WalletActor {
             spec: loaded.wallet.clone(),
             durable: loaded.wallet,
             version: loaded.version,
+            members_version: loaded.members_version,
             open: Vec::new(),
             open_records: Vec::new(),
             in_flight: None,
@@ -448,6 +456,16 @@ impl WalletState {
     fn execute(&mut self, op: Op, reply: ExecReply) {
         if self.queued() >= MAX_QUEUED_OPERATIONS {
             let _ = reply.send(Err(ExecError::Unavailable("wallet is overloaded".into())));
+            return;
+        }
+        // Limits read before a change this actor has loaded are not decided on. (Limits
+        // newer than this actor's state are: the change moved the fencing version, so the
+        // commit fails, the actor reloads and decides again here.)
+        if op
+            .member()
+            .is_some_and(|m| m.limits_version < self.members_version)
+        {
+            let _ = reply.send(Err(ExecError::StaleLimits));
             return;
         }
         self.advance();
@@ -869,6 +887,7 @@ impl WalletState {
             // The commit was durable; only its reply was lost.
             self.failures = 0;
             self.version = r.loaded.version;
+            self.members_version = r.loaded.members_version;
             self.became_durable(flight);
             self.run_parked();
             // A timer that fired meanwhile was not acted on.
@@ -914,6 +933,7 @@ impl WalletState {
         let old_seq = self.durable.seq;
         self.durable = r.loaded.wallet;
         self.version = r.loaded.version;
+        self.members_version = r.loaded.members_version;
         // Forget what this actor accepted but never made durable. (By identity, not by seq:
         // another node's durable records may carry the same seq numbers.)
         let undone: Vec<&Entry> = flight

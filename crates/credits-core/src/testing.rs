@@ -380,21 +380,25 @@ pub fn member(pool: bool, n: u8) -> Option<Member> {
                 id: "m0".into(),
                 daily_limit: None,
                 period_limit: None,
+                limits_version: 0,
             },
             1 => Member {
                 id: "m1".into(),
                 daily_limit: limit(30),
                 period_limit: None,
+                limits_version: 0,
             },
             2 => Member {
                 id: "m2".into(),
                 daily_limit: None,
                 period_limit: limit(200),
+                limits_version: 0,
             },
             _ => Member {
                 id: "m3".into(),
                 daily_limit: limit(0),
                 period_limit: limit(0),
+                limits_version: 0,
             },
         }
     })

@@ -127,6 +127,10 @@ pub struct Member {
     pub id: String,
     pub daily_limit: Option<Credits>,
     pub period_limit: Option<Credits>,
+    /// The pool's members version these limits were read at (0 where nothing stores
+    /// members). The core ignores it; a wallet actor decides no spend on limits older than
+    /// the version it loaded, since they have changed since (on another node, maybe).
+    pub limits_version: i64,
 }
 
 /// The whole state of one wallet.
@@ -297,6 +301,24 @@ impl Op {
             Op::Reserve(r) => Some(&r.key),
             Op::Grant(g) => g.key.as_deref(),
             _ => None,
+        }
+    }
+
+    /// The pool member spending, with their limits.
+    pub fn member(&self) -> Option<&Member> {
+        match self {
+            Op::Usage(u) => u.member.as_ref(),
+            Op::Reserve(r) => r.member.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Replaces the pool member spending (and their limits).
+    pub fn set_member(&mut self, member: Option<Member>) {
+        match self {
+            Op::Usage(u) => u.member = member,
+            Op::Reserve(r) => r.member = member,
+            _ => {}
         }
     }
 }

@@ -100,6 +100,7 @@ impl From<ExecError> for ApiError {
             ExecError::Op(op) => op.into(),
             ExecError::NotFound => ApiError::not_found("wallet"),
             ExecError::Unavailable(why) => ApiError::unavailable(why),
+            ExecError::StaleLimits => ApiError::unavailable(e.to_string()),
         }
     }
 }

@@ -78,6 +78,7 @@ pub mod wallets {
         #[sea_orm(column_type = "Text")]
         pub snapshot: String,
         pub next_due_us: Option<i64>,
+        pub members_version: i64,
     }
     no_relations!();
 }

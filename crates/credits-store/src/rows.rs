@@ -20,6 +20,9 @@ pub struct StoredWallet {
     pub created_at: DateTime<Utc>,
     /// The fence: pass it back as [`WalletBatch::expected_version`].
     pub version: i64,
+    /// A team pool's members version: moved (with `version`) by every change to a member's
+    /// limits or membership. Spends are decided only on limits read at this version.
+    pub members_version: i64,
     /// Last ledger seq applied to the snapshot.
     pub seq: u64,
     /// The serialized core `Wallet`.

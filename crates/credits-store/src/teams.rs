@@ -2,10 +2,13 @@
 //! one two concurrent calls could break between a check and a write: a team keeps at least
 //! one ADMIN ([`Store::remove_member`]). Who may configure whom is checked by the caller.
 
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 
-use crate::entity::{team_members, teams};
+use crate::entity::{team_members, teams, wallets};
 use crate::error::StoreError;
 use crate::feed::notify_member;
 use crate::rows::*;
@@ -42,6 +45,31 @@ fn member_row(m: team_members::Model) -> Result<MemberRow, StoreError> {
         daily_limit_ucr: m.daily_limit_ucr,
         period_limit_ucr: m.period_limit_ucr,
     })
+}
+
+/// A member's limits or membership changed, inside the caller's transaction: the pool
+/// wallet's members version moves, and so does its fencing version, so that no node commits
+/// a spend it decided on the old limits (its commit is fenced out, it reloads, and the spend
+/// is decided again on limits read afresh); other nodes are told to read the seat again.
+async fn member_changed<C: ConnectionTrait>(
+    conn: &C,
+    backend: crate::Backend,
+    team_id: &str,
+    user_id: &str,
+) -> Result<(), DbErr> {
+    wallets::Entity::update_many()
+        .col_expr(
+            wallets::Column::Version,
+            Expr::col(wallets::Column::Version).add(1),
+        )
+        .col_expr(
+            wallets::Column::MembersVersion,
+            Expr::col(wallets::Column::MembersVersion).add(1),
+        )
+        .filter(wallets::Column::TeamId.eq(team_id))
+        .exec(conn)
+        .await?;
+    notify_member(conn, backend, team_id, user_id).await
 }
 
 impl Store {
@@ -150,6 +178,26 @@ impl Store {
             .transpose()
     }
 
+    /// A member's row as a spend may use it, with the pool's members version it is valid
+    /// at. The version is read first: a change landing between the two reads leaves a
+    /// version older than the row, which the pool's wallet actor refuses (and the seat is
+    /// read again), never a newer version on an older row.
+    pub async fn seat(
+        &self,
+        team_id: &str,
+        user_id: &str,
+    ) -> Result<(i64, Option<MemberRow>), StoreError> {
+        let version: Option<i64> = wallets::Entity::find()
+            .select_only()
+            .column(wallets::Column::MembersVersion)
+            .filter(wallets::Column::TeamId.eq(team_id))
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok((version.unwrap_or(0), self.member(team_id, user_id).await?))
+    }
+
     /// Adds a member; false when they already are one (nothing changes).
     pub async fn add_member(&self, member: &MemberRow) -> Result<bool, StoreError> {
         let inserted =
@@ -193,7 +241,7 @@ impl Store {
         if res.rows_affected == 0 {
             return Ok(MemberRemoval::NotAMember);
         }
-        notify_member(&txn, self.backend(), team_id, user_id)
+        member_changed(&txn, self.backend(), team_id, user_id)
             .await
             .map_err(StoreError::Db)?;
         txn.commit().await.map_err(StoreError::Db)?;
@@ -223,11 +271,14 @@ impl Store {
             .exec(&txn)
             .await
             .map_err(StoreError::Db)?;
-        notify_member(&txn, self.backend(), team_id, user_id)
+        if res.rows_affected == 0 {
+            return Ok(false);
+        }
+        member_changed(&txn, self.backend(), team_id, user_id)
             .await
             .map_err(StoreError::Db)?;
         txn.commit().await.map_err(StoreError::Db)?;
-        Ok(res.rows_affected > 0)
+        Ok(true)
     }
 
     /// Changes a member's role; false for a non-member.

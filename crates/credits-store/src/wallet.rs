@@ -315,6 +315,7 @@ pub(crate) async fn insert_wallet<C: ConnectionTrait>(
         seq: seq_to_db(wallet.creation.seq)?,
         snapshot: wallet.snapshot_json.clone(),
         next_due_us: wallet.next_due_at.map(to_us),
+        members_version: 0,
     };
     wallets::Entity::insert_many(crate::entity::active([row]))
         .exec_without_returning(conn)
@@ -673,6 +674,7 @@ pub(crate) fn stored_wallet(row: wallets::Model) -> Result<StoredWallet, StoreEr
         timezone: row.timezone,
         plan_id: row.plan_id,
         version: row.version,
+        members_version: row.members_version,
         snapshot_json: row.snapshot,
     })
 }

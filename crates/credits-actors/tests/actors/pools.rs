@@ -120,6 +120,71 @@ async fn pool_members_at_their_limits_and_crashes_under_supervision() {
     }
 }
 
+/// Node A changes a member's limits or removes them; node B, which never hears of it (no
+/// notices here), must not spend on the limits its seat read before: the change moved the
+/// pool wallet's version, so B's commit is fenced out, and B's wallet actor, reloaded, sees
+/// the members version moved and has the seat read the limits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_limit_change_fences_spends_decided_on_the_old_limits() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let (dir_a, store_a) = node(&url).await;
+        let (dir_b, store_b) = node(&url).await;
+        let a = ledger_without_plugins(&dir_a, &store_a, plugins.path());
+        let b = ledger_without_plugins(&dir_b, &store_b, plugins.path());
+        let team = a
+            .create_team(
+                "Team".into(),
+                &PlanId::from("pro"),
+                "UTC".parse().unwrap(),
+                vec!["admin".into()],
+            )
+            .await
+            .unwrap();
+        let pool = credits_core::WalletId(team.wallet_id.clone());
+        for m in ["m1", "m2"] {
+            a.add_member(&team.id, m.into(), MemberRole::Member, None, None)
+                .await
+                .unwrap();
+        }
+        let mut n = 0;
+        let mut hold = |ledger: &credits_actors::Ledger, member: &str, amount: &str| {
+            n += 1;
+            let (ledger, pool, key) = (ledger.clone(), pool.clone(), format!("k{n}"));
+            let (member, amount) = (member.to_owned(), cr(amount));
+            async move { ledger.reserve(&pool, key, amount, 600, Some(member)).await }
+        };
+        // B's seats read "no limit".
+        hold(&b, "m1", "1").await.unwrap();
+        hold(&b, "m2", "1").await.unwrap();
+
+        // A limits m1 to 2 a day: B may not hold 3 more for them.
+        a.set_member_limits(&team.id, "m1", Some(cr("2")), None)
+            .await
+            .unwrap();
+        let over = hold(&b, "m1", "3").await.unwrap_err();
+        assert!(refused_for_limit(&over), "{url}: {over:?}");
+        hold(&b, "m1", "1").await.unwrap();
+        assert!(refused_for_limit(&hold(&b, "m1", "1").await.unwrap_err()));
+
+        // A removes m2: B may not spend for them any more.
+        assert!(a.remove_member(&team.id, "m2").await.unwrap());
+        let gone = hold(&b, "m2", "1").await.unwrap_err();
+        assert!(
+            matches!(gone, ServiceError::Forbidden(_)),
+            "{url}: {gone:?}"
+        );
+
+        // A's own wallet actor, fenced out by the changes too, still serves.
+        hold(&a, "admin", "1").await.unwrap();
+        let stored = store_a.replay_wallet(&pool.0).await.unwrap().unwrap();
+        assert_eq!(stored.reservations.len(), 4, "{url}");
+        dir_a.shutdown().await;
+        dir_b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
+
 async fn eventually_async<F, Fut>(mut cond: F) -> bool
 where
     F: FnMut() -> Fut,

@@ -1237,6 +1237,7 @@ fn limited(daily: Option<&str>, period: Option<&str>) -> Option<Member> {
         id: "m".into(),
         daily_limit: daily.map(cr),
         period_limit: period.map(cr),
+        limits_version: 0,
     })
 }
 
