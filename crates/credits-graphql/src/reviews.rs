@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use async_graphql::Context;
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use credits_actors::Ledger;
 use credits_core::{
     Charge, Credits as CoreCredits, GrantId, ReservationId, Source, Tokens, UsageId, UsageRecord,
@@ -114,12 +114,16 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
     }
     // A plain member reports only pool threads they spent in, and sees only their own
     // pool usage (SPEC 10): the findings come from their events alone.
-    if let Access::Member(user) = &access {
-        rows.retain(|r| r.member_id.as_deref() == Some(user.as_str()));
-        if rows.is_empty() {
-            return Err(ApiError::forbidden());
+    let member = match &access {
+        Access::Member(user) => {
+            rows.retain(|r| r.member_id.as_deref() == Some(user.as_str()));
+            if rows.is_empty() {
+                return Err(ApiError::forbidden());
+            }
+            Some(user.clone())
         }
-    }
+        _ => None,
+    };
     if let Some(open) = l
         .store()
         .open_review(&wallet_id.0, &input.thread_id)
@@ -136,25 +140,34 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         thread_length: input.thread_length.map(|v| v as u32),
         context_size: input.context_size.map(|v| v as u64),
     };
-    // Events a CREDITED review already judged are never refunded again.
+    // Events a CREDITED review already judged are never refunded again: those of the
+    // thread up to its filing, only its member's when a plain member filed it.
     let earlier = l
         .store()
         .reviews_of_thread(&wallet_id.0, &input.thread_id)
         .await?;
-    let credited_until = earlier
+    let covered: Vec<(DateTime<Utc>, Option<String>)> = earlier
         .iter()
         .filter(|r| r.status == StoreStatus::Credited)
-        .map(|r| r.created_at)
         .take(MAX_THREAD_REVIEWS)
-        .max();
-    let already: HashSet<UsageId> = match credited_until {
-        Some(t) => thread
-            .iter()
-            .filter(|r| r.at <= t)
-            .map(|r| r.id.clone())
-            .collect(),
-        None => HashSet::new(),
-    };
+        .map(|r| {
+            let findings = serde_json::from_str::<credits_review::Findings>(&r.findings_json);
+            (r.created_at, findings.ok().and_then(|f| f.member))
+        })
+        .collect();
+    let already: HashSet<UsageId> = thread
+        .iter()
+        .zip(&rows)
+        .filter(|(e, row)| {
+            covered.iter().any(|(until, only)| {
+                e.at <= *until
+                    && only
+                        .as_ref()
+                        .is_none_or(|m| row.member_id.as_ref() == Some(m))
+            })
+        })
+        .map(|(e, _)| e.id.clone())
+        .collect();
     let now = l.now();
     let percentile = match credits_review::percentile_model(&report, &thread) {
         Some(model) => {
@@ -170,7 +183,9 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         }
         None => None,
     };
-    let findings = credits_review::analyse_with_percentile(&report, &thread, &already, percentile);
+    let mut findings =
+        credits_review::analyse_with_percentile(&report, &thread, &already, percentile);
+    findings.member = member;
     let row = ReviewRow {
         id: credits_actors::ledger::new_ordered_id("rev"),
         wallet_id: wallet_id.0.clone(),

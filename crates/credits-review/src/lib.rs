@@ -85,6 +85,10 @@ pub struct Findings {
     pub cost_percentile: Option<f64>,
     pub suggested_refund: Credits,
     pub tips: Vec<String>,
+    /// Set when the analysis saw one pool member's events of the thread only (a plain
+    /// member's report): a CREDITED review covers those events, not the other members'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// Analyses a reported thread.
@@ -135,6 +139,7 @@ pub fn analyse_with_percentile(
         cost_percentile,
         suggested_refund: suggested_refund(report.preview_status, thread, &loops, already_credited),
         tips,
+        member: None,
     }
 }
 

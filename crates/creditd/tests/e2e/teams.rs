@@ -276,4 +276,30 @@ async fn plain_members_see_their_own_share(b: Backend) {
         app.ok(&bob, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
         json!([{ "threadId": "pool-thread" }])
     );
+    // Bob's review is credited: it covered bob's events only. Carol's report on the same
+    // thread still suggests a refund for hers (twice bob's cost, twice his suggestion).
+    let bob_refund = credits(&d["reportHighUsage"]["findings"]["suggestedRefund"]);
+    assert!(bob_refund > 0, "{d}");
+    let approve = json!({ "i": { "reviewId": id, "decision": "APPROVE", "amount": "0.5" } });
+    app.ok(&app.admin, crate::reviews::RESOLVE, approve).await;
+    let d = app
+        .ok(
+            &carol,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" }),
+        )
+        .await;
+    assert_eq!(d["reportHighUsage"]["findings"]["threadCredits"], "2");
+    assert_eq!(
+        credits(&d["reportHighUsage"]["findings"]["suggestedRefund"]),
+        2 * bob_refund,
+        "{d}"
+    );
+}
+
+/// A Credits value in micro-credits.
+fn credits(v: &Value) -> i64 {
+    let s = v.as_str().expect("a Credits string");
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    whole.parse::<i64>().unwrap() * 1_000_000 + format!("{frac:0<6}").parse::<i64>().unwrap()
 }
