@@ -43,6 +43,9 @@ pub struct ActorConfig {
     /// Store transactions in flight at once, each carrying many wallets' batches: 1 for
     /// SQLite (one writer anyway), a few for PostgreSQL.
     pub writers: usize,
+    /// Due records a wallet catching up on a long idle time applies per step, 1 to
+    /// [`crate::wallet::CATCH_UP_RECORDS`] (tests lower it to exercise catching up).
+    pub catch_up_records: usize,
 }
 
 impl Default for ActorConfig {
@@ -50,6 +53,7 @@ impl Default for ActorConfig {
         ActorConfig {
             idle_after: Duration::from_secs(60),
             writers: 1,
+            catch_up_records: crate::wallet::CATCH_UP_RECORDS,
         }
     }
 }

@@ -24,6 +24,13 @@ use crate::store::{Batch, CommitError, Loaded, Record, StoreError};
 
 /// Operations waiting for a commit, beyond which new ones are shed with UNAVAILABLE.
 pub const MAX_QUEUED_OPERATIONS: usize = 4096;
+/// Due records applied at most per step while a wallet catches up on a long idle time (a
+/// reset a day: ten years are 3,650): it commits them in several batches and decides calls
+/// only once it has caught up. With a full queue, a batch stays under half the store's bound
+/// (the rest is room for the records of one due instant).
+pub const CATCH_UP_RECORDS: usize = 1024;
+const _: () =
+    assert!(MAX_QUEUED_OPERATIONS + CATCH_UP_RECORDS <= credits_store::MAX_BATCH_RECORDS / 2);
 /// Recently used keys and finished reservations kept in memory to answer retries without
 /// a read; the store's unique index is the guard beyond them.
 pub const RECENT_KEYS: usize = 1024;
@@ -181,6 +188,11 @@ pub struct WalletState {
     passivating: bool,
     /// Failed reloads after another node's notice since the last one that worked.
     refresh_failures: u32,
+    /// Still applying what fell due during a long idle time, [`CATCH_UP_RECORDS`] at a
+    /// time: calls wait (parked), ticks are answered once it has caught up.
+    lagging: bool,
+    /// The last seq applied while catching up: ticks wait until it is durable.
+    catch_up_seq: u64,
 }
 
 /// A small map that forgets its oldest entries past a bound.
@@ -251,6 +263,8 @@ impl Actor for WalletActor {
             idle_since: None,
             passivating: false,
             refresh_failures: 0,
+            lagging: false,
+            catch_up_seq: 0,
         })
     }
 
@@ -413,9 +427,14 @@ impl WalletState {
     }
 
     /// Decides the parked calls, unless this actor is still behind another node (then
-    /// they wait for the reload that `carry_on` starts).
+    /// they wait for the reload that `carry_on` starts) or still catching up on what fell
+    /// due (then they wait for the next step).
     fn run_parked(&mut self) {
         if self.behind() {
+            return;
+        }
+        self.advance();
+        if self.lagging {
             return;
         }
         for (op, reply) in std::mem::take(&mut self.parked) {
@@ -431,13 +450,26 @@ impl WalletState {
         }
     }
 
-    /// Applies what fell due by now to the speculative state.
+    /// Applies what fell due by now to the speculative state, at most [`CATCH_UP_RECORDS`]
+    /// waiting to be written at a time: a wallet idle for years catches up over several
+    /// commits (`lagging` until it has).
     fn advance(&mut self) {
         let now = self.shared.clock.now();
         let plans = self.shared.plans.snapshot();
+        let step = self
+            .shared
+            .config
+            .catch_up_records
+            .clamp(1, CATCH_UP_RECORDS);
+        let room = step.saturating_sub(self.open_records.len());
+        let was_lagging = self.lagging;
         // Each record's event carries the balance right after it, not after the last one.
-        for (entry, balance) in self.spec.advance_to_with_balances(now, &*plans) {
+        for (entry, balance) in self.spec.advance_at_most(now, &*plans, room) {
             self.open_records.push(Record { entry, balance });
+        }
+        self.lagging = self.spec.now < now;
+        if self.lagging || was_lagging {
+            self.catch_up_seq = self.spec.seq;
         }
     }
 
@@ -469,6 +501,11 @@ impl WalletState {
             return;
         }
         self.advance();
+        if self.lagging {
+            // Decided once what fell due before it is applied.
+            self.parked.push((op, reply));
+            return;
+        }
         match self.decide(&op) {
             Ok(Decision::Replay(entry)) => {
                 let entry = *entry;
@@ -731,7 +768,7 @@ impl WalletState {
         }
     }
 
-    fn answer(&self, waiters: Vec<Waiter>) {
+    fn answer(&mut self, waiters: Vec<Waiter>) {
         for w in waiters {
             match w {
                 Waiter::Exec(w) => {
@@ -745,6 +782,10 @@ impl WalletState {
                 Waiter::Refused(r) => {
                     let (_, reply, e) = *r;
                     let _ = reply.send(Err(e.into()));
+                }
+                // Still catching up: answered once everything due is durable.
+                Waiter::Tick(r) if self.lagging || self.catch_up_seq > self.durable.seq => {
+                    self.open.push(Waiter::Tick(r));
                 }
                 Waiter::Tick(r) => {
                     let _ = r.send(());
@@ -964,6 +1005,9 @@ impl WalletState {
         self.held_elsewhere.drain(..excess);
         self.spec = self.durable.clone();
         self.open_records.clear();
+        // What was applied while catching up is applied again below, if it still is due.
+        self.lagging = false;
+        self.catch_up_seq = 0;
         let mut waiting: Vec<Waiter> = flight.waiters;
         waiting.append(&mut self.open);
         let parked = std::mem::take(&mut self.parked);

@@ -60,6 +60,18 @@ impl Journal {
         due
     }
 
+    /// [`Journal::advance_to`] in steps of at most `max` records each (`max` ≥ 1).
+    pub fn advance_in_steps(&mut self, t: DateTime<Utc>, max: usize) {
+        loop {
+            for (e, _) in self.wallet.advance_at_most(t, &self.plans, max) {
+                self.record(e);
+            }
+            if self.wallet.now >= t {
+                return;
+            }
+        }
+    }
+
     fn record(&mut self, entry: Entry) {
         if let Some(key) = entry.idempotency_key() {
             self.keys.insert(key.to_owned(), self.entries.len());

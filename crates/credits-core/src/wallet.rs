@@ -668,11 +668,29 @@ impl Wallet {
         t: DateTime<Utc>,
         plans: &(impl Plans + ?Sized),
     ) -> Vec<(Entry, Balance)> {
+        self.advance_at_most(t, plans, usize::MAX)
+    }
+
+    /// [`Wallet::advance_to_with_balances`] in bounded steps, for a caller that writes what
+    /// falls due in batches of bounded size (a wallet left idle for years has a reset a
+    /// day): no further due instant is started once `max` records are applied. The wallet
+    /// is then still behind `t` (`now < t`, nothing may be decided on it yet); calling
+    /// again continues exactly where it stopped, so the records are the same as from one
+    /// call.
+    pub fn advance_at_most(
+        &mut self,
+        t: DateTime<Utc>,
+        plans: &(impl Plans + ?Sized),
+        max: usize,
+    ) -> Vec<(Entry, Balance)> {
         let mut entries = Vec::new();
         loop {
             let due = self.next_due();
             if due > t {
                 break;
+            }
+            if entries.len() >= max {
+                return entries;
             }
             self.now = self.now.max(due);
             // SPEC 3: at one instant, reservation expiries, lot expiries, renewal, daily reset.

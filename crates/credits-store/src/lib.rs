@@ -40,8 +40,9 @@ pub use usage::UsageQuery;
 /// Most usage events one history page returns (SPEC 8: `first` ≤ 100).
 pub const MAX_PAGE: usize = 100;
 /// Most ledger records, usage rows, grant rows or reservation rows one wallet batch may
-/// carry; the wallet actor bounds its batch below this.
-pub const MAX_BATCH_RECORDS: usize = 4_096;
+/// carry; the wallet actor bounds its batch well below this (its queue of calls plus what
+/// falls due, in bounded steps).
+pub const MAX_BATCH_RECORDS: usize = 16_384;
 /// Most wallet batches one multi-wallet commit may carry (DESIGN: e.g. 512 batches).
 pub const MAX_GROUP_BATCHES: usize = 1_024;
 /// Most rows any listing query returns (due wallets, due reservations, events above a

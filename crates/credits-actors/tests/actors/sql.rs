@@ -479,3 +479,38 @@ async fn due_events_of_passivated_wallets_are_found_in_the_sql_store() {
         cleanup(&url, pg).await;
     }
 }
+
+/// A wallet left alone for twelve years has over 4,000 daily resets and 144 renewals to
+/// apply: more than one store batch may carry. It catches up in bounded batches, the tick
+/// returns once all of it is durable, and the next call is decided at the new time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_idle_for_years_catches_up_in_bounded_batches() {
+    for (url, pg) in databases().await {
+        let (dir, store) = node(&url).await;
+        let id = open(&dir, "pro").await;
+        let now = dir
+            .advance_clock(chrono::Duration::days(12 * 365))
+            .await
+            .unwrap();
+        let stored = store.load_state(&id.0).await.unwrap().unwrap().0;
+        assert!(
+            stored.now >= now - chrono::Duration::days(1),
+            "{url}: caught up by the tick"
+        );
+        let applied = dir.execute(&id, usage("after", "1")).await.unwrap();
+        assert_eq!(applied.entry.at, now, "{url}");
+        let len = store.ledger_len(&id.0).await.unwrap();
+        assert!(len > 4_096 + 2, "{url}: {len} records");
+        let replayed = store.replay_wallet(&id.0).await.unwrap().unwrap();
+        let (stored, _) = store.load_state(&id.0).await.unwrap().unwrap();
+        assert_eq!(replayed, stored, "{url}: the snapshot is the replay");
+        assert_eq!(stored.seq + 1, len as u64, "{url}");
+        let m = dir.metrics();
+        assert!(
+            m.commits.load(Ordering::Relaxed) >= 4,
+            "{url}: several batches"
+        );
+        dir.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}

@@ -249,6 +249,11 @@ pub async fn run(seed: u64, steps: usize) -> Result<Stats, String> {
         ActorConfig {
             idle_after: IDLE_AFTER,
             writers,
+            // Half the histories catch up on what falls due a record or three at a time.
+            catch_up_records: match sim.below(2) {
+                0 => 1 + sim.below(3) as usize,
+                _ => credits_actors::wallet::CATCH_UP_RECORDS,
+            },
         },
     );
     let n_wallets = 1 + sim.below(4) as usize;

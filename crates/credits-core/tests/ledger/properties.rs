@@ -1,6 +1,6 @@
 //! Random histories of calls and clock jumps (SPEC 11). After every step: conservation,
 //! no negative bucket or lot, replay equals state; a retried key changes nothing; and
-//! advancing in one jump equals advancing in many small steps.
+//! advancing in one jump equals advancing in many small steps, or in bounded batches.
 
 use chrono::Duration;
 use credits_core::testing::{Genesis, Journal, Outcome, Step, genesis, step};
@@ -8,6 +8,16 @@ use proptest::prelude::*;
 
 /// Runs a history; `split` cuts every clock jump into that many pieces.
 fn run(g: &Genesis, steps: &[Step], split: i64) -> Result<Journal, TestCaseError> {
+    run_stepped(g, steps, split, None)
+}
+
+/// [`run`], applying what falls due at most `max` records at a time when `max` is set.
+fn run_stepped(
+    g: &Genesis,
+    steps: &[Step],
+    split: i64,
+    max: Option<usize>,
+) -> Result<Journal, TestCaseError> {
     let mut j = g.journal();
     j.check_invariants().map_err(TestCaseError::fail)?;
     for (n, s) in steps.iter().enumerate() {
@@ -23,7 +33,13 @@ fn run(g: &Genesis, steps: &[Step], split: i64) -> Result<Journal, TestCaseError
                     } else {
                         j.wallet.now + Duration::seconds(piece)
                     };
-                    j.advance_to(t);
+                    match max {
+                        Some(max) => j.advance_in_steps(t, max),
+                        None => {
+                            j.advance_to(t);
+                        }
+                    }
+                    j.check_invariants().map_err(TestCaseError::fail)?;
                 }
             }
             Some(op) => {
@@ -72,6 +88,14 @@ proptest! {
         let many = run(&g, &steps, split)?;
         prop_assert_eq!(&one.wallet, &many.wallet);
         prop_assert_eq!(&one.entries, &many.entries);
+    }
+
+    #[test]
+    fn advancing_in_bounded_steps_equals_one_advance(g in genesis(), steps in prop::collection::vec(step(), 1..40), max in 1usize..4) {
+        let one = run(&g, &steps, 1)?;
+        let stepped = run_stepped(&g, &steps, 1, Some(max))?;
+        prop_assert_eq!(&one.wallet, &stepped.wallet);
+        prop_assert_eq!(&one.entries, &stepped.entries);
     }
 }
 
