@@ -158,6 +158,21 @@ fn usage_of(entry: &Entry) -> ServiceResult<UsageRecord> {
         .ok_or_else(|| ServiceError::Exec(ExecError::Op(OpError::IdempotencyConflict)))
 }
 
+/// The one COMPENSATION lot of a review's approval.
+fn compensation_op(review_id: &str, id: GrantId, amount: Credits, reason: String) -> GrantOp {
+    GrantOp {
+        id,
+        key: None,
+        amount,
+        kind: GrantKind::Compensation,
+        reason: Some(reason),
+        expires_at: None,
+        origin: Some(LotOrigin::Review {
+            review_id: review_id.to_owned(),
+        }),
+    }
+}
+
 /// Tries of a spend whose member limits keep changing under it before it is UNAVAILABLE.
 const STALE_LIMITS_TRIES: u32 = 3;
 
@@ -716,22 +731,28 @@ impl Ledger {
         amount: Credits,
         reason: String,
     ) -> ServiceResult<Lot> {
-        let op = GrantOp {
-            id: grant_id.clone(),
-            key: None,
-            amount,
-            kind: GrantKind::Compensation,
-            reason: Some(reason),
-            expires_at: None,
-            origin: Some(LotOrigin::Review {
-                review_id: review_id.to_owned(),
-            }),
-        };
+        let op = compensation_op(review_id, grant_id.clone(), amount, reason);
         let grant_id = &grant_id;
         self.grant_once(wallet_id, op, || {
             self.compensation(wallet_id, review_id, grant_id)
         })
         .await
+    }
+
+    /// Refuses, before an approval is claimed, a compensation the wallet could not take now
+    /// (a claim is only for a grant that can be made: a refused call changes nothing).
+    pub async fn check_compensation(
+        &self,
+        wallet_id: &WalletId,
+        review_id: &str,
+        amount: Credits,
+    ) -> ServiceResult<()> {
+        let wallet = self.existing(wallet_id).await?;
+        let id = GrantId(new_ordered_id("grt"));
+        let op = Op::Grant(compensation_op(review_id, id, amount, String::new()));
+        wallet.validate(&op)?;
+        wallet.decide(&op, &*self.plans())?;
+        Ok(())
     }
 
     /// Completes the approval a review was claimed for: its COMPENSATION lot, then

@@ -281,6 +281,9 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
         let now = l.now();
         let changed = match amount {
             Some(a) => {
+                // Refused before the claim if the wallet could not take the lot now.
+                l.check_compensation(&WalletId(review.wallet_id.clone()), &review.id, a)
+                    .await?;
                 let grant = credits_actors::ledger::new_ordered_id("grt");
                 l.store()
                     .claim_review_approval(&review.id, a.micro(), &grant, input.note.as_deref())

@@ -10,6 +10,7 @@ on_both!(
     report_read_and_resolve_reviews,
     concurrent_approvals_grant_exactly_once,
     an_interrupted_approval_is_completed_by_the_server,
+    an_approval_the_wallet_cannot_take_is_refused_before_its_claim,
 );
 
 pub const REPORT: &str = "mutation($w: ID!, $t: String!) { reportHighUsage(input: {walletId: $w, threadId: $t, taskDescription: \"refactor\", previewStatus: ERROR_LOOP, threadLength: 5}) { id walletId threadId status note findings { threadCredits events suggestedRefund tips } creditedGrant { id } } }";
@@ -433,4 +434,32 @@ fn credits_ucr(s: &str) -> i64 {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     let frac = format!("{frac:0<6}");
     int.parse::<i64>().unwrap() * 1_000_000 + frac.parse::<i64>().unwrap()
+}
+
+/// An approval whose lot the wallet cannot take now (its grants already hold the most a
+/// wallet may) is refused and changes nothing: the review is not claimed, so the admin may
+/// still reject it, and no sweep grants it later.
+async fn an_approval_the_wallet_cannot_take_is_refused_before_its_claim(b: Backend) {
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    app.record(&w, "a", "t", "standard-chat", 10_000, 1000)
+        .await;
+    let full = "mutation($w: ID!) { grantCredits(input: {walletId: $w, idempotencyKey: \"full\", amount: \"2305843009213.693951\", kind: ADMIN, reason: \"r\"}) { id } }";
+    app.ok(&app.admin, full, json!({ "w": w })).await;
+    let alice = app.token("USER", Some("alice")).await;
+    let d = app.ok(&alice, REPORT, json!({ "w": w, "t": "t" })).await;
+    let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+    let approve = json!({ "i": { "reviewId": id, "decision": "APPROVE", "amount": "1" } });
+    assert_eq!(
+        app.code(&app.admin, RESOLVE, approve).await,
+        "INVALID_INPUT"
+    );
+    let read = "query($id: ID!) { review(id: $id) { status creditedGrant { id } } }";
+    assert_eq!(
+        app.ok(&app.admin, read, json!({ "id": id })).await["review"],
+        json!({ "status": "SUBMITTED", "creditedGrant": null })
+    );
+    let reject = json!({ "i": { "reviewId": id, "decision": "REJECT", "note": "no" } });
+    let d = app.ok(&app.admin, RESOLVE, reject).await;
+    assert_eq!(d["resolveReview"]["status"], "REJECTED");
 }
