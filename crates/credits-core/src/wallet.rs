@@ -362,12 +362,12 @@ impl Wallet {
         now: DateTime<Utc>,
     ) -> Result<(Wallet, Entry), OpError> {
         check_text("ownerId", &new.owner_id, MAX_KEY_CHARS, false)?;
-        let plan = plans.plan(&new.plan_id).ok_or(OpError::NotFound("plan"))?;
-        plan.check_offered().map_err(invalid)?;
         let anchor = new.billing_anchor.unwrap_or(now);
         if anchor > now {
             return Err(invalid("billingAnchor must not be after now"));
         }
+        let plan = plans.plan(&new.plan_id).ok_or(OpError::NotFound("plan"))?;
+        plan.check_offered().map_err(invalid)?;
         let (period_start, period_end) = calendar::billing_period(anchor, plan.interval, now);
         let created = Created {
             wallet_id: new.id,

@@ -599,7 +599,16 @@ fn anchor_after_now_is_invalid() {
         billing_anchor: Some(at("2027-06-20T00:00:01Z")),
     };
     assert!(matches!(
-        Journal::create(new, catalogue(), at("2027-06-20T00:00:00Z")),
+        Journal::create(new.clone(), catalogue(), at("2027-06-20T00:00:00Z")),
+        Err(OpError::InvalidInput(_))
+    ));
+    // SPEC 10: INVALID_INPUT comes before NOT_FOUND.
+    let unknown_plan = NewWallet {
+        plan_id: PlanId::from("nosuch"),
+        ..new
+    };
+    assert!(matches!(
+        Journal::create(unknown_plan, catalogue(), at("2027-06-20T00:00:00Z")),
         Err(OpError::InvalidInput(_))
     ));
 }
