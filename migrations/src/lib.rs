@@ -22,6 +22,7 @@ mod m20251128_000004_usage_covering_indexes;
 mod m20251128_000005_wallet_creation_requests;
 mod m20251129_000006_retired_plans;
 mod m20251129_000007_members_version;
+mod m20251129_000008_drop_reservations_due;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251128_000005_wallet_creation_requests::Migration),
             Box::new(m20251129_000006_retired_plans::Migration),
             Box::new(m20251129_000007_members_version::Migration),
+            Box::new(m20251129_000008_drop_reservations_due::Migration),
         ]
     }
 }

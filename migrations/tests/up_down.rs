@@ -67,6 +67,13 @@ async fn retired_plans(db: &DatabaseConnection) -> bool {
         .expect("probe column")
 }
 
+async fn reservations_due(db: &DatabaseConnection) -> bool {
+    SchemaManager::new(db)
+        .has_index("reservations", "reservations_due")
+        .await
+        .expect("probe index")
+}
+
 async fn members_version(db: &DatabaseConnection) -> bool {
     SchemaManager::new(db)
         .has_column("wallets", "members_version")
@@ -81,6 +88,12 @@ async fn up_down_up(db: &DatabaseConnection) {
         usage_indexes(db).await,
         ["usage_wallet_at_cover", "usage_model_at_cover"]
     );
+    assert!(!reservations_due(db).await);
+    // One step down brings back the reservations' expiry index, and only that.
+    Migrator::down(db, Some(1))
+        .await
+        .expect("down reservations index");
+    assert!(reservations_due(db).await);
     assert!(members_version(db).await);
     // One step down drops the wallets' members version, and only that.
     Migrator::down(db, Some(1))
