@@ -192,25 +192,28 @@ impl WalletObject {
     ) -> async_graphql::Result<Vec<ReviewObject>> {
         let p = principal(ctx)?;
         let store = ledger(ctx).store();
-        let mut rows = match (&self.access, p.user()) {
-            (Access::Full, None) => store
-                .reviews_of_wallet(&self.wallet.id.0, crate::MAX_LIST)
-                .await
-                .map_err(ApiError::from)?,
+        let status = status.map(store_status);
+        let wallet = Some(self.wallet.id.0.as_str());
+        // Newest first, the newest MAX_LIST.
+        let rows = match (&self.access, p.user()) {
+            (Access::Full, None) => {
+                store
+                    .reviews_of_wallet(&self.wallet.id.0, status, crate::MAX_LIST)
+                    .await
+            }
             // SPEC 10: a USER sees the reviews they filed.
-            (_, Some(user)) => store
-                .reviews_of_reporter(user, Some(&self.wallet.id.0), crate::MAX_LIST)
-                .await
-                .map_err(ApiError::from)?,
-            (Access::Member(user), None) => store
-                .reviews_of_reporter(user, Some(&self.wallet.id.0), crate::MAX_LIST)
-                .await
-                .map_err(ApiError::from)?,
-        };
-        if let Some(s) = status {
-            rows.retain(|r| r.status == store_status(s));
+            (_, Some(user)) => {
+                store
+                    .reviews_of_reporter(user, wallet, status, crate::MAX_LIST)
+                    .await
+            }
+            (Access::Member(user), None) => {
+                store
+                    .reviews_of_reporter(user, wallet, status, crate::MAX_LIST)
+                    .await
+            }
         }
-        rows.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        .map_err(ApiError::from)?;
         Ok(rows.into_iter().map(ReviewObject).collect())
     }
 }

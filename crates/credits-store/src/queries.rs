@@ -5,7 +5,7 @@ use sea_orm::ColumnTrait;
 use crate::Store;
 use crate::entity::reviews;
 use crate::error::StoreError;
-use crate::rows::{ReviewRow, UsageRow};
+use crate::rows::{ReviewRow, ReviewStatus, UsageRow};
 use crate::time::to_us;
 
 /// The opaque cursor naming one usage event's position, for a connection's edges.
@@ -19,13 +19,17 @@ impl Store {
         self.db.ping().await.map_err(StoreError::Db)
     }
 
-    /// Every review filed on a wallet, oldest first, at most `limit`.
+    /// Reviews filed on a wallet, optionally of one status: the newest `limit`, newest
+    /// first.
     pub async fn reviews_of_wallet(
         &self,
         wallet_id: &str,
+        status: Option<ReviewStatus>,
         limit: usize,
     ) -> Result<Vec<ReviewRow>, StoreError> {
-        let wanted = sea_orm::Condition::all().add(reviews::Column::WalletId.eq(wallet_id));
-        self.reviews_where(wanted, limit).await
+        let wanted = sea_orm::Condition::all()
+            .add(reviews::Column::WalletId.eq(wallet_id))
+            .add_option(status.map(|s| reviews::Column::Status.eq(s.as_str())));
+        self.reviews_where(wanted, limit, true).await
     }
 }

@@ -119,20 +119,27 @@ impl Store {
         let wanted = Condition::all()
             .add(reviews::Column::WalletId.eq(wallet_id))
             .add(reviews::Column::ThreadId.eq(thread_id));
-        self.reviews_where(wanted, MAX_LIST).await
+        self.reviews_where(wanted, MAX_LIST, false).await
     }
 
-    /// Reviews matching `wanted`, oldest first, at most `limit` (≤ [`MAX_LIST`]).
+    /// Reviews matching `wanted`, at most `limit` (≤ [`MAX_LIST`]): the oldest, oldest
+    /// first, or the newest, newest first.
     pub(crate) async fn reviews_where(
         &self,
         wanted: Condition,
         limit: usize,
+        newest_first: bool,
     ) -> Result<Vec<ReviewRow>, StoreError> {
         bound("reviews", limit, MAX_LIST)?;
+        let order = if newest_first {
+            sea_orm::Order::Desc
+        } else {
+            sea_orm::Order::Asc
+        };
         reviews::Entity::find()
             .filter(wanted)
-            .order_by_asc(reviews::Column::CreatedUs)
-            .order_by_asc(reviews::Column::Id)
+            .order_by(reviews::Column::CreatedUs, order.clone())
+            .order_by(reviews::Column::Id, order)
             .limit(limit as u64)
             .all(&self.db)
             .await
@@ -149,7 +156,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<ReviewRow>, StoreError> {
         let wanted = Condition::all().add(reviews::Column::Status.eq(status.as_str()));
-        self.reviews_where(wanted, limit).await
+        self.reviews_where(wanted, limit, false).await
     }
 
     /// Reviews claimed for approval and not finished (SUBMITTED with a grant id), oldest
@@ -158,21 +165,23 @@ impl Store {
         let wanted = Condition::all()
             .add(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
             .add(reviews::Column::GrantId.is_not_null());
-        self.reviews_where(wanted, limit).await
+        self.reviews_where(wanted, limit, false).await
     }
 
-    /// Reviews filed by `reporter_id`, optionally on one wallet, oldest first, at most
-    /// `limit` (≤ [`MAX_LIST`]).
+    /// Reviews filed by `reporter_id`, optionally on one wallet and of one status, the
+    /// newest `limit` (≤ [`MAX_LIST`]), newest first.
     pub async fn reviews_of_reporter(
         &self,
         reporter_id: &str,
         wallet_id: Option<&str>,
+        status: Option<ReviewStatus>,
         limit: usize,
     ) -> Result<Vec<ReviewRow>, StoreError> {
         let wanted = Condition::all()
             .add(reviews::Column::ReporterId.eq(reporter_id))
-            .add_option(wallet_id.map(|w| reviews::Column::WalletId.eq(w)));
-        self.reviews_where(wanted, limit).await
+            .add_option(wallet_id.map(|w| reviews::Column::WalletId.eq(w)))
+            .add_option(status.map(|s| reviews::Column::Status.eq(s.as_str())));
+        self.reviews_where(wanted, limit, true).await
     }
 
     /// Claims a SUBMITTED review for approval before its COMPENSATION lot is granted:

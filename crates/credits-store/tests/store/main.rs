@@ -349,12 +349,36 @@ async fn reviews_round_trip(store: Store) -> anyhow::Result<()> {
     assert_eq!(store.open_review("wal_r", "t1").await?.unwrap().id, "rev_4");
     assert_eq!(
         store
-            .reviews_of_reporter("alice", Some("wal_r"), 10)
+            .reviews_of_reporter("alice", Some("wal_r"), None, 10)
             .await?
             .len(),
         3
     );
-    assert!(store.reviews_of_reporter("bob", None, 10).await?.is_empty());
+    assert!(
+        store
+            .reviews_of_reporter("bob", None, None, 10)
+            .await?
+            .is_empty()
+    );
+    // A wallet's reviews: the newest first, the limit keeps the newest, a status filters
+    // before the limit.
+    let ids = |rows: Vec<ReviewRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.reviews_of_wallet("wal_r", None, 2).await?),
+        ["rev_4", "rev_3"]
+    );
+    assert_eq!(
+        ids(store
+            .reviews_of_wallet("wal_r", Some(ReviewStatus::Rejected), 1)
+            .await?),
+        ["rev_1"]
+    );
+    assert_eq!(
+        ids(store
+            .reviews_of_reporter("alice", Some("wal_r"), Some(ReviewStatus::Submitted), 1)
+            .await?),
+        ["rev_4"]
+    );
 
     // An approval claims the review first: one claim wins, a claimed review cannot be
     // rejected, and it stays SUBMITTED until the lot is granted and it is finished.
