@@ -43,7 +43,9 @@ const REFRESH_RETRIES: u32 = 5;
 /// which the actor answers UNAVAILABLE and stops.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 3;
 /// Records read back at most when checking what a failed commit left behind.
-pub const MAX_RECOVERY_RECORDS: usize = 4096;
+pub const MAX_RECOVERY_RECORDS: usize = 8192;
+// A whole batch is read back: a full queue of calls plus one catch-up step.
+const _: () = assert!(MAX_QUEUED_OPERATIONS + CATCH_UP_RECORDS < MAX_RECOVERY_RECORDS);
 
 /// A call that was accepted: the record that answers it and the balance to show.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,6 +311,10 @@ impl Actor for WalletActor {
                 if state.recovering || state.behind() {
                     state.park(op, reply);
                 } else {
+                    // First come, first decided: calls parked earlier go first.
+                    if !state.parked.is_empty() {
+                        state.run_parked();
+                    }
                     state.execute(op, reply);
                     state.maybe_commit(&myself);
                 }
@@ -501,8 +507,9 @@ impl WalletState {
             return;
         }
         self.advance();
-        if self.lagging {
-            // Decided once what fell due before it is applied.
+        if self.lagging || !self.parked.is_empty() {
+            // Decided once what fell due before it is applied, after the calls parked
+            // before it.
             self.parked.push((op, reply));
             return;
         }

@@ -334,3 +334,52 @@ async fn a_key_conflict_waits_for_the_call_ahead_to_be_durable() {
     );
     assert_eq!(app.ledger(&id).len(), 2, "created, one usage");
 }
+
+/// Found by review: while a wallet caught up on what fell due, a call parked behind the
+/// catch-up could be overtaken by a later call that arrived once the last step was applied.
+/// Calls are decided in the order they came: here the first takes the day's 5 credits and
+/// the second is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_parked_while_catching_up_keep_their_order() {
+    let clock = credits_actors::Clock::manual(at("2027-03-10T12:00:00Z"));
+    let config = credits_actors::ActorConfig {
+        catch_up_records: 1,
+        ..Default::default()
+    };
+    let app = app_with(clock.clone(), config);
+    let id = app.wallet("wal_fifo", "free", "UTC").await;
+    app.dir.execute(&id, usage("spent", "5")).await.unwrap();
+    let faults = &app.store.faults;
+    faults.commits.hold.store(2, Ordering::SeqCst);
+    // Three daily resets fall due; the wallet applies them one per commit.
+    clock
+        .as_manual()
+        .unwrap()
+        .advance(chrono::Duration::days(3));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let first = app.spawn_execute(&id, usage("first", "5"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    app.dir.read(&id).await.unwrap();
+    // The first reset lands; the second is held in its commit.
+    faults.commits.release.notify_one();
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    app.dir.read(&id).await.unwrap();
+    let second = app.spawn_execute(&id, usage("second", "5"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    app.dir.read(&id).await.unwrap();
+    faults.commits.release.notify_one();
+    assert!(
+        !first.await.unwrap().unwrap().replayed,
+        "the first call is served"
+    );
+    let second = second.await.unwrap();
+    assert!(
+        matches!(
+            second,
+            Err(ExecError::Op(
+                credits_core::OpError::InsufficientCredits { .. }
+            ))
+        ),
+        "{second:?}"
+    );
+}

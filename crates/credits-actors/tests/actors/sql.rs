@@ -514,3 +514,48 @@ async fn a_wallet_idle_for_years_catches_up_in_bounded_batches() {
         cleanup(&url, pg).await;
     }
 }
+
+/// The check an approval makes before claiming a review: a lot the wallet cannot take is
+/// refused; a review whose lot another admin's approval already granted passes (that
+/// caller's claim then fails and it answers from the review read back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compensation_check_refuses_what_the_wallet_cannot_take_only() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let (dir, store) = node(&url).await;
+        let ledger = ledger_without_plugins(&dir, &store, plugins.path());
+        let id = open(&dir, "pro").await;
+        ledger
+            .check_compensation(&id, "rev_1", cr("1"))
+            .await
+            .unwrap();
+        ledger
+            .compensate(
+                &id,
+                "rev_1",
+                credits_core::GrantId("grt_1".into()),
+                cr("1"),
+                "r".into(),
+            )
+            .await
+            .unwrap();
+        ledger
+            .check_compensation(&id, "rev_1", cr("1"))
+            .await
+            .unwrap();
+        let full = Credits::MAX_HOLDING;
+        let refused = ledger
+            .check_compensation(&id, "rev_2", full)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                credits_actors::ServiceError::Exec(ExecError::Op(OpError::InvalidInput(_)))
+            ),
+            "{url}: {refused:?}"
+        );
+        dir.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
