@@ -229,6 +229,10 @@ impl Ledger {
             "billingAnchor": billing_anchor.map(|t| t.timestamp_micros()),
         })
         .to_string();
+        // SPEC 10: input errors come before a replay.
+        if billing_anchor.is_some_and(|a| a > self.now()) {
+            return Err(invalid("billingAnchor must not be after now"));
+        }
         if let Some(k) = &key {
             if k.is_empty() || k.chars().count() > credits_core::wallet::MAX_KEY_CHARS {
                 return Err(invalid("idempotencyKey must be 1 to 128 characters"));

@@ -130,6 +130,13 @@ async fn create_wallet_with_a_key_is_idempotent(b: Backend) {
             .await,
         "IDEMPOTENCY_CONFLICT"
     );
+    // SPEC 10: an input error comes before the key's replay or conflict.
+    let future = r#"mutation($k: String, $o: String!) { createWallet(input: {ownerId: $o, planId: "pro", timezone: "Europe/Paris", billingAnchor: "2030-01-01T00:00:00Z", idempotencyKey: $k}) { id } }"#;
+    assert_eq!(
+        app.code(&app.admin, future, json!({ "k": "k1", "o": "alice" }))
+            .await,
+        "INVALID_INPUT"
+    );
     let other_owner = app
         .ok(&app.admin, q, json!({ "k": "k1", "o": "bob" }))
         .await;
