@@ -8,6 +8,7 @@ mod access;
 mod accounts;
 mod auth;
 mod cli;
+mod docs;
 mod hostile;
 mod input;
 mod ledger;
