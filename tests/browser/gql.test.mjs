@@ -1,7 +1,7 @@
 // The dashboard's `graphql-transport-ws` client (dashboard/gql.js) against a scripted
 // server: no browser and no creditd, so each protocol turn is exact.
 
-import { describe, it, beforeEach } from 'node:test';
+import { describe, it, beforeEach, afterEach, mock } from 'node:test';
 import assert from 'node:assert/strict';
 import { SubscriptionClient } from '../../dashboard/gql.js';
 
@@ -43,16 +43,22 @@ class ScriptedSocket {
 
 const QUERY = 'subscription($walletId: ID!) { balanceChanged(walletId: $walletId) { seq } }';
 const failure = (code) => ({ message: code.toLowerCase(), extensions: { code } });
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Time passes on the client's timers only (mocked): exact, and no real waiting. */
+const pass = (ms) => mock.timers.tick(ms);
 /** Longer than the first retry's backoff (at most 0.5 s). */
 const FIRST_RETRY_MS = 700;
+/** Longer than any backoff (at most 30 s): what has not happened by then never will. */
+const EVER_MS = 120_000;
 
 describe('SubscriptionClient', () => {
   let socket;
   let client;
   let seen;
 
+  afterEach(() => mock.timers.reset());
+
   beforeEach(() => {
+    mock.timers.enable({ apis: ['setTimeout'] });
     globalThis.WebSocket = ScriptedSocket;
     seen = { next: [], error: [], complete: 0 };
     client = new SubscriptionClient({ url: 'ws://creditd.test/graphql', token: 'tok' });
@@ -75,7 +81,7 @@ describe('SubscriptionClient', () => {
     socket.deliver({ id: first.id, type: 'complete' });
     assert.deepEqual(seen.error, [], 'a retryable end is not shown as a failure');
     assert.equal(seen.complete, 0);
-    await sleep(FIRST_RETRY_MS);
+    pass(FIRST_RETRY_MS);
     const again = socket.sentOf('subscribe');
     assert.equal(again.length, 2, 'the same stream is requested again');
     assert.deepEqual(again[1], first);
@@ -84,7 +90,7 @@ describe('SubscriptionClient', () => {
 
     // An `error` message with the same code is resumed too.
     socket.deliver({ id: first.id, type: 'error', payload: [failure('UNAVAILABLE')] });
-    await sleep(FIRST_RETRY_MS);
+    pass(FIRST_RETRY_MS);
     assert.equal(socket.sentOf('subscribe').length, 3);
     client.close();
   });
@@ -95,7 +101,7 @@ describe('SubscriptionClient', () => {
     socket.deliver({ id: first.id, type: 'complete' });
     assert.deepEqual(seen.error, ['FORBIDDEN']);
     assert.equal(seen.complete, 1);
-    await sleep(FIRST_RETRY_MS);
+    pass(EVER_MS);
     assert.equal(socket.sentOf('subscribe').length, 1, 'not requested again');
     client.close();
   });
@@ -106,12 +112,12 @@ describe('SubscriptionClient', () => {
     socket.deliver({ id: first.id, type: 'complete' });
     socket.readyState = 3;
     socket.onclose({ code: 1006, reason: '' });
-    await sleep(FIRST_RETRY_MS);
+    pass(FIRST_RETRY_MS);
     const next = ScriptedSocket.last;
     assert.notEqual(next, socket, 'a new connection');
     next.open();
     next.deliver({ type: 'connection_ack' });
-    await sleep(FIRST_RETRY_MS);
+    pass(EVER_MS);
     assert.equal(next.sentOf('subscribe').length, 1, 'one subscribe per id (a second is 4409)');
     client.close();
   });

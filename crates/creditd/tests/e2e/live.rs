@@ -389,6 +389,12 @@ async fn protocol_messages_and_close_codes(b: Backend) {
 
     tokio::time::sleep_until(opened + std::time::Duration::from_secs(8)).await;
     assert_eq!(idle.close_code().await, Some(4408));
+    // Not before its time: a close sent earlier would have been read at once, at 8 s.
+    let waited = opened.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(9_500),
+        "closed after {waited:?}"
+    );
 }
 
 /// A member streaming a team pool keeps it only while they belong to the team: once

@@ -101,19 +101,30 @@ async fn sigterm_drains_and_a_restart_keeps_every_balance(b: Backend) {
 
 /// Found by review: axum's graceful shutdown stops tracking upgraded connections, so a
 /// mutation sent over a WebSocket could be cut off by the exit. Here an `advanceClock`
-/// that resets a hundred wallets is in flight when SIGTERM arrives: it is answered (its
-/// result, or UNAVAILABLE if the drain began first) before the process exits 0.
+/// that resets a hundred wallets has started (one wallet's reset has reached a subscriber)
+/// when SIGTERM arrives: it is answered before the process exits 0.
 async fn sigterm_answers_a_websocket_mutation_in_flight(b: Backend) {
     let mut app = App::spawn(b).await;
+    let mut wallets = Vec::new();
     for i in 0..100 {
-        app.wallet(&format!("user-{i}"), "pro").await;
+        wallets.push(app.wallet(&format!("user-{i}"), "pro").await);
     }
     let (mut ws, init) =
         crate::helpers::Ws::connect(&app, "graphql-transport-ws", &app.admin.clone()).await;
     assert!(matches!(init, crate::helpers::Init::Ack));
+    let watch = "subscription($w: ID!) { balanceChanged(walletId: $w) { cause } }";
+    ws.subscribe("w", watch, json!({ "w": wallets[0] })).await;
+    assert_eq!(
+        ws.next_data("w").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
     ws.subscribe("m", "mutation { advanceClock(seconds: 86400) }", json!({}))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // The mutation is running: a wallet it resets has published its reset.
+    assert_eq!(
+        ws.next_data("w").await["balanceChanged"]["cause"],
+        "DAILY_RESET"
+    );
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &app.pid().to_string()])
         .status()

@@ -38,6 +38,11 @@ async fn a_thousand_concurrent_debits_on_one_wallet_are_exact_and_grouped() {
     // 50 daily + 2000 subscription + 10000 bonus − 1000 × 1.5
     assert_eq!(wallet.spendable(), cr("10550"));
     assert_eq!(replay(&ledger).unwrap().spendable(), wallet.spendable());
+    assert_eq!(
+        replay(&ledger).unwrap(),
+        app.store.stored(&id).unwrap().wallet,
+        "the ledger replays to the stored state"
+    );
     for s in seqs {
         assert_eq!(ledger[s as usize].seq, s, "every reply matches the ledger");
     }
@@ -74,6 +79,10 @@ async fn a_thousand_concurrent_debits_across_a_hundred_wallets() {
         let w = app.dir.read(id).await.unwrap();
         assert_eq!(w.spendable(), cr("500"), "520 − 10 × 2");
         assert_eq!(replay(&app.ledger(id)).unwrap().spendable(), cr("500"));
+        assert_eq!(
+            replay(&app.ledger(id)).unwrap(),
+            app.store.stored(id).unwrap().wallet
+        );
         assert!(w.is_consistent());
     }
 }

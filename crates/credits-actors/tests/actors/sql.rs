@@ -111,6 +111,11 @@ async fn concurrent_debits_on_the_sql_store_are_exact_and_replay() {
         // 520 − 300 × 1.25
         assert_eq!(dir.read(&id).await.unwrap().spendable(), cr("145"), "{url}");
         let replayed = store.replay_wallet(&id.0).await.unwrap().unwrap();
+        let (stored, _) = store.load_state(&id.0).await.unwrap().unwrap();
+        assert_eq!(
+            replayed, stored,
+            "{url}: the ledger replays to the stored state"
+        );
         assert_eq!(replayed.spendable(), cr("145"));
         assert_eq!(store.ledger_len(&id.0).await.unwrap(), 301);
         let m = dir.metrics();

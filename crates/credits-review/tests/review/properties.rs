@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use credits_core::{Credits, UsageId, UsageRecord};
-use credits_review::{PreviewStatus, analyse, percentile_of, retry_loops, suggested_refund};
+use credits_review::{PreviewStatus, analyse, percentile_of};
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -201,10 +201,22 @@ fn check_invariants(
     if matches!(status, PreviewStatus::Ok | PreviewStatus::Unknown) {
         prop_assert_eq!(f.suggested_refund, cap(loop_cost));
     }
-    prop_assert_eq!(
-        f.suggested_refund,
-        suggested_refund(status, thread, &retry_loops(thread), credited)
-    );
+    // The documented rule (docs/REVIEWS.md), computed here from the loop events found: the
+    // loop events in full, plus a share of the last 10 events' other paid cost (half in an
+    // error loop, a quarter when failing), to the nearest µcr, at most the uncredited cost.
+    let trailing: i128 = (n.saturating_sub(10)..n)
+        .filter(|i| !positions.contains(i))
+        .map(|i| &thread[i])
+        .filter(uncredited)
+        .map(paid)
+        .sum();
+    let permille: i128 = match status {
+        PreviewStatus::ErrorLoop => 500,
+        PreviewStatus::Failing => 250,
+        PreviewStatus::Ok | PreviewStatus::Unknown => 0,
+    };
+    let rule = (loop_cost + (trailing * permille + 500) / 1000).min(uncredited_cost);
+    prop_assert_eq!(f.suggested_refund, cap(rule));
 
     // Totals and the percentile.
     let total: i128 = thread.iter().map(|r| i128::from(r.cost.micro())).sum();
