@@ -104,7 +104,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(cli))
+    let result = runtime.block_on(run(cli));
+    // A pricing call stuck in a plugin holds a blocking thread for good: do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -359,7 +362,7 @@ fn reload_on_sighup(pricing: Arc<PricingRegistry>) {
     };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match pricing.reload() {
+            match credits_actors::ledger::reload_pricing(&pricing).await {
                 Ok(report) => {
                     for refused in &report.refused {
                         tracing::warn!(%refused, "pricing plugin refused on reload");

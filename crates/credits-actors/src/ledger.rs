@@ -173,6 +173,30 @@ fn compensation_op(review_id: &str, id: GrantId, amount: Credits, reason: String
     }
 }
 
+/// How long a pricing plugin may take to answer one call (they answer in microseconds).
+pub const PRICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a reload of the pricing plugins may take before its caller gets UNAVAILABLE.
+pub const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reloads the pricing plugins on a thread of the blocking pool (opening a library runs its
+/// initialisers), so a plugin whose initialiser never returns holds that thread (and the
+/// reload lock) only, and the caller is answered after [`RELOAD_TIMEOUT`].
+pub async fn reload_pricing(
+    pricing: &Arc<PricingRegistry>,
+) -> Result<credits_pricing::ReloadReport, String> {
+    let registry = pricing.clone();
+    let reload = tokio::task::spawn_blocking(move || registry.reload());
+    match tokio::time::timeout(RELOAD_TIMEOUT, reload).await {
+        Ok(Ok(report)) => report.map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "the reload did not finish within {} s (a plugin's initialiser?)",
+            RELOAD_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// Tries of a spend whose member limits keep changing under it before it is UNAVAILABLE.
 const STALE_LIMITS_TRIES: u32 = 3;
 
@@ -195,6 +219,11 @@ impl Ledger {
 
     pub fn pricing(&self) -> &PricingRegistry {
         &self.pricing
+    }
+
+    /// See [`reload_pricing`].
+    pub async fn reload_pricing(&self) -> Result<credits_pricing::ReloadReport, String> {
+        reload_pricing(&self.pricing).await
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -372,13 +401,26 @@ impl Ledger {
         }
     }
 
-    fn price(&self, model: &str, tokens: Tokens) -> ServiceResult<(Credits, String, String)> {
+    /// Prices a call on a thread of the blocking pool, so that a plugin that never returns
+    /// holds that thread only, never a runtime worker; one that has not answered within
+    /// [`PRICE_TIMEOUT`] is PRICING_FAILED and its tier disabled until the next reload.
+    async fn price(&self, model: &str, tokens: Tokens) -> ServiceResult<(Credits, String, String)> {
         let usage = credits_pricing::Usage {
             input_tokens: i64::try_from(tokens.input).unwrap_or(i64::MAX),
             cached_input_tokens: i64::try_from(tokens.cached).unwrap_or(i64::MAX),
             output_tokens: i64::try_from(tokens.output).unwrap_or(i64::MAX),
         };
-        let price = self.pricing.price(model, usage)?;
+        let (pricing, owned) = (self.pricing.clone(), model.to_owned());
+        let call = tokio::task::spawn_blocking(move || pricing.price(&owned, usage));
+        let price = match tokio::time::timeout(PRICE_TIMEOUT, call).await {
+            Ok(Ok(price)) => price?,
+            Ok(Err(e)) => return Err(ServiceError::Exec(ExecError::Unavailable(e.to_string()))),
+            Err(_) => {
+                let e = self.pricing.stall(model);
+                tracing::error!(error = %e, "a pricing plugin did not answer in time; its tier is disabled until pricing is reloaded");
+                return Err(e.into());
+            }
+        };
         Ok((
             Credits::from_micro(price.cost_micro_credits),
             price.priced_by.tier().to_owned(),
@@ -406,7 +448,7 @@ impl Ledger {
         wallet.validate(&Op::Usage(op.clone()))?;
         op.member = self.member(&wallet, input.member_id.as_deref()).await?;
         let request = Op::Usage(op.clone()).request();
-        let refused = match self.price(&op.model, op.tokens) {
+        let refused = match self.price(&op.model, op.tokens).await {
             Ok((cost, tier, priced_by)) => {
                 op.cost = cost;
                 op.tier = tier;
@@ -446,7 +488,7 @@ impl Ledger {
         tokens: Tokens,
     ) -> ServiceResult<Credits> {
         let wallet = self.existing(wallet_id).await?;
-        let (cost, tier, _) = self.price(model, tokens)?;
+        let (cost, tier, _) = self.price(model, tokens).await?;
         wallet.check_tier(&tier, &*self.plans())?;
         Ok(cost)
     }
@@ -553,7 +595,7 @@ impl Ledger {
                 return Err(OpError::ReservationNotActive.into());
             }
         }
-        let (cost, tier, priced_by) = self.price(&op.model, op.tokens)?;
+        let (cost, tier, priced_by) = self.price(&op.model, op.tokens).await?;
         op.cost = cost;
         op.tier = tier;
         op.priced_by = priced_by;

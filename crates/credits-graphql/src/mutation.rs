@@ -532,10 +532,7 @@ impl Mutation {
     #[graphql(guard = "RoleGuard::new(ADMIN)")]
     async fn reload_pricing(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Model>> {
         let l = ledger(ctx);
-        let report = l
-            .pricing()
-            .reload()
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let report = l.reload_pricing().await.map_err(ApiError::unavailable)?;
         for refused in &report.refused {
             tracing::warn!(%refused, "pricing plugin refused on reload");
         }

@@ -47,6 +47,10 @@ pub enum PluginFailure {
     NegativeCost { cost_micro_credits: i64 },
     #[error("the plugin returned status {code}: {}", Status(*.code).describe())]
     ErrorStatus { code: i32 },
+    /// A call into the tier did not return in time: the tier is disabled until the next
+    /// reload (its stuck call keeps one thread).
+    #[error("the plugin did not answer in time; its tier is disabled until pricing is reloaded")]
+    Stalled,
 }
 
 impl PluginFailure {

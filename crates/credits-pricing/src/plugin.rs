@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use credits_plugin_abi::{
     ABI_VERSION, ABI_VERSION_SYMBOL, ENTRY_SYMBOL, EntryFn, PluginDescriptor, PriceFn, Status,
@@ -31,6 +32,8 @@ pub(crate) struct LoadedTier {
     pub(crate) models: Vec<LoadedModel>,
     pub(crate) priced_by: PricedBy,
     price_fn: PriceFn,
+    /// A call did not return in time: refuse every call until a reload loads it afresh.
+    stalled: AtomicBool,
     /// Declared last so it is dropped (and the library closed) after everything else; the
     /// strings above are owned copies, and `price_fn` is never called after drop.
     _library: Library,
@@ -98,12 +101,16 @@ impl LoadedTier {
             models,
             priced_by,
             price_fn,
+            stalled: AtomicBool::new(false),
             _library: library,
         })
     }
 
     /// Prices `usage` of `model` (one of this tier's models). `usage` is already valid.
     pub(crate) fn price(&self, model: &str, usage: Usage) -> Result<Price, PricingError> {
+        if self.stalled.load(Ordering::Relaxed) {
+            return Err(self.failed(model, PluginFailure::Stalled));
+        }
         let mut cost_micro_credits = 0_i64;
         // SAFETY: `price_fn` came from `self._library`, which is open while `self` lives; the
         // model string and the out-pointer are valid for the call, as `PriceFn` requires.
@@ -126,12 +133,22 @@ impl LoadedTier {
                 priced_by: self.priced_by.clone(),
             });
         };
-        Err(PricingError::PricingFailed {
+        Err(self.failed(model, failure))
+    }
+
+    /// Disables this tier: a call did not return in time (see [`PluginFailure::Stalled`]).
+    pub(crate) fn stall(&self, model: &str) -> PricingError {
+        self.stalled.store(true, Ordering::Relaxed);
+        self.failed(model, PluginFailure::Stalled)
+    }
+
+    fn failed(&self, model: &str, failure: PluginFailure) -> PricingError {
+        PricingError::PricingFailed {
             model: model.to_owned(),
             priced_by: self.priced_by.to_string(),
             file: self.info.file.clone(),
             failure,
-        })
+        }
     }
 }
 

@@ -96,6 +96,24 @@ impl PricingRegistry {
         price
     }
 
+    /// A call pricing `model` did not return in time: its tier is disabled, every later call
+    /// to it is PRICING_FAILED at once, until a reload loads the tier afresh (a plugin that
+    /// loops on some input would otherwise take one more thread with every such call).
+    /// Returns the error to answer the late call with.
+    pub fn stall(&self, model: &str) -> PricingError {
+        let table = self.table.load();
+        match table.by_model.get(model) {
+            Some(tier) => {
+                metrics::counter!("credits_plugin_calls_total", "outcome" => "stalled")
+                    .increment(1);
+                tier.stall(model)
+            }
+            None => PricingError::UnknownModel {
+                model: model.to_owned(),
+            },
+        }
+    }
+
     /// Scans the directory again and swaps in the new table. A tier whose file is unchanged
     /// reloads from the same cached copy; a tier whose new file is refused keeps its previous
     /// version; a tier whose file is gone is unloaded once its calls in flight return. On

@@ -14,6 +14,7 @@ use crate::on_both;
 on_both!(
     sighup_reloads_pricing_and_refuses_a_bad_library,
     failing_plugins_are_pricing_failed,
+    a_plugin_that_never_answers_is_cut_off_and_disabled,
     limits_give_invalid_input_and_change_nothing,
     reviews_carry_the_cost_percentile,
     database_gone_is_unavailable,
@@ -173,6 +174,72 @@ async fn failing_plugins_are_pricing_failed(b: Backend) {
     // The key of a refused call was not consumed.
     let r = app.record(&w, "f0", "t", "fixture-ok", 1000, 0).await;
     assert_eq!(r["data"]["recordUsage"]["replayed"], false, "{r:#}");
+}
+
+/// A gate key of `fixture-gated` (fixtures/gate-v1) no other test uses: the call blocks
+/// while `<tmp>/credits-fixture-gate-<key>.armed` exists and `….release` does not.
+fn gate(suffix: &str, key: i64) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("credits-fixture-gate-{key}.{suffix}"))
+}
+
+/// Found by review: a plugin that never returns held a runtime worker per call, so a few
+/// such calls stopped the whole service. The call is cut off after PRICE_TIMEOUT (2 s) as
+/// PRICING_FAILED, its tier is disabled until a reload, everything else keeps serving, and
+/// SIGTERM does not wait for the stuck call.
+async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
+    let plugins = plugins_with_fixture();
+    let mut app = App::spawn_with_plugins(b, plugins.path().to_owned()).await;
+    let w = fixture_wallet(&app).await;
+    let before = app.balance(&w).await;
+    let key = i64::from(app.pid());
+    std::fs::write(gate("armed", key), b"").unwrap();
+    let resp = app.record(&w, "stuck", "t", "fixture-gated", key, 0).await;
+    assert_eq!(
+        crate::helpers::error_code(&resp),
+        "PRICING_FAILED",
+        "{resp:#}"
+    );
+    assert!(gate("entered", key).exists(), "the call was in the plugin");
+    // The tier is disabled: its other models fail at once, other tiers serve.
+    let resp = app.record(&w, "next", "t", "fixture-ok", 1000, 0).await;
+    assert_eq!(
+        crate::helpers::error_code(&resp),
+        "PRICING_FAILED",
+        "{resp:#}"
+    );
+    let r = app.record(&w, "std", "t", "standard-chat", 1000, 0).await;
+    assert!(receipt(&r).1.starts_with("standard@"), "{r:#}");
+    let health = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    // A reload brings it back.
+    app.ok(&app.admin, "mutation { reloadPricing { id } }", json!({}))
+        .await;
+    let r = app.record(&w, "again", "t", "fixture-ok", 1000, 0).await;
+    assert_eq!(receipt(&r).0, "0.001", "{r:#}");
+    // Only the two calls that were priced are charged.
+    assert_eq!(app.usage(&w).await.as_array().map(Vec::len), Some(2));
+    assert_ne!(app.balance(&w).await, before);
+    // Stuck again, then stopped: the process does not wait for the stuck call.
+    let resp = app
+        .record(&w, "stuck-2", "t", "fixture-gated", key, 0)
+        .await;
+    assert_eq!(
+        crate::helpers::error_code(&resp),
+        "PRICING_FAILED",
+        "{resp:#}"
+    );
+    let stopping = Instant::now();
+    let status = app.stop();
+    assert!(status.success(), "{status}; log:\n{}", app.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "the exit waited {:?} for the stuck call (the gate gives up at 60 s)",
+        stopping.elapsed()
+    );
+    std::fs::write(gate("release", key), b"").unwrap();
+    for suffix in ["armed", "entered", "release"] {
+        let _ = std::fs::remove_file(gate(suffix, key));
+    }
 }
 
 async fn limits_give_invalid_input_and_change_nothing(b: Backend) {

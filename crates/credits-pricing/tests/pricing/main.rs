@@ -685,3 +685,37 @@ fn a_reload_that_cannot_read_the_directory_keeps_the_current_table() {
     );
     assert!(PricingRegistry::open(&plugin_dir, dirs.cache.path()).is_err());
 }
+
+/// A tier whose call did not return in time is disabled (every model, at once) until a
+/// reload loads it afresh; other tiers are untouched.
+#[test]
+fn a_stalled_tier_is_refused_until_the_next_reload() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+    ]);
+    let (registry, _) = open(&dirs);
+    let err = registry.stall("fixture-gated");
+    assert!(
+        matches!(err, PricingError::PricingFailed { failure: PluginFailure::Stalled, ref file, .. } if file == "libcredits_tier_fixture.so"),
+        "{err:?}"
+    );
+    let refused = registry.price("fixture-ok", usage(1000, 0, 0)).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            PricingError::PricingFailed {
+                failure: PluginFailure::Stalled,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    registry.price("standard-chat", usage(1000, 0, 0)).unwrap();
+    assert!(matches!(
+        registry.stall("no-such-model"),
+        PricingError::UnknownModel { .. }
+    ));
+    registry.reload().unwrap();
+    registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
+}
