@@ -23,16 +23,7 @@ async fn pool_members_at_their_limits_and_crashes_under_supervision() {
     for (url, pg) in databases().await {
         let (dir, store) = node(&url).await;
         let ledger = ledger_without_plugins(&dir, &store, plugins.path());
-        let team = ledger
-            .create_team(
-                "Team".into(),
-                &PlanId::from("pro"),
-                "UTC".parse().unwrap(),
-                vec!["admin".into()],
-            )
-            .await
-            .unwrap();
-        let pool = credits_core::WalletId(team.wallet_id.clone());
+        let (team, pool) = team(&ledger).await;
         ledger
             .add_member(
                 &team.id,
@@ -132,16 +123,7 @@ async fn another_nodes_limit_change_fences_spends_decided_on_the_old_limits() {
         let (dir_b, store_b) = node(&url).await;
         let a = ledger_without_plugins(&dir_a, &store_a, plugins.path());
         let b = ledger_without_plugins(&dir_b, &store_b, plugins.path());
-        let team = a
-            .create_team(
-                "Team".into(),
-                &PlanId::from("pro"),
-                "UTC".parse().unwrap(),
-                vec!["admin".into()],
-            )
-            .await
-            .unwrap();
-        let pool = credits_core::WalletId(team.wallet_id.clone());
+        let (team, pool) = team(&a).await;
         for m in ["m1", "m2"] {
             a.add_member(&team.id, m.into(), MemberRole::Member, None, None)
                 .await
@@ -183,6 +165,21 @@ async fn another_nodes_limit_change_fences_spends_decided_on_the_old_limits() {
         dir_b.shutdown().await;
         cleanup(&url, pg).await;
     }
+}
+
+/// A team on `pro` whose one admin is `admin`, and its pool wallet.
+async fn team(ledger: &credits_actors::Ledger) -> (credits_store::TeamRow, credits_core::WalletId) {
+    let team = ledger
+        .create_team(
+            "Team".into(),
+            &PlanId::from("pro"),
+            "UTC".parse().unwrap(),
+            vec!["admin".into()],
+        )
+        .await
+        .unwrap();
+    let pool = credits_core::WalletId(team.wallet_id.clone());
+    (team, pool)
 }
 
 async fn eventually_async<F, Fut>(mut cond: F) -> bool
