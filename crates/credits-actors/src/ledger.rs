@@ -14,8 +14,8 @@ use credits_core::{
 };
 use credits_pricing::{PricingError, PricingRegistry};
 use credits_store::{
-    GrantRow, MemberRemoval, MemberRole, MemberRow, ReservationStatus, ReviewRow, Store,
-    StoreError, TeamRow,
+    GrantRow, MemberRemoval, MemberRole, MemberRow, PlanUpsert, ReservationStatus, ReviewRow,
+    Store, StoreError, TeamRow,
 };
 
 use crate::directory::Directory;
@@ -898,9 +898,21 @@ impl Ledger {
         // counts from each wallet's next reset or renewal), not by a sweep that runs late.
         self.dir.tick_due().await;
         let position = self.plans().len() as i64;
-        self.store
+        // The store decides again on its rows, atomically with the write (another node's
+        // plans or wallets may be newer than this node's).
+        match self
+            .store
             .upsert_plan(&plan_row(&plan, position, self.now()))
-            .await?;
+            .await?
+        {
+            PlanUpsert::Written => {}
+            PlanUpsert::Catalogue => {
+                return Err(invalid(format!("{} is a catalogue plan", plan.id)));
+            }
+            PlanUpsert::IntervalInUse => {
+                return Err(invalid("the interval of a plan in use cannot change"));
+            }
+        }
         let mut plans: Vec<Plan> = self
             .plans()
             .iter()
@@ -1087,10 +1099,7 @@ pub fn plan_row(p: &Plan, position: i64, now: DateTime<Utc>) -> credits_store::P
         name: p.name.clone(),
         daily_ucr: p.daily_credits.micro(),
         subscription_ucr: p.subscription_credits.micro(),
-        interval: match p.interval {
-            credits_core::BillingInterval::Monthly => "MONTHLY".into(),
-            credits_core::BillingInterval::Annual => "ANNUAL".into(),
-        },
+        interval: p.interval.as_str().to_owned(),
         model_tiers: p.model_tiers.clone(),
         custom: p.custom,
         retired: p.retired,

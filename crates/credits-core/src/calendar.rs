@@ -21,6 +21,16 @@ pub enum BillingInterval {
     Annual,
 }
 
+impl BillingInterval {
+    /// The contract's name: `MONTHLY` or `ANNUAL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingInterval::Monthly => "MONTHLY",
+            BillingInterval::Annual => "ANNUAL",
+        }
+    }
+}
+
 /// The minimum time between the last reset and the first reset after a time-zone change
 /// (SPEC 3), so that hopping zones never buys an extra daily allowance.
 const ZONE_CHANGE_MIN_GAP: TimeDelta = TimeDelta::hours(23);

@@ -1,6 +1,7 @@
 //! Plans and bundles. This module owns their rows and the listing order (catalogue plans
-//! in file order, then custom plans by id); it never checks whether an edit is allowed
-//! (catalogue ids, interval changes of a plan in use): that is the caller's rule.
+//! in file order, then custom plans by id). Of the edit rules it enforces only those a
+//! concurrent write could break between a check and the write: a custom plan's upsert never
+//! replaces a catalogue plan, nor changes the interval of a plan a wallet is on.
 
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -108,16 +109,55 @@ async fn upsert_bundles<C: ConnectionTrait>(
     Ok(())
 }
 
+/// What [`Store::upsert_plan`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanUpsert {
+    Written,
+    /// The id is a catalogue plan's: nothing written.
+    Catalogue,
+    /// The interval would change while a wallet is on the plan: nothing written.
+    IntervalInUse,
+}
+
+async fn on_plan<C: ConnectionTrait>(conn: &C, plan_id: &str) -> Result<bool, StoreError> {
+    Ok(wallets::Entity::find()
+        .select_only()
+        .column(wallets::Column::Id)
+        .filter(wallets::Column::PlanId.eq(plan_id))
+        .into_tuple::<String>()
+        .one(conn)
+        .await
+        .map_err(StoreError::Db)?
+        .is_some())
+}
+
 impl Store {
-    /// Creates or replaces one plan (custom plans from `upsertPlan`), announcing it to
-    /// the other nodes (PostgreSQL), which read the plans again.
-    pub async fn upsert_plan(&self, plan: &PlanRow) -> Result<(), StoreError> {
+    /// Creates or replaces one custom plan (`upsertPlan`), announcing it to the other nodes
+    /// (PostgreSQL), which read the plans again. Refused, writing nothing, over a catalogue
+    /// plan, or when it changes the interval of a plan a wallet is on: checked against the
+    /// stored rows in the same transaction, with the plan's row locked (PostgreSQL; SQLite
+    /// has one writer), so no wallet opens on the old interval meanwhile (see
+    /// `insert_wallet`).
+    pub async fn upsert_plan(&self, plan: &PlanRow) -> Result<PlanUpsert, StoreError> {
         let txn = self.begin_write().await?;
+        let mut existing = plans::Entity::find_by_id(plan.id.clone());
+        if self.backend() == crate::Backend::Postgres {
+            existing = existing.lock_exclusive();
+        }
+        if let Some(existing) = existing.one(&txn).await.map_err(StoreError::Db)? {
+            if !existing.custom {
+                return Ok(PlanUpsert::Catalogue);
+            }
+            if existing.interval != plan.interval && on_plan(&txn, &plan.id).await? {
+                return Ok(PlanUpsert::IntervalInUse);
+            }
+        }
         upsert_plans(&txn, std::slice::from_ref(plan)).await?;
         crate::feed::notify_plans(&txn, self.backend())
             .await
             .map_err(StoreError::Db)?;
-        txn.commit().await.map_err(StoreError::from_db)
+        txn.commit().await.map_err(StoreError::from_db)?;
+        Ok(PlanUpsert::Written)
     }
 
     /// Upserts the catalogue's plans and bundles in one transaction (each start). Bundles
@@ -185,15 +225,7 @@ impl Store {
 
     /// Whether any wallet is on `plan_id` (an interval change is refused then).
     pub async fn plan_in_use(&self, plan_id: &str) -> Result<bool, StoreError> {
-        Ok(wallets::Entity::find()
-            .select_only()
-            .column(wallets::Column::Id)
-            .filter(wallets::Column::PlanId.eq(plan_id))
-            .into_tuple::<String>()
-            .one(&self.db)
-            .await
-            .map_err(StoreError::Db)?
-            .is_some())
+        on_plan(&self.db, plan_id).await
     }
 
     pub async fn upsert_bundle(&self, bundle: &BundleRow) -> Result<(), StoreError> {

@@ -184,6 +184,7 @@ impl NewWallet {
             team_id,
             timezone: wallet.timezone.name().to_owned(),
             plan_id: wallet.plan_id.0.clone(),
+            interval: wallet.interval.as_str().to_owned(),
             created_at: wallet.created_at,
             snapshot_json: json(wallet)?,
             next_due_at: Some(wallet.next_due()),

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// A pagination cursor that this store did not produce.
     #[error("invalid cursor")]
     InvalidCursor,
+    /// A wallet was to open on its plan's old billing interval: the interval changed
+    /// meanwhile. Nothing was written; a retry reads the plan again.
+    #[error("plan {0} changed its billing interval meanwhile; retry")]
+    PlanChanged(String),
 }
 
 impl StoreError {

@@ -30,6 +30,7 @@ use std::time::Duration;
 use migration::MigratorTrait;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
 
+pub use catalogue::PlanUpsert;
 pub use core::cause_name;
 pub use error::{CommitError, StoreError};
 pub use feed::{CHANNEL, CommitListener, Notice};

@@ -38,6 +38,9 @@ pub struct NewWallet {
     pub team_id: Option<String>,
     pub timezone: String,
     pub plan_id: String,
+    /// The billing interval it opens with (`MONTHLY`/`ANNUAL`): creation fails if its plan's
+    /// stored interval differs (an interval change won the race).
+    pub interval: String,
     pub created_at: DateTime<Utc>,
     pub snapshot_json: String,
     pub next_due_at: Option<DateTime<Utc>>,

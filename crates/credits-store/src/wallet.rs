@@ -11,7 +11,7 @@ use sea_orm::{
     TransactionTrait,
 };
 
-use crate::entity::{grants, ledger, reservations, reviews, usage_events, wallets};
+use crate::entity::{grants, ledger, plans, reservations, reviews, usage_events, wallets};
 use crate::error::{CommitError, StoreError};
 use crate::feed::notify;
 use crate::rows::*;
@@ -304,6 +304,23 @@ pub(crate) async fn insert_wallet<C: ConnectionTrait>(
     conn: &C,
     wallet: &NewWallet,
 ) -> Result<(), StoreError> {
+    // The plan's interval as stored, under a share lock on PostgreSQL (an interval change
+    // locks the row for update; SQLite has one writer): a wallet never opens on an interval
+    // its plan no longer has, and a plan never changes the interval of a wallet on it.
+    let mut stored = plans::Entity::find_by_id(wallet.plan_id.clone())
+        .select_only()
+        .column(plans::Column::Interval);
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        stored = stored.lock_shared();
+    }
+    let stored: Option<String> = stored
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(StoreError::Db)?;
+    if stored.is_some_and(|interval| interval != wallet.interval) {
+        return Err(StoreError::PlanChanged(wallet.plan_id.clone()));
+    }
     let row = wallets::Model {
         id: wallet.id.clone(),
         owner_id: wallet.owner_id.clone(),

@@ -95,6 +95,33 @@ async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
     assert_eq!(store.plans().await?.len(), 4);
     store.upsert_catalogue(&catalogue, &next).await?;
     assert!(retired(store.plans().await?).is_empty());
+
+    // What an upsert refuses, decided on the stored rows in its own transaction.
+    assert_eq!(
+        store.upsert_plan(&plan("zeta", true, 0)).await?,
+        PlanUpsert::Catalogue
+    );
+    let live = create(&store, "wal_p", "pro", t0()).await?;
+    let mut on_a =
+        NewWallet::from_core(&live.journal.wallet, &live.journal.entries[0], None, None)?;
+    on_a.id = "wal_on_a".into();
+    on_a.plan_id = "custom-a".into();
+    on_a.interval = "MONTHLY".into();
+    assert_eq!(store.create_wallet(&on_a).await?, Created::New);
+    let mut annual = plan("custom-a", true, 0);
+    annual.interval = "ANNUAL".into();
+    assert_eq!(store.upsert_plan(&annual).await?, PlanUpsert::IntervalInUse);
+    assert_eq!(store.plan("custom-a").await?.unwrap().interval, "MONTHLY");
+    // A wallet never opens on an interval its plan no longer has.
+    let mut stale = on_a.clone();
+    stale.id = "wal_stale".into();
+    stale.plan_id = "custom-b".into();
+    stale.interval = "ANNUAL".into();
+    assert!(matches!(
+        store.create_wallet(&stale).await,
+        Err(StoreError::PlanChanged(p)) if p == "custom-b"
+    ));
+    assert!(store.load_wallet("wal_stale").await?.is_none());
     Ok(())
 }
 
