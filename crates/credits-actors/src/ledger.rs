@@ -141,6 +141,9 @@ pub struct Ledger {
     dir: Directory,
     store: Store,
     pricing: Arc<PricingRegistry>,
+    /// Pricing calls inside plugins at once, at most [`PRICING_CALLS`]: a call stuck in a
+    /// plugin keeps its slot, so stuck calls never take the whole blocking pool.
+    pricing_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -175,6 +178,11 @@ fn compensation_op(review_id: &str, id: GrantId, amount: Credits, reason: String
 
 /// How long a pricing plugin may take to answer one call (they answer in microseconds).
 pub const PRICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a pricing call may wait for a slot and a thread before it is UNAVAILABLE (the
+/// service is overloaded, or stuck calls hold every slot); the tier is not blamed.
+pub const PRICE_QUEUE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pricing calls inside plugins at once: well under tokio's 512 blocking threads.
+pub const PRICING_CALLS: usize = 256;
 
 /// How long a reload of the pricing plugins may take before its caller gets UNAVAILABLE.
 pub const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -206,6 +214,7 @@ impl Ledger {
             dir,
             store,
             pricing,
+            pricing_slots: Arc::new(tokio::sync::Semaphore::new(PRICING_CALLS)),
         }
     }
 
@@ -270,24 +279,40 @@ impl Ledger {
                 return self.created(done, &request).await;
             }
         }
-        let new = NewWallet {
-            id: WalletId(new_ordered_id("wal")),
-            owner_id: owner_id.to_owned(),
-            pool: false,
-            timezone,
-            plan_id: plan_id.clone(),
-            billing_anchor,
-        };
-        let (wallet, entry) = Wallet::create(new, &*self.plans(), self.now())?;
         let key = key.map(|key| credits_store::CreationKey {
             key,
             request: request.clone(),
         });
-        let row = credits_store::NewWallet::from_core(&wallet, &entry, None, key)?;
-        match self.store.create_wallet(&row).await? {
-            credits_store::Created::New => Ok(wallet),
-            credits_store::Created::Existing(done) => self.created(done, &request).await,
+        let mut refreshed = false;
+        loop {
+            let new = NewWallet {
+                id: WalletId(new_ordered_id("wal")),
+                owner_id: owner_id.to_owned(),
+                pool: false,
+                timezone,
+                plan_id: plan_id.clone(),
+                billing_anchor,
+            };
+            let (wallet, entry) = Wallet::create(new, &*self.plans(), self.now())?;
+            let row = credits_store::NewWallet::from_core(&wallet, &entry, None, key.clone())?;
+            match self.store.create_wallet(&row).await {
+                Ok(credits_store::Created::New) => return Ok(wallet),
+                Ok(credits_store::Created::Existing(done)) => {
+                    return self.created(done, &request).await;
+                }
+                Err(StoreError::PlanChanged(_)) if !refreshed => {
+                    refreshed = self.refresh_plans().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+    }
+
+    /// The plan's interval changed under a creation (on another node, maybe): this node
+    /// reads the plans again, and the creation is decided once more on them.
+    async fn refresh_plans(&self) -> ServiceResult<bool> {
+        self.dir.plans().replace(stored_plans(&self.store).await?);
+        Ok(true)
     }
 
     /// The wallet a recorded createWallet key created, if `request` is what it recorded.
@@ -410,15 +435,46 @@ impl Ledger {
             cached_input_tokens: i64::try_from(tokens.cached).unwrap_or(i64::MAX),
             output_tokens: i64::try_from(tokens.output).unwrap_or(i64::MAX),
         };
-        let (pricing, owned) = (self.pricing.clone(), model.to_owned());
-        let call = tokio::task::spawn_blocking(move || pricing.price(&owned, usage));
-        let price = match tokio::time::timeout(PRICE_TIMEOUT, call).await {
-            Ok(Ok(price)) => price?,
-            Ok(Err(e)) => return Err(ServiceError::Exec(ExecError::Unavailable(e.to_string()))),
-            Err(_) => {
-                let e = self.pricing.stall(model);
-                tracing::error!(error = %e, "a pricing plugin did not answer in time; its tier is disabled until pricing is reloaded");
-                return Err(e.into());
+        let unavailable = |why: String| ServiceError::Exec(ExecError::Unavailable(why));
+        let tier = self.pricing.tier_of(model)?;
+        let queued_until = std::time::Instant::now() + PRICE_QUEUE_LIMIT;
+        let slot = tokio::time::timeout(
+            PRICE_QUEUE_LIMIT,
+            self.pricing_slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| unavailable("pricing is overloaded: every pricing slot is busy".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        // Timed from when the plugin is entered, not from the hand-off: a call still queued
+        // for a thread (a busy machine) is not the plugin's fault.
+        let entered = Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
+        let (mark, handle, owned) = (entered.clone(), tier.clone(), model.to_owned());
+        let mut call = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let _ = mark.set(std::time::Instant::now());
+            handle.price(&owned, usage)
+        });
+        let price = loop {
+            let left = match entered.get() {
+                Some(t) => PRICE_TIMEOUT.saturating_sub(t.elapsed()),
+                None => queued_until.saturating_duration_since(std::time::Instant::now()),
+            };
+            match tokio::time::timeout(left, &mut call).await {
+                Ok(Ok(price)) => break price?,
+                Ok(Err(e)) => return Err(unavailable(e.to_string())),
+                Err(_) => match entered.get() {
+                    Some(t) if t.elapsed() >= PRICE_TIMEOUT => {
+                        let e = tier.stall(model);
+                        tracing::error!(error = %e, "a pricing plugin did not answer in time; its tier is disabled until pricing is reloaded");
+                        return Err(e.into());
+                    }
+                    None if std::time::Instant::now() >= queued_until => {
+                        return Err(unavailable(
+                            "pricing is overloaded: no thread in time".into(),
+                        ));
+                    }
+                    _ => continue,
+                },
             }
         };
         Ok((
@@ -945,6 +1001,27 @@ impl Ledger {
         if name.is_empty() || name.chars().count() > credits_core::wallet::MAX_TEXT_CHARS {
             return Err(invalid("name must be 1 to 4096 characters"));
         }
+        let mut refreshed = false;
+        loop {
+            match self
+                .create_team_once(&name, plan_id, timezone, &admins)
+                .await
+            {
+                Err(ServiceError::Store(StoreError::PlanChanged(_))) if !refreshed => {
+                    refreshed = self.refresh_plans().await?;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn create_team_once(
+        &self,
+        name: &str,
+        plan_id: &PlanId,
+        timezone: Tz,
+        admins: &[String],
+    ) -> ServiceResult<TeamRow> {
         let team_id = new_ordered_id("team");
         let new = NewWallet {
             id: WalletId(new_ordered_id("wal")),
@@ -960,17 +1037,17 @@ impl Ledger {
             credits_store::NewWallet::from_core(&wallet, &entry, Some(team_id.clone()), None)?;
         let team = TeamRow {
             id: team_id.clone(),
-            name,
+            name: name.to_owned(),
             wallet_id: wallet.id.0.clone(),
             created_at: now,
         };
         let mut seen = std::collections::BTreeSet::new();
         let members: Vec<MemberRow> = admins
-            .into_iter()
-            .filter(|a| seen.insert(a.clone()))
+            .iter()
+            .filter(|a| seen.insert(*a))
             .map(|user_id| MemberRow {
                 team_id: team_id.clone(),
-                user_id,
+                user_id: user_id.clone(),
                 role: MemberRole::Admin,
                 daily_limit_ucr: None,
                 period_limit_ucr: None,

@@ -115,4 +115,8 @@ pub enum RegistryError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    /// Another reload has not finished (one stuck in a plugin's initialiser never does):
+    /// this one does not queue behind it.
+    #[error("another pricing reload is still in progress")]
+    Busy,
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, TryLockError};
 
 use arc_swap::ArcSwap;
 
@@ -80,38 +80,20 @@ impl PricingRegistry {
     /// Prices `usage` of `model` with the tier that lists it. Safe to call from many threads,
     /// also during a reload: a call uses the table current when it started, to the end.
     pub fn price(&self, model: &str, usage: Usage) -> Result<Price, PricingError> {
-        let usage = usage.check()?;
-        // The guard keeps this table, and so its libraries, alive until the call returns,
-        // even if a reload swaps in another table meanwhile.
-        let table = self.table.load();
-        let tier = table
-            .by_model
-            .get(model)
-            .ok_or_else(|| PricingError::UnknownModel {
-                model: model.to_owned(),
-            })?;
-        let price = tier.price(model, usage);
-        let outcome = if price.is_ok() { "ok" } else { "error" };
-        metrics::counter!("credits_plugin_calls_total", "outcome" => outcome).increment(1);
-        price
+        self.tier_of(model)?.price(model, usage)
     }
 
-    /// A call pricing `model` did not return in time: its tier is disabled, every later call
-    /// to it is PRICING_FAILED at once, until a reload loads the tier afresh (a plugin that
-    /// loops on some input would otherwise take one more thread with every such call).
-    /// Returns the error to answer the late call with.
-    pub fn stall(&self, model: &str) -> PricingError {
-        let table = self.table.load();
-        match table.by_model.get(model) {
-            Some(tier) => {
-                metrics::counter!("credits_plugin_calls_total", "outcome" => "stalled")
-                    .increment(1);
-                tier.stall(model)
-            }
-            None => PricingError::UnknownModel {
+    /// The tier that prices `model` now: a handle that keeps its library open, for a caller
+    /// that prices on another thread and may have to [`TierHandle::stall`] that very tier.
+    pub fn tier_of(&self, model: &str) -> Result<TierHandle, PricingError> {
+        self.table
+            .load()
+            .by_model
+            .get(model)
+            .map(|tier| TierHandle(tier.clone()))
+            .ok_or_else(|| PricingError::UnknownModel {
                 model: model.to_owned(),
-            },
-        }
+            })
     }
 
     /// Scans the directory again and swaps in the new table. A tier whose file is unchanged
@@ -119,10 +101,11 @@ impl PricingRegistry {
     /// version; a tier whose file is gone is unloaded once its calls in flight return. On
     /// error (unreadable directory) the current table stays.
     pub fn reload(&self) -> Result<ReloadReport, RegistryError> {
-        let _one_reload_at_a_time = self
-            .reload_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _one_reload_at_a_time = match self.reload_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(RegistryError::Busy),
+        };
         let previous = self.table.load_full();
         let (table, report) = build(&self.plugin_dir, &self.cache_dir, &previous)?;
         self.table.store(Arc::new(table));
@@ -151,6 +134,31 @@ impl PricingRegistry {
 
     pub fn plugin_dir(&self) -> &Path {
         &self.plugin_dir
+    }
+}
+
+/// One loaded tier, as [`PricingRegistry::tier_of`] hands it out: its library stays open
+/// while the handle lives.
+#[derive(Clone)]
+pub struct TierHandle(SharedTier);
+
+impl TierHandle {
+    /// Prices `usage` of `model` (one of this tier's models).
+    pub fn price(&self, model: &str, usage: Usage) -> Result<Price, PricingError> {
+        let usage = usage.check()?;
+        let price = self.0.price(model, usage);
+        let outcome = if price.is_ok() { "ok" } else { "error" };
+        metrics::counter!("credits_plugin_calls_total", "outcome" => outcome).increment(1);
+        price
+    }
+
+    /// A call into this tier did not return in time: the tier is disabled, every later call
+    /// to it is PRICING_FAILED at once, until a reload loads it afresh (a plugin that loops
+    /// on some input would otherwise take one more thread with every such call). Returns
+    /// the error to answer the late call with.
+    pub fn stall(&self, model: &str) -> PricingError {
+        metrics::counter!("credits_plugin_calls_total", "outcome" => "stalled").increment(1);
+        self.0.stall(model)
     }
 }
 

@@ -564,3 +564,52 @@ async fn the_compensation_check_refuses_what_the_wallet_cannot_take_only() {
         cleanup(&url, pg).await;
     }
 }
+
+/// Node B still caches a custom plan as MONTHLY when node A makes it ANNUAL (no wallet was
+/// on it, and B has not heard yet): B's creation is refused by the store, B reads the plans
+/// again, and the wallet (and a team's pool) opens on the plan's interval as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_opens_on_its_plans_stored_interval_when_the_cache_is_stale() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let (a, store_a) = node(&url).await;
+        let (b, store_b) = node(&url).await;
+        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
+        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
+        let plan = |interval| credits_core::Plan {
+            id: PlanId::from("acme"),
+            name: "Acme".into(),
+            daily_credits: cr("10"),
+            subscription_credits: cr("100"),
+            interval,
+            model_tiers: vec!["economy".into()],
+            custom: true,
+            retired: false,
+        };
+        on_b.upsert_plan(plan(credits_core::BillingInterval::Monthly))
+            .await
+            .unwrap();
+        on_a.upsert_plan(plan(credits_core::BillingInterval::Annual))
+            .await
+            .unwrap();
+        let acme = PlanId::from("acme");
+        let zone = "UTC".parse().unwrap();
+        let w = on_b
+            .create_wallet("alice", &acme, zone, None, None)
+            .await
+            .unwrap();
+        assert_eq!(w.interval, credits_core::BillingInterval::Annual, "{url}");
+        // With B's plans read again, A cannot change the interval of a plan in use.
+        let refused = on_a
+            .upsert_plan(plan(credits_core::BillingInterval::Monthly))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, credits_actors::ServiceError::Invalid(_)),
+            "{url}: {refused:?}"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}

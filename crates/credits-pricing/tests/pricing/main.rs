@@ -695,7 +695,10 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
         ("credits-fixture-gate-v1", "fixture"),
     ]);
     let (registry, _) = open(&dirs);
-    let err = registry.stall("fixture-gated");
+    let err = registry
+        .tier_of("fixture-gated")
+        .unwrap()
+        .stall("fixture-gated");
     assert!(
         matches!(err, PricingError::PricingFailed { failure: PluginFailure::Stalled, ref file, .. } if file == "libcredits_tier_fixture.so"),
         "{err:?}"
@@ -713,8 +716,8 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
     );
     registry.price("standard-chat", usage(1000, 0, 0)).unwrap();
     assert!(matches!(
-        registry.stall("no-such-model"),
-        PricingError::UnknownModel { .. }
+        registry.tier_of("no-such-model"),
+        Err(PricingError::UnknownModel { .. })
     ));
     registry.reload().unwrap();
     registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
