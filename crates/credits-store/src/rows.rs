@@ -246,6 +246,10 @@ pub struct WalletBatch {
     pub next_due_at: Option<DateTime<Utc>>,
     pub timezone: String,
     pub plan_id: String,
+    /// Set when the batch moves its wallet onto another plan: that plan's id and the
+    /// interval the move was decided with. The commit is fenced out if the plan's stored
+    /// interval differs (it changed meanwhile).
+    pub moves_to: Option<(String, String)>,
     /// In seq order, contiguous after the stored seq.
     pub entries: Vec<LedgerRecord>,
     pub usage: Vec<UsageRow>,

@@ -123,6 +123,19 @@ impl Store {
                 Err(err) => results.push(Err(err.into())),
             }
         }
+        // A wallet moving onto a plan whose interval changed meanwhile is fenced out.
+        let stale = stale_plans(&txn, &valid).await?;
+        if !stale.is_empty() {
+            for (result, batch) in results.iter_mut().filter(|r| r.is_ok()).zip(&valid) {
+                if stale.contains(&batch.wallet_id) {
+                    *result = Err(CommitError::Conflict {
+                        wallet_id: batch.wallet_id.clone(),
+                        expected_version: batch.expected_version,
+                    });
+                }
+            }
+            valid.retain(|b| !stale.contains(&b.wallet_id));
+        }
         let mut fences = fence_many(&txn, self.db_backend(), &valid)
             .await?
             .into_iter();
@@ -392,9 +405,61 @@ async fn write_batch<C: ConnectionTrait>(
     conn: &C,
     batch: &WalletBatch,
 ) -> Result<i64, CommitError> {
+    if !stale_plans(conn, &[batch]).await?.is_empty() {
+        return Err(CommitError::Conflict {
+            wallet_id: batch.wallet_id.clone(),
+            expected_version: batch.expected_version,
+        });
+    }
     let version = fence(conn, batch).await?;
     write_rows(conn, &[batch]).await?;
     Ok(version)
+}
+
+/// The wallets of `batches` that move onto a plan whose stored interval is not the one the
+/// move was decided with (an interval change won the race): fenced out as conflicts, they
+/// reload and decide again. The plan rows are share-locked in id order (PostgreSQL; SQLite
+/// has one writer), so an interval change, which locks its row for update and then looks
+/// for wallets on the plan, either waits for this commit or is seen by it.
+async fn stale_plans<C: ConnectionTrait>(
+    conn: &C,
+    batches: &[&WalletBatch],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    use sea_orm::QueryOrder;
+    let mut wanted: Vec<&str> = batches
+        .iter()
+        .filter_map(|b| b.moves_to.as_ref().map(|(plan, _)| plan.as_str()))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Default::default());
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut stored = plans::Entity::find()
+        .select_only()
+        .column(plans::Column::Id)
+        .column(plans::Column::Interval)
+        .filter(plans::Column::Id.is_in(wanted))
+        .order_by_asc(plans::Column::Id);
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        stored = stored.lock_shared();
+    }
+    let stored: std::collections::HashMap<String, String> = stored
+        .into_tuple::<(String, String)>()
+        .all(conn)
+        .await
+        .map_err(StoreError::Db)?
+        .into_iter()
+        .collect();
+    Ok(batches
+        .iter()
+        .filter(|b| {
+            b.moves_to
+                .as_ref()
+                .is_some_and(|(plan, interval)| stored.get(plan).is_some_and(|s| s != interval))
+        })
+        .map(|b| b.wallet_id.clone())
+        .collect())
 }
 
 /// The fenced UPDATE of one wallet row. On a conflict it has written nothing.

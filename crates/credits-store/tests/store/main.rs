@@ -21,6 +21,7 @@ both!(
     reviews_round_trip,
     tokens_round_trip,
     losing_fence_changes_nothing,
+    a_move_onto_a_plan_whose_interval_changed_is_fenced_out,
     concurrent_writers_one_wins_each_version,
     group_commit_isolates_conflicts,
     idempotent_lookups_return_stored_rows,
@@ -1398,4 +1399,50 @@ async fn queued_on(store: &Store, pid: i32, n: i64) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     anyhow::bail!("{n} sessions never queued on backend {pid}")
+}
+
+/// A batch that moves its wallet onto a plan, decided while the plan was MONTHLY, is fenced
+/// out (nothing written) once the plan's stored interval is ANNUAL: the wallet reloads and
+/// decides again, so a plan in use never has its interval changed under a wallet.
+async fn a_move_onto_a_plan_whose_interval_changed_is_fenced_out(
+    store: Store,
+) -> anyhow::Result<()> {
+    let row = |interval: &str| PlanRow {
+        id: "max".into(),
+        name: "Max".into(),
+        daily_ucr: 50_000_000,
+        subscription_ucr: 2_000_000_000,
+        interval: interval.into(),
+        model_tiers: vec!["economy".into()],
+        custom: false,
+        retired: false,
+        position: 0,
+        updated_at: t0(),
+    };
+    store.upsert_catalogue(&[row("ANNUAL")], &[]).await?;
+    let mut live = create(&store, "wal_up", "pro", t0()).await?;
+    live.run(
+        t0(),
+        &credits_core::Op::ChangePlan(credits_core::PlanId::from("max")),
+    );
+    let batch = live.batch();
+    assert_eq!(
+        batch.moves_to,
+        Some(("max".to_owned(), "MONTHLY".to_owned()))
+    );
+    assert!(matches!(
+        store.commit(&batch).await,
+        Err(CommitError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.commit_many(std::slice::from_ref(&batch)).await?[0],
+        Err(CommitError::Conflict { .. })
+    ));
+    assert_eq!(store.load_wallet("wal_up").await?.unwrap().plan_id, "pro");
+    assert_eq!(store.ledger_len("wal_up").await?, 1);
+    // With the interval it was decided with, it commits.
+    store.upsert_catalogue(&[row("MONTHLY")], &[]).await?;
+    live.commit(&store).await?;
+    assert_eq!(store.load_wallet("wal_up").await?.unwrap().plan_id, "max");
+    Ok(())
 }
