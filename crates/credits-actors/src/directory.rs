@@ -29,6 +29,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ACTIVATION_RETRIES: usize = 3;
 /// Wallets read per query when looking for what fell due on inactive wallets.
 const DUE_BATCH: usize = 256;
+/// How long, and how many times, `advance_clock` sweeps wallets still catching up.
+const ADVANCE_CLOCK_DEADLINE: Duration = Duration::from_secs(120);
+const ADVANCE_CLOCK_SWEEPS: usize = 20;
 /// Wallets brought up to date at once by [`Directory::tick_due`]: enough to share group
 /// commits, few enough not to crowd out the calls being served.
 const DUE_CONCURRENCY: usize = 32;
@@ -392,7 +395,26 @@ impl Directory {
         let manual = self.shared.clock.as_manual()?;
         let now = manual.advance(by);
         self.tick_all().await;
-        self.tick_due().await;
+        // A wallet with years to catch up may outlast one tick's call timeout: sweep again
+        // while the store still has wallets due by now (bounded, for one whose commits keep
+        // failing).
+        let deadline = tokio::time::Instant::now() + ADVANCE_CLOCK_DEADLINE;
+        for _ in 0..ADVANCE_CLOCK_SWEEPS {
+            self.tick_due().await;
+            let still_due = self
+                .shared
+                .store
+                .due(now, 1)
+                .await
+                .is_ok_and(|due| !due.is_empty());
+            if !still_due {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("advanceClock: wallets are still catching up");
+                break;
+            }
+        }
         Some(now)
     }
 

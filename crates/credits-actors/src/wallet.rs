@@ -26,9 +26,11 @@ use crate::store::{Batch, CommitError, Loaded, Record, StoreError};
 pub const MAX_QUEUED_OPERATIONS: usize = 4096;
 /// Due records applied at most per step while a wallet catches up on a long idle time (a
 /// reset a day: ten years are 3,650): it commits them in several batches and decides calls
-/// only once it has caught up. With a full queue, a batch stays under half the store's bound
-/// (the rest is room for the records of one due instant).
-pub const CATCH_UP_RECORDS: usize = 1024;
+/// only once it has caught up. A step's events fit half a subscriber's channel, so one that
+/// keeps up with the commits sees every reset, not a resync; with a full queue, a batch
+/// stays under half the store's bound (the rest is room for the records of one due instant).
+pub const CATCH_UP_RECORDS: usize = 128;
+const _: () = assert!(CATCH_UP_RECORDS <= crate::events::EVENT_CHANNEL_CAPACITY / 2);
 const _: () =
     assert!(MAX_QUEUED_OPERATIONS + CATCH_UP_RECORDS <= credits_store::MAX_BATCH_RECORDS / 2);
 /// Recently used keys and finished reservations kept in memory to answer retries without

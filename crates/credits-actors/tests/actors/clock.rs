@@ -130,3 +130,45 @@ async fn advancing_the_clock_records_due_events_of_passivated_wallets() {
     // Nothing is due any more: nothing to tick.
     assert_eq!(app.dir.tick_due().await, 0);
 }
+
+/// Found by review: one catch-up step of up to 1,024 records overflowed a subscriber's
+/// 256-event channel, so even a subscriber that kept up was told to resync and never saw
+/// most resets. A step now fits the channel: reading between commits (each held until the
+/// test has read what came before), the subscriber gets every record, in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_keeping_up_sees_every_record_of_a_catch_up() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::sync::broadcast::error::TryRecvError;
+    let clock = credits_actors::Clock::manual(at("2027-03-10T12:00:00Z"));
+    let app = app_with(clock.clone(), credits_actors::ActorConfig::default());
+    let id = app.wallet("wal_sub", "free", "UTC").await;
+    let mut sub = app.dir.subscribe(&id).await.unwrap();
+    let first = sub.snapshot.seq;
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1_000_000, SeqCst);
+    // Two years: about 730 resets and 24 renewals to catch up on.
+    clock.as_manual().unwrap().advance(Duration::days(730));
+    let mut seqs = Vec::new();
+    loop {
+        // A step is held in its commit: everything before it has been published.
+        let held = eventually(|| faults.commits.held.load(SeqCst) == 1).await;
+        loop {
+            match sub.events.try_recv() {
+                Ok(e) => {
+                    assert!(matches!(e.kind, EventKind::Change(_)), "{e:?}");
+                    seqs.push(e.seq);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(e) => panic!("the subscriber was told to resync: {e:?}"),
+            }
+        }
+        if !held {
+            break;
+        }
+        faults.commits.release.notify_one();
+    }
+    faults.commits.hold.store(0, SeqCst);
+    let last = app.store.stored(&id).unwrap().wallet.seq;
+    assert!(last - first > 700, "{} records", last - first);
+    assert_eq!(seqs, (first + 1..=last).collect::<Vec<_>>());
+}
