@@ -150,7 +150,7 @@ async fn a_subscriber_keeping_up_sees_every_record_of_a_catch_up() {
     clock.as_manual().unwrap().advance(Duration::days(730));
     let mut seqs = Vec::new();
     loop {
-        // A step is held in its commit: everything before it has been published.
+        // A step is held in its commit: the actor starts it only after publishing the last.
         let held = eventually(|| faults.commits.held.load(SeqCst) == 1).await;
         loop {
             match sub.events.try_recv() {
@@ -165,7 +165,10 @@ async fn a_subscriber_keeping_up_sees_every_record_of_a_catch_up() {
         if !held {
             break;
         }
+        // Released, the step lands (and only then can the next commit be held).
+        let before = app.store.stored(&id).unwrap().wallet.seq;
         faults.commits.release.notify_one();
+        assert!(eventually(|| app.store.stored(&id).unwrap().wallet.seq > before).await);
     }
     faults.commits.hold.store(0, SeqCst);
     let last = app.store.stored(&id).unwrap().wallet.seq;
