@@ -283,8 +283,7 @@ impl Ledger {
             key,
             request: request.clone(),
         });
-        let mut refreshed = false;
-        loop {
+        let create = || async {
             let new = NewWallet {
                 id: WalletId(new_ordered_id("wal")),
                 owner_id: owner_id.to_owned(),
@@ -295,24 +294,28 @@ impl Ledger {
             };
             let (wallet, entry) = Wallet::create(new, &*self.plans(), self.now())?;
             let row = credits_store::NewWallet::from_core(&wallet, &entry, None, key.clone())?;
-            match self.store.create_wallet(&row).await {
-                Ok(credits_store::Created::New) => return Ok(wallet),
-                Ok(credits_store::Created::Existing(done)) => {
-                    return self.created(done, &request).await;
-                }
-                Err(StoreError::PlanChanged(_)) if !refreshed => {
-                    refreshed = self.refresh_plans().await?;
-                }
-                Err(e) => return Err(e.into()),
+            match self.store.create_wallet(&row).await? {
+                credits_store::Created::New => Ok(wallet),
+                credits_store::Created::Existing(done) => self.created(done, &request).await,
             }
-        }
+        };
+        self.on_fresh_plans(create).await
     }
 
-    /// The plan's interval changed under a creation (on another node, maybe): this node
-    /// reads the plans again, and the creation is decided once more on them.
-    async fn refresh_plans(&self) -> ServiceResult<bool> {
-        self.dir.plans().replace(stored_plans(&self.store).await?);
-        Ok(true)
+    /// Runs a creation, and once more if the store refused it because its plan's interval
+    /// changed under this node's plans (on another node, maybe): after reading them again.
+    async fn on_fresh_plans<T, F, Fut>(&self, create: F) -> ServiceResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ServiceResult<T>>,
+    {
+        match create().await {
+            Err(ServiceError::Store(StoreError::PlanChanged(_))) => {
+                self.dir.plans().replace(stored_plans(&self.store).await?);
+                create().await
+            }
+            done => done,
+        }
     }
 
     /// The wallet a recorded createWallet key created, if `request` is what it recorded.
@@ -1001,18 +1004,8 @@ impl Ledger {
         if name.is_empty() || name.chars().count() > credits_core::wallet::MAX_TEXT_CHARS {
             return Err(invalid("name must be 1 to 4096 characters"));
         }
-        let mut refreshed = false;
-        loop {
-            match self
-                .create_team_once(&name, plan_id, timezone, &admins)
-                .await
-            {
-                Err(ServiceError::Store(StoreError::PlanChanged(_))) if !refreshed => {
-                    refreshed = self.refresh_plans().await?;
-                }
-                done => return done,
-            }
-        }
+        self.on_fresh_plans(|| self.create_team_once(&name, plan_id, timezone, &admins))
+            .await
     }
 
     async fn create_team_once(

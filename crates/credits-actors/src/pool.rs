@@ -204,6 +204,15 @@ struct PoolState {
     seats: HashMap<String, ActorRef<SeatMsg>>,
 }
 
+impl PoolState {
+    /// The member's seat stops: their next call starts one that reads their limits again.
+    fn drop_seat(&mut self, member_id: &str) {
+        if let Some(seat) = self.seats.remove(member_id) {
+            seat.stop(Some("limits changed".into()));
+        }
+    }
+}
+
 impl Actor for PoolSupervisor {
     type Msg = PoolMsg;
     type State = PoolState;
@@ -256,17 +265,9 @@ impl Actor for PoolSupervisor {
                 }
                 let _ = reply.send(started);
             }
-            PoolMsg::Reseat(m) => {
-                if let Some(seat) = state.seats.remove(&m) {
-                    seat.stop(Some("limits changed".into()));
-                }
-            }
+            PoolMsg::Reseat(m) => state.drop_seat(&m),
             PoolMsg::Forget(team_id, member_id) => match member_id {
-                Some(m) if team_id == state.args.team_id => {
-                    if let Some(seat) = state.seats.remove(&m) {
-                        seat.stop(Some("limits changed".into()));
-                    }
-                }
+                Some(m) if team_id == state.args.team_id => state.drop_seat(&m),
                 Some(_) => {}
                 None => {
                     for (_, seat) in state.seats.drain() {

@@ -195,19 +195,18 @@ impl WalletObject {
         let status = status.map(store_status);
         let wallet = Some(self.wallet.id.0.as_str());
         // Newest first, the newest MAX_LIST.
-        let rows = match (&self.access, p.user()) {
-            (Access::Full, None) => {
+        // SPEC 10: a USER (or a plain member) sees the reviews they filed.
+        let reporter = p.user().or(match &self.access {
+            Access::Member(user) => Some(user.as_str()),
+            _ => None,
+        });
+        let rows = match reporter {
+            None => {
                 store
                     .reviews_of_wallet(&self.wallet.id.0, status, crate::MAX_LIST)
                     .await
             }
-            // SPEC 10: a USER sees the reviews they filed.
-            (_, Some(user)) => {
-                store
-                    .reviews_of_reporter(user, wallet, status, crate::MAX_LIST)
-                    .await
-            }
-            (Access::Member(user), None) => {
+            Some(user) => {
                 store
                     .reviews_of_reporter(user, wallet, status, crate::MAX_LIST)
                     .await

@@ -317,21 +317,10 @@ pub(crate) async fn insert_wallet<C: ConnectionTrait>(
     conn: &C,
     wallet: &NewWallet,
 ) -> Result<(), StoreError> {
-    // The plan's interval as stored, under a share lock on PostgreSQL (an interval change
-    // locks the row for update; SQLite has one writer): a wallet never opens on an interval
-    // its plan no longer has, and a plan never changes the interval of a wallet on it.
-    let mut stored = plans::Entity::find_by_id(wallet.plan_id.clone())
-        .select_only()
-        .column(plans::Column::Interval);
-    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        stored = stored.lock_shared();
-    }
-    let stored: Option<String> = stored
-        .into_tuple()
-        .one(conn)
-        .await
-        .map_err(StoreError::Db)?;
-    if stored.is_some_and(|interval| interval != wallet.interval) {
+    // A wallet never opens on an interval its plan no longer has, and a plan never changes
+    // the interval of a wallet on it.
+    let on = [(wallet.plan_id.as_str(), wallet.interval.as_str())];
+    if !changed_intervals(conn, &on).await?.is_empty() {
         return Err(StoreError::PlanChanged(wallet.plan_id.clone()));
     }
     let row = wallets::Model {
@@ -418,28 +407,48 @@ async fn write_batch<C: ConnectionTrait>(
 
 /// The wallets of `batches` that move onto a plan whose stored interval is not the one the
 /// move was decided with (an interval change won the race): fenced out as conflicts, they
-/// reload and decide again. The plan rows are share-locked in id order (PostgreSQL; SQLite
-/// has one writer), so an interval change, which locks its row for update and then looks
-/// for wallets on the plan, either waits for this commit or is seen by it.
+/// reload and decide again.
 async fn stale_plans<C: ConnectionTrait>(
     conn: &C,
     batches: &[&WalletBatch],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    use sea_orm::QueryOrder;
-    let mut wanted: Vec<&str> = batches
+    let moves: Vec<(&str, &str)> = batches
         .iter()
-        .filter_map(|b| b.moves_to.as_ref().map(|(plan, _)| plan.as_str()))
+        .filter_map(|b| b.moves_to.as_ref())
+        .map(|(plan, interval)| (plan.as_str(), interval.as_str()))
         .collect();
+    let changed = changed_intervals(conn, &moves).await?;
+    Ok(batches
+        .iter()
+        .filter(|b| {
+            b.moves_to
+                .as_ref()
+                .is_some_and(|(plan, _)| changed.contains(plan))
+        })
+        .map(|b| b.wallet_id.clone())
+        .collect())
+}
+
+/// The plans of `(plan, interval)` whose stored interval is another. Their rows are
+/// share-locked in id order (PostgreSQL; SQLite has one writer), so an interval change,
+/// which locks its row for update and then looks for wallets on the plan, either waits for
+/// this transaction or is seen by it.
+async fn changed_intervals<C: ConnectionTrait>(
+    conn: &C,
+    wanted: &[(&str, &str)],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    use sea_orm::QueryOrder;
     if wanted.is_empty() {
         return Ok(Default::default());
     }
-    wanted.sort_unstable();
-    wanted.dedup();
+    let mut ids: Vec<&str> = wanted.iter().map(|(plan, _)| *plan).collect();
+    ids.sort_unstable();
+    ids.dedup();
     let mut stored = plans::Entity::find()
         .select_only()
         .column(plans::Column::Id)
         .column(plans::Column::Interval)
-        .filter(plans::Column::Id.is_in(wanted))
+        .filter(plans::Column::Id.is_in(ids))
         .order_by_asc(plans::Column::Id);
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
         stored = stored.lock_shared();
@@ -451,14 +460,10 @@ async fn stale_plans<C: ConnectionTrait>(
         .map_err(StoreError::Db)?
         .into_iter()
         .collect();
-    Ok(batches
+    Ok(wanted
         .iter()
-        .filter(|b| {
-            b.moves_to
-                .as_ref()
-                .is_some_and(|(plan, interval)| stored.get(plan).is_some_and(|s| s != interval))
-        })
-        .map(|b| b.wallet_id.clone())
+        .filter(|(plan, interval)| stored.get(*plan).is_some_and(|s| s != interval))
+        .map(|(plan, _)| (*plan).to_owned())
         .collect())
 }
 
