@@ -23,6 +23,7 @@ mod m20251128_000005_wallet_creation_requests;
 mod m20251129_000006_retired_plans;
 mod m20251129_000007_members_version;
 mod m20251129_000008_drop_reservations_due;
+mod m20251129_000009_grants_review;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251129_000006_retired_plans::Migration),
             Box::new(m20251129_000007_members_version::Migration),
             Box::new(m20251129_000008_drop_reservations_due::Migration),
+            Box::new(m20251129_000009_grants_review::Migration),
         ]
     }
 }

@@ -74,6 +74,13 @@ async fn reservations_due(db: &DatabaseConnection) -> bool {
         .expect("probe index")
 }
 
+async fn grants_review(db: &DatabaseConnection) -> bool {
+    SchemaManager::new(db)
+        .has_index("grants", "grants_review")
+        .await
+        .expect("probe index")
+}
+
 async fn members_version(db: &DatabaseConnection) -> bool {
     SchemaManager::new(db)
         .has_column("wallets", "members_version")
@@ -88,6 +95,13 @@ async fn up_down_up(db: &DatabaseConnection) {
         usage_indexes(db).await,
         ["usage_wallet_at_cover", "usage_model_at_cover"]
     );
+    assert!(!reservations_due(db).await);
+    assert!(grants_review(db).await);
+    // One step down drops the grants' review index, and only that.
+    Migrator::down(db, Some(1))
+        .await
+        .expect("down grants review");
+    assert!(!grants_review(db).await);
     assert!(!reservations_due(db).await);
     // One step down brings back the reservations' expiry index, and only that.
     Migrator::down(db, Some(1))

@@ -21,7 +21,8 @@ use credits_actors::{
 };
 use credits_core::testing::catalogue;
 use credits_core::{
-    Credits, Entry, Member, NewWallet, Op, PlanId, Tokens, UsageId, UsageOp, Wallet, WalletId,
+    Credits, Entry, Member, NewWallet, OnceFor, Op, PlanId, Tokens, UsageId, UsageOp, Wallet,
+    WalletId,
 };
 use credits_store::{SqliteSync, Store};
 use dashmap::DashMap;
@@ -252,8 +253,8 @@ impl WalletStore for Timed {
     async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.find_key(id, key).await
     }
-    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError> {
-        self.inner.payment_holder(reference).await
+    async fn lot_holder(&self, once: OnceFor<'_>) -> Result<Option<WalletId>, StoreError> {
+        self.inner.lot_holder(once).await
     }
     async fn due(
         &self,

@@ -1,6 +1,6 @@
 //! The SQL store (credits-store) as the actors' `WalletStore`: core records in, rows out.
 
-use credits_core::{Balance, Entry, Wallet, WalletId};
+use credits_core::{Balance, Entry, OnceFor, Wallet, WalletId};
 use credits_store::{
     CommitError as SqlCommitError, LedgerRecord, NewWallet, Store, StoreError as SqlError,
     WalletBatch,
@@ -141,13 +141,12 @@ impl WalletStore for SqlWallets {
         }
     }
 
-    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError> {
-        Ok(self
-            .store
-            .grant_by_payment_reference(reference)
-            .await
-            .map_err(unavailable)?
-            .map(|row| WalletId(row.wallet_id)))
+    async fn lot_holder(&self, once: OnceFor<'_>) -> Result<Option<WalletId>, StoreError> {
+        let row = match once {
+            OnceFor::Payment(reference) => self.store.grant_by_payment_reference(reference).await,
+            OnceFor::Review(review) => self.store.grant_by_review(review).await,
+        };
+        Ok(row.map_err(unavailable)?.map(|row| WalletId(row.wallet_id)))
     }
 
     async fn due(

@@ -80,9 +80,9 @@ pub trait WalletStore: Send + Sync + 'static {
     ) -> Result<Vec<Record>, StoreError>;
     /// The record that consumed an idempotency key on this wallet.
     async fn find_key(&self, id: &WalletId, key: &str) -> Result<Option<Entry>, StoreError>;
-    /// The wallet holding the durable lot bought with `reference` (SPEC 5: unique across
-    /// wallets).
-    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError>;
+    /// The wallet holding the durable lot for a payment or a review (SPEC 5, 7: one lot
+    /// each, on any wallet).
+    async fn lot_holder(&self, once: OnceFor<'_>) -> Result<Option<WalletId>, StoreError>;
     /// Wallets whose next reset, renewal or expiry is at or before `before`, as stored,
     /// soonest first, at most `limit`.
     async fn due(
@@ -194,6 +194,17 @@ impl MemoryStore {
     }
 }
 
+/// Whether a stored record of `s` grants the lot for `once`.
+fn holds(s: &Stored, once: OnceFor<'_>) -> bool {
+    s.records.iter().any(|r| {
+        r.entry
+            .grant()
+            .and_then(|l| l.origin.as_ref())
+            .map(LotOrigin::once_for)
+            == Some(once)
+    })
+}
+
 #[async_trait::async_trait]
 impl WalletStore for MemoryStore {
     async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError> {
@@ -235,6 +246,19 @@ impl WalletStore for MemoryStore {
             return Err(CommitError::Unavailable("injected commit failure".into()));
         }
         let mut wallets = self.wallets.lock().unwrap();
+        // Like the grants' primary key and unique payment reference: a lot is granted once,
+        // and a payment or a review has one lot, on any wallet.
+        for lot in batch.records.iter().filter_map(|r| r.entry.grant()) {
+            let granted = wallets.get(&batch.wallet_id).is_some_and(|s| {
+                s.records
+                    .iter()
+                    .any(|r| r.entry.grant().is_some_and(|l| l.id == lot.id))
+            });
+            let once = lot.origin.as_ref().map(LotOrigin::once_for);
+            if granted || once.is_some_and(|once| wallets.values().any(|s| holds(s, once))) {
+                return Err(CommitError::Conflict);
+            }
+        }
         let stored = wallets
             .get_mut(&batch.wallet_id)
             .ok_or(CommitError::Conflict)?;
@@ -250,6 +274,7 @@ impl WalletStore for MemoryStore {
         {
             return Err(CommitError::Conflict);
         }
+
         for r in &batch.records {
             if let Some(k) = r.entry.idempotency_key() {
                 stored.keys.insert(k.to_owned(), stored.records.len());
@@ -291,19 +316,11 @@ impl WalletStore for MemoryStore {
             .and_then(|s| s.keys.get(key).map(|&i| s.records[i].entry.clone())))
     }
 
-    async fn payment_holder(&self, reference: &str) -> Result<Option<WalletId>, StoreError> {
+    async fn lot_holder(&self, once: OnceFor<'_>) -> Result<Option<WalletId>, StoreError> {
         let wallets = self.wallets.lock().unwrap();
         Ok(wallets
             .values()
-            .find(|s| {
-                s.records.iter().any(|r| {
-                    r.entry
-                        .grant()
-                        .and_then(|l| l.origin.as_ref())
-                        .map(LotOrigin::once_for)
-                        == Some(OnceFor::Payment(reference))
-                })
-            })
+            .find(|s| holds(s, once))
             .map(|s| s.wallet.id.clone()))
     }
 

@@ -100,8 +100,8 @@ pub struct Recovery {
     records: Vec<Record>,
     /// Keys of waiting operations already consumed in the store.
     keys: HashMap<String, Entry>,
-    /// Payment references of waiting purchases that another wallet holds.
-    held_elsewhere: Vec<String>,
+    /// Origins of waiting grants that a stored lot already holds.
+    taken: Vec<Taken>,
 }
 
 struct ExecWaiter {
@@ -179,10 +179,11 @@ pub struct WalletState {
     parked: Vec<(Op, ExecReply)>,
     keys: Bounded<String, Entry>,
     finished: Bounded<ReservationId, Entry>,
-    /// Payment references another wallet holds, found when a commit collided with them
-    /// (SPEC 5: unique across wallets); a purchase with one is refused. The newest
+    /// Payments and reviews a stored lot already holds, found when a commit collided with
+    /// one (SPEC 5, 7: one lot per payment, one per review, on any wallet; a lot this
+    /// wallet spent is no longer in its state); a grant for one is refused. The newest
     /// [`RECENT_KEYS`].
-    held_elsewhere: Vec<String>,
+    taken: Vec<Taken>,
     /// Open while someone subscribes: a channel's slots cost more than the rest of the
     /// actor, so a wallet nobody watches has none.
     events: Option<broadcast::Sender<Arc<BalanceEvent>>>,
@@ -261,7 +262,7 @@ impl Actor for WalletActor {
             parked: Vec::new(),
             keys: Bounded::new(),
             finished: Bounded::new(),
-            held_elsewhere: Vec::new(),
+            taken: Vec::new(),
             events: None,
             timer: None,
             idle_since: None,
@@ -616,6 +617,17 @@ impl WalletState {
         }
     }
 
+    /// Whether a record not durable yet grants the lot for `once`. The wallet's state may
+    /// no longer show it (a call behind it spent it all), but the grant must not join it.
+    fn granted_ahead(&self, once: OnceFor<'_>) -> bool {
+        self.in_flight
+            .iter()
+            .flat_map(|f| &f.records)
+            .chain(&self.open_records)
+            .filter_map(|r| r.entry.grant()?.origin.as_ref())
+            .any(|origin| origin.once_for() == once)
+    }
+
     /// Input checks, idempotent retries and finished reservations, in SPEC 10's order.
     fn decide(&self, op: &Op) -> Result<Decision, OpError> {
         self.spec.validate(op)?;
@@ -626,8 +638,8 @@ impl WalletState {
                 KeyCheck::Conflict => return Err(OpError::IdempotencyConflict),
             }
         }
-        if let Some(OnceFor::Payment(reference)) = once_for(op)
-            && self.held_elsewhere.iter().any(|r| r == reference)
+        if let Some(once) = once_for(op)
+            && (self.taken.iter().any(|t| t.is(once)) || self.granted_ahead(once))
         {
             return Err(OpError::IdempotencyConflict);
         }
@@ -822,7 +834,7 @@ impl WalletState {
         let id = self.durable.id.clone();
         let after = self.durable.seq;
         let mut keys: Vec<String> = Vec::new();
-        let mut references: Vec<String> = Vec::new();
+        let mut origins: Vec<Taken> = Vec::new();
         let waiting = self
             .in_flight
             .iter()
@@ -832,9 +844,7 @@ impl WalletState {
             .chain(self.parked.iter().map(|(op, _)| op));
         for op in waiting {
             keys.extend(op.key().map(str::to_owned));
-            if let Some(OnceFor::Payment(reference)) = once_for(op) {
-                references.push(reference.to_owned());
-            }
+            origins.extend(once_for(op).map(Taken::from));
         }
         let me = myself.clone();
         tokio::spawn(async move {
@@ -855,21 +865,17 @@ impl WalletState {
                         found.insert(key, e);
                     }
                 }
-                let mut held_elsewhere = Vec::new();
-                for reference in references {
-                    if store
-                        .payment_holder(&reference)
-                        .await?
-                        .is_some_and(|holder| holder != id)
-                    {
-                        held_elsewhere.push(reference);
+                let mut taken = Vec::new();
+                for origin in origins {
+                    if store.lot_holder(origin.once_for()).await?.is_some() {
+                        taken.push(origin);
                     }
                 }
                 Ok(Recovery {
                     loaded,
                     records,
                     keys: found,
-                    held_elsewhere,
+                    taken,
                 })
             }
             .await;
@@ -953,15 +959,16 @@ impl WalletState {
             let nothing = InFlight::nothing(flight.wallet.clone());
             self.became_durable(std::mem::replace(&mut flight, nothing));
         }
-        // A purchase of the failed batch whose reference another wallet holds explains the
-        // refusal: it is refused this time (a deferred refusal riding along does not count).
-        let explained = flight.waiters.iter().any(|w| {
-            match w {
-            Waiter::Exec(w) => w.op.as_ref().and_then(once_for).is_some_and(|once| {
-                matches!(once, OnceFor::Payment(p) if r.held_elsewhere.iter().any(|h| h == p))
-            }),
+        // A grant of the failed batch whose payment or review a stored lot holds explains
+        // the refusal: it is refused this time (a deferred refusal riding along does not
+        // count).
+        let explained = flight.waiters.iter().any(|w| match w {
+            Waiter::Exec(w) => {
+                w.op.as_ref()
+                    .and_then(once_for)
+                    .is_some_and(|once| r.taken.iter().any(|t| t.is(once)))
+            }
             _ => false,
-        }
         });
         if !refresh
             && !landed
@@ -970,8 +977,8 @@ impl WalletState {
             && !explained
         {
             // Refused with the fence intact, nothing written, no waiting key found recorded
-            // (which would make a call a replay this time) and no payment reference found
-            // held by another wallet (whose purchase is refused this time): a unique row the
+            // (which would make a call a replay this time) and no payment or review found
+            // held by a stored lot (whose grant is refused this time): a unique row the
             // batch collides with that deciding again only repeats. Counted as a failing
             // commit, so its waiters get UNAVAILABLE after MAX_COMMIT_ATTEMPTS rather than
             // the wallet retrying, and blocking every other call, for ever.
@@ -1009,9 +1016,9 @@ impl WalletState {
         for (key, entry) in r.keys {
             self.keys.insert(key, entry);
         }
-        self.held_elsewhere.extend(r.held_elsewhere);
-        let excess = self.held_elsewhere.len().saturating_sub(RECENT_KEYS);
-        self.held_elsewhere.drain(..excess);
+        self.taken.extend(r.taken);
+        let excess = self.taken.len().saturating_sub(RECENT_KEYS);
+        self.taken.drain(..excess);
         self.spec = self.durable.clone();
         self.open_records.clear();
         // What was applied while catching up is applied again below, if it still is due.
@@ -1125,6 +1132,35 @@ impl WalletState {
 }
 
 /// What a grant with an origin (a purchase, a review's compensation) is the one lot for.
+/// A payment or a review that a stored lot holds (an owned [`OnceFor`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Taken {
+    Payment(String),
+    Review(String),
+}
+
+impl Taken {
+    fn once_for(&self) -> OnceFor<'_> {
+        match self {
+            Taken::Payment(reference) => OnceFor::Payment(reference),
+            Taken::Review(review) => OnceFor::Review(review),
+        }
+    }
+
+    fn is(&self, once: OnceFor<'_>) -> bool {
+        self.once_for() == once
+    }
+}
+
+impl From<OnceFor<'_>> for Taken {
+    fn from(once: OnceFor<'_>) -> Taken {
+        match once {
+            OnceFor::Payment(reference) => Taken::Payment(reference.to_owned()),
+            OnceFor::Review(review) => Taken::Review(review.to_owned()),
+        }
+    }
+}
+
 fn once_for(op: &Op) -> Option<OnceFor<'_>> {
     match op {
         Op::Grant(g) => g.origin.as_ref().map(LotOrigin::once_for),

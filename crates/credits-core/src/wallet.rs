@@ -1011,8 +1011,9 @@ impl Wallet {
         {
             return Err(OpError::IdempotencyConflict);
         }
-        // Lot ids are the store's keys and the ledger's references: one lot per id, ever
-        // (expired and spent lots stay in `lots`).
+        // Lot ids are the store's keys and the ledger's references: one lot per id, ever.
+        // A lot spent or expired to nothing has left `lots`; the store refuses its id
+        // (and its payment or review) again.
         if self.lots.iter().any(|l| l.id == g.id) {
             return Err(invalid(format!("grant id {} is already taken", g.id)));
         }

@@ -98,8 +98,8 @@ fn usage_row(wallet_id: &str, seq: u64, u: &UsageRecord) -> Result<UsageRow, Sto
     })
 }
 
-/// `seq` is the granting record's seq; for a lot that already has a row it is ignored
-/// (the upsert keeps the stored one).
+/// `seq` is the granting record's seq, or 0 for a lot that already has a row (the upsert
+/// keeps the stored one, and refuses a new lot, seq > 0, whose id is stored).
 fn grant_row(wallet_id: &str, seq: u64, lot: &Lot) -> GrantRow {
     let (payment_reference, bundle_id, review_id) = match &lot.origin {
         Some(LotOrigin::Bundle {
@@ -274,8 +274,13 @@ impl WalletBatch {
                     row.resolved_seq = Some(entry.seq);
                     holds.insert(reservation_id.0.clone(), row);
                 }
-                EntryKind::Granted { lot, .. } => {
-                    granted_seq.insert(lot.id.0.clone(), entry.seq);
+                EntryKind::Granted { lot, .. }
+                    if granted_seq.insert(lot.id.0.clone(), entry.seq).is_some() =>
+                {
+                    return Err(StoreError::InvalidBatch(format!(
+                        "lot {} is granted twice in one batch",
+                        lot.id.0
+                    )));
                 }
                 _ => {}
             }

@@ -106,6 +106,17 @@ impl Store {
             .transpose()
     }
 
+    /// The lot that compensated a review, on any wallet (SPEC 7: one per review).
+    pub async fn grant_by_review(&self, review_id: &str) -> Result<Option<GrantRow>, StoreError> {
+        grants::Entity::find()
+            .filter(grants::Column::ReviewId.eq(review_id))
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .map(grant_row)
+            .transpose()
+    }
+
     /// Every lot of a wallet in grant (ledger) order, at most [`MAX_LIST`].
     pub async fn grants_of_wallet(&self, wallet_id: &str) -> Result<Vec<GrantRow>, StoreError> {
         grants::Entity::find()

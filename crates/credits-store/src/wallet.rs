@@ -668,7 +668,11 @@ async fn write_rows<C: ConnectionTrait>(
                         grants::Column::HeldUcr,
                         grants::Column::ExpiredUcr,
                     ])
-                    .action_and_where(Expr::cust("grants.wallet_id = excluded.wallet_id"))
+                    // A lot granted by this batch (seq > 0) is new: its id already
+                    // stored is a second grant of it, refused like another wallet's id.
+                    .action_and_where(Expr::cust(
+                        "grants.wallet_id = excluded.wallet_id AND excluded.seq = 0",
+                    ))
                     .to_owned(),
             )
             .exec_without_returning(conn)
@@ -738,14 +742,15 @@ async fn write_rows<C: ConnectionTrait>(
     Ok(())
 }
 
-/// An upsert keyed by id must never touch another wallet's row: the conflict update is
-/// conditioned on the wallet, and a skipped row means the id belongs to another wallet.
+/// An upsert keyed by id must never touch another wallet's row (nor, for grants, a row
+/// that a new lot would overwrite): the conflict update is conditioned, and a skipped row
+/// means the id was not this batch's to update.
 fn same_wallet_upsert(what: &str, written: u64, rows: usize) -> Result<(), CommitError> {
     if written == rows as u64 {
         Ok(())
     } else {
         Err(CommitError::Store(StoreError::Duplicate(format!(
-            "a {what} id of this batch belongs to another wallet"
+            "a {what} id of this batch belongs to another wallet or was granted before"
         ))))
     }
 }

@@ -297,6 +297,73 @@ async fn a_purchase_sent_twice_is_refused_once_the_first_is_durable() {
     assert_eq!(app.ledger(&id).len(), 2, "created, one purchase");
 }
 
+/// Found by review: a wallet remembers a lot only while something is left in it or held
+/// from it, so a second grant of a review's compensation or of a payment's lot, decided
+/// once the first lot was spent (its caller looked for a stored lot before the first was
+/// durable), was a second lot. The store refuses it, and the wallet then refuses it as a
+/// conflict, so that the caller finds the first lot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_granted_again_after_it_was_spent_is_refused() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_s", "pro", "UTC").await;
+    app.dir.execute(&id, usage("all", "520")).await.unwrap();
+    for (i, again) in [
+        compensation("grt_r", "rev_1", "1"),
+        purchase("grt_p", "pay-1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let amount = match &again {
+            credits_core::Op::Grant(g) => g.amount.to_string(),
+            _ => unreachable!(),
+        };
+        app.dir.execute(&id, again.clone()).await.unwrap();
+        app.dir
+            .execute(&id, usage(&format!("spend-{i}"), &amount))
+            .await
+            .unwrap();
+        let refused = app.dir.execute(&id, again).await;
+        assert!(
+            matches!(
+                refused,
+                Err(ExecError::Op(credits_core::OpError::IdempotencyConflict))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(grants(&app.ledger(&id)), i + 1, "one lot each");
+        assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("0"));
+    }
+}
+
+/// The same while the first lot's commit is still in flight: the lot was spent by a call
+/// decided behind it, and the second grant must not join the batch beside the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_granted_again_behind_its_spending_is_refused_once_durable() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_b", "pro", "UTC").await;
+    app.dir.execute(&id, usage("all", "520")).await.unwrap();
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    let first = app.spawn_execute(&id, compensation("grt_r", "rev_1", "1"));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let spend = app.spawn_execute(&id, usage("spend", "1"));
+    let mut second = std::pin::pin!(app.dir.execute(&id, compensation("grt_r", "rev_1", "1")));
+    decided_not_answered(&app, &id, second.as_mut()).await;
+    faults.commits.release.notify_one();
+    assert!(!first.await.unwrap().unwrap().replayed);
+    assert!(!spend.await.unwrap().unwrap().replayed);
+    assert!(
+        matches!(
+            second.await,
+            Err(ExecError::Op(credits_core::OpError::IdempotencyConflict))
+        ),
+        "refused"
+    );
+    assert_eq!(grants(&app.ledger(&id)), 1, "one lot");
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("0"));
+}
+
 /// Found by review: a refusal the actor decides from its own memory of keys (another
 /// input under a key whose call is still committing) was answered at once, as a definite
 /// IDEMPOTENCY_CONFLICT, though that commit could still fail and leave the key unrecorded

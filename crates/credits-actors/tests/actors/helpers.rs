@@ -108,6 +108,26 @@ pub fn grant(id: &str, amount: &str, expires_at: Option<&str>) -> Op {
     })
 }
 
+/// A review's COMPENSATION lot, as an approval sends it (no key: the review makes it one).
+pub fn compensation(id: &str, review: &str, amount: &str) -> Op {
+    Op::Grant(GrantOp {
+        id: GrantId::from(id),
+        key: None,
+        amount: cr(amount),
+        kind: GrantKind::Compensation,
+        reason: Some("review".into()),
+        expires_at: None,
+        origin: Some(credits_core::LotOrigin::Review {
+            review_id: review.into(),
+        }),
+    })
+}
+
+/// How many GRANT records `ledger` holds.
+pub fn grants(ledger: &[Entry]) -> usize {
+    ledger.iter().filter(|e| e.grant().is_some()).count()
+}
+
 /// Waits (bounded) until a condition holds; for background effects like passivation.
 pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {

@@ -565,6 +565,48 @@ async fn the_compensation_check_refuses_what_the_wallet_cannot_take_only() {
     }
 }
 
+/// A review's compensation or a payment's lot granted again once the first lot was spent
+/// (the wallet no longer holds it) is refused by the store, and then by the wallet as a
+/// conflict: one lot each, on SQLite and PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_granted_again_after_it_was_spent_is_refused_by_the_store() {
+    for (url, pg) in databases().await {
+        let (dir, store) = node(&url).await;
+        let id = open(&dir, "pro").await;
+        dir.execute(&id, usage("all", "520")).await.unwrap();
+        for (i, again) in [
+            compensation("grt_r", "rev_1", "1"),
+            purchase("grt_p", "pay-1"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let amount = match &again {
+                credits_core::Op::Grant(g) => g.amount.to_string(),
+                _ => unreachable!(),
+            };
+            dir.execute(&id, again.clone()).await.unwrap();
+            dir.execute(&id, usage(&format!("spend-{i}"), &amount))
+                .await
+                .unwrap();
+            let refused = dir.execute(&id, again).await;
+            assert!(
+                matches!(refused, Err(ExecError::Op(OpError::IdempotencyConflict))),
+                "{url}: {refused:?}"
+            );
+        }
+        let replayed = store.replay_wallet(&id.0).await.unwrap().unwrap();
+        let (stored, _) = store.load_state(&id.0).await.unwrap().unwrap();
+        assert_eq!(replayed, stored, "{url}");
+        assert_eq!(stored.spendable(), Credits::ZERO, "{url}: one lot each");
+        let lots = store.grants_of_wallet(&id.0).await.unwrap();
+        assert_eq!(lots.len(), 2, "{url}");
+        assert!(lots.iter().all(|l| l.spent_ucr == l.amount_ucr), "{url}");
+        dir.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
+
 /// Node B still caches a custom plan as MONTHLY when node A makes it ANNUAL (no wallet was
 /// on it, and B has not heard yet): B's creation is refused by the store, B reads the plans
 /// again, and the wallet (and a team's pool) opens on the plan's interval as stored.
