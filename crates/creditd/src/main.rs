@@ -303,6 +303,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    server::register_metrics();
     let draining = Arc::new(tokio::sync::RwLock::new(()));
     let state = server::AppState {
         schema,
@@ -315,6 +316,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
 
     reload_on_sighup(pricing);
+    let stop = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -324,7 +326,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("listening on {addr}");
     tracing::info!(%addr, database = %redact(&settings.database), "creditd listening: dashboard at http://{addr}/, GraphiQL at http://{addr}/graphql");
     axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await?;
     // HTTP requests are done; WebSocket operations (not tracked by axum once upgraded)
     // finish here, and new ones are refused.
@@ -346,13 +348,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed here, before `listening on`
+/// is printed: a signal sent as soon as a supervisor reads that line drains the service
+/// instead of killing it.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn reload_on_sighup(pricing: Arc<PricingRegistry>) {

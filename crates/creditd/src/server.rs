@@ -252,22 +252,63 @@ async fn graphql_get(State(state): State<Shared>, req: axum::extract::Request) -
         })
 }
 
+/// Ready while the database answers and at least one pricing tier serves. Tiers disabled
+/// after a stalled call are named (a reload brings them back); they do not make the node
+/// unready while another tier serves, since every node loads the same files.
 async fn readyz(State(state): State<Shared>) -> Response {
-    let db = state.ledger.store().ping().await;
-    let plugins = state.ledger.pricing().tiers().len();
-    match (db, plugins) {
-        (Ok(()), n) if n > 0 => (
-            StatusCode::OK,
-            format!("ready: database reachable, {n} pricing tiers loaded"),
-        )
-            .into_response(),
-        (Ok(()), _) => (StatusCode::SERVICE_UNAVAILABLE, "no pricing tiers loaded").into_response(),
-        (Err(e), _) => (
+    if let Err(e) = state.ledger.store().ping().await {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("database unreachable: {e}"),
         )
-            .into_response(),
+            .into_response();
     }
+    let pricing = state.ledger.pricing();
+    let loaded = pricing.tiers().len();
+    let stalled: Vec<String> = pricing
+        .stalled_tiers()
+        .into_iter()
+        .map(|t| t.tier)
+        .collect();
+    let disabled = if stalled.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; disabled after a stalled call until the next reload: {}",
+            stalled.join(", ")
+        )
+    };
+    let serving = loaded.saturating_sub(stalled.len());
+    if serving == 0 {
+        let why = if loaded == 0 {
+            "no pricing tiers loaded".to_owned()
+        } else {
+            format!("no pricing tier serves{disabled}")
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
+    (
+        StatusCode::OK,
+        format!("ready: database reachable, {serving} pricing tiers serving{disabled}"),
+    )
+        .into_response()
+}
+
+/// Starts every event-driven series at zero, so that a rate or an alert on one sees it
+/// before its first event (Prometheus cannot tell "none yet" from "not exported").
+pub fn register_metrics() {
+    for name in [
+        "credits_graphql_requests_total",
+        "credits_graphql_shed_total",
+        "credits_websocket_refused_total",
+        "credits_websocket_subscriptions_refused_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for outcome in ["ok", "error", "stalled"] {
+        metrics::counter!("credits_plugin_calls_total", "outcome" => outcome).absolute(0);
+    }
+    metrics::gauge!("credits_websocket_connections").set(0.0);
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {

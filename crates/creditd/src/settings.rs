@@ -42,9 +42,18 @@ pub struct ServeArgs {
     /// Start on a manual clock at this RFC 3339 instant (tests, demos).
     #[arg(long, env = "CREDITD_MANUAL_CLOCK")]
     pub manual_clock: Option<String>,
-    /// Turn GraphQL introspection off (production).
-    #[arg(long, env = "CREDITD_NO_INTROSPECTION")]
-    pub no_introspection: bool,
+    /// Turn GraphQL introspection off (production). The flag alone means true; as a value
+    /// or in the environment it takes true/false, 1/0, yes/no, on/off, so that
+    /// `CREDITD_NO_INTROSPECTION=false` turns it back on over the config file.
+    #[arg(
+        long,
+        env = "CREDITD_NO_INTROSPECTION",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_introspection: Option<bool>,
     /// GraphQL requests served at once over HTTP; more are answered `UNAVAILABLE` (503).
     #[arg(long, env = "CREDITD_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
@@ -132,7 +141,11 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(".creditd/plugin-cache")),
             catalogue: args.catalogue.or(file.catalogue),
             manual_clock,
-            introspection: !args.no_introspection && file.introspection.unwrap_or(true),
+            introspection: args
+                .no_introspection
+                .map(|off| !off)
+                .or(file.introspection)
+                .unwrap_or(true),
             max_in_flight,
             max_websockets: args
                 .max_websockets
@@ -151,6 +164,36 @@ mod tests {
         let path = dir.path().join("creditd.toml");
         std::fs::write(&path, toml).unwrap();
         Settings::load(args, Some(&path))
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn flags(args: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        Flags::try_parse_from(std::iter::once("creditd").chain(args.iter().copied()))
+            .unwrap()
+            .serve
+    }
+
+    /// Found by review: the flag took only `true`/`false` from the environment (so
+    /// `CREDITD_NO_INTROSPECTION=1` stopped every command), and `false` could not turn
+    /// introspection back on over the file. The environment goes through the same parser
+    /// as `--no-introspection=VALUE`.
+    #[test]
+    fn introspection_flag_takes_booleans_and_wins_over_the_file() {
+        let on = |args: &[&str], toml: &str| load(flags(args), toml).unwrap().introspection;
+        assert!(on(&[], ""));
+        assert!(!on(&["--no-introspection"], ""));
+        assert!(!on(&["--no-introspection=1"], ""));
+        assert!(!on(&["--no-introspection=yes"], ""));
+        assert!(on(&["--no-introspection=0"], "introspection = false"));
+        assert!(on(&["--no-introspection=false"], "introspection = false"));
+        assert!(!on(&[], "introspection = false"));
+        assert!(!on(&["--no-introspection"], "introspection = true"));
     }
 
     #[test]

@@ -137,6 +137,11 @@ impl LoadedTier {
     }
 
     /// Disables this tier: a call did not return in time (see [`PluginFailure::Stalled`]).
+    /// Whether a call into this tier did not return in time (it is disabled until reloaded).
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn stall(&self, model: &str) -> PricingError {
         self.stalled.store(true, Ordering::Relaxed);
         self.failed(model, PluginFailure::Stalled)

@@ -132,6 +132,18 @@ impl PricingRegistry {
             .collect()
     }
 
+    /// The loaded tiers disabled after a call that did not return in time, until the next
+    /// reload.
+    pub fn stalled_tiers(&self) -> Vec<TierInfo> {
+        self.table
+            .load()
+            .tiers
+            .iter()
+            .filter(|tier| tier.stalled())
+            .map(|tier| tier.info.clone())
+            .collect()
+    }
+
     pub fn plugin_dir(&self) -> &Path {
         &self.plugin_dir
     }

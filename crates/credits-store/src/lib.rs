@@ -28,7 +28,7 @@ mod wallet;
 use std::time::Duration;
 
 use migration::MigratorTrait;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 pub use catalogue::PlanUpsert;
 pub use core::cause_name;
@@ -66,6 +66,8 @@ const POSTGRES_POOL: u32 = 16;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The PostgreSQL advisory lock key migrations hold ("credits" in ASCII).
+const MIGRATION_LOCK: i64 = 0x63_72_65_64_69_74_73;
 
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +110,9 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
+        // SPEC 9: the SQLite file is created on first start, whatever its URL, unless the
+        // URL says otherwise (`mode=ro`, `mode=rw`).
+        let create = !url.contains("mode=");
         let mut options = ConnectOptions::new(url.to_owned());
         options.sqlx_logging(false).acquire_timeout(ACQUIRE_TIMEOUT);
         match backend {
@@ -116,6 +121,8 @@ impl Store {
                 options
                     .max_connections(SQLITE_POOL)
                     .map_sqlx_sqlite_opts(move |o| {
+                        // `mode=rwc` in the URL already sets it; `false` would undo that.
+                        let o = if create { o.create_if_missing(true) } else { o };
                         o.journal_mode(SqliteJournalMode::Wal)
                             .synchronous(match sync {
                                 SqliteSync::Full => SqliteSynchronous::Full,
@@ -133,11 +140,20 @@ impl Store {
         Ok(Store { db, backend })
     }
 
-    /// Applies every pending migration.
+    /// Applies every pending migration, all in one write transaction that nodes starting
+    /// together take in turn (PostgreSQL: an advisory lock; SQLite: `BEGIN IMMEDIATE`):
+    /// the first migrates, the others then find nothing pending.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        migration::Migrator::up(&self.db, None)
+        let txn = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await
+                .map_err(StoreError::Db)?;
+        }
+        migration::Migrator::up(&txn, None)
             .await
-            .map_err(StoreError::Db)
+            .map_err(StoreError::Db)?;
+        txn.commit().await.map_err(StoreError::Db)
     }
 
     pub fn backend(&self) -> Backend {

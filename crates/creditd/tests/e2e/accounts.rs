@@ -542,6 +542,21 @@ async fn plain_http_endpoints(b: Backend) {
         );
     }
     assert!(text.contains("credits_graphql_requests_total"));
+    // Found by review: series of events that had not happened yet were missing, so an
+    // alert on their rate saw nothing. Every listed series exists from the start, at zero.
+    for line in [
+        "credits_graphql_shed_total 0",
+        "credits_plugin_calls_total{outcome=\"error\"} 0",
+        "credits_plugin_calls_total{outcome=\"stalled\"} 0",
+        "credits_websocket_connections 0",
+        "credits_websocket_refused_total 0",
+        "credits_websocket_subscriptions_refused_total 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
     assert_eq!(get("/no-such-page").await.unwrap().status(), 404);
 }
 

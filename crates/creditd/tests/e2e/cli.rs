@@ -152,3 +152,41 @@ async fn token_create_prints_a_token_that_authenticates(b: Backend) {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Found by review: the SIGTERM handler was installed only once axum first polled the
+/// shutdown future, after `listening on` was printed, so a supervisor that signalled as
+/// soon as it read the line killed the process (status 143) instead of draining it. The
+/// handlers are installed before the line; a SIGTERM right after it drains and exits 0.
+/// The plain database URL (no `?mode=rwc`) also checks that the file is created.
+#[test]
+fn sigterm_right_after_the_listening_line_drains() {
+    use std::io::BufRead;
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("fresh.db").display());
+        let mut child = creditd()
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+            .arg("--plugins")
+            .arg(crate::helpers::plugins_dir())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.starts_with("listening on "), "{first:?}");
+        let pid = child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM exits 0, got {status}");
+        assert!(dir.path().join("fresh.db").exists());
+    }
+}

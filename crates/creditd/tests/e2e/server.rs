@@ -211,6 +211,12 @@ async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
     assert!(receipt(&r).1.starts_with("standard@"), "{r:#}");
     let health = reqwest::get(app.url("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
+    // Still ready (other tiers serve), and the disabled tier is named.
+    let ready = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let text = ready.text().await.unwrap();
+    assert!(text.contains("3 pricing tiers serving"), "{text}");
+    assert!(text.contains("until the next reload: fixture"), "{text}");
     // A reload brings it back.
     app.ok(&app.admin, "mutation { reloadPricing { id } }", json!({}))
         .await;

@@ -695,10 +695,17 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
         ("credits-fixture-gate-v1", "fixture"),
     ]);
     let (registry, _) = open(&dirs);
+    assert!(registry.stalled_tiers().is_empty());
     let err = registry
         .tier_of("fixture-gated")
         .unwrap()
         .stall("fixture-gated");
+    let stalled: Vec<String> = registry
+        .stalled_tiers()
+        .into_iter()
+        .map(|t| t.tier)
+        .collect();
+    assert_eq!(stalled, ["fixture"]);
     assert!(
         matches!(err, PricingError::PricingFailed { failure: PluginFailure::Stalled, ref file, .. } if file == "libcredits_tier_fixture.so"),
         "{err:?}"
@@ -721,4 +728,5 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
     ));
     registry.reload().unwrap();
     registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
+    assert!(registry.stalled_tiers().is_empty());
 }

@@ -1446,3 +1446,55 @@ async fn a_move_onto_a_plan_whose_interval_changed_is_fenced_out(
     assert_eq!(store.load_wallet("wal_up").await?.unwrap().plan_id, "max");
     Ok(())
 }
+
+/// Found by review: a SQLite URL without `?mode=rwc` was never created ("unable to open
+/// database file"), though SPEC 9 has the file created on first start; and nodes starting
+/// together on a fresh database each ran every migration, so all but one failed ("already
+/// exists"). Four stores on one new file, and four on one new PostgreSQL schema, migrate at
+/// once: each succeeds, and the schema is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_on_a_new_database_all_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = vec![format!("sqlite://{}", dir.path().join("new.db").display())];
+    let pg = match std::env::var(helpers::PG_ENV) {
+        Ok(base) => {
+            let schema = format!("mig_{}", std::process::id());
+            let admin = Store::connect(&base).await.unwrap();
+            admin
+                .connection()
+                .execute_unprepared(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                ))
+                .await
+                .unwrap();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            urls.push(format!("{base}{sep}options=-c%20search_path%3D{schema}"));
+            Some((admin, schema))
+        }
+        Err(_) => None,
+    };
+    for url in &urls {
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(Store::connect(url).await.expect("open"));
+        }
+        let outcomes = futures::future::join_all(stores.iter().map(|s| s.migrate())).await;
+        for outcome in outcomes {
+            outcome.unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        assert!(
+            stores[0].plans().await.is_ok(),
+            "{url}: the schema is there"
+        );
+        for s in stores {
+            s.close().await.ok();
+        }
+    }
+    if let Some((admin, schema)) = pg {
+        admin
+            .connection()
+            .execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    }
+}
