@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use credits_core::WalletId;
+use dashmap::DashMap;
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::directory::Metrics;
 use crate::store::{Batch, CommitError, WalletStore};
@@ -30,6 +32,25 @@ struct Job {
 #[derive(Clone)]
 pub struct Committer {
     jobs: mpsc::UnboundedSender<Job>,
+    /// Wallets with a batch here: how many, and who waits for them to settle.
+    pending: Arc<DashMap<WalletId, (usize, Arc<Notify>)>>,
+}
+
+/// A wallet's batch in the committer, until its outcome is known (or the job is dropped).
+struct Pending {
+    wallet_id: WalletId,
+    pending: Arc<DashMap<WalletId, (usize, Arc<Notify>)>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some((_, (_, settled))) = self.pending.remove_if_mut(&self.wallet_id, |_, e| {
+            e.0 -= 1;
+            e.0 == 0
+        }) {
+            settled.notify_waiters();
+        }
+    }
 }
 
 impl Committer {
@@ -39,16 +60,54 @@ impl Committer {
     pub fn start(store: Arc<dyn WalletStore>, writers: usize, metrics: Arc<Metrics>) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
         tokio::spawn(run(store, queue, writers.max(1), metrics));
-        Committer { jobs }
+        Committer {
+            jobs,
+            pending: Arc::default(),
+        }
     }
 
     /// Commits one wallet's batch, grouped with whatever else is waiting, and calls `done`
     /// with the outcome.
     pub fn commit(&self, batch: Batch, done: Done) {
+        self.pending
+            .entry(batch.wallet_id.clone())
+            .or_insert_with(|| (0, Arc::new(Notify::new())))
+            .0 += 1;
+        let pending = Pending {
+            wallet_id: batch.wallet_id.clone(),
+            pending: self.pending.clone(),
+        };
+        // Settled before the actor hears: a fresh activation waiting in `settled` then
+        // loads the outcome.
+        let done: Done = Box::new(move |result| {
+            drop(pending);
+            done(result)
+        });
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { batch, done }) {
             (job.done)(Err(CommitError::Unavailable(
                 "the committer stopped".into(),
             )));
+        }
+    }
+}
+
+impl Committer {
+    /// Returns once no batch of `wallet_id` is in this committer: a wallet actor that
+    /// stopped (a crash) with a commit in flight is replaced only once that commit has
+    /// landed or failed, or the new one would load the state before it.
+    pub async fn settled(&self, wallet_id: &WalletId) {
+        loop {
+            let Some(settled) = self.pending.get(wallet_id).map(|e| e.1.clone()) else {
+                return;
+            };
+            let notified = settled.notified();
+            tokio::pin!(notified);
+            // Registered before looking again, so that a wake-up in between is not missed.
+            notified.as_mut().enable();
+            if !self.pending.contains_key(wallet_id) {
+                return;
+            }
+            notified.await;
         }
     }
 }

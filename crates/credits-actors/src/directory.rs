@@ -269,6 +269,8 @@ impl Directory {
     }
 
     async fn activate(&self, id: &WalletId) -> Result<ActorRef<WalletMsg>, ExecError> {
+        // A predecessor that stopped with a commit in flight: load what it left.
+        self.shared.committer.settled(id).await;
         let loaded = self
             .shared
             .store

@@ -36,11 +36,6 @@ const _: () =
 /// Recently used keys and finished reservations kept in memory to answer retries without
 /// a read; the store's unique index is the guard beyond them.
 pub const RECENT_KEYS: usize = 1024;
-/// How long after a failed reload (after another node's notice) it is first tried again;
-/// each further failure doubles it, up to [`REFRESH_RETRIES`] tries (then the next notice
-/// or commit catches up).
-const REFRESH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-const REFRESH_RETRIES: u32 = 5;
 /// Consecutive commits with an unknown outcome (the store failing, not a lost fence) after
 /// which the actor answers UNAVAILABLE and stops.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 3;
@@ -191,8 +186,6 @@ pub struct WalletState {
     idle_since: Option<tokio::time::Instant>,
     /// Leaving memory: every call still queued is handed over to a fresh activation.
     passivating: bool,
-    /// Failed reloads after another node's notice since the last one that worked.
-    refresh_failures: u32,
     /// Still applying what fell due during a long idle time, [`CATCH_UP_RECORDS`] at a
     /// time: calls wait (parked), ticks are answered once it has caught up.
     lagging: bool,
@@ -267,7 +260,6 @@ impl Actor for WalletActor {
             timer: None,
             idle_since: None,
             passivating: false,
-            refresh_failures: 0,
             lagging: false,
             catch_up_seq: 0,
         })
@@ -888,34 +880,9 @@ impl WalletState {
         let refresh = self.in_flight.is_none();
         let mut r = match result {
             Ok(r) if self.failures < MAX_COMMIT_ATTEMPTS => r,
-            Err(e) if refresh => {
-                // Nothing of ours is at stake: keep serving (the next commit's fence brings
-                // the state up to date). The calls parked for this reload cannot be decided
-                // on the state it was to replace (a refusal there would be unearned): they
-                // are UNAVAILABLE. The reload is tried again shortly, since subscribers here
-                // still miss what the other node committed.
-                tracing::warn!(wallet = %self.durable.id, error = %e, "reload after a notice failed");
-                self.recovering = false;
-                self.announced = None;
-                for (_, reply) in std::mem::take(&mut self.parked) {
-                    let _ = reply.send(Err(ExecError::Unavailable(format!(
-                        "could not read another node's commits: {e}"
-                    ))));
-                }
-                if self.refresh_failures < REFRESH_RETRIES {
-                    let delay = REFRESH_RETRY * 2u32.pow(self.refresh_failures);
-                    self.refresh_failures += 1;
-                    let me = myself.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let _ = me.send_message(WalletMsg::Refresh(None));
-                    });
-                }
-                // A timer that fired meanwhile was not acted on.
-                self.advance();
-                self.maybe_commit(myself);
-                return;
-            }
+            // A failed reload (or a store that keeps failing): stop. After another node's
+            // notice, the state here is known to be stale, and a call decided on it could
+            // be refused unearned; the next call activates the wallet afresh from the store.
             outcome => {
                 let why = match outcome {
                     Err(e) => e.to_string(),
@@ -926,7 +893,6 @@ impl WalletState {
             }
         };
         self.recovering = false;
-        self.refresh_failures = 0;
         let mut flight = self
             .in_flight
             .take()

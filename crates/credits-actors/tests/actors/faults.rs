@@ -364,6 +364,31 @@ async fn a_lot_granted_again_behind_its_spending_is_refused_once_durable() {
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("0"));
 }
 
+/// Found by review: a wallet actor that crashed with a commit in flight was replaced at
+/// once, and the new activation could load the wallet before that commit landed, then
+/// decide on the older state (here: refuse a usage the landed grant pays for). An
+/// activation now waits for the wallet's commits still in flight on this node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_restarted_after_a_crash_waits_for_its_commit_in_flight() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_c", "pro", "UTC").await;
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    let granting = app.spawn_execute(&id, grant("g1", "100", None));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let before = app.dir.active_actor(&id);
+    app.dir.crash(&id).await;
+    assert!(eventually(|| app.dir.active_actor(&id) != before).await);
+    assert!(granting.await.unwrap().is_err(), "its caller is not told");
+    // 520 of the plan and 100 of the grant: only payable once the grant has landed.
+    let spending = app.spawn_execute(&id, usage("spend", "600"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    faults.commits.release.notify_one();
+    let spent = spending.await.unwrap();
+    assert!(spent.is_ok(), "{spent:?}");
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("20"));
+}
+
 /// Found by review: a refusal the actor decides from its own memory of keys (another
 /// input under a key whose call is still committing) was answered at once, as a definite
 /// IDEMPOTENCY_CONFLICT, though that commit could still fail and leave the key unrecorded

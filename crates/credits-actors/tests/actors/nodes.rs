@@ -147,10 +147,10 @@ async fn calls_parked_behind_a_notice_run_once_the_commit_lands() {
 /// Found by review: when the reload after another node's notice failed, the calls parked
 /// for it were decided on the state it was to replace, so a settle of the other node's
 /// reservation was refused RESERVATION_NOT_ACTIVE, a definite answer the wallet had not
-/// earned. They are UNAVAILABLE now, and the reload is tried again: the node then sees
-/// the other node's record and settles.
+/// earned. They are UNAVAILABLE now, and the actor stops: the next call reads the other
+/// node's record and settles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_parked_for_a_failed_reload_are_unavailable_and_the_reload_is_retried() {
+async fn calls_parked_for_a_failed_reload_are_unavailable_and_the_next_call_reloads() {
     let (store, a, b, id) = two_nodes("wal_retry").await;
     let reserved = a.execute(&id, reserve_op()).await.unwrap();
 
@@ -173,12 +173,32 @@ async fn calls_parked_for_a_failed_reload_are_unavailable_and_the_reload_is_retr
         matches!(refused, Err(credits_actors::ExecError::Unavailable(_))),
         "{refused:?}"
     );
-    // The retried reload brings B up to A's record; the settle then succeeds.
+    // The next call activates B's wallet afresh, up to A's record; the settle succeeds.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while b.read(&id).await.unwrap().seq < reserved.entry.seq {
         assert!(std::time::Instant::now() < deadline, "B never caught up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.execute(&id, Op::Settle(settle)).await.unwrap();
+    assert_eq!(b.read(&id).await.unwrap().reserved(), cr("0"));
+}
+
+/// Found by review: once the reload after another node's notice had failed, the actor
+/// forgot the notice and decided the next calls on the state it knew to be stale, so a
+/// settle of the other node's reservation was refused RESERVATION_NOT_ACTIVE (and
+/// subscribers missed the other node's record) until a retry worked. The actor now stops
+/// instead: the next call activates the wallet afresh from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_reload_failed_decides_nothing_on_the_stale_state() {
+    let (store, a, b, id) = two_nodes("wal_stale").await;
+    let reserved = a.execute(&id, reserve_op()).await.unwrap();
+    let faults = &store.faults;
+    faults.fail_loads.store(1, Ordering::SeqCst);
+    b.announce(&id, Some(reserved.entry.seq));
+    assert!(eventually(|| faults.fail_loads.load(Ordering::SeqCst) == 0).await);
+    // The failed reload has been handled (there is no retry within this pause).
+    tokio::time::sleep(PAUSE).await;
+    let settled = b.execute(&id, Op::Settle(settle_op())).await;
+    assert!(settled.is_ok(), "{settled:?}");
     assert_eq!(b.read(&id).await.unwrap().reserved(), cr("0"));
 }
