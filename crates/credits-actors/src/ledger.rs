@@ -872,10 +872,9 @@ impl Ledger {
         let (Some(claimed), Some(grant)) = (review.credited_ucr, review.grant_id.clone()) else {
             return Ok(false);
         };
-        let reason = format!(
-            "high usage review {} of thread {}",
-            review.id, review.thread_id
-        );
+        // The review only, not its thread: every member of a pool sees the pool's lots,
+        // and a plain member may not see another's threads (SPEC 10).
+        let reason = format!("high usage review {}", review.id);
         self.compensate(
             &WalletId(review.wallet_id.clone()),
             &review.id,

@@ -295,6 +295,21 @@ async fn plain_members_see_their_own_share(b: Backend) {
         2 * bob_refund,
         "{d}"
     );
+    // Found by review: the pool's compensation lot, which every member sees in the
+    // balance, named bob's thread in its reason. It names only the review.
+    let lots = "query($w: ID!) { wallet(id: $w) { balance { bonus { grants { kind reason } } } } }";
+    let grants =
+        app.ok(&carol, lots, json!({ "w": pool })).await["wallet"]["balance"]["bonus"]["grants"]
+            .clone();
+    let reasons: Vec<&str> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["kind"] == "COMPENSATION")
+        .map(|g| g["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{grants}");
+    assert!(!reasons[0].contains("pool-thread"), "{reasons:?}");
 }
 
 /// A Credits value in micro-credits.
