@@ -1062,8 +1062,9 @@ impl Wallet {
             return Ok(EntryKind::PlanScheduled { plan_id: None });
         }
         new.check_offered().map_err(invalid)?;
-        let current = self.plan(plans)?;
-        if new.interval != self.interval || new.subscription_credits <= current.subscription_credits
+        // "Higher" than the allowance this period runs on, the same `old` as the amount
+        // below: an edit of the current (custom) plan counts only from the next renewal.
+        if new.interval != self.interval || new.subscription_credits <= self.subscription.allowance
         {
             return Ok(EntryKind::PlanScheduled {
                 plan_id: Some(id.clone()),

@@ -938,6 +938,69 @@ fn upgrade_prorates_subscription_rounding_down_to_the_micro_credit() {
     assert_eq!(j.wallet.plan_id, PlanId::from("max"));
 }
 
+/// Found by review: after an edit of the wallet's custom plan (which moves no credits
+/// until the renewal), the upgrade test compared the new plan with the edited plan while
+/// the amount came from the wallet's allowance: a change was scheduled though it adds
+/// credits now, or applied at once adding nothing. Both use the allowance this period
+/// runs on.
+#[test]
+fn upgrade_after_a_custom_plan_edit_is_judged_on_the_allowance_of_the_period() {
+    let acme = |subscription: &str| Plan {
+        id: PlanId::from("acme"),
+        name: "Acme".into(),
+        daily_credits: cr("10"),
+        subscription_credits: cr(subscription),
+        interval: BillingInterval::Monthly,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
+    };
+    let edit = |j: &mut credits_core::testing::Journal, subscription: &str| {
+        let p = j
+            .plans
+            .iter_mut()
+            .find(|p| p.id.as_str() == "acme")
+            .unwrap();
+        *p = acme(subscription);
+    };
+    // 100 a period, edited to 1,000: `pro` (500) still adds 400 × remaining / period now.
+    let mut plans = catalogue();
+    plans.push(acme("100"));
+    let mut j = open_with(
+        plans.clone(),
+        "acme",
+        "UTC",
+        "2027-06-01T00:00:00Z",
+        None,
+        false,
+    );
+    edit(&mut j, "1000");
+    let e = ok(
+        &mut j,
+        "2027-06-16T00:00:00Z",
+        &Op::ChangePlan(PlanId::from("pro")),
+    );
+    assert!(
+        matches!(&e.kind, EntryKind::PlanChanged { subscription_added, .. } if *subscription_added == cr("200")),
+        "{e:?}"
+    );
+    assert_eq!(j.wallet.subscription.remaining, cr("300"));
+    // 1,000 a period, edited to 100: `pro` (500) gives less than this period's 1,000, so
+    // it waits for the renewal and changes nothing now.
+    let mut plans = catalogue();
+    plans.push(acme("1000"));
+    let mut j = open_with(plans, "acme", "UTC", "2027-06-01T00:00:00Z", None, false);
+    edit(&mut j, "100");
+    ok(
+        &mut j,
+        "2027-06-16T00:00:00Z",
+        &Op::ChangePlan(PlanId::from("pro")),
+    );
+    assert_eq!(j.wallet.plan_id, PlanId::from("acme"));
+    assert_eq!(j.wallet.scheduled_plan_id, Some(PlanId::from("pro")));
+    assert_eq!(j.wallet.subscription.allowance, cr("1000"));
+}
+
 #[test]
 fn downgrade_is_scheduled_for_the_period_end_and_daily_waits_for_the_next_reset() {
     let mut j = open("max", "UTC", "2027-06-01T06:00:00Z", None);
