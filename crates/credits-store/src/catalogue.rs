@@ -170,6 +170,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         crate::bound("catalogue entries", plans.len() + bundles.len(), MAX_LIST)?;
         let txn = self.begin_write().await?;
+        // An interval never changes under wallets on the plan (SPEC 5), whichever way the
+        // plan is edited.
+        let mut stored = plans::Entity::find()
+            .filter(plans::Column::Id.is_in(plans.iter().map(|p| p.id.clone())))
+            .order_by_asc(plans::Column::Id);
+        if self.backend() == crate::Backend::Postgres {
+            stored = stored.lock_exclusive();
+        }
+        for row in stored.all(&txn).await.map_err(StoreError::Db)? {
+            let moved = plans
+                .iter()
+                .any(|p| p.id == row.id && p.interval != row.interval);
+            if moved && on_plan(&txn, &row.id).await? {
+                return Err(StoreError::IntervalInUse(row.id));
+            }
+        }
         upsert_plans(&txn, plans).await?;
         plans::Entity::update_many()
             .col_expr(plans::Column::Retired, Expr::value(true))

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// meanwhile. Nothing was written; a retry reads the plan again.
     #[error("plan {0} changed its billing interval meanwhile; retry")]
     PlanChanged(String),
+    /// A catalogue would change the billing interval of a plan wallets are on (SPEC 5:
+    /// never for a plan in use). Nothing was written.
+    #[error("the catalogue changes the billing interval of plan {0}, which wallets are on")]
+    IntervalInUse(String),
 }
 
 impl StoreError {

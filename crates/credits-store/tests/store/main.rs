@@ -1444,6 +1444,20 @@ async fn a_move_onto_a_plan_whose_interval_changed_is_fenced_out(
     store.upsert_catalogue(&[row("MONTHLY")], &[]).await?;
     live.commit(&store).await?;
     assert_eq!(store.load_wallet("wal_up").await?.unwrap().plan_id, "max");
+    // Found by review: a restart whose catalogue changed the interval of a plan in use
+    // overwrote it, and its wallets renewed into the new interval while recording the
+    // old one. The catalogue is refused, and nothing of it is written.
+    let mut edited = row("ANNUAL");
+    edited.name = "Max yearly".into();
+    assert!(matches!(
+        store.upsert_catalogue(&[edited], &[]).await,
+        Err(StoreError::IntervalInUse(p)) if p == "max"
+    ));
+    let max = store.plan("max").await?.unwrap();
+    assert_eq!(
+        (max.interval.as_str(), max.name.as_str()),
+        ("MONTHLY", "Max")
+    );
     Ok(())
 }
 
