@@ -274,7 +274,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
         String::new()
     } else {
         format!(
-            "; disabled after a stalled call until the next reload: {}",
+            "; disabled after a stalled call until a reload loads it afresh: {}",
             stalled.join(", ")
         )
     };

@@ -102,10 +102,15 @@ impl Committer {
             };
             let notified = settled.notified();
             tokio::pin!(notified);
-            // Registered before looking again, so that a wake-up in between is not missed.
+            // Registered before looking again, so that a wake-up in between is not missed
+            // (the entry may have gone, or been replaced by a new batch's).
             notified.as_mut().enable();
-            if !self.pending.contains_key(wallet_id) {
-                return;
+            let same = self
+                .pending
+                .get(wallet_id)
+                .is_some_and(|e| Arc::ptr_eq(&e.1, &settled));
+            if !same {
+                continue;
             }
             notified.await;
         }

@@ -1097,7 +1097,6 @@ impl WalletState {
     }
 }
 
-/// What a grant with an origin (a purchase, a review's compensation) is the one lot for.
 /// A payment or a review that a stored lot holds (an owned [`OnceFor`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Taken {
@@ -1127,6 +1126,7 @@ impl From<OnceFor<'_>> for Taken {
     }
 }
 
+/// What a grant with an origin (a purchase, a review's compensation) is the one lot for.
 fn once_for(op: &Op) -> Option<OnceFor<'_>> {
     match op {
         Op::Grant(g) => g.origin.as_ref().map(LotOrigin::once_for),

@@ -136,12 +136,13 @@ impl LoadedTier {
         Err(self.failed(model, failure))
     }
 
-    /// Disables this tier: a call did not return in time (see [`PluginFailure::Stalled`]).
-    /// Whether a call into this tier did not return in time (it is disabled until reloaded).
+    /// Whether a call into this tier did not return in time (it is disabled until a reload
+    /// loads its file afresh).
     pub(crate) fn stalled(&self) -> bool {
         self.stalled.load(Ordering::Relaxed)
     }
 
+    /// Disables this tier: a call did not return in time (see [`PluginFailure::Stalled`]).
     pub(crate) fn stall(&self, model: &str) -> PricingError {
         self.stalled.store(true, Ordering::Relaxed);
         self.failed(model, PluginFailure::Stalled)

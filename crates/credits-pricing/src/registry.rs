@@ -132,8 +132,8 @@ impl PricingRegistry {
             .collect()
     }
 
-    /// The loaded tiers disabled after a call that did not return in time, until the next
-    /// reload.
+    /// The loaded tiers disabled after a call that did not return in time, until a reload
+    /// loads their file afresh (one whose new file is refused stays disabled).
     pub fn stalled_tiers(&self) -> Vec<TierInfo> {
         self.table
             .load()

@@ -216,7 +216,10 @@ async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
     assert_eq!(ready.status(), 200);
     let text = ready.text().await.unwrap();
     assert!(text.contains("3 pricing tiers serving"), "{text}");
-    assert!(text.contains("until the next reload: fixture"), "{text}");
+    assert!(
+        text.contains("until a reload loads it afresh: fixture"),
+        "{text}"
+    );
     // A reload brings it back.
     app.ok(&app.admin, "mutation { reloadPricing { id } }", json!({}))
         .await;
