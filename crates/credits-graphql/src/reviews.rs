@@ -63,6 +63,37 @@ fn record(row: &UsageRow) -> UsageRecord {
     }
 }
 
+/// The events of a thread a CREDITED review judged.
+struct Coverage {
+    /// Up to this ledger seq; reviews filed before it was recorded: up to their filing.
+    through: Result<u64, DateTime<Utc>>,
+    /// Only this member's events (a plain member's review).
+    member: Option<String>,
+}
+
+impl Coverage {
+    fn of(review: &ReviewRow) -> Coverage {
+        let findings = serde_json::from_str::<credits_review::Findings>(&review.findings_json).ok();
+        let (seq, member) = findings.map_or((None, None), |f| (f.covers_seq, f.member));
+        Coverage {
+            through: seq.ok_or(review.created_at),
+            member,
+        }
+    }
+
+    fn covers(&self, row: &UsageRow) -> bool {
+        let judged = match self.through {
+            Ok(seq) => row.seq <= seq,
+            Err(filed) => row.at <= filed,
+        };
+        judged
+            && self
+                .member
+                .as_ref()
+                .is_none_or(|m| row.member_id.as_ref() == Some(m))
+    }
+}
+
 fn preview(p: PreviewStatus) -> ReviewPreview {
     match p {
         PreviewStatus::Ok => ReviewPreview::Ok,
@@ -141,31 +172,22 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         context_size: input.context_size.map(|v| v as u64),
     };
     // Events a CREDITED review already judged are never refunded again: those of the
-    // thread up to its filing, only its member's when a plain member filed it.
+    // thread up to the last one it analysed (by ledger seq, which no clock can reorder),
+    // only its member's when a plain member filed it.
     let earlier = l
         .store()
         .reviews_of_thread(&wallet_id.0, &input.thread_id)
         .await?;
-    let covered: Vec<(DateTime<Utc>, Option<String>)> = earlier
+    let covered: Vec<Coverage> = earlier
         .iter()
         .filter(|r| r.status == StoreStatus::Credited)
         .take(MAX_THREAD_REVIEWS)
-        .map(|r| {
-            let findings = serde_json::from_str::<credits_review::Findings>(&r.findings_json);
-            (r.created_at, findings.ok().and_then(|f| f.member))
-        })
+        .map(Coverage::of)
         .collect();
     let already: HashSet<UsageId> = thread
         .iter()
         .zip(&rows)
-        .filter(|(e, row)| {
-            covered.iter().any(|(until, only)| {
-                e.at <= *until
-                    && only
-                        .as_ref()
-                        .is_none_or(|m| row.member_id.as_ref() == Some(m))
-            })
-        })
+        .filter(|(_, row)| covered.iter().any(|c| c.covers(row)))
         .map(|(e, _)| e.id.clone())
         .collect();
     let now = l.now();
@@ -186,6 +208,7 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
     let mut findings =
         credits_review::analyse_with_percentile(&report, &thread, &already, percentile);
     findings.member = member;
+    findings.covers_seq = rows.iter().map(|r| r.seq).max();
     let row = ReviewRow {
         id: credits_actors::ledger::new_ordered_id("rev"),
         wallet_id: wallet_id.0.clone(),
@@ -239,6 +262,20 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
             "an approved amount must be greater than zero",
         ));
     }
+    let too_much = || {
+        ApiError::invalid(format!(
+            "an approved amount must be at most {}",
+            CoreCredits::MAX_HOLDING
+        ))
+    };
+    // Input checks before the review is looked up (SPEC 10: INVALID_INPUT first).
+    if input
+        .amount
+        .as_ref()
+        .is_some_and(|a| a.0 > CoreCredits::MAX_HOLDING)
+    {
+        return Err(too_much());
+    }
     let review = l
         .store()
         .review(&input.review_id.0)
@@ -257,10 +294,7 @@ pub async fn resolve(ctx: &Context<'_>, input: ResolveReviewInput) -> ApiResult<
             }
             // Refused before the review is claimed: a claim is only for a grant that can be.
             if a > CoreCredits::MAX_HOLDING {
-                return Err(ApiError::invalid(format!(
-                    "an approved amount must be at most {}",
-                    CoreCredits::MAX_HOLDING
-                )));
+                return Err(too_much());
             }
             Some(a)
         }

@@ -89,6 +89,11 @@ pub struct Findings {
     /// member's report): a CREDITED review covers those events, not the other members'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// The highest ledger seq among the events analysed: a CREDITED review covers the
+    /// thread's events up to it (its member's only, with `member`). Reviews filed before
+    /// it was recorded cover the events up to their filing instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covers_seq: Option<u64>,
 }
 
 /// Analyses a reported thread.
@@ -140,6 +145,7 @@ pub fn analyse_with_percentile(
         suggested_refund: suggested_refund(report.preview_status, thread, &loops, already_credited),
         tips,
         member: None,
+        covers_seq: None,
     }
 }
 

@@ -245,7 +245,8 @@ impl Store {
     }
 
     /// Every usage event of one thread of a wallet, oldest first, at most `limit`
-    /// (≤ [`MAX_LIST`]): the input of a high-usage review's analysis.
+    /// (≤ [`MAX_LIST`]) and then the newest ones: the input of a high-usage review's
+    /// analysis (its loops and its last events are where the refund comes from).
     pub async fn thread_usage(
         &self,
         wallet_id: &str,
@@ -264,6 +265,7 @@ impl Store {
             .await
             .map_err(StoreError::Db)?
             .into_iter()
+            .rev()
             .map(usage_row)
             .collect()
     }
@@ -371,8 +373,8 @@ fn thread_statement(
     usage_events::Entity::find()
         .filter(Column::WalletId.eq(wallet_id))
         .filter(Column::ThreadId.eq(thread_id))
-        .order_by_asc(Column::AtUs)
-        .order_by_asc(Column::Seq)
+        .order_by_desc(Column::AtUs)
+        .order_by_desc(Column::Seq)
         .limit(limit as u64)
         .build(backend)
 }

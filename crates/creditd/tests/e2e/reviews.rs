@@ -211,6 +211,29 @@ async fn report_read_and_resolve_reviews(b: Backend) {
             .iter()
             .any(|g| g["amount"] == "0.5" && !before.contains(g))
     );
+
+    // Found by review: a credited review covered the thread's events by time (up to its
+    // filing instant), so events recorded later at the same instant (the manual clock
+    // here; another node's clock ahead on the real one) counted as judged and were never
+    // refunded. It covers the events it analysed, by ledger seq.
+    for key in ["a2", "b2", "c2"] {
+        app.record(&w, key, "loop", "standard-chat", 10_000, 1000)
+            .await;
+    }
+    let d = app.ok(&alice, REPORT, json!({ "w": w, "t": "loop" })).await;
+    assert_eq!(d["reportHighUsage"]["findings"]["events"], 6);
+    let refund = &d["reportHighUsage"]["findings"]["suggestedRefund"];
+    assert_ne!(refund, "0", "{d}");
+    // An amount no wallet can hold is INVALID_INPUT before the review is looked up.
+    assert_eq!(
+        app.code(
+            &app.admin,
+            RESOLVE,
+            json!({ "i": { "reviewId": "rev_nope", "decision": "APPROVE", "amount": "3000000000000" } })
+        )
+        .await,
+        "INVALID_INPUT"
+    );
 }
 
 /// Found by review: an approval interrupted between claiming the review and finishing it

@@ -32,6 +32,7 @@ both!(
     payment_reference_is_unique_across_wallets,
     thread_rank_counts_platform_threads,
     commits_are_announced_to_listeners,
+    a_long_thread_is_read_from_its_newest_events,
 );
 
 async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
@@ -1458,6 +1459,33 @@ async fn a_move_onto_a_plan_whose_interval_changed_is_fenced_out(
         (max.interval.as_str(), max.name.as_str()),
         ("MONTHLY", "Max")
     );
+    Ok(())
+}
+
+/// Found by review: a thread longer than the review's read bound was read from its oldest
+/// events, so a retry loop at its end (where a report comes from) was never seen. The
+/// newest events are read, oldest first.
+async fn a_long_thread_is_read_from_its_newest_events(store: Store) -> anyhow::Result<()> {
+    let mut live = create(&store, "wal_long", "pro", t0()).await?;
+    for i in 0..5 {
+        live.usage(
+            t0() + Duration::seconds(i),
+            &format!("k{i}"),
+            "t",
+            "m",
+            1_000,
+        );
+    }
+    live.usage(t0(), "other", "u", "m", 1_000);
+    live.commit(&store).await?;
+    let keys: Vec<Option<String>> = store
+        .thread_usage("wal_long", "t", 3)
+        .await?
+        .into_iter()
+        .map(|r| r.idempotency_key)
+        .collect();
+    let want = ["k2", "k3", "k4"].map(|k| Some(k.to_owned()));
+    assert_eq!(keys, want);
     Ok(())
 }
 
