@@ -200,7 +200,11 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
                 .filter(|r| r.model == model && r.at >= from && r.at < to)
                 .map(|r| r.cost_ucr)
                 .fold(0i64, i64::saturating_add);
-            let rank = l.store().thread_rank(model, from, to, total).await?;
+            let thread = (wallet_id.0.as_str(), input.thread_id.as_str());
+            let rank = l
+                .store()
+                .thread_rank(model, from, to, thread, total)
+                .await?;
             credits_review::percentile_from_counts(rank.threads, rank.at_or_below)
         }
         None => None,

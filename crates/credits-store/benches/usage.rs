@@ -348,6 +348,7 @@ async fn run(name: &str, url: &str, events: usize) {
             mid_model,
             now - Duration::days(30),
             now + Duration::seconds(1),
+            (WALLET, &mid_thread),
             500_000_000,
         )
     })

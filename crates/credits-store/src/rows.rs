@@ -302,9 +302,10 @@ pub struct SummaryRow {
 /// Where a thread's total stands among the platform's threads of one model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThreadRank {
-    /// Threads (wallet, thread id) with usage of the model in the window.
+    /// The ranked thread and the other threads (wallet, thread id) with usage of the model
+    /// in the window.
     pub threads: u64,
-    /// Of those, the ones whose total cost is ≤ the given cost.
+    /// Of those, the ones whose total cost is ≤ the given cost (the ranked thread always).
     pub at_or_below: u64,
 }
 

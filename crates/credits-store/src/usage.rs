@@ -162,7 +162,7 @@ impl Store {
                 limit,
             } => vec![thread_statement(backend, wallet_id, thread_id, *limit)],
             UsageQuery::ThreadRank { model, from, to } => {
-                vec![rank_statement(backend, model, *from, *to, 0)]
+                vec![rank_statement(backend, model, *from, *to, ("", ""), 0)]
             }
         };
         let (prefix, column) = match backend {
@@ -331,24 +331,31 @@ impl Store {
     /// Where `cost_ucr` stands among the platform's threads (wallet, thread id) of
     /// `model` in [from, to): a thread's total is the sum of its usage of that model in
     /// the window (SPEC 7 `costPercentile`). Aggregated in SQL: no rows are returned.
+    ///
+    /// `thread` (wallet id, thread id) is the one being ranked, counted at `cost_ucr` (for a
+    /// plain pool member, their share of it) and never at its stored total, so that it is
+    /// always "at or below" itself.
     pub async fn thread_rank(
         &self,
         model: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+        thread: (&str, &str),
         cost_ucr: i64,
     ) -> Result<ThreadRank, StoreError> {
+        let statement = rank_statement(self.db_backend(), model, from, to, thread, cost_ucr);
         let row = self
             .db
-            .query_one_raw(rank_statement(self.db_backend(), model, from, to, cost_ucr))
+            .query_one_raw(statement)
             .await
             .map_err(StoreError::Db)?
             .ok_or_else(|| corrupt("aggregate returned no row"))?;
         let threads: i64 = row.try_get("", "threads").map_err(StoreError::Db)?;
         let below: i64 = row.try_get("", "below").map_err(StoreError::Db)?;
+        // The others, then the thread itself.
         Ok(ThreadRank {
-            threads: u64::try_from(threads).map_err(corrupt)?,
-            at_or_below: u64::try_from(below).map_err(corrupt)?,
+            threads: u64::try_from(threads).map_err(corrupt)? + 1,
+            at_or_below: u64::try_from(below).map_err(corrupt)? + 1,
         })
     }
 
@@ -460,6 +467,7 @@ fn rank_statement(
     model: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    (wallet_id, thread_id): (&str, &str),
     cost_ucr: i64,
 ) -> Statement {
     let mut sql = Sql::new(backend);
@@ -479,7 +487,11 @@ fn rank_statement(
         .bind(to_us(from))
         .push(" AND u.at_us < ")
         .bind(to_us(to))
-        .push(" GROUP BY u.wallet_id, u.thread_id) t");
+        .push(" GROUP BY u.wallet_id, u.thread_id) t WHERE NOT (t.wallet_id = ")
+        .bind(wallet_id.to_owned())
+        .push(" AND t.thread_id = ")
+        .bind(thread_id.to_owned())
+        .push(")");
     sql.build()
 }
 

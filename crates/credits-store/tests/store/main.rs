@@ -1132,8 +1132,9 @@ async fn thread_rank_counts_platform_threads(store: Store) -> anyhow::Result<()>
         }
         live.commit(&store).await?;
     }
+    let window = (t0(), at + Duration::seconds(1));
     let rank = store
-        .thread_rank("m", t0(), at + Duration::seconds(1), 6000)
+        .thread_rank("m", window.0, window.1, ("wal_t1", "t1"), 6000)
         .await?;
     assert_eq!(
         rank,
@@ -1142,14 +1143,33 @@ async fn thread_rank_counts_platform_threads(store: Store) -> anyhow::Result<()>
             at_or_below: 6
         }
     );
+    // Found by review: ranked at a plain member's share (500 of its 12,000), a thread was
+    // still counted at its stored total, above itself: 0 of 12. It counts at the share.
+    let share = store
+        .thread_rank("m", window.0, window.1, ("wal_t2", "t3"), 500)
+        .await?;
+    assert_eq!(
+        share,
+        ThreadRank {
+            threads: 12,
+            at_or_below: 1
+        }
+    );
+    // Alone in the window (no usage of the model there yet): itself.
     let empty = store
-        .thread_rank("m", at + Duration::seconds(1), at + Duration::days(1), 1)
+        .thread_rank(
+            "m",
+            at + Duration::seconds(1),
+            at + Duration::days(1),
+            ("wal_t0", "t0"),
+            1,
+        )
         .await?;
     assert_eq!(
         empty,
         ThreadRank {
-            threads: 0,
-            at_or_below: 0
+            threads: 1,
+            at_or_below: 1
         }
     );
     let _ = Utc::now();
