@@ -10,6 +10,17 @@ pub(crate) fn to_us(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
+/// The first whole microsecond at or after `at`: for a bound on stored (whole-µs) instants,
+/// `stored >= at` ⇔ `stored >= ceil_us(at)` and `stored < at` ⇔ `stored < ceil_us(at)`.
+pub(crate) fn ceil_us(at: DateTime<Utc>) -> i64 {
+    let floor = at.timestamp_micros();
+    if at.timestamp_subsec_nanos().is_multiple_of(1_000) {
+        floor
+    } else {
+        floor + 1
+    }
+}
+
 pub(crate) fn from_us(us: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::<Utc>::from_timestamp_micros(us).ok_or_else(|| corrupt(format!("instant {us} µs")))
 }

@@ -14,7 +14,7 @@ use crate::entity::usage_events::{self, Column};
 use crate::error::{StoreError, corrupt};
 use crate::rows::*;
 use crate::sql::Sql;
-use crate::time::{from_us, seq_to_db, to_us};
+use crate::time::{ceil_us, from_us, seq_to_db, to_us};
 use crate::wallet::usage_row;
 use crate::{MAX_LIST, MAX_PAGE, MAX_SUMMARY_DAYS, MAX_SUMMARY_GROUPS, Store, bound};
 
@@ -28,7 +28,8 @@ pub(crate) fn encode_cursor(at_us: i64, seq: i64) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
-    if !cursor.len().is_multiple_of(2) || cursor.len() > 128 {
+    // ASCII first: the pairs below are byte slices.
+    if !cursor.is_ascii() || !cursor.len().is_multiple_of(2) || cursor.len() > 128 {
         return Err(StoreError::InvalidCursor);
     }
     let bytes = (0..cursor.len())
@@ -59,10 +60,10 @@ fn filter_condition(wallet_id: &str, filter: &UsageFilter) -> Condition {
         cond = cond.add(Column::MemberId.eq(member.as_str()));
     }
     if let Some(from) = filter.from {
-        cond = cond.add(Column::AtUs.gte(to_us(from)));
+        cond = cond.add(Column::AtUs.gte(ceil_us(from)));
     }
     if let Some(to) = filter.to {
-        cond = cond.add(Column::AtUs.lt(to_us(to)));
+        cond = cond.add(Column::AtUs.lt(ceil_us(to)));
     }
     cond
 }
@@ -80,10 +81,10 @@ fn push_filter(sql: &mut Sql, wallet_id: &str, filter: &UsageFilter) {
         sql.push(" AND u.member_id = ").bind(member.clone());
     }
     if let Some(from) = filter.from {
-        sql.push(" AND u.at_us >= ").bind(to_us(from));
+        sql.push(" AND u.at_us >= ").bind(ceil_us(from));
     }
     if let Some(to) = filter.to {
-        sql.push(" AND u.at_us < ").bind(to_us(to));
+        sql.push(" AND u.at_us < ").bind(ceil_us(to));
     }
 }
 
@@ -484,9 +485,9 @@ fn rank_statement(
         .push(" WHERE u.model = ")
         .bind(model.to_owned())
         .push(" AND u.at_us >= ")
-        .bind(to_us(from))
+        .bind(ceil_us(from))
         .push(" AND u.at_us < ")
-        .bind(to_us(to))
+        .bind(ceil_us(to))
         .push(" GROUP BY u.wallet_id, u.thread_id) t WHERE NOT (t.wallet_id = ")
         .bind(wallet_id.to_owned())
         .push(" AND t.thread_id = ")

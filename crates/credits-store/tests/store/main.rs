@@ -764,6 +764,14 @@ async fn pagination_is_stable_while_events_arrive(store: Store) -> anyhow::Resul
             .await,
         Err(StoreError::InvalidCursor)
     ));
+    // Found by review: a cursor with a character of several bytes panicked (a slice
+    // inside it), dropping the connection instead of INVALID_INPUT.
+    for bad in ["a\u{e9}b", "\u{e9}\u{e9}", "7531\u{1f600}"] {
+        assert!(matches!(
+            store.usage_history("wal_p", &filter, 5, Some(bad)).await,
+            Err(StoreError::InvalidCursor)
+        ));
+    }
     // Filters: thread/model/time window.
     let window = UsageFilter {
         from: Some(t0() + Duration::seconds(60)),
@@ -777,6 +785,24 @@ async fn pagination_is_stable_while_events_arrive(store: Store) -> anyhow::Resul
             .all(|e| e.at >= window.from.unwrap() && e.at < window.to.unwrap())
     );
     assert_eq!(page.events.len(), 4);
+    // Found by review: bounds finer than a microsecond were truncated, which moved an
+    // event at the boundary across it. `from` stays inclusive and `to` exclusive, exactly.
+    let all = store
+        .usage_history("wal_p", &filter, 100, None)
+        .await?
+        .events;
+    for (from_ns, to_ns) in [(1, 1), (999, 0), (0, 1)] {
+        let fine = UsageFilter {
+            from: Some(t0() + Duration::seconds(60) + Duration::nanoseconds(from_ns)),
+            to: Some(t0() + Duration::seconds(120) + Duration::nanoseconds(to_ns)),
+            ..UsageFilter::default()
+        };
+        let (lo, hi) = (fine.from.unwrap(), fine.to.unwrap());
+        let want = all.iter().filter(|e| e.at >= lo && e.at < hi).count();
+        let got = store.usage_history("wal_p", &fine, 100, None).await?.events;
+        assert_eq!(got.len(), want, "[{lo}, {hi})");
+        assert!(got.iter().all(|e| e.at >= lo && e.at < hi), "[{lo}, {hi})");
+    }
     let none = UsageFilter {
         model: Some("other".into()),
         ..UsageFilter::default()
