@@ -306,24 +306,7 @@ async fn a_purchase_sent_twice_is_refused_once_the_first_is_durable() {
 async fn a_lot_granted_again_after_it_was_spent_is_refused() {
     let app = app_at("2027-03-10T12:00:00Z");
     let id = app.wallet("wal_s", "pro", "UTC").await;
-    app.dir.execute(&id, usage("all", "520")).await.unwrap();
-    for (i, again) in [
-        compensation("grt_r", "rev_1", "1"),
-        purchase("grt_p", "pay-1"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let amount = match &again {
-            credits_core::Op::Grant(g) => g.amount.to_string(),
-            _ => unreachable!(),
-        };
-        app.dir.execute(&id, again.clone()).await.unwrap();
-        app.dir
-            .execute(&id, usage(&format!("spend-{i}"), &amount))
-            .await
-            .unwrap();
-        let refused = app.dir.execute(&id, again).await;
+    for refused in grant_spend_and_grant_again(&app.dir, &id).await {
         assert!(
             matches!(
                 refused,
@@ -331,9 +314,9 @@ async fn a_lot_granted_again_after_it_was_spent_is_refused() {
             ),
             "{refused:?}"
         );
-        assert_eq!(grants(&app.ledger(&id)), i + 1, "one lot each");
-        assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("0"));
     }
+    assert_eq!(grants(&app.ledger(&id)), 2, "one lot each");
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("0"));
 }
 
 /// The same while the first lot's commit is still in flight: the lot was spent by a call

@@ -123,6 +123,35 @@ pub fn compensation(id: &str, review: &str, amount: &str) -> Op {
     })
 }
 
+/// On wallet `id` (a `pro` wallet, 520 credits): spends everything, then for a review's
+/// compensation and a payment's lot in turn grants it, spends it all, and sends the same
+/// grant again. Returns what each second grant got.
+pub async fn grant_spend_and_grant_again(
+    dir: &Directory,
+    id: &WalletId,
+) -> Vec<Result<Applied, ExecError>> {
+    dir.execute(id, usage("all", "520")).await.unwrap();
+    let mut again = Vec::new();
+    for (i, op) in [
+        compensation("grt_r", "rev_1", "1"),
+        purchase("grt_p", "pay-1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let amount = match &op {
+            Op::Grant(g) => g.amount.to_string(),
+            _ => unreachable!(),
+        };
+        dir.execute(id, op.clone()).await.unwrap();
+        dir.execute(id, usage(&format!("spend-{i}"), &amount))
+            .await
+            .unwrap();
+        again.push(dir.execute(id, op).await);
+    }
+    again
+}
+
 /// How many GRANT records `ledger` holds.
 pub fn grants(ledger: &[Entry]) -> usize {
     ledger.iter().filter(|e| e.grant().is_some()).count()

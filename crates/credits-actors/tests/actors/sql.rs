@@ -573,23 +573,7 @@ async fn a_lot_granted_again_after_it_was_spent_is_refused_by_the_store() {
     for (url, pg) in databases().await {
         let (dir, store) = node(&url).await;
         let id = open(&dir, "pro").await;
-        dir.execute(&id, usage("all", "520")).await.unwrap();
-        for (i, again) in [
-            compensation("grt_r", "rev_1", "1"),
-            purchase("grt_p", "pay-1"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let amount = match &again {
-                credits_core::Op::Grant(g) => g.amount.to_string(),
-                _ => unreachable!(),
-            };
-            dir.execute(&id, again.clone()).await.unwrap();
-            dir.execute(&id, usage(&format!("spend-{i}"), &amount))
-                .await
-                .unwrap();
-            let refused = dir.execute(&id, again).await;
+        for refused in grant_spend_and_grant_again(&dir, &id).await {
             assert!(
                 matches!(refused, Err(ExecError::Op(OpError::IdempotencyConflict))),
                 "{url}: {refused:?}"
