@@ -3,7 +3,7 @@
 //! 2^53). Parsing here turns input into core types once, at the edge.
 
 use async_graphql::{InputValueError, InputValueResult, Number, Scalar, ScalarType, Value};
-use chrono::{DateTime as ChronoDateTime, SecondsFormat, Utc};
+use chrono::{DateTime as ChronoDateTime, SecondsFormat, SubsecRound, Utc};
 
 /// Largest integer a JSON number carries exactly (SPEC: `Seq` is 0 to 2^53 − 1).
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
@@ -49,7 +49,9 @@ impl From<credits_core::Credits> for Credits {
     }
 }
 
-/// An instant, RFC 3339 in and out (UTC, `Z`).
+/// An instant, RFC 3339 in and out (UTC, `Z`), to the microsecond: finer digits are
+/// dropped on input, so every instant the service schedules or stores (an expiry, a
+/// billing anchor, a filter bound) is one its clock and its store can name exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DateTime(pub ChronoDateTime<Utc>);
 
@@ -58,7 +60,7 @@ impl ScalarType for DateTime {
     fn parse(value: Value) -> InputValueResult<Self> {
         match &value {
             Value::String(s) => ChronoDateTime::parse_from_rfc3339(s)
-                .map(|t| DateTime(t.with_timezone(&Utc)))
+                .map(|t| DateTime(t.with_timezone(&Utc).trunc_subsecs(6)))
                 .map_err(|e| {
                     InputValueError::custom(format!("invalid DateTime (RFC 3339 expected): {e}"))
                 }),
@@ -129,5 +131,20 @@ mod tests {
             .unwrap();
         assert_eq!(t.to_value(), Value::String("2027-03-10T12:00:00Z".into()));
         assert!(<DateTime as ScalarType>::parse(Value::String("yesterday".into())).is_err());
+    }
+
+    /// Found by review: an expiry or billing anchor with nanoseconds was kept, so a due
+    /// instant could fall inside a microsecond the clock (whole µs) never reaches on the
+    /// timer's wake-up, and the event was not applied until another call came.
+    #[test]
+    fn date_time_keeps_microseconds_only() {
+        let t =
+            <DateTime as ScalarType>::parse(Value::String("2027-03-10T12:00:00.0000015Z".into()))
+                .unwrap();
+        assert_eq!(
+            t.to_value(),
+            Value::String("2027-03-10T12:00:00.000001Z".into())
+        );
+        assert_eq!(t.0.timestamp_subsec_nanos(), 1_000);
     }
 }
