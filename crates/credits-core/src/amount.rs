@@ -142,6 +142,11 @@ impl Credits {
         self.0.checked_add(other.0).map(Credits)
     }
 
+    /// For counters that only meet limits (a member's spend), never balances.
+    pub fn saturating_add(self, other: Credits) -> Credits {
+        Credits(self.0.saturating_add(other.0))
+    }
+
     pub fn checked_sub(self, other: Credits) -> Option<Credits> {
         self.0.checked_sub(other.0).map(Credits)
     }

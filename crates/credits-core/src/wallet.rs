@@ -1154,9 +1154,11 @@ impl Wallet {
 
     fn add_member_spend(&mut self, member: Option<&String>, cost: Credits) {
         if let Some(m) = member {
+            // Saturating: a settle's cost (the price, uncollected part included) has no
+            // bound but i64, and these only meet limits.
             let spend = self.members.entry(m.clone()).or_default();
-            spend.today += cost;
-            spend.period += cost;
+            spend.today = spend.today.saturating_add(cost);
+            spend.period = spend.period.saturating_add(cost);
         }
     }
 

@@ -1342,6 +1342,55 @@ fn pool_spends_need_a_member_and_personal_wallets_refuse_one() {
     ));
 }
 
+/// Found by review: a settle's cost is the plugin's price (any non-negative i64), and a
+/// member's spend counts it whole, uncollected part included, so two huge settles on a
+/// pool overflowed the member's counter: a panic in the wallet, on every replay too. The
+/// counters saturate; a limit compares with them just the same.
+#[test]
+fn member_spend_saturates_instead_of_overflowing() {
+    let mut pool = open_with(
+        catalogue(),
+        "team",
+        "UTC",
+        "2027-06-01T10:00:00Z",
+        None,
+        true,
+    );
+    let t = "2027-06-01T10:00:00Z";
+    for key in ["r1", "r2"] {
+        ok(
+            &mut pool,
+            t,
+            &Op::Reserve(ReserveOp {
+                id: ReservationId(format!("res_{key}")),
+                key: key.into(),
+                amount: cr("1"),
+                ttl_seconds: 600,
+                member: limited(None, None),
+            }),
+        );
+    }
+    for key in ["r1", "r2"] {
+        let huge = match settle(key, "0") {
+            Op::Settle(mut s) => {
+                s.cost = Credits::from_micro(i64::MAX);
+                Op::Settle(s)
+            }
+            _ => unreachable!(),
+        };
+        ok(&mut pool, t, &huge);
+    }
+    assert!(matches!(
+        refused(
+            &mut pool,
+            t,
+            &usage_on("economy", "a", "0.000001", limited(Some("1000000"), None))
+        ),
+        OpError::MemberLimitExceeded { .. }
+    ));
+    assert_eq!(credits_core::replay(&pool.entries).unwrap(), pool.wallet);
+}
+
 #[test]
 fn member_limits_allow_reaching_exactly_and_count_active_reservations() {
     let mut pool = open_with(
