@@ -274,7 +274,6 @@ impl WalletStore for MemoryStore {
         {
             return Err(CommitError::Conflict);
         }
-
         for r in &batch.records {
             if let Some(k) = r.entry.idempotency_key() {
                 stored.keys.insert(k.to_owned(), stored.records.len());

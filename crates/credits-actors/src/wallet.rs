@@ -96,7 +96,7 @@ pub struct Recovery {
     /// Keys of waiting operations already consumed in the store.
     keys: HashMap<String, Entry>,
     /// Origins of waiting grants that a stored lot already holds.
-    taken: Vec<Taken>,
+    taken: Vec<LotOrigin>,
 }
 
 struct ExecWaiter {
@@ -178,7 +178,7 @@ pub struct WalletState {
     /// one (SPEC 5, 7: one lot per payment, one per review, on any wallet; a lot this
     /// wallet spent is no longer in its state); a grant for one is refused. The newest
     /// [`RECENT_KEYS`].
-    taken: Vec<Taken>,
+    taken: Vec<LotOrigin>,
     /// Open while someone subscribes: a channel's slots cost more than the rest of the
     /// actor, so a wallet nobody watches has none.
     events: Option<broadcast::Sender<Arc<BalanceEvent>>>,
@@ -631,7 +631,7 @@ impl WalletState {
             }
         }
         if let Some(once) = once_for(op)
-            && (self.taken.iter().any(|t| t.is(once)) || self.granted_ahead(once))
+            && (self.taken.iter().any(|t| t.once_for() == once) || self.granted_ahead(once))
         {
             return Err(OpError::IdempotencyConflict);
         }
@@ -826,7 +826,7 @@ impl WalletState {
         let id = self.durable.id.clone();
         let after = self.durable.seq;
         let mut keys: Vec<String> = Vec::new();
-        let mut origins: Vec<Taken> = Vec::new();
+        let mut origins: Vec<LotOrigin> = Vec::new();
         let waiting = self
             .in_flight
             .iter()
@@ -836,7 +836,9 @@ impl WalletState {
             .chain(self.parked.iter().map(|(op, _)| op));
         for op in waiting {
             keys.extend(op.key().map(str::to_owned));
-            origins.extend(once_for(op).map(Taken::from));
+            if let Op::Grant(g) = op {
+                origins.extend(g.origin.clone());
+            }
         }
         let me = myself.clone();
         tokio::spawn(async move {
@@ -932,7 +934,7 @@ impl WalletState {
             Waiter::Exec(w) => {
                 w.op.as_ref()
                     .and_then(once_for)
-                    .is_some_and(|once| r.taken.iter().any(|t| t.is(once)))
+                    .is_some_and(|once| r.taken.iter().any(|t| t.once_for() == once))
             }
             _ => false,
         });
@@ -1093,35 +1095,6 @@ impl WalletState {
                 tokio::time::sleep(idle_after).await;
                 let _ = me.send_message(WalletMsg::IdleCheck);
             });
-        }
-    }
-}
-
-/// A payment or a review that a stored lot holds (an owned [`OnceFor`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Taken {
-    Payment(String),
-    Review(String),
-}
-
-impl Taken {
-    fn once_for(&self) -> OnceFor<'_> {
-        match self {
-            Taken::Payment(reference) => OnceFor::Payment(reference),
-            Taken::Review(review) => OnceFor::Review(review),
-        }
-    }
-
-    fn is(&self, once: OnceFor<'_>) -> bool {
-        self.once_for() == once
-    }
-}
-
-impl From<OnceFor<'_>> for Taken {
-    fn from(once: OnceFor<'_>) -> Taken {
-        match once {
-            OnceFor::Payment(reference) => Taken::Payment(reference.to_owned()),
-            OnceFor::Review(review) => Taken::Review(review.to_owned()),
         }
     }
 }

@@ -119,6 +119,39 @@ pub enum PlanUpsert {
     IntervalInUse,
 }
 
+/// The stored rows of the plans `ids`, in id order, locked for the write that follows
+/// (PostgreSQL; SQLite has one writer).
+async fn locked_plans<C: ConnectionTrait>(
+    conn: &C,
+    ids: impl IntoIterator<Item = String>,
+) -> Result<Vec<plans::Model>, StoreError> {
+    let mut stored = plans::Entity::find()
+        .filter(plans::Column::Id.is_in(ids))
+        .order_by_asc(plans::Column::Id);
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        stored = stored.lock_exclusive();
+    }
+    stored.all(conn).await.map_err(StoreError::Db)
+}
+
+/// The first plan of `plans` that would change the interval of its `stored` row while a
+/// wallet is on it (SPEC 5: never).
+async fn interval_in_use<C: ConnectionTrait>(
+    conn: &C,
+    stored: &[plans::Model],
+    plans: &[PlanRow],
+) -> Result<Option<String>, StoreError> {
+    for row in stored {
+        let moved = plans
+            .iter()
+            .any(|p| p.id == row.id && p.interval != row.interval);
+        if moved && on_plan(conn, &row.id).await? {
+            return Ok(Some(row.id.clone()));
+        }
+    }
+    Ok(None)
+}
+
 async fn on_plan<C: ConnectionTrait>(conn: &C, plan_id: &str) -> Result<bool, StoreError> {
     Ok(wallets::Entity::find()
         .select_only()
@@ -140,19 +173,15 @@ impl Store {
     /// `insert_wallet`).
     pub async fn upsert_plan(&self, plan: &PlanRow) -> Result<PlanUpsert, StoreError> {
         let txn = self.begin_write().await?;
-        let mut existing = plans::Entity::find_by_id(plan.id.clone());
-        if self.backend() == crate::Backend::Postgres {
-            existing = existing.lock_exclusive();
+        let stored = locked_plans(&txn, [plan.id.clone()]).await?;
+        if stored.iter().any(|row| !row.custom) {
+            return Ok(PlanUpsert::Catalogue);
         }
-        if let Some(existing) = existing.one(&txn).await.map_err(StoreError::Db)? {
-            if !existing.custom {
-                return Ok(PlanUpsert::Catalogue);
-            }
-            if existing.interval != plan.interval && on_plan(&txn, &plan.id).await? {
-                return Ok(PlanUpsert::IntervalInUse);
-            }
+        let plans = std::slice::from_ref(plan);
+        if interval_in_use(&txn, &stored, plans).await?.is_some() {
+            return Ok(PlanUpsert::IntervalInUse);
         }
-        upsert_plans(&txn, std::slice::from_ref(plan)).await?;
+        upsert_plans(&txn, plans).await?;
         crate::feed::notify_plans(&txn, self.backend())
             .await
             .map_err(StoreError::Db)?;
@@ -170,21 +199,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         crate::bound("catalogue entries", plans.len() + bundles.len(), MAX_LIST)?;
         let txn = self.begin_write().await?;
-        // An interval never changes under wallets on the plan (SPEC 5), whichever way the
-        // plan is edited.
-        let mut stored = plans::Entity::find()
-            .filter(plans::Column::Id.is_in(plans.iter().map(|p| p.id.clone())))
-            .order_by_asc(plans::Column::Id);
-        if self.backend() == crate::Backend::Postgres {
-            stored = stored.lock_exclusive();
-        }
-        for row in stored.all(&txn).await.map_err(StoreError::Db)? {
-            let moved = plans
-                .iter()
-                .any(|p| p.id == row.id && p.interval != row.interval);
-            if moved && on_plan(&txn, &row.id).await? {
-                return Err(StoreError::IntervalInUse(row.id));
-            }
+        // An interval never changes under wallets on the plan, whichever way it is edited.
+        let stored = locked_plans(&txn, plans.iter().map(|p| p.id.clone())).await?;
+        if let Some(id) = interval_in_use(&txn, &stored, plans).await? {
+            return Err(StoreError::IntervalInUse(id));
         }
         upsert_plans(&txn, plans).await?;
         plans::Entity::update_many()

@@ -245,9 +245,9 @@ impl Store {
             .build(self.db_backend()))
     }
 
-    /// Every usage event of one thread of a wallet, oldest first, at most `limit`
-    /// (≤ [`MAX_LIST`]) and then the newest ones: the input of a high-usage review's
-    /// analysis (its loops and its last events are where the refund comes from).
+    /// The newest `limit` (≤ [`MAX_LIST`]) usage events of one thread of a wallet, oldest
+    /// first: the input of a high-usage review's analysis (its loops and its last events
+    /// are where the refund comes from).
     pub async fn thread_usage(
         &self,
         wallet_id: &str,

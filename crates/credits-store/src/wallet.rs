@@ -750,7 +750,7 @@ fn same_wallet_upsert(what: &str, written: u64, rows: usize) -> Result<(), Commi
         Ok(())
     } else {
         Err(CommitError::Store(StoreError::Duplicate(format!(
-            "a {what} id of this batch belongs to another wallet or was granted before"
+            "a {what} id of this batch is another wallet's, or not this batch's to update"
         ))))
     }
 }
