@@ -132,7 +132,7 @@ pub struct ReservationView {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Claimed approvals completed per sweep (the rest wait for the next one).
+/// Claimed approvals read per page of a sweep (a sweep reads every page).
 const CLAIMED_SWEEP: usize = 100;
 
 /// The whole service on this node.
@@ -899,16 +899,26 @@ impl Ledger {
     /// logged and left for the next sweep, and the others are still completed.
     pub async fn complete_claimed_approvals(&self) -> ServiceResult<usize> {
         let mut finished = 0;
-        for review in self.store.claimed_reviews(CLAIMED_SWEEP).await? {
-            match self.complete_approval(&review).await {
-                Ok(true) => finished += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(review = %review.id, error = %e, "a claimed approval could not be completed");
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .claimed_reviews(after.as_ref(), CLAIMED_SWEEP)
+                .await?;
+            for review in &page {
+                match self.complete_approval(review).await {
+                    Ok(true) => finished += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(review = %review.id, error = %e, "a claimed approval could not be completed");
+                    }
                 }
             }
+            if page.len() < CLAIMED_SWEEP {
+                return Ok(finished);
+            }
+            after = page.into_iter().last();
         }
-        Ok(finished)
     }
 
     /// The stored lot the review's approval claimed, if it has been granted.

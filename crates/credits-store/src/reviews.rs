@@ -160,11 +160,25 @@ impl Store {
     }
 
     /// Reviews claimed for approval and not finished (SUBMITTED with a grant id), oldest
-    /// first, at most `limit` (≤ [`MAX_LIST`]).
-    pub async fn claimed_reviews(&self, limit: usize) -> Result<Vec<ReviewRow>, StoreError> {
+    /// first, at most `limit` (≤ [`MAX_LIST`]), starting after `after` (a review of the
+    /// previous page), so a caller can read them all page by page.
+    pub async fn claimed_reviews(
+        &self,
+        after: Option<&ReviewRow>,
+        limit: usize,
+    ) -> Result<Vec<ReviewRow>, StoreError> {
+        let later = after.map(|r| {
+            let at = to_us(r.created_at);
+            Condition::any().add(reviews::Column::CreatedUs.gt(at)).add(
+                Condition::all()
+                    .add(reviews::Column::CreatedUs.eq(at))
+                    .add(reviews::Column::Id.gt(r.id.as_str())),
+            )
+        });
         let wanted = Condition::all()
             .add(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))
-            .add(reviews::Column::GrantId.is_not_null());
+            .add(reviews::Column::GrantId.is_not_null())
+            .add_option(later);
         self.reviews_where(wanted, limit, false).await
     }
 

@@ -239,7 +239,9 @@ async fn report_read_and_resolve_reviews(b: Backend) {
 /// Found by review: an approval interrupted between claiming the review and finishing it
 /// (here: claimed straight in the store, as by a call whose server then died) left the
 /// review SUBMITTED for good unless an admin guessed the claimed amount. The server now
-/// completes claimed approvals at start (and every minute).
+/// completes claimed approvals at start (and every minute). Found later: the sweep read
+/// only the 100 oldest claimed approvals, so 100 that could never be completed (here: on
+/// a wallet that does not exist) starved every newer one; it now reads every page.
 async fn an_interrupted_approval_is_completed_by_the_server(b: Backend) {
     let mut app = App::spawn(b).await;
     let w = app.wallet("alice", "pro").await;
@@ -250,6 +252,24 @@ async fn an_interrupted_approval_is_completed_by_the_server(b: Backend) {
     let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
     app.stop();
     let store = credits_store::Store::connect(&app.db.url).await.unwrap();
+    let filed = store.review(&id).await.unwrap().unwrap();
+    for i in 0..100 {
+        let stuck = credits_store::ReviewRow {
+            id: format!("rev_stuck_{i:03}"),
+            wallet_id: "wal_gone".into(),
+            thread_id: format!("t{i}"),
+            created_at: filed.created_at - chrono::TimeDelta::seconds(1),
+            ..filed.clone()
+        };
+        store.insert_review(&stuck).await.unwrap();
+        let grant = credits_actors::ledger::new_ordered_id("grt");
+        assert!(
+            store
+                .claim_review_approval(&stuck.id, 1, &grant, None)
+                .await
+                .unwrap()
+        );
+    }
     let grant = credits_actors::ledger::new_ordered_id("grt");
     assert!(
         store
