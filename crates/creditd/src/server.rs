@@ -50,7 +50,7 @@ pub type Shared = Arc<AppState>;
 
 pub fn router(state: AppState) -> Router {
     let state: Shared = Arc::new(state);
-    Router::new()
+    let routes = Router::new()
         .route(
             "/graphql",
             get(graphql_get)
@@ -65,8 +65,33 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(get(asset))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state);
+    guarded(routes)
+}
+
+/// What every route gets: the body limit, and a panic answered instead of a dropped
+/// connection.
+fn guarded(routes: Router) -> Router {
+    routes.layer(DefaultBodyLimit::max(MAX_BODY_BYTES)).layer(
+        tower_http::catch_panic::CatchPanicLayer::custom(answer_panic),
+    )
+}
+
+/// A handler that panicked (a bug) answers UNAVAILABLE, 500: its outcome is unknown to
+/// the caller, who may retry with the same idempotency key. Without this the connection
+/// would drop, taking the other requests of its batch with it.
+fn answer_panic(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = what, "a request handler panicked");
+    metrics::counter!("credits_http_panics_total").increment(1);
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::unavailable("the server failed on this request; its outcome is unknown"),
+    )
 }
 
 fn error_response(status: StatusCode, e: ApiError) -> Response {
@@ -300,6 +325,7 @@ pub fn register_metrics() {
     for name in [
         "credits_graphql_requests_total",
         "credits_graphql_shed_total",
+        "credits_http_panics_total",
         "credits_websocket_refused_total",
         "credits_websocket_subscriptions_refused_total",
     ] {
@@ -344,5 +370,32 @@ async fn asset(uri: Uri) -> Response {
             ([(header::CONTENT_TYPE, content_type)], body).into_response()
         }
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bug that panics in a handler answers UNAVAILABLE (500), and the server goes on
+    /// serving.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_unavailable() {
+        async fn boom() -> &'static str {
+            panic!("a bug")
+        }
+        let routes = Router::new()
+            .route("/boom", get(boom))
+            .route("/ok", get(|| async { "fine" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, guarded(routes)).await });
+        let client = reqwest::Client::new();
+        let boom = client.get(format!("{url}/boom")).send().await.unwrap();
+        assert_eq!(boom.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = boom.json().await.unwrap();
+        assert_eq!(body["errors"][0]["extensions"]["code"], "UNAVAILABLE");
+        let ok = client.get(format!("{url}/ok")).send().await.unwrap();
+        assert_eq!(ok.text().await.unwrap(), "fine");
     }
 }

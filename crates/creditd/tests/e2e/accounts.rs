@@ -546,6 +546,7 @@ async fn plain_http_endpoints(b: Backend) {
     // alert on their rate saw nothing. Every listed series exists from the start, at zero.
     for line in [
         "credits_graphql_shed_total 0",
+        "credits_http_panics_total 0",
         "credits_plugin_calls_total{outcome=\"error\"} 0",
         "credits_plugin_calls_total{outcome=\"stalled\"} 0",
         "credits_websocket_connections 0",
