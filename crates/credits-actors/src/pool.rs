@@ -12,6 +12,7 @@
 //! stop too.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use credits_core::{Credits, Member, WalletId};
 use credits_store::Store;
@@ -27,6 +28,8 @@ use crate::wallet::ExecError;
 #[derive(Clone, Default)]
 pub struct Pools {
     supervisors: std::sync::Arc<DashMap<WalletId, std::sync::Arc<OnceCell<ActorRef<PoolMsg>>>>>,
+    /// Counts membership and limit changes heard by this node (see [`Pools::epoch`]).
+    changes: std::sync::Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Pools {
@@ -104,12 +107,21 @@ impl Pools {
     /// Limits or membership of a member of `team_id` changed durably (here or on another
     /// node): their seat reads them again.
     pub fn forget(&self, team_id: &str, user_id: &str) {
+        self.changes.fetch_add(1, Ordering::Release);
         self.tell_all(|| PoolMsg::Forget(team_id.to_owned(), Some(user_id.to_owned())));
     }
 
     /// Every seat reads its limits again (member notices may have been lost).
     pub fn forget_all(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
         self.tell_all(|| PoolMsg::Forget(String::new(), None));
+    }
+
+    /// Moves on whenever a member of any team may have changed (after the change is
+    /// durable): a reader who checked a membership at one epoch need not read it again
+    /// until the epoch moves.
+    pub fn epoch(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     fn tell_all(&self, msg: impl Fn() -> PoolMsg) {

@@ -28,7 +28,8 @@ fn snapshot(ledger: &Ledger, live: &Live) -> BalanceEvent {
     e
 }
 
-/// How often a team member's right to a pool's events is read again while they stream.
+/// How often a team member's right to a pool's events is read again while they stream,
+/// when this node heard of no member change (a backstop: changes are heard at once).
 pub const MEMBERSHIP_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Feed {
@@ -40,12 +41,14 @@ struct Feed {
 }
 
 /// A USER streaming a team pool: their membership, checked when the stream began, is read
-/// again before an event once [`MEMBERSHIP_RECHECK`] has passed, so a removed member stops
-/// receiving the pool's events within that time.
+/// again before an event when a member change was heard since (`Pools::epoch`), so a
+/// removed member gets no event committed after their removal; and once
+/// [`MEMBERSHIP_RECHECK`] has passed, in case a change was not heard.
 struct Seat {
     team: String,
     user: String,
     checked: tokio::time::Instant,
+    epoch: u64,
 }
 
 impl Feed {
@@ -64,14 +67,17 @@ impl Feed {
                 }
             },
         };
+        let pools = self.ledger.directory().pools();
         if let Some(seat) = &mut self.seat
-            && seat.checked.elapsed() >= MEMBERSHIP_RECHECK
+            && (seat.epoch != pools.epoch() || seat.checked.elapsed() >= MEMBERSHIP_RECHECK)
         {
+            let epoch = pools.epoch();
             let store = self.ledger.store();
             if store.member(&seat.team, &seat.user).await?.is_none() {
                 return Err(ApiError::forbidden());
             }
             seat.checked = tokio::time::Instant::now();
+            seat.epoch = epoch;
         }
         Ok(event)
     }
@@ -96,12 +102,15 @@ impl Subscription {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("wallet"))?;
+        // Read before the membership is checked: a change in between is then seen.
+        let epoch = l.directory().pools().epoch();
         wallet_access(ctx, &state).await?;
         let seat = match principal(ctx)?.user() {
             Some(user) if state.pool => Some(Seat {
                 team: state.owner_id.clone(),
                 user: user.to_owned(),
                 checked: tokio::time::Instant::now(),
+                epoch,
             }),
             _ => None,
         };
@@ -139,6 +148,7 @@ impl Subscription {
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("review"))?;
         crate::mutation::check_review_reader(ctx, &row)?;
+        let row = shown(row);
         let watch = ReviewWatch {
             rx,
             store,
@@ -156,6 +166,17 @@ impl Subscription {
             },
         ))
     }
+}
+
+/// A review as callers see it: an approval claimed on a SUBMITTED review (its amount,
+/// grant id and note) shows only once the review is CREDITED.
+fn shown(mut row: ReviewRow) -> ReviewRow {
+    if row.status == credits_store::ReviewStatus::Submitted {
+        row.credited_ucr = None;
+        row.grant_id = None;
+        row.note = None;
+    }
+    row
 }
 
 /// One review's changes, each state sent once.
@@ -179,7 +200,7 @@ impl ReviewWatch {
                 Err(RecvError::Closed) => return None,
             }
             let row = match self.store.review(&id).await {
-                Ok(Some(row)) => row,
+                Ok(Some(row)) => shown(row),
                 Ok(None) => return None,
                 Err(e) => {
                     tracing::warn!(review = %id, error = %e, "reading a changed review failed");
@@ -221,12 +242,34 @@ mod tests {
         }
     }
 
-    /// A watcher that fell behind the shared hub reads its review again instead of
-    /// losing the change; a row equal to the last one sent is not sent twice.
+    /// Found by review: claiming an approval changes the stored row but nothing a caller
+    /// sees (the review stays SUBMITTED), and the watch sent that unchanged state again.
     #[tokio::test]
-    async fn a_lagging_watch_reads_the_review_again_and_sends_each_state_once() {
+    async fn a_claimed_approval_is_not_a_new_state() {
+        let (store, path) = temp_store("claim").await;
+        let submitted = review("rev_1");
+        store.insert_review(&submitted).await.unwrap();
+        let (hub, rx) = broadcast::channel(4);
+        let mut watch = ReviewWatch {
+            rx,
+            store: store.clone(),
+            last: Some(submitted),
+        };
+        assert!(
+            store
+                .claim_review_approval("rev_1", 1, "grt_1", Some("sorry"))
+                .await
+                .unwrap()
+        );
+        hub.send(ReviewChange::One("rev_1".into())).unwrap();
+        drop(hub);
+        assert_eq!(watch.next().await, None);
+        drop_store(store, &path).await;
+    }
+
+    async fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
         let path = std::env::temp_dir().join(format!(
-            "credits-graphql-watch-{}-{}.db",
+            "credits-graphql-{name}-{}-{}.db",
             std::process::id(),
             credits_actors::ledger::new_id("t")
         ));
@@ -234,6 +277,21 @@ mod tests {
             .await
             .unwrap();
         store.migrate().await.unwrap();
+        (store, path)
+    }
+
+    async fn drop_store(store: Store, path: &std::path::Path) {
+        store.close().await.ok();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    /// A watcher that fell behind the shared hub reads its review again instead of
+    /// losing the change; a row equal to the last one sent is not sent twice.
+    #[tokio::test]
+    async fn a_lagging_watch_reads_the_review_again_and_sends_each_state_once() {
+        let (store, path) = temp_store("watch").await;
         let submitted = review("rev_1");
         store.insert_review(&submitted).await.unwrap();
         let (hub, rx) = broadcast::channel(2);
@@ -267,9 +325,6 @@ mod tests {
         hub.send(ReviewChange::Any).unwrap();
         drop(hub);
         assert_eq!(watch.next().await, None);
-        store.close().await.ok();
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        drop_store(store, &path).await;
     }
 }
