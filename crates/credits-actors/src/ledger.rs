@@ -276,6 +276,12 @@ impl Ledger {
                 return Err(invalid("idempotencyKey must be 1 to 128 characters"));
             }
             if let Some(done) = self.store.wallet_for_creation_key(owner_id, k).await? {
+                // SPEC 10: the plan is judged before a conflict. A replay still returns
+                // its wallet when the plan was retired since.
+                let plan = self.plan(plan_id).ok_or(ServiceError::NotFound("plan"))?;
+                if done.request.as_deref().is_some_and(|r| r != request) {
+                    plan.check_offered().map_err(invalid)?;
+                }
                 return self.created(done, &request).await;
             }
         }

@@ -130,6 +130,17 @@ async fn create_wallet_with_a_key_is_idempotent(b: Backend) {
             .await,
         "IDEMPOTENCY_CONFLICT"
     );
+    // SPEC 10: NOT_FOUND comes before the key's conflict (found by review: it was
+    // IDEMPOTENCY_CONFLICT).
+    assert_eq!(
+        app.code(
+            &app.admin,
+            other,
+            json!({ "k": "k1", "o": "alice", "p": "no-such-plan", "z": "Europe/Paris" })
+        )
+        .await,
+        "NOT_FOUND"
+    );
     // SPEC 10: an input error comes before the key's replay or conflict.
     let future = r#"mutation($k: String, $o: String!) { createWallet(input: {ownerId: $o, planId: "pro", timezone: "Europe/Paris", billingAnchor: "2030-01-01T00:00:00Z", idempotencyKey: $k}) { id } }"#;
     assert_eq!(
