@@ -641,15 +641,15 @@ impl Ledger {
         match self.status_now(&row) {
             ReservationStatus::Active => {}
             ReservationStatus::Settled => {
-                let stored: Request =
-                    serde_json::from_str(row.settle_input.as_deref().unwrap_or("null"))
-                        .map_err(|e| invalid(e.to_string()))?;
+                let (stored, usage) = row.settlement()?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "reservation {} settled without its settle",
+                        row.id
+                    ))
+                })?;
                 if Some(stored) != Op::Settle(op).request() {
                     return Err(OpError::IdempotencyConflict.into());
                 }
-                let usage: UsageRecord =
-                    serde_json::from_str(row.settle_result.as_deref().unwrap_or("null"))
-                        .map_err(|e| invalid(e.to_string()))?;
                 return Ok(Receipt {
                     usage,
                     balance: wallet.balance(),

@@ -11,7 +11,7 @@ use credits_store::{
 };
 
 use crate::access::{
-    ADMIN, ANY, PEOPLE, Principal, RoleGuard, STAFF, ledger, principal, team_access, wallet_access,
+    ADMIN, ANY, PEOPLE, RoleGuard, STAFF, ledger, principal, team_access, wallet_access,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::objects::{ReviewObject, TeamMemberObject, TeamObject, WalletObject};
@@ -581,9 +581,4 @@ pub fn resolution(
         grant_id: grant,
         resolved_at: now,
     }
-}
-
-/// The one principal of a USER token, for reports.
-pub fn reporter(p: &Principal) -> ApiResult<&str> {
-    p.user().ok_or_else(ApiError::forbidden)
 }

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use credits_core::{
-    Cause, Entry, EntryKind, GrantKind, Lot, LotOrigin, Source, UsageRecord, Wallet, replay,
+    Cause, Entry, EntryKind, GrantKind, Lot, LotOrigin, Request, Source, UsageRecord, Wallet,
+    replay,
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -348,6 +349,22 @@ impl LedgerRecord {
     }
 }
 
+impl ReservationRow {
+    /// What a settled reservation recorded: the canonical input of its settle, compared
+    /// on a repeated settle, and the usage it returns then. `None` before it is settled.
+    pub fn settlement(&self) -> Result<Option<(Request, UsageRecord)>, StoreError> {
+        let (Some(input), Some(result)) = (&self.settle_input, &self.settle_result) else {
+            return Ok(None);
+        };
+        let read = |what: &str, e: serde_json::Error| {
+            corrupt(format!("settle {what} of reservation {}: {e}", self.id))
+        };
+        let request = serde_json::from_str(input).map_err(|e| read("input", e))?;
+        let usage = serde_json::from_str(result).map_err(|e| read("receipt", e))?;
+        Ok(Some((request, usage)))
+    }
+}
+
 impl StoredWallet {
     /// The core state this row stores.
     pub fn state(&self) -> Result<Wallet, StoreError> {
@@ -467,5 +484,34 @@ impl Store {
             .iter()
             .map(LedgerRecord::entry)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A settle recorded unreadably is the store's fault (UNAVAILABLE to the caller), not
+    /// the caller's input (it was INVALID_INPUT, from the façade's own parse).
+    #[test]
+    fn an_unreadable_settlement_is_corrupt_data() {
+        let mut row = ReservationRow {
+            id: "res_1".into(),
+            wallet_id: "wal_1".into(),
+            seq: 2,
+            status: ReservationStatus::Settled,
+            amount_ucr: 1,
+            member_id: None,
+            idempotency_key: None,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            expires_at: chrono::DateTime::UNIX_EPOCH,
+            settle_input: None,
+            settle_result: None,
+            resolved_seq: Some(3),
+        };
+        assert!(matches!(row.settlement(), Ok(None)));
+        row.settle_input = Some("{".into());
+        row.settle_result = Some("{}".into());
+        assert!(matches!(row.settlement(), Err(StoreError::Corrupt(m)) if m.contains("res_1")));
     }
 }

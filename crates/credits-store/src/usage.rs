@@ -14,7 +14,7 @@ use crate::entity::usage_events::{self, Column};
 use crate::error::{StoreError, corrupt};
 use crate::rows::*;
 use crate::sql::Sql;
-use crate::time::{ceil_us, from_us, seq_to_db, to_us};
+use crate::time::{ceil_us, from_us, to_us};
 use crate::wallet::usage_row;
 use crate::{MAX_LIST, MAX_PAGE, MAX_SUMMARY_DAYS, MAX_SUMMARY_GROUPS, Store, bound};
 
@@ -358,17 +358,6 @@ impl Store {
             threads: u64::try_from(threads).map_err(corrupt)? + 1,
             at_or_below: u64::try_from(below).map_err(corrupt)? + 1,
         })
-    }
-
-    /// Number of usage events of a wallet with seq ≤ `seq` (checks and tests).
-    pub async fn usage_count_through(&self, wallet_id: &str, seq: u64) -> Result<u64, StoreError> {
-        use sea_orm::PaginatorTrait;
-        usage_events::Entity::find()
-            .filter(Column::WalletId.eq(wallet_id))
-            .filter(Column::Seq.lte(seq_to_db(seq)?))
-            .count(&self.db)
-            .await
-            .map_err(StoreError::Db)
     }
 }
 
