@@ -78,10 +78,12 @@ pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
                 p.id
             );
         }
-        let interval = match p.interval.as_str() {
-            "MONTHLY" => BillingInterval::Monthly,
-            "ANNUAL" => BillingInterval::Annual,
-            other => bail!("plan {}: interval {other:?} is not MONTHLY or ANNUAL", p.id),
+        let Some(interval) = BillingInterval::parse(&p.interval) else {
+            bail!(
+                "plan {}: interval {:?} is not MONTHLY or ANNUAL",
+                p.id,
+                p.interval
+            );
         };
         let plan = Plan {
             id,

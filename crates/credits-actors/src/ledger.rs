@@ -743,7 +743,12 @@ impl Ledger {
 
     /// A lot by id with its current remaining, from the store.
     pub async fn grant_by_id(&self, id: &GrantId) -> ServiceResult<Option<Lot>> {
-        Ok(self.store.grant(&id.0).await?.map(|row| lot_from_row(&row)))
+        Ok(self
+            .store
+            .grant(&id.0)
+            .await?
+            .map(|row| lot_from_row(&row))
+            .transpose()?)
     }
 
     pub async fn purchase_bundle(
@@ -822,7 +827,7 @@ impl Ledger {
             Some(row)
                 if row.wallet_id == wallet_id.0 && row.bundle_id.as_deref() == Some(bundle_id) =>
             {
-                Ok(Some(lot_from_row(&row)))
+                Ok(Some(lot_from_row(&row)?))
             }
             Some(_) => Err(OpError::IdempotencyConflict.into()),
             None => Ok(None),
@@ -938,7 +943,7 @@ impl Ledger {
             Some(row)
                 if row.wallet_id == wallet_id.0 && row.review_id.as_deref() == Some(review_id) =>
             {
-                Ok(Some(lot_from_row(&row)))
+                Ok(Some(lot_from_row(&row)?))
             }
             Some(_) => Err(OpError::IdempotencyConflict.into()),
             None => Ok(None),
@@ -1195,37 +1200,35 @@ pub fn plan_row(p: &Plan, position: i64, now: DateTime<Utc>) -> credits_store::P
 
 /// Every stored plan, in the catalogue's order.
 pub async fn stored_plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
-    let mut plans: Vec<Plan> = store.plans().await?.iter().map(plan_from_row).collect();
+    let mut plans = store
+        .plans()
+        .await?
+        .iter()
+        .map(plan_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     sort_plans(&mut plans);
     Ok(plans)
 }
 
-pub fn plan_from_row(r: &credits_store::PlanRow) -> Plan {
-    Plan {
+pub fn plan_from_row(r: &credits_store::PlanRow) -> Result<Plan, StoreError> {
+    let interval = credits_core::BillingInterval::parse(&r.interval)
+        .ok_or_else(|| StoreError::Corrupt(format!("plan {}: interval {}", r.id, r.interval)))?;
+    Ok(Plan {
         id: PlanId(r.id.clone()),
         name: r.name.clone(),
         daily_credits: Credits::from_micro(r.daily_ucr),
         subscription_credits: Credits::from_micro(r.subscription_ucr),
-        interval: if r.interval == "ANNUAL" {
-            credits_core::BillingInterval::Annual
-        } else {
-            credits_core::BillingInterval::Monthly
-        },
+        interval,
         model_tiers: r.model_tiers.clone(),
         custom: r.custom,
         retired: r.retired,
-    }
+    })
 }
 
-pub fn lot_from_row(row: &GrantRow) -> Lot {
-    let kind = match row.kind.as_str() {
-        "ADMIN" => GrantKind::Admin,
-        "PROMOTION" => GrantKind::Promotion,
-        "COMMUNITY" => GrantKind::Community,
-        "COMPENSATION" => GrantKind::Compensation,
-        _ => GrantKind::Purchase,
-    };
-    Lot {
+pub fn lot_from_row(row: &GrantRow) -> Result<Lot, StoreError> {
+    let kind = credits_store::grant_kind(&row.kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("grant {}: kind {}", row.id, row.kind)))?;
+    Ok(Lot {
         id: GrantId(row.id.clone()),
         kind,
         amount: Credits::from_micro(row.amount_ucr),
@@ -1238,5 +1241,70 @@ pub fn lot_from_row(row: &GrantRow) -> Lot {
         expires_at: row.expires_at,
         expiry_applied: row.expired_ucr > 0,
         origin: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by review: a grant kind or plan interval the code does not know (a corrupt row,
+    /// or one written by a newer version) was read as PURCHASE or MONTHLY, so the wallet
+    /// spent or renewed by the wrong rules. It is corrupt data now (UNAVAILABLE).
+    #[test]
+    fn unknown_kinds_and_intervals_are_corrupt_data() {
+        let plan = credits_store::PlanRow {
+            id: "p".into(),
+            name: "P".into(),
+            daily_ucr: 0,
+            subscription_ucr: 0,
+            interval: "ANNUAL".into(),
+            model_tiers: vec![],
+            custom: true,
+            retired: false,
+            position: 0,
+            updated_at: DateTime::UNIX_EPOCH,
+        };
+        let read = plan_from_row(&plan).unwrap();
+        assert_eq!(read.interval, credits_core::BillingInterval::Annual);
+        assert_eq!(plan_row(&read, 0, DateTime::UNIX_EPOCH).interval, "ANNUAL");
+        let weekly = credits_store::PlanRow {
+            interval: "WEEKLY".into(),
+            ..plan
+        };
+        assert!(matches!(
+            plan_from_row(&weekly),
+            Err(StoreError::Corrupt(_))
+        ));
+
+        let grant = GrantRow {
+            id: "grt_1".into(),
+            wallet_id: "wal_1".into(),
+            seq: 1,
+            kind: "COMPENSATION".into(),
+            reason: None,
+            amount_ucr: 5,
+            spent_ucr: 1,
+            held_ucr: 0,
+            expired_ucr: 0,
+            expires_at: None,
+            payment_reference: None,
+            bundle_id: None,
+            review_id: None,
+            granted_at: DateTime::UNIX_EPOCH,
+        };
+        let lot = lot_from_row(&grant).unwrap();
+        assert_eq!(
+            (lot.kind, lot.remaining),
+            (GrantKind::Compensation, Credits::from_micro(4))
+        );
+        let unknown = GrantRow {
+            kind: "GIFT".into(),
+            ..grant
+        };
+        assert!(matches!(
+            lot_from_row(&unknown),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

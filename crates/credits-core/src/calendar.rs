@@ -29,6 +29,13 @@ impl BillingInterval {
             BillingInterval::Annual => "ANNUAL",
         }
     }
+
+    /// The interval [`as_str`](Self::as_str) names.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Monthly, Self::Annual]
+            .into_iter()
+            .find(|i| i.as_str() == name)
+    }
 }
 
 /// The minimum time between the last reset and the first reset after a time-zone change

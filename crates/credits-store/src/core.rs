@@ -37,6 +37,14 @@ pub fn cause_name(cause: Cause) -> &'static str {
     }
 }
 
+/// The kind a grant row names (`ADMIN`, `PROMOTION`, …).
+pub fn grant_kind(name: &str) -> Option<GrantKind> {
+    use GrantKind::*;
+    [Admin, Promotion, Community, Compensation, Purchase]
+        .into_iter()
+        .find(|k| grant_kind_name(*k) == name)
+}
+
 fn grant_kind_name(kind: GrantKind) -> &'static str {
     match kind {
         GrantKind::Admin => "ADMIN",

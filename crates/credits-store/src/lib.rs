@@ -31,7 +31,7 @@ use migration::MigratorTrait;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend};
 
 pub use catalogue::PlanUpsert;
-pub use core::cause_name;
+pub use core::{cause_name, grant_kind};
 pub use error::{CommitError, StoreError};
 pub use feed::{CHANNEL, CommitListener, Notice};
 pub use queries::cursor_of;
