@@ -71,7 +71,7 @@ pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
         }
         if p.model_tiers
             .iter()
-            .any(|t| t.is_empty() || t.len() > MAX_KEY_CHARS)
+            .any(|t| t.is_empty() || t.chars().count() > MAX_KEY_CHARS)
         {
             bail!(
                 "plan {}: model tiers are 1 to {MAX_KEY_CHARS} characters",

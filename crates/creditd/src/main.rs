@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let settings = Settings::load(serve, cli.config.as_deref())?;
             let store = open_store(&settings).await?;
-            let token = credits_actors::ledger::new_id("cr").replace('_', "");
+            let token = credits_actors::ledger::new_token();
             let row = TokenRow {
                 hash: TokenHash::of_secret(&token),
                 role,

@@ -65,6 +65,12 @@ pub fn new_id(prefix: &str) -> String {
     id
 }
 
+/// A fresh API token secret: `cr` and 256 random bits in hex. It is shown once; only its
+/// SHA-256 is stored (`TokenHash`).
+pub fn new_token() -> String {
+    new_id("cr").replace('_', "") + &new_id("").replace('_', "")
+}
+
 /// A fresh opaque id that sorts after every id this process made before it: 16 hex digits
 /// of wall-clock microseconds, made strictly increasing within the process, then 96 random
 /// bits. The store lists wallets, teams and reviews by (creation instant, id); on a manual

@@ -20,8 +20,8 @@ use crate::scalars::{Credits, DateTime};
 use crate::types::*;
 
 /// Longest free text (reason, task description, note) and id-like string (SPEC 1).
-const MAX_TEXT: usize = 4096;
-pub(crate) const MAX_KEY: usize = 128;
+pub(crate) const MAX_TEXT: usize = credits_core::wallet::MAX_TEXT_CHARS;
+pub(crate) const MAX_KEY: usize = credits_core::wallet::MAX_KEY_CHARS;
 
 pub(crate) fn text(name: &str, value: &str, max: usize, allow_empty: bool) -> ApiResult<()> {
     let n = value.chars().count();
@@ -112,12 +112,6 @@ pub fn check_review_reader(ctx: &Context<'_>, row: &ReviewRow) -> ApiResult<()> 
         Role::User if p.owner_id.as_deref() == Some(row.reporter_id.as_str()) => Ok(()),
         _ => Err(ApiError::forbidden()),
     }
-}
-
-fn new_token() -> String {
-    // The token itself is shown once; only its SHA-256 is stored.
-    credits_actors::ledger::new_id("cr").replace('_', "")
-        + &credits_actors::ledger::new_id("").replace('_', "")
 }
 
 #[derive(Default)]
@@ -335,9 +329,11 @@ impl Mutation {
         if input
             .model_tiers
             .iter()
-            .any(|t| t.is_empty() || t.len() > MAX_KEY)
+            .any(|t| t.is_empty() || t.chars().count() > MAX_KEY)
         {
-            return Err(ApiError::invalid("model tiers are 1 to 128 characters").into());
+            return Err(
+                ApiError::invalid(format!("model tiers are 1 to {MAX_KEY} characters")).into(),
+            );
         }
         let plan = credits_core::Plan {
             id,
@@ -505,7 +501,7 @@ impl Mutation {
             }
             (_, None) => None,
         };
-        let token = new_token();
+        let token = credits_actors::ledger::new_token();
         let row = TokenRow {
             hash: TokenHash::of_secret(&token),
             role: match role {

@@ -116,15 +116,9 @@ fn preview_name(p: PreviewStatus) -> &'static str {
 pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult<ReviewRow> {
     let p = principal(ctx)?;
     let l = ledger(ctx);
-    let n = input.thread_id.chars().count();
-    if n == 0 || n > 128 {
-        return Err(ApiError::invalid("threadId must be 1 to 128 characters"));
-    }
-    if input.task_description.chars().count() > 4096 {
-        return Err(ApiError::invalid(
-            "taskDescription must be at most 4096 characters",
-        ));
-    }
+    use crate::mutation::{MAX_KEY, MAX_TEXT, text};
+    text("threadId", &input.thread_id, MAX_KEY, false)?;
+    text("taskDescription", &input.task_description, MAX_TEXT, true)?;
     if input.thread_length.is_some_and(|v| v < 0) || input.context_size.is_some_and(|v| v < 0) {
         return Err(ApiError::invalid(
             "threadLength and contextSize must not be negative",

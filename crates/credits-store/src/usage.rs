@@ -2,8 +2,9 @@
 //! (at, seq)), its opaque cursors, and the exact i64 totals of summaries; it must never
 //! page by offset (offsets shift while new events arrive) nor sum amounts outside i64.
 
-use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use chrono_tz::Tz;
+use credits_core::calendar::{day_start, local_date};
 use sea_orm::sea_query::Condition;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -494,30 +495,11 @@ fn group_expr(by: GroupBy) -> &'static str {
     }
 }
 
-/// The first instant whose local date in `zone` is `date`: local midnight, or the first
-/// existing local time after it in a DST gap, or the earlier of two midnights. None when
-/// the zone skipped the whole date (Pacific/Apia, 2011-12-30).
-fn day_start(zone: Tz, date: NaiveDate) -> Option<DateTime<Utc>> {
-    let midnight = date.and_hms_opt(0, 0, 0)?;
-    // Transitions fall on whole minutes, so stepping by minutes finds the first
-    // existing local time exactly.
-    for minute in 0..24 * 60 {
-        let local = midnight + chrono::Duration::minutes(minute);
-        if local.date() != date {
-            break;
-        }
-        if let Some(at) = zone.from_local_datetime(&local).earliest() {
-            return Some(at.with_timezone(&Utc));
-        }
-    }
-    None
-}
-
 /// (date, start µs, end µs) of every local date from the one containing `lo_us` to the
 /// one containing `hi_us`.
 fn day_table(zone: Tz, lo_us: i64, hi_us: i64) -> Result<Vec<(NaiveDate, i64, i64)>, StoreError> {
-    let first = from_us(lo_us)?.with_timezone(&zone).date_naive();
-    let last = from_us(hi_us)?.with_timezone(&zone).date_naive();
+    let first = local_date(zone, from_us(lo_us)?);
+    let last = local_date(zone, from_us(hi_us)?);
     let span = (last - first).num_days().max(0) as usize + 1;
     bound("days in a summary", span, MAX_SUMMARY_DAYS)?;
     let mut starts = Vec::with_capacity(span + 1);
@@ -528,22 +510,24 @@ fn day_table(zone: Tz, lo_us: i64, hi_us: i64) -> Result<Vec<(NaiveDate, i64, i6
             .checked_add_days(Days::new(2))
             .ok_or_else(|| corrupt("date"))?
     {
-        if let Some(start) = day_start(zone, date) {
-            starts.push((date, to_us(start)));
-        }
+        starts.push((date, to_us(day_start(zone, date))));
         date = date
             .checked_add_days(Days::new(1))
             .ok_or_else(|| corrupt("date"))?;
     }
+    // A date the zone skipped whole (Pacific/Apia, 2011-12-30) starts where the next one
+    // does: it has no row.
     Ok(starts
         .windows(2)
-        .filter(|w| w[0].0 <= last)
+        .filter(|w| w[0].0 <= last && w[0].1 < w[1].1)
         .map(|w| (w[0].0, w[0].1, w[1].1))
         .collect())
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
 
     #[test]
@@ -556,13 +540,21 @@ mod tests {
     }
 
     #[test]
-    fn day_start_handles_gaps_and_skipped_dates() {
+    fn day_table_handles_gaps_and_skipped_dates() {
         let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day).unwrap();
         // Santiago: clocks jump 00:00 -> 01:00 on 2024-09-08.
-        let start = day_start(chrono_tz::America::Santiago, d(2024, 9, 8)).unwrap();
-        assert_eq!(start.to_rfc3339(), "2024-09-08T04:00:00+00:00");
+        let table = day_table(
+            chrono_tz::America::Santiago,
+            to_us(Utc.with_ymd_and_hms(2024, 9, 7, 12, 0, 0).unwrap()),
+            to_us(Utc.with_ymd_and_hms(2024, 9, 8, 12, 0, 0).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(table[1].0, d(2024, 9, 8));
+        assert_eq!(
+            from_us(table[1].1).unwrap().to_rfc3339(),
+            "2024-09-08T04:00:00+00:00"
+        );
         // Apia skipped 2011-12-30 entirely.
-        assert_eq!(day_start(chrono_tz::Pacific::Apia, d(2011, 12, 30)), None);
         let table = day_table(
             chrono_tz::Pacific::Apia,
             to_us(Utc.with_ymd_and_hms(2011, 12, 29, 12, 0, 0).unwrap()),
@@ -571,6 +563,7 @@ mod tests {
         .unwrap();
         // 29th, then 31st: the rows tile time without gaps.
         assert_eq!(table.len(), 2);
+        assert_eq!((table[0].0, table[1].0), (d(2011, 12, 29), d(2011, 12, 31)));
         assert_eq!(table[0].2, table[1].1);
     }
 }
