@@ -183,7 +183,10 @@ pub struct WalletState {
     /// actor, so a wallet nobody watches has none.
     events: Option<broadcast::Sender<Arc<BalanceEvent>>>,
     timer: Option<(DateTime<Utc>, JoinHandle<()>)>,
+    /// The last message (idle checks aside) while nothing was in flight; `None` while busy.
     idle_since: Option<tokio::time::Instant>,
+    /// An idle check is on its way.
+    idle_check_armed: bool,
     /// Leaving memory: every call still queued is handed over to a fresh activation.
     passivating: bool,
     /// Still applying what fell due during a long idle time, [`CATCH_UP_RECORDS`] at a
@@ -259,6 +262,7 @@ impl Actor for WalletActor {
             events: None,
             timer: None,
             idle_since: None,
+            idle_check_armed: false,
             passivating: false,
             lagging: false,
             catch_up_seq: 0,
@@ -272,7 +276,7 @@ impl Actor for WalletActor {
     ) -> Result<(), ActorProcessingErr> {
         // Catch up on whatever fell due while the wallet was inactive.
         state.tick(&myself, None);
-        state.after_message(&myself);
+        state.after_message(&myself, true);
         Ok(())
     }
 
@@ -298,6 +302,7 @@ impl Actor for WalletActor {
             state.hand_over(msg);
             return Ok(());
         }
+        let activity = !matches!(msg, WalletMsg::IdleCheck);
         match msg {
             WalletMsg::Execute(op, reply) => {
                 // Behind another node's announced commit, a decision would rest on a state
@@ -341,6 +346,7 @@ impl Actor for WalletActor {
             WalletMsg::Refresh(seq) => state.refresh(&myself, seq),
             WalletMsg::Recovered(result) => state.recovered(&myself, result),
             WalletMsg::IdleCheck => {
+                state.idle_check_armed = false;
                 let idle_for = state.idle_since.map(|t| t.elapsed());
                 if idle_for.is_some_and(|d| d >= state.shared.config.idle_after) {
                     let watched = state
@@ -357,7 +363,7 @@ impl Actor for WalletActor {
             }
             WalletMsg::Crash => panic!("injected crash"),
         }
-        state.after_message(&myself);
+        state.after_message(&myself, activity);
         Ok(())
     }
 }
@@ -1069,8 +1075,10 @@ impl WalletState {
         myself.stop(Some("store unavailable".into()));
     }
 
-    /// Re-arms the due-instant timer and the idle timer after every message.
-    fn after_message(&mut self, myself: &ActorRef<WalletMsg>) {
+    /// Re-arms the due-instant timer and the idle timer after every message; `activity`:
+    /// the message was a call, a read, a tick… (anything but an idle check), so the idle
+    /// time starts again.
+    fn after_message(&mut self, myself: &ActorRef<WalletMsg>, activity: bool) {
         let due = self.spec.next_due();
         if self.timer.as_ref().is_none_or(|(at, _)| *at != due) {
             if let Some((_, t)) = self.timer.take() {
@@ -1087,12 +1095,19 @@ impl WalletState {
         let busy = self.in_flight.is_some() || !self.open.is_empty() || self.recovering;
         if busy {
             self.idle_since = None;
-        } else if self.idle_since.is_none() {
-            self.idle_since = Some(tokio::time::Instant::now());
+            return;
+        }
+        let since = match self.idle_since {
+            Some(since) if !activity => since,
+            _ => tokio::time::Instant::now(),
+        };
+        self.idle_since = Some(since);
+        if !self.idle_check_armed {
+            self.idle_check_armed = true;
             let me = myself.clone();
-            let idle_after = self.shared.config.idle_after;
+            let check_at = since + self.shared.config.idle_after;
             tokio::spawn(async move {
-                tokio::time::sleep(idle_after).await;
+                tokio::time::sleep_until(check_at).await;
                 let _ = me.send_message(WalletMsg::IdleCheck);
             });
         }

@@ -138,10 +138,42 @@ async fn one_key_from_fifty_concurrent_callers_applies_once() {
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("517"));
 }
 
+/// Found by review: an actor's idle time ran from the end of its last write, so a wallet
+/// read steadily (a dashboard, a platform checking balances) left memory every
+/// `idle_after` and was loaded again. Any call now starts the idle time again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_read_steadily_stays_active() {
+    let config = credits_actors::ActorConfig {
+        idle_after: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let app = app_with(
+        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
+        config,
+    );
+    let id = app.wallet("wal_a", "pro", "UTC").await;
+    app.dir.execute(&id, usage("u1", "1")).await.unwrap();
+    for _ in 0..15 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        app.dir.read(&id).await.unwrap();
+    }
+    let activations = || {
+        app.dir
+            .metrics()
+            .activations
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(activations(), 1, "read every 100 ms, idle after 300 ms");
+    assert!(
+        eventually(|| app.dir.active_wallets() == 0).await,
+        "once nobody calls, it leaves"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
     let config = credits_actors::ActorConfig {
-        idle_after: std::time::Duration::from_millis(50),
+        idle_after: std::time::Duration::from_millis(300),
         ..Default::default()
     };
     let app = app_with(
@@ -184,7 +216,7 @@ async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
     // A watched wallet stays while watched, and leaves once its last subscriber has gone,
     // even though nothing else happens to it.
     let sub = app.dir.subscribe(&id).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     assert_eq!(app.dir.active_wallets(), 1, "a watched wallet stays active");
     drop(sub);
     assert!(
