@@ -151,7 +151,11 @@ async fn a_subscriber_keeping_up_sees_every_record_of_a_catch_up() {
     let mut seqs = Vec::new();
     loop {
         // A step is held in its commit: the actor starts it only after publishing the last.
-        let held = eventually(|| faults.commits.held.load(SeqCst) == 1).await;
+        // None within 2 s: caught up.
+        let held = eventually_within(std::time::Duration::from_secs(2), || {
+            faults.commits.held.load(SeqCst) == 1
+        })
+        .await;
         loop {
             match sub.events.try_recv() {
                 Ok(e) => {

@@ -157,13 +157,22 @@ pub fn grants(ledger: &[Entry]) -> usize {
     ledger.iter().filter(|e| e.grant().is_some()).count()
 }
 
-/// Waits (bounded) until a condition holds; for background effects like passivation.
-pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
+/// Waits until a condition holds, for background effects like passivation: up to 10 s,
+/// which only a failing test waits out (a loaded CI machine can take seconds).
+pub async fn eventually(cond: impl FnMut() -> bool) -> bool {
+    eventually_within(Duration::from_secs(10), cond).await
+}
+
+/// Waits up to `limit` until a condition holds.
+pub async fn eventually_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
         if cond() {
             return true;
         }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    false
 }

@@ -187,7 +187,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if cond().await {
             return true;
         }
