@@ -20,8 +20,18 @@ impl SqlWallets {
     }
 }
 
+/// What callers are told when the database fails: its own text (SQL, constraint and
+/// relation names, connection details) goes to the log only.
+const SEE_THE_LOG: &str = "the database failed (the server log has the details)";
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    tracing::warn!(error = %e, "store error");
+    StoreError(SEE_THE_LOG.into())
+}
+
+fn commit_unavailable(e: impl std::fmt::Display) -> CommitError {
+    tracing::warn!(error = %e, "store error in a commit");
+    CommitError::Unavailable(SEE_THE_LOG.into())
 }
 
 fn record(r: &LedgerRecord) -> Result<Record, StoreError> {
@@ -38,7 +48,7 @@ fn rows(batch: &Batch) -> Result<WalletBatch, CommitError> {
         &entries,
         &batch.wallet,
     )
-    .map_err(|e| CommitError::Unavailable(e.to_string()))
+    .map_err(commit_unavailable)
 }
 
 fn commit_error(e: SqlCommitError) -> CommitError {
@@ -46,21 +56,21 @@ fn commit_error(e: SqlCommitError) -> CommitError {
         SqlCommitError::Conflict { .. } | SqlCommitError::NotFound(_) => CommitError::Conflict,
         // A unique key taken by another writer is definite: nothing was written.
         SqlCommitError::Store(SqlError::Duplicate(_)) => CommitError::Conflict,
-        other => CommitError::Unavailable(other.to_string()),
+        other => commit_unavailable(other),
     }
 }
 
 #[async_trait::async_trait]
 impl WalletStore for SqlWallets {
     async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError> {
-        let row = NewWallet::from_core(wallet, &record.entry, None, None)
-            .map_err(|e| CommitError::Unavailable(e.to_string()))?;
+        let row =
+            NewWallet::from_core(wallet, &record.entry, None, None).map_err(commit_unavailable)?;
         match self.store.create_wallet(&row).await {
             Ok(credits_store::Created::New) => Ok(()),
             Ok(credits_store::Created::Existing { .. }) | Err(SqlError::Duplicate(_)) => {
                 Err(CommitError::Conflict)
             }
-            Err(e) => Err(CommitError::Unavailable(e.to_string())),
+            Err(e) => Err(commit_unavailable(e)),
         }
     }
 

@@ -128,6 +128,33 @@ async fn concurrent_debits_on_the_sql_store_are_exact_and_replay() {
     }
 }
 
+/// Found by review: a database error reached API callers word for word (relation and
+/// constraint names, connection details) when a wallet failed to load or commit. Callers
+/// now learn only that the database failed; the log has the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_is_not_described_to_callers() {
+    for (url, pg) in databases().await {
+        let (dir, store) = node(&url).await;
+        let w = open(&dir, "pro").await;
+        dir.shutdown().await;
+        let (dir, _) = node(&url).await;
+        store
+            .connection()
+            .execute_unprepared("DROP TABLE wallets")
+            .await
+            .unwrap();
+        let err = dir.read(&w).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ExecError::Unavailable(_)), "{err:?}");
+        assert!(
+            !text.contains("wallets") && !text.contains("relation") && !text.contains("table"),
+            "{text}"
+        );
+        dir.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_never_spend_a_credit_twice() {
     for (url, pg) in databases().await {
