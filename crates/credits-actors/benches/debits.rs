@@ -259,9 +259,10 @@ impl WalletStore for Timed {
     async fn due(
         &self,
         before: chrono::DateTime<Utc>,
+        after: Option<&credits_actors::Due>,
         limit: usize,
-    ) -> Result<Vec<WalletId>, StoreError> {
-        self.inner.due(before, limit).await
+    ) -> Result<Vec<credits_actors::Due>, StoreError> {
+        self.inner.due(before, after, limit).await
     }
 }
 

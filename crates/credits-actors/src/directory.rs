@@ -406,7 +406,7 @@ impl Directory {
             let still_due = self
                 .shared
                 .store
-                .due(now, 1)
+                .due(now, None, 1)
                 .await
                 .is_ok_and(|due| !due.is_empty());
             if !still_due {
@@ -424,25 +424,27 @@ impl Directory {
     /// an inactive one is activated (which applies and commits what fell due) and then
     /// passivates again as usual. Active wallets do this with their own timers; they are
     /// ticked too, harmlessly. Returns the number of wallets ticked. Each wallet is ticked
-    /// at most once per call, so one whose commits keep failing cannot hold it up.
+    /// at most once per call, and the due wallets are read page after page, so ones whose
+    /// commits keep failing hold up neither this call nor the wallets due after them.
     pub async fn tick_due(&self) -> usize {
         let mut seen = std::collections::HashSet::new();
+        let mut after = None;
         loop {
             let now = self.shared.clock.now();
-            let due = match self.shared.store.due(now, DUE_BATCH).await {
+            let due = match self.shared.store.due(now, after.as_ref(), DUE_BATCH).await {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(error = %e, "looking for due wallets failed");
                     break;
                 }
             };
+            let last_page = due.len() < DUE_BATCH;
+            after = due.last().cloned();
             let fresh: Vec<WalletId> = due
                 .into_iter()
+                .map(|(_, id)| id)
                 .filter(|id| seen.insert(id.clone()))
                 .collect();
-            if fresh.is_empty() {
-                break;
-            }
             let mut ticks = tokio::task::JoinSet::new();
             for id in fresh {
                 if ticks.len() >= DUE_CONCURRENCY {
@@ -456,6 +458,9 @@ impl Directory {
                 });
             }
             while ticks.join_next().await.is_some() {}
+            if last_page {
+                break;
+            }
         }
         seen.len()
     }

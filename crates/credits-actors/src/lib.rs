@@ -20,6 +20,6 @@ pub use feed::{ReviewChange, ReviewChanges};
 pub use ledger::{Ledger, Receipt, ReservationView, ServiceError, ServiceResult, UsageInput};
 pub use sql::SqlWallets;
 pub use store::{
-    Batch, CommitError, Faults, Gate, Loaded, MemoryStore, Record, StoreError, WalletStore,
+    Batch, CommitError, Due, Faults, Gate, Loaded, MemoryStore, Record, StoreError, WalletStore,
 };
 pub use wallet::{Applied, ExecError};

@@ -6,7 +6,7 @@ use credits_store::{
     WalletBatch,
 };
 
-use crate::store::{Batch, CommitError, Loaded, Record, StoreError, WalletStore};
+use crate::store::{Batch, CommitError, Due, Loaded, Record, StoreError, WalletStore};
 
 /// Wallet persistence on SQLite or PostgreSQL.
 #[derive(Clone, Debug)]
@@ -162,13 +162,15 @@ impl WalletStore for SqlWallets {
     async fn due(
         &self,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<&Due>,
         limit: usize,
-    ) -> Result<Vec<WalletId>, StoreError> {
+    ) -> Result<Vec<Due>, StoreError> {
+        let after = after.map(|(at, id)| (*at, id.0.as_str()));
         let due = self
             .store
-            .wallets_due(before, limit)
+            .wallets_due(before, after, limit)
             .await
             .map_err(unavailable)?;
-        Ok(due.into_iter().map(|(id, _)| WalletId(id)).collect())
+        Ok(due.into_iter().map(|(id, at)| (at, WalletId(id))).collect())
     }
 }

@@ -84,13 +84,18 @@ pub trait WalletStore: Send + Sync + 'static {
     /// each, on any wallet).
     async fn lot_holder(&self, once: OnceFor<'_>) -> Result<Option<WalletId>, StoreError>;
     /// Wallets whose next reset, renewal or expiry is at or before `before`, as stored,
-    /// soonest first, at most `limit`.
+    /// soonest first (then by id), after `after` (the last of a previous page), at most
+    /// `limit`.
     async fn due(
         &self,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<&Due>,
         limit: usize,
-    ) -> Result<Vec<WalletId>, StoreError>;
+    ) -> Result<Vec<Due>, StoreError>;
 }
+
+/// A wallet's next due instant, as stored, and its id: the order of [`WalletStore::due`].
+pub type Due = (chrono::DateTime<chrono::Utc>, WalletId);
 
 #[derive(Debug)]
 struct Stored {
@@ -326,19 +331,17 @@ impl WalletStore for MemoryStore {
     async fn due(
         &self,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<&Due>,
         limit: usize,
-    ) -> Result<Vec<WalletId>, StoreError> {
+    ) -> Result<Vec<Due>, StoreError> {
         let wallets = self.wallets.lock().unwrap();
-        let mut due: Vec<_> = wallets
+        let mut due: Vec<Due> = wallets
             .values()
-            .map(|s| (s.wallet.next_due(), &s.wallet.id))
-            .filter(|(at, _)| *at <= before)
+            .map(|s| (s.wallet.next_due(), s.wallet.id.clone()))
+            .filter(|d| d.0 <= before && after.is_none_or(|a| d > a))
             .collect();
         due.sort();
-        Ok(due
-            .into_iter()
-            .take(limit)
-            .map(|(_, id)| id.clone())
-            .collect())
+        due.truncate(limit);
+        Ok(due)
     }
 }

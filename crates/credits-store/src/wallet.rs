@@ -205,15 +205,25 @@ impl Store {
     pub async fn wallets_due(
         &self,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<(chrono::DateTime<chrono::Utc>, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
-        use sea_orm::{QueryOrder, QuerySelect};
+        use sea_orm::{Condition, QueryOrder, QuerySelect};
         bound("due wallets", limit, MAX_LIST)?;
+        let later = after.map(|(at, id)| {
+            let at = to_us(at);
+            Condition::any().add(wallets::Column::NextDueUs.gt(at)).add(
+                Condition::all()
+                    .add(wallets::Column::NextDueUs.eq(at))
+                    .add(wallets::Column::Id.gt(id)),
+            )
+        });
         let rows = wallets::Entity::find()
             .select_only()
             .column(wallets::Column::Id)
             .column(wallets::Column::NextDueUs)
             .filter(wallets::Column::NextDueUs.lte(to_us(before)))
+            .filter(Condition::all().add_option(later))
             .order_by_asc(wallets::Column::NextDueUs)
             .order_by_asc(wallets::Column::Id)
             .limit(limit as u64)

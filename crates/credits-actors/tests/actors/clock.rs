@@ -179,3 +179,31 @@ async fn a_subscriber_keeping_up_sees_every_record_of_a_catch_up() {
     assert!(last - first > 700, "{} records", last - first);
     assert_eq!(seqs, (first + 1..=last).collect::<Vec<_>>());
 }
+
+/// Found by review: the due sweep read the first 256 due wallets and stopped once none of
+/// them was new, so 256 that kept failing (here: their loads fail) kept every wallet due
+/// after them from its reset. It reads on, page after page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallets_due_after_failing_ones_are_still_brought_up_to_date() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        ids.push(app.wallet(&format!("wal_{n:03}"), "pro", "UTC").await);
+    }
+    // Past midnight: every wallet is due; the first 256 loads fail.
+    app.dir
+        .clock()
+        .as_manual()
+        .unwrap()
+        .advance(Duration::hours(13));
+    app.store
+        .faults
+        .fail_loads
+        .store(256, std::sync::atomic::Ordering::SeqCst);
+    app.dir.tick_due().await;
+    let reset = ids
+        .iter()
+        .filter(|id| app.ledger(id).last().map(|e| e.cause()) == Some(Cause::DailyReset))
+        .count();
+    assert_eq!(reset, 300 - 256);
+}

@@ -1052,13 +1052,20 @@ async fn due_queries_and_events(store: Store) -> anyhow::Result<()> {
     let due_b = b.journal.wallet.next_due();
     assert!(due_a < due_b);
     assert_eq!(
-        store.wallets_due(due_a, 10).await?,
+        store.wallets_due(due_a, None, 10).await?,
         vec![("wal_d1".to_owned(), due_a)]
     );
-    assert_eq!(store.wallets_due(due_b, 10).await?.len(), 2);
+    assert_eq!(store.wallets_due(due_b, None, 10).await?.len(), 2);
+    // The next page starts after the last one read.
+    assert_eq!(
+        store
+            .wallets_due(due_b, Some((due_a, "wal_d1")), 10)
+            .await?,
+        vec![("wal_d2".to_owned(), due_b)]
+    );
     assert!(
         store
-            .wallets_due(due_a - Duration::seconds(1), 10)
+            .wallets_due(due_a - Duration::seconds(1), None, 10)
             .await?
             .is_empty()
     );
@@ -1096,7 +1103,7 @@ async fn due_queries_and_events(store: Store) -> anyhow::Result<()> {
         a.journal.entries[2..].to_vec()
     );
     assert!(matches!(
-        store.wallets_due(due_b, MAX_LIST + 1).await,
+        store.wallets_due(due_b, None, MAX_LIST + 1).await,
         Err(StoreError::TooLarge { .. })
     ));
     Ok(())
