@@ -312,6 +312,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics,
         in_flight: Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight)),
         websockets: Arc::new(tokio::sync::Semaphore::new(settings.max_websockets)),
+        ws_keepalive: settings.ws_keepalive,
         draining: draining.clone(),
     };
 

@@ -38,6 +38,8 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// One permit per open WebSocket (`--max-websockets`).
     pub websockets: Arc<tokio::sync::Semaphore>,
+    /// Time between pings on a WebSocket (`--ws-keepalive`).
+    pub ws_keepalive: Duration,
     /// Read-held by each WebSocket operation until its first result (a mutation's only
     /// one; a subscription's snapshot). Shutdown takes it for writing, so it waits for
     /// them (SIGTERM finishes in-flight operations), and one started after is refused.

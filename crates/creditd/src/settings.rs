@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Open WebSocket connections a node serves at once; each holds a task, buffers and its
 /// subscriptions' channels, so a flood of them must not grow without bound.
 pub const DEFAULT_MAX_WEBSOCKETS: usize = 1024;
+/// Seconds between the server's pings on a WebSocket. A peer that sends nothing (not even
+/// the pong every WebSocket client answers with) for two of them is gone: a sleeping
+/// laptop, a lost NAT entry. Its socket is closed and its subscriptions let go.
+pub const DEFAULT_WS_KEEPALIVE_SECS: u64 = 30;
 
 /// Options of `creditd serve`; each is also an environment variable and a config key.
 #[derive(Args, Clone, Debug, Default)]
@@ -61,6 +65,10 @@ pub struct ServeArgs {
     /// `UNAVAILABLE` (default 1024).
     #[arg(long, env = "CREDITD_MAX_WEBSOCKETS")]
     pub max_websockets: Option<usize>,
+    /// Seconds between pings on a WebSocket; a peer silent for two of them is disconnected
+    /// (default 30).
+    #[arg(long, env = "CREDITD_WS_KEEPALIVE")]
+    pub ws_keepalive: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,6 +83,7 @@ struct FileSettings {
     introspection: Option<bool>,
     max_in_flight: Option<usize>,
     max_websockets: Option<usize>,
+    ws_keepalive: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +98,8 @@ pub struct Settings {
     /// At least 1.
     pub max_in_flight: usize,
     pub max_websockets: usize,
+    /// At least 1 s.
+    pub ws_keepalive: std::time::Duration,
 }
 
 /// Where cargo put this executable, and with it the built tier libraries.
@@ -126,6 +137,14 @@ impl Settings {
             .or(file.max_in_flight)
             .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
+        let ws_keepalive = args
+            .ws_keepalive
+            .or(file.ws_keepalive)
+            .unwrap_or(DEFAULT_WS_KEEPALIVE_SECS);
+        anyhow::ensure!(
+            ws_keepalive > 0,
+            "--ws-keepalive must be at least 1 (seconds)"
+        );
         Ok(Settings {
             listen: listen
                 .parse()
@@ -151,6 +170,7 @@ impl Settings {
                 .max_websockets
                 .or(file.max_websockets)
                 .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
+            ws_keepalive: std::time::Duration::from_secs(ws_keepalive),
         })
     }
 }
@@ -215,5 +235,19 @@ mod tests {
         assert_eq!(load(flag(3), "max_in_flight = 7").unwrap().max_in_flight, 3);
         let zero = load(flag(0), "").unwrap_err().to_string();
         assert!(zero.contains("at least 1"), "{zero}");
+    }
+
+    #[test]
+    fn ws_keepalive_defaults_to_30_s_and_is_at_least_1() {
+        let secs = |args: &[&str], toml: &str| load(flags(args), toml).map(|s| s.ws_keepalive);
+        assert_eq!(secs(&[], "").unwrap().as_secs(), DEFAULT_WS_KEEPALIVE_SECS);
+        assert_eq!(secs(&[], "ws_keepalive = 5").unwrap().as_secs(), 5);
+        assert_eq!(
+            secs(&["--ws-keepalive", "2"], "ws_keepalive = 5")
+                .unwrap()
+                .as_secs(),
+            2
+        );
+        assert!(secs(&["--ws-keepalive", "0"], "").is_err());
     }
 }

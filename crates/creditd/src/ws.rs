@@ -176,14 +176,24 @@ async fn init(
 /// client's fault).
 async fn read(incoming: &mut Incoming) -> Result<ClientMessage, Close> {
     loop {
-        let parsed = match incoming.next().await {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(None),
-            Some(Ok(Message::Text(text))) => serde_json::from_str(text.as_str()),
-            Some(Ok(Message::Binary(bytes))) => serde_json::from_slice(&bytes),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-        };
-        return parsed.map_err(|e| Some((4400, format!("invalid message: {e}"))));
+        if let Some(message) = read_frame(incoming).await? {
+            return Ok(message);
+        }
     }
+}
+
+/// The next frame: a protocol message, or `None` for a WebSocket ping or pong (which
+/// only shows the peer is there; the library answers pings itself).
+async fn read_frame(incoming: &mut Incoming) -> Result<Option<ClientMessage>, Close> {
+    let parsed = match incoming.next().await {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(None),
+        Some(Ok(Message::Text(text))) => serde_json::from_str(text.as_str()),
+        Some(Ok(Message::Binary(bytes))) => serde_json::from_slice(&bytes),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
+    };
+    parsed
+        .map(Some)
+        .map_err(|e| Some((4400, format!("invalid message: {e}"))))
 }
 
 async fn send(sink: &mut Outgoing, message: &ServerMessage<'_>) -> Result<(), ()> {
@@ -221,15 +231,31 @@ impl Connection {
     }
 
     async fn run(mut self, sink: &mut Outgoing, incoming: &mut Incoming) -> Close {
+        let every = self.state.ws_keepalive;
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                message = read(incoming) => {
-                    let message = match message {
-                        Ok(m) => m,
+                frame = read_frame(incoming) => {
+                    heard = tokio::time::Instant::now();
+                    let message = match frame {
+                        Ok(Some(m)) => m,
+                        Ok(None) => continue,
                         Err(close) => return close,
                     };
                     if let Err(close) = self.handle(sink, message).await {
                         return close;
+                    }
+                }
+                _ = pings.tick() => {
+                    // Silent through two pings: the peer is gone (no pong, no message).
+                    if heard.elapsed() >= 2 * every {
+                        tracing::debug!("closing a WebSocket whose peer stopped answering");
+                        return None;
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
                     }
                 }
                 Some(event) = self.events.next(), if !self.events.is_empty() => {

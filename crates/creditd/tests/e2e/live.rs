@@ -461,3 +461,62 @@ async fn a_removed_member_stops_receiving_the_pools_events(b: Backend) {
         "USAGE"
     );
 }
+
+/// Found by review: nothing ended a WebSocket whose peer had gone without a word (a
+/// sleeping laptop, a lost NAT entry). It kept its place under `--max-websockets`, and its
+/// subscriptions kept their wallets in memory, for ever. The server now pings every
+/// `--ws-keepalive` seconds and closes a socket that answered nothing for two of them; a
+/// client that reads answers the pings and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_disconnected_and_a_live_one_kept() {
+    use std::time::{Duration, Instant};
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        Some(crate::helpers::START),
+        &[
+            ("CREDITD_MAX_WEBSOCKETS", "2"),
+            ("CREDITD_WS_KEEPALIVE", "1"),
+        ],
+    )
+    .await;
+    let w = app.wallet("alice", "pro").await;
+    let (mut live, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    let (mut silent, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    for ws in [&mut live, &mut silent] {
+        ws.subscribe("b", BALANCE_CHANGED, json!({ "w": w })).await;
+        assert_eq!(
+            ws.next_data("b").await["balanceChanged"]["cause"],
+            "SNAPSHOT"
+        );
+    }
+    // `live` reads (so it answers pings) for 4 s; `silent` reads nothing.
+    let until = Instant::now() + Duration::from_secs(4);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        if let Ok(m) = tokio::time::timeout(left, live.recv()).await {
+            panic!("the live socket got {m:?}");
+        }
+    }
+    // The silent one has been let go: its place is free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (_third, init) = loop {
+        match Ws::try_connect(&app, "graphql-transport-ws", &app.admin).await {
+            Ok(ws) => break ws,
+            Err(status) => assert_eq!(status, 503),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the silent socket kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    // The live one still streams.
+    app.record(&w, "k", "t", "standard-chat", 1000, 100).await;
+    assert_eq!(
+        live.next_data("b").await["balanceChanged"]["cause"],
+        "USAGE"
+    );
+    drop(silent);
+}
