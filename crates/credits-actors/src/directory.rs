@@ -115,6 +115,30 @@ pub struct Shared {
     actors: DashMap<WalletId, Slot>,
 }
 
+/// Removes an activation's slot if the caller gives up waiting (its request was dropped,
+/// e.g. the client left) while nobody else holds the slot and nothing filled it: else every
+/// wallet id ever asked for and abandoned mid-load would stay listed, empty, for ever.
+struct VacateIfAbandoned<'a> {
+    actors: &'a DashMap<WalletId, Slot>,
+    id: &'a WalletId,
+    slot: &'a Slot,
+    /// Until the activation's outcome is known.
+    armed: bool,
+}
+
+impl Drop for VacateIfAbandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Under the shard's lock, which every caller takes to clone a slot: two counts
+        // (the map's and ours) mean no other caller waits on it.
+        self.actors.remove_if(self.id, |_, s| {
+            Arc::ptr_eq(s, self.slot) && s.get().is_none() && Arc::strong_count(s) == 2
+        });
+    }
+}
+
 impl Shared {
     /// Removes a stopped actor from the directory, unless a newer one already took its place.
     pub(crate) fn forget(&self, id: &WalletId, actor: ActorId) {
@@ -245,7 +269,14 @@ impl Directory {
                 return Ok(a);
             }
             let slot = self.shared.actors.entry(id.clone()).or_default().clone();
+            let mut abandoned = VacateIfAbandoned {
+                actors: &self.shared.actors,
+                id,
+                slot: &slot,
+                armed: true,
+            };
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
+            abandoned.armed = false;
             match actor {
                 Ok(a)
                     if matches!(

@@ -458,3 +458,24 @@ async fn calls_parked_while_catching_up_keep_their_order() {
         "{second:?}"
     );
 }
+
+/// Found by review: a call given up while its wallet was loading (the client left) left
+/// an empty entry in the directory, so every wallet id ever asked for that way stayed
+/// listed (and counted as active) for ever. The abandoned entry is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_while_its_wallet_loads_leaves_nothing_behind() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_gone", "pro", "UTC").await;
+    let faults = &app.store.faults;
+    faults.loads.hold.store(1, Ordering::SeqCst);
+    let read = {
+        let (dir, id) = (app.dir.clone(), id.clone());
+        tokio::spawn(async move { dir.read(&id).await })
+    };
+    assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
+    read.abort();
+    assert!(read.await.unwrap_err().is_cancelled());
+    assert_eq!(app.dir.active_wallets(), 0);
+    // The wallet still activates on the next call (its load is not held).
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("520"));
+}
