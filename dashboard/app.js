@@ -172,6 +172,12 @@ function signOut(error) {
   sessionStorage.removeItem(WALLET_KEY);
   $('#wallet-view').hidden = true;
   $('#teams').hidden = true;
+  // What the last user saw leaves the page too, not only the view (a shared computer).
+  for (const list of ['#accounts', '#grants', '#plan-current', '#plan-catalogue', '#usage-rows',
+    '#summary-thread', '#summary-model', '#usage-chart', '#review-list', '#team-list']) {
+    $(list).replaceChildren();
+  }
+  for (const text of ['[data-testid="viewer-owner"]', '[data-testid="viewer-role"]']) $(text).textContent = '';
   $('#token').value = '';
   $('#usage-filter').reset();
   showSignIn(error);

@@ -352,6 +352,10 @@ describe('account dashboard in Chromium against creditd', () => {
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.getByLabel('API token').waitFor({ timeout: LOAD_MS });
     assert.equal(await page.evaluate(() => sessionStorage.getItem('creditd.token')), null);
+    // Found by review: the last user's usage, grants and reviews stayed in the page, hidden.
+    const left = await page.evaluate(() => ['#usage-rows', '#grants', '#review-list', '#team-list', '#accounts']
+      .map((s) => document.querySelector(s).textContent).join(''));
+    assert.equal(left, '', 'what the signed-out user saw is gone from the page');
     assert.deepEqual(world.pageErrors, [], 'uncaught errors in the page');
   });
 });

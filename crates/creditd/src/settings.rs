@@ -23,6 +23,7 @@ pub const DEFAULT_MAX_WEBSOCKETS: usize = 1024;
 /// the pong every WebSocket client answers with) for two of them is gone: a sleeping
 /// laptop, a lost NAT entry. Its socket is closed and its subscriptions let go.
 pub const DEFAULT_WS_KEEPALIVE_SECS: u64 = 30;
+pub const MAX_WS_KEEPALIVE_SECS: u64 = 3600;
 
 /// Options of `creditd serve`; each is also an environment variable and a config key.
 #[derive(Args, Clone, Debug, Default)]
@@ -142,8 +143,8 @@ impl Settings {
             .or(file.ws_keepalive)
             .unwrap_or(DEFAULT_WS_KEEPALIVE_SECS);
         anyhow::ensure!(
-            ws_keepalive > 0,
-            "--ws-keepalive must be at least 1 (seconds)"
+            (1..=MAX_WS_KEEPALIVE_SECS).contains(&ws_keepalive),
+            "--ws-keepalive must be 1 to {MAX_WS_KEEPALIVE_SECS} (seconds)"
         );
         Ok(Settings {
             listen: listen
@@ -249,5 +250,6 @@ mod tests {
             2
         );
         assert!(secs(&["--ws-keepalive", "0"], "").is_err());
+        assert!(secs(&["--ws-keepalive", "18446744073709551615"], "").is_err());
     }
 }

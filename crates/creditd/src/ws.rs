@@ -232,11 +232,14 @@ impl Connection {
 
     async fn run(mut self, sink: &mut Outgoing, incoming: &mut Incoming) -> Close {
         let every = self.state.ws_keepalive;
+        // A peer silent this long is gone; a write that cannot finish this long is to a
+        // peer that stopped reading (its buffers are full): either way the socket closes.
+        let gone_after = 2 * every;
         let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
         loop {
-            tokio::select! {
+            let written = tokio::select! {
                 frame = read_frame(incoming) => {
                     heard = tokio::time::Instant::now();
                     let message = match frame {
@@ -244,25 +247,27 @@ impl Connection {
                         Ok(None) => continue,
                         Err(close) => return close,
                     };
-                    if let Err(close) = self.handle(sink, message).await {
-                        return close;
+                    match tokio::time::timeout(gone_after, self.handle(sink, message)).await {
+                        Ok(Err(close)) => return close,
+                        handled => handled.is_ok(),
                     }
                 }
                 _ = pings.tick() => {
                     // Silent through two pings: the peer is gone (no pong, no message).
-                    if heard.elapsed() >= 2 * every {
+                    if heard.elapsed() >= gone_after {
                         tracing::debug!("closing a WebSocket whose peer stopped answering");
                         return None;
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
-                    }
+                    let ping = sink.send(Message::Ping(Default::default()));
+                    matches!(tokio::time::timeout(gone_after, ping).await, Ok(Ok(())))
                 }
                 Some(event) = self.events.next(), if !self.events.is_empty() => {
-                    if self.deliver_ready(sink, event).await.is_err() {
-                        return None;
-                    }
+                    let delivered = self.deliver_ready(sink, event);
+                    matches!(tokio::time::timeout(gone_after, delivered).await, Ok(Ok(())))
                 }
+            };
+            if !written {
+                return None;
             }
         }
     }

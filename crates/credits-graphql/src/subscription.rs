@@ -41,8 +41,8 @@ struct Feed {
 }
 
 /// A USER streaming a team pool: their membership, checked when the stream began, is read
-/// again before an event when a member change was heard since (`Pools::epoch`), so a
-/// removed member gets no event committed after their removal; and once
+/// again before an event when this node heard of a member change since (`Pools::epoch`),
+/// so a removed member gets no event once the removal is heard; and once
 /// [`MEMBERSHIP_RECHECK`] has passed, in case a change was not heard.
 struct Seat {
     team: String,

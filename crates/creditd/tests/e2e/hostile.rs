@@ -1393,7 +1393,14 @@ const DEBITS: usize = 600;
 const LOTS: usize = 100;
 
 async fn a_subscriber_that_never_reads_is_told_to_resync(b: Backend) {
-    let app = App::spawn(b).await;
+    // The subscriber stops reading for as long as the debits take (30 s and more on a
+    // loaded machine): a keepalive long enough that it is told to resync, not let go.
+    let app = App::spawn_env(
+        b,
+        Some(crate::helpers::START),
+        &[("CREDITD_WS_KEEPALIVE", "600")],
+    )
+    .await;
     let w = app.wallet("alice", "pro").await;
     // A hundred lots make every event carry a large balance (~20 KB), so the socket
     // buffers fill long before the last debit.

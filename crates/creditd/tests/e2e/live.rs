@@ -491,14 +491,16 @@ async fn a_silent_peer_is_disconnected_and_a_live_one_kept() {
             "SNAPSHOT"
         );
     }
-    // `live` reads (so it answers pings) for 4 s; `silent` reads nothing.
-    let until = Instant::now() + Duration::from_secs(4);
+    // `live` reads (so it answers pings) for 6 s; `silent` reads nothing, and is gone
+    // after two pings (4 s).
+    let until = Instant::now() + Duration::from_secs(6);
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         if let Ok(m) = tokio::time::timeout(left, live.recv()).await {
             panic!("the live socket got {m:?}");
         }
     }
-    // The silent one has been let go: its place is free.
+    // The silent one has been let go: its place is free. (`live` is read between tries,
+    // so it keeps answering pings.)
     let deadline = Instant::now() + Duration::from_secs(10);
     let (_third, init) = loop {
         match Ws::try_connect(&app, "graphql-transport-ws", &app.admin).await {
@@ -509,7 +511,9 @@ async fn a_silent_peer_is_disconnected_and_a_live_one_kept() {
             Instant::now() < deadline,
             "the silent socket kept its place"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(100), live.recv()).await {
+            panic!("the live socket got {m:?}");
+        }
     };
     assert!(matches!(init, Init::Ack), "{init:?}");
     // The live one still streams.
