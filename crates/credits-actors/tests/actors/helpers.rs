@@ -159,13 +159,8 @@ pub fn grants(ledger: &[Entry]) -> usize {
 
 /// Waits until a condition holds, for background effects like passivation: up to 10 s,
 /// which only a failing test waits out (a loaded CI machine can take seconds).
-pub async fn eventually(cond: impl FnMut() -> bool) -> bool {
-    eventually_within(Duration::from_secs(10), cond).await
-}
-
-/// Waits up to `limit` until a condition holds.
-pub async fn eventually_within(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if cond() {
             return true;
