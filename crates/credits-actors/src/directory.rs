@@ -113,6 +113,10 @@ pub struct Shared {
     pools: Pools,
     reviews: ReviewChanges,
     actors: DashMap<WalletId, Slot>,
+    /// Wallets whose due events failed to apply, with how many sweeps in a row failed: a
+    /// wallet that keeps failing (retried every second) is logged at the 1st, 2nd, 4th,
+    /// 8th… failure, not 86,400 times a day.
+    failing_ticks: DashMap<WalletId, u32>,
 }
 
 /// Removes an activation's slot if the caller gives up waiting (its request was dropped,
@@ -196,6 +200,7 @@ impl Directory {
             pools: Pools::default(),
             reviews: ReviewChanges::default(),
             actors: DashMap::new(),
+            failing_ticks: DashMap::new(),
         };
         Directory {
             shared: Arc::new(shared),
@@ -483,8 +488,21 @@ impl Directory {
                 }
                 let dir = self.clone();
                 ticks.spawn(async move {
-                    if let Err(e) = dir.tick(&id).await {
-                        tracing::warn!(wallet = %id, error = %e, "applying due events failed");
+                    let failing = &dir.shared.failing_ticks;
+                    match dir.tick(&id).await {
+                        Ok(_) => {
+                            failing.remove(&id);
+                        }
+                        Err(e) => {
+                            let failures = {
+                                let mut n = failing.entry(id.clone()).or_insert(0);
+                                *n = n.saturating_add(1);
+                                *n
+                            };
+                            if failures.is_power_of_two() {
+                                tracing::warn!(wallet = %id, error = %e, failures, "applying due events failed");
+                            }
+                        }
                     }
                 });
             }
