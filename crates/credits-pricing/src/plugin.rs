@@ -190,11 +190,13 @@ fn cache_copy(path: &Path, cache_dir: &Path) -> Result<std::path::PathBuf, Refus
         static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT_TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let temp = cache_dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        std::fs::write(&temp, &bytes).map_err(io)?;
-        std::fs::rename(&temp, &cached).map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            io(e)
-        })?;
+        // A failed write (a full disk) or rename leaves no partial file behind.
+        std::fs::write(&temp, &bytes)
+            .and_then(|()| std::fs::rename(&temp, &cached))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&temp);
+                io(e)
+            })?;
     }
     Ok(cached)
 }
