@@ -4,6 +4,7 @@
 mod assets;
 mod catalogue;
 mod graphiql;
+mod listener;
 mod server;
 mod settings;
 mod ws;
@@ -326,6 +327,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // the port it got. Documented on `ServeArgs::listen`.
     println!("listening on {addr}");
     tracing::info!(%addr, database = %redact(&settings.database), "creditd listening: dashboard at http://{addr}/, GraphiQL at http://{addr}/graphql");
+    // A connection that sends nothing for four keepalive periods is gone (2 min by
+    // default; a live WebSocket answers a ping every period).
+    let listener = listener::IdleLimited::new(listener, 4 * settings.ws_keepalive);
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(stop)
         .await?;

@@ -524,3 +524,40 @@ async fn a_silent_peer_is_disconnected_and_a_live_one_kept() {
     );
     drop(silent);
 }
+
+/// Found by review: nothing ended a connection that sent nothing (an idle keep-alive
+/// connection, a client gone without a FIN, a request whose headers never end): each held
+/// a socket and a task for ever. One silent for four keepalive periods is closed now; a
+/// WebSocket whose peer answers the pings is never silent that long (test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        Some(crate::helpers::START),
+        &[("CREDITD_WS_KEEPALIVE", "1")],
+    )
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    half.write_all(b"POST /graphql HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    for socket in [&mut silent, &mut half] {
+        let mut buf = [0u8; 1024];
+        // Closed by the server: end of stream (or a reset), well before 10 s.
+        let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "still open after {:?}: {read:?}",
+            opened.elapsed()
+        );
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        opened.elapsed()
+    );
+}
