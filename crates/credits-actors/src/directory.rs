@@ -29,8 +29,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ACTIVATION_RETRIES: usize = 3;
 /// Wallets read per query when looking for what fell due on inactive wallets.
 const DUE_BATCH: usize = 256;
-/// How long, and how many times, `advance_clock` sweeps wallets still catching up.
-const ADVANCE_CLOCK_DEADLINE: Duration = Duration::from_secs(120);
+/// How long, and how many times, `advance_clock` sweeps wallets still catching up (well
+/// inside the 2 min after which `creditd` drops a connection that sent nothing, a request
+/// still running included; the rest is caught up by the due sweep).
+const ADVANCE_CLOCK_DEADLINE: Duration = Duration::from_secs(60);
 const ADVANCE_CLOCK_SWEEPS: usize = 20;
 /// Wallets brought up to date at once by [`Directory::tick_due`]: enough to share group
 /// commits, few enough not to crowd out the calls being served.
