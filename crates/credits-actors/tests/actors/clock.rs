@@ -97,14 +97,7 @@ async fn an_idle_wallet_ends_in_the_state_of_one_touched_every_minute() {
 /// such wallets in the store and brings them up to date.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advancing_the_clock_records_due_events_of_passivated_wallets() {
-    let config = credits_actors::ActorConfig {
-        idle_after: std::time::Duration::from_millis(20),
-        ..Default::default()
-    };
-    let app = app_with(
-        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
-        config,
-    );
+    let app = app_idle_after(std::time::Duration::from_millis(20));
     let ids = [
         app.wallet("wal_p1", "pro", "UTC").await,
         app.wallet("wal_p2", "pro", "Asia/Tokyo").await,

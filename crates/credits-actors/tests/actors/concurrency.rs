@@ -143,14 +143,7 @@ async fn one_key_from_fifty_concurrent_callers_applies_once() {
 /// `idle_after` and was loaded again. Any call now starts the idle time again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wallet_read_steadily_stays_active() {
-    let config = credits_actors::ActorConfig {
-        idle_after: std::time::Duration::from_millis(300),
-        ..Default::default()
-    };
-    let app = app_with(
-        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
-        config,
-    );
+    let app = app_idle_after(std::time::Duration::from_millis(300));
     let id = app.wallet("wal_a", "pro", "UTC").await;
     app.dir.execute(&id, usage("u1", "1")).await.unwrap();
     for _ in 0..15 {
@@ -172,14 +165,7 @@ async fn a_wallet_read_steadily_stays_active() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
-    let config = credits_actors::ActorConfig {
-        idle_after: std::time::Duration::from_millis(300),
-        ..Default::default()
-    };
-    let app = app_with(
-        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
-        config,
-    );
+    let app = app_idle_after(std::time::Duration::from_millis(300));
     let id = app.wallet("wal_a", "pro", "UTC").await;
     let reads: Vec<_> = (0..20)
         .map(|_| {
@@ -231,14 +217,7 @@ async fn racing_activations_make_one_actor_and_idle_actors_passivate() {
 /// mailbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_queued_behind_passivation_are_answered() {
-    let config = credits_actors::ActorConfig {
-        idle_after: std::time::Duration::ZERO,
-        ..Default::default()
-    };
-    let app = app_with(
-        credits_actors::Clock::manual(at("2027-03-10T12:00:00Z")),
-        config,
-    );
+    let app = app_idle_after(std::time::Duration::ZERO);
     let id = app.wallet("wal_a", "pro", "UTC").await;
     for n in 0..50 {
         // One µcr spent per round.

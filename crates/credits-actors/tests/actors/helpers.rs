@@ -27,6 +27,16 @@ pub fn app_at(start: &str) -> App {
     app_with(Clock::manual(at(start)), ActorConfig::default())
 }
 
+/// An app on the manual clock at 2027-03-10T12:00Z whose idle actors stop after
+/// `idle_after`.
+pub fn app_idle_after(idle_after: Duration) -> App {
+    let config = ActorConfig {
+        idle_after,
+        ..Default::default()
+    };
+    app_with(Clock::manual(at("2027-03-10T12:00:00Z")), config)
+}
+
 pub fn app_with(clock: Clock, config: ActorConfig) -> App {
     let store = Arc::new(MemoryStore::new());
     let dir = Directory::new(store.clone(), clock, catalogue(), config);
