@@ -11,6 +11,36 @@ use axum::response::{IntoResponse, Response};
 /// The page: loads only [`ASSETS`] and points GraphiQL at `/graphql` (HTTP and WebSocket).
 pub const PAGE: &str = include_str!("graphiql.html");
 
+/// The page's content policy: its own files and API only, its one inline script by hash
+/// (so no other script can run in the page that holds an admin's token), never framed.
+/// Styles may be inline: GraphiQL's editor writes them.
+pub fn page_policy() -> &'static str {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    static POLICY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(Sha256::digest(inline_script(PAGE).as_bytes()));
+        format!(
+            "default-src 'self'; script-src 'self' 'sha256-{hash}'; \
+             style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; \
+             frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        )
+    })
+}
+
+/// The text of the page's one inline `<script>` element, as the browser hashes it.
+fn inline_script(page: &str) -> &str {
+    let start = page
+        .find("<script>")
+        .expect("the page has an inline script")
+        + "<script>".len();
+    let end = page[start..]
+        .find("</script>")
+        .expect("the inline script ends");
+    &page[start..start + end]
+}
+
 /// Where [`ASSETS`] are served; `graphiql.html` names them under it.
 pub const ASSETS_PREFIX: &str = "/graphql/assets/";
 
@@ -106,5 +136,17 @@ mod tests {
         for a in ASSETS {
             assert!(a.gzip.starts_with(&[0x1f, 0x8b]), "{} is not gzip", a.name);
         }
+    }
+
+    /// Found by review: the page that holds an admin's token had no content policy. Its
+    /// one inline script is allowed by hash, so the page must keep exactly one.
+    #[test]
+    fn the_policy_allows_the_one_inline_script_by_hash() {
+        assert_eq!(PAGE.matches("<script>").count(), 1, "one inline script");
+        let script = inline_script(PAGE);
+        assert!(script.contains("GraphiQL"), "{script}");
+        let policy = page_policy();
+        assert!(policy.contains("script-src 'self' 'sha256-"), "{policy}");
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
     }
 }

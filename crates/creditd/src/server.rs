@@ -83,7 +83,7 @@ fn guarded(routes: Router) -> Router {
 }
 
 /// The dashboard's policy: its own scripts, styles and API only (no inline script, no
-/// other origin), never framed. GraphiQL's page keeps an inline script and goes without.
+/// other origin), never framed. GraphiQL's page has its own (`graphiql::page_policy`).
 const DASHBOARD_CSP: &str = "default-src 'self'; img-src 'self' data:; connect-src 'self'; \
     frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
@@ -269,7 +269,13 @@ async fn graphql_get(State(state): State<Shared>, req: axum::extract::Request) -
     let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await else {
         // Revalidated each time: a new binary may name new asset versions.
         return (
-            [(header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CACHE_CONTROL, "no-cache"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    crate::graphiql::page_policy(),
+                ),
+            ],
             Html(crate::graphiql::PAGE),
         )
             .into_response();
