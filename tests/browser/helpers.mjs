@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -24,19 +23,6 @@ export function launchChromium() {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     args: CHROMIUM_ARGS,
-  });
-}
-
-/** Picks a free loopback port: bind port 0, read it, close. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
   });
 }
 
@@ -82,11 +68,11 @@ export async function startCreditd(name, { manualClock } = {}) {
   const plugins = process.env.CREDITD_PLUGINS || path.dirname(path.resolve(bin));
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), `creditd-${name}-`));
   const adminToken = crypto.randomBytes(24).toString('hex');
-  const port = await freePort();
-  const base = `http://127.0.0.1:${port}`;
+  // Port 0: creditd binds a free port itself and names it in its first stdout line
+  // (picking one here and handing it over could lose it to another process meanwhile).
   const args = [
     'serve',
-    '--listen', `127.0.0.1:${port}`,
+    '--listen', '127.0.0.1:0',
     '--database', `sqlite://${tmp}/t.db?mode=rwc`,
     '--plugins', plugins,
   ];
@@ -99,7 +85,12 @@ export async function startCreditd(name, { manualClock } = {}) {
     lines.push(chunk.toString());
     if (lines.length > 200) lines.shift();
   };
-  child.stdout.on('data', keep);
+  let base = null;
+  child.stdout.on('data', (chunk) => {
+    keep(chunk);
+    const bound = /listening on (\S+)/.exec(lines.join(''));
+    if (bound && !base) base = `http://${bound[1]}`;
+  });
   child.stderr.on('data', keep);
   let exited = null;
   child.on('exit', (code, signal) => { exited = { code, signal }; });
@@ -124,8 +115,8 @@ export async function startCreditd(name, { manualClock } = {}) {
         + `command: ${bin} ${args.join(' ')}\n--- its output ---\n${log()}`);
     }
     try {
-      const res = await fetch(`${base}/readyz`);
-      if (res.ok) return { base, adminToken, log, stop };
+      const res = base && await fetch(`${base}/readyz`);
+      if (res?.ok) return { base, adminToken, log, stop };
     } catch {
       // not listening yet
     }

@@ -1362,11 +1362,16 @@ async fn websocket_connections_are_bounded(b: Backend) {
     // Anonymous sockets that never send `connection_init` cannot hold the places: the
     // server closes them after its init timeout.
     let mut idle = Vec::new();
+    let first_idle = Instant::now();
     for _ in 0..MAX_WS {
         idle.push(idle_socket(&app).await);
     }
-    let (status, _) = refused_handshake(&app).await;
-    assert_eq!(status, 503);
+    // While they all hold their places (the first is closed 10 s after it opened; on a
+    // loaded machine the last may take that long to get in), one more is refused.
+    if first_idle.elapsed() < Duration::from_secs(8) {
+        let (status, _) = refused_handshake(&app).await;
+        assert_eq!(status, 503);
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     for s in &mut idle {
         use futures::StreamExt;

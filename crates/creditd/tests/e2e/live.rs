@@ -389,10 +389,11 @@ async fn protocol_messages_and_close_codes(b: Backend) {
 
     tokio::time::sleep_until(opened + std::time::Duration::from_secs(8)).await;
     assert_eq!(idle.close_code().await, Some(4408));
-    // Not before its time: a close sent earlier would have been read at once, at 8 s.
+    // Not before its time: a close sent earlier would have been read at once, at 8 s. (The
+    // server's 10 s run from the upgrade, a little before `opened` on a loaded machine.)
     let waited = opened.elapsed();
     assert!(
-        waited >= std::time::Duration::from_millis(9_500),
+        waited >= std::time::Duration::from_millis(8_500),
         "closed after {waited:?}"
     );
 }
