@@ -235,8 +235,7 @@ impl Actor for PoolSupervisor {
         myself: ActorRef<PoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
-        let wallet_actor = args.dir.cell(&args.wallet).await?;
-        wallet_actor.link(myself.get_cell());
+        let wallet_actor = supervise_wallet(&args, &myself).await?;
         Ok(PoolState {
             args,
             wallet_actor,
@@ -287,9 +286,8 @@ impl Actor for PoolSupervisor {
                     }
                 }
             },
-            PoolMsg::Rewire => match state.args.dir.cell(&state.args.wallet).await {
+            PoolMsg::Rewire => match supervise_wallet(&state.args, &myself).await {
                 Ok(cell) => {
-                    cell.link(myself.get_cell());
                     state.wallet_actor = cell;
                     tracing::info!(wallet = %state.args.wallet, "pool wallet restarted from durable state");
                 }
@@ -330,6 +328,27 @@ impl Actor for PoolSupervisor {
         }
         Ok(())
     }
+}
+
+/// The pool wallet's running actor, linked to the supervisor. ractor refuses, silently, to
+/// link an actor that has begun to stop (the wallet passivating at that moment): that one
+/// would never report its stop, and the supervisor would outlive its wallet. Such an actor
+/// is let go and the wallet's next activation taken instead.
+async fn supervise_wallet(
+    args: &PoolArgs,
+    myself: &ActorRef<PoolMsg>,
+) -> Result<ActorCell, ExecError> {
+    for _ in 0..3 {
+        let cell = args.dir.cell(&args.wallet).await?;
+        cell.link(myself.get_cell());
+        if cell.get_status() < ractor::ActorStatus::Draining {
+            return Ok(cell);
+        }
+        cell.unlink(myself.get_cell());
+    }
+    Err(ExecError::Unavailable(
+        "the pool's wallet kept stopping as it started".into(),
+    ))
 }
 
 async fn start_seat(
