@@ -469,7 +469,7 @@ impl Mutation {
         ctx: &Context<'_>,
         input: HighUsageReportInput,
     ) -> async_graphql::Result<ReviewObject> {
-        Ok(ReviewObject(crate::reviews::report(ctx, input).await?))
+        Ok(ReviewObject::new(crate::reviews::report(ctx, input).await?))
     }
 
     #[graphql(guard = "RoleGuard::new(ADMIN)")]
@@ -478,7 +478,9 @@ impl Mutation {
         ctx: &Context<'_>,
         input: ResolveReviewInput,
     ) -> async_graphql::Result<ReviewObject> {
-        Ok(ReviewObject(crate::reviews::resolve(ctx, input).await?))
+        Ok(ReviewObject::new(
+            crate::reviews::resolve(ctx, input).await?,
+        ))
     }
 
     #[graphql(guard = "RoleGuard::new(ADMIN)")]

@@ -213,7 +213,7 @@ impl WalletObject {
             }
         }
         .map_err(ApiError::from)?;
-        Ok(rows.into_iter().map(ReviewObject).collect())
+        Ok(rows.into_iter().map(ReviewObject::new).collect())
     }
 }
 
@@ -341,11 +341,24 @@ impl TeamMemberObject {
     }
 }
 
-pub struct ReviewObject(pub ReviewRow);
+/// A review as callers see it (built by [`ReviewObject::new`]).
+pub struct ReviewObject(ReviewRow);
 
 impl ReviewObject {
-    fn resolved(&self) -> bool {
-        self.0.status != StoreReviewStatus::Submitted
+    pub fn new(row: ReviewRow) -> Self {
+        ReviewObject(Self::shown(row))
+    }
+
+    /// What callers may see of a review: an approval claimed on a SUBMITTED review (its
+    /// amount, grant id and note are set before the lot is granted) shows only once it is
+    /// CREDITED.
+    pub fn shown(mut row: ReviewRow) -> ReviewRow {
+        if row.status == StoreReviewStatus::Submitted {
+            row.credited_ucr = None;
+            row.grant_id = None;
+            row.note = None;
+        }
+        row
     }
 }
 
@@ -395,9 +408,7 @@ impl ReviewObject {
     }
 
     async fn credited_grant(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Grant>> {
-        // A SUBMITTED review may be claimed for approval (grant id, amount and note set
-        // before the lot is granted): none of it shows until it is CREDITED.
-        let Some(id) = self.0.grant_id.as_ref().filter(|_| self.resolved()) else {
+        let Some(id) = self.0.grant_id.as_ref() else {
             return Ok(None);
         };
         let lot = ledger(ctx)
@@ -408,7 +419,7 @@ impl ReviewObject {
     }
 
     async fn note(&self) -> Option<&str> {
-        self.0.note.as_deref().filter(|_| self.resolved())
+        self.0.note.as_deref()
     }
 }
 

@@ -179,7 +179,7 @@ impl Query {
             return Ok(None);
         };
         crate::mutation::check_review_reader(ctx, &row)?;
-        Ok(Some(ReviewObject(row)))
+        Ok(Some(ReviewObject::new(row)))
     }
 
     /// Admins: reviews oldest first, optionally of one status.
@@ -214,7 +214,7 @@ impl Query {
         }
         rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         rows.truncate(first as usize);
-        Ok(rows.into_iter().map(ReviewObject).collect())
+        Ok(rows.into_iter().map(ReviewObject::new).collect())
     }
 
     /// Who the token belongs to. For USER: their own wallets and the teams they belong to; ADMIN and SERVICE get empty lists and read wallets by id.

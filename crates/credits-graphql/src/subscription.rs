@@ -148,7 +148,7 @@ impl Subscription {
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("review"))?;
         crate::mutation::check_review_reader(ctx, &row)?;
-        let row = shown(row);
+        let row = ReviewObject::shown(row);
         let watch = ReviewWatch {
             rx,
             store,
@@ -162,21 +162,10 @@ impl Subscription {
                     None => watch.next().await?,
                 };
                 watch.last = Some(row.clone());
-                Some((ReviewObject(row), (None, watch)))
+                Some((ReviewObject::new(row), (None, watch)))
             },
         ))
     }
-}
-
-/// A review as callers see it: an approval claimed on a SUBMITTED review (its amount,
-/// grant id and note) shows only once the review is CREDITED.
-fn shown(mut row: ReviewRow) -> ReviewRow {
-    if row.status == credits_store::ReviewStatus::Submitted {
-        row.credited_ucr = None;
-        row.grant_id = None;
-        row.note = None;
-    }
-    row
 }
 
 /// One review's changes, each state sent once.
@@ -200,7 +189,7 @@ impl ReviewWatch {
                 Err(RecvError::Closed) => return None,
             }
             let row = match self.store.review(&id).await {
-                Ok(Some(row)) => shown(row),
+                Ok(Some(row)) => ReviewObject::shown(row),
                 Ok(None) => return None,
                 Err(e) => {
                     tracing::warn!(review = %id, error = %e, "reading a changed review failed");

@@ -178,6 +178,22 @@ impl Store {
     }
 }
 
+/// Rows after the one at (`at_us`, `id`) in (instant, id) order: where a keyset page that
+/// follows it starts.
+pub(crate) fn after_in_order<C: sea_orm::ColumnTrait>(
+    at_column: C,
+    id_column: C,
+    at_us: i64,
+    id: &str,
+) -> sea_orm::Condition {
+    use sea_orm::Condition;
+    Condition::any().add(at_column.gt(at_us)).add(
+        Condition::all()
+            .add(at_column.eq(at_us))
+            .add(id_column.gt(id)),
+    )
+}
+
 /// Fails with [`StoreError::TooLarge`] when `n` exceeds `limit`.
 pub(crate) fn bound(what: &'static str, n: usize, limit: usize) -> Result<(), StoreError> {
     if n > limit {

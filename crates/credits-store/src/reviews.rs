@@ -168,12 +168,8 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<ReviewRow>, StoreError> {
         let later = after.map(|r| {
-            let at = to_us(r.created_at);
-            Condition::any().add(reviews::Column::CreatedUs.gt(at)).add(
-                Condition::all()
-                    .add(reviews::Column::CreatedUs.eq(at))
-                    .add(reviews::Column::Id.gt(r.id.as_str())),
-            )
+            let (at, id) = (reviews::Column::CreatedUs, reviews::Column::Id);
+            crate::after_in_order(at, id, to_us(r.created_at), &r.id)
         });
         let wanted = Condition::all()
             .add(reviews::Column::Status.eq(ReviewStatus::Submitted.as_str()))

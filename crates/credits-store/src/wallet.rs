@@ -211,12 +211,8 @@ impl Store {
         use sea_orm::{Condition, QueryOrder, QuerySelect};
         bound("due wallets", limit, MAX_LIST)?;
         let later = after.map(|(at, id)| {
-            let at = to_us(at);
-            Condition::any().add(wallets::Column::NextDueUs.gt(at)).add(
-                Condition::all()
-                    .add(wallets::Column::NextDueUs.eq(at))
-                    .add(wallets::Column::Id.gt(id)),
-            )
+            let (due, key) = (wallets::Column::NextDueUs, wallets::Column::Id);
+            crate::after_in_order(due, key, to_us(at), id)
         });
         let rows = wallets::Entity::find()
             .select_only()

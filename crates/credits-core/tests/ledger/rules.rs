@@ -81,12 +81,16 @@ fn purchase(id: &str, bundle: &str, reference: &str) -> Op {
 }
 
 fn reserve(key: &str, amount: &str, ttl_seconds: u32) -> Op {
+    reserve_as(key, amount, ttl_seconds, None)
+}
+
+fn reserve_as(key: &str, amount: &str, ttl_seconds: u32, member: Option<Member>) -> Op {
     Op::Reserve(ReserveOp {
         id: ReservationId(format!("res_{key}")),
         key: key.into(),
         amount: cr(amount),
         ttl_seconds,
-        member: None,
+        member,
     })
 }
 
@@ -1304,6 +1308,18 @@ fn grant_remaining_is_amount_minus_spent_held_and_expired() {
 
 // ---- team pools ------------------------------------------------------------------------------
 
+/// A team's pool wallet on `team`, in UTC, made at 2027-06-01T10:00Z.
+fn team_pool() -> Journal {
+    open_with(
+        catalogue(),
+        "team",
+        "UTC",
+        "2027-06-01T10:00:00Z",
+        None,
+        true,
+    )
+}
+
 fn limited(daily: Option<&str>, period: Option<&str>) -> Option<Member> {
     Some(Member {
         id: "m".into(),
@@ -1315,14 +1331,7 @@ fn limited(daily: Option<&str>, period: Option<&str>) -> Option<Member> {
 
 #[test]
 fn pool_spends_need_a_member_and_personal_wallets_refuse_one() {
-    let mut pool = open_with(
-        catalogue(),
-        "team",
-        "UTC",
-        "2027-06-01T10:00:00Z",
-        None,
-        true,
-    );
+    let mut pool = team_pool();
     assert!(matches!(
         refused(
             &mut pool,
@@ -1348,37 +1357,18 @@ fn pool_spends_need_a_member_and_personal_wallets_refuse_one() {
 /// counters saturate; a limit compares with them just the same.
 #[test]
 fn member_spend_saturates_instead_of_overflowing() {
-    let mut pool = open_with(
-        catalogue(),
-        "team",
-        "UTC",
-        "2027-06-01T10:00:00Z",
-        None,
-        true,
-    );
+    let mut pool = team_pool();
     let t = "2027-06-01T10:00:00Z";
     for key in ["r1", "r2"] {
         ok(
             &mut pool,
             t,
-            &Op::Reserve(ReserveOp {
-                id: ReservationId(format!("res_{key}")),
-                key: key.into(),
-                amount: cr("1"),
-                ttl_seconds: 600,
-                member: limited(None, None),
-            }),
+            &reserve_as(key, "1", 600, limited(None, None)),
         );
     }
+    // i64::MAX µcr each.
     for key in ["r1", "r2"] {
-        let huge = match settle(key, "0") {
-            Op::Settle(mut s) => {
-                s.cost = Credits::from_micro(i64::MAX);
-                Op::Settle(s)
-            }
-            _ => unreachable!(),
-        };
-        ok(&mut pool, t, &huge);
+        ok(&mut pool, t, &settle(key, "9223372036854.775807"));
     }
     assert!(matches!(
         refused(
@@ -1393,25 +1383,12 @@ fn member_spend_saturates_instead_of_overflowing() {
 
 #[test]
 fn member_limits_allow_reaching_exactly_and_count_active_reservations() {
-    let mut pool = open_with(
-        catalogue(),
-        "team",
-        "UTC",
-        "2027-06-01T10:00:00Z",
-        None,
-        true,
-    );
+    let mut pool = team_pool();
     let t = "2027-06-01T10:00:00Z";
     ok(
         &mut pool,
         t,
-        &Op::Reserve(ReserveOp {
-            id: ReservationId::from("res_1"),
-            key: "r1".into(),
-            amount: cr("4"),
-            ttl_seconds: 600,
-            member: limited(Some("10"), None),
-        }),
+        &reserve_as("1", "4", 600, limited(Some("10"), None)),
     );
     ok(
         &mut pool,
