@@ -536,7 +536,12 @@ impl Ledger {
                     Err(e) => return Err(e),
                 }
             }
-            Err(e) => e,
+            Err(e) => {
+                // A model gone since a reload, say: the first attempt of this retry may be
+                // in flight still, priced before the reload.
+                self.wait_for_calls_ahead(&input.wallet_id).await?;
+                e
+            }
         };
         match self
             .recorded(&input.wallet_id, &input.key, request.as_ref())
@@ -626,11 +631,7 @@ impl Ledger {
         model: String,
         tokens: Tokens,
     ) -> ServiceResult<Receipt> {
-        let row = self
-            .store
-            .reservation(&reservation_id.0)
-            .await?
-            .ok_or(ServiceError::NotFound("reservation"))?;
+        let row = self.reservation_row(reservation_id).await?;
         let wallet_id = WalletId(row.wallet_id.clone());
         let mut op = SettleOp {
             reservation_id: reservation_id.clone(),
@@ -642,52 +643,103 @@ impl Ledger {
             cost: Credits::ZERO,
             priced_by: String::new(),
         };
-        let wallet = self.existing(&wallet_id).await?;
-        wallet.validate(&Op::Settle(op.clone()))?;
-        match self.status_now(&row) {
-            ReservationStatus::Active => {}
-            ReservationStatus::Settled => {
-                let (stored, usage) = row.settlement()?.ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "reservation {} settled without its settle",
-                        row.id
-                    ))
-                })?;
-                if Some(stored) != Op::Settle(op).request() {
-                    return Err(OpError::IdempotencyConflict.into());
+        self.existing(&wallet_id)
+            .await?
+            .validate(&Op::Settle(op.clone()))?;
+        let refusal = match self.stored_settle(&row, &op).await {
+            None => match self.price(&op.model, op.tokens).await {
+                Ok((cost, tier, priced_by)) => {
+                    op.cost = cost;
+                    op.tier = tier;
+                    op.priced_by = priced_by;
+                    // The reservation may have been made on another node a moment ago:
+                    // the actor must not refuse it as unknown before it has read that far.
+                    self.dir.announce(&wallet_id, Some(row.seq));
+                    let applied = self.run(&wallet_id, Op::Settle(op)).await?;
+                    return Ok(Receipt {
+                        usage: usage_of(&applied.entry)?,
+                        balance: applied.balance,
+                        replayed: applied.replayed,
+                    });
                 }
-                return Ok(Receipt {
-                    usage,
-                    balance: wallet.balance(),
-                    replayed: true,
-                });
-            }
+                Err(e) => e,
+            },
+            // Expired by the clock, not yet in the store.
+            Some(Err(e)) if row.status == ReservationStatus::Active => e,
+            Some(answer) => return answer,
+        };
+        // Refused by the clock or by pricing while the store still says ACTIVE: this may
+        // be a retry of a settle whose commit is in flight. What the store then says decides.
+        self.wait_for_calls_ahead(&wallet_id).await?;
+        let row = self.reservation_row(reservation_id).await?;
+        self.stored_settle(&row, &op).await.unwrap_or(Err(refusal))
+    }
+
+    async fn reservation_row(
+        &self,
+        id: &ReservationId,
+    ) -> ServiceResult<credits_store::ReservationRow> {
+        self.store
+            .reservation(&id.0)
+            .await?
+            .ok_or(ServiceError::NotFound("reservation"))
+    }
+
+    /// What a stored reservation answers a settle: `None` while it is active, the original
+    /// receipt if this settle is recorded, a refusal otherwise.
+    async fn stored_settle(
+        &self,
+        row: &credits_store::ReservationRow,
+        op: &SettleOp,
+    ) -> Option<ServiceResult<Receipt>> {
+        match self.status_now(row) {
+            ReservationStatus::Active => None,
+            ReservationStatus::Settled => Some(self.settled_receipt(row, op).await),
             ReservationStatus::Released | ReservationStatus::Expired => {
-                return Err(OpError::ReservationNotActive.into());
+                Some(Err(OpError::ReservationNotActive.into()))
             }
         }
-        let (cost, tier, priced_by) = self.price(&op.model, op.tokens).await?;
-        op.cost = cost;
-        op.tier = tier;
-        op.priced_by = priced_by;
-        // The reservation may have been made on another node a moment ago: the actor must
-        // not refuse it as unknown before it has read that far.
-        self.dir.announce(&wallet_id, Some(row.seq));
-        let applied = self.run(&wallet_id, Op::Settle(op)).await?;
+    }
+
+    async fn settled_receipt(
+        &self,
+        row: &credits_store::ReservationRow,
+        op: &SettleOp,
+    ) -> ServiceResult<Receipt> {
+        let (stored, usage) = row.settlement()?.ok_or_else(|| {
+            StoreError::Corrupt(format!("reservation {} settled without its settle", row.id))
+        })?;
+        if Some(stored) != Op::Settle(op.clone()).request() {
+            return Err(OpError::IdempotencyConflict.into());
+        }
         Ok(Receipt {
-            usage: usage_of(&applied.entry)?,
-            balance: applied.balance,
-            replayed: applied.replayed,
+            usage,
+            balance: self
+                .existing(&WalletId(row.wallet_id.clone()))
+                .await?
+                .balance(),
+            replayed: true,
         })
     }
 
+    /// Returns once every call the wallet's actor has taken so far is durable or has
+    /// failed (a tick is answered only then). A retry about to be refused on what the store
+    /// says (a reservation expired by the clock, a model gone since a reload) waits here
+    /// first: its first attempt may be in flight and then be what it must answer (SPEC 4).
+    async fn wait_for_calls_ahead(&self, wallet_id: &WalletId) -> ServiceResult<()> {
+        Ok(self.dir.tick(wallet_id).await?)
+    }
+
     pub async fn release(&self, reservation_id: &ReservationId) -> ServiceResult<ReservationView> {
-        let row = self
-            .store
-            .reservation(&reservation_id.0)
-            .await?
-            .ok_or(ServiceError::NotFound("reservation"))?;
+        let mut row = self.reservation_row(reservation_id).await?;
         let wallet_id = WalletId(row.wallet_id.clone());
+        if row.status == ReservationStatus::Active
+            && self.status_now(&row) == ReservationStatus::Expired
+        {
+            // As in `settle`: a release in flight, made before the expiry, decides.
+            self.wait_for_calls_ahead(&wallet_id).await?;
+            row = self.reservation_row(reservation_id).await?;
+        }
         let view = |status| ReservationView {
             id: reservation_id.clone(),
             wallet_id: wallet_id.clone(),

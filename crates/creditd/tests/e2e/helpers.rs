@@ -580,6 +580,32 @@ impl App {
         .await
     }
 
+    /// A counter or gauge of `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("a metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    }
+
+    /// Waits until the committer has taken `n` more store transactions than `since`
+    /// (it takes one and then waits for the database, e.g. behind a [`WriteLock`]).
+    pub async fn wait_for_transactions(&self, since: f64, n: f64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metric("credits_store_transactions_total").await < since + n {
+            assert!(Instant::now() < deadline, "no store transaction began");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Moves the manual clock; returns the new instant.
     pub async fn advance(&self, seconds: i64) -> String {
         let d = self
@@ -858,4 +884,33 @@ macro_rules! on_both {
             }
         }
     )* };
+}
+
+/// The database's write lock, held by the test: commits wait behind it, reads go on
+/// (SQLite: a write transaction; PostgreSQL: the wallets table locked EXCLUSIVE, which the
+/// fenced wallet UPDATE of every commit needs).
+pub struct WriteLock(sea_orm::DatabaseTransaction);
+
+impl WriteLock {
+    pub async fn take(app: &App) -> WriteLock {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+        let db = sea_orm::Database::connect(app.db.url.as_str())
+            .await
+            .expect("connect to the test database");
+        let txn = db.begin().await.expect("begin");
+        let sql = if app.db.url.starts_with("sqlite:") {
+            // Any write statement takes SQLite's one write lock, even one that changes nothing.
+            "DELETE FROM wallets WHERE 0 = 1"
+        } else {
+            "LOCK TABLE wallets IN EXCLUSIVE MODE"
+        };
+        txn.execute_unprepared(sql)
+            .await
+            .expect("take the write lock");
+        WriteLock(txn)
+    }
+
+    pub async fn release(self) {
+        self.0.rollback().await.expect("release the write lock");
+    }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{App, Backend, USAGE, error_code};
+use crate::helpers::{App, Backend, USAGE, WriteLock, error_code, tier_lib};
 use crate::on_both;
 
 on_both!(
@@ -12,6 +12,7 @@ on_both!(
     usage_history_pages_filters_and_summaries,
     a_summary_larger_than_its_bound_is_refused_as_input,
     a_purchase_sent_many_times_at_once_buys_one_lot,
+    a_retry_while_its_first_attempt_commits_gets_its_receipt,
 );
 
 fn charged(usage: &Value) -> Vec<(String, String)> {
@@ -570,4 +571,106 @@ async fn a_purchase_sent_many_times_at_once_buys_one_lot(b: Backend) {
         }
         assert_eq!(winners.len(), 1, "round {round}: {bought:?}");
     }
+}
+
+/// Found by review: a retry that arrived while its first attempt was being committed was
+/// checked against the store, which still said ACTIVE (or had no record of the key), and
+/// refused for what changed since: the reservation's expiry, a model gone in a reload.
+/// The first attempt then succeeded. The retry now waits for it and gets its receipt.
+async fn a_retry_while_its_first_attempt_commits_gets_its_receipt(b: Backend) {
+    let plugins = tempfile::tempdir().unwrap();
+    let economy = plugins
+        .path()
+        .join(tier_lib("economy").file_name().unwrap());
+    std::fs::copy(tier_lib("economy"), &economy).unwrap();
+    let app = App::spawn_with_plugins(b, plugins.path().to_owned()).await;
+    let w = app.wallet("alice", "pro").await;
+    let reserve = "mutation($i: ReserveInput!) { reserveCredits(input: $i) { id status } }";
+    let held =
+        json!({ "i": { "walletId": w, "idempotencyKey": "r1", "amount": "5", "ttlSeconds": 60 } });
+    let d = app.ok(&app.admin, reserve, held.clone()).await;
+    let rid = d["reserveCredits"]["id"].as_str().unwrap().to_owned();
+    let settle = format!(
+        "mutation($i: SettleInput!) {{ settleReservation(input: $i) {{ replayed usage {{ {USAGE} }} }} }}"
+    );
+    let input = json!({ "i": { "reservationId": rid, "threadId": "t", "model": "economy-mini",
+        "inputTokens": 1000, "outputTokens": 1000 } });
+    let not_yet = std::time::Duration::from_millis(500);
+
+    // A settle decided before the expiry, retried after it while its commit waits.
+    let lock = WriteLock::take(&app).await;
+    let since = app.metric("credits_store_transactions_total").await;
+    let first = app.gql(&app.admin, &settle, input.clone());
+    tokio::pin!(first);
+    let first_sent = async {
+        app.wait_for_transactions(since, 1.0).await;
+    };
+    tokio::select! {
+        r = &mut first => panic!("answered before it was durable: {r}"),
+        () = first_sent => {}
+    }
+    // The clock moves at once; the sweep behind it waits for the lock like the commit.
+    let advance = app.gql(
+        &app.admin,
+        "mutation { advanceClock(seconds: 120) }",
+        json!({}),
+    );
+    tokio::pin!(advance);
+    let expired = async {
+        loop {
+            // A replay of the reservation reads its status from the store.
+            let d = app.ok(&app.admin, reserve, held.clone()).await;
+            if d["reserveCredits"]["status"] == "EXPIRED" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut advance => panic!("the clock's sweep finished behind the lock: {r}"),
+        () = expired => {}
+    }
+    let retry = app.gql(&app.admin, &settle, input.clone());
+    tokio::pin!(retry);
+    if let Ok(r) = tokio::time::timeout(not_yet, &mut retry).await {
+        panic!("the retry was answered before its first attempt was durable: {r}");
+    }
+    lock.release().await;
+    let (first, retry, advance) = tokio::join!(first, retry, advance);
+    assert!(advance["errors"].is_null(), "{advance}");
+    let first = &first["data"]["settleReservation"];
+    assert_eq!(first["replayed"], false, "{first}");
+    let retry = &retry["data"]["settleReservation"];
+    assert_eq!(retry["replayed"], true, "{retry}");
+    assert_eq!(retry["usage"], first["usage"]);
+
+    // A usage priced before a reload that takes its model away, retried after it.
+    let lock = WriteLock::take(&app).await;
+    let since = app.metric("credits_store_transactions_total").await;
+    let first = app.record(&w, "u1", "t", "economy-mini", 1000, 1000);
+    tokio::pin!(first);
+    tokio::select! {
+        r = &mut first => panic!("answered before it was durable: {r}"),
+        () = app.wait_for_transactions(since, 1.0) => {}
+    }
+    std::fs::remove_file(&economy).unwrap();
+    let d = app
+        .ok(&app.admin, "mutation { reloadPricing { id } }", json!({}))
+        .await;
+    assert_eq!(d["reloadPricing"], json!([]));
+    let retry = app.record(&w, "u1", "t", "economy-mini", 1000, 1000);
+    tokio::pin!(retry);
+    if let Ok(r) = tokio::time::timeout(not_yet, &mut retry).await {
+        panic!("the retry was answered before its first attempt was durable: {r}");
+    }
+    lock.release().await;
+    let (first, retry) = tokio::join!(first, retry);
+    let first = &first["data"]["recordUsage"];
+    assert_eq!(first["replayed"], false, "{first}");
+    let retry = &retry["data"]["recordUsage"];
+    assert_eq!(retry["replayed"], true, "{retry}");
+    assert_eq!(retry["usage"], first["usage"]);
+    // A call that is not a retry is refused as before.
+    let r = app.record(&w, "u2", "t", "economy-mini", 1000, 1000).await;
+    assert_eq!(error_code(&r), "UNKNOWN_MODEL");
 }
