@@ -5,16 +5,22 @@
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextSubscribe,
 };
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{ErrorExtensionValues, Response, ServerError, ServerResult, Value, Variables};
+use async_graphql::{
+    ErrorExtensionValues, Request, Response, ServerError, ServerResult, Value, Variables,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
 pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 2000;
 pub const MAX_ALIASES: usize = 100;
+/// Fields selected once every fragment is spread: bounds what validation walks (every
+/// field costs at least one unit of complexity, so no document within the complexity limit
+/// selects more, `__typename` aside).
+pub const MAX_SELECTED_FIELDS: usize = 5 * MAX_COMPLEXITY;
 pub const MAX_BATCH: usize = 10;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const MAX_STRING_BYTES: usize = 64 * 1024;
@@ -76,31 +82,82 @@ fn invalid(message: impl Into<String>) -> ServerError {
     e
 }
 
-fn count_aliases(doc: &ExecutableDocument) -> usize {
-    fn walk(set: &SelectionSet, doc: &ExecutableDocument, depth: usize) -> usize {
-        // Fragments can nest; the depth limit bounds real documents, this bounds the walk.
-        if depth > 64 {
-            return 0;
+/// What a document's operations select once every fragment spread is written out, as
+/// validation and execution walk it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Expanded {
+    fields: usize,
+    aliases: usize,
+}
+
+impl Expanded {
+    fn add(self, other: Expanded) -> Expanded {
+        Expanded {
+            fields: self.fields.saturating_add(other.fields),
+            aliases: self.aliases.saturating_add(other.aliases),
         }
-        set.items
-            .iter()
-            .map(|s| match &s.node {
-                Selection::Field(f) => {
-                    usize::from(f.node.alias.is_some())
-                        + walk(&f.node.selection_set.node, doc, depth + 1)
-                }
-                Selection::InlineFragment(i) => walk(&i.node.selection_set.node, doc, depth + 1),
-                Selection::FragmentSpread(sp) => doc
-                    .fragments
-                    .get(&sp.node.fragment_name.node)
-                    .map_or(0, |fr| walk(&fr.node.selection_set.node, doc, depth + 1)),
-            })
-            .sum()
     }
-    doc.operations
-        .iter()
-        .map(|(_, op)| walk(&op.node.selection_set.node, doc, 0))
-        .sum()
+}
+
+/// [`Expanded`] in one pass over the document: each fragment is counted once, however
+/// often it is spread, so a document that spreads fragments into one another over and over
+/// costs its own size to check, not the size it expands to. A fragment that spreads itself
+/// is an error (validation would refuse it too, but this runs first).
+fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
+    use async_graphql::parser::types::FragmentDefinition;
+    use async_graphql::{Name, Positioned};
+    use std::collections::HashMap;
+
+    struct Walk<'a> {
+        fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
+        /// `None` while the fragment is being counted.
+        counted: HashMap<&'a str, Option<Expanded>>,
+    }
+
+    impl<'a> Walk<'a> {
+        fn set(&mut self, set: &'a SelectionSet) -> Result<Expanded, String> {
+            let mut total = Expanded::default();
+            for s in &set.items {
+                let one = match &s.node {
+                    Selection::Field(f) => Expanded {
+                        fields: 1,
+                        aliases: usize::from(f.node.alias.is_some()),
+                    }
+                    .add(self.set(&f.node.selection_set.node)?),
+                    Selection::InlineFragment(i) => self.set(&i.node.selection_set.node)?,
+                    Selection::FragmentSpread(sp) => self.fragment(&sp.node.fragment_name.node)?,
+                };
+                total = total.add(one);
+            }
+            Ok(total)
+        }
+
+        fn fragment(&mut self, name: &'a Name) -> Result<Expanded, String> {
+            match self.counted.get(name.as_str()) {
+                Some(Some(known)) => return Ok(*known),
+                Some(None) => return Err(format!("fragment {name} spreads itself")),
+                None => {}
+            }
+            // An unknown fragment is validation's to report.
+            let Some(fragment) = self.fragments.get(name) else {
+                return Ok(Expanded::default());
+            };
+            self.counted.insert(name.as_str(), None);
+            let size = self.set(&fragment.node.selection_set.node)?;
+            self.counted.insert(name.as_str(), Some(size));
+            Ok(size)
+        }
+    }
+
+    let mut walk = Walk {
+        fragments: &doc.fragments,
+        counted: HashMap::new(),
+    };
+    let mut total = Expanded::default();
+    for (_, op) in doc.operations.iter() {
+        total = total.add(walk.set(&op.node.selection_set.node)?);
+    }
+    Ok(total)
 }
 
 fn longest_string(v: &Value) -> usize {
@@ -211,13 +268,22 @@ impl Extension for LimitsExtension {
         next.run(ctx, stream).map(with_codes).boxed()
     }
 
-    async fn parse_query(
+    /// Parses and checks the document here, before async-graphql's own checks (its
+    /// recursion-depth check follows every fragment spread anew), and hands it on parsed.
+    async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        let doc = self.checked(&request.query, &request.variables)?;
+        request.set_parsed_query(doc);
+        next.run(ctx, request).await
+    }
+}
+
+impl LimitsExtension {
+    fn checked(&self, query: &str, variables: &Variables) -> ServerResult<ExecutableDocument> {
         if query.len() > MAX_BODY_BYTES {
             return Err(invalid("the query is larger than 256 KiB"));
         }
@@ -227,12 +293,18 @@ impl Extension for LimitsExtension {
         if let Some(doc) = self.cached(query) {
             return Ok(doc);
         }
-        let doc = next.run(ctx, query, variables).await?;
+        let doc = async_graphql::parser::parse_query(query)?;
         if longest_literal(&doc) > MAX_STRING_BYTES {
             return Err(invalid("a string is longer than 64 KiB"));
         }
-        if count_aliases(&doc) > MAX_ALIASES {
+        let size = expanded(&doc).map_err(invalid)?;
+        if size.aliases > MAX_ALIASES {
             return Err(invalid(format!("more than {MAX_ALIASES} aliases")));
+        }
+        if size.fields > MAX_SELECTED_FIELDS {
+            return Err(invalid(format!(
+                "more than {MAX_SELECTED_FIELDS} fields once fragments are spread"
+            )));
         }
         self.keep(query, &doc);
         Ok(doc)
@@ -242,7 +314,7 @@ impl Extension for LimitsExtension {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_graphql::{EmptyMutation, EmptySubscription, Object, Request, Schema};
+    use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
 
     struct Query;
 
@@ -320,5 +392,68 @@ mod tests {
             .await;
         assert_eq!(resp.data.into_json().unwrap()["echo"], "long");
         assert_eq!(cached(&parsed), 0);
+    }
+
+    /// Found by review: the alias count followed every fragment spread again, with no
+    /// memory and no cycle check, before validation ran: `fragment F on Query { ...F ...F }`
+    /// took 2^65 steps and held a runtime thread for good.
+    #[tokio::test]
+    async fn spread_fragments_are_checked_in_the_documents_own_size() {
+        let (schema, _) = schema();
+        let run = |q: String| {
+            let schema = schema.clone();
+            async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    schema.execute(Request::new(q)),
+                )
+                .await
+                .expect("checked within 10 s")
+            }
+        };
+        let resp = run("{ ...F } fragment F on Query { ...F ...F }".into()).await;
+        assert_eq!(resp.errors[0].message, "fragment F spreads itself");
+        // Twenty-five fragments, each spreading the next four times: 4^25 fields once
+        // spread, within async-graphql's recursion depth (32), whose own check walks each
+        // spread anew.
+        let resp = run(fan_out(25, "a: echo(s: \"x\")")).await;
+        assert_eq!(resp.errors[0].message, "more than 100 aliases");
+        let resp = run(fan_out(25, "echo(s: \"x\")")).await;
+        assert_eq!(
+            resp.errors[0].message,
+            format!("more than {MAX_SELECTED_FIELDS} fields once fragments are spread")
+        );
+        let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
+        assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
+        // A fragment spread a few times is fine.
+        let resp = run(fan_out(3, "echo(s: \"x\")")).await;
+        assert!(resp.errors.is_empty(), "{:?}", resp.errors);
+    }
+
+    /// `levels` fragments, each spreading the next four times, the last selecting `leaf`.
+    fn fan_out(levels: usize, leaf: &str) -> String {
+        let mut q = String::from("{ ...F0 }");
+        for i in 0..levels {
+            q += &format!(
+                " fragment F{i} on Query {{ ...F{n} ...F{n} ...F{n} ...F{n} }}",
+                n = i + 1
+            );
+        }
+        q + &format!(" fragment F{levels} on Query {{ {leaf} }}")
+    }
+
+    #[test]
+    fn expanded_counts_fields_and_aliases_of_each_spread() {
+        let doc = async_graphql::parser::parse_query(
+            "{ a: echo(s: \"1\") ...F ...F } fragment F on Query { b: echo(s: \"2\") echo(s: \"3\") }",
+        )
+        .unwrap();
+        assert_eq!(
+            expanded(&doc),
+            Ok(Expanded {
+                fields: 5,
+                aliases: 3
+            })
+        );
     }
 }
