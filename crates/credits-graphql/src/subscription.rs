@@ -168,6 +168,9 @@ impl Subscription {
     }
 }
 
+/// How long a review watch waits before reading a review again after a failed read.
+const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// One review's changes, each state sent once.
 struct ReviewWatch {
     rx: broadcast::Receiver<ReviewChange>,
@@ -176,6 +179,24 @@ struct ReviewWatch {
 }
 
 impl ReviewWatch {
+    /// The review as stored now; `None` when it is gone. A failing read is tried again
+    /// until it succeeds: the change that prompted it may be the review's last.
+    async fn read(&self, id: &str) -> Option<ReviewRow> {
+        let mut failures: u32 = 0;
+        loop {
+            match self.store.review(id).await {
+                Ok(row) => return row,
+                Err(e) => {
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::warn!(review = %id, error = %e, failures, "reading a changed review failed; trying again");
+                    }
+                    tokio::time::sleep(REREAD_AFTER).await;
+                }
+            }
+        }
+    }
+
     /// The review's next state unlike the last one sent; `None` when the hub closes or
     /// the review is gone.
     async fn next(&mut self) -> Option<ReviewRow> {
@@ -188,14 +209,7 @@ impl ReviewWatch {
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return None,
             }
-            let row = match self.store.review(&id).await {
-                Ok(Some(row)) => ReviewObject::shown(row),
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!(review = %id, error = %e, "reading a changed review failed");
-                    continue;
-                }
-            };
+            let row = ReviewObject::shown(self.read(&id).await?);
             if self.last.as_ref() != Some(&row) {
                 return Some(row);
             }
@@ -314,6 +328,52 @@ mod tests {
         hub.send(ReviewChange::Any).unwrap();
         drop(hub);
         assert_eq!(watch.next().await, None);
+        drop_store(store, &path).await;
+    }
+
+    /// Found by review: a failed read of the changed review was logged and the change
+    /// dropped; a resolution is usually a review's last change, so its watcher waited
+    /// for ever. The read is tried again until it succeeds.
+    #[tokio::test]
+    async fn a_failed_read_does_not_lose_the_change() {
+        use sea_orm::ConnectionTrait;
+        let (store, path) = temp_store("reread").await;
+        let submitted = review("rev_1");
+        store.insert_review(&submitted).await.unwrap();
+        let resolution = ReviewResolution {
+            review_id: "rev_1".into(),
+            status: ReviewStatus::Rejected,
+            credited_ucr: None,
+            note: Some("no".into()),
+            grant_id: None,
+            resolved_at: chrono::DateTime::UNIX_EPOCH,
+        };
+        assert!(store.resolve_review(&resolution).await.unwrap());
+        let rejected = store.review("rev_1").await.unwrap().unwrap();
+        let (hub, rx) = broadcast::channel(4);
+        let mut watch = ReviewWatch {
+            rx,
+            store: store.clone(),
+            last: Some(submitted),
+        };
+        let sql = |q: &'static str| {
+            let store = store.clone();
+            async move { store.connection().execute_unprepared(q).await.unwrap() }
+        };
+        sql("ALTER TABLE reviews RENAME TO reviews_away").await;
+        hub.send(ReviewChange::One("rev_1".into())).unwrap();
+        let next = watch.next();
+        tokio::pin!(next);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(300), &mut next)
+                .await
+                .is_err(),
+            "answered while the review could not be read"
+        );
+        sql("ALTER TABLE reviews_away RENAME TO reviews").await;
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), next);
+        assert_eq!(next.await.expect("not lost"), Some(rejected));
+        drop(hub);
         drop_store(store, &path).await;
     }
 }
