@@ -34,7 +34,8 @@ const _: () = assert!(CATCH_UP_RECORDS <= crate::events::EVENT_CHANNEL_CAPACITY 
 const _: () =
     assert!(MAX_QUEUED_OPERATIONS + CATCH_UP_RECORDS <= credits_store::MAX_BATCH_RECORDS / 2);
 /// Recently used keys and finished reservations kept in memory to answer retries without
-/// a read; the store's unique index is the guard beyond them.
+/// a read (and those of every call not durable yet); the store's unique index is the guard
+/// beyond them.
 pub const RECENT_KEYS: usize = 1024;
 /// Consecutive commits with an unknown outcome (the store failing, not a lost fence) after
 /// which the actor answers UNAVAILABLE and stops.
@@ -210,11 +211,18 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
         }
     }
 
-    fn insert(&mut self, k: K, v: V) {
+    /// Inserts, then forgets the oldest entries past [`RECENT_KEYS`], but only those
+    /// `forgettable` (durable) ones: a call still waiting for its commit must be known to
+    /// its retry, however many calls queued behind it.
+    fn insert(&mut self, k: K, v: V, forgettable: impl Fn(&V) -> bool) {
         if self.map.insert(k.clone(), v).is_none() {
             self.order.push_back(k);
         }
         while self.order.len() > RECENT_KEYS {
+            let oldest = self.order.front().and_then(|k| self.map.get(k));
+            if !oldest.is_some_and(&forgettable) {
+                break;
+            }
             if let Some(old) = self.order.pop_front() {
                 self.map.remove(&old);
             }
@@ -671,17 +679,20 @@ impl WalletState {
     }
 
     fn remember(&mut self, entry: &Entry) {
+        let durable_seq = self.durable.seq;
+        let durable = |e: &Entry| e.seq <= durable_seq;
         if let Some(key) = entry.idempotency_key() {
-            self.keys.insert(key.to_owned(), entry.clone());
+            self.keys.insert(key.to_owned(), entry.clone(), durable);
         }
         match &entry.kind {
             EntryKind::Settled { usage, .. } => {
                 if let Some(id) = &usage.reservation_id {
-                    self.finished.insert(id.clone(), entry.clone());
+                    self.finished.insert(id.clone(), entry.clone(), durable);
                 }
             }
             EntryKind::Released { reservation_id, .. } => {
-                self.finished.insert(reservation_id.clone(), entry.clone())
+                self.finished
+                    .insert(reservation_id.clone(), entry.clone(), durable)
             }
             _ => {}
         }
@@ -987,8 +998,9 @@ impl WalletState {
             // More was written than one reload reads: subscribers start again from here.
             self.publish_snapshot();
         }
+        let durable_seq = self.durable.seq;
         for (key, entry) in r.keys {
-            self.keys.insert(key, entry);
+            self.keys.insert(key, entry, |e| e.seq <= durable_seq);
         }
         self.taken.extend(r.taken);
         let excess = self.taken.len().saturating_sub(RECENT_KEYS);

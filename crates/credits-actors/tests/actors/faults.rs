@@ -479,3 +479,47 @@ async fn a_call_abandoned_while_its_wallet_loads_leaves_nothing_behind() {
     // The wallet still activates on the next call (its load is not held).
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("520"));
 }
+
+/// Found by review: the memory of recent keys forgot its oldest entries past 1,024 even
+/// when they were not durable yet. With more keyed calls queued behind one, a retry of it
+/// was decided as new: here refused for funds its first attempt had taken. Keys of calls
+/// not yet durable are kept until they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_behind_many_keyed_calls_is_still_a_replay() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_m", "free", "UTC").await;
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    // Takes the day's 5 credits; its commit is held.
+    let first = app.spawn_execute(&id, usage("k", "5"));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let mut behind: Vec<_> = (0..credits_actors::wallet::RECENT_KEYS + 10)
+        .map(|i| {
+            Box::pin(
+                app.dir
+                    .execute(&id, grant(&format!("grt_{i}"), "0.000001", None)),
+            )
+        })
+        .collect();
+    for call in &mut behind {
+        std::future::poll_fn(|cx| {
+            assert!(call.as_mut().poll(cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    let mut retry = std::pin::pin!(app.dir.execute(&id, usage("k", "5")));
+    decided_not_answered(&app, &id, retry.as_mut()).await;
+    faults.commits.release.notify_one();
+    let first = first.await.unwrap().unwrap();
+    let retry = retry.await;
+    assert!(
+        retry
+            .as_ref()
+            .is_ok_and(|r| r.replayed && r.entry == first.entry),
+        "{retry:?}"
+    );
+    for call in behind {
+        call.await.unwrap();
+    }
+}
