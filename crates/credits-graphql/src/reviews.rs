@@ -130,25 +130,33 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         .await?
         .ok_or_else(|| ApiError::not_found("wallet"))?;
     let access = wallet_access(ctx, &wallet).await?;
-    let mut rows = l
-        .store()
-        .thread_usage(&wallet_id.0, &input.thread_id, MAX_THREAD_EVENTS)
-        .await?;
-    if rows.is_empty() {
-        return Err(ApiError::not_found("thread"));
-    }
     // A plain member reports only pool threads they spent in, and sees only their own
     // pool usage (SPEC 10): the findings come from their events alone.
     let member = match &access {
-        Access::Member(user) => {
-            rows.retain(|r| r.member_id.as_deref() == Some(user.as_str()));
-            if rows.is_empty() {
-                return Err(ApiError::forbidden());
-            }
-            Some(user.clone())
-        }
+        Access::Member(user) => Some(user.clone()),
         _ => None,
     };
+    let store = l.store();
+    let rows = store
+        .thread_usage(
+            &wallet_id.0,
+            &input.thread_id,
+            member.as_deref(),
+            MAX_THREAD_EVENTS,
+        )
+        .await?;
+    if rows.is_empty() {
+        let exists = member.is_some()
+            && !store
+                .thread_usage(&wallet_id.0, &input.thread_id, None, 1)
+                .await?
+                .is_empty();
+        return Err(if exists {
+            ApiError::forbidden()
+        } else {
+            ApiError::not_found("thread")
+        });
+    }
     if let Some(open) = l
         .store()
         .open_review(&wallet_id.0, &input.thread_id)

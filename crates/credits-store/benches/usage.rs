@@ -328,7 +328,8 @@ async fn run(name: &str, url: &str, events: usize) {
         );
     }
 
-    let (d, got) = time(|| store.thread_usage(WALLET, &mid_thread, credits_store::MAX_LIST)).await;
+    let (d, got) =
+        time(|| store.thread_usage(WALLET, &mid_thread, None, credits_store::MAX_LIST)).await;
     assert_eq!(got.unwrap().len(), THREAD_EVENTS);
     table.push(("review: thread events".into(), d, THREAD_EVENTS));
     plans_ok &= check_plan(

@@ -162,7 +162,9 @@ impl Store {
                 wallet_id,
                 thread_id,
                 limit,
-            } => vec![thread_statement(backend, wallet_id, thread_id, *limit)],
+            } => vec![thread_statement(
+                backend, wallet_id, thread_id, None, *limit,
+            )],
             UsageQuery::ThreadRank { model, from, to } => {
                 vec![rank_statement(backend, model, *from, *to, ("", ""), 0)]
             }
@@ -246,13 +248,14 @@ impl Store {
             .build(self.db_backend()))
     }
 
-    /// The newest `limit` (≤ [`MAX_LIST`]) usage events of one thread of a wallet, oldest
-    /// first: the input of a high-usage review's analysis (its loops and its last events
-    /// are where the refund comes from).
+    /// The newest `limit` (≤ [`MAX_LIST`]) usage events of one thread of a wallet (of one
+    /// pool member's, if given), oldest first: the input of a high-usage review's analysis
+    /// (its loops and its last events are where the refund comes from).
     pub async fn thread_usage(
         &self,
         wallet_id: &str,
         thread_id: &str,
+        member_id: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageRow>, StoreError> {
         bound("thread events", limit, MAX_LIST)?;
@@ -261,6 +264,7 @@ impl Store {
                 self.db_backend(),
                 wallet_id,
                 thread_id,
+                member_id,
                 limit,
             ))
             .all(&self.db)
@@ -366,11 +370,13 @@ fn thread_statement(
     backend: DbBackend,
     wallet_id: &str,
     thread_id: &str,
+    member_id: Option<&str>,
     limit: usize,
 ) -> Statement {
     usage_events::Entity::find()
         .filter(Column::WalletId.eq(wallet_id))
         .filter(Column::ThreadId.eq(thread_id))
+        .apply_if(member_id, |q, m| q.filter(Column::MemberId.eq(m)))
         .order_by_desc(Column::AtUs)
         .order_by_desc(Column::Seq)
         .limit(limit as u64)

@@ -164,6 +164,19 @@ impl Live {
         model: &str,
         micro: i64,
     ) -> Entry {
+        self.usage_by(None, t, key, thread, model, micro)
+    }
+
+    /// [`Live::usage`] by a pool member (on a wallet made by [`create_pool`]).
+    pub fn usage_by(
+        &mut self,
+        member: Option<&str>,
+        t: DateTime<Utc>,
+        key: &str,
+        thread: &str,
+        model: &str,
+        micro: i64,
+    ) -> Entry {
         let op = Op::Usage(UsageOp {
             id: UsageId(format!("use_{}_{key}", self.id())),
             key: key.to_owned(),
@@ -177,7 +190,12 @@ impl Live {
             },
             cost: Credits::from_micro(micro),
             priced_by: "economy@1.0.0".to_owned(),
-            member: None,
+            member: member.map(|id| credits_core::Member {
+                id: id.to_owned(),
+                daily_limit: None,
+                period_limit: None,
+                limits_version: 0,
+            }),
         });
         self.run(t, &op)
     }
@@ -203,10 +221,30 @@ pub async fn create(
     plan: &str,
     at: DateTime<Utc>,
 ) -> anyhow::Result<Live> {
+    create_wallet(store, id, plan, at, false).await
+}
+
+/// [`create`] for a team pool's wallet.
+pub async fn create_pool(
+    store: &Store,
+    id: &str,
+    plan: &str,
+    at: DateTime<Utc>,
+) -> anyhow::Result<Live> {
+    create_wallet(store, id, plan, at, true).await
+}
+
+async fn create_wallet(
+    store: &Store,
+    id: &str,
+    plan: &str,
+    at: DateTime<Utc>,
+    pool: bool,
+) -> anyhow::Result<Live> {
     let new = CoreNewWallet {
         id: WalletId::from(id),
         owner_id: format!("owner_{id}"),
-        pool: false,
+        pool,
         timezone: "Europe/Paris".parse().unwrap(),
         plan_id: PlanId::from(plan),
         billing_anchor: Some(at - Duration::days(3)),

@@ -9,7 +9,7 @@ use chrono::{Duration, Utc};
 use credits_core::testing::{Journal, Outcome, catalogue, genesis, step};
 use credits_core::{NewWallet as CoreNewWallet, WalletId};
 use credits_store::*;
-use helpers::{Live, create, t0};
+use helpers::{Live, create, create_pool, t0};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRunner};
 use sea_orm::ConnectionTrait;
@@ -33,6 +33,7 @@ both!(
     thread_rank_counts_platform_threads,
     commits_are_announced_to_listeners,
     a_long_thread_is_read_from_its_newest_events,
+    a_members_thread_events_are_read_past_other_members_newer_ones,
 );
 
 async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
@@ -1532,13 +1533,52 @@ async fn a_long_thread_is_read_from_its_newest_events(store: Store) -> anyhow::R
     live.usage(t0(), "other", "u", "m", 1_000);
     live.commit(&store).await?;
     let keys: Vec<Option<String>> = store
-        .thread_usage("wal_long", "t", 3)
+        .thread_usage("wal_long", "t", None, 3)
         .await?
         .into_iter()
         .map(|r| r.idempotency_key)
         .collect();
     let want = ["k2", "k3", "k4"].map(|k| Some(k.to_owned()));
     assert_eq!(keys, want);
+    Ok(())
+}
+
+/// Found by review: a pool member's report read the thread's newest events and only then
+/// kept the member's own, so a member whose events were older than the read bound found
+/// none of them (and was refused). The member is part of the query.
+async fn a_members_thread_events_are_read_past_other_members_newer_ones(
+    store: Store,
+) -> anyhow::Result<()> {
+    let mut pool = create_pool(&store, "wal_pool_t", "pro", t0()).await?;
+    pool.usage_by(Some("bob"), t0(), "b0", "t", "m", 1_000);
+    pool.usage_by(
+        Some("bob"),
+        t0() + Duration::seconds(1),
+        "b1",
+        "t",
+        "m",
+        1_000,
+    );
+    for i in 0..4 {
+        let at = t0() + Duration::seconds(2 + i);
+        pool.usage_by(Some("carol"), at, &format!("c{i}"), "t", "m", 1_000);
+    }
+    pool.commit(&store).await?;
+    let keys = |rows: Vec<credits_store::UsageRow>| -> Vec<String> {
+        rows.into_iter().filter_map(|r| r.idempotency_key).collect()
+    };
+    let bob = store
+        .thread_usage("wal_pool_t", "t", Some("bob"), 3)
+        .await?;
+    assert_eq!(keys(bob), ["b0", "b1"]);
+    let all = store.thread_usage("wal_pool_t", "t", None, 3).await?;
+    assert_eq!(keys(all), ["c1", "c2", "c3"]);
+    assert!(
+        store
+            .thread_usage("wal_pool_t", "t", Some("dave"), 3)
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 
