@@ -11,7 +11,7 @@ use async_graphql::{BatchRequest, BatchResponse};
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -146,6 +146,7 @@ async fn shed_load(
     if req.method() != Method::POST {
         return next.run(req).await;
     }
+    metrics::counter!("credits_graphql_requests_total").increment(1);
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         metrics::counter!("credits_graphql_shed_total").increment(1);
         let mut response = error_response(
@@ -157,9 +158,23 @@ async fn shed_load(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
+    // Authenticated before the body is read (SPEC 10: UNAUTHENTICATED comes first, and a
+    // caller without a token gets no body read at all).
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match principal_from(&state, auth).await {
+        Ok(p) => p,
+        Err(e) if e.code == Code::Unauthenticated => {
+            return error_response(StatusCode::UNAUTHORIZED, e);
+        }
+        Err(e) => return error_response(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
     // A slot is held until the body has arrived: one that never comes must not hold it
     // for ever (a few stalled clients would otherwise shut everyone out).
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(principal);
     let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
@@ -222,22 +237,12 @@ pub(crate) async fn principal_from(
         .ok_or_else(|| ApiError::new(Code::Unauthenticated, "unknown or revoked token"))
 }
 
+/// Runs behind [`shed_load`], which authenticated the caller.
 async fn graphql_post(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    axum::Extension(principal): axum::Extension<Principal>,
     request: Result<GraphQLBatchRequest, async_graphql_axum::rejection::GraphQLRejection>,
 ) -> Response {
-    metrics::counter!("credits_graphql_requests_total").increment(1);
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = match principal_from(&state, auth).await {
-        Ok(p) => p,
-        Err(e) if e.code == Code::Unauthenticated => {
-            return error_response(StatusCode::UNAUTHORIZED, e);
-        }
-        Err(e) => return error_response(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
     let batch = match request {
         Ok(r) => r.into_inner(),
         Err(e) => {
