@@ -135,9 +135,10 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Past `max_in_flight` GraphQL POSTs at once, answers at once with `UNAVAILABLE` (503,
 /// `Retry-After: 1`) rather than queueing: before the body is read and before the token
-/// is looked up, so a shed request costs next to nothing and changes nothing. A body that
-/// takes longer than [`BODY_TIMEOUT`] is answered 408 and frees its slot. WebSocket
-/// upgrades and GraphiQL (GETs) pass through.
+/// is looked up, so a shed request costs next to nothing and changes nothing. Then the
+/// caller is authenticated (the [`Principal`] goes into the request's extensions) and the
+/// body read: one that takes longer than [`BODY_TIMEOUT`] is answered 408 and frees its
+/// slot. WebSocket upgrades and GraphiQL (GETs) pass through.
 async fn shed_load(
     State(state): State<Shared>,
     req: axum::extract::Request,
@@ -272,6 +273,22 @@ async fn graphql_post(
 async fn graphql_get(State(state): State<Shared>, req: axum::extract::Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await else {
+        // GraphQL over GET is not served (a mutation must not run from a link): a client
+        // trying it gets a refusal it can read, not the GraphiQL page.
+        let asks_graphql = parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("query=")));
+        if asks_graphql {
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ApiError::invalid("GraphQL requests are POSTs (or a WebSocket)"),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
         // Revalidated each time: a new binary may name new asset versions.
         return (
             [

@@ -578,7 +578,7 @@ async fn plain_http_endpoints(b: Backend) {
 async fn graphiql_is_served_from_the_binary(b: Backend) {
     use std::io::Read;
 
-    use reqwest::header::{ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE};
+    use reqwest::header::{ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE};
 
     let app = App::spawn(b).await;
     let http = reqwest::Client::new();
@@ -589,6 +589,20 @@ async fn graphiql_is_served_from_the_binary(b: Backend) {
             .unwrap_or_default()
             .to_owned()
     };
+    // Found by review: GraphQL over GET was answered with the GraphiQL page, so a client
+    // trying it got no error and no code. It is refused (GraphQL is POSTed here).
+    let r = http
+        .get(app.url("/graphql?query=mutation%7BadvanceClock(seconds%3A1)%7D"))
+        .header("Authorization", format!("Bearer {}", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header(&r, ALLOW)),
+        (405, "POST".into())
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(crate::helpers::error_code(&body), "INVALID_INPUT");
     let page = http.get(app.url("/graphql")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(header(&page, CONTENT_TYPE).starts_with("text/html"));
