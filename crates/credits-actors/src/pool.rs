@@ -143,7 +143,12 @@ impl Pools {
         let seats = pool
             .get_children()
             .into_iter()
-            .filter(|c| c.get_name().as_deref() == Some(&seat_name(wallet, member_id)))
+            .filter(|c| {
+                c.get_name()
+                    .as_deref()
+                    .and_then(|n| n.rsplit_once('#'))
+                    .is_some_and(|(name, _)| name == seat_name(wallet, member_id))
+            })
             .collect::<Vec<_>>();
         seats.first().map(|c| ActorRef::from(c.clone()))
     }
@@ -198,6 +203,15 @@ impl Pools {
 
 fn seat_name(wallet: &WalletId, member_id: &str) -> String {
     format!("seat:{}:{member_id}", wallet.0)
+}
+
+/// A seat's actor name: [`seat_name`] and a number of its own. A seat stopped to read its
+/// limits again keeps its name until it has processed the stop, so the seat started for
+/// the next call must not need that name.
+fn unique_seat_name(wallet: &WalletId, member_id: &str) -> String {
+    static SEATS: AtomicU64 = AtomicU64::new(0);
+    let n = SEATS.fetch_add(1, Ordering::Relaxed);
+    format!("{}#{n}", seat_name(wallet, member_id))
 }
 
 struct PoolSupervisor;
@@ -371,7 +385,7 @@ async fn start_seat(
         limits_version,
     };
     let (seat, _) = Actor::spawn_linked(
-        Some(seat_name(&state.args.wallet, member_id)),
+        Some(unique_seat_name(&state.args.wallet, member_id)),
         Seat,
         member,
         myself.get_cell(),
