@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use credits_plugin_abi::{
     ABI_VERSION, ABI_VERSION_SYMBOL, ENTRY_SYMBOL, EntryFn, PluginDescriptor, PriceFn, Status,
@@ -34,6 +34,11 @@ pub(crate) struct LoadedTier {
     price_fn: PriceFn,
     /// A call did not return in time: refuse every call until a reload loads it afresh.
     stalled: AtomicBool,
+    /// Calls inside the plugin now.
+    in_flight: AtomicUsize,
+    /// The cache copy it was opened from, named by its content hash: the same bytes
+    /// loaded again are the same library.
+    pub(crate) cached: std::path::PathBuf,
     /// Declared last so it is dropped (and the library closed) after everything else; the
     /// strings above are owned copies, and `price_fn` is never called after drop.
     _library: Library,
@@ -102,6 +107,8 @@ impl LoadedTier {
             priced_by,
             price_fn,
             stalled: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            cached,
             _library: library,
         })
     }
@@ -112,6 +119,8 @@ impl LoadedTier {
             return Err(self.failed(model, PluginFailure::Stalled));
         }
         let mut cost_micro_credits = 0_i64;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _left = InFlight(&self.in_flight);
         // SAFETY: `price_fn` came from `self._library`, which is open while `self` lives; the
         // model string and the out-pointer are valid for the call, as `PriceFn` requires.
         let status = unsafe {
@@ -140,6 +149,19 @@ impl LoadedTier {
     /// loads its file afresh).
     pub(crate) fn stalled(&self) -> bool {
         self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Stalled with a call still inside the plugin: the same library loaded again by a
+    /// reload starts disabled too, or each reload could lose one more thread to it (a
+    /// stall from a passing overload clears at the first reload after its call returned).
+    pub(crate) fn stuck(&self) -> bool {
+        self.stalled() && self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    /// Starts disabled: the same library is [`LoadedTier::stuck`] in the table it replaces.
+    pub(crate) fn stalled_before(self) -> LoadedTier {
+        self.stalled.store(true, Ordering::Relaxed);
+        self
     }
 
     /// Disables this tier: a call did not return in time (see [`PluginFailure::Stalled`]).
@@ -172,6 +194,15 @@ fn file_name(path: &Path) -> String {
         .unwrap_or(path.as_os_str())
         .to_string_lossy()
         .into_owned()
+}
+
+/// Counts a call out of the plugin when it returns (or unwinds).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// `<cache_dir>/<sha256><DLL_SUFFIX>`, written once through a temporary file and a rename,

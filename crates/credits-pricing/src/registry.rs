@@ -133,7 +133,8 @@ impl PricingRegistry {
     }
 
     /// The loaded tiers disabled after a call that did not return in time, until a reload
-    /// loads their file afresh (one whose new file is refused stays disabled).
+    /// loads their file afresh (one whose new file is refused stays disabled, and so does
+    /// the same file while that call is still inside it).
     pub fn stalled_tiers(&self) -> Vec<TierInfo> {
         self.table
             .load()
@@ -166,8 +167,9 @@ impl TierHandle {
 
     /// A call into this tier did not return in time: the tier is disabled, every later call
     /// to it is PRICING_FAILED at once, until a reload loads it afresh (a plugin that loops
-    /// on some input would otherwise take one more thread with every such call). Returns
-    /// the error to answer the late call with.
+    /// on some input would otherwise take one more thread with every such call); a reload
+    /// of the same file keeps it disabled while that call has not returned. Returns the
+    /// error to answer the late call with.
     pub fn stall(&self, model: &str) -> PricingError {
         metrics::counter!("credits_plugin_calls_total", "outcome" => "stalled").increment(1);
         self.0.stall(model)
@@ -273,7 +275,11 @@ fn build(
             })
         } else {
             LoadedTier::load(&path, cache_dir).and_then(|tier| {
-                let tier = Arc::new(tier);
+                let stuck = previous
+                    .tiers
+                    .iter()
+                    .any(|old| old.cached == tier.cached && old.stuck());
+                let tier = Arc::new(if stuck { tier.stalled_before() } else { tier });
                 table.claim(tier.clone()).map(|()| tier)
             })
         };

@@ -730,3 +730,69 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
     registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
     assert!(registry.stalled_tiers().is_empty());
 }
+
+/// Found by review: a reload enabled a stalled tier's same library again while its stuck
+/// call still held a thread, so each reload of a plugin that hangs could lose one more
+/// pricing thread and slot. The same file stays disabled until that call returns; a new
+/// file is loaded enabled.
+#[test]
+fn a_reload_keeps_the_same_library_disabled_while_its_stalled_call_is_inside() {
+    let dirs = Dirs::with(&[("credits-fixture-gate-v1", "fixture")]);
+    let (registry, _) = open(&dirs);
+    let key = gate_key();
+    std::fs::write(gate_file(key, "armed"), b"").unwrap();
+    let stalled = |registry: &PricingRegistry| -> Vec<String> {
+        registry
+            .stalled_tiers()
+            .into_iter()
+            .map(|t| t.plugin_version)
+            .collect()
+    };
+    std::thread::scope(|s| {
+        let stuck = s.spawn(|| registry.price("fixture-gated", usage(key, 0, 0)));
+        wait_for("the call to enter the plugin", || {
+            gate_file(key, "entered").exists()
+        });
+        registry
+            .tier_of("fixture-gated")
+            .unwrap()
+            .stall("fixture-gated");
+        registry.reload().unwrap();
+        assert_eq!(
+            stalled(&registry),
+            ["1.0.0"],
+            "the same file, its call still inside"
+        );
+        assert!(registry.price("fixture-ok", usage(1000, 0, 0)).is_err());
+        std::fs::write(gate_file(key, "release"), b"").unwrap();
+        stuck.join().unwrap().unwrap();
+    });
+    registry.reload().unwrap();
+    assert!(stalled(&registry).is_empty(), "its call returned");
+    registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
+    for suffix in ["armed", "entered", "release"] {
+        let _ = std::fs::remove_file(gate_file(key, suffix));
+    }
+    // A stalled tier with a call inside is replaced by a new file at once.
+    let key = gate_key();
+    std::fs::write(gate_file(key, "armed"), b"").unwrap();
+    std::thread::scope(|s| {
+        let stuck = s.spawn(|| registry.price("fixture-gated", usage(key, 0, 0)));
+        wait_for("the call to enter the plugin", || {
+            gate_file(key, "entered").exists()
+        });
+        registry
+            .tier_of("fixture-gated")
+            .unwrap()
+            .stall("fixture-gated");
+        dirs.deploy("credits-fixture-gate-v2", "fixture");
+        registry.reload().unwrap();
+        assert!(stalled(&registry).is_empty());
+        registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
+        std::fs::write(gate_file(key, "release"), b"").unwrap();
+        stuck.join().unwrap().unwrap();
+    });
+    for suffix in ["armed", "entered", "release"] {
+        let _ = std::fs::remove_file(gate_file(key, suffix));
+    }
+}
