@@ -1091,7 +1091,9 @@ impl Wallet {
             plan_id: id.clone(),
             daily_added,
             subscription_added,
-            daily_allowance: new.daily_credits,
+            // What today's bucket is filled with: a smaller new allowance waits for the
+            // next reset, as the bucket does (a later upgrade today tops up from here).
+            daily_allowance: new.daily_credits.max(self.daily.allowance),
             subscription_allowance: new.subscription_credits,
         })
     }

@@ -1005,6 +1005,55 @@ fn upgrade_after_a_custom_plan_edit_is_judged_on_the_allowance_of_the_period() {
     assert_eq!(j.wallet.subscription.allowance, cr("1000"));
 }
 
+/// Found by review: an upgrade to a plan with a smaller daily allowance (`max` → `team`)
+/// set the bucket's allowance to the new, smaller one while the bucket kept what it was
+/// filled with; a second upgrade the same day then topped up against the smaller one, and
+/// upgrades alternating between large and zero daily plans could stack the daily bucket
+/// past any plan's allowance (up to an overflow). The allowance stays what today's bucket
+/// was filled with until the next reset.
+#[test]
+fn upgrades_on_one_day_top_up_daily_to_the_largest_allowance_only() {
+    let ent = Plan {
+        id: PlanId::from("ent"),
+        name: "Ent".into(),
+        daily_credits: cr("100"),
+        subscription_credits: cr("20000"),
+        interval: BillingInterval::Monthly,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
+    };
+    let mut plans = catalogue();
+    plans.push(ent);
+    let mut j = open_with(plans, "max", "UTC", "2027-06-01T06:00:00Z", None, false);
+    ok(
+        &mut j,
+        "2027-06-01T07:00:00Z",
+        &Op::ChangePlan(PlanId::from("team")),
+    );
+    assert_eq!(j.wallet.plan_id, PlanId::from("team"));
+    assert_eq!(
+        (j.wallet.daily.remaining, j.wallet.daily.allowance),
+        (cr("50"), cr("50"))
+    );
+    let e = ok(
+        &mut j,
+        "2027-06-01T08:00:00Z",
+        &Op::ChangePlan(PlanId::from("ent")),
+    );
+    assert!(
+        matches!(&e.kind, EntryKind::PlanChanged { daily_added, .. } if *daily_added == cr("50")),
+        "{e:?}"
+    );
+    assert_eq!(
+        (j.wallet.daily.remaining, j.wallet.daily.allowance),
+        (cr("100"), cr("100"))
+    );
+    // The next reset fills the bucket with the plan's own allowance.
+    j.advance_to(at("2027-06-02T00:00:00Z"));
+    assert_eq!(j.wallet.daily.allowance, cr("100"));
+}
+
 #[test]
 fn downgrade_is_scheduled_for_the_period_end_and_daily_waits_for_the_next_reset() {
     let mut j = open("max", "UTC", "2027-06-01T06:00:00Z", None);
