@@ -1084,16 +1084,22 @@ impl Wallet {
             .max(0);
         let subscription_added =
             Credits::from_micro(i64::try_from(prorated).expect("prorated ≤ delta fits in i64"));
-        let daily_added = (new.daily_credits.checked_sub(self.daily.allowance))
+        // Upgrades on one day may each add to the daily bucket (from a plan with a smaller
+        // daily allowance to one with a larger): it never grows past what one part of a
+        // wallet may hold, so the wallet's sums stay within i64 (SPEC 1).
+        let daily_room = Credits::MAX_HOLDING
+            .checked_sub(self.daily.remaining)
             .unwrap_or(Credits::ZERO)
             .max(Credits::ZERO);
+        let daily_added = (new.daily_credits.checked_sub(self.daily.allowance))
+            .unwrap_or(Credits::ZERO)
+            .max(Credits::ZERO)
+            .min(daily_room);
         Ok(EntryKind::PlanChanged {
             plan_id: id.clone(),
             daily_added,
             subscription_added,
-            // What today's bucket is filled with: a smaller new allowance waits for the
-            // next reset, as the bucket does (a later upgrade today tops up from here).
-            daily_allowance: new.daily_credits.max(self.daily.allowance),
+            daily_allowance: new.daily_credits,
             subscription_allowance: new.subscription_credits,
         })
     }

@@ -1005,53 +1005,73 @@ fn upgrade_after_a_custom_plan_edit_is_judged_on_the_allowance_of_the_period() {
     assert_eq!(j.wallet.subscription.allowance, cr("1000"));
 }
 
-/// Found by review: an upgrade to a plan with a smaller daily allowance (`max` → `team`)
-/// set the bucket's allowance to the new, smaller one while the bucket kept what it was
-/// filled with; a second upgrade the same day then topped up against the smaller one, and
-/// upgrades alternating between large and zero daily plans could stack the daily bucket
-/// past any plan's allowance (up to an overflow). The allowance stays what today's bucket
-/// was filled with until the next reset.
+/// Found by review: each upgrade adds max(0, new daily − old daily) to the daily bucket,
+/// and an upgrade to a plan with a smaller daily allowance (`max` → `team`) leaves the
+/// bucket as it is, so upgrades alternating between plans with large and zero daily
+/// allowances stacked the bucket without bound: past `MAX_HOLDING`, the wallet's sum
+/// overflowed and panicked on every load. The bucket now stops at `MAX_HOLDING`.
 #[test]
-fn upgrades_on_one_day_top_up_daily_to_the_largest_allowance_only() {
-    let ent = Plan {
-        id: PlanId::from("ent"),
-        name: "Ent".into(),
-        daily_credits: cr("100"),
-        subscription_credits: cr("20000"),
+fn upgrades_on_one_day_never_stack_the_daily_bucket_past_what_a_wallet_holds() {
+    let custom = |id: &str, daily: Credits, subscription: i64| Plan {
+        id: PlanId::from(id),
+        name: id.into(),
+        daily_credits: daily,
+        subscription_credits: Credits::from_micro(subscription),
         interval: BillingInterval::Monthly,
         model_tiers: vec!["economy".into()],
         custom: true,
         retired: false,
     };
+    // SPEC 5's formula as written: max → team adds nothing and shows team's 0; team → ent
+    // then adds ent's 100 over team's 0.
     let mut plans = catalogue();
-    plans.push(ent);
+    plans.push(custom("ent", cr("100"), 20_000_000_000));
     let mut j = open_with(plans, "max", "UTC", "2027-06-01T06:00:00Z", None, false);
     ok(
         &mut j,
         "2027-06-01T07:00:00Z",
         &Op::ChangePlan(PlanId::from("team")),
     );
-    assert_eq!(j.wallet.plan_id, PlanId::from("team"));
     assert_eq!(
         (j.wallet.daily.remaining, j.wallet.daily.allowance),
-        (cr("50"), cr("50"))
+        (cr("50"), cr("0"))
     );
-    let e = ok(
+    ok(
         &mut j,
         "2027-06-01T08:00:00Z",
         &Op::ChangePlan(PlanId::from("ent")),
     );
-    assert!(
-        matches!(&e.kind, EntryKind::PlanChanged { daily_added, .. } if *daily_added == cr("50")),
-        "{e:?}"
-    );
     assert_eq!(
         (j.wallet.daily.remaining, j.wallet.daily.allowance),
-        (cr("100"), cr("100"))
+        (cr("150"), cr("100"))
     );
-    // The next reset fills the bucket with the plan's own allowance.
-    j.advance_to(at("2027-06-02T00:00:00Z"));
-    assert_eq!(j.wallet.daily.allowance, cr("100"));
+    // Seven plans alternating MAX_HOLDING and 0 daily credits, each with 1 µcr more
+    // subscription credits (so each change is an upgrade that adds none of those).
+    let max = Credits::MAX_HOLDING;
+    let ladder: Vec<Plan> = (0..7)
+        .map(|i| {
+            custom(
+                &format!("p{i}"),
+                if i % 2 == 0 { max } else { Credits::ZERO },
+                i,
+            )
+        })
+        .collect();
+    let mut plans = catalogue();
+    plans.extend(ladder);
+    let mut j = open_with(plans, "p0", "UTC", "2027-06-01T06:00:00Z", None, false);
+    for i in 1..7 {
+        ok(
+            &mut j,
+            "2027-06-01T07:00:00Z",
+            &Op::ChangePlan(PlanId::from(format!("p{i}").as_str())),
+        );
+    }
+    assert_eq!(j.wallet.daily.remaining, max);
+    // The renewal and the reset after it still add up.
+    j.advance_to(at("2027-07-02T00:00:00Z"));
+    assert_eq!(j.wallet.subscription.remaining, Credits::from_micro(6));
+    assert!(j.wallet.balance().total > Credits::ZERO);
 }
 
 #[test]
