@@ -351,7 +351,7 @@ async fn readyz(State(state): State<Shared>) -> Response {
         String::new()
     } else {
         format!(
-            "; disabled after a stalled call until a reload loads it afresh: {}",
+            "; disabled after a stalled call until a reload loads it afresh (a new file, or the same one once the call has returned): {}",
             stalled.join(", ")
         )
     };

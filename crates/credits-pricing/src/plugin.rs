@@ -34,8 +34,9 @@ pub(crate) struct LoadedTier {
     price_fn: PriceFn,
     /// A call did not return in time: refuse every call until a reload loads it afresh.
     stalled: AtomicBool,
-    /// Calls inside the plugin now.
-    in_flight: AtomicUsize,
+    /// Calls inside the library now, through this load or an earlier one of the same file
+    /// (the loads share the count: they are one library).
+    in_flight: Arc<AtomicUsize>,
     /// The cache copy it was opened from, named by its content hash: the same bytes
     /// loaded again are the same library.
     pub(crate) cached: std::path::PathBuf,
@@ -107,7 +108,7 @@ impl LoadedTier {
             priced_by,
             price_fn,
             stalled: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Arc::default(),
             cached,
             _library: library,
         })
@@ -158,9 +159,12 @@ impl LoadedTier {
         self.stalled() && self.in_flight.load(Ordering::Relaxed) > 0
     }
 
-    /// Starts disabled: the same library is [`LoadedTier::stuck`] in the table it replaces.
-    pub(crate) fn stalled_before(self) -> LoadedTier {
-        self.stalled.store(true, Ordering::Relaxed);
+    /// This load of the same library as `earlier` (a reload of an unchanged file): it
+    /// counts the calls still inside it, and starts disabled if `earlier` is
+    /// [`LoadedTier::stuck`].
+    pub(crate) fn succeeding(mut self, earlier: &LoadedTier) -> LoadedTier {
+        self.in_flight = earlier.in_flight.clone();
+        self.stalled.store(earlier.stuck(), Ordering::Relaxed);
         self
     }
 

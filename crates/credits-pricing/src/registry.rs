@@ -275,11 +275,11 @@ fn build(
             })
         } else {
             LoadedTier::load(&path, cache_dir).and_then(|tier| {
-                let stuck = previous
-                    .tiers
-                    .iter()
-                    .any(|old| old.cached == tier.cached && old.stuck());
-                let tier = Arc::new(if stuck { tier.stalled_before() } else { tier });
+                let earlier = previous.tiers.iter().find(|old| old.cached == tier.cached);
+                let tier = Arc::new(match earlier {
+                    Some(earlier) => tier.succeeding(earlier),
+                    None => tier,
+                });
                 table.claim(tier.clone()).map(|()| tier)
             })
         };

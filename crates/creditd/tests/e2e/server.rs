@@ -217,20 +217,41 @@ async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
     let text = ready.text().await.unwrap();
     assert!(text.contains("3 pricing tiers serving"), "{text}");
     assert!(
-        text.contains("until a reload loads it afresh: fixture"),
+        text.contains("the call has returned): fixture"),
         "{text}"
     );
-    // A reload brings it back.
-    app.ok(&app.admin, "mutation { reloadPricing { id } }", json!({}))
-        .await;
+    // A reload of the same file leaves it disabled while the stuck call is inside (each
+    // reload could otherwise lose one more thread to it); once the call has returned, a
+    // reload brings it back.
+    let reload = "mutation { reloadPricing { id } }";
+    app.ok(&app.admin, reload, json!({})).await;
+    let resp = app.record(&w, "again", "t", "fixture-ok", 1000, 0).await;
+    assert_eq!(
+        crate::helpers::error_code(&resp),
+        "PRICING_FAILED",
+        "{resp:#}"
+    );
+    std::fs::write(gate("release", key), b"").unwrap();
+    wait_until(
+        &app,
+        "a reload after the stuck call returned did not enable the tier",
+        async || {
+            app.ok(&app.admin, reload, json!({})).await;
+            let r = app.record(&w, "again", "t", "fixture-ok", 1000, 0).await;
+            r["errors"].is_null()
+        },
+    )
+    .await;
     let r = app.record(&w, "again", "t", "fixture-ok", 1000, 0).await;
     assert_eq!(receipt(&r).0, "0.001", "{r:#}");
     // Only the two calls that were priced are charged.
     assert_eq!(app.usage(&w).await.as_array().map(Vec::len), Some(2));
     assert_ne!(app.balance(&w).await, before);
     // Stuck again, then stopped: the process does not wait for the stuck call.
+    let key2 = key + 1_000_000_000;
+    std::fs::write(gate("armed", key2), b"").unwrap();
     let resp = app
-        .record(&w, "stuck-2", "t", "fixture-gated", key, 0)
+        .record(&w, "stuck-2", "t", "fixture-gated", key2, 0)
         .await;
     assert_eq!(
         crate::helpers::error_code(&resp),
@@ -245,9 +266,10 @@ async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
         "the exit waited {:?} for the stuck call (the gate gives up at 60 s)",
         stopping.elapsed()
     );
-    std::fs::write(gate("release", key), b"").unwrap();
+    std::fs::write(gate("release", key2), b"").unwrap();
     for suffix in ["armed", "entered", "release"] {
         let _ = std::fs::remove_file(gate(suffix, key));
+        let _ = std::fs::remove_file(gate(suffix, key2));
     }
 }
 
