@@ -136,9 +136,10 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Past `max_in_flight` GraphQL POSTs at once, answers at once with `UNAVAILABLE` (503,
 /// `Retry-After: 1`) rather than queueing: before the body is read and before the token
 /// is looked up, so a shed request costs next to nothing and changes nothing. Then the
-/// caller is authenticated (the [`Principal`] goes into the request's extensions) and the
-/// body read: one that takes longer than [`BODY_TIMEOUT`] is answered 408 and frees its
-/// slot. WebSocket upgrades and GraphiQL (GETs) pass through.
+/// caller is authenticated (the [`Principal`] goes into the request's extensions) before
+/// the body is looked at, and the body read: one that takes longer than [`BODY_TIMEOUT`]
+/// is answered 408 and frees its slot. WebSocket upgrades and GraphiQL (GETs) pass
+/// through.
 async fn shed_load(
     State(state): State<Shared>,
     req: axum::extract::Request,
@@ -159,22 +160,28 @@ async fn shed_load(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    // Authenticated before the body is read (SPEC 10: UNAUTHENTICATED comes first, and a
-    // caller without a token gets no body read at all).
+    // Authenticated before the body is used (SPEC 10: UNAUTHENTICATED comes first).
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let principal = match principal_from(&state, auth).await {
-        Ok(p) => p,
-        Err(e) if e.code == Code::Unauthenticated => {
-            return error_response(StatusCode::UNAUTHORIZED, e);
-        }
-        Err(e) => return error_response(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
+    let principal = principal_from(&state, auth).await;
     // A slot is held until the body has arrived: one that never comes must not hold it
     // for ever (a few stalled clients would otherwise shut everyone out).
     let (mut parts, body) = req.into_parts();
+    let principal = match principal {
+        Ok(p) => p,
+        Err(e) => {
+            // Read (and dropped) first, as a body over the limit is: a client still
+            // writing it then reads the refusal instead of a broken pipe.
+            let _ = tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await;
+            let status = match e.code {
+                Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return error_response(status, e);
+        }
+    };
     parts.extensions.insert(principal);
     let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
         Ok(Ok(bytes)) => bytes,

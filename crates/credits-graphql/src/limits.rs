@@ -400,15 +400,20 @@ mod tests {
     #[tokio::test]
     async fn spread_fragments_are_checked_in_the_documents_own_size() {
         let (schema, _) = schema();
+        // On a thread of its own: a walk that never yields would hang a timeout on this
+        // runtime, where a channel's timeout fails the test.
         let run = |q: String| {
             let schema = schema.clone();
             async move {
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    schema.execute(Request::new(q)),
-                )
-                .await
-                .expect("checked within 10 s")
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    let _ = tx.send(runtime.block_on(schema.execute(Request::new(q))));
+                });
+                rx.recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("checked within 10 s")
             }
         };
         let resp = run("{ ...F } fragment F on Query { ...F ...F }".into()).await;

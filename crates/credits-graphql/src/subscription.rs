@@ -168,8 +168,10 @@ impl Subscription {
     }
 }
 
-/// How long a review watch waits before reading a review again after a failed read.
+/// How long a review watch waits before reading a review again after a failed read, and
+/// how often it tries (a minute in all) before it ends the stream.
 const REREAD_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+const REREADS: u32 = 120;
 
 /// One review's changes, each state sent once.
 struct ReviewWatch {
@@ -179,22 +181,23 @@ struct ReviewWatch {
 }
 
 impl ReviewWatch {
-    /// The review as stored now; `None` when it is gone. A failing read is tried again
-    /// until it succeeds: the change that prompted it may be the review's last.
+    /// The review as stored now; `None` when it is gone, or when it could not be read for
+    /// [`REREADS`] tries in a row (the stream then ends, and the client subscribes again
+    /// and gets the current state first). A failing read is tried again rather than the
+    /// change dropped: it may be the review's last.
     async fn read(&self, id: &str) -> Option<ReviewRow> {
-        let mut failures: u32 = 0;
-        loop {
+        for tries in 1..=REREADS {
             match self.store.review(id).await {
                 Ok(row) => return row,
                 Err(e) => {
-                    failures += 1;
-                    if failures.is_power_of_two() {
-                        tracing::warn!(review = %id, error = %e, failures, "reading a changed review failed; trying again");
+                    if tries.is_power_of_two() || tries == REREADS {
+                        tracing::warn!(review = %id, error = %e, tries, "reading a changed review failed");
                     }
                     tokio::time::sleep(REREAD_AFTER).await;
                 }
             }
         }
+        None
     }
 
     /// The review's next state unlike the last one sent; `None` when the hub closes or

@@ -216,10 +216,7 @@ async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
     assert_eq!(ready.status(), 200);
     let text = ready.text().await.unwrap();
     assert!(text.contains("3 pricing tiers serving"), "{text}");
-    assert!(
-        text.contains("the call has returned): fixture"),
-        "{text}"
-    );
+    assert!(text.contains("the call has returned): fixture"), "{text}");
     // A reload of the same file leaves it disabled while the stuck call is inside (each
     // reload could otherwise lose one more thread to it); once the call has returned, a
     // reload brings it back.
