@@ -119,6 +119,10 @@ pub struct Shared {
     /// wallet that keeps failing (retried every second) is logged at the 1st, 2nd, 4th,
     /// 8th… failure, not 86,400 times a day.
     failing_ticks: DashMap<WalletId, u32>,
+    /// Commit notices that came while the wallet's actor was being activated (its slot not
+    /// filled yet), by the highest seq (`u64::MAX`: unknown): the load may have read before
+    /// that commit, so the actor hears of it once it is in its slot.
+    missed: DashMap<WalletId, u64>,
 }
 
 /// Removes an activation's slot if the caller gives up waiting (its request was dropped,
@@ -203,6 +207,7 @@ impl Directory {
             reviews: ReviewChanges::default(),
             actors: DashMap::new(),
             failing_ticks: DashMap::new(),
+            missed: DashMap::new(),
         };
         Directory {
             shared: Arc::new(shared),
@@ -284,6 +289,9 @@ impl Directory {
             };
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
             abandoned.armed = false;
+            if let Ok(a) = actor {
+                self.deliver_missed(id, a);
+            }
             match actor {
                 Ok(a)
                     if matches!(
@@ -300,6 +308,8 @@ impl Directory {
                     self.shared
                         .actors
                         .remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
+                    // The next activation loads afresh.
+                    self.shared.missed.remove(id);
                     return Err(e);
                 }
             }
@@ -549,17 +559,54 @@ impl Directory {
     /// Another writer committed `id` up to `seq` (`None`: maybe, notices were lost). If the
     /// wallet is active here, its actor reloads what it missed and publishes it.
     pub fn announce(&self, id: &WalletId, seq: Option<u64>) {
-        if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned()) {
-            let _ = a.send_message(WalletMsg::Refresh(seq));
+        let Some(slot) = self.shared.actors.get(id).map(|s| s.clone()) else {
+            return; // Not active: its next activation loads it afresh.
+        };
+        match slot.get() {
+            Some(a) => {
+                let _ = a.send_message(WalletMsg::Refresh(seq));
+            }
+            None => self.miss(id, &slot, seq),
         }
     }
 
     /// Every active wallet may be behind (the notice feed had a gap).
     pub fn announce_all(&self) {
-        for slot in self.shared.actors.iter() {
-            if let Some(a) = slot.value().get() {
-                let _ = a.send_message(WalletMsg::Refresh(None));
+        let slots: Vec<(WalletId, Slot)> = self
+            .shared
+            .actors
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for (id, slot) in slots {
+            match slot.get() {
+                Some(a) => {
+                    let _ = a.send_message(WalletMsg::Refresh(None));
+                }
+                None => self.miss(&id, &slot, None),
             }
+        }
+    }
+
+    /// A notice for a wallet whose actor is being activated: kept for it, and handed over
+    /// at once if the slot was filled meanwhile (whichever of the two looks last delivers).
+    fn miss(&self, id: &WalletId, slot: &Slot, seq: Option<u64>) {
+        let seq = seq.unwrap_or(u64::MAX);
+        self.shared
+            .missed
+            .entry(id.clone())
+            .and_modify(|s| *s = (*s).max(seq))
+            .or_insert(seq);
+        if let Some(a) = slot.get() {
+            self.deliver_missed(id, a);
+        }
+    }
+
+    /// Hands a freshly activated actor the notices that came while it was loading.
+    fn deliver_missed(&self, id: &WalletId, actor: &ActorRef<WalletMsg>) {
+        if let Some((_, seq)) = self.shared.missed.remove(id) {
+            let seq = (seq != u64::MAX).then_some(seq);
+            let _ = actor.send_message(WalletMsg::Refresh(seq));
         }
     }
 

@@ -121,6 +121,9 @@ pub struct Faults {
     pub loads: Gate,
     /// Held commits (a test's way to decide calls while a commit is in flight).
     pub commits: Gate,
+    /// Loads held after they have read (a test's way to put another node's write between
+    /// a wallet's load and the actor it starts).
+    pub loaded: Gate,
 }
 
 /// Calls held until a test releases them, one per [`Gate::release`] notification.
@@ -233,12 +236,16 @@ impl WalletStore for MemoryStore {
         if take(&self.faults.fail_loads) {
             return Err(StoreError("injected load failure".into()));
         }
-        let wallets = self.wallets.lock().unwrap();
-        Ok(wallets.get(id).map(|s| Loaded {
-            wallet: s.wallet.clone(),
-            version: s.version,
-            members_version: 0,
-        }))
+        let loaded = {
+            let wallets = self.wallets.lock().unwrap();
+            wallets.get(id).map(|s| Loaded {
+                wallet: s.wallet.clone(),
+                version: s.version,
+                members_version: 0,
+            })
+        };
+        self.faults.loaded.pass().await;
+        Ok(loaded)
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {

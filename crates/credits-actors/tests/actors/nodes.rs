@@ -205,3 +205,54 @@ async fn a_node_whose_reload_failed_decides_nothing_on_the_stale_state() {
     assert!(settled.is_ok(), "{settled:?}");
     assert_eq!(b.read(&id).await.unwrap().reserved(), cr("0"));
 }
+
+/// Found by review: a commit notice that came while a wallet was being activated (its
+/// actor not in the directory yet) was dropped. When the load had read before that
+/// commit, the actor, and its subscribers, stayed behind until some later commit. The
+/// notice is now kept for the actor and handed to it once it is in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_during_an_activation_reaches_the_actor() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let a = Directory::new(
+        store.clone(),
+        clock.clone(),
+        catalogue(),
+        ActorConfig::default(),
+    );
+    let b = Directory::new(store.clone(), clock, catalogue(), ActorConfig::default());
+    let id = a
+        .create(NewWallet {
+            id: WalletId::from("wal_act"),
+            owner_id: "owner".into(),
+            pool: false,
+            timezone: "UTC".parse().unwrap(),
+            plan_id: PlanId::from("pro"),
+            billing_anchor: None,
+        })
+        .await
+        .unwrap()
+        .id;
+    a.read(&id).await.unwrap();
+    // B's activation reads the wallet, then waits; A commits a usage and B hears of it.
+    store.faults.loaded.hold.store(1, Ordering::SeqCst);
+    let subscribing = {
+        let (b, id) = (b.clone(), id.clone());
+        tokio::spawn(async move { b.subscribe(&id).await })
+    };
+    assert!(eventually(|| store.faults.loaded.held.load(Ordering::SeqCst) == 1).await);
+    let applied = a.execute(&id, usage("k1", "1")).await.unwrap();
+    b.announce(&id, Some(applied.entry.seq));
+    store.faults.loaded.release.notify_one();
+    let mut sub = subscribing.await.unwrap().unwrap();
+    assert!(
+        sub.snapshot.seq < applied.entry.seq,
+        "the load read before the commit"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(10), sub.events.recv())
+        .await
+        .expect("the missed commit reaches the subscriber")
+        .unwrap();
+    assert_eq!(event.seq, applied.entry.seq);
+    assert_eq!(b.read(&id).await.unwrap().seq, applied.entry.seq);
+}
