@@ -124,7 +124,9 @@ async function signIn(token) {
     data = await gqlFetch(token, ops.VIEWER);
   } catch (error) {
     state.token = null;
-    sessionStorage.removeItem(TOKEN_KEY);
+    // Only a refused token is forgotten: a restart or a busy server (a network error,
+    // UNAVAILABLE) leaves it for the next try.
+    if (error.code === 'UNAUTHENTICATED') sessionStorage.removeItem(TOKEN_KEY);
     showSignIn(error);
     return;
   }
@@ -235,7 +237,9 @@ function watchWallet(walletId, teamId = null) {
 function onBalanceEvent(entry, event) {
   const snapshot = event.cause === 'SNAPSHOT';
   serverClock.observe(event.at, snapshot);
-  const gap = !snapshot && entry.lastSeq != null && event.seq !== entry.lastSeq + 1;
+  // A SNAPSHOT (after a reconnect, or a resync when this subscriber fell behind) that
+  // moved past the last seq seen also skipped events.
+  const gap = entry.lastSeq != null && event.seq !== entry.lastSeq + (snapshot ? 0 : 1);
   entry.lastSeq = event.seq;
   if (gap) {
     // Missed events: the stream's balance is still the newest, but the plan or zone may
@@ -258,7 +262,7 @@ function onBalanceEvent(entry, event) {
     scheduleUsageRefresh();
   }
   // Member spend moves with usage and restarts with the pool's day and period.
-  if (entry.teamId && !snapshot && event.cause !== 'GRANT') refreshTeam(entry.teamId);
+  if (entry.teamId && (!snapshot || gap) && event.cause !== 'GRANT') refreshTeam(entry.teamId);
   if (selected && (event.cause === 'GRANT' || gap)) loadReviews(entry.walletId);
 }
 
@@ -416,9 +420,16 @@ function usageFilter() {
   return filter;
 }
 
+/**
+ * One refresh for a burst of events, at most REFRESH_DEBOUNCE_MS after the first of them:
+ * events that keep coming (a busy pool) do not put it off for ever.
+ */
 function scheduleUsageRefresh() {
-  clearTimeout(state.usage.timer);
-  state.usage.timer = setTimeout(loadUsage, REFRESH_DEBOUNCE_MS);
+  if (state.usage.timer) return;
+  state.usage.timer = setTimeout(() => {
+    state.usage.timer = null;
+    loadUsage();
+  }, REFRESH_DEBOUNCE_MS);
 }
 
 async function loadUsage() {
@@ -428,6 +439,10 @@ async function loadUsage() {
   const { cursors } = state.usage;
   const after = cursors[cursors.length - 1];
   const filter = state.usage.filter;
+  // Only the newest request's answer is shown: a live refresh that answers after a page
+  // turn or a new filter must not put its rows under them.
+  const generation = (state.usage.generation ?? 0) + 1;
+  state.usage.generation = generation;
   const today = localDate(serverClock.now(), wallet.timezone);
   const firstDay = addDays(today, -(CHART_DAYS - 1));
   try {
@@ -438,14 +453,14 @@ async function loadUsage() {
         chartFrom: startOfLocalDate(firstDay, wallet.timezone),
       }),
     ]);
-    if (state.selectedId !== walletId) return;
+    if (state.selectedId !== walletId || state.usage.generation !== generation) return;
     showError($('#usage-error'), null);
     renderUsage(wallet, usage.wallet.usage);
     renderSummaries(summary.wallet);
     state.chart = { days: Array.from({ length: CHART_DAYS }, (_, i) => addDays(firstDay, i)), groups: summary.wallet.perDay };
     renderChart();
   } catch (error) {
-    showError($('#usage-error'), error);
+    if (state.usage.generation === generation) showError($('#usage-error'), error);
   }
 }
 

@@ -40,14 +40,28 @@ export const serverClock = {
 };
 
 const formatters = new Map();
+/** What the page shows: the browser's own language. */
 function formatter(timeZone, options) {
-  const key = `${timeZone}|${JSON.stringify(options)}`;
+  return cachedFormatter(undefined, timeZone, options);
+}
+
+/**
+ * What the page computes with: parts read back as numbers must be Gregorian with Latin
+ * digits, whatever the browser's language (a Thai browser's calendar is Buddhist, a Persian
+ * one writes ۱۴۰۵).
+ */
+function partsFormatter(timeZone, options) {
+  return cachedFormatter('en-US', timeZone, { ...options, calendar: 'gregory', numberingSystem: 'latn' });
+}
+
+function cachedFormatter(locale, timeZone, options) {
+  const key = `${locale}|${timeZone}|${JSON.stringify(options)}`;
   if (!formatters.has(key)) {
     try {
-      formatters.set(key, new Intl.DateTimeFormat(undefined, { ...options, timeZone }));
+      formatters.set(key, new Intl.DateTimeFormat(locale, { ...options, timeZone }));
     } catch {
       // An IANA name this browser does not know: show UTC and say so.
-      formatters.set(key, new Intl.DateTimeFormat(undefined, { ...options, timeZone: 'UTC', timeZoneName: 'short' }));
+      formatters.set(key, new Intl.DateTimeFormat(locale, { ...options, timeZone: 'UTC', timeZoneName: 'short' }));
     }
   }
   return formatters.get(key);
@@ -82,7 +96,7 @@ export function formatCountdown(totalSeconds) {
 
 /** The local calendar date "YYYY-MM-DD" of an instant in a zone (as the DAY summary keys). */
 export function localDate(epochMs, timeZone) {
-  const parts = formatter(timeZone, { year: 'numeric', month: '2-digit', day: '2-digit' })
+  const parts = partsFormatter(timeZone, { year: 'numeric', month: '2-digit', day: '2-digit' })
     .formatToParts(new Date(epochMs));
   const get = (type) => parts.find((p) => p.type === type).value;
   return `${get('year')}-${get('month')}-${get('day')}`;
@@ -96,7 +110,7 @@ export function addDays(date, n) {
 
 /** Offset of a zone from UTC at an instant, in ms. */
 function zoneOffsetMs(epochMs, timeZone) {
-  const parts = formatter(timeZone, {
+  const parts = partsFormatter(timeZone, {
     year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23',
   }).formatToParts(new Date(epochMs));
   const get = (type) => Number(parts.find((p) => p.type === type).value);
