@@ -7,7 +7,9 @@
 //! every node read the plans again; a resolved review is passed to this node's review
 //! watchers ([`ReviewChanges`]). A lost listening connection makes every active wallet
 //! check itself, every seat read its limits, every review watcher read its review and the
-//! node read the plans again.
+//! node read the plans again. Every node sends a keepalive notice every 30 s; a listening
+//! connection that hears nothing for 75 s (a network device dropped it without a word) is
+//! taken for lost.
 
 use std::time::Duration;
 
@@ -20,6 +22,11 @@ use crate::directory::Directory;
 
 /// Pause before listening again after the listening connection failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often each node sends a keepalive notice; a listener that hears nothing for
+/// [`SILENT_FOR`] takes its connection for dead (a network device dropped it without a
+/// word) and listens again.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const SILENT_FOR: Duration = Duration::from_secs(75);
 
 /// Follows other nodes' commits into `dir` until the task is aborted. Does nothing on a
 /// store without notices (SQLite: one process).
@@ -32,7 +39,31 @@ pub async fn follow(dir: Directory, store: Store) -> Option<JoinHandle<()>> {
             None
         }
     };
-    Some(tokio::spawn(run(dir, store, first)))
+    let pinger = tokio::spawn(ping(store.clone()));
+    Some(tokio::spawn(async move {
+        // Aborting the follower ends its pinger too.
+        let _pinger = AbortOnDrop(pinger);
+        run(dir, store, first).await
+    }))
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn ping(store: Store) {
+    let mut every = tokio::time::interval(PING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = store.ping_listeners().await {
+            tracing::warn!(error = %e, "sending the notice feed's keepalive failed");
+        }
+    }
 }
 
 async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>) {
@@ -47,7 +78,16 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
             reload_plans(&dir, &store).await;
             continue;
         };
-        match l.next().await {
+        let Ok(next) = tokio::time::timeout(SILENT_FOR, l.next()).await else {
+            tracing::warn!(
+                silent_for = ?SILENT_FOR,
+                "the commit notice feed went silent; listening again"
+            );
+            listener = None;
+            continue;
+        };
+        match next {
+            Ok(Notice::Ping) => {}
             Ok(Notice::Committed(moved)) => {
                 for (id, seq) in moved {
                     dir.announce(&WalletId(id), Some(seq));

@@ -1236,6 +1236,14 @@ async fn commits_are_announced_to_listeners(store: Store) -> anyhow::Result<()> 
         ours(&mut listener).await?,
         Notice::Committed(vec![("wal_n2".into(), b.journal.wallet.seq)])
     );
+    // The keepalive reaches listeners (every node's, this one's included): a listener
+    // that hears nothing for long takes its connection for dead.
+    store.ping_listeners().await?;
+    let pinged = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while listener.next().await? != Notice::Ping {}
+        anyhow::Ok(())
+    });
+    pinged.await??;
     Ok(())
 }
 
