@@ -149,7 +149,7 @@ async fn shed_load(
         return next.run(req).await;
     }
     metrics::counter!("credits_graphql_requests_total").increment(1);
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
         metrics::counter!("credits_graphql_shed_total").increment(1);
         let mut response = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -173,8 +173,13 @@ async fn shed_load(
         Ok(p) => p,
         Err(e) => {
             // Read (and dropped) first, as a body over the limit is: a client still
-            // writing it then reads the refusal instead of a broken pipe.
-            let _ = tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await;
+            // writing it then reads the refusal instead of a broken pipe. Not on a slot:
+            // a caller without a token must not hold one. Not when the client waits to be
+            // told to send it (`Expect: 100-continue`): it is then told no at once.
+            drop(permit);
+            if !parts.headers.contains_key(header::EXPECT) {
+                let _ = tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await;
+            }
             let status = match e.code {
                 Code::Unauthenticated => StatusCode::UNAUTHORIZED,
                 _ => StatusCode::SERVICE_UNAVAILABLE,

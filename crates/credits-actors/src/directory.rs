@@ -102,7 +102,24 @@ impl Metrics {
     }
 }
 
-type Slot = Arc<OnceCell<ActorRef<WalletMsg>>>;
+type Slot = Arc<SlotCell>;
+
+/// A wallet's place in the directory: its actor once activated, and the commit notices that
+/// came while it was being activated (the highest seq; `u64::MAX`: unknown), since the load
+/// may have read before that commit; the actor hears of them once it is in place.
+#[derive(Default)]
+pub(crate) struct SlotCell {
+    actor: OnceCell<ActorRef<WalletMsg>>,
+    missed: std::sync::Mutex<Option<u64>>,
+}
+
+impl std::ops::Deref for SlotCell {
+    type Target = OnceCell<ActorRef<WalletMsg>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.actor
+    }
+}
 
 /// State shared by the directory and every wallet actor.
 pub struct Shared {
@@ -119,10 +136,6 @@ pub struct Shared {
     /// wallet that keeps failing (retried every second) is logged at the 1st, 2nd, 4th,
     /// 8th… failure, not 86,400 times a day.
     failing_ticks: DashMap<WalletId, u32>,
-    /// Commit notices that came while the wallet's actor was being activated (its slot not
-    /// filled yet), by the highest seq (`u64::MAX`: unknown): the load may have read before
-    /// that commit, so the actor hears of it once it is in its slot.
-    missed: DashMap<WalletId, u64>,
 }
 
 /// Removes an activation's slot if the caller gives up waiting (its request was dropped,
@@ -157,6 +170,32 @@ impl Shared {
         self.actors.remove_if(id, |_, slot| {
             slot.get().is_some_and(|a| a.get_id() == actor)
         });
+    }
+}
+
+/// A notice for a wallet whose actor is being activated: kept in its slot, and handed over
+/// at once if the slot was filled meanwhile (whichever of the two looks last delivers).
+fn miss(slot: &SlotCell, seq: Option<u64>) {
+    let seq = seq.unwrap_or(u64::MAX);
+    {
+        let mut missed = slot.missed.lock().unwrap_or_else(|e| e.into_inner());
+        *missed = Some(missed.map_or(seq, |m| m.max(seq)));
+    }
+    if let Some(a) = slot.get() {
+        deliver_missed(slot, a);
+    }
+}
+
+/// Hands a freshly activated actor the notices that came while it was loading.
+fn deliver_missed(slot: &SlotCell, actor: &ActorRef<WalletMsg>) {
+    let missed = slot
+        .missed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(seq) = missed {
+        let seq = (seq != u64::MAX).then_some(seq);
+        let _ = actor.send_message(WalletMsg::Refresh(seq));
     }
 }
 
@@ -207,7 +246,6 @@ impl Directory {
             reviews: ReviewChanges::default(),
             actors: DashMap::new(),
             failing_ticks: DashMap::new(),
-            missed: DashMap::new(),
         };
         Directory {
             shared: Arc::new(shared),
@@ -290,7 +328,7 @@ impl Directory {
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
             abandoned.armed = false;
             if let Ok(a) = actor {
-                self.deliver_missed(id, a);
+                deliver_missed(&slot, a);
             }
             match actor {
                 Ok(a)
@@ -308,8 +346,6 @@ impl Directory {
                     self.shared
                         .actors
                         .remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
-                    // The next activation loads afresh.
-                    self.shared.missed.remove(id);
                     return Err(e);
                 }
             }
@@ -566,47 +602,25 @@ impl Directory {
             Some(a) => {
                 let _ = a.send_message(WalletMsg::Refresh(seq));
             }
-            None => self.miss(id, &slot, seq),
+            None => miss(&slot, seq),
         }
     }
 
     /// Every active wallet may be behind (the notice feed had a gap).
     pub fn announce_all(&self) {
-        let slots: Vec<(WalletId, Slot)> = self
+        let slots: Vec<Slot> = self
             .shared
             .actors
             .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .map(|e| e.value().clone())
             .collect();
-        for (id, slot) in slots {
+        for slot in slots {
             match slot.get() {
                 Some(a) => {
                     let _ = a.send_message(WalletMsg::Refresh(None));
                 }
-                None => self.miss(&id, &slot, None),
+                None => miss(&slot, None),
             }
-        }
-    }
-
-    /// A notice for a wallet whose actor is being activated: kept for it, and handed over
-    /// at once if the slot was filled meanwhile (whichever of the two looks last delivers).
-    fn miss(&self, id: &WalletId, slot: &Slot, seq: Option<u64>) {
-        let seq = seq.unwrap_or(u64::MAX);
-        self.shared
-            .missed
-            .entry(id.clone())
-            .and_modify(|s| *s = (*s).max(seq))
-            .or_insert(seq);
-        if let Some(a) = slot.get() {
-            self.deliver_missed(id, a);
-        }
-    }
-
-    /// Hands a freshly activated actor the notices that came while it was loading.
-    fn deliver_missed(&self, id: &WalletId, actor: &ActorRef<WalletMsg>) {
-        if let Some((_, seq)) = self.shared.missed.remove(id) {
-            let seq = (seq != u64::MAX).then_some(seq);
-            let _ = actor.send_message(WalletMsg::Refresh(seq));
         }
     }
 
