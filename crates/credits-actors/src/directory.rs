@@ -188,11 +188,7 @@ fn miss(slot: &SlotCell, seq: Option<u64>) {
 
 /// Hands a freshly activated actor the notices that came while it was loading.
 fn deliver_missed(slot: &SlotCell, actor: &ActorRef<WalletMsg>) {
-    let missed = slot
-        .missed
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let missed = slot.missed.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(seq) = missed {
         let seq = (seq != u64::MAX).then_some(seq);
         let _ = actor.send_message(WalletMsg::Refresh(seq));

@@ -11,6 +11,7 @@
 //! connection that hears nothing for 75 s (a network device dropped it without a word) is
 //! taken for lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use credits_core::WalletId;
@@ -27,6 +28,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// word) and listens again.
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENT_FOR: Duration = Duration::from_secs(75);
+/// Time a sent keepalive has to come back before its absence counts.
+const PING_ARRIVES: Duration = Duration::from_secs(15);
 
 /// Follows other nodes' commits into `dir` until the task is aborted. Does nothing on a
 /// store without notices (SQLite: one process).
@@ -39,13 +42,17 @@ pub async fn follow(dir: Directory, store: Store) -> Option<JoinHandle<()>> {
             None
         }
     };
-    let pinger = tokio::spawn(ping(store.clone()));
+    let sent = Arc::new(std::sync::Mutex::new(None));
+    let pinger = AbortOnDrop(tokio::spawn(ping(store.clone(), sent.clone())));
     Some(tokio::spawn(async move {
         // Aborting the follower ends its pinger too.
-        let _pinger = AbortOnDrop(pinger);
-        run(dir, store, first).await
+        let _pinger = pinger;
+        run(dir, store, first, sent).await
     }))
 }
+
+/// When this node's last keepalive was sent (committed to the channel).
+type LastSent = Arc<std::sync::Mutex<Option<tokio::time::Instant>>>;
 
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -55,18 +62,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn ping(store: Store) {
+async fn ping(store: Store, sent: LastSent) {
     let mut every = tokio::time::interval(PING_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if let Err(e) = store.ping_listeners().await {
-            tracing::warn!(error = %e, "sending the notice feed's keepalive failed");
+        match store.ping_listeners().await {
+            Ok(()) => {
+                *sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "sending the notice feed's keepalive failed"),
         }
     }
 }
 
-async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>) {
+async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>, sent: LastSent) {
     loop {
         let Some(l) = listener.as_mut() else {
             tokio::time::sleep(RETRY_AFTER).await;
@@ -79,11 +89,19 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>)
             continue;
         };
         let Ok(next) = tokio::time::timeout(SILENT_FOR, l.next()).await else {
-            tracing::warn!(
-                silent_for = ?SILENT_FOR,
-                "the commit notice feed went silent; listening again"
-            );
-            listener = None;
+            // Silent only counts when this node's own keepalive went out and did not come
+            // back (a database too busy to send it says nothing about the listener).
+            let unheard = sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|t| t.elapsed() >= PING_ARRIVES);
+            if unheard {
+                tracing::warn!(
+                    silent_for = ?SILENT_FOR,
+                    "the commit notice feed went silent; listening again"
+                );
+                listener = None;
+            }
             continue;
         };
         match next {
