@@ -34,9 +34,8 @@ pub(crate) struct LoadedTier {
     price_fn: PriceFn,
     /// A call did not return in time: refuse every call until a reload loads it afresh.
     stalled: AtomicBool,
-    /// Calls inside the library now, through this load or an earlier one of the same file
-    /// (the loads share the count: they are one library).
-    in_flight: Arc<AtomicUsize>,
+    /// What every load of this library file shares (they are one library).
+    calls: Arc<LibraryCalls>,
     /// The cache copy it was opened from, named by its content hash: the same bytes
     /// loaded again are the same library.
     pub(crate) cached: std::path::PathBuf,
@@ -108,7 +107,7 @@ impl LoadedTier {
             priced_by,
             price_fn,
             stalled: AtomicBool::new(false),
-            in_flight: Arc::default(),
+            calls: Arc::default(),
             cached,
             _library: library,
         })
@@ -120,8 +119,8 @@ impl LoadedTier {
             return Err(self.failed(model, PluginFailure::Stalled));
         }
         let mut cost_micro_credits = 0_i64;
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _left = InFlight(&self.in_flight);
+        self.calls.inside.fetch_add(1, Ordering::Relaxed);
+        let _left = InFlight(&self.calls.inside);
         // SAFETY: `price_fn` came from `self._library`, which is open while `self` lives; the
         // model string and the out-pointer are valid for the call, as `PriceFn` requires.
         let status = unsafe {
@@ -152,25 +151,19 @@ impl LoadedTier {
         self.stalled.load(Ordering::Relaxed)
     }
 
-    /// Stalled with a call still inside the plugin: the same library loaded again by a
-    /// reload starts disabled too, or each reload could lose one more thread to it (a
-    /// stall from a passing overload clears at the first reload after its call returned).
-    pub(crate) fn stuck(&self) -> bool {
-        self.stalled() && self.in_flight.load(Ordering::Relaxed) > 0
-    }
-
-    /// This load of the same library as `earlier` (a reload of an unchanged file): it
-    /// counts the calls still inside it, and starts disabled if `earlier` is
-    /// [`LoadedTier::stuck`].
-    pub(crate) fn succeeding(mut self, earlier: &LoadedTier) -> LoadedTier {
-        self.in_flight = earlier.in_flight.clone();
-        self.stalled.store(earlier.stuck(), Ordering::Relaxed);
+    /// This load as one of the library file's loads: it shares their count of calls
+    /// inside, and starts disabled while a call that stalled is still inside (each reload
+    /// of a plugin that hangs could otherwise lose one more thread to it).
+    pub(crate) fn of_library(mut self, calls: Arc<LibraryCalls>) -> LoadedTier {
+        self.stalled.store(calls.stuck(), Ordering::Relaxed);
+        self.calls = calls;
         self
     }
 
     /// Disables this tier: a call did not return in time (see [`PluginFailure::Stalled`]).
     pub(crate) fn stall(&self, model: &str) -> PricingError {
         self.stalled.store(true, Ordering::Relaxed);
+        self.calls.stalled.store(true, Ordering::Relaxed);
         self.failed(model, PluginFailure::Stalled)
     }
 
@@ -198,6 +191,27 @@ fn file_name(path: &Path) -> String {
         .unwrap_or(path.as_os_str())
         .to_string_lossy()
         .into_owned()
+}
+
+/// What every load of one library file shares: the calls inside it now, and whether one
+/// of them stalled.
+#[derive(Debug, Default)]
+pub(crate) struct LibraryCalls {
+    inside: AtomicUsize,
+    stalled: AtomicBool,
+}
+
+impl LibraryCalls {
+    /// A call stalled and one is still inside. With none inside, the stall is forgotten:
+    /// it was a passing overload, or the stuck call has returned.
+    fn stuck(&self) -> bool {
+        if self.inside.load(Ordering::Relaxed) > 0 {
+            self.stalled.load(Ordering::Relaxed)
+        } else {
+            self.stalled.store(false, Ordering::Relaxed);
+            false
+        }
+    }
 }
 
 /// Counts a call out of the plugin when it returns (or unwinds).

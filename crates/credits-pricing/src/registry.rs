@@ -38,8 +38,9 @@ pub struct PricingRegistry {
     plugin_dir: PathBuf,
     cache_dir: PathBuf,
     table: ArcSwap<Table>,
-    /// Serialises reloads so each builds on the table the previous one installed.
-    reload_lock: Mutex<()>,
+    /// Serialises reloads so each builds on the table the previous one installed, and
+    /// holds what every load of each library file (by content) shares.
+    libraries: Mutex<Libraries>,
 }
 
 impl fmt::Debug for PricingRegistry {
@@ -67,12 +68,13 @@ impl PricingRegistry {
             dir: cache_dir.clone(),
             source,
         })?;
-        let (table, report) = build(&plugin_dir, &cache_dir, &Table::default())?;
+        let mut libraries = Libraries::default();
+        let (table, report) = build(&plugin_dir, &cache_dir, &Table::default(), &mut libraries)?;
         let registry = PricingRegistry {
             plugin_dir,
             cache_dir,
             table: ArcSwap::from_pointee(table),
-            reload_lock: Mutex::new(()),
+            libraries: Mutex::new(libraries),
         };
         Ok((registry, report))
     }
@@ -101,13 +103,13 @@ impl PricingRegistry {
     /// version; a tier whose file is gone is unloaded once its calls in flight return. On
     /// error (unreadable directory) the current table stays.
     pub fn reload(&self) -> Result<ReloadReport, RegistryError> {
-        let _one_reload_at_a_time = match self.reload_lock.try_lock() {
+        let mut libraries = match self.libraries.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(RegistryError::Busy),
         };
         let previous = self.table.load_full();
-        let (table, report) = build(&self.plugin_dir, &self.cache_dir, &previous)?;
+        let (table, report) = build(&self.plugin_dir, &self.cache_dir, &previous, &mut libraries)?;
         self.table.store(Arc::new(table));
         Ok(report)
     }
@@ -257,10 +259,14 @@ impl Table {
 
 /// Builds a new table from the directory; `previous` supplies the tiers to keep when their
 /// new file is refused.
+/// Every library file loaded so far, by its cached copy's path (its content hash).
+type Libraries = std::collections::HashMap<PathBuf, Arc<crate::plugin::LibraryCalls>>;
+
 fn build(
     plugin_dir: &Path,
     cache_dir: &Path,
     previous: &Table,
+    libraries: &mut Libraries,
 ) -> Result<(Table, ReloadReport), RegistryError> {
     let files = tier_files(plugin_dir).map_err(|source| RegistryError::PluginDir {
         dir: plugin_dir.to_owned(),
@@ -275,11 +281,8 @@ fn build(
             })
         } else {
             LoadedTier::load(&path, cache_dir).and_then(|tier| {
-                let earlier = previous.tiers.iter().find(|old| old.cached == tier.cached);
-                let tier = Arc::new(match earlier {
-                    Some(earlier) => tier.succeeding(earlier),
-                    None => tier,
-                });
+                let calls = libraries.entry(tier.cached.clone()).or_default().clone();
+                let tier = Arc::new(tier.of_library(calls));
                 table.claim(tier.clone()).map(|()| tier)
             })
         };

@@ -791,9 +791,15 @@ fn a_reload_keeps_the_same_library_disabled_while_its_stalled_call_is_inside() {
         registry.reload().unwrap();
         assert!(stalled(&registry).is_empty());
         registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
+        // Rolled back to the stuck file: disabled again, its call still inside.
+        dirs.deploy("credits-fixture-gate-v1", "fixture");
+        registry.reload().unwrap();
+        assert_eq!(stalled(&registry), ["1.0.0"], "the stuck file, restored");
         std::fs::write(gate_file(key, "release"), b"").unwrap();
         stuck.join().unwrap().unwrap();
     });
+    registry.reload().unwrap();
+    assert!(stalled(&registry).is_empty(), "its call returned");
     for suffix in ["armed", "entered", "release"] {
         let _ = std::fs::remove_file(gate_file(key, suffix));
     }
