@@ -137,7 +137,8 @@ impl Subscription {
         &self,
         ctx: &Context<'_>,
         review_id: ID,
-    ) -> async_graphql::Result<impl Stream<Item = ReviewObject> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ReviewObject>> + use<>>
+    {
         // Subscribed before the row is read, so a resolution between the two is not missed
         // (it may then arrive twice: a row equal to the last one sent is skipped).
         let rx = ledger(ctx).directory().reviews().subscribe();
@@ -154,15 +155,21 @@ impl Subscription {
             store,
             last: None,
         };
+        // A review that stays unreadable ends the stream with UNAVAILABLE (sent once): the
+        // client subscribes again and gets its state first.
         Ok(futures::stream::unfold(
-            (Some(row), watch),
-            |(first, mut watch)| async move {
+            (Some(row), Some(watch)),
+            |(first, watch)| async move {
+                let mut watch = watch?;
                 let row = match first {
                     Some(row) => row,
-                    None => watch.next().await?,
+                    None => match watch.next().await? {
+                        Ok(row) => row,
+                        Err(e) => return Some((Err(ApiError::from(e).into()), (None, None))),
+                    },
                 };
                 watch.last = Some(row.clone());
-                Some((ReviewObject::new(row), (None, watch)))
+                Some((Ok(ReviewObject::new(row)), (None, Some(watch))))
             },
         ))
     }
@@ -181,28 +188,28 @@ struct ReviewWatch {
 }
 
 impl ReviewWatch {
-    /// The review as stored now; `None` when it is gone, or when it could not be read for
-    /// [`REREADS`] tries in a row (the stream then ends, and the client subscribes again
-    /// and gets the current state first). A failing read is tried again rather than the
-    /// change dropped: it may be the review's last.
-    async fn read(&self, id: &str) -> Option<ReviewRow> {
-        for tries in 1..=REREADS {
+    /// The review as stored now (`None`: it is gone). A failing read is tried again rather
+    /// than the change dropped (it may be the review's last), [`REREADS`] times in all.
+    async fn read(&self, id: &str) -> Result<Option<ReviewRow>, credits_store::StoreError> {
+        let mut tries = 1;
+        loop {
             match self.store.review(id).await {
-                Ok(row) => return row,
+                Ok(row) => return Ok(row),
+                Err(e) if tries == REREADS => return Err(e),
                 Err(e) => {
-                    if tries.is_power_of_two() || tries == REREADS {
+                    if tries.is_power_of_two() {
                         tracing::warn!(review = %id, error = %e, tries, "reading a changed review failed");
                     }
+                    tries += 1;
                     tokio::time::sleep(REREAD_AFTER).await;
                 }
             }
         }
-        None
     }
 
     /// The review's next state unlike the last one sent; `None` when the hub closes or
-    /// the review is gone.
-    async fn next(&mut self) -> Option<ReviewRow> {
+    /// the review is gone, an error when it could not be read.
+    async fn next(&mut self) -> Option<Result<ReviewRow, credits_store::StoreError>> {
         let id = self.last.as_ref()?.id.clone();
         loop {
             match self.rx.recv().await {
@@ -212,9 +219,12 @@ impl ReviewWatch {
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return None,
             }
-            let row = ReviewObject::shown(self.read(&id).await?);
+            let row = match self.read(&id).await {
+                Ok(row) => ReviewObject::shown(row?),
+                Err(e) => return Some(Err(e)),
+            };
             if self.last.as_ref() != Some(&row) {
-                return Some(row);
+                return Some(Ok(row));
             }
         }
     }
@@ -269,7 +279,7 @@ mod tests {
         );
         hub.send(ReviewChange::One("rev_1".into())).unwrap();
         drop(hub);
-        assert_eq!(watch.next().await, None);
+        assert!(watch.next().await.is_none());
         drop_store(store, &path).await;
     }
 
@@ -323,14 +333,14 @@ mod tests {
                 .unwrap();
         }
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next());
-        assert_eq!(next.await.expect("not lost").as_ref(), Some(&rejected));
+        assert_eq!(next.await.expect("not lost").unwrap().unwrap(), rejected);
         watch.last = Some(rejected.clone());
         // Announced again (as it may be when the row was read after subscribing, or by
         // this node's own notice), or any review changed: the same state is skipped.
         hub.send(ReviewChange::One("rev_1".into())).unwrap();
         hub.send(ReviewChange::Any).unwrap();
         drop(hub);
-        assert_eq!(watch.next().await, None);
+        assert!(watch.next().await.is_none());
         drop_store(store, &path).await;
     }
 
@@ -375,7 +385,7 @@ mod tests {
         );
         sql("ALTER TABLE reviews_away RENAME TO reviews").await;
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), next);
-        assert_eq!(next.await.expect("not lost"), Some(rejected));
+        assert_eq!(next.await.expect("not lost").unwrap().unwrap(), rejected);
         drop(hub);
         drop_store(store, &path).await;
     }
