@@ -259,10 +259,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         before.clone(),
         config,
     );
-    // Other nodes' commits reach this node's actors and subscribers (PostgreSQL only),
-    // from before the first activation: a wallet activated by the catch-up below hears of
-    // what other nodes commit meanwhile.
-    let _feed = credits_actors::feed::follow(dir.clone(), store.clone()).await;
     if credits_change {
         let caught_up = dir.tick_due().await;
         if caught_up > 0 {
@@ -272,6 +268,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     store.upsert_catalogue(&plan_rows, &bundle_rows).await?;
     dir.plans()
         .replace(credits_actors::ledger::stored_plans(&store).await?);
+    // Other nodes' commits reach this node's actors and subscribers (PostgreSQL only). It
+    // starts after the catch-up above, which must run on the plans as they were; a wallet
+    // that catch-up activated checks itself once, for what other nodes committed meanwhile.
+    let _feed = credits_actors::feed::follow(dir.clone(), store.clone()).await;
+    if _feed.is_some() {
+        dir.announce_all();
+    }
     // What falls due on inactive wallets is recorded at its instant (within a second).
     let sweeper = dir.sweep_due();
     let ledger = Ledger::new(dir.clone(), store, pricing.clone());
