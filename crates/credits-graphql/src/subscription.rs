@@ -283,6 +283,17 @@ mod tests {
         drop_store(store, &path).await;
     }
 
+    fn rejection(id: &str) -> ReviewResolution {
+        ReviewResolution {
+            review_id: id.into(),
+            status: ReviewStatus::Rejected,
+            credited_ucr: None,
+            note: Some("no".into()),
+            grant_id: None,
+            resolved_at: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
     async fn temp_store(name: &str) -> (Store, std::path::PathBuf) {
         let path = std::env::temp_dir().join(format!(
             "credits-graphql-{name}-{}-{}.db",
@@ -316,15 +327,7 @@ mod tests {
             store: store.clone(),
             last: Some(submitted),
         };
-        let resolution = ReviewResolution {
-            review_id: "rev_1".into(),
-            status: ReviewStatus::Rejected,
-            credited_ucr: None,
-            note: Some("no".into()),
-            grant_id: None,
-            resolved_at: chrono::DateTime::UNIX_EPOCH,
-        };
-        assert!(store.resolve_review(&resolution).await.unwrap());
+        assert!(store.resolve_review(&rejection("rev_1")).await.unwrap());
         // Its own message is pushed out by three about other reviews.
         let rejected = store.review("rev_1").await.unwrap().unwrap();
         hub.send(ReviewChange::One("rev_1".into())).unwrap();
@@ -353,15 +356,7 @@ mod tests {
         let (store, path) = temp_store("reread").await;
         let submitted = review("rev_1");
         store.insert_review(&submitted).await.unwrap();
-        let resolution = ReviewResolution {
-            review_id: "rev_1".into(),
-            status: ReviewStatus::Rejected,
-            credited_ucr: None,
-            note: Some("no".into()),
-            grant_id: None,
-            resolved_at: chrono::DateTime::UNIX_EPOCH,
-        };
-        assert!(store.resolve_review(&resolution).await.unwrap());
+        assert!(store.resolve_review(&rejection("rev_1")).await.unwrap());
         let rejected = store.review("rev_1").await.unwrap().unwrap();
         let (hub, rx) = broadcast::channel(4);
         let mut watch = ReviewWatch {

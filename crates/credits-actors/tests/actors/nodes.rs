@@ -21,6 +21,13 @@ const PAUSE: Duration = Duration::from_millis(50);
 /// Two nodes (directories) on one memory store, and a wallet created on A that B has
 /// read as it is now.
 async fn two_nodes(wallet: &str) -> (Arc<MemoryStore>, Directory, Directory, WalletId) {
+    let (store, a, b, id) = two_nodes_b_unread(wallet).await;
+    b.read(&id).await.unwrap();
+    (store, a, b, id)
+}
+
+/// [`two_nodes`] with the wallet not active on B.
+async fn two_nodes_b_unread(wallet: &str) -> (Arc<MemoryStore>, Directory, Directory, WalletId) {
     let store = Arc::new(MemoryStore::new());
     let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
     let a = Directory::new(
@@ -42,7 +49,6 @@ async fn two_nodes(wallet: &str) -> (Arc<MemoryStore>, Directory, Directory, Wal
         .await
         .unwrap()
         .id;
-    b.read(&id).await.unwrap();
     (store, a, b, id)
 }
 
@@ -212,27 +218,7 @@ async fn a_node_whose_reload_failed_decides_nothing_on_the_stale_state() {
 /// notice is now kept for the actor and handed to it once it is in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_during_an_activation_reaches_the_actor() {
-    let store = Arc::new(MemoryStore::new());
-    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
-    let a = Directory::new(
-        store.clone(),
-        clock.clone(),
-        catalogue(),
-        ActorConfig::default(),
-    );
-    let b = Directory::new(store.clone(), clock, catalogue(), ActorConfig::default());
-    let id = a
-        .create(NewWallet {
-            id: WalletId::from("wal_act"),
-            owner_id: "owner".into(),
-            pool: false,
-            timezone: "UTC".parse().unwrap(),
-            plan_id: PlanId::from("pro"),
-            billing_anchor: None,
-        })
-        .await
-        .unwrap()
-        .id;
+    let (store, a, b, id) = two_nodes_b_unread("wal_act").await;
     a.read(&id).await.unwrap();
     // B's activation reads the wallet, then waits; A commits a usage and B hears of it.
     store.faults.loaded.hold.store(1, Ordering::SeqCst);
