@@ -739,8 +739,6 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
 fn a_reload_keeps_the_same_library_disabled_while_its_stalled_call_is_inside() {
     let dirs = Dirs::with(&[("credits-fixture-gate-v1", "fixture")]);
     let (registry, _) = open(&dirs);
-    let key = gate_key();
-    std::fs::write(gate_file(key, "armed"), b"").unwrap();
     let stalled = |registry: &PricingRegistry| -> Vec<String> {
         registry
             .stalled_tiers()
@@ -748,15 +746,7 @@ fn a_reload_keeps_the_same_library_disabled_while_its_stalled_call_is_inside() {
             .map(|t| t.plugin_version)
             .collect()
     };
-    std::thread::scope(|s| {
-        let stuck = s.spawn(|| registry.price("fixture-gated", usage(key, 0, 0)));
-        wait_for("the call to enter the plugin", || {
-            gate_file(key, "entered").exists()
-        });
-        registry
-            .tier_of("fixture-gated")
-            .unwrap()
-            .stall("fixture-gated");
+    while_stuck(&registry, || {
         for _ in 0..2 {
             registry.reload().unwrap();
             assert_eq!(
@@ -766,16 +756,28 @@ fn a_reload_keeps_the_same_library_disabled_while_its_stalled_call_is_inside() {
             );
         }
         assert!(registry.price("fixture-ok", usage(1000, 0, 0)).is_err());
-        std::fs::write(gate_file(key, "release"), b"").unwrap();
-        stuck.join().unwrap().unwrap();
     });
     registry.reload().unwrap();
     assert!(stalled(&registry).is_empty(), "its call returned");
     registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
-    for suffix in ["armed", "entered", "release"] {
-        let _ = std::fs::remove_file(gate_file(key, suffix));
-    }
     // A stalled tier with a call inside is replaced by a new file at once.
+    while_stuck(&registry, || {
+        dirs.deploy("credits-fixture-gate-v2", "fixture");
+        registry.reload().unwrap();
+        assert!(stalled(&registry).is_empty());
+        registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
+        // Rolled back to the stuck file: disabled again, its call still inside.
+        dirs.deploy("credits-fixture-gate-v1", "fixture");
+        registry.reload().unwrap();
+        assert_eq!(stalled(&registry), ["1.0.0"], "the stuck file, restored");
+    });
+    registry.reload().unwrap();
+    assert!(stalled(&registry).is_empty(), "its call returned");
+}
+
+/// Runs `then` while a `fixture-gated` call is stuck inside the plugin and its tier has
+/// been stalled; lets the call return afterwards.
+fn while_stuck(registry: &PricingRegistry, then: impl FnOnce()) {
     let key = gate_key();
     std::fs::write(gate_file(key, "armed"), b"").unwrap();
     std::thread::scope(|s| {
@@ -787,19 +789,10 @@ fn a_reload_keeps_the_same_library_disabled_while_its_stalled_call_is_inside() {
             .tier_of("fixture-gated")
             .unwrap()
             .stall("fixture-gated");
-        dirs.deploy("credits-fixture-gate-v2", "fixture");
-        registry.reload().unwrap();
-        assert!(stalled(&registry).is_empty());
-        registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
-        // Rolled back to the stuck file: disabled again, its call still inside.
-        dirs.deploy("credits-fixture-gate-v1", "fixture");
-        registry.reload().unwrap();
-        assert_eq!(stalled(&registry), ["1.0.0"], "the stuck file, restored");
+        then();
         std::fs::write(gate_file(key, "release"), b"").unwrap();
         stuck.join().unwrap().unwrap();
     });
-    registry.reload().unwrap();
-    assert!(stalled(&registry).is_empty(), "its call returned");
     for suffix in ["armed", "entered", "release"] {
         let _ = std::fs::remove_file(gate_file(key, suffix));
     }
