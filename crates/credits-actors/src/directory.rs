@@ -173,6 +173,17 @@ impl Shared {
     }
 }
 
+/// Tells the wallet's actor that another writer committed up to `seq`; one still being
+/// activated hears of it once it is in place.
+fn refresh(slot: &SlotCell, seq: Option<u64>) {
+    match slot.get() {
+        Some(a) => {
+            let _ = a.send_message(WalletMsg::Refresh(seq));
+        }
+        None => miss(slot, seq),
+    }
+}
+
 /// A notice for a wallet whose actor is being activated: kept in its slot, and handed over
 /// at once if the slot was filled meanwhile (whichever of the two looks last delivers).
 fn miss(slot: &SlotCell, seq: Option<u64>) {
@@ -591,14 +602,9 @@ impl Directory {
     /// Another writer committed `id` up to `seq` (`None`: maybe, notices were lost). If the
     /// wallet is active here, its actor reloads what it missed and publishes it.
     pub fn announce(&self, id: &WalletId, seq: Option<u64>) {
-        let Some(slot) = self.shared.actors.get(id).map(|s| s.clone()) else {
-            return; // Not active: its next activation loads it afresh.
-        };
-        match slot.get() {
-            Some(a) => {
-                let _ = a.send_message(WalletMsg::Refresh(seq));
-            }
-            None => miss(&slot, seq),
+        // Not active: its next activation loads it afresh.
+        if let Some(slot) = self.shared.actors.get(id).map(|s| s.clone()) {
+            refresh(&slot, seq);
         }
     }
 
@@ -611,12 +617,7 @@ impl Directory {
             .map(|e| e.value().clone())
             .collect();
         for slot in slots {
-            match slot.get() {
-                Some(a) => {
-                    let _ = a.send_message(WalletMsg::Refresh(None));
-                }
-                None => miss(&slot, None),
-            }
+            refresh(&slot, None);
         }
     }
 

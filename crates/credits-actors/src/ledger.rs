@@ -643,10 +643,9 @@ impl Ledger {
             cost: Credits::ZERO,
             priced_by: String::new(),
         };
-        self.existing(&wallet_id)
-            .await?
-            .validate(&Op::Settle(op.clone()))?;
-        let refusal = match self.stored_settle(&row, &op).await {
+        let wallet = self.existing(&wallet_id).await?;
+        wallet.validate(&Op::Settle(op.clone()))?;
+        let refusal = match self.stored_settle(&row, &op, &wallet) {
             None => match self.price(&op.model, op.tokens).await {
                 Ok((cost, tier, priced_by)) => {
                     op.cost = cost;
@@ -672,7 +671,9 @@ impl Ledger {
         // be a retry of a settle whose commit is in flight. What the store then says decides.
         self.wait_for_calls_ahead(&wallet_id).await?;
         let row = self.reservation_row(reservation_id).await?;
-        self.stored_settle(&row, &op).await.unwrap_or(Err(refusal))
+        let wallet = self.existing(&wallet_id).await?;
+        self.stored_settle(&row, &op, &wallet)
+            .unwrap_or(Err(refusal))
     }
 
     async fn reservation_row(
@@ -685,41 +686,21 @@ impl Ledger {
             .ok_or(ServiceError::NotFound("reservation"))
     }
 
-    /// What a stored reservation answers a settle: `None` while it is active, the original
-    /// receipt if this settle is recorded, a refusal otherwise.
-    async fn stored_settle(
+    /// What a stored reservation answers a settle on `wallet` (as read now): `None` while
+    /// it is active, the original receipt if this settle is recorded, a refusal otherwise.
+    fn stored_settle(
         &self,
         row: &credits_store::ReservationRow,
         op: &SettleOp,
+        wallet: &Wallet,
     ) -> Option<ServiceResult<Receipt>> {
         match self.status_now(row) {
             ReservationStatus::Active => None,
-            ReservationStatus::Settled => Some(self.settled_receipt(row, op).await),
+            ReservationStatus::Settled => Some(settled_receipt(row, op, wallet)),
             ReservationStatus::Released | ReservationStatus::Expired => {
                 Some(Err(OpError::ReservationNotActive.into()))
             }
         }
-    }
-
-    async fn settled_receipt(
-        &self,
-        row: &credits_store::ReservationRow,
-        op: &SettleOp,
-    ) -> ServiceResult<Receipt> {
-        let (stored, usage) = row.settlement()?.ok_or_else(|| {
-            StoreError::Corrupt(format!("reservation {} settled without its settle", row.id))
-        })?;
-        if Some(stored) != Op::Settle(op.clone()).request() {
-            return Err(OpError::IdempotencyConflict.into());
-        }
-        Ok(Receipt {
-            usage,
-            balance: self
-                .existing(&WalletId(row.wallet_id.clone()))
-                .await?
-                .balance(),
-            replayed: true,
-        })
     }
 
     /// Returns once every call the wallet's actor has taken so far is durable or has
@@ -1220,6 +1201,25 @@ impl Ledger {
             .advance_clock(chrono::Duration::seconds(seconds))
             .await)
     }
+}
+
+/// The receipt of a recorded settle, replayed: its usage and the wallet's balance now.
+fn settled_receipt(
+    row: &credits_store::ReservationRow,
+    op: &SettleOp,
+    wallet: &Wallet,
+) -> ServiceResult<Receipt> {
+    let (stored, usage) = row.settlement()?.ok_or_else(|| {
+        StoreError::Corrupt(format!("reservation {} settled without its settle", row.id))
+    })?;
+    if Some(stored) != Op::Settle(op.clone()).request() {
+        return Err(OpError::IdempotencyConflict.into());
+    }
+    Ok(Receipt {
+        usage,
+        balance: wallet.balance(),
+        replayed: true,
+    })
 }
 
 /// A member named by the caller, before membership and limits are looked up: enough for
