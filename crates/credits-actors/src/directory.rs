@@ -173,6 +173,25 @@ impl Shared {
     }
 }
 
+/// Calls that a wallet's state, not their input, can refuse.
+fn may_be_refused_on_state(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Usage(_) | Op::Reserve(_) | Op::Settle(_) | Op::Release(_)
+    )
+}
+
+/// Refusals that a commit on another node, not yet heard of here, can turn.
+fn rests_on_state(e: &OpError) -> bool {
+    matches!(
+        e,
+        OpError::InsufficientCredits { .. }
+            | OpError::MemberLimitExceeded { .. }
+            | OpError::ModelNotAllowed { .. }
+            | OpError::ReservationNotActive
+    )
+}
+
 /// Tells the wallet's actor that another writer committed up to `seq`; one still being
 /// activated hears of it once it is in place.
 fn refresh(slot: &SlotCell, seq: Option<u64>) {
@@ -429,6 +448,27 @@ impl Directory {
 
     /// Runs one operation on a wallet; answers once it is durable.
     pub async fn execute(&self, id: &WalletId, op: Op) -> Result<Applied, ExecError> {
+        let again = may_be_refused_on_state(&op).then(|| op.clone());
+        let result = self.execute_once(id, op).await;
+        let (Err(ExecError::Op(e)), Some(again)) = (&result, again) else {
+            return result;
+        };
+        if !rests_on_state(e) {
+            return result;
+        }
+        // Another node's commit may be durable while its notice is still on its way here:
+        // a refusal is definite only against what the store holds. The actor reads what it
+        // missed, if anything (calls wait for that), and decides again.
+        match self.shared.store.seq(id).await {
+            Ok(Some(stored)) => {
+                self.announce(id, Some(stored));
+                self.execute_once(id, again).await
+            }
+            _ => result,
+        }
+    }
+
+    async fn execute_once(&self, id: &WalletId, op: Op) -> Result<Applied, ExecError> {
         let op = std::sync::Mutex::new(Some(op));
         let take = || op.lock().unwrap_or_else(|e| e.into_inner()).take();
         let result = self

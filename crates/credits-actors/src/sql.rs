@@ -85,6 +85,10 @@ impl WalletStore for SqlWallets {
         }))
     }
 
+    async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
+        self.store.wallet_seq(&id.0).await.map_err(unavailable)
+    }
+
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
         self.store
             .commit(&rows(batch)?)

@@ -56,6 +56,11 @@ pub trait WalletStore: Send + Sync + 'static {
     /// Inserts a new wallet with its creation record (version 0).
     async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError>;
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError>;
+    /// The seq of the wallet's last durable record (`None`: no such wallet). The default
+    /// loads the whole wallet; stores override it with a cheaper read.
+    async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
+        Ok(self.load(id).await?.map(|l| l.wallet.seq))
+    }
     /// Fenced, atomic commit of one wallet's batch.
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError>;
     /// Several wallets' batches (one per wallet) in one transaction, each fenced on its own:
@@ -246,6 +251,10 @@ impl WalletStore for MemoryStore {
         };
         self.faults.loaded.pass().await;
         Ok(loaded)
+    }
+
+    async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
+        Ok(self.wallets.lock().unwrap().get(id).map(|s| s.wallet.seq))
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {

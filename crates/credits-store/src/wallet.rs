@@ -67,6 +67,19 @@ impl Store {
             .transpose()
     }
 
+    /// The seq of a wallet's last durable record (`None`: no such wallet), one indexed
+    /// column read: what a node checks its state against before refusing a call on it.
+    pub async fn wallet_seq(&self, wallet_id: &str) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> = wallets::Entity::find_by_id(wallet_id.to_owned())
+            .select_only()
+            .column(wallets::Column::Seq)
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        seq.map(seq_from_db).transpose()
+    }
+
     /// Commits one wallet's batch in one transaction behind the fence. Returns the new
     /// version. On [`CommitError::Conflict`] nothing was written.
     pub async fn commit(&self, batch: &WalletBatch) -> Result<i64, CommitError> {

@@ -242,3 +242,34 @@ async fn a_notice_during_an_activation_reaches_the_actor() {
     assert_eq!(event.seq, applied.entry.seq);
     assert_eq!(b.read(&id).await.unwrap().seq, applied.entry.seq);
 }
+
+/// Found by review (Session 12, multi-node): a node refused a spend INSUFFICIENT_CREDITS on
+/// its older state when another node's grant was durable but its notice had not arrived
+/// yet. A refusal that rests on the wallet's state is now checked against the store's seq
+/// first: behind it, the node reads what it missed and decides again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_decided_on_what_the_store_holds_not_on_a_stale_state() {
+    let (store, a, b, id) = two_nodes("wal_refuse").await;
+    // A grants 1,000 credits; its notice never reaches B.
+    a.execute(&id, grant("grt_1", "1000", None)).await.unwrap();
+
+    // 600 is more than the 520 B knows of, less than the 1,520 stored.
+    let spent = b.execute(&id, usage("u1", "600")).await;
+    assert!(spent.is_ok(), "{spent:?}");
+    let w = b.read(&id).await.unwrap();
+    assert_eq!(w.spendable(), cr("920"));
+    assert_eq!(store.ledger(&id).len(), 3);
+
+    // A refusal B has earned stays one, and changes nothing.
+    let refused = b.execute(&id, usage("u2", "1000")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(credits_actors::ExecError::Op(
+                credits_core::OpError::InsufficientCredits { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.ledger(&id).len(), 3);
+}

@@ -487,7 +487,10 @@ async fn losing_fence_changes_nothing(store: Store) -> anyhow::Result<()> {
     let mut live = create(&store, "wal_f", "pro", t0()).await?;
     live.usage(t0() + Duration::minutes(1), "k1", "t1", "m", 1_000_000);
     let stale = live.batch();
+    assert_eq!(store.wallet_seq("wal_f").await?, Some(0));
     live.commit(&store).await?;
+    assert_eq!(store.wallet_seq("wal_f").await?, Some(1));
+    assert_eq!(store.wallet_seq("wal_none").await?, None);
     let before = store.load_wallet("wal_f").await?.unwrap();
     let ledger_before = store.ledger_len("wal_f").await?;
     // The same batch again, built on version 0, loses the race.
