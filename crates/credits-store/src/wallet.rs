@@ -113,8 +113,9 @@ impl Store {
     ///
     /// Fast path: every wallet's fenced UPDATE first (a conflict writes nothing, so it
     /// needs no savepoint), then all fenced wallets' rows in shared multi-row INSERTs. If
-    /// those hit a unique key, the transaction is rolled back and redone with one
-    /// savepoint per wallet, which pins the refusal on the wallet that earned it.
+    /// those fail (a unique key, a row the database refuses), the transaction is rolled
+    /// back and redone with one savepoint per wallet, which pins the refusal on the wallet
+    /// that earned it.
     pub async fn commit_many(
         &self,
         batches: &[WalletBatch],
@@ -171,11 +172,13 @@ impl Store {
                 txn.commit().await.map_err(StoreError::Db)?;
                 Ok(results)
             }
-            Err(CommitError::Store(StoreError::Duplicate(_))) => {
+            // A taken key, or a row the database refuses: nothing is written yet, so redo
+            // it with one savepoint per wallet, which pins the refusal on the wallet that
+            // earned it (a broken connection fails again there, for all).
+            Err(CommitError::Store(_)) => {
                 txn.rollback().await.map_err(StoreError::Db)?;
                 self.commit_many_savepoints(batches).await
             }
-            Err(CommitError::Store(err)) => Err(err),
             Err(other) => Err(StoreError::InvalidBatch(other.to_string())),
         }
     }

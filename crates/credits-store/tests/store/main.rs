@@ -24,6 +24,7 @@ both!(
     a_move_onto_a_plan_whose_interval_changed_is_fenced_out,
     concurrent_writers_one_wins_each_version,
     group_commit_isolates_conflicts,
+    a_batch_the_database_refuses_fails_alone,
     idempotent_lookups_return_stored_rows,
     pagination_is_stable_while_events_arrive,
     summaries_match_raw_rows,
@@ -658,6 +659,35 @@ async fn group_commit_isolates_conflicts(store: Store) -> anyhow::Result<()> {
         store.load_state("wal_g2").await?.unwrap(),
         (b.journal.wallet.clone(), 1)
     );
+    Ok(())
+}
+
+/// Found by review: a batch the database refused for a reason other than a taken key
+/// (PostgreSQL refuses U+0000 in text; the GraphQL layer now refuses it first) failed the
+/// whole group commit, and so every other wallet's batch in it, again and again.
+async fn a_batch_the_database_refuses_fails_alone(store: Store) -> anyhow::Result<()> {
+    let mut a = create(&store, "wal_n1", "pro", t0()).await?;
+    let mut b = create(&store, "wal_n2", "pro", t0()).await?;
+    let at = t0() + Duration::minutes(5);
+    a.usage(at, "ka", "thread\0nul", "m", 10);
+    b.usage(at, "kb", "t", "m", 20);
+    let results = store.commit_many(&[a.batch(), b.batch()]).await?;
+    assert!(matches!(results[1], Ok(1)), "{results:?}");
+    assert_eq!(
+        store.load_state("wal_n2").await?.unwrap(),
+        (b.journal.wallet.clone(), 1)
+    );
+    match store.backend() {
+        Backend::Sqlite => assert!(matches!(results[0], Ok(1)), "{results:?}"),
+        Backend::Postgres => {
+            assert!(
+                matches!(results[0], Err(CommitError::Store(_))),
+                "{results:?}"
+            );
+            assert_eq!(store.load_state("wal_n1").await?.unwrap().1, 0);
+            assert_eq!(store.entry_by_key("wal_n1", "ka").await?, None);
+        }
+    }
     Ok(())
 }
 
