@@ -351,6 +351,10 @@ fn check_text(name: &str, value: &str, max: usize, allow_empty: bool) -> Result<
         let min = if allow_empty { 0 } else { 1 };
         return Err(invalid(format!("{name} must be {min} to {max} characters")));
     }
+    if value.contains('\0') {
+        // PostgreSQL cannot store it in text; SQLite would: the stores would differ.
+        return Err(invalid(format!("{name} must not contain U+0000 (NUL)")));
+    }
     Ok(())
 }
 

@@ -160,8 +160,22 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
     Ok(total)
 }
 
+/// What [`longest_string`] reports for a string holding U+0000, which no field accepts
+/// (PostgreSQL cannot store it in text; SQLite would, so the two stores would differ).
+const HOLDS_NUL: usize = usize::MAX;
+
+/// Refuses the longest string found, or one holding U+0000.
+fn check_strings(longest: usize) -> ServerResult<()> {
+    match longest {
+        HOLDS_NUL => Err(invalid("a string contains U+0000 (NUL)")),
+        n if n > MAX_STRING_BYTES => Err(invalid("a string is longer than 64 KiB")),
+        _ => Ok(()),
+    }
+}
+
 fn longest_string(v: &Value) -> usize {
     match v {
+        Value::String(s) if s.contains('\0') => HOLDS_NUL,
         Value::String(s) => s.len(),
         Value::List(items) => items.iter().map(longest_string).max().unwrap_or(0),
         Value::Object(map) => map.values().map(longest_string).max().unwrap_or(0),
@@ -287,16 +301,12 @@ impl LimitsExtension {
         if query.len() > MAX_BODY_BYTES {
             return Err(invalid("the query is larger than 256 KiB"));
         }
-        if variables.values().map(longest_string).max().unwrap_or(0) > MAX_STRING_BYTES {
-            return Err(invalid("a string is longer than 64 KiB"));
-        }
+        check_strings(variables.values().map(longest_string).max().unwrap_or(0))?;
         if let Some(doc) = self.cached(query) {
             return Ok(doc);
         }
         let doc = async_graphql::parser::parse_query(query)?;
-        if longest_literal(&doc) > MAX_STRING_BYTES {
-            return Err(invalid("a string is longer than 64 KiB"));
-        }
+        check_strings(longest_literal(&doc))?;
         let size = expanded(&doc).map_err(invalid)?;
         if size.aliases > MAX_ALIASES {
             return Err(invalid(format!("more than {MAX_ALIASES} aliases")));
@@ -375,6 +385,23 @@ mod tests {
         assert_eq!(resp.errors[0].message, "a string is longer than 64 KiB");
         let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
         assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
+    }
+
+    /// Found by review: a threadId holding U+0000 reached the commit, where PostgreSQL
+    /// refused the whole group commit (and so every other wallet's batch in it).
+    #[tokio::test]
+    async fn a_string_holding_nul_is_refused_before_anything_runs() {
+        let (schema, _) = schema();
+        for resp in [
+            schema.execute(echo("a\0b")).await,
+            schema.execute(r#"{ echo(s: "a\u0000b") }"#).await,
+        ] {
+            assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+            assert_eq!(resp.errors[0].message, "a string contains U+0000 (NUL)");
+            let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
+            assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
+        }
+        assert!(schema.execute(echo("a\tb")).await.errors.is_empty());
     }
 
     #[tokio::test]

@@ -180,6 +180,7 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
         ("129-char key", json!(k129.clone())),
         ("100 KiB key", json!(big.clone())),
         ("1 MiB key", json!(huge.clone())),
+        ("key holding U+0000", json!("k\u{0}")),
     ];
     let mut rows: Vec<(String, &str, Value, &str)> = Vec::new();
     let mut row = |name: String, q: &'static str, vars: Value, code: &'static str| {
@@ -300,6 +301,11 @@ async fn every_mutation_refuses_bad_values_and_changes_nothing(b: Backend) {
         (
             "threadId 1 MiB",
             with(&ru, "threadId", json!(huge)),
+            "INVALID_INPUT",
+        ),
+        (
+            "threadId holding U+0000",
+            with(&ru, "threadId", json!("t\u{0}")),
             "INVALID_INPUT",
         ),
         (

@@ -746,6 +746,22 @@ fn reservation_ttl_is_1_to_3600_seconds() {
     ok(&mut j, "2027-06-01T10:00:00Z", &reserve("r", "1", 3600));
 }
 
+/// Found by review: PostgreSQL cannot store U+0000 in text (SQLite can), so a key or
+/// thread holding one reached the commit and failed there.
+#[test]
+fn text_holding_nul_is_invalid_input() {
+    let mut j = open("pro", "UTC", "2027-06-01T10:00:00Z", None);
+    let before = j.wallet.clone();
+    for op in [usage("k\0", "1"), reserve("r\0", "1", 60)] {
+        assert!(matches!(
+            refused(&mut j, "2027-06-01T10:00:00Z", &op),
+            OpError::InvalidInput(m) if m.contains("U+0000")
+        ));
+    }
+    assert_eq!(j.wallet, before);
+    ok(&mut j, "2027-06-01T10:00:00Z", &usage("k\t", "1"));
+}
+
 #[test]
 fn reservation_is_active_only_before_its_expiry() {
     let mut j = open("pro", "UTC", "2027-06-01T10:00:00Z", None);
