@@ -262,6 +262,12 @@ fn with_codes(mut resp: Response) -> Response {
             e.extensions
                 .get_or_insert_with(Default::default)
                 .set("code", "INVALID_INPUT");
+            let scalar = crate::scalars::ACCEPTED
+                .iter()
+                .find(|(name, _)| e.message.ends_with(&format!("expected type \"{name}\"")));
+            if let Some((_, accepted)) = scalar {
+                e.message = format!("{}: {accepted}", e.message);
+            }
         }
     }
     resp

@@ -38,6 +38,12 @@ impl ScalarType for Credits {
         Ok(Credits(amount))
     }
 
+    /// Checked during validation, so a bad value refuses the whole document before any
+    /// field of it runs.
+    fn is_valid(value: &Value) -> bool {
+        Self::parse(value.clone()).is_ok()
+    }
+
     fn to_value(&self) -> Value {
         Value::String(self.0.to_string())
     }
@@ -68,6 +74,10 @@ impl ScalarType for DateTime {
         }
     }
 
+    fn is_valid(value: &Value) -> bool {
+        Self::parse(value.clone()).is_ok()
+    }
+
     fn to_value(&self) -> Value {
         Value::String(self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
     }
@@ -78,6 +88,17 @@ impl From<ChronoDateTime<Utc>> for DateTime {
         DateTime(t)
     }
 }
+
+/// What each scalar accepts, added to a validation error that names it (validation only
+/// knows that a value is not of the type).
+pub(crate) const ACCEPTED: [(&str, &str); 3] = [
+    (
+        "Credits",
+        "a decimal string with at most 6 fractional digits (\"12.5\") or a whole number of credits; never negative, a float, an exponent, or beyond 64-bit micro-credits",
+    ),
+    ("DateTime", "an RFC 3339 instant (\"2027-01-31T09:00:00Z\")"),
+    ("Seq", "an integer from 0 to 2^53 - 1"),
+];
 
 /// A per-wallet ledger sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +117,10 @@ impl ScalarType for Seq {
                 }),
             _ => Err(InputValueError::expected_type(value)),
         }
+    }
+
+    fn is_valid(value: &Value) -> bool {
+        Self::parse(value.clone()).is_ok()
     }
 
     fn to_value(&self) -> Value {

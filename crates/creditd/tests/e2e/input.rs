@@ -198,6 +198,23 @@ async fn refused_batches_and_aliases_change_nothing(b: Backend) {
         )
         .await;
     assert_eq!(error_code(&resp), "INVALID_INPUT");
+    // Found by review: a bad Credits or DateTime value was read only when its own field
+    // ran, so the fields before it in the document had already been applied (and their
+    // answers lost under `data: null`). Such a value is a validation error now, refused
+    // before anything runs, with what the scalar accepts.
+    for (bad, says) in [
+        ("amount: \"1.0000000\"", "at most 6 fractional digits"),
+        ("amount: 1, expiresAt: \"yesterday\"", "RFC 3339"),
+    ] {
+        let query = format!(
+            "mutation {{ a: grantCredits(input: {{walletId: \"{w}\", idempotencyKey: \"v1\", amount: 1, kind: ADMIN, reason: \"r\"}}) {{ id }} b: grantCredits(input: {{walletId: \"{w}\", idempotencyKey: \"v2\", {bad}, kind: ADMIN, reason: \"r\"}}) {{ id }} }}"
+        );
+        let (_, resp) = app.post(Some(&app.admin), &json!({ "query": query })).await;
+        assert_eq!(error_code(&resp), "INVALID_INPUT", "{resp}");
+        assert!(resp["data"].is_null(), "{resp}");
+        let message = resp["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{resp}");
+    }
     assert_eq!(app.balance(&w).await["total"], "520");
     // A batch within the limit runs every operation.
     let batch: Vec<Value> = (0..2)
