@@ -1090,11 +1090,24 @@ impl Wallet {
             Credits::from_micro(i64::try_from(prorated).expect("prorated ≤ delta fits in i64"));
         // Upgrades on one day may each add to the daily bucket (from a plan with a smaller
         // daily allowance to one with a larger): it never grows past what one part of a
-        // wallet may hold, so the wallet's sums stay within i64 (SPEC 1).
-        let daily_room = Credits::MAX_HOLDING
-            .checked_sub(self.daily.remaining)
-            .unwrap_or(Credits::ZERO)
-            .max(Credits::ZERO);
+        // wallet may hold, so the wallet's sums stay within i64 (SPEC 1). Today's daily
+        // credits held by reservations count: they go back to the bucket (SPEC 4).
+        let held_today: i128 = self
+            .reservations
+            .iter()
+            .flat_map(|r| &r.parts)
+            .filter(|p| p.source == Source::Daily && p.epoch == self.daily.day_start)
+            .map(|p| i128::from(p.amount.micro()))
+            .sum();
+        let daily_room = Credits::from_micro(
+            i64::try_from(
+                (i128::from(Credits::MAX_HOLDING.micro())
+                    - i128::from(self.daily.remaining.micro())
+                    - held_today)
+                    .max(0),
+            )
+            .expect("room ≤ MAX_HOLDING fits in i64"),
+        );
         let daily_added = (new.daily_credits.checked_sub(self.daily.allowance))
             .unwrap_or(Credits::ZERO)
             .max(Credits::ZERO)

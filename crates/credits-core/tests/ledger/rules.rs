@@ -1090,6 +1090,52 @@ fn upgrades_on_one_day_never_stack_the_daily_bucket_past_what_a_wallet_holds() {
     assert!(j.wallet.balance().total > Credits::ZERO);
 }
 
+/// Found by review (Session 13): the cap above counted only the daily credits left in the
+/// bucket, not today's daily credits held by reservations, which go back to it. Reserving
+/// the bucket before each pair of upgrades stacked held credits past i64, and returning
+/// them (a release, or an expiry applied on every later load) panicked.
+#[test]
+fn daily_credits_held_by_reservations_count_against_the_daily_cap() {
+    let custom = |i: i64, daily: Credits| Plan {
+        id: PlanId::from(format!("p{i}").as_str()),
+        name: format!("p{i}"),
+        daily_credits: daily,
+        subscription_credits: Credits::from_micro(i),
+        interval: BillingInterval::Monthly,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
+    };
+    let max = Credits::MAX_HOLDING;
+    let mut plans = catalogue();
+    plans.extend((0..9).map(|i| custom(i, if i % 2 == 0 { max } else { Credits::ZERO })));
+    let mut j = open_with(plans, "p0", "UTC", "2027-06-01T06:00:00Z", None, false);
+    let t = "2027-06-01T07:00:00Z";
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let key = format!("r{i}");
+        // Refused once the cap leaves nothing to hold: then there is nothing to stack.
+        if j.run(at(t), &reserve(&key, &max.to_string(), 3600)).is_ok() {
+            held.push(key);
+        }
+        for step in [2 * i + 1, 2 * i + 2] {
+            ok(
+                &mut j,
+                t,
+                &Op::ChangePlan(PlanId::from(format!("p{step}").as_str())),
+            );
+        }
+    }
+    for key in &held {
+        ok(&mut j, t, &Op::Release(ReservationId(format!("res_{key}"))));
+    }
+    assert!(j.wallet.daily.remaining <= max);
+    // Expiries applied later add up too.
+    j.run(at(t), &reserve("late", "1", 60)).unwrap();
+    j.advance_to(at("2027-06-01T07:05:00Z"));
+    j.check_invariants().unwrap();
+}
+
 #[test]
 fn downgrade_is_scheduled_for_the_period_end_and_daily_waits_for_the_next_reset() {
     let mut j = open("max", "UTC", "2027-06-01T06:00:00Z", None);
