@@ -102,15 +102,25 @@ async fn member_object(
     Ok(TeamMemberObject::new(row, &pool))
 }
 
-/// The reporter, an admin or the service may read a review (SPEC 10: SERVICE may do
-/// everything but a listed few, and `review`/`reviewUpdated` are not among them; it already
-/// reads every review of a wallet through `Wallet.reviews`).
-pub fn check_review_reader(ctx: &Context<'_>, row: &ReviewRow) -> ApiResult<()> {
+/// Who may read a review: an admin or the service (SPEC 10: SERVICE may do everything but
+/// a listed few, and `review`/`reviewUpdated` are not among them), its reporter, and a user
+/// who sees all of its wallet: the owner, an admin of the pool's team. The contract's
+/// `Wallet.reviews` ("a plain team member sees only their own") shows a team admin every
+/// review of the pool, where SPEC 10 says "reviews they filed": the contract wins.
+pub async fn check_review_reader(ctx: &Context<'_>, row: &ReviewRow) -> ApiResult<()> {
     let p = principal(ctx)?;
     match p.role {
-        Role::Admin | Role::Service => Ok(()),
-        Role::User if p.owner_id.as_deref() == Some(row.reporter_id.as_str()) => Ok(()),
-        _ => Err(ApiError::forbidden()),
+        Role::Admin | Role::Service => return Ok(()),
+        Role::User if p.owner_id.as_deref() == Some(row.reporter_id.as_str()) => return Ok(()),
+        _ => {}
+    }
+    let wallet = ledger(ctx)
+        .wallet(&WalletId(row.wallet_id.clone()))
+        .await?
+        .ok_or_else(ApiError::forbidden)?;
+    match crate::access::wallet_access(ctx, &wallet).await? {
+        crate::access::Access::Full => Ok(()),
+        crate::access::Access::Member(_) => Err(ApiError::forbidden()),
     }
 }
 

@@ -178,7 +178,7 @@ impl Query {
         else {
             return Ok(None);
         };
-        crate::mutation::check_review_reader(ctx, &row)?;
+        crate::mutation::check_review_reader(ctx, &row).await?;
         Ok(Some(ReviewObject::new(row)))
     }
 

@@ -162,7 +162,7 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         .open_review(&wallet_id.0, &input.thread_id)
         .await?
     {
-        return open_review(ctx, open);
+        return open_review(ctx, open).await;
     }
     let thread: Vec<UsageRecord> = rows.iter().map(record).collect();
     let report = Report {
@@ -237,20 +237,22 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
     };
     match l.store().insert_review(&row).await? {
         ReviewInsert::New => Ok(row),
-        ReviewInsert::Open(open) => open_review(ctx, *open),
+        ReviewInsert::Open(open) => open_review(ctx, *open).await,
     }
 }
 
 /// The thread's open review, answered to a new report (SPEC 7) only when the caller may
-/// read it (SPEC 10: reviews they filed); another's stays theirs until it is resolved.
-fn open_review(ctx: &Context<'_>, open: ReviewRow) -> ApiResult<ReviewRow> {
-    crate::mutation::check_review_reader(ctx, &open).map_err(|_| {
-        ApiError::new(
+/// read it (its reporter, a team admin of the pool); another member's stays theirs until
+/// it is resolved.
+async fn open_review(ctx: &Context<'_>, open: ReviewRow) -> ApiResult<ReviewRow> {
+    match crate::mutation::check_review_reader(ctx, &open).await {
+        Ok(()) => Ok(open),
+        Err(e) if e.code == crate::error::Code::Forbidden => Err(ApiError::new(
             crate::error::Code::Forbidden,
             "this thread already has an open review filed by someone else",
-        )
-    })?;
-    Ok(open)
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Approves (one COMPENSATION lot) or rejects a review; the same decision again returns it.

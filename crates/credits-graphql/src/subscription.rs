@@ -148,7 +148,7 @@ impl Subscription {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("review"))?;
-        crate::mutation::check_review_reader(ctx, &row)?;
+        crate::mutation::check_review_reader(ctx, &row).await?;
         let row = ReviewObject::shown(row);
         let watch = ReviewWatch {
             rx,

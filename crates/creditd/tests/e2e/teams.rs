@@ -276,6 +276,32 @@ async fn plain_members_see_their_own_share(b: Backend) {
         app.ok(&bob, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
         json!([{ "threadId": "pool-thread" }])
     );
+    // Found by review: the contract's `Wallet.reviews` ("a plain team member sees only
+    // their own") lets a team admin see every review of the pool, which SPEC 10 ("reviews
+    // they filed") did not; the contract wins. So alice sees bob's review, may read it,
+    // and her report of the thread is answered with it (SPEC 7: a new report returns the
+    // open one), where it was FORBIDDEN.
+    assert_eq!(
+        app.ok(&alice, reviews, json!({ "w": pool })).await["wallet"]["reviews"],
+        json!([{ "threadId": "pool-thread" }])
+    );
+    let read = "query($id: ID!) { review(id: $id) { id } }";
+    assert_eq!(
+        app.ok(&alice, read, json!({ "id": id })).await["review"]["id"],
+        id
+    );
+    assert_eq!(
+        app.code(&carol, read, json!({ "id": id })).await,
+        "FORBIDDEN"
+    );
+    let d = app
+        .ok(
+            &alice,
+            crate::reviews::REPORT,
+            json!({ "w": pool, "t": "pool-thread" }),
+        )
+        .await;
+    assert_eq!(d["reportHighUsage"]["id"], id);
     // Bob's review is credited: it covered bob's events only. Carol's report on the same
     // thread still suggests a refund for hers (twice bob's cost, twice his suggestion).
     let bob_refund = credits(&d["reportHighUsage"]["findings"]["suggestedRefund"]);
