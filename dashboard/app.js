@@ -229,6 +229,11 @@ function watchWallet(walletId, teamId = null) {
   entry.unsubscribe = state.client.subscribe(ops.BALANCE_CHANGED, { walletId }, {
     next: (data) => onBalanceEvent(entry, data.balanceChanged),
     error: (error) => {
+      // A token revoked while the page is open: the server closes the live connection.
+      if (error.code === 'UNAUTHENTICATED' && state.token) {
+        signOut(error);
+        return;
+      }
       if (walletId === state.selectedId) showError($('#wallet-error'), error);
     },
   });

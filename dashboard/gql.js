@@ -137,7 +137,9 @@ export class SubscriptionClient {
         this.onStatus('failed', event.reason || `closed with code ${event.code}`);
         for (const { sink } of this.subs.values()) {
           sink.error?.(new GqlError(event.reason || 'The server refused the live connection', {
-            code: event.code === 4401 ? 'UNAUTHENTICATED' : event.code === 4403 ? 'FORBIDDEN' : 'INVALID_INPUT',
+            // creditd closes with 4403 only for a token it refuses: unknown, or revoked
+            // while the socket was open.
+            code: event.code === 4401 || event.code === 4403 ? 'UNAUTHENTICATED' : 'INVALID_INPUT',
           }));
         }
         return;

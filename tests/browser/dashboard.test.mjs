@@ -59,7 +59,7 @@ const BALANCE_FIELDS = 'total reserved daily { remaining allowance nextResetAt }
 
 describe('account dashboard in Chromium against creditd', () => {
   before(async () => {
-    server = await startCreditd('dashboard', { manualClock: START_CLOCK });
+    server = await startCreditd('dashboard', { manualClock: START_CLOCK, wsKeepalive: 1 });
     world.browser = await launchChromium();
     await fs.mkdir(SCREENSHOTS, { recursive: true });
   });
@@ -356,6 +356,37 @@ describe('account dashboard in Chromium against creditd', () => {
     const left = await page.evaluate(() => ['#usage-rows', '#grants', '#review-list', '#team-list', '#accounts']
       .map((s) => document.querySelector(s).textContent).join(''));
     assert.equal(left, '', 'what the signed-out user saw is gone from the page');
+    assert.deepEqual(world.pageErrors, [], 'uncaught errors in the page');
+  });
+
+  step('a token revoked while the page is open signs it out', async () => {
+    const { page } = world;
+    const { createApiToken } = await admin('mutation Revocable { createApiToken(role: USER, ownerId: "alice") { token } }');
+    let lastQuery = Date.now();
+    const queries = [];
+    const count = (request) => {
+      if (request.method() !== 'POST') return;
+      lastQuery = Date.now();
+      queries.push(request.postData()?.slice(0, 60));
+    };
+    page.on('request', count);
+    page.on('requestfinished', count);
+    await page.getByLabel('API token').fill(createApiToken.token);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.locator('#live[data-status="live"]').waitFor({ timeout: LOAD_MS });
+    await readFigure(page, 'total');
+    // Once the page has loaded (its last query a second ago), it is signed out by the live
+    // connection alone, not by a query that happened to run.
+    while (Date.now() - lastQuery < 1000) await new Promise((r) => setTimeout(r, 100));
+    queries.length = 0;
+    await admin('mutation Revoke($t: String!) { revokeApiToken(token: $t) }', { t: createApiToken.token });
+    // Closed (4403) at the server's next keepalive ping: one second here.
+    await page.getByLabel('API token').waitFor({ timeout: LOAD_MS });
+    page.off('request', count);
+    page.off('requestfinished', count);
+    assert.deepEqual(queries, [], 'no query ran between the revocation and the sign-out');
+    assert.equal(await page.evaluate(() => sessionStorage.getItem('creditd.token')), null);
+    assert.match(await page.locator('[data-testid="sign-in-error"]').textContent(), /UNAUTHENTICATED/);
     assert.deepEqual(world.pageErrors, [], 'uncaught errors in the page');
   });
 });

@@ -57,7 +57,7 @@ export async function eventually(what, probe, check, timeoutMs, expectation) {
  * (in a temporary directory named after `name`), a random admin token and, if given, a
  * manual clock; resolves once `/readyz` answers. Returns `{ base, adminToken, log(), stop() }`.
  */
-export async function startCreditd(name, { manualClock } = {}) {
+export async function startCreditd(name, { manualClock, wsKeepalive } = {}) {
   const bin = process.env.CREDITD_BIN;
   if (!bin) {
     throw new Error('CREDITD_BIN is not set: point it at the built creditd binary, e.g. '
@@ -77,6 +77,7 @@ export async function startCreditd(name, { manualClock } = {}) {
     '--plugins', plugins,
   ];
   if (manualClock) args.push('--manual-clock', manualClock);
+  if (wsKeepalive) args.push('--ws-keepalive', String(wsKeepalive));
   const env = { ...process.env, CREDITD_ADMIN_TOKEN: adminToken };
   for (const variable of ['CREDITD_LISTEN', 'CREDITD_DATABASE_URL']) delete env[variable];
   const child = spawn(bin, args, { cwd: tmp, env, stdio: ['ignore', 'pipe', 'pipe'] });

@@ -91,6 +91,14 @@ enum TokenCommand {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Revoke a token: requests with it fail at once, WebSockets opened with it are closed
+    /// within one keepalive period. Exits 1 when no such token is stored.
+    Revoke {
+        /// The token, as `token create` printed it.
+        token: String,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -170,6 +178,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             store.insert_token(&row).await?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { token, serve },
+        } => {
+            let settings = Settings::load(serve, cli.config.as_deref())?;
+            let store = open_store(&settings).await?;
+            if !store
+                .delete_token(&TokenHash::of_secret(token.trim()))
+                .await?
+            {
+                anyhow::bail!("no such token is stored");
+            }
+            println!("revoked");
             Ok(())
         }
     }

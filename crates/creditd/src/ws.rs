@@ -90,9 +90,9 @@ pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
     {
         Err(_) => Some((4408, "Connection initialisation timeout".to_owned())),
         Ok(Err(close)) => close,
-        Ok(Ok(principal)) => match send(&mut sink, &ServerMessage::ConnectionAck).await {
+        Ok(Ok((principal, auth))) => match send(&mut sink, &ServerMessage::ConnectionAck).await {
             Ok(()) => {
-                Connection::new(state, protocol, principal)
+                Connection::new(state, protocol, principal, auth)
                     .run(&mut sink, &mut incoming)
                     .await
             }
@@ -142,7 +142,7 @@ async fn init(
     sink: &mut Outgoing,
     incoming: &mut Incoming,
     state: &AppState,
-) -> Result<Principal, Close> {
+) -> Result<(Principal, Option<String>), Close> {
     loop {
         match read(incoming).await? {
             ClientMessage::ConnectionInit { payload } => {
@@ -155,6 +155,7 @@ async fn init(
                 // graphql-ws closes on a server error, so that the client tries again.
                 return crate::server::principal_from(state, auth)
                     .await
+                    .map(|p| (p, auth.map(str::to_owned)))
                     .map_err(|e| match e.code {
                         Code::Unavailable => Some((4500, e.message)),
                         _ => Some((4403, e.message)),
@@ -212,6 +213,9 @@ struct Connection {
     state: Shared,
     protocol: Protocol,
     principal: Principal,
+    /// The `connection_init` credentials, looked up again at every keepalive ping: a token
+    /// revoked meanwhile closes the socket.
+    auth: Option<String>,
     /// Open subscriptions by id: their generation and the handle that ends them.
     open: HashMap<String, (u64, AbortHandle)>,
     events: SelectAll<BoxStream<'static, Tagged>>,
@@ -219,11 +223,12 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(state: Shared, protocol: Protocol, principal: Principal) -> Self {
+    fn new(state: Shared, protocol: Protocol, principal: Principal, auth: Option<String>) -> Self {
         Connection {
             state,
             protocol,
             principal,
+            auth,
             open: HashMap::new(),
             events: SelectAll::new(),
             generation: 0,
@@ -257,6 +262,13 @@ impl Connection {
                     if heard.elapsed() >= gone_after {
                         tracing::debug!("closing a WebSocket whose peer stopped answering");
                         return None;
+                    }
+                    // Revoked since: closed as `connection_init` would have been refused.
+                    // A store that cannot be asked now is no refusal: the socket stays.
+                    if let Err(e) = crate::server::principal_from(&self.state, self.auth.as_deref()).await
+                        && e.code == Code::Unauthenticated
+                    {
+                        return Some((4403, e.message));
                     }
                     let ping = sink.send(Message::Ping(Default::default()));
                     matches!(tokio::time::timeout(gone_after, ping).await, Ok(Ok(())))

@@ -493,6 +493,23 @@ impl Mutation {
         ))
     }
 
+    /// Admins: revokes a token made by `createApiToken` or `creditd token create`; false
+    /// when no such token is stored (the bootstrap admin token lives in
+    /// `CREDITD_ADMIN_TOKEN`). Requests with it fail at once; a WebSocket opened with it is
+    /// closed (4403) within one keepalive period.
+    #[graphql(guard = "RoleGuard::new(ADMIN)")]
+    async fn revoke_api_token(
+        &self,
+        ctx: &Context<'_>,
+        token: String,
+    ) -> async_graphql::Result<bool> {
+        Ok(ledger(ctx)
+            .store()
+            .delete_token(&TokenHash::of_secret(&token))
+            .await
+            .map_err(ApiError::from)?)
+    }
+
     #[graphql(guard = "RoleGuard::new(ADMIN)")]
     async fn create_api_token(
         &self,

@@ -25,6 +25,15 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the token whose secret hashes to `hash`: whether there was one.
+    pub async fn delete_token(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let deleted = api_tokens::Entity::delete_by_id(hash.as_hex().to_owned())
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        Ok(deleted.rows_affected > 0)
+    }
+
     /// The token whose secret hashes to `hash`, if any.
     pub async fn find_token(&self, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
         let Some(m) = api_tokens::Entity::find_by_id(hash.as_hex().to_owned())

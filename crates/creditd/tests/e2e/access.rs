@@ -86,6 +86,7 @@ const MATRIX: &[(&str, Kind, [&str; 8])] = &[
     ("reportHighUsage(pool)", Kind::Mutation, TEAM),
     ("resolveReview", Kind::Mutation, ADMIN_ONLY),
     ("createApiToken", Kind::Mutation, ADMIN_ONLY),
+    ("revokeApiToken", Kind::Mutation, ADMIN_ONLY),
     ("reloadPricing", Kind::Mutation, ADMIN_ONLY),
     ("advanceClock", Kind::Mutation, ADMIN_ONLY),
     ("balanceChanged", Kind::Subscription, OWNER),
@@ -315,6 +316,10 @@ async fn request(app: &App, w: &World, op: &str, n: usize) -> (String, Value) {
         }
         "createApiToken" => (
             q("mutation { createApiToken(role: SERVICE) { role } }"),
+            json!({}),
+        ),
+        "revokeApiToken" => (
+            q("mutation { revokeApiToken(token: \"not-a-token\") }"),
             json!({}),
         ),
         "reloadPricing" => (q("mutation { reloadPricing { id } }"), json!({})),

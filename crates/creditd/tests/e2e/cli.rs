@@ -137,6 +137,22 @@ async fn token_create_prints_a_token_that_authenticates(b: Backend) {
         .ok(&token, "{ viewer { role ownerId } }", json!({}))
         .await;
     assert_eq!(d["viewer"], json!({ "role": "USER", "ownerId": "alice" }));
+    // `token revoke` deletes it: refused from then on; revoking it again fails.
+    let revoke = || {
+        creditd()
+            .current_dir(app.dir.path())
+            .args(["token", "revoke", &token, "--database", &app.db.url])
+            .output()
+            .unwrap()
+    };
+    let out = revoke();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        app.code(&token, "{ viewer { role } }", json!({})).await,
+        "UNAUTHENTICATED"
+    );
+    let out = revoke();
+    assert!(!out.status.success(), "{out:?}");
     // A USER token needs an owner.
     let out = creditd()
         .current_dir(app.dir.path())

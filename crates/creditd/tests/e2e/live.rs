@@ -463,6 +463,58 @@ async fn a_removed_member_stops_receiving_the_pools_events(b: Backend) {
     );
 }
 
+/// Found by review: there was no way to revoke a token, and a WebSocket kept the caller
+/// it authenticated at `connection_init` for ever. `revokeApiToken` (ADMIN) deletes the
+/// token: HTTP refuses it at once, and an open socket is closed (4403) at its next
+/// keepalive ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_and_its_websocket_closed() {
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        Some(crate::helpers::START),
+        &[("CREDITD_WS_KEEPALIVE", "1")],
+    )
+    .await;
+    let w = app.wallet("alice", "pro").await;
+    let alice = app.token("USER", Some("alice")).await;
+    let kept = app.token("USER", Some("alice")).await;
+    let mut sockets = Vec::new();
+    for token in [&alice, &kept] {
+        let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", token).await;
+        assert!(matches!(init, Init::Ack), "{init:?}");
+        ws.subscribe("b", BALANCE_CHANGED, json!({ "w": w })).await;
+        assert_eq!(
+            ws.next_data("b").await["balanceChanged"]["cause"],
+            "SNAPSHOT"
+        );
+        sockets.push(ws);
+    }
+    let revoke = "mutation($t: String!) { revokeApiToken(token: $t) }";
+    let service = app.token("SERVICE", None).await;
+    assert_eq!(
+        app.code(&service, revoke, json!({ "t": alice })).await,
+        "FORBIDDEN"
+    );
+    let d = app.ok(&app.admin, revoke, json!({ "t": alice })).await;
+    assert_eq!(d["revokeApiToken"], true);
+    let d = app.ok(&app.admin, revoke, json!({ "t": alice })).await;
+    assert_eq!(d["revokeApiToken"], false, "already gone");
+    assert_eq!(
+        app.code(&alice, "{ viewer { role } }", json!({})).await,
+        "UNAUTHENTICATED"
+    );
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), sockets[0].close_code())
+        .await
+        .expect("closed at a keepalive ping");
+    assert_eq!(closed, Some(4403));
+    // The other token's socket still streams.
+    app.record(&w, "k", "t", "standard-chat", 1000, 100).await;
+    assert_eq!(
+        sockets[1].next_data("b").await["balanceChanged"]["cause"],
+        "USAGE"
+    );
+}
+
 /// Found by review: nothing ended a WebSocket whose peer had gone without a word (a
 /// sleeping laptop, a lost NAT entry). It kept its place under `--max-websockets`, and its
 /// subscriptions kept their wallets in memory, for ever. The server now pings every
