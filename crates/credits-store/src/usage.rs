@@ -308,7 +308,10 @@ impl Store {
                 Ok(SummaryRow {
                     key: row.try_get("", "k").map_err(StoreError::Db)?,
                     sub_key: row.try_get("", "s").map_err(StoreError::Db)?,
-                    credits_ucr: row.try_get("", "total").map_err(StoreError::Db)?,
+                    credits_ucr: total(
+                        row.try_get("", "hi").map_err(StoreError::Db)?,
+                        row.try_get("", "lo").map_err(StoreError::Db)?,
+                    ),
                     events: row.try_get("", "n").map_err(StoreError::Db)?,
                 })
             })
@@ -442,7 +445,8 @@ fn summary_sql(
         Some(sub) => sql.push(sub).push(" AS s, "),
         None => sql.push("NULL AS s, "),
     };
-    sql.push("CAST(SUM(u.cost_ucr) AS BIGINT) AS total, CAST(COUNT(*) AS BIGINT) AS n");
+    sql.push(SUM_COST_PARTS)
+        .push(", CAST(COUNT(*) AS BIGINT) AS n");
     sql.push(" FROM usage_events u")
         .push(summary_index(backend, filter));
     if wants_day {
@@ -467,12 +471,21 @@ fn rank_statement(
     (wallet_id, thread_id): (&str, &str),
     cost_ucr: i64,
 ) -> Statement {
+    // A thread's total, hi * 2^32 + lo in two parts (see `SUM_COST_PARTS`), carried so that
+    // lo < 2^32, compares with the cost's own parts without leaving i64.
+    let (cost_hi, cost_lo) = (cost_ucr >> 32, cost_ucr & 0xffff_ffff);
     let mut sql = Sql::new(backend);
     sql.push("SELECT CAST(COUNT(*) AS BIGINT) AS threads, ")
-        .push("CAST(COALESCE(SUM(CASE WHEN t.total <= ")
-        .bind(cost_ucr)
-        .push(" THEN 1 ELSE 0 END), 0) AS BIGINT) AS below FROM (")
-        .push("SELECT u.wallet_id, u.thread_id, SUM(u.cost_ucr) AS total FROM usage_events u")
+        .push("CAST(COALESCE(SUM(CASE WHEN t.hi + t.lo / 4294967296 < ")
+        .bind(cost_hi)
+        .push(" OR (t.hi + t.lo / 4294967296 = ")
+        .bind(cost_hi)
+        .push(" AND t.lo % 4294967296 <= ")
+        .bind(cost_lo)
+        .push(") THEN 1 ELSE 0 END), 0) AS BIGINT) AS below FROM (")
+        .push("SELECT u.wallet_id, u.thread_id, ")
+        .push(SUM_COST_PARTS)
+        .push(" FROM usage_events u")
         // SQLite's statistics can make it skip-scan (wallet, model, …) wallet by wallet.
         .push(match backend {
             DbBackend::Sqlite => " INDEXED BY usage_model_at_cover",
@@ -490,6 +503,18 @@ fn rank_statement(
         .bind(thread_id.to_owned())
         .push(")");
     sql.build()
+}
+
+/// The sum of `u.cost_ucr` (never negative) as `hi` * 2^32 + `lo`, each part a sum that
+/// stays within i64 for up to 2^31 rows, where the plain sum of costs near i64's largest
+/// overflows after two (SQLite fails the query; PostgreSQL its cast to BIGINT).
+const SUM_COST_PARTS: &str = "CAST(SUM(u.cost_ucr / 4294967296) AS BIGINT) AS hi, \
+    CAST(SUM(u.cost_ucr % 4294967296) AS BIGINT) AS lo";
+
+/// The total of [`SUM_COST_PARTS`]; one past i64 is shown at i64's largest.
+fn total(hi: i64, lo: i64) -> i64 {
+    let exact = (i128::from(hi) << 32) + i128::from(lo);
+    i64::try_from(exact).unwrap_or(i64::MAX)
 }
 
 fn group_expr(by: GroupBy) -> &'static str {

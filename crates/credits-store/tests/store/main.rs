@@ -32,6 +32,7 @@ both!(
     due_queries_and_events,
     payment_reference_is_unique_across_wallets,
     thread_rank_counts_platform_threads,
+    sums_past_i64_neither_fail_nor_wrap,
     commits_are_announced_to_listeners,
     a_long_thread_is_read_from_its_newest_events,
     a_members_thread_events_are_read_past_other_members_newer_ones,
@@ -1179,6 +1180,70 @@ async fn payment_reference_is_unique_across_wallets(store: Store) -> anyhow::Res
     assert_eq!(found.bundle_id.as_deref(), Some("credits-100"));
     assert_eq!(found.kind, "PURCHASE");
     assert_eq!(store.load_wallet("wal_pay2").await?.unwrap().version, 0);
+    Ok(())
+}
+
+/// Found by review: summaries and the percentile summed costs in SQL, in i64. A model's
+/// threads whose costs add up past i64 (a plugin's extreme prices, settlements written
+/// off) made SQLite fail the query ("integer overflow") and PostgreSQL its cast: that
+/// wallet's summaries, and on SQLite every report on that model for 30 days. Costs are
+/// summed in two parts now: exact for any number of rows, a total past i64 shown at
+/// i64's largest.
+async fn sums_past_i64_neither_fail_nor_wrap(store: Store) -> anyhow::Result<()> {
+    let half = credits_core::Credits::MAX_HOLDING.micro() / 2;
+    let mut big = create(&store, "wal_big", "pro", t0()).await?;
+    for i in 0..9 {
+        let at = t0() + Duration::minutes(i);
+        big.grant(at, &format!("g{i}"), half);
+        big.usage(at, &format!("u{i}"), "big", "m", half);
+    }
+    big.commit(&store).await?;
+    let mut small = create(&store, "wal_small", "pro", t0()).await?;
+    small.usage(t0() + Duration::minutes(1), "s", "small", "m", 1_000);
+    small.commit(&store).await?;
+
+    let filter = UsageFilter::default();
+    let groups = store
+        .usage_summary("wal_big", &filter, GroupBy::Model, None, chrono_tz::UTC)
+        .await?;
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].credits_ucr, groups[0].events), (i64::MAX, 9));
+    // Below i64, exact: eight of the nine.
+    let filter = UsageFilter {
+        to: Some(t0() + Duration::minutes(8)),
+        ..UsageFilter::default()
+    };
+    let groups = store
+        .usage_summary("wal_big", &filter, GroupBy::Thread, None, chrono_tz::UTC)
+        .await?;
+    assert_eq!(groups[0].credits_ucr, 8 * half);
+
+    let window = (t0(), t0() + Duration::hours(1));
+    // The small thread ranked: the big one (past i64) is above it, at any cost up to i64.
+    for cost in [1_000, i64::MAX] {
+        let rank = store
+            .thread_rank("m", window.0, window.1, ("wal_small", "small"), cost)
+            .await?;
+        assert_eq!(
+            rank,
+            ThreadRank {
+                threads: 2,
+                at_or_below: 1
+            },
+            "{cost}"
+        );
+    }
+    // The big one ranked: the small one is below it.
+    let rank = store
+        .thread_rank("m", window.0, window.1, ("wal_big", "big"), i64::MAX)
+        .await?;
+    assert_eq!(
+        rank,
+        ThreadRank {
+            threads: 2,
+            at_or_below: 2
+        }
+    );
     Ok(())
 }
 
