@@ -1,12 +1,19 @@
-//! The TCP listener `serve` accepts on: every connection gets a read timeout, so one that
-//! sends nothing for that long (an idle keep-alive connection, a client gone without a FIN,
-//! a header that never ends) is closed instead of holding a socket and a task for ever.
-//! Live WebSockets are never idle that long: their peers answer the server's pings.
+//! Accepting connections and serving HTTP on them. Every connection gets a read timeout, so
+//! one that sends nothing for that long (an idle keep-alive connection, a client gone
+//! without a FIN) is closed instead of holding a socket and a task for ever; and a request
+//! head must arrive whole within the header timeout, so a client that trickles its headers
+//! a byte at a time (slowloris) cannot hold one either. Live WebSockets are never idle
+//! that long: their peers answer the server's pings.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_io_timeout::TimeoutStream;
 
 pub struct IdleLimited {
@@ -18,20 +25,58 @@ impl IdleLimited {
     pub fn new(listener: TcpListener, idle: Duration) -> Self {
         IdleLimited { listener, idle }
     }
-}
 
-impl axum::serve::Listener for IdleLimited {
-    type Io = Pin<Box<TimeoutStream<TcpStream>>>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+    async fn accept(&mut self) -> Pin<Box<TimeoutStream<TcpStream>>> {
+        let (io, _) = axum::serve::Listener::accept(&mut self.listener).await;
         let mut io = TimeoutStream::new(io);
         io.set_read_timeout(Some(self.idle));
-        (Box::pin(io), addr)
+        Box::pin(io)
     }
+}
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.listener.local_addr()
+/// Serves `router` over HTTP/1.1 (with WebSocket upgrades) until `stop` resolves; then
+/// accepts nothing more, lets each connection finish the requests it is serving (idle
+/// keep-alive connections close) and returns once they have. Upgraded WebSockets are not
+/// waited for: they run on tasks of their own.
+pub async fn serve(
+    mut listener: IdleLimited,
+    router: Router,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    // Dropped to tell connections to stop; each connection holds `done` until it ends.
+    let (stopping, stop_rx) = watch::channel(());
+    let (done, all_done) = watch::channel(());
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let io = tokio::select! {
+            io = listener.accept() => io,
+            () = &mut stop => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut stop_rx = stop_rx.clone();
+        let all_done = all_done.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop_rx.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(all_done);
+        });
     }
+    drop(listener);
+    drop(stopping);
+    drop(all_done);
+    done.closed().await;
 }

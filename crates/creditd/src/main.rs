@@ -357,9 +357,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // A connection that sends nothing for four keepalive periods is gone (2 min by
     // default; a live WebSocket answers a ping every period).
     let listener = listener::IdleLimited::new(listener, 4 * settings.ws_keepalive);
-    axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(stop)
-        .await?;
+    listener::serve(
+        listener,
+        server::router(state),
+        settings.header_timeout,
+        stop,
+    )
+    .await;
     // HTTP requests are done; WebSocket operations (not tracked by axum once upgraded)
     // finish here, and new ones are refused.
     // The write guard is kept until the process ends, so operations stay refused while

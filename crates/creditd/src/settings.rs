@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_WEBSOCKETS: usize = 1024;
 /// laptop, a lost NAT entry. Its socket is closed and its subscriptions let go.
 pub const DEFAULT_WS_KEEPALIVE_SECS: u64 = 30;
 pub const MAX_WS_KEEPALIVE_SECS: u64 = 3600;
+/// A request head (request line and headers) must arrive whole within this, and an idle
+/// keep-alive connection is closed after it: a client that trickles its headers a byte at
+/// a time (slowloris) holds no connection for longer.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 30;
 
 /// Options of `creditd serve`; each is also an environment variable and a config key.
 #[derive(Args, Clone, Debug, Default)]
@@ -70,6 +74,10 @@ pub struct ServeArgs {
     /// (default 30).
     #[arg(long, env = "CREDITD_WS_KEEPALIVE")]
     pub ws_keepalive: Option<u64>,
+    /// Seconds a request's head may take to arrive whole, and an idle keep-alive HTTP
+    /// connection stays open (default 30).
+    #[arg(long, env = "CREDITD_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -85,6 +93,7 @@ struct FileSettings {
     max_in_flight: Option<usize>,
     max_websockets: Option<usize>,
     ws_keepalive: Option<u64>,
+    header_timeout: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +110,8 @@ pub struct Settings {
     pub max_websockets: usize,
     /// At least 1 s.
     pub ws_keepalive: std::time::Duration,
+    /// At least 1 s.
+    pub header_timeout: std::time::Duration,
 }
 
 /// Where cargo put this executable, and with it the built tier libraries.
@@ -146,6 +157,14 @@ impl Settings {
             (1..=MAX_WS_KEEPALIVE_SECS).contains(&ws_keepalive),
             "--ws-keepalive must be 1 to {MAX_WS_KEEPALIVE_SECS} (seconds)"
         );
+        let header_timeout = args
+            .header_timeout
+            .or(file.header_timeout)
+            .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
+        anyhow::ensure!(
+            (1..=MAX_WS_KEEPALIVE_SECS).contains(&header_timeout),
+            "--header-timeout must be 1 to {MAX_WS_KEEPALIVE_SECS} (seconds)"
+        );
         Ok(Settings {
             listen: listen
                 .parse()
@@ -172,6 +191,7 @@ impl Settings {
                 .or(file.max_websockets)
                 .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
             ws_keepalive: std::time::Duration::from_secs(ws_keepalive),
+            header_timeout: std::time::Duration::from_secs(header_timeout),
         })
     }
 }

@@ -578,6 +578,48 @@ async fn a_silent_peer_is_disconnected_and_a_live_one_kept() {
     drop(silent);
 }
 
+/// Found by review (Sessions 11-13): a client that trickled its request headers a byte now
+/// and then was never idle long enough for the read timeout, so it held a connection and a
+/// task for as long as it liked (slowloris): axum's server set no header timeout. A
+/// request head must now arrive whole within `--header-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_never_ends_is_cut_off() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        Some(crate::helpers::START),
+        &[("CREDITD_HEADER_TIMEOUT", "1")],
+    )
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        assert!(
+            opened.elapsed() < Duration::from_secs(10),
+            "a trickling request head still holds its connection"
+        );
+        // One more header line every 200 ms: never silent, never done.
+        if slow.write_all(b"X-Trickle: 1\r\n").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            // A 408 or the like, then the close.
+            Ok(Ok(_)) => continue,
+            Err(_) => continue,
+        }
+    };
+    assert!(closed);
+    // A request that completes its head in time is served as before.
+    let ok = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+}
+
 /// Found by review: nothing ended a connection that sent nothing (an idle keep-alive
 /// connection, a client gone without a FIN, a request whose headers never end): each held
 /// a socket and a task for ever. One silent for four keepalive periods is closed now; a
