@@ -108,10 +108,19 @@ async fn member_object(
 /// `Wallet.reviews` ("a plain team member sees only their own") shows a team admin every
 /// review of the pool, where SPEC 10 says "reviews they filed": the contract wins.
 pub async fn check_review_reader(ctx: &Context<'_>, row: &ReviewRow) -> ApiResult<()> {
+    review_reader(ctx, row).await.map(drop)
+}
+
+/// Why the caller may read a review (see [`check_review_reader`]): `Some((team, user))`
+/// when only as an admin of the pool's team, a standing that can end while they watch it.
+pub async fn review_reader(
+    ctx: &Context<'_>,
+    row: &ReviewRow,
+) -> ApiResult<Option<(String, String)>> {
     let p = principal(ctx)?;
     match p.role {
-        Role::Admin | Role::Service => return Ok(()),
-        Role::User if p.owner_id.as_deref() == Some(row.reporter_id.as_str()) => return Ok(()),
+        Role::Admin | Role::Service => return Ok(None),
+        Role::User if p.owner_id.as_deref() == Some(row.reporter_id.as_str()) => return Ok(None),
         _ => {}
     }
     let wallet = ledger(ctx)
@@ -119,7 +128,10 @@ pub async fn check_review_reader(ctx: &Context<'_>, row: &ReviewRow) -> ApiResul
         .await?
         .ok_or_else(ApiError::forbidden)?;
     match crate::access::wallet_access(ctx, &wallet).await? {
-        crate::access::Access::Full => Ok(()),
+        crate::access::Access::Full => Ok(match (wallet.pool, p.user()) {
+            (true, Some(user)) => Some((wallet.owner_id.clone(), user.to_owned())),
+            _ => None,
+        }),
         crate::access::Access::Member(_) => Err(ApiError::forbidden()),
     }
 }

@@ -148,12 +148,13 @@ impl Subscription {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("review"))?;
-        crate::mutation::check_review_reader(ctx, &row).await?;
+        let team_admin = crate::mutation::review_reader(ctx, &row).await?;
         let row = ReviewObject::shown(row);
         let watch = ReviewWatch {
             rx,
             store,
             last: None,
+            team_admin,
         };
         // A review that stays unreadable ends the stream with UNAVAILABLE (sent once): the
         // client subscribes again and gets its state first.
@@ -165,7 +166,7 @@ impl Subscription {
                     Some(row) => row,
                     None => match watch.next().await? {
                         Ok(row) => row,
-                        Err(e) => return Some((Err(ApiError::from(e).into()), (None, None))),
+                        Err(e) => return Some((Err(e.into()), (None, None))),
                     },
                 };
                 watch.last = Some(row.clone());
@@ -185,6 +186,10 @@ struct ReviewWatch {
     rx: broadcast::Receiver<ReviewChange>,
     store: credits_store::Store,
     last: Option<ReviewRow>,
+    /// (team, user) when the watcher reads the review only as an admin of the pool's team:
+    /// checked again before each change, so one removed or made a plain member stops
+    /// hearing of it.
+    team_admin: Option<(String, String)>,
 }
 
 impl ReviewWatch {
@@ -208,8 +213,9 @@ impl ReviewWatch {
     }
 
     /// The review's next state unlike the last one sent; `None` when the hub closes or
-    /// the review is gone, an error when it could not be read.
-    async fn next(&mut self) -> Option<Result<ReviewRow, credits_store::StoreError>> {
+    /// the review is gone, an error when it could not be read or the watcher may no
+    /// longer read it.
+    async fn next(&mut self) -> Option<Result<ReviewRow, ApiError>> {
         let id = self.last.as_ref()?.id.clone();
         loop {
             match self.rx.recv().await {
@@ -221,9 +227,16 @@ impl ReviewWatch {
             }
             let row = match self.read(&id).await {
                 Ok(row) => ReviewObject::shown(row?),
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Some(Err(e.into())),
             };
             if self.last.as_ref() != Some(&row) {
+                if let Some((team, user)) = &self.team_admin {
+                    match self.store.member(team, user).await {
+                        Ok(Some(m)) if m.role == credits_store::MemberRole::Admin => {}
+                        Ok(_) => return Some(Err(ApiError::forbidden())),
+                        Err(e) => return Some(Err(e.into())),
+                    }
+                }
                 return Some(Ok(row));
             }
         }
@@ -270,6 +283,7 @@ mod tests {
             rx,
             store: store.clone(),
             last: Some(submitted),
+            team_admin: None,
         };
         assert!(
             store
@@ -326,6 +340,7 @@ mod tests {
             rx,
             store: store.clone(),
             last: Some(submitted),
+            team_admin: None,
         };
         assert!(store.resolve_review(&rejection("rev_1")).await.unwrap());
         // Its own message is pushed out by three about other reviews.
@@ -363,6 +378,7 @@ mod tests {
             rx,
             store: store.clone(),
             last: Some(submitted),
+            team_admin: None,
         };
         let sql = |q: &'static str| {
             let store = store.clone();

@@ -15,6 +15,7 @@ on_both!(
     due_events_stream_in_order_at_their_instants,
     protocol_messages_and_close_codes,
     a_removed_member_stops_receiving_the_pools_events,
+    a_team_admin_removed_stops_hearing_of_a_members_review,
 );
 
 const BALANCE_CHANGED: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { walletId seq cause at balance { ...Bal } } }";
@@ -460,6 +461,70 @@ async fn a_removed_member_stops_receiving_the_pools_events(b: Backend) {
     assert_eq!(
         cy_ws.next_data("p").await["balanceChanged"]["cause"],
         "USAGE"
+    );
+}
+
+/// Found by review (Session 13): once team admins could read their members' reviews of
+/// the pool, `reviewUpdated` checked that only when it started, so an admin removed from
+/// the team still heard of the resolution (amount and note). An admin's standing is
+/// checked again before each change.
+async fn a_team_admin_removed_stops_hearing_of_a_members_review(b: Backend) {
+    let app = App::spawn(b).await;
+    let (team, pool) = app.team("ann").await;
+    let member =
+        "mutation($t: ID!, $u: String!) { addTeamMember(teamId: $t, userId: $u) { userId } }";
+    app.ok(&app.admin, member, json!({ "t": team, "u": "bob" }))
+        .await;
+    let r = app
+        .gql(
+            &app.admin,
+            "mutation($p: ID!) { recordUsage(input: {walletId: $p, idempotencyKey: \"k\", threadId: \"t\", model: \"economy-mini\", inputTokens: 1, outputTokens: 1, memberId: \"bob\"}) { replayed } }",
+            json!({ "p": pool }),
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let bob = app.token("USER", Some("bob")).await;
+    let d = app.ok(&bob, REPORT, json!({ "w": pool, "t": "t" })).await;
+    let id = d["reportHighUsage"]["id"].as_str().unwrap().to_owned();
+
+    let ann = app.token("USER", Some("ann")).await;
+    let watch = "subscription($id: ID!) { reviewUpdated(reviewId: $id) { id status } }";
+    let mut sockets = Vec::new();
+    for token in [&ann, &bob] {
+        let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", token).await;
+        assert!(matches!(init, Init::Ack), "{init:?}");
+        ws.subscribe("r", watch, json!({ "id": id })).await;
+        assert_eq!(
+            ws.next_data("r").await["reviewUpdated"]["status"],
+            "SUBMITTED"
+        );
+        sockets.push(ws);
+    }
+    // Another admin takes over; ann leaves the team.
+    app.ok(
+        &app.admin,
+        "mutation($t: ID!) { addTeamMember(teamId: $t, userId: \"dee\", role: ADMIN) { userId } }",
+        json!({ "t": team }),
+    )
+    .await;
+    let remove = "mutation($t: ID!, $u: String!) { removeTeamMember(teamId: $t, userId: $u) }";
+    app.ok(&app.admin, remove, json!({ "t": team, "u": "ann" }))
+        .await;
+    app.ok(
+        &app.admin,
+        RESOLVE,
+        json!({ "i": { "reviewId": id, "decision": "REJECT", "note": "no" } }),
+    )
+    .await;
+    let refused = sockets[0].next("r").await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    // The reporter hears of it.
+    assert_eq!(
+        sockets[1].next_data("r").await["reviewUpdated"]["status"],
+        "REJECTED"
     );
 }
 
