@@ -67,6 +67,9 @@ struct ErrorPayload {
     message: String,
 }
 
+/// A lookup of the socket's token, run at each keepalive ping.
+type TokenCheck = futures::future::BoxFuture<'static, Result<Principal, credits_graphql::ApiError>>;
+
 /// Why the loop stops: a close frame to send (code, reason), or nothing (the client left).
 type Close = Option<(u16, String)>;
 
@@ -243,6 +246,7 @@ impl Connection {
         let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
+        let mut token_check: Option<TokenCheck> = None;
         loop {
             let written = tokio::select! {
                 frame = read_frame(incoming) => {
@@ -263,15 +267,26 @@ impl Connection {
                         tracing::debug!("closing a WebSocket whose peer stopped answering");
                         return None;
                     }
+                    // The token is looked up again beside the socket's work, not in its way.
+                    if token_check.is_none() {
+                        let (state, auth) = (self.state.clone(), self.auth.clone());
+                        token_check = Some(Box::pin(async move {
+                            crate::server::principal_from(&state, auth.as_deref()).await
+                        }));
+                    }
+                    let ping = sink.send(Message::Ping(Default::default()));
+                    matches!(tokio::time::timeout(gone_after, ping).await, Ok(Ok(())))
+                }
+                checked = async { token_check.as_mut().expect("guarded").await }, if token_check.is_some() => {
+                    token_check = None;
                     // Revoked since: closed as `connection_init` would have been refused.
                     // A store that cannot be asked now is no refusal: the socket stays.
-                    if let Err(e) = crate::server::principal_from(&self.state, self.auth.as_deref()).await
+                    if let Err(e) = checked
                         && e.code == Code::Unauthenticated
                     {
                         return Some((4403, e.message));
                     }
-                    let ping = sink.send(Message::Ping(Default::default()));
-                    matches!(tokio::time::timeout(gone_after, ping).await, Ok(Ok(())))
+                    true
                 }
                 Some(event) = self.events.next(), if !self.events.is_empty() => {
                     let delivered = self.deliver_ready(sink, event);

@@ -181,7 +181,10 @@ fn may_be_refused_on_state(op: &Op) -> bool {
     )
 }
 
-/// Refusals that a commit on another node, not yet heard of here, can turn.
+/// Refusals that a commit on another node, not yet heard of here, can turn (a grant, a
+/// plan change, a settlement or a release recorded on the wallet). Not a member limit
+/// raised or a custom plan edited there: those move no record of the wallet, and are
+/// heard of by their own notices.
 fn rests_on_state(e: &OpError) -> bool {
     matches!(
         e,
@@ -448,7 +451,8 @@ impl Directory {
 
     /// Runs one operation on a wallet; answers once it is durable.
     pub async fn execute(&self, id: &WalletId, op: Op) -> Result<Applied, ExecError> {
-        let again = may_be_refused_on_state(&op).then(|| op.clone());
+        let again =
+            (self.shared.store.several_nodes() && may_be_refused_on_state(&op)).then(|| op.clone());
         let result = self.execute_once(id, op).await;
         let (Err(ExecError::Op(e)), Some(again)) = (&result, again) else {
             return result;

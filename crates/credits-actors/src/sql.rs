@@ -85,6 +85,10 @@ impl WalletStore for SqlWallets {
         }))
     }
 
+    fn several_nodes(&self) -> bool {
+        self.store.backend() == credits_store::Backend::Postgres
+    }
+
     async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
         self.store.wallet_seq(&id.0).await.map_err(unavailable)
     }

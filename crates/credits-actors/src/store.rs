@@ -56,6 +56,11 @@ pub trait WalletStore: Send + Sync + 'static {
     /// Inserts a new wallet with its creation record (version 0).
     async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError>;
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError>;
+    /// Whether other nodes may write the same wallets (PostgreSQL; a test's memory store
+    /// shared by two directories). A node alone on its store (SQLite) is never behind it.
+    fn several_nodes(&self) -> bool {
+        true
+    }
     /// The seq of the wallet's last durable record (`None`: no such wallet). The default
     /// loads the whole wallet; stores override it with a cheaper read.
     async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {

@@ -517,7 +517,7 @@ impl Mutation {
     ) -> async_graphql::Result<bool> {
         Ok(ledger(ctx)
             .store()
-            .delete_token(&TokenHash::of_secret(&token))
+            .delete_token(&TokenHash::of_secret(token.trim()))
             .await
             .map_err(ApiError::from)?)
     }

@@ -115,6 +115,8 @@ pub fn creditd() -> Command {
         "CREDITD_NO_INTROSPECTION",
         "CREDITD_MAX_IN_FLIGHT",
         "CREDITD_MAX_WEBSOCKETS",
+        "CREDITD_WS_KEEPALIVE",
+        "CREDITD_HEADER_TIMEOUT",
         "CREDITD_ADMIN_TOKEN",
     ] {
         c.env_remove(var);
