@@ -88,12 +88,30 @@ struct FileSettings {
     plugins: Option<PathBuf>,
     plugin_cache: Option<PathBuf>,
     catalogue: Option<PathBuf>,
-    manual_clock: Option<String>,
+    manual_clock: Option<FileInstant>,
     introspection: Option<bool>,
     max_in_flight: Option<usize>,
     max_websockets: Option<usize>,
     ws_keepalive: Option<u64>,
     header_timeout: Option<u64>,
+}
+
+/// An instant in the config file: a TOML datetime (`manual_clock = 2027-03-10T12:00:00Z`)
+/// or a string holding one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileInstant {
+    Toml(toml::value::Datetime),
+    Text(String),
+}
+
+impl FileInstant {
+    fn into_text(self) -> String {
+        match self {
+            FileInstant::Toml(t) => t.to_string(),
+            FileInstant::Text(t) => t,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -136,7 +154,10 @@ impl Settings {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let manual_clock = match args.manual_clock.or(file.manual_clock) {
+        let manual_clock = match args
+            .manual_clock
+            .or(file.manual_clock.map(FileInstant::into_text))
+        {
             Some(t) => Some(
                 DateTime::parse_from_rfc3339(&t)
                     .with_context(|| format!("--manual-clock {t:?} is not RFC 3339"))?
@@ -235,6 +256,22 @@ mod tests {
         assert!(on(&["--no-introspection=false"], "introspection = false"));
         assert!(!on(&[], "introspection = false"));
         assert!(!on(&["--no-introspection"], "introspection = true"));
+    }
+
+    /// Found by review: the config file's manual clock had to be a string; TOML's own
+    /// datetime (`manual_clock = 2027-03-10T12:00:00Z`) failed with "invalid type: map".
+    #[test]
+    fn the_manual_clock_is_a_toml_datetime_or_a_string() {
+        let at = |toml: &str| load(ServeArgs::default(), toml).unwrap().manual_clock;
+        let expected = Some("2027-03-10T12:00:00Z".parse().unwrap());
+        assert_eq!(at("manual_clock = 2027-03-10T12:00:00Z"), expected);
+        assert_eq!(at("manual_clock = 2027-03-10T13:00:00+01:00"), expected);
+        assert_eq!(at("manual_clock = \"2027-03-10T12:00:00Z\""), expected);
+        // A local date has no instant: refused in words.
+        let local = load(ServeArgs::default(), "manual_clock = 2027-03-10")
+            .unwrap_err()
+            .to_string();
+        assert!(local.contains("RFC 3339"), "{local}");
     }
 
     #[test]
