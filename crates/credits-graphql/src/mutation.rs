@@ -156,7 +156,7 @@ impl Mutation {
                 &input.owner_id,
                 &plan,
                 tz,
-                input.billing_anchor.map(|t| t.0),
+                input.billing_anchor.map(DateTime::micros),
                 input.idempotency_key,
             )
             .await
@@ -296,13 +296,14 @@ impl Mutation {
         text("reason", &input.reason, MAX_TEXT, true)?;
         input.amount.0.positive().map_err(ApiError::from)?;
         let kind: credits_core::GrantKind = input.kind.into();
-        if let Some(at) = &input.expires_at {
+        let expires_at = input.expires_at.map(DateTime::micros);
+        if let Some(at) = expires_at {
             if !kind.may_expire() {
                 return Err(
                     ApiError::invalid("PURCHASE and COMPENSATION grants never expire").into(),
                 );
             }
-            if at.0 <= ledger(ctx).now() {
+            if at <= ledger(ctx).now() {
                 return Err(ApiError::invalid("expiresAt must be in the future").into());
             }
         }
@@ -313,7 +314,7 @@ impl Mutation {
                 input.amount.0,
                 kind,
                 input.reason,
-                input.expires_at.map(|t| t.0),
+                expires_at,
             )
             .await
             .map_err(ApiError::from)?;

@@ -55,9 +55,10 @@ impl From<credits_core::Credits> for Credits {
     }
 }
 
-/// An instant, RFC 3339 in and out (UTC, `Z`), to the microsecond: finer digits are
-/// dropped on input, so every instant the service schedules or stores (an expiry, a
-/// billing anchor, a filter bound) is one its clock and its store can name exactly.
+/// An instant, RFC 3339 in and out (UTC, `Z`). Input keeps its digits (a filter bound
+/// just after an event's microsecond stays after it); an instant the service schedules
+/// (an expiry, a billing anchor) is taken to the microsecond with [`DateTime::micros`], so
+/// that its clock and its store name it exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DateTime(pub ChronoDateTime<Utc>);
 
@@ -66,7 +67,7 @@ impl ScalarType for DateTime {
     fn parse(value: Value) -> InputValueResult<Self> {
         match &value {
             Value::String(s) => ChronoDateTime::parse_from_rfc3339(s)
-                .map(|t| DateTime(t.with_timezone(&Utc).trunc_subsecs(6)))
+                .map(|t| DateTime(t.with_timezone(&Utc)))
                 .map_err(|e| {
                     InputValueError::custom(format!("invalid DateTime (RFC 3339 expected): {e}"))
                 }),
@@ -80,6 +81,13 @@ impl ScalarType for DateTime {
 
     fn to_value(&self) -> Value {
         Value::String(self.0.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+}
+
+impl DateTime {
+    /// The instant to the microsecond (finer digits dropped): what the service schedules.
+    pub fn micros(self) -> ChronoDateTime<Utc> {
+        self.0.trunc_subsecs(6)
     }
 }
 
@@ -166,10 +174,8 @@ mod tests {
         let t =
             <DateTime as ScalarType>::parse(Value::String("2027-03-10T12:00:00.0000015Z".into()))
                 .unwrap();
-        assert_eq!(
-            t.to_value(),
-            Value::String("2027-03-10T12:00:00.000001Z".into())
-        );
-        assert_eq!(t.0.timestamp_subsec_nanos(), 1_000);
+        assert_eq!(t.micros().timestamp_subsec_nanos(), 1_000);
+        // A filter bound keeps its digits (the store rounds it up to a microsecond).
+        assert_eq!(t.0.timestamp_subsec_nanos(), 1_500);
     }
 }

@@ -415,6 +415,17 @@ async fn usage_history_pages_filters_and_summaries(b: Backend) {
     );
     assert_eq!(count(json!({ "from": "2027-03-10T13:00:00Z" })).await, 3);
     assert_eq!(count(json!({ "to": "2027-03-10T13:00:00Z" })).await, 2);
+    // Found by review: bounds finer than a microsecond were cut down to one before the
+    // store saw them, so events at 13:00:00 fell outside a `to` just after it, and inside
+    // a `from` just after it.
+    assert_eq!(
+        count(json!({ "to": "2027-03-10T13:00:00.0000001Z" })).await,
+        5
+    );
+    assert_eq!(
+        count(json!({ "from": "2027-03-10T13:00:00.0000001Z" })).await,
+        0
+    );
     assert_eq!(count(json!({ "memberId": "nobody" })).await, 0);
     let long = "x".repeat(129);
     for f in [
