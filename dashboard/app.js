@@ -175,10 +175,7 @@ function signOut(error) {
   $('#wallet-view').hidden = true;
   $('#teams').hidden = true;
   // What the last user saw leaves the page too, not only the view (a shared computer).
-  for (const list of ['#accounts', '#grants', '#plan-current', '#plan-catalogue', '#usage-rows',
-    '#summary-thread', '#summary-model', '#usage-chart', '#review-list', '#team-list']) {
-    $(list).replaceChildren();
-  }
+  for (const list of ['#accounts', '#team-list', ...WALLET_CONTENT]) $(list).replaceChildren();
   for (const text of ['[data-testid="viewer-owner"]', '[data-testid="viewer-role"]']) $(text).textContent = '';
   $('#token').value = '';
   $('#usage-filter').reset();
@@ -291,6 +288,10 @@ async function refetchWallet(walletId) {
   }
 }
 
+/** What the wallet view lists of the selected wallet. */
+const WALLET_CONTENT = ['#grants', '#plan-current', '#plan-catalogue', '#usage-rows', '#summary-thread',
+  '#summary-model', '#usage-chart', '#review-list'];
+
 async function selectWallet(walletId) {
   state.selectedId = walletId;
   sessionStorage.setItem(WALLET_KEY, walletId);
@@ -302,7 +303,9 @@ async function selectWallet(walletId) {
   state.usage.cursors = [null];
   state.chart = null;
   showError($('#wallet-error'), null);
-  // Until this wallet has loaded, show none of the previous one's figures.
+  // Until this wallet has loaded, show none of the previous one's figures, and none of
+  // its usage or reviews once it has (they load after it).
+  for (const list of WALLET_CONTENT) $(list).replaceChildren();
   const view = $('#wallet-view');
   view.hidden = false;
   view.classList.add('loading');
@@ -682,6 +685,9 @@ async function refreshTeam(teamId) {
     if (sameMembers) {
       // Update figures in place so a half-typed limit is not wiped by a live refresh.
       known.team = team;
+      // A plan or zone changed meanwhile shows in the header too.
+      const meta = node.querySelector('.team-meta');
+      if (meta) meta.textContent = teamMeta(team);
       for (const m of team.members) fillMemberRow(known.rows.get(m.userId), m);
       const entry = state.live.get(team.wallet.id);
       renderPoolBalance(teamId, entry?.balance ?? team.wallet.balance);
@@ -693,7 +699,7 @@ async function refreshTeam(teamId) {
       h('header', { class: 'team-head' },
         h('h3', {}, team.name),
         h('span', { class: 'badge', 'data-testid': 'team-role' }, isAdmin ? 'you are an admin' : 'member')),
-      h('p', { class: 'muted' }, `Pool ${team.wallet.id} · plan ${team.wallet.plan.name} · ${team.wallet.timezone}`),
+      h('p', { class: 'muted team-meta', 'data-testid': 'team-meta' }, teamMeta(team)),
       h('div', { class: 'pool-balance' }),
       h('h4', {}, isAdmin ? 'Members and their limits' : 'Your spending from this pool'),
       h('div', { class: 'member-list' }, team.members.map((m) => {
@@ -711,6 +717,10 @@ async function refreshTeam(teamId) {
   }
 }
 
+function teamMeta(team) {
+  return `Pool ${team.wallet.id} · plan ${team.wallet.plan.name} · ${team.wallet.timezone}`;
+}
+
 function renderPoolBalance(teamId, balance) {
   const node = document.querySelector(`[data-team-id="${CSS.escape(teamId)}"] .pool-balance`);
   const team = state.teams.get(teamId)?.team;
@@ -726,6 +736,7 @@ function renderPoolBalance(teamId, balance) {
 
 function limitText(spent, limit) {
   if (limit == null) return `${display(spent)} spent, no limit`;
+  if (compare(limit, '0') === 0) return `${display(spent)} spent, no spending allowed`;
   const left = compare(limit, spent) > 0 ? sub(limit, spent) : '0';
   return `${display(spent)} of ${display(limit)} (${display(left)} left)`;
 }
@@ -758,8 +769,15 @@ function fillMemberRow(refs, m) {
   refs.root.dataset.periodLimit = m.periodLimit ?? '';
   refs.root.dataset.spentToday = m.spentToday;
   refs.root.dataset.spentThisPeriod = m.spentThisPeriod;
-  refs.todayMeter.style.width = m.dailyLimit == null ? '0%' : `${ratio(m.spentToday, m.dailyLimit) * 100}%`;
-  refs.periodMeter.style.width = m.periodLimit == null ? '0%' : `${ratio(m.spentThisPeriod, m.periodLimit) * 100}%`;
+  refs.todayMeter.style.width = used(m.spentToday, m.dailyLimit);
+  refs.periodMeter.style.width = used(m.spentThisPeriod, m.periodLimit);
+}
+
+/** How full a member's limit meter is: empty with no limit, full at a limit of 0. */
+function used(spent, limit) {
+  if (limit == null) return '0%';
+  if (compare(limit, '0') === 0) return '100%';
+  return `${ratio(spent, limit) * 100}%`;
 }
 
 function limitForm(team, member, refs) {

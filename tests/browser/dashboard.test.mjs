@@ -255,6 +255,14 @@ describe('account dashboard in Chromium against creditd', () => {
     await eventually('server error under the limit form', () => error.textContent(), (t) => /INVALID_INPUT/.test(t),
       LOAD_MS, 'an INVALID_INPUT message');
 
+    // Found by review: a limit of 0 (no spending) showed an empty meter, as if unused.
+    await bob.getByLabel('Daily limit').fill('0');
+    await bob.getByRole('button', { name: 'Save limits' }).click();
+    await eventually('bob\'s zero limit on the page', () => bob.getAttribute('data-daily-limit'), (v) => v === '0',
+      LOAD_MS, '"0"');
+    assert.match(await bob.locator('[data-testid="member-today"]').textContent(), /no spending allowed/);
+    assert.equal(await bob.locator('.meter span').first().evaluate((e) => e.style.width), '100%');
+
     await bob.getByLabel('Daily limit').fill('7.5');
     await bob.getByLabel('Period limit').fill('');
     await bob.getByRole('button', { name: 'Save limits' }).click();
@@ -265,6 +273,14 @@ describe('account dashboard in Chromium against creditd', () => {
     const { team } = await admin(`query T($id: ID!) { team(id: $id) { members { userId dailyLimit periodLimit } } }`, { id: world.team.id });
     const saved = team.members.find((m) => m.userId === 'bob');
     assert.deepEqual({ daily: saved.dailyLimit, period: saved.periodLimit }, { daily: '7.5', period: null });
+
+    // Found by review: the team's header kept the pool's old zone (or plan) after a change.
+    // Berlin keeps Paris's offsets, so no date on the page moves.
+    await admin('mutation Z($w: ID!) { setTimezone(walletId: $w, timezone: "Europe/Berlin") { timezone } }',
+      { w: world.team.wallet.id });
+    const meta = page.locator(`[data-team-id="${world.team.id}"] [data-testid="team-meta"]`);
+    await eventually('the team header', () => meta.textContent(), (t) => t.includes('Europe/Berlin'), LIVE_UPDATE_MS * 5,
+      'the new zone');
   });
 
   step('a plain member sees the pool read-only', async () => {
