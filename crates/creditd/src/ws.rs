@@ -55,10 +55,25 @@ enum ClientMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerMessage<'a> {
     ConnectionAck,
-    ConnectionError { payload: ErrorPayload },
-    Next { id: &'a str, payload: &'a Response },
-    Data { id: &'a str, payload: &'a Response },
-    Complete { id: &'a str },
+    ConnectionError {
+        payload: ErrorPayload,
+    },
+    Next {
+        id: &'a str,
+        payload: &'a Response,
+    },
+    Data {
+        id: &'a str,
+        payload: &'a Response,
+    },
+    Complete {
+        id: &'a str,
+    },
+    /// An operation refused before it ran (the socket stays open).
+    Error {
+        id: &'a str,
+        payload: [&'a async_graphql::ServerError; 1],
+    },
     Pong,
 }
 
@@ -301,7 +316,25 @@ impl Connection {
 
     async fn handle(&mut self, sink: &mut Outgoing, message: ClientMessage) -> Result<(), Close> {
         match message {
-            ClientMessage::Subscribe { id, payload } => self.subscribe(id, *payload),
+            ClientMessage::Subscribe { id, payload } => {
+                // Past the bound, this operation is refused; the others go on.
+                if self.open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET && !self.open.contains_key(&id) {
+                    metrics::counter!("credits_websocket_subscriptions_refused_total").increment(1);
+                    let refused = async_graphql::Error::from(credits_graphql::ApiError::invalid(
+                        format!(
+                            "at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions on one WebSocket: complete one first"
+                        ),
+                    ));
+                    let mut error = async_graphql::ServerError::new(refused.message, None);
+                    error.extensions = refused.extensions;
+                    let message = ServerMessage::Error {
+                        id: &id,
+                        payload: [&error],
+                    };
+                    return send(sink, &message).await.map_err(|()| None);
+                }
+                self.subscribe(id, *payload)
+            }
             ClientMessage::Complete { id } => {
                 if let Some((_, handle)) = self.open.remove(&id) {
                     handle.abort();
@@ -329,13 +362,6 @@ impl Connection {
             if let Some((_, handle)) = self.open.remove(&id) {
                 handle.abort();
             }
-        }
-        if self.open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
-            metrics::counter!("credits_websocket_subscriptions_refused_total").increment(1);
-            return Err(Some((
-                4400,
-                format!("at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions on one WebSocket"),
-            )));
         }
         self.generation += 1;
         let generation = self.generation;
