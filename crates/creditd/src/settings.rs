@@ -170,22 +170,16 @@ impl Settings {
             .or(file.max_in_flight)
             .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
-        let ws_keepalive = args
-            .ws_keepalive
-            .or(file.ws_keepalive)
-            .unwrap_or(DEFAULT_WS_KEEPALIVE_SECS);
-        anyhow::ensure!(
-            (1..=MAX_WS_KEEPALIVE_SECS).contains(&ws_keepalive),
-            "--ws-keepalive must be 1 to {MAX_WS_KEEPALIVE_SECS} (seconds)"
-        );
-        let header_timeout = args
-            .header_timeout
-            .or(file.header_timeout)
-            .unwrap_or(DEFAULT_HEADER_TIMEOUT_SECS);
-        anyhow::ensure!(
-            (1..=MAX_WS_KEEPALIVE_SECS).contains(&header_timeout),
-            "--header-timeout must be 1 to {MAX_WS_KEEPALIVE_SECS} (seconds)"
-        );
+        let ws_keepalive = seconds(
+            "--ws-keepalive",
+            args.ws_keepalive.or(file.ws_keepalive),
+            DEFAULT_WS_KEEPALIVE_SECS,
+        )?;
+        let header_timeout = seconds(
+            "--header-timeout",
+            args.header_timeout.or(file.header_timeout),
+            DEFAULT_HEADER_TIMEOUT_SECS,
+        )?;
         Ok(Settings {
             listen: listen
                 .parse()
@@ -211,10 +205,20 @@ impl Settings {
                 .max_websockets
                 .or(file.max_websockets)
                 .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
-            ws_keepalive: std::time::Duration::from_secs(ws_keepalive),
-            header_timeout: std::time::Duration::from_secs(header_timeout),
+            ws_keepalive,
+            header_timeout,
         })
     }
+}
+
+/// A period option in whole seconds, 1 to [`MAX_WS_KEEPALIVE_SECS`].
+fn seconds(flag: &str, value: Option<u64>, default: u64) -> anyhow::Result<std::time::Duration> {
+    let secs = value.unwrap_or(default);
+    anyhow::ensure!(
+        (1..=MAX_WS_KEEPALIVE_SECS).contains(&secs),
+        "{flag} must be 1 to {MAX_WS_KEEPALIVE_SECS} (seconds)"
+    );
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]

@@ -1526,7 +1526,10 @@ async fn subscriptions_on_one_socket_are_bounded(b: Backend) {
     // Found by review: one more closed the whole socket, and with it the 256 streams
     // the client had. Only that one is refused now (graphql-transport-ws `error`).
     ws.subscribe("one-too-many", query, json!({ "w": w })).await;
-    let refused = ws.recv().await.expect("the socket stays open past the bound");
+    let refused = ws
+        .recv()
+        .await
+        .expect("the socket stays open past the bound");
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["id"], "one-too-many", "{refused}");
     assert_eq!(
@@ -1544,7 +1547,10 @@ async fn subscriptions_on_one_socket_are_bounded(b: Backend) {
         }
     }
     ws.send(json!({ "id": "s0", "type": "complete" })).await;
-    assert_eq!(ws.recv().await.unwrap(), json!({ "id": "s0", "type": "complete" }));
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        json!({ "id": "s0", "type": "complete" })
+    );
     ws.subscribe("in-its-place", query, json!({ "w": w })).await;
     assert_eq!(
         ws.next_data("in-its-place").await["balanceChanged"]["cause"],
