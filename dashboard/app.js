@@ -94,6 +94,8 @@ const state = {
   chartWidth: 0,
   /** teamId -> { team, isAdmin, rows: Map<userId, rowRefs> } */
   teams: new Map(),
+  /** teamId -> the newest team request: only its answer is shown */
+  teamRequests: new Map(),
   /** reviewId -> { review, unsubscribe } for the selected wallet */
   reviews: new Map(),
 };
@@ -166,7 +168,7 @@ function signOut(error) {
   clearTimeout(state.usage.timer);
   Object.assign(state, {
     token: null, viewer: null, client: null, selectedId: null,
-    live: new Map(), teams: new Map(), reviews: new Map(),
+    live: new Map(), teams: new Map(), teamRequests: new Map(), reviews: new Map(),
     usage: { filter: {}, cursors: [null], timer: null }, chart: null,
   });
   serverClock.reset();
@@ -216,6 +218,16 @@ function renderAccounts() {
         ? 'This account has no wallet and belongs to no team yet.'
         : `${viewer.role === 'ADMIN' ? 'An' : 'A'} ${viewer.role} token owns no wallets; open one by id below.`));
   }
+}
+
+/** A personal wallet's entry in the account list, after its plan or zone changed. */
+function renderAccount(wallet) {
+  const known = state.viewer?.wallets.find((w) => w.id === wallet.id);
+  const button = document.querySelector(`#accounts [data-wallet="${CSS.escape(wallet.id)}"]`);
+  if (!known || !button) return;
+  Object.assign(known, { plan: wallet.plan, timezone: wallet.timezone });
+  button.querySelector('span').textContent = wallet.plan.name;
+  button.querySelector('small').textContent = `${wallet.id} · ${wallet.timezone}`;
 }
 
 /** Subscribes to a wallet's balance stream (personal wallet or team pool). */
@@ -279,6 +291,7 @@ async function refetchWallet(walletId) {
     if (entry.applied !== appliedBefore && entry.balance) wallet.balance = entry.balance;
     const zoneChanged = entry.wallet && entry.wallet.timezone !== wallet.timezone;
     entry.wallet = wallet;
+    renderAccount(wallet);
     if (walletId === state.selectedId) {
       renderWallet(wallet);
       if (zoneChanged) scheduleUsageRefresh(); // DAY keys are local dates of the new zone
@@ -302,7 +315,7 @@ async function selectWallet(walletId) {
   state.reviews = new Map();
   state.usage.cursors = [null];
   state.chart = null;
-  showError($('#wallet-error'), null);
+  for (const slot of ['#wallet-error', '#usage-error', '#reviews-error']) showError($(slot), null);
   // Until this wallet has loaded, show none of the previous one's figures, and none of
   // its usage or reviews once it has (they load after it).
   for (const list of WALLET_CONTENT) $(list).replaceChildren();
@@ -674,9 +687,12 @@ function renderTeams() {
 
 async function refreshTeam(teamId) {
   const node = document.querySelector(`[data-team-id="${CSS.escape(teamId)}"]`);
+  const request = (state.teamRequests.get(teamId) ?? 0) + 1;
+  state.teamRequests.set(teamId, request);
   try {
     const { team } = await api(ops.TEAM, { id: teamId });
-    if (!team || !node) return;
+    // An older answer that arrives last must not undo a newer one.
+    if (!team || !node || state.teamRequests.get(teamId) !== request) return;
     const me = team.members.find((m) => m.userId === state.viewer.ownerId);
     const isAdmin = me?.role === 'ADMIN';
     const known = state.teams.get(teamId);

@@ -281,6 +281,12 @@ describe('account dashboard in Chromium against creditd', () => {
     const meta = page.locator(`[data-team-id="${world.team.id}"] [data-testid="team-meta"]`);
     await eventually('the team header', () => meta.textContent(), (t) => t.includes('Europe/Berlin'), LIVE_UPDATE_MS * 5,
       'the new zone');
+    // The same for a personal wallet's entry in the account list.
+    await admin('mutation Z($w: ID!) { setTimezone(walletId: $w, timezone: "Europe/Berlin") { timezone } }',
+      { w: world.wallet.id });
+    const account = page.locator(`#accounts [data-wallet="${world.wallet.id}"]`);
+    await eventually('the account list', () => account.textContent(), (t) => t.includes('Europe/Berlin'),
+      LIVE_UPDATE_MS * 5, 'the new zone');
   });
 
   step('a plain member sees the pool read-only', async () => {

@@ -364,7 +364,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         stop,
     )
     .await;
-    // HTTP requests are done; WebSocket operations (not tracked by axum once upgraded)
+    // HTTP requests are done; WebSocket operations (not tracked by `serve` once upgraded)
     // finish here, and new ones are refused.
     // The write guard is kept until the process ends, so operations stay refused while
     // the wallets are flushed.

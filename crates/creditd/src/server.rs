@@ -25,7 +25,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// How long a new WebSocket may take to send `connection_init`.
 pub const CONNECTION_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Subscriptions one WebSocket may have open at once (each holds a wallet's event channel
-/// and keeps the wallet active); asking for one more closes the socket.
+/// and keeps the wallet active); one more is refused on its own.
 pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 256;
 
 /// What every handler shares, behind one `Arc` (see [`Shared`]).
