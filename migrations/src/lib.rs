@@ -24,6 +24,7 @@ mod m20251129_000006_retired_plans;
 mod m20251129_000007_members_version;
 mod m20251129_000008_drop_reservations_due;
 mod m20251129_000009_grants_review;
+mod m20251129_000010_scheduled_plan;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251129_000007_members_version::Migration),
             Box::new(m20251129_000008_drop_reservations_due::Migration),
             Box::new(m20251129_000009_grants_review::Migration),
+            Box::new(m20251129_000010_scheduled_plan::Migration),
         ]
     }
 }

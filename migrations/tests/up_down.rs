@@ -88,14 +88,61 @@ async fn members_version(db: &DatabaseConnection) -> bool {
         .expect("probe column")
 }
 
+/// The scheduled plan of each wallet, by id.
+async fn scheduled_plans(db: &DatabaseConnection) -> Vec<(String, Option<String>)> {
+    let rows = db
+        .query_all_raw(sea_orm_migration::sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, scheduled_plan_id FROM wallets ORDER BY id",
+        ))
+        .await
+        .expect("read wallets");
+    rows.iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).unwrap(),
+                r.try_get_by_index(1).unwrap(),
+            )
+        })
+        .collect()
+}
+
 async fn up_down_up(db: &DatabaseConnection) {
+    // Wallets stored before the scheduled plan had a column get it from their snapshot.
+    Migrator::up(db, Some(9)).await.expect("up to 9");
+    for (id, snapshot) in [
+        ("wal_a", r#"{"scheduled_plan_id":"free"}"#),
+        ("wal_b", r#"{"scheduled_plan_id":null}"#),
+    ] {
+        db.execute_unprepared(&format!(
+            "INSERT INTO wallets (id, owner_id, timezone, plan_id, created_us, version, seq, \
+             snapshot) VALUES ('{id}', 'o', 'UTC', 'pro', 0, 0, 0, '{snapshot}')"
+        ))
+        .await
+        .expect("insert a wallet");
+    }
     Migrator::up(db, None).await.expect("up");
+    assert_eq!(
+        scheduled_plans(db).await,
+        [
+            ("wal_a".to_owned(), Some("free".to_owned())),
+            ("wal_b".to_owned(), None)
+        ]
+    );
+    db.execute_unprepared("DELETE FROM wallets")
+        .await
+        .expect("delete wallets");
     assert_eq!(tables_present(db).await, TABLES);
     assert_eq!(
         usage_indexes(db).await,
         ["usage_wallet_at_cover", "usage_model_at_cover"]
     );
     assert!(!reservations_due(db).await);
+    assert!(grants_review(db).await);
+    // One step down drops the wallets' scheduled plan column, and only that.
+    Migrator::down(db, Some(1))
+        .await
+        .expect("down scheduled plan");
     assert!(grants_review(db).await);
     // One step down drops the grants' review index, and only that.
     Migrator::down(db, Some(1))

@@ -1004,7 +1004,9 @@ impl Ledger {
                 return Err(invalid(format!("{} is a catalogue plan", plan.id)));
             }
             if existing.interval != plan.interval && self.store.plan_in_use(&plan.id.0).await? {
-                return Err(invalid("the interval of a plan in use cannot change"));
+                return Err(invalid(
+                    "the interval of a plan in use (a wallet's, or scheduled for one) cannot change",
+                ));
             }
         }
         let plan = Plan {

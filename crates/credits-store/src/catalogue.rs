@@ -156,7 +156,11 @@ async fn on_plan<C: ConnectionTrait>(conn: &C, plan_id: &str) -> Result<bool, St
     Ok(wallets::Entity::find()
         .select_only()
         .column(wallets::Column::Id)
-        .filter(wallets::Column::PlanId.eq(plan_id))
+        .filter(
+            sea_orm::Condition::any()
+                .add(wallets::Column::PlanId.eq(plan_id))
+                .add(wallets::Column::ScheduledPlanId.eq(plan_id)),
+        )
         .into_tuple::<String>()
         .one(conn)
         .await

@@ -79,6 +79,7 @@ pub mod wallets {
         pub snapshot: String,
         pub next_due_us: Option<i64>,
         pub members_version: i64,
+        pub scheduled_plan_id: Option<String>,
     }
     no_relations!();
 }

@@ -246,6 +246,8 @@ pub struct WalletBatch {
     pub next_due_at: Option<DateTime<Utc>>,
     pub timezone: String,
     pub plan_id: String,
+    /// The plan the wallet moves to at its next renewal, if any.
+    pub scheduled_plan_id: Option<String>,
     /// Set when the batch moves its wallet onto another plan: that plan's id and the
     /// interval the move was decided with. The commit is fenced out if the plan's stored
     /// interval differs (it changed meanwhile).

@@ -357,6 +357,8 @@ pub(crate) async fn insert_wallet<C: ConnectionTrait>(
         snapshot: wallet.snapshot_json.clone(),
         next_due_us: wallet.next_due_at.map(to_us),
         members_version: 0,
+        // A wallet opens with no plan scheduled.
+        scheduled_plan_id: None,
     };
     wallets::Entity::insert_many(crate::entity::active([row]))
         .exec_without_returning(conn)
@@ -509,6 +511,10 @@ async fn fence<C: ConnectionTrait>(conn: &C, batch: &WalletBatch) -> Result<i64,
             Expr::value(batch.timezone.clone()),
         )
         .col_expr(wallets::Column::PlanId, Expr::value(batch.plan_id.clone()))
+        .col_expr(
+            wallets::Column::ScheduledPlanId,
+            Expr::value(batch.scheduled_plan_id.clone()),
+        )
         .filter(wallets::Column::Id.eq(batch.wallet_id.as_str()))
         .filter(wallets::Column::Version.eq(batch.expected_version))
         .exec(conn)
@@ -530,7 +536,7 @@ async fn fence<C: ConnectionTrait>(conn: &C, batch: &WalletBatch) -> Result<i64,
     Ok(new_version)
 }
 
-/// Wallets fenced per UPDATE statement in a group commit (7 bound values each).
+/// Wallets fenced per UPDATE statement in a group commit (8 bound values each).
 const FENCE_CHUNK: usize = 256;
 
 /// The fenced UPDATE of many wallets in one statement per [`FENCE_CHUNK`]: one result per
@@ -560,7 +566,8 @@ async fn fence_many<C: ConnectionTrait>(
     for chunk in ordered.chunks(FENCE_CHUNK) {
         let mut sql = Sql::new(backend);
         sql.push(
-            "WITH v (id, expected, seq, snapshot, next_due_us, timezone, plan_id) AS (VALUES ",
+            "WITH v (id, expected, seq, snapshot, next_due_us, timezone, plan_id, \
+             scheduled_plan_id) AS (VALUES ",
         );
         for (i, b) in chunk.iter().enumerate() {
             sql.push(if i == 0 { "(" } else { ", (" })
@@ -577,6 +584,8 @@ async fn fence_many<C: ConnectionTrait>(
                 .bind(b.timezone.clone())
                 .push(", ")
                 .bind(b.plan_id.clone())
+                .push(", ")
+                .bind(b.scheduled_plan_id.clone())
                 .push(")");
         }
         sql.push(")");
@@ -597,7 +606,7 @@ async fn fence_many<C: ConnectionTrait>(
         sql.push(
             " UPDATE wallets SET version = wallets.version + 1, seq = v.seq, \
              snapshot = v.snapshot, next_due_us = v.next_due_us, timezone = v.timezone, \
-             plan_id = v.plan_id FROM v",
+             plan_id = v.plan_id, scheduled_plan_id = v.scheduled_plan_id FROM v",
         )
         .push(locked)
         .push(" WHERE wallets.id = v.id AND wallets.version = v.expected");

@@ -25,6 +25,7 @@ both!(
     concurrent_writers_one_wins_each_version,
     group_commit_isolates_conflicts,
     a_batch_the_database_refuses_fails_alone,
+    a_plan_only_scheduled_is_in_use,
     idempotent_lookups_return_stored_rows,
     pagination_is_stable_while_events_arrive,
     summaries_match_raw_rows,
@@ -689,6 +690,37 @@ async fn a_batch_the_database_refuses_fails_alone(store: Store) -> anyhow::Resul
             assert_eq!(store.entry_by_key("wal_n1", "ka").await?, None);
         }
     }
+    Ok(())
+}
+
+/// Found by review (Session 12): "in use" (SPEC 5: changing the interval of a plan in use
+/// is INVALID_INPUT) read only `wallets.plan_id`, so the interval of a plan a wallet had
+/// scheduled for its renewal could change. The scheduled plan is a column now, written by
+/// every commit, the group commit's too.
+async fn a_plan_only_scheduled_is_in_use(store: Store) -> anyhow::Result<()> {
+    use credits_core::{Op, PlanId};
+    let at = t0() + Duration::minutes(1);
+    let mut a = create(&store, "wal_s1", "pro", t0()).await?;
+    let mut b = create(&store, "wal_s2", "pro", t0()).await?;
+    assert!(!store.plan_in_use("free").await?);
+    // Lower subscription credits: scheduled for the period's end, not a move.
+    a.run(at, &Op::ChangePlan(PlanId::from("free")));
+    a.commit(&store).await?;
+    assert_eq!(store.load_wallet("wal_s1").await?.unwrap().plan_id, "pro");
+    assert!(store.plan_in_use("free").await?);
+    // Cleared by asking for the current plan; scheduled on the other wallet in a group
+    // commit.
+    a.run(at, &Op::ChangePlan(PlanId::from("pro")));
+    b.run(at, &Op::ChangePlan(PlanId::from("free")));
+    let results = store.commit_many(&[a.batch(), b.batch()]).await?;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(store.plan_in_use("free").await?);
+    b.version += 1;
+    b.durable = b.journal.wallet.clone();
+    b.committed = b.journal.entries.len();
+    b.run(at, &Op::ChangePlan(PlanId::from("pro")));
+    b.commit(&store).await?;
+    assert!(!store.plan_in_use("free").await?);
     Ok(())
 }
 
