@@ -452,6 +452,12 @@ impl Ledger {
         };
         let unavailable = |why: String| ServiceError::Exec(ExecError::Unavailable(why));
         let tier = self.pricing.tier_of(model)?;
+        let admission = tier.admit().ok_or_else(|| {
+            unavailable(format!(
+                "pricing is overloaded: {} calls are in the plugin of {model}",
+                credits_pricing::MAX_CALLS_PER_LIBRARY
+            ))
+        })?;
         let queued_until = std::time::Instant::now() + PRICE_QUEUE_LIMIT;
         let slot = tokio::time::timeout(
             PRICE_QUEUE_LIMIT,
@@ -465,7 +471,7 @@ impl Ledger {
         let entered = Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
         let (mark, handle, owned) = (entered.clone(), tier.clone(), model.to_owned());
         let mut call = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
+            let (_slot, _admission) = (slot, admission);
             let _ = mark.set(std::time::Instant::now());
             handle.price(&owned, usage)
         });

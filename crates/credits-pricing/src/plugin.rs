@@ -145,6 +145,14 @@ impl LoadedTier {
         Err(self.failed(model, failure))
     }
 
+    /// A place for one call into this tier's library, unless [`MAX_CALLS_PER_LIBRARY`] are
+    /// admitted already (all its loads share them).
+    pub(crate) fn admit(&self) -> Option<Admission> {
+        let before = self.calls.admitted.fetch_add(1, Ordering::Relaxed);
+        let admission = Admission(self.calls.clone());
+        (before < MAX_CALLS_PER_LIBRARY).then_some(admission)
+    }
+
     /// Whether a call into this tier did not return in time (it is disabled until a reload
     /// loads its file afresh).
     pub(crate) fn stalled(&self) -> bool {
@@ -199,6 +207,22 @@ fn file_name(path: &Path) -> String {
 pub(crate) struct LibraryCalls {
     inside: AtomicUsize,
     stalled: AtomicBool,
+    /// Calls admitted to this library and not yet returned (see [`LoadedTier::admit`]).
+    admitted: AtomicUsize,
+}
+
+/// Most calls one library may have admitted at once: a plugin that hangs keeps every call
+/// that entered before its tier was disabled, and this many at most, so the other tiers
+/// keep the rest of the service's pricing slots.
+pub const MAX_CALLS_PER_LIBRARY: usize = 128;
+
+/// A call's place among its library's [`MAX_CALLS_PER_LIBRARY`], held until it returns.
+pub struct Admission(Arc<LibraryCalls>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl LibraryCalls {

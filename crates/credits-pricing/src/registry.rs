@@ -167,6 +167,13 @@ impl TierHandle {
         price
     }
 
+    /// A place for one call into this tier's library (hold it until the call returns), or
+    /// `None` when [`crate::MAX_CALLS_PER_LIBRARY`] calls are in it already: a plugin that
+    /// hangs holds that many of the service's pricing threads at most.
+    pub fn admit(&self) -> Option<crate::Admission> {
+        self.0.admit()
+    }
+
     /// A call into this tier did not return in time: the tier is disabled, every later call
     /// to it is PRICING_FAILED at once, until a reload loads it afresh (a plugin that loops
     /// on some input would otherwise take one more thread with every such call); a reload

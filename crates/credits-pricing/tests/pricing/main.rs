@@ -12,6 +12,35 @@ use credits_pricing::{
 };
 use helpers::{Dirs, SHIPPED, built_dir, built_lib, tier_file};
 
+/// Found by review: every call that entered a hanging plugin before its tier was disabled
+/// (2 s) stayed stuck with its pricing slot, so a busy hanging tier took all 256 and every
+/// other tier's calls were refused until a restart. A library admits at most
+/// `MAX_CALLS_PER_LIBRARY` calls at once (all its loads together); the others are refused
+/// at once, and their slots stay free for the other tiers.
+#[test]
+fn a_library_admits_a_bounded_number_of_calls() {
+    use credits_pricing::MAX_CALLS_PER_LIBRARY;
+    let dirs = Dirs::with(&[
+        ("credits-tier-standard", "standard"),
+        ("credits-fixture-gate-v1", "fixture"),
+    ]);
+    let (registry, _) = open(&dirs);
+    let tier = registry.tier_of("fixture-gated").unwrap();
+    let mut held: Vec<_> = (0..MAX_CALLS_PER_LIBRARY)
+        .map(|_| tier.admit().expect("within the bound"))
+        .collect();
+    assert!(tier.admit().is_none(), "past the bound");
+    // Its other models share the library's bound, across a reload of the same file.
+    assert!(registry.tier_of("fixture-ok").unwrap().admit().is_none());
+    registry.reload().unwrap();
+    assert!(registry.tier_of("fixture-ok").unwrap().admit().is_none());
+    // Another library is not held back.
+    assert!(registry.tier_of("standard-chat").unwrap().admit().is_some());
+    // A call that returns frees its place.
+    held.pop();
+    assert!(tier.admit().is_some());
+}
+
 fn usage(input_tokens: i64, cached_input_tokens: i64, output_tokens: i64) -> Usage {
     Usage {
         input_tokens,
