@@ -194,10 +194,13 @@ impl Pools {
         }
     }
 
+    /// Removes `pool` from the map, unless a newer supervisor took its place. A slot still
+    /// being filled is another caller's start in progress: removing it would let a third
+    /// caller start a second supervisor for the pool (found by review).
     fn forget_supervisor(&self, wallet: &WalletId, pool: &ActorRef<PoolMsg>) {
         let id = pool.get_id();
         self.supervisors
-            .remove_if(wallet, |_, s| s.get().is_none_or(|p| p.get_id() == id));
+            .remove_if(wallet, |_, s| s.get().is_some_and(|p| p.get_id() == id));
     }
 }
 

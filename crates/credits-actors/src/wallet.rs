@@ -171,6 +171,9 @@ pub struct WalletState {
     /// The highest seq another node announced while this actor was busy.
     announced: Option<u64>,
     failures: u32,
+    /// The last commit failed with an unknown outcome (already counted in `failures`), not
+    /// a refusal by the store.
+    last_commit_unknown: bool,
     /// Calls that arrived during recovery, run after it.
     parked: Vec<(Op, ExecReply)>,
     keys: Bounded<String, Entry>,
@@ -263,6 +266,7 @@ impl Actor for WalletActor {
             recovering: false,
             announced: None,
             failures: 0,
+            last_commit_unknown: false,
             parked: Vec::new(),
             keys: Bounded::new(),
             finished: Bounded::new(),
@@ -743,7 +747,8 @@ impl WalletState {
             Err(e) => {
                 // Losing the fence to another writer is not a failing store: reload and
                 // decide again as often as it happens (someone wins every round).
-                if matches!(e, CommitError::Unavailable(_)) {
+                self.last_commit_unknown = matches!(e, CommitError::Unavailable(_));
+                if self.last_commit_unknown {
                     self.failures += 1;
                     tracing::warn!(wallet = %self.durable.id, error = %e, failures = self.failures, "commit failed; reloading");
                 } else {
@@ -897,32 +902,35 @@ impl WalletState {
     fn recovered(&mut self, myself: &ActorRef<WalletMsg>, result: Result<Recovery, StoreError>) {
         // Without a commit in flight, this reload was asked for by another node's notice.
         let refresh = self.in_flight.is_none();
+        // A failed reload (or a store that keeps failing): stop. After another node's
+        // notice, the state here is known to be stale, and a call decided on it could be
+        // refused unearned; the next call activates the wallet afresh from the store.
         let mut r = match result {
-            Ok(r) if self.failures < MAX_COMMIT_ATTEMPTS => r,
-            // A failed reload (or a store that keeps failing): stop. After another node's
-            // notice, the state here is known to be stale, and a call decided on it could
-            // be refused unearned; the next call activates the wallet afresh from the store.
-            outcome => {
-                let why = match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "the store keeps failing".to_owned(),
-                };
-                self.give_up(myself, &why);
+            Ok(r) => r,
+            Err(e) => {
+                self.give_up(myself, &e.to_string());
                 return;
             }
         };
+        // Whether the batch in flight is durable (its reply was lost): then it is answered,
+        // however many commits failed before it.
+        let landed = self.in_flight.as_ref().is_some_and(|flight| {
+            !flight.records.is_empty()
+                && r.records.len() >= flight.records.len()
+                && r.records
+                    .iter()
+                    .zip(&flight.records)
+                    .all(|(stored, ours)| stored.entry == ours.entry)
+        });
+        if !landed && self.failures >= MAX_COMMIT_ATTEMPTS {
+            self.give_up(myself, "the store keeps failing");
+            return;
+        }
         self.recovering = false;
         let mut flight = self
             .in_flight
             .take()
             .unwrap_or_else(|| InFlight::nothing(self.durable.clone()));
-        let landed = !refresh
-            && !flight.records.is_empty()
-            && r.records.len() >= flight.records.len()
-            && r.records
-                .iter()
-                .zip(&flight.records)
-                .all(|(stored, ours)| stored.entry == ours.entry);
         if landed && r.records.len() == flight.records.len() && r.loaded.version == self.version + 1
         {
             // The commit was durable; only its reply was lost.
@@ -957,6 +965,7 @@ impl WalletState {
         });
         if !refresh
             && !landed
+            && !self.last_commit_unknown
             && r.loaded.version == self.version
             && r.keys.is_empty()
             && !explained

@@ -17,6 +17,23 @@ async fn a_failed_commit_is_retried_and_applied_once() {
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("515"));
 }
 
+/// Found by review (Session 13): a commit that failed with an unknown outcome was counted
+/// twice (when it failed, and again when the reload found nothing written), so the actor
+/// gave up after two transient failures instead of MAX_COMMIT_ATTEMPTS (3); and a reload
+/// that found the last batch written was discarded once the limit was reached, its calls
+/// answered UNAVAILABLE although durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_failed_commits_then_a_lost_reply_still_answer_the_durable_call() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_f2", "pro", "UTC").await;
+    app.store.faults.fail_commits.store(2, Ordering::SeqCst);
+    app.store.faults.lose_replies.store(1, Ordering::SeqCst);
+    let applied = app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    assert!(!applied.replayed);
+    assert_eq!(app.ledger(&id).len(), 2, "written once");
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("515"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_is_recognised_and_not_applied_twice() {
     let app = app_at("2027-03-10T12:00:00Z");

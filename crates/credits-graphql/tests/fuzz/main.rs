@@ -281,11 +281,12 @@ fn fuzz_scalars() {
                 let Value::String(s) = &v else {
                     return Err(TestCaseError::fail(format!("DateTime accepted {v}")));
                 };
-                // To the microsecond: finer digits are dropped.
+                // Every digit is kept (a filter bound); `micros` drops those past the
+                // microsecond (an instant the service schedules).
                 use chrono::SubsecRound;
-                let parsed =
-                    chrono::DateTime::parse_from_rfc3339(s).map(|d| d.to_utc().trunc_subsecs(6));
+                let parsed = chrono::DateTime::parse_from_rfc3339(s).map(|d| d.to_utc());
                 prop_assert_eq!(Ok(t.0), parsed, "DateTime read {} as another instant", s);
+                prop_assert_eq!(t.micros(), t.0.trunc_subsecs(6));
             }
             if let Some(s) = check::<Seq>(&v, &ok)? {
                 prop_assert!(s.0 <= MAX_SEQ);
