@@ -236,6 +236,10 @@ pub fn cost_per_million(
 #[macro_export]
 macro_rules! export_tier {
     ($tier:ty) => {
+        // A panic in `price` is caught and reported only when it unwinds; aborting would
+        // end the service that loaded the tier.
+        #[cfg(panic = "abort")]
+        compile_error!("a pricing tier must be built with panic = \"unwind\" (the default)");
         const _: () = {
             const MODEL_COUNT: usize = <$tier as $crate::Tier>::MODELS.len();
             static MODELS: [$crate::abi::ModelDescriptor; MODEL_COUNT] =

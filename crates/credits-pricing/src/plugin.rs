@@ -247,31 +247,103 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// `<cache_dir>/<sha256><DLL_SUFFIX>`, written once through a temporary file and a rename,
-/// never rewritten: a file with that name already holds exactly these bytes. The bytes are
-/// hashed and copied from one read, so the copy is the content that was hashed.
+/// `<cache_dir>/<sha256><DLL_SUFFIX>`, written through a temporary file of its own, made
+/// durable and renamed into place. A file already under that name is used only if it holds
+/// exactly these bytes (a crash could have left it short); the cache may be shared by
+/// several nodes. The bytes are hashed and copied from one read, so the copy is the content
+/// that was hashed.
 fn cache_copy(path: &Path, cache_dir: &Path) -> Result<std::path::PathBuf, RefusalReason> {
     let io = |e: std::io::Error| RefusalReason::Io(e.to_string());
     let bytes = std::fs::read(path).map_err(io)?;
+    segments_fit(&bytes).map_err(RefusalReason::NotALibrary)?;
     let mut name = String::with_capacity(64 + std::env::consts::DLL_SUFFIX.len());
     for byte in Sha256::digest(&bytes) {
         let _ = write!(name, "{byte:02x}");
     }
     let cached = cache_dir.join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
-    if !cached.is_file() {
-        // Unique per process and call, so concurrent loaders never write the same temp file.
-        static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if std::fs::read(&cached).is_ok_and(|held| held == bytes) {
+        return Ok(cached);
+    }
+    // Created new (never opened over another loader's file), so two loaders, of this
+    // process or of nodes sharing the cache, never write one temporary file.
+    static NEXT_TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (temp, mut file) = loop {
         let n = NEXT_TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = cache_dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        // A failed write (a full disk) or rename leaves no partial file behind.
-        std::fs::write(&temp, &bytes)
-            .and_then(|()| std::fs::rename(&temp, &cached))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&temp);
-                io(e)
-            })?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let temp = cache_dir.join(format!(".{name}.{}.{n}.{nanos}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+        {
+            Ok(file) => break (temp, file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(e)),
+        }
+    };
+    // A failed write (a full disk) or rename leaves no partial file behind.
+    let written = std::io::Write::write_all(&mut file, &bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temp, &cached))
+        .and_then(|()| std::fs::File::open(cache_dir)?.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(io(e));
     }
     Ok(cached)
+}
+
+/// Refuses an ELF file cut short (a reload while it was still being copied in): the
+/// dynamic loader maps its segments without checking them against the file's length, and
+/// touching one past the end would kill the process (SIGBUS) instead of refusing the
+/// plugin. Other formats, and ELF files of another class or byte order, are left to the
+/// loader.
+fn segments_fit(bytes: &[u8]) -> Result<(), String> {
+    const PT_LOAD: u32 = 1;
+    if !bytes.starts_with(b"\x7fELF") || bytes.get(4..6) != Some(&[2, 1]) {
+        return Ok(());
+    }
+    let short = || {
+        format!(
+            "the file is cut short ({} bytes): it ends before its program headers",
+            bytes.len()
+        )
+    };
+    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: u64| {
+        let at = usize::try_from(at).ok()?;
+        Some(u64::from_le_bytes(
+            bytes.get(at..at.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
+    let table = u64_at(0x20).ok_or_else(short)?;
+    let (size, count) = (
+        u16_at(0x36).ok_or_else(short)?,
+        u16_at(0x38).ok_or_else(short)?,
+    );
+    for i in 0..u64::from(count) {
+        let header = table.checked_add(i * u64::from(size)).ok_or_else(short)?;
+        let kind = usize::try_from(header)
+            .ok()
+            .and_then(u32_at)
+            .ok_or_else(short)?;
+        if kind != PT_LOAD {
+            continue;
+        }
+        let offset = u64_at(header + 8).ok_or_else(short)?;
+        let length = u64_at(header + 32).ok_or_else(short)?;
+        let end = offset.saturating_add(length);
+        if end > bytes.len() as u64 {
+            return Err(format!(
+                "the file is cut short ({} bytes): a segment ends at byte {end}",
+                bytes.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_descriptor(

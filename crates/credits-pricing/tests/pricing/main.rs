@@ -464,6 +464,33 @@ fn reload_swaps_versions_while_a_call_in_flight_finishes_on_the_old_library() {
     }
 }
 
+/// Found by review: a plugin file cut short (a reload while it was still being copied in)
+/// was handed to the dynamic loader, which maps segments past the end of the file: touching
+/// one kills the process (SIGBUS). It is refused, naming the file; the tier keeps serving
+/// its previous version.
+#[test]
+fn a_plugin_file_cut_short_is_refused() {
+    let dirs = Dirs::with(&[("credits-tier-standard", "standard")]);
+    let (registry, _) = open(&dirs);
+    let whole = std::fs::read(built_lib("credits-tier-standard")).unwrap();
+    // (The loaded segments of a tier library end within its first 300 KB; debug info follows.)
+    for cut in [64, 1_000, 100_000] {
+        dirs.deploy_bytes(&whole[..cut], "standard");
+        let report = registry.reload().unwrap();
+        assert_eq!(report.refused.len(), 1, "{report}");
+        let refused = &report.refused[0];
+        assert_eq!(
+            refused.file.file_name().unwrap().to_string_lossy(),
+            tier_file("standard")
+        );
+        assert!(
+            matches!(&refused.reason, RefusalReason::NotALibrary(why) if why.contains("cut short")),
+            "{report}"
+        );
+        registry.price("standard-chat", usage(1000, 0, 0)).unwrap();
+    }
+}
+
 #[test]
 fn reload_keeps_a_tier_whose_new_file_is_refused_and_unloads_a_tier_whose_file_is_gone() {
     let dirs = Dirs::with(&[
