@@ -251,7 +251,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .collect();
     std::fs::create_dir_all(&settings.plugin_cache)
         .with_context(|| format!("creating {}", settings.plugin_cache.display()))?;
-    let (pricing, report) = PricingRegistry::open(&settings.plugins, &settings.plugin_cache)?;
+    // Opening a library runs its initialisers: one that never returns stops the start with
+    // a message, as a reload would, rather than leave `serve` silent for ever.
+    let (plugins, cache) = (settings.plugins.clone(), settings.plugin_cache.clone());
+    let opening = tokio::task::spawn_blocking(move || PricingRegistry::open(&plugins, &cache));
+    let (pricing, report) = tokio::time::timeout(credits_actors::ledger::RELOAD_TIMEOUT, opening)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "loading the pricing plugins in {} did not finish within {} s (a plugin's initialiser never returned?)",
+                settings.plugins.display(),
+                credits_actors::ledger::RELOAD_TIMEOUT.as_secs()
+            )
+        })???;
     tracing::info!(dir = %settings.plugins.display(), "pricing plugins: {report}");
     let pricing = Arc::new(pricing);
 
