@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plugins {
             command: PluginsCommand::Check { file },
-        } => match credits_pricing::check_plugin(&file) {
+        } => match check_in_time(&file).await? {
             Ok(report) => {
                 println!("{report}");
                 if !report.is_clean() {
@@ -193,6 +193,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("revoked");
             Ok(())
+        }
+    }
+}
+
+/// `plugins check FILE` on the blocking pool, cut off like a reload: a plugin whose
+/// initialiser or sample price call never returns is refused (exit 1), naming the file.
+async fn check_in_time(
+    file: &std::path::Path,
+) -> anyhow::Result<Result<credits_pricing::CheckReport, credits_pricing::RefusedPlugin>> {
+    let path = file.to_owned();
+    let checking = tokio::task::spawn_blocking(move || credits_pricing::check_plugin(&path));
+    match tokio::time::timeout(credits_actors::ledger::RELOAD_TIMEOUT, checking).await {
+        Ok(checked) => Ok(checked?),
+        Err(_) => {
+            eprintln!(
+                "plugin {} refused: it did not answer within {} s (its initialiser or a price call never returned)",
+                file.display(),
+                credits_actors::ledger::RELOAD_TIMEOUT.as_secs()
+            );
+            std::process::exit(1);
         }
     }
 }
