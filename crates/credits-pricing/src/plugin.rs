@@ -150,7 +150,9 @@ impl LoadedTier {
     pub(crate) fn admit(&self) -> Option<Admission> {
         let before = self.calls.admitted.fetch_add(1, Ordering::Relaxed);
         let admission = Admission(self.calls.clone());
-        (before < MAX_CALLS_PER_LIBRARY).then_some(admission)
+        // A disabled tier answers PRICING_FAILED at once, without entering the library:
+        // its stuck calls must not turn that into "overloaded".
+        (before < MAX_CALLS_PER_LIBRARY || self.stalled()).then_some(admission)
     }
 
     /// Whether a call into this tier did not return in time (it is disabled until a reload
@@ -287,12 +289,24 @@ fn cache_copy(path: &Path, cache_dir: &Path) -> Result<std::path::PathBuf, Refus
     let written = std::io::Write::write_all(&mut file, &bytes)
         .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&temp, &cached))
-        .and_then(|()| std::fs::File::open(cache_dir)?.sync_all());
+        .and_then(|()| sync_dir(cache_dir));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&temp);
         return Err(io(e));
     }
     Ok(cached)
+}
+
+/// Makes a rename in `dir` durable. Some file systems (CIFS, some FUSE mounts) cannot sync
+/// a directory and say so (EINVAL, EBADF): the copy is complete anyway, so that is no
+/// reason to refuse the plugin.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    const EBADF: i32 = 9;
+    const EINVAL: i32 = 22;
+    match std::fs::File::open(dir)?.sync_all() {
+        Err(e) if matches!(e.raw_os_error(), Some(EBADF | EINVAL)) => Ok(()),
+        other => other,
+    }
 }
 
 /// Refuses an ELF file cut short (a reload while it was still being copied in): the
@@ -336,7 +350,8 @@ fn segments_fit(bytes: &[u8]) -> Result<(), String> {
         let offset = u64_at(header + 8).ok_or_else(short)?;
         let length = u64_at(header + 32).ok_or_else(short)?;
         let end = offset.saturating_add(length);
-        if end > bytes.len() as u64 {
+        // A segment of zero-filled memory only maps nothing of the file.
+        if length > 0 && end > bytes.len() as u64 {
             return Err(format!(
                 "the file is cut short ({} bytes): a segment ends at byte {end}",
                 bytes.len()

@@ -38,7 +38,12 @@ fn a_library_admits_a_bounded_number_of_calls() {
     assert!(registry.tier_of("standard-chat").unwrap().admit().is_some());
     // A call that returns frees its place.
     held.pop();
+    let again = tier.admit().expect("a place again");
+    assert!(tier.admit().is_none());
+    // A disabled tier is admitted (to be refused PRICING_FAILED at once, not "overloaded").
+    let _ = tier.stall("fixture-gated");
     assert!(tier.admit().is_some());
+    drop(again);
 }
 
 fn usage(input_tokens: i64, cached_input_tokens: i64, output_tokens: i64) -> Usage {
