@@ -339,6 +339,11 @@ impl WalletBatch {
             timezone: after.timezone.name().to_owned(),
             plan_id: after.plan_id.0.clone(),
             scheduled_plan_id: after.scheduled_plan_id.as_ref().map(|p| p.0.clone()),
+            schedules: after
+                .scheduled_plan_id
+                .as_ref()
+                .filter(|p| before.scheduled_plan_id.as_ref() != Some(*p))
+                .map(|p| p.0.clone()),
             moves_to: (before.plan_id != after.plan_id)
                 .then(|| (after.plan_id.0.clone(), after.interval.as_str().to_owned())),
             entries: records,

@@ -248,6 +248,10 @@ pub struct WalletBatch {
     pub plan_id: String,
     /// The plan the wallet moves to at its next renewal, if any.
     pub scheduled_plan_id: Option<String>,
+    /// Set when the batch schedules a plan the wallet had not scheduled: its row is
+    /// share-locked like a move's, so an interval change either sees the schedule or
+    /// comes first (PostgreSQL; SQLite has one writer).
+    pub schedules: Option<String>,
     /// Set when the batch moves its wallet onto another plan: that plan's id and the
     /// interval the move was decided with. The commit is fenced out if the plan's stored
     /// interval differs (it changed meanwhile).

@@ -342,7 +342,7 @@ pub(crate) async fn insert_wallet<C: ConnectionTrait>(
     // A wallet never opens on an interval its plan no longer has, and a plan never changes
     // the interval of a wallet on it.
     let on = [(wallet.plan_id.as_str(), wallet.interval.as_str())];
-    if !changed_intervals(conn, &on).await?.is_empty() {
+    if !changed_intervals(conn, &on, &[]).await?.is_empty() {
         return Err(StoreError::PlanChanged(wallet.plan_id.clone()));
     }
     let row = wallets::Model {
@@ -441,7 +441,11 @@ async fn stale_plans<C: ConnectionTrait>(
         .filter_map(|b| b.moves_to.as_ref())
         .map(|(plan, interval)| (plan.as_str(), interval.as_str()))
         .collect();
-    let changed = changed_intervals(conn, &moves).await?;
+    let schedules: Vec<&str> = batches
+        .iter()
+        .filter_map(|b| b.schedules.as_deref())
+        .collect();
+    let changed = changed_intervals(conn, &moves, &schedules).await?;
     Ok(batches
         .iter()
         .filter(|b| {
@@ -460,12 +464,19 @@ async fn stale_plans<C: ConnectionTrait>(
 async fn changed_intervals<C: ConnectionTrait>(
     conn: &C,
     wanted: &[(&str, &str)],
+    scheduled: &[&str],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     use sea_orm::QueryOrder;
-    if wanted.is_empty() {
+    if wanted.is_empty() && scheduled.is_empty() {
         return Ok(Default::default());
     }
-    let mut ids: Vec<&str> = wanted.iter().map(|(plan, _)| *plan).collect();
+    // Plans being scheduled are locked too, whatever their interval (see
+    // `WalletBatch::schedules`).
+    let mut ids: Vec<&str> = wanted
+        .iter()
+        .map(|(plan, _)| *plan)
+        .chain(scheduled.iter().copied())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     let mut stored = plans::Entity::find()
