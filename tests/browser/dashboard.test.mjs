@@ -200,12 +200,18 @@ describe('account dashboard in Chromium against creditd', () => {
   step('usage: paging, filters, summaries by thread and model, the per-day chart', async () => {
     const { page } = world;
     // 21 small events on three threads: with the first one, 22 events = two pages of 20.
+    let newest = null;
     for (let i = 0; i < 21; i++) {
-      await admin(`mutation Bulk($input: RecordUsageInput!) { recordUsage(input: $input) { usage { id } } }`,
+      const { recordUsage } = await admin(`mutation Bulk($input: RecordUsageInput!) { recordUsage(input: $input) { usage { id } } }`,
         { input: { walletId: world.wallet.id, idempotencyKey: `bulk-${i}`, threadId: `thread-bulk-${'abc'[i % 3]}`, model: world.model, inputTokens: 1000 + i, outputTokens: 100 } });
+      newest = recordUsage.usage.id;
     }
     const rows = page.locator('#usage-rows [data-testid="usage-row"]');
     await eventually('usage rows on page 1', () => rows.count(), (n) => n === 20, LOAD_MS, '20 rows');
+    // Page 1 may first show the newest 20 of 21 (a refresh during the burst): the next
+    // page follows what is shown, so wait for the newest event before turning it.
+    await eventually('the newest event on page 1', () => rows.first().getAttribute('data-usage-id'),
+      (id) => id === newest, LOAD_MS, newest);
     const next = page.getByRole('button', { name: 'Next' });
     const previous = page.getByRole('button', { name: 'Previous' });
     assert.equal(await previous.isDisabled(), true, 'no previous page on page 1');
