@@ -341,7 +341,7 @@ impl Actor for WalletActor {
                     .events
                     .get_or_insert_with(|| broadcast::Sender::new(EVENT_CHANNEL_CAPACITY))
                     .subscribe();
-                let snapshot = state.snapshot();
+                let snapshot = state.snapshot_now();
                 let _ = reply.send(Subscription { snapshot, events });
             }
             WalletMsg::Tick(reply) => {
@@ -791,6 +791,21 @@ impl WalletState {
 
     fn publish_snapshot(&mut self) {
         self.send(self.snapshot());
+    }
+
+    /// What a new subscriber starts from: the last durable seq, with the balance as of now.
+    /// SPEC 3: the state at an instant includes every event due by then, so a reset that
+    /// fell due but is not committed yet (the next tick's record, seq + 1, carrying the
+    /// same balance) already shows.
+    fn snapshot_now(&self) -> BalanceEvent {
+        let now = self.shared.clock.now();
+        let mut wallet = self.durable.clone();
+        wallet.advance_to(now, &*self.shared.plans.snapshot());
+        BalanceEvent {
+            balance: wallet.balance(),
+            at: wallet.now,
+            ..self.snapshot()
+        }
     }
 
     fn snapshot(&self) -> BalanceEvent {

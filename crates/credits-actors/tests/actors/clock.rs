@@ -1,5 +1,5 @@
 use chrono::Duration;
-use credits_actors::EventKind;
+use credits_actors::{ActorConfig, Clock, EventKind};
 use credits_core::{Cause, replay};
 
 use crate::helpers::*;
@@ -207,4 +207,29 @@ async fn wallets_due_after_failing_ones_are_still_brought_up_to_date() {
         .filter(|id| app.ledger(id).last().map(|e| e.cause()) == Some(Cause::DailyReset))
         .count();
     assert_eq!(reset, 300 - 256);
+}
+
+/// Found by review (Session 13): a subscriber's first SNAPSHOT carried the last durable
+/// balance even when a reset had fallen due but was not committed yet, stamped "now" by the
+/// API: a state that never held at that instant (SPEC 3). It shows the balance as of now,
+/// at the durable seq; the reset's own record follows with the same balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_shows_what_fell_due_before_it_is_committed() {
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let app = app_with(clock.clone(), ActorConfig::default());
+    let id = app.wallet("wal_snap", "pro", "UTC").await;
+    app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    // Past midnight, with no tick yet.
+    clock
+        .as_manual()
+        .unwrap()
+        .advance(chrono::Duration::hours(13));
+    let mut sub = app.dir.subscribe(&id).await.unwrap();
+    assert_eq!(sub.snapshot.seq, 1);
+    assert_eq!(sub.snapshot.balance.daily.remaining, cr("20"));
+    assert_eq!(sub.snapshot.at, at("2027-03-11T01:00:00Z"));
+    app.dir.tick_all().await;
+    let reset = sub.events.recv().await.unwrap();
+    assert_eq!(reset.seq, 2);
+    assert_eq!(reset.balance, sub.snapshot.balance);
 }
