@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plugins {
             command: PluginsCommand::Check { file },
-        } => match check_in_time(&file).await? {
+        } => match check_in_time(&file).await {
             Ok(report) => {
                 println!("{report}");
                 if !report.is_clean() {
@@ -201,17 +201,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// initialiser or sample price call never returns is refused (exit 1), naming the file.
 async fn check_in_time(
     file: &std::path::Path,
-) -> anyhow::Result<Result<credits_pricing::CheckReport, credits_pricing::RefusedPlugin>> {
+) -> Result<credits_pricing::CheckReport, credits_pricing::RefusedPlugin> {
     let path = file.to_owned();
-    let checking = tokio::task::spawn_blocking(move || credits_pricing::check_plugin(&path));
-    match tokio::time::timeout(credits_actors::ledger::RELOAD_TIMEOUT, checking).await {
-        Ok(checked) => Ok(checked?),
-        Err(_) => {
-            eprintln!(
-                "plugin {} refused: it did not answer within {} s (its initialiser or a price call never returned)",
-                file.display(),
-                credits_actors::ledger::RELOAD_TIMEOUT.as_secs()
-            );
+    match credits_actors::ledger::plugin_work(move || credits_pricing::check_plugin(&path)).await {
+        Ok(checked) => checked,
+        Err(why) => {
+            eprintln!("plugin {} refused: {why}", file.display());
             std::process::exit(1);
         }
     }
@@ -274,16 +269,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Opening a library runs its initialisers: one that never returns stops the start with
     // a message, as a reload would, rather than leave `serve` silent for ever.
     let (plugins, cache) = (settings.plugins.clone(), settings.plugin_cache.clone());
-    let opening = tokio::task::spawn_blocking(move || PricingRegistry::open(&plugins, &cache));
-    let (pricing, report) = tokio::time::timeout(credits_actors::ledger::RELOAD_TIMEOUT, opening)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "loading the pricing plugins in {} did not finish within {} s (a plugin's initialiser never returned?)",
-                settings.plugins.display(),
-                credits_actors::ledger::RELOAD_TIMEOUT.as_secs()
-            )
-        })???;
+    let (pricing, report) =
+        credits_actors::ledger::plugin_work(move || PricingRegistry::open(&plugins, &cache))
+            .await
+            .map_err(|why| {
+                anyhow::anyhow!(
+                    "loading the pricing plugins in {}: {why}",
+                    settings.plugins.display()
+                )
+            })??;
     tracing::info!(dir = %settings.plugins.display(), "pricing plugins: {report}");
     let pricing = Arc::new(pricing);
 

@@ -320,13 +320,11 @@ impl Connection {
                 // Past the bound, this operation is refused; the others go on.
                 if self.open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET && !self.open.contains_key(&id) {
                     metrics::counter!("credits_websocket_subscriptions_refused_total").increment(1);
-                    let refused = async_graphql::Error::from(credits_graphql::ApiError::invalid(
-                        format!(
+                    let error = async_graphql::ServerError::from(
+                        credits_graphql::ApiError::invalid(format!(
                             "at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions on one WebSocket: complete one first"
-                        ),
-                    ));
-                    let mut error = async_graphql::ServerError::new(refused.message, None);
-                    error.extensions = refused.extensions;
+                        )),
+                    );
                     let message = ServerMessage::Error {
                         id: &id,
                         payload: [&error],
@@ -377,11 +375,9 @@ impl Connection {
                 Some(guard),
             ),
             Err(_) => {
-                let refused = async_graphql::Error::from(credits_graphql::ApiError::unavailable(
-                    "the server is shutting down",
-                ));
-                let mut error = async_graphql::ServerError::new(refused.message, None);
-                error.extensions = refused.extensions;
+                let error = async_graphql::ServerError::from(
+                    credits_graphql::ApiError::unavailable("the server is shutting down"),
+                );
                 let once = futures::stream::once(async move { Response::from_errors(vec![error]) });
                 (once.boxed(), None)
             }

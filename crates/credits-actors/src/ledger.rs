@@ -193,22 +193,32 @@ pub const PRICING_CALLS: usize = 256;
 /// How long a reload of the pricing plugins may take before its caller gets UNAVAILABLE.
 pub const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Reloads the pricing plugins on a thread of the blocking pool (opening a library runs its
-/// initialisers), so a plugin whose initialiser never returns holds that thread (and the
-/// reload lock) only, and the caller is answered after [`RELOAD_TIMEOUT`].
+/// Runs work that enters plugins outside a price call (opening a library runs its
+/// initialisers; a check prices samples) on a thread of the blocking pool, so a plugin that
+/// never returns holds that thread only, and the caller hears after [`RELOAD_TIMEOUT`]:
+/// `Err` says why the work did not finish.
+pub async fn plugin_work<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(RELOAD_TIMEOUT, tokio::task::spawn_blocking(work)).await {
+        Ok(done) => done.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "it did not finish within {} s (a plugin's initialiser or price call never returned?)",
+            RELOAD_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Reloads the pricing plugins through [`plugin_work`] (a reload asked for meanwhile waits
+/// on the reload lock that a stuck one holds).
 pub async fn reload_pricing(
     pricing: &Arc<PricingRegistry>,
 ) -> Result<credits_pricing::ReloadReport, String> {
     let registry = pricing.clone();
-    let reload = tokio::task::spawn_blocking(move || registry.reload());
-    match tokio::time::timeout(RELOAD_TIMEOUT, reload).await {
-        Ok(Ok(report)) => report.map_err(|e| e.to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "the reload did not finish within {} s (a plugin's initialiser?)",
-            RELOAD_TIMEOUT.as_secs()
-        )),
-    }
+    plugin_work(move || registry.reload())
+        .await
+        .map_err(|why| format!("the reload failed: {why}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Tries of a spend whose member limits keep changing under it before it is UNAVAILABLE.

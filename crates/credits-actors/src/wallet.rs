@@ -332,9 +332,7 @@ impl Actor for WalletActor {
                 }
             }
             WalletMsg::Read(reply) => {
-                let mut w = state.durable.clone();
-                w.advance_to(state.shared.clock.now(), &*state.shared.plans.snapshot());
-                let _ = reply.send(w);
+                let _ = reply.send(state.wallet_now());
             }
             WalletMsg::Subscribe(reply) => {
                 let events = state
@@ -793,14 +791,19 @@ impl WalletState {
         self.send(self.snapshot());
     }
 
+    /// The durable state as of now: what fell due applied in a copy, not yet committed.
+    fn wallet_now(&self) -> Wallet {
+        let mut wallet = self.durable.clone();
+        wallet.advance_to(self.shared.clock.now(), &*self.shared.plans.snapshot());
+        wallet
+    }
+
     /// What a new subscriber starts from: the last durable seq, with the balance as of now.
     /// SPEC 3: the state at an instant includes every event due by then, so a reset that
     /// fell due but is not committed yet (the next tick's record, seq + 1, carrying the
     /// same balance) already shows.
     fn snapshot_now(&self) -> BalanceEvent {
-        let now = self.shared.clock.now();
-        let mut wallet = self.durable.clone();
-        wallet.advance_to(now, &*self.shared.plans.snapshot());
+        let wallet = self.wallet_now();
         BalanceEvent {
             balance: wallet.balance(),
             at: wallet.now,

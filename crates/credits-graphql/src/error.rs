@@ -79,6 +79,17 @@ impl From<ApiError> for async_graphql::Error {
     }
 }
 
+/// For errors answered outside a resolver (a refused request or WebSocket operation):
+/// no location in the document.
+impl From<ApiError> for async_graphql::ServerError {
+    fn from(e: ApiError) -> Self {
+        let e = async_graphql::Error::from(e);
+        let mut error = async_graphql::ServerError::new(e.message, None);
+        error.extensions = e.extensions;
+        error
+    }
+}
+
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         let code = match &e {

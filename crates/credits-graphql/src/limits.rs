@@ -8,9 +8,7 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextSubscribe,
 };
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{
-    ErrorExtensionValues, Request, Response, ServerError, ServerResult, Value, Variables,
-};
+use async_graphql::{Request, Response, ServerError, ServerResult, Value, Variables};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
@@ -75,11 +73,7 @@ impl LimitsExtension {
 }
 
 fn invalid(message: impl Into<String>) -> ServerError {
-    let mut e = ServerError::new(message, None);
-    let mut ext = ErrorExtensionValues::default();
-    ext.set("code", "INVALID_INPUT");
-    e.extensions = Some(ext);
-    e
+    crate::ApiError::invalid(message).into()
 }
 
 /// What a document's operations select once every fragment spread is written out, as

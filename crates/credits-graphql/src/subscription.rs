@@ -249,6 +249,20 @@ mod tests {
 
     use super::*;
 
+    /// A watch of `last` as its reporter (no team admin to check again).
+    fn watching(
+        rx: broadcast::Receiver<ReviewChange>,
+        store: &Store,
+        last: ReviewRow,
+    ) -> ReviewWatch {
+        ReviewWatch {
+            rx,
+            store: store.clone(),
+            last: Some(last),
+            team_admin: None,
+        }
+    }
+
     fn review(id: &str) -> ReviewRow {
         ReviewRow {
             id: id.into(),
@@ -279,12 +293,7 @@ mod tests {
         let submitted = review("rev_1");
         store.insert_review(&submitted).await.unwrap();
         let (hub, rx) = broadcast::channel(4);
-        let mut watch = ReviewWatch {
-            rx,
-            store: store.clone(),
-            last: Some(submitted),
-            team_admin: None,
-        };
+        let mut watch = watching(rx, &store, submitted);
         assert!(
             store
                 .claim_review_approval("rev_1", 1, "grt_1", Some("sorry"))
@@ -336,12 +345,7 @@ mod tests {
         let submitted = review("rev_1");
         store.insert_review(&submitted).await.unwrap();
         let (hub, rx) = broadcast::channel(2);
-        let mut watch = ReviewWatch {
-            rx,
-            store: store.clone(),
-            last: Some(submitted),
-            team_admin: None,
-        };
+        let mut watch = watching(rx, &store, submitted);
         assert!(store.resolve_review(&rejection("rev_1")).await.unwrap());
         // Its own message is pushed out by three about other reviews.
         let rejected = store.review("rev_1").await.unwrap().unwrap();
@@ -374,12 +378,7 @@ mod tests {
         assert!(store.resolve_review(&rejection("rev_1")).await.unwrap());
         let rejected = store.review("rev_1").await.unwrap().unwrap();
         let (hub, rx) = broadcast::channel(4);
-        let mut watch = ReviewWatch {
-            rx,
-            store: store.clone(),
-            last: Some(submitted),
-            team_admin: None,
-        };
+        let mut watch = watching(rx, &store, submitted);
         let sql = |q: &'static str| {
             let store = store.clone();
             async move { store.connection().execute_unprepared(q).await.unwrap() }
