@@ -224,6 +224,12 @@ pub async fn reload_pricing(
 /// Tries of a spend whose member limits keep changing under it before it is UNAVAILABLE.
 const STALE_LIMITS_TRIES: u32 = 3;
 
+/// What a refusal was decided on that another node has changed since (see `Ledger::stale`).
+enum Stale {
+    Limits,
+    Plans,
+}
+
 impl Ledger {
     pub fn new(dir: Directory, store: Store, pricing: Arc<PricingRegistry>) -> Ledger {
         Ledger {
@@ -383,21 +389,54 @@ impl Ledger {
     async fn run(&self, id: &WalletId, mut op: Op) -> ServiceResult<Applied> {
         // A spend whose member limits changed since their seat read them (on another node,
         // maybe) is refused undecided: the seat reads them again and the spend is retried.
+        let several_nodes = self.store.backend() == credits_store::Backend::Postgres;
         for attempt in 1.. {
-            let again = (attempt < STALE_LIMITS_TRIES && op.member().is_some()).then(|| op.clone());
-            match (self.dir.execute(id, op).await, again) {
-                (Err(ExecError::StaleLimits), Some(mut again)) => {
-                    let member_id = again.member().map(|m| m.id.clone()).unwrap_or_default();
-                    let pools = self.dir.pools();
-                    pools.reseat(id, &member_id);
-                    let member = pools.member(&self.dir, &self.store, id, &member_id).await?;
-                    again.set_member(Some(member));
-                    op = again;
-                }
-                (result, _) => return Ok(result?),
+            let again = (attempt < STALE_LIMITS_TRIES && (several_nodes || op.member().is_some()))
+                .then(|| op.clone());
+            let result = self.dir.execute(id, op).await;
+            let Some(mut again) = again else {
+                return Ok(result?);
+            };
+            let reseat = match &result {
+                Err(ExecError::StaleLimits) => again.member().is_some(),
+                Err(ExecError::Op(e)) if several_nodes => match self.stale(id, e, &again).await {
+                    Some(Stale::Limits) => true,
+                    Some(Stale::Plans) => false,
+                    None => return Ok(result?),
+                },
+                _ => return Ok(result?),
+            };
+            if reseat {
+                let member_id = again.member().map(|m| m.id.clone()).unwrap_or_default();
+                let pools = self.dir.pools();
+                pools.reseat(id, &member_id);
+                let member = pools.member(&self.dir, &self.store, id, &member_id).await?;
+                again.set_member(Some(member));
             }
+            op = again;
         }
         unreachable!("the loop returns")
+    }
+
+    /// Whether a refusal rests on a member's limits or a plan another node changed since
+    /// this node read them: neither moves a record of the wallet, so the directory's check
+    /// of the stored seq does not see them, and their notice may still be on its way.
+    async fn stale(&self, id: &WalletId, refused: &OpError, op: &Op) -> Option<Stale> {
+        match refused {
+            OpError::MemberLimitExceeded { .. } => {
+                let seat = op.member()?.limits_version;
+                let stored = self.store.members_version(&id.0).await.ok()??;
+                (stored > seat).then_some(Stale::Limits)
+            }
+            OpError::ModelNotAllowed { plan, .. } => {
+                let known = self.plan(plan);
+                let stored = stored_plans(&self.store).await.ok()?;
+                let fresh = stored.iter().find(|p| &p.id == plan).cloned();
+                self.dir.plans().replace(stored);
+                (fresh != known).then_some(Stale::Plans)
+            }
+            _ => None,
+        }
     }
 
     pub async fn set_timezone(&self, id: &WalletId, tz: Tz) -> ServiceResult<Wallet> {

@@ -80,6 +80,17 @@ impl Store {
         seq.map(seq_from_db).transpose()
     }
 
+    /// The version of a pool wallet's members and their limits (`None`: no such wallet).
+    pub async fn members_version(&self, wallet_id: &str) -> Result<Option<i64>, StoreError> {
+        wallets::Entity::find_by_id(wallet_id.to_owned())
+            .select_only()
+            .column(wallets::Column::MembersVersion)
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(StoreError::Db)
+    }
+
     /// Commits one wallet's batch in one transaction behind the fence. Returns the new
     /// version. On [`CommitError::Conflict`] nothing was written.
     pub async fn commit(&self, batch: &WalletBatch) -> Result<i64, CommitError> {

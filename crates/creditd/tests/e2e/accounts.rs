@@ -671,3 +671,54 @@ async fn graphiql_is_served_from_the_binary(b: Backend) {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Found by review (Session 13, left): a node refused MODEL_NOT_ALLOWED on its own copy of a
+/// custom plan when another node had already let the plan use the tier, until the plan
+/// notice arrived. The store's row is changed here as another node's `upsertPlan` changes
+/// it, without the notice: the refusal is checked against the stored plans first
+/// (PostgreSQL only: a SQLite file has one node, which hears its own changes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_on_a_plan_another_node_changed_reads_the_plan_again() {
+    let Some(b) = Backend::postgres() else {
+        return eprintln!("CREDITS_TEST_DATABASE_URL is unset: skipped");
+    };
+    let app = App::spawn(b).await;
+    let upsert = "mutation($i: PlanInput!) { upsertPlan(input: $i) { id } }";
+    let input = json!({ "id": "acme-custom", "name": "Acme", "dailyCredits": 10,
+        "subscriptionCredits": 30, "interval": "MONTHLY", "modelTiers": ["economy"] });
+    app.ok(&app.admin, upsert, json!({ "i": input })).await;
+    let w = app.wallet("alice", "acme-custom").await;
+    let record =
+        "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { usage { model pricedBy } } }";
+    let usage = |key: &str| {
+        json!({ "i": { "walletId": w, "idempotencyKey": key, "threadId": "t",
+            "model": "standard-chat", "inputTokens": 10, "cachedTokens": 0, "outputTokens": 10 } })
+    };
+    assert_eq!(
+        app.code(&app.admin, record, usage("u1")).await,
+        "MODEL_NOT_ALLOWED"
+    );
+
+    let store = credits_store::Store::connect(&app.db.url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    store
+        .connection()
+        .execute_unprepared(
+            "UPDATE plans SET model_tiers = '[\"economy\",\"standard\"]' WHERE id = 'acme-custom'",
+        )
+        .await
+        .unwrap();
+    let d = app.ok(&app.admin, record, usage("u2")).await;
+    assert_eq!(d["recordUsage"]["usage"]["model"], "standard-chat");
+    // A refusal that stands stays one.
+    assert_eq!(
+        app.code(
+            &app.admin,
+            record,
+            json!({ "i": { "walletId": w, "idempotencyKey": "u3", "threadId": "t",
+                "model": "premium-max", "inputTokens": 1, "cachedTokens": 0, "outputTokens": 1 } })
+        )
+        .await,
+        "MODEL_NOT_ALLOWED"
+    );
+}
