@@ -332,9 +332,10 @@ async fn graphql_get(State(state): State<Shared>, req: axum::extract::Request) -
         );
     };
     upgrade
-        // A message is a request: the HTTP body limit holds here too (SPEC 10).
-        .max_message_size(MAX_BODY_BYTES)
-        .max_frame_size(MAX_BODY_BYTES)
+        // A message is a request: the HTTP body limit holds here too (SPEC 10), checked
+        // by the socket's loop on what the library reads.
+        .max_message_size(crate::ws::MAX_READ_BYTES)
+        .max_frame_size(crate::ws::MAX_READ_BYTES)
         .on_upgrade(move |socket| async move {
             metrics::gauge!("credits_websocket_connections").increment(1.0);
             crate::ws::serve(socket, state, protocol).await;

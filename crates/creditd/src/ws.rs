@@ -20,10 +20,15 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{AppState, CONNECTION_INIT_TIMEOUT, MAX_SUBSCRIPTIONS_PER_SOCKET, Shared};
+use credits_graphql::limits::MAX_BODY_BYTES;
 use credits_graphql::{Code, Principal};
 
 /// Events written to a socket before one flush.
 const SEND_BATCH: usize = 64;
+
+/// RFC 6455 close codes: a message over the limit, and a server that cannot serve now.
+const MESSAGE_TOO_BIG: u16 = 1009;
+const TRY_AGAIN_LATER: u16 = 1013;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -69,12 +74,33 @@ enum ServerMessage<'a> {
     Complete {
         id: &'a str,
     },
-    /// An operation refused before it ran (the socket stays open).
+    /// An operation refused before it ran (the socket stays open): graphql-transport-ws
+    /// sends its errors, the legacy protocol one error.
     Error {
         id: &'a str,
-        payload: [&'a async_graphql::ServerError; 1],
+        payload: ErrorList<'a>,
     },
     Pong,
+    /// The legacy protocol's keepalive, sent after the ack and at every ping.
+    Ka,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ErrorList<'a> {
+    Many(&'a [async_graphql::ServerError]),
+    One(&'a async_graphql::ServerError),
+}
+
+impl<'a> ServerMessage<'a> {
+    /// The refusal of operation `id` before it ran, as `protocol` sends it.
+    fn error(protocol: Protocol, id: &'a str, errors: &'a [async_graphql::ServerError]) -> Self {
+        let payload = match (protocol, errors) {
+            (Protocol::SubscriptionsTransportWS, [first, ..]) => ErrorList::One(first),
+            _ => ErrorList::Many(errors),
+        };
+        ServerMessage::Error { id, payload }
+    }
 }
 
 #[derive(Serialize)]
@@ -88,10 +114,18 @@ type TokenCheck = futures::future::BoxFuture<'static, Result<Principal, credits_
 /// Why the loop stops: a close frame to send (code, reason), or nothing (the client left).
 type Close = Option<(u16, String)>;
 
-/// One event of a subscription, or its end (`None`), tagged with the subscription's id and
-/// the generation of that id (an id may be reused once completed), and, on its first
-/// result, the operation's in-flight guard.
-type Tagged = (Arc<str>, u64, Option<Response>, Option<InFlight>);
+/// One event of a subscription, or its end (`event: None`), tagged with the subscription's
+/// id and the generation of that id (an id may be reused once completed).
+struct Tagged {
+    id: Arc<str>,
+    generation: u64,
+    event: Option<Response>,
+    /// Whether this is the operation's first result.
+    first: bool,
+    /// On the first result, the operation's in-flight guard (none when it was refused
+    /// because the server is draining).
+    guard: Option<InFlight>,
+}
 
 /// Held by an operation until its first result is written to the socket (see
 /// `AppState::draining`).
@@ -108,7 +142,7 @@ pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
     {
         Err(_) => Some((4408, "Connection initialisation timeout".to_owned())),
         Ok(Err(close)) => close,
-        Ok(Ok((principal, auth))) => match send(&mut sink, &ServerMessage::ConnectionAck).await {
+        Ok(Ok((principal, auth))) => match acknowledge(&mut sink, protocol).await {
             Ok(()) => {
                 Connection::new(state, protocol, principal, auth)
                     .run(&mut sink, &mut incoming)
@@ -117,7 +151,13 @@ pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
             Err(()) => None,
         },
     };
-    if let Some((code, reason)) = close {
+    let Some((code, reason)) = close else {
+        // The client closed (or left): its close frame is answered, which the library
+        // queued but sends only on a flush.
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+        return;
+    };
+    {
         if protocol == Protocol::SubscriptionsTransportWS && code != 4408 {
             // The legacy protocol reports errors in a message before closing.
             let error = ServerMessage::ConnectionError {
@@ -131,8 +171,20 @@ pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
             code,
             reason: truncate(reason, MAX_CLOSE_REASON).into(),
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
     }
+}
+
+/// How long a closing socket waits for its last frame to be written.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `connection_ack`, then, on the legacy protocol, its first keepalive.
+async fn acknowledge(sink: &mut Outgoing, protocol: Protocol) -> Result<(), ()> {
+    feed(sink, &ServerMessage::ConnectionAck).await?;
+    if protocol == Protocol::SubscriptionsTransportWS {
+        feed(sink, &ServerMessage::Ka).await?;
+    }
+    sink.flush().await.map_err(|_| ())
 }
 
 /// A close frame's reason fits in a control frame's 125 bytes, after the 2-byte code.
@@ -169,13 +221,13 @@ async fn init(
                         .or_else(|| p.get("authorization"))
                         .and_then(|v| v.as_str())
                 });
-                // A store that cannot be asked is no refusal (SPEC 10): 4500, as
-                // graphql-ws closes on a server error, so that the client tries again.
+                // A store that cannot be asked is no refusal (SPEC 10): 1013 "try again
+                // later", which graphql-ws clients retry (they give up on 4500).
                 return crate::server::principal_from(state, auth)
                     .await
                     .map(|p| (p, auth.map(str::to_owned)))
                     .map_err(|e| match e.code {
-                        Code::Unavailable => Some((4500, e.message)),
+                        Code::Unavailable => Some((TRY_AGAIN_LATER, e.message)),
                         _ => Some((4403, e.message)),
                     });
             }
@@ -205,7 +257,10 @@ async fn read(incoming: &mut Incoming) -> Result<ClientMessage, Close> {
 /// only shows the peer is there; the library answers pings itself).
 async fn read_frame(incoming: &mut Incoming) -> Result<Option<ClientMessage>, Close> {
     let parsed = match incoming.next().await {
-        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Err(None),
+        None | Some(Ok(Message::Close(_))) => return Err(None),
+        Some(Err(e)) => return Err(unreadable(e)),
+        Some(Ok(Message::Text(text))) if text.len() > MAX_BODY_BYTES => return Err(too_big()),
+        Some(Ok(Message::Binary(bytes))) if bytes.len() > MAX_BODY_BYTES => return Err(too_big()),
         Some(Ok(Message::Text(text))) => serde_json::from_str(text.as_str()),
         Some(Ok(Message::Binary(bytes))) => serde_json::from_slice(&bytes),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
@@ -214,6 +269,29 @@ async fn read_frame(incoming: &mut Incoming) -> Result<Option<ClientMessage>, Cl
         .map(Some)
         .map_err(|e| Some((4400, format!("invalid message: {e}"))))
 }
+
+/// A message over the body limit (SPEC 10) closes the socket with 1009.
+fn too_big() -> Close {
+    Some((
+        MESSAGE_TOO_BIG,
+        format!("a message is at most {MAX_BODY_BYTES} bytes"),
+    ))
+}
+
+/// A frame the library refused: one over even its own bound (see [`MAX_READ_BYTES`]) is
+/// still told why; a broken connection or a protocol violation just ends.
+fn unreadable(e: axum::Error) -> Close {
+    match e.into_inner().downcast::<tungstenite::Error>().map(|e| *e) {
+        Ok(tungstenite::Error::Capacity(_)) => too_big(),
+        _ => None,
+    }
+}
+
+/// What the library reads of one message before refusing it. Above [`MAX_BODY_BYTES`], so
+/// that a message a little over the limit is read whole and refused with a close frame the
+/// client gets (one refused from its header leaves its payload unread, and the socket may
+/// be reset before the client reads the frame).
+pub const MAX_READ_BYTES: usize = 4 * MAX_BODY_BYTES;
 
 async fn send(sink: &mut Outgoing, message: &ServerMessage<'_>) -> Result<(), ()> {
     feed(sink, message).await?;
@@ -289,7 +367,12 @@ impl Connection {
                             crate::server::principal_from(&state, auth.as_deref()).await
                         }));
                     }
-                    let ping = sink.send(Message::Ping(Default::default()));
+                    let ping = async {
+                        if self.protocol == Protocol::SubscriptionsTransportWS {
+                            feed(sink, &ServerMessage::Ka).await?;
+                        }
+                        sink.send(Message::Ping(Default::default())).await.map_err(|_| ())
+                    };
                     matches!(tokio::time::timeout(gone_after, ping).await, Ok(Ok(())))
                 }
                 checked = async { token_check.as_mut().expect("guarded").await }, if token_check.is_some() => {
@@ -320,15 +403,12 @@ impl Connection {
                 // Past the bound, this operation is refused; the others go on.
                 if self.open.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET && !self.open.contains_key(&id) {
                     metrics::counter!("credits_websocket_subscriptions_refused_total").increment(1);
-                    let error = async_graphql::ServerError::from(
+                    let error = [async_graphql::ServerError::from(
                         credits_graphql::ApiError::invalid(format!(
                             "at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions on one WebSocket: complete one first"
                         )),
-                    );
-                    let message = ServerMessage::Error {
-                        id: &id,
-                        payload: [&error],
-                    };
+                    )];
+                    let message = ServerMessage::error(self.protocol, &id, &error);
                     return send(sink, &message).await.map_err(|()| None);
                 }
                 self.subscribe(id, *payload)
@@ -336,9 +416,13 @@ impl Connection {
             ClientMessage::Complete { id } => {
                 if let Some((_, handle)) = self.open.remove(&id) {
                     handle.abort();
-                    send(sink, &ServerMessage::Complete { id: &id })
-                        .await
-                        .map_err(|()| None)?;
+                    // The legacy protocol confirms a `stop`; graphql-transport-ws sends
+                    // nothing more about the id, which the client may reuse at once.
+                    if self.protocol == Protocol::SubscriptionsTransportWS {
+                        send(sink, &ServerMessage::Complete { id: &id })
+                            .await
+                            .map_err(|()| None)?;
+                    }
                 }
                 Ok(())
             }
@@ -384,10 +468,23 @@ impl Connection {
         };
         let tag: Arc<str> = id.as_str().into();
         let end = tag.clone();
+        let mut first = true;
         let events = Abortable::new(stream, registration)
-            .map(move |r| (tag.clone(), generation, Some(r), in_flight.take()))
+            .map(move |r| Tagged {
+                id: tag.clone(),
+                generation,
+                event: Some(r),
+                first: std::mem::take(&mut first),
+                guard: in_flight.take(),
+            })
             .chain(futures::stream::once(async move {
-                (end, generation, None, None)
+                Tagged {
+                    id: end,
+                    generation,
+                    event: None,
+                    first: false,
+                    guard: None,
+                }
             }));
         self.open.insert(id, (generation, handle));
         self.events.push(events.boxed());
@@ -398,16 +495,17 @@ impl Connection {
     /// flushes them together: one group commit wakes many subscriptions of a socket at once,
     /// and one write for all of them spares a syscall per event.
     async fn deliver_ready(&mut self, sink: &mut Outgoing, first: Tagged) -> Result<(), ()> {
-        let (id, generation, event, guard) = first;
-        // Released once the results are written (shutdown waits for them).
-        let mut written: Vec<InFlight> = guard.into_iter().collect();
-        self.deliver(sink, &id, generation, event).await?;
-        for _ in 1..SEND_BATCH {
+        // Guards are released once the results are written (shutdown waits for them).
+        let mut written: Vec<InFlight> = Vec::new();
+        let mut tagged = first;
+        for sent in 1.. {
+            written.extend(tagged.guard.take());
+            self.deliver(sink, tagged).await?;
+            if sent == SEND_BATCH {
+                break;
+            }
             match futures::poll!(self.events.next()) {
-                Poll::Ready(Some((id, generation, event, guard))) => {
-                    written.extend(guard);
-                    self.deliver(sink, &id, generation, event).await?;
-                }
+                Poll::Ready(Some(t)) => tagged = t,
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }
@@ -417,18 +515,32 @@ impl Connection {
     }
 
     /// Queues one event of a subscription that is still open, or its `complete` when it
-    /// ended by itself (not when the client completed it: that was answered already).
-    async fn deliver(
-        &mut self,
-        sink: &mut Outgoing,
-        id: &str,
-        generation: u64,
-        event: Option<Response>,
-    ) -> Result<(), ()> {
+    /// ended by itself (not when the client completed it). An operation refused before it
+    /// ran (its document invalid, the server draining) gets an `error` message instead,
+    /// and nothing after it.
+    async fn deliver(&mut self, sink: &mut Outgoing, tagged: Tagged) -> Result<(), ()> {
+        let Tagged {
+            id,
+            generation,
+            event,
+            first,
+            ..
+        } = tagged;
+        let id = &*id;
         if self.open.get(id).map(|(g, _)| *g) != Some(generation) {
             return Ok(()); // Completed by the client, maybe reopened under the same id.
         }
         match event {
+            Some(refused) if first && refused_before_running(&refused) => {
+                if let Some((_, handle)) = self.open.remove(id) {
+                    handle.abort();
+                }
+                feed(
+                    sink,
+                    &ServerMessage::error(self.protocol, id, &refused.errors),
+                )
+                .await
+            }
             Some(payload) => {
                 let message = match self.protocol {
                     Protocol::GraphQLWS => ServerMessage::Next {
@@ -448,6 +560,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// A response with no data whose errors belong to no field: the request was refused as a
+/// whole (parse, validation, limits, a draining server), not by a resolver.
+fn refused_before_running(response: &Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
 }
 
 #[cfg(test)]

@@ -777,6 +777,18 @@ impl Ws {
         (ws, init)
     }
 
+    /// Sends a close frame with `code`.
+    pub async fn close(&mut self, code: u16) {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        };
+        self.socket
+            .send(Message::Close(Some(frame)))
+            .await
+            .expect("WebSocket close");
+    }
+
     pub async fn send(&mut self, msg: Value) {
         self.socket
             .send(Message::text(msg.to_string()))
@@ -845,8 +857,13 @@ impl Ws {
             let m = self.recv().await.expect("the server closed the WebSocket");
             match m["type"].as_str() {
                 Some("next" | "data") if m["id"] == id => return m["payload"].clone(),
+                // graphql-transport-ws sends a list of errors, the legacy protocol one.
                 Some("error") if m["id"] == id => {
-                    return json!({ "errors": m["payload"] });
+                    let errors = match &m["payload"] {
+                        Value::Array(_) => m["payload"].clone(),
+                        one => json!([one]),
+                    };
+                    return json!({ "errors": errors });
                 }
                 Some("ping") => self.send(json!({ "type": "pong" })).await,
                 // Another subscription ending (e.g. one refused with an error) is no concern.

@@ -98,6 +98,33 @@ async fn legacy_graphql_ws_protocol_works(b: Backend) {
     assert_eq!(seq(&grant), seq(&snap) + 1);
     assert_eq!(grant["balance"]["bonus"]["remaining"], "3");
     assert_eq!(grant["balance"]["total"], "523");
+
+    // An operation refused before it runs is one `error` message carrying one error,
+    // as the legacy protocol has it; a `stop` is confirmed with `complete`.
+    ws.subscribe("bad", "subscription { noSuchField }", json!({}))
+        .await;
+    let refused = loop {
+        let m = ws.recv().await.unwrap();
+        if m["type"] != "ka" {
+            break m;
+        }
+    };
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "bad", "{refused}");
+    assert_eq!(
+        refused["payload"]["extensions"]["code"], "INVALID_INPUT",
+        "{refused}"
+    );
+    ws.send(json!({ "id": "s", "type": "stop" })).await;
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        json!({ "id": "s", "type": "complete" })
+    );
+
+    // A client's close is answered with the server's (found by review: the socket was
+    // dropped, which the client sees as an abnormal closure, 1006).
+    ws.close(1000).await;
+    assert_eq!(ws.close_code().await, Some(1000));
 }
 
 /// The handshake agrees one protocol (the server's first choice among those offered,
@@ -294,7 +321,8 @@ async fn due_events_stream_in_order_at_their_instants(b: Backend) {
 }
 
 /// What `graphql-transport-ws` asks of a server beyond subscribing: pong, a completed id
-/// freed for reuse, errors as a result, and the close codes for a client that breaks the
+/// freed for reuse (and nothing more said of it), a refused operation as `error`, and the
+/// close codes for a client that breaks the
 /// protocol (the legacy protocol reports a `connection_error` first).
 async fn protocol_messages_and_close_codes(b: Backend) {
     let app = App::spawn(b).await;
@@ -309,18 +337,17 @@ async fn protocol_messages_and_close_codes(b: Backend) {
     ws.send(json!({ "type": "ping" })).await;
     assert_eq!(ws.recv().await.unwrap(), json!({ "type": "pong" }));
 
-    // Completed by the client: answered with `complete`, no event after it, and the id
-    // can be used again.
+    // Completed by the client: nothing more about it (found by review: the server echoed
+    // `complete`, which ended a subscription the client had reopened under the same id
+    // meanwhile), no event after it, and the id can be used again.
     ws.subscribe("a", BALANCE_CHANGED, json!({ "w": w })).await;
     assert_eq!(
         ws.next_data("a").await["balanceChanged"]["cause"],
         "SNAPSHOT"
     );
     ws.send(json!({ "id": "a", "type": "complete" })).await;
-    assert_eq!(
-        ws.recv().await.unwrap(),
-        json!({ "id": "a", "type": "complete" })
-    );
+    ws.send(json!({ "type": "ping" })).await;
+    assert_eq!(ws.recv().await.unwrap(), json!({ "type": "pong" }));
     ws.subscribe("b", BALANCE_CHANGED, json!({ "w": w })).await;
     assert_eq!(
         ws.next_data("b").await["balanceChanged"]["cause"],
@@ -334,14 +361,20 @@ async fn protocol_messages_and_close_codes(b: Backend) {
         "SNAPSHOT"
     );
 
-    // A subscription that cannot start is one result with errors, then `complete`.
+    // A subscription refused before it runs (its document invalid) is one `error`
+    // message, and nothing after it (found by review: it was `next` with errors, then
+    // `complete`, which the protocol keeps for operations that ran).
     ws.subscribe("bad", "subscription { noSuchField }", json!({}))
         .await;
-    assert!(ws.next("bad").await["errors"][0]["message"].is_string());
+    let refused = ws.recv().await.unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "bad", "{refused}");
     assert_eq!(
-        ws.recv().await.unwrap(),
-        json!({ "id": "bad", "type": "complete" })
+        refused["payload"][0]["extensions"]["code"], "INVALID_INPUT",
+        "{refused}"
     );
+    ws.send(json!({ "type": "ping" })).await;
+    assert_eq!(ws.recv().await.unwrap(), json!({ "type": "pong" }));
 
     // An id still open is a protocol error.
     ws.subscribe("a", BALANCE_CHANGED, json!({ "w": w })).await;
@@ -372,6 +405,9 @@ async fn protocol_messages_and_close_codes(b: Backend) {
     garbled.send(json!({ "type": "subscribe" })).await;
     assert_eq!(garbled.close_code().await, Some(4400));
     let (mut legacy, _) = Ws::connect(&app, "graphql-ws", &app.admin).await;
+    // The legacy protocol's keepalive follows its ack (found by review: it was never sent,
+    // and browsers cannot see WebSocket pings).
+    assert_eq!(legacy.recv().await.unwrap(), json!({ "type": "ka" }));
     legacy.send(json!({ "type": "nonsense" })).await;
     let error = legacy.recv().await.unwrap();
     assert_eq!(error["type"], "connection_error", "{error}");
