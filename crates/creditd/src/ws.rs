@@ -127,9 +127,15 @@ struct Tagged {
     guard: Option<InFlight>,
 }
 
-/// Held by an operation until its first result is written to the socket (see
-/// `AppState::draining`).
-type InFlight = tokio::sync::OwnedRwLockReadGuard<()>;
+/// Held by an operation until its first result is written to the socket: the drain's
+/// guard (see `AppState::draining`), and for a query or mutation one of the
+/// `--max-in-flight` slots HTTP requests take, so that those sent over sockets are shed as
+/// POSTs are. (A subscription takes none: its first result is a cheap snapshot, and a
+/// client opening many at once must not be refused for it.)
+type InFlight = (
+    tokio::sync::OwnedRwLockReadGuard<()>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
 
 /// Serves one upgraded socket until either side closes it.
 pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
@@ -449,8 +455,22 @@ impl Connection {
         let generation = self.generation;
         let (handle, registration) = AbortHandle::new_pair();
         // The first result carries the in-flight guard to the socket; an operation refused
-        // because the server is shutting down answers UNAVAILABLE and ends.
-        let (stream, mut in_flight) = match self.state.draining.clone().try_read_owned() {
+        // because the server is shutting down, or at capacity, is refused UNAVAILABLE.
+        let slot = if subscribes(&request) {
+            Ok(None)
+        } else {
+            metrics::counter!("credits_graphql_requests_total").increment(1);
+            self.state.in_flight.clone().try_acquire_owned().map(Some)
+        };
+        let admitted = match (self.state.draining.clone().try_read_owned(), slot) {
+            (Err(_), _) => Err("the server is shutting down"),
+            (_, Err(_)) => {
+                metrics::counter!("credits_graphql_shed_total").increment(1);
+                Err("the server is at capacity; retry later")
+            }
+            (Ok(guard), Ok(slot)) => Ok((guard, slot)),
+        };
+        let (stream, mut in_flight) = match admitted {
             Ok(guard) => (
                 self.state
                     .schema
@@ -458,10 +478,9 @@ impl Connection {
                     .boxed(),
                 Some(guard),
             ),
-            Err(_) => {
-                let error = async_graphql::ServerError::from(
-                    credits_graphql::ApiError::unavailable("the server is shutting down"),
-                );
+            Err(why) => {
+                let error =
+                    async_graphql::ServerError::from(credits_graphql::ApiError::unavailable(why));
                 let once = futures::stream::once(async move { Response::from_errors(vec![error]) });
                 (once.boxed(), None)
             }
@@ -560,6 +579,24 @@ impl Connection {
             }
         }
     }
+}
+
+/// Whether the operation `request` names is a subscription. (A document that does not parse
+/// is refused by the schema; it is counted as a query here.)
+fn subscribes(request: &Request) -> bool {
+    use async_graphql::parser::types::{DocumentOperations, OperationType};
+    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
+        return false;
+    };
+    let operation = match &document.operations {
+        DocumentOperations::Single(op) => Some(op),
+        DocumentOperations::Multiple(ops) => match &request.operation_name {
+            Some(name) => ops.get(name.as_str()),
+            None if ops.len() == 1 => ops.values().next(),
+            None => None,
+        },
+    };
+    operation.is_some_and(|op| op.node.ty == OperationType::Subscription)
 }
 
 /// A response with no data whose errors belong to no field: the request was refused as a

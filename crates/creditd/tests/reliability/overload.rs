@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{App, Backend, START};
+use crate::helpers::{App, Backend, Init, START, Ws};
 use crate::on_both;
 use crate::workload::{Outcome, Shared, http_client, ledger, seed, spawn_clients, verify, wallets};
 
@@ -161,6 +161,34 @@ async fn overload_sheds_at_once_changes_nothing_and_recovers(b: Backend) {
         slowest < Duration::from_secs(5),
         "a shed request waited {slowest:?}"
     );
+    // Over a WebSocket too (found by review: operations sent over sockets took no slot),
+    // a mutation is refused UNAVAILABLE; a subscription takes no slot and is served.
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    let over_ws = usage(&wallet, "over-ws");
+    ws.subscribe(
+        "m",
+        over_ws["query"].as_str().unwrap(),
+        over_ws["variables"].clone(),
+    )
+    .await;
+    let refused = ws.recv().await.expect("an answer");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "UNAVAILABLE",
+        "{refused}"
+    );
+    ws.subscribe(
+        "s",
+        "subscription($w: ID!) { balanceChanged(walletId: $w) { cause } }",
+        json!({ "w": wallet }),
+    )
+    .await;
+    assert_eq!(
+        ws.next_data("s").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+    drop(ws);
     // A shed request changed nothing.
     assert_eq!(
         ledger(&store, &wallet).await.len(),
