@@ -75,11 +75,20 @@ fn plugins_check_fails_a_tier_that_loads_but_is_not_deployable() {
 fn token_create_refuses_a_bad_owner_before_touching_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let long = "x".repeat(129);
-    for args in [
-        vec!["--role", "USER", "--owner", ""],
-        vec!["--role", "USER", "--owner", long.as_str()],
-        vec!["--role", "USER"],
-        vec!["--role", "ADMIN", "--owner", "alice"],
+    for (args, why) in [
+        (
+            vec!["--role", "USER", "--owner", ""],
+            "--owner must be 1 to 128 characters",
+        ),
+        (
+            vec!["--role", "USER", "--owner", long.as_str()],
+            "--owner must be 1 to 128 characters",
+        ),
+        (vec!["--role", "USER"], "a USER token needs --owner"),
+        (
+            vec!["--role", "ADMIN", "--owner", "alice"],
+            "only USER tokens have an owner",
+        ),
     ] {
         let out = creditd()
             .current_dir(dir.path())
@@ -88,6 +97,9 @@ fn token_create_refuses_a_bad_owner_before_touching_the_database() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?}: {out:?}");
+        // Refused for this reason, not as a usage error of the command line.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
         assert!(
             !dir.path().join("creditd.db").exists(),
             "{args:?} created the database"

@@ -1,7 +1,8 @@
 //! Hostile input and GraphQL abuse (issue 10, item 4): every mutation of the contract with
 //! bad values, and requests built to exhaust the server. Each is refused with a clear
-//! `extensions.code` or bounded, and nothing changes: the stored rows of every table, the
-//! wallets' versions and ledger lengths and their balances are the same before and after.
+//! `extensions.code` or bounded, and nothing changes: the row count of every table, the
+//! rows changed in place (reviews, members' limits, plans), the wallets' versions and
+//! ledger lengths and their balances are the same before and after.
 
 use std::process::Command;
 
@@ -15,7 +16,7 @@ use crate::on_both;
 on_both!(
     every_mutation_refuses_bad_values_and_changes_nothing,
     graphql_abuse_is_refused_and_changes_nothing,
-    an_oversized_body_is_answered_while_it_is_still_arriving,
+    an_oversized_body_is_read_to_its_end_then_answered,
     websocket_connections_are_bounded,
     a_subscriber_that_never_reads_is_told_to_resync,
     subscriptions_on_one_socket_are_bounded,
@@ -61,8 +62,16 @@ const TABLES: &[&str] = &[
     "api_tokens",
 ];
 
+/// Rows changed in place (not only added): their columns a call may change.
+const CHANGED_IN_PLACE: &str = "\
+    SELECT id, status, coalesce(credited_ucr, -1), coalesce(grant_id, ''), coalesce(note, ''), coalesce(resolved_us, -1) FROM reviews ORDER BY id; \
+    SELECT team_id, user_id, role, coalesce(daily_limit_ucr, -1), coalesce(period_limit_ucr, -1) FROM team_members ORDER BY team_id, user_id; \
+    SELECT id, name, daily_ucr, subscription_ucr, interval, model_tiers, custom, retired, position, updated_us FROM plans ORDER BY id";
+
 /// Everything a refused call must leave alone: the row count of every table, each
-/// wallet's fence version and ledger length, and the balances as the API reads them.
+/// wallet's fence version and ledger length, the rows changed in place (reviews, members'
+/// limits, plans: found by review, a call that changed one of them and then was refused
+/// would have passed), and the balances as the API reads them.
 async fn state(app: &App, wallets: &[&str]) -> Value {
     // One client process per look: every table's row count, then each wallet's row.
     let counts: Vec<String> = TABLES
@@ -77,11 +86,12 @@ async fn state(app: &App, wallets: &[&str]) -> Value {
             ", 0".repeat(TABLES.len() - 3),
         ),
     );
+    let in_place = sql(app, CHANGED_IN_PLACE);
     let mut balances = Vec::new();
     for w in wallets {
         balances.push(app.balance(w).await);
     }
-    json!({ "tables": TABLES, "rows": rows, "balances": balances })
+    json!({ "tables": TABLES, "rows": rows, "in_place": in_place, "balances": balances })
 }
 
 /// The ledger length of one wallet.
@@ -1235,10 +1245,10 @@ async fn graphql_abuse_is_refused_and_changes_nothing(b: Backend) {
     eprintln!("graphql abuse cases tried: {}", cases.len());
 }
 
-/// A body over the limit gets its code even while the client is still writing it: the
-/// server reads the rest and drops it. (Closing at once left such a client a broken pipe
-/// or a reset, and no answer.)
-async fn an_oversized_body_is_answered_while_it_is_still_arriving(b: Backend) {
+/// A body over the limit gets its code although the client is still writing it when the
+/// limit is passed: the server reads the rest (up to 16 MiB), drops it, then answers 413.
+/// (Closing at once left such a client a broken pipe or a reset, and no answer.)
+async fn an_oversized_body_is_read_to_its_end_then_answered(b: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = App::spawn(b).await;
     let chunk = vec![b' '; 64 * 1024];

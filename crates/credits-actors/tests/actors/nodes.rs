@@ -90,20 +90,25 @@ async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
     let (store, a, b, id) = two_nodes("wal_nodes").await;
     let reserved = a.execute(&id, reserve_op()).await.unwrap();
 
-    // B is busy committing a call of its own, decided on its older state.
-    store
-        .faults
-        .commit_delay_micros
-        .store(SLOW_COMMIT_MICROS, Ordering::SeqCst);
+    // B is busy committing a call of its own, decided on its older state: the commit is
+    // held in flight (found by review: a pause stood for it, which a loaded machine could
+    // outlast).
+    let commits = &store.faults.commits;
+    commits.hold.store(1, Ordering::SeqCst);
     let busy = {
         let (b, id) = (b.clone(), id.clone());
         tokio::spawn(async move { b.execute(&id, usage("u1", "1")).await })
     };
-    tokio::time::sleep(PAUSE).await;
-    // A's notice reaches B, then the settle of A's reservation.
+    assert!(eventually(|| commits.held.load(Ordering::SeqCst) == 1).await);
+    // A's notice reaches B, then the settle of A's reservation; then B's commit lands.
     b.announce(&id, Some(reserved.entry.seq));
-    let settle = settle_op();
-    let settled = b.execute(&id, Op::Settle(settle)).await;
+    let settled = {
+        let (b, id) = (b.clone(), id.clone());
+        tokio::spawn(async move { b.execute(&id, Op::Settle(settle_op())).await })
+    };
+    tokio::time::sleep(PAUSE).await;
+    commits.release.notify_one();
+    let settled = settled.await.unwrap();
     assert!(settled.is_ok(), "{settled:?}");
     busy.await.unwrap().unwrap();
     // Created, reserved, then B's usage and the settlement: each once.

@@ -1126,6 +1126,8 @@ fn daily_credits_held_by_reservations_count_against_the_daily_cap() {
             );
         }
     }
+    // The first one is held at least, or nothing stacks here at all.
+    assert!(!held.is_empty());
     for key in &held {
         ok(&mut j, t, &Op::Release(ReservationId(format!("res_{key}"))));
     }
