@@ -25,8 +25,6 @@ pub const TOKEN_REPORTER: &str = "";
 
 /// Usage events of one thread read for an analysis, at most.
 pub const MAX_THREAD_EVENTS: usize = 10_000;
-/// Reviews resolved or filed per thread considered for "already credited".
-const MAX_THREAD_REVIEWS: usize = 1000;
 
 fn record(row: &UsageRow) -> UsageRecord {
     UsageRecord {
@@ -176,14 +174,11 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
     // Events a CREDITED review already judged are never refunded again: those of the
     // thread up to the last one it analysed (by ledger seq, which no clock can reorder),
     // only its member's when a plain member filed it.
-    let earlier = l
+    let covered: Vec<Coverage> = l
         .store()
-        .reviews_of_thread(&wallet_id.0, &input.thread_id)
-        .await?;
-    let covered: Vec<Coverage> = earlier
+        .credited_reviews_of_thread(&wallet_id.0, &input.thread_id)
+        .await?
         .iter()
-        .filter(|r| r.status == StoreStatus::Credited)
-        .take(MAX_THREAD_REVIEWS)
         .map(Coverage::of)
         .collect();
     let already: HashSet<UsageId> = thread
@@ -197,16 +192,25 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         Some(model) => {
             let (from, to) = (now - Duration::days(30), now + Duration::seconds(1));
             // Measured as its peers are: the thread's cost on that model in the window.
-            let total: i64 = rows
-                .iter()
-                .filter(|r| r.model == model && r.at >= from && r.at < to)
+            let of_model = || {
+                rows.iter()
+                    .filter(|r| r.model == model && r.at >= from && r.at < to)
+            };
+            let total: i64 = of_model()
                 .map(|r| r.cost_ucr)
                 .fold(0i64, i64::saturating_add);
             let thread = (wallet_id.0.as_str(), input.thread_id.as_str());
-            let rank = l
+            let mut rank = l
                 .store()
                 .thread_rank(model, from, to, thread, total)
                 .await?;
+            // A thread that did not use the model in the window is not one of its threads
+            // (a report may name a model the thread never used). A plain member sees only
+            // their share: the thread is taken to be one.
+            if member.is_none() && of_model().next().is_none() {
+                rank.threads -= 1;
+                rank.at_or_below -= 1;
+            }
             credits_review::percentile_from_counts(rank.threads, rank.at_or_below)
         }
         None => None,

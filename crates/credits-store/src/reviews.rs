@@ -109,17 +109,20 @@ impl Store {
             .transpose()
     }
 
-    /// Every review of a thread, oldest first (a refund never covers events that a
-    /// CREDITED review already covered), at most [`MAX_LIST`].
-    pub async fn reviews_of_thread(
+    /// The CREDITED reviews of a thread (a refund never covers events one of them already
+    /// covered), newest first, at most [`MAX_LIST`]: the newest cover the most, so those
+    /// are the ones kept (found by review: the oldest were, and with more than the bound
+    /// the events the newest had refunded were suggested again).
+    pub async fn credited_reviews_of_thread(
         &self,
         wallet_id: &str,
         thread_id: &str,
     ) -> Result<Vec<ReviewRow>, StoreError> {
         let wanted = Condition::all()
             .add(reviews::Column::WalletId.eq(wallet_id))
-            .add(reviews::Column::ThreadId.eq(thread_id));
-        self.reviews_where(wanted, MAX_LIST, false).await
+            .add(reviews::Column::ThreadId.eq(thread_id))
+            .add(reviews::Column::Status.eq(ReviewStatus::Credited.as_str()));
+        self.reviews_where(wanted, MAX_LIST, true).await
     }
 
     /// Reviews matching `wanted`, at most `limit` (≤ [`MAX_LIST`]): the oldest, oldest

@@ -354,6 +354,14 @@ async fn reviews_carry_the_cost_percentile(b: Backend) {
         d["reportHighUsage"]["findings"]["costPercentile"],
         json!(null)
     );
+    // Nor does the reported thread when it never used the model the report names (found
+    // by review: it was counted as a tenth thread, and ranked).
+    let named = "mutation($w: ID!, $t: String!) { reportHighUsage(input: {walletId: $w, threadId: $t, taskDescription: \"x\", model: \"standard-chat\", previewStatus: OK}) { findings { costPercentile } } }";
+    let d = app.ok(&alice, named, json!({ "w": w, "t": "te" })).await;
+    assert_eq!(
+        d["reportHighUsage"]["findings"]["costPercentile"],
+        json!(null)
+    );
     // The tenth: t7 costs at least as much as 7 of the 10 threads.
     let r = app
         .record(&w, "k10", "t10", "standard-chat", 10_000, 0)
@@ -369,7 +377,6 @@ async fn reviews_carry_the_cost_percentile(b: Backend) {
         &app.record(&w, "big", "t2", "economy-mini", 10_000_000, 0)
             .await,
     );
-    let named = "mutation($w: ID!, $t: String!) { reportHighUsage(input: {walletId: $w, threadId: $t, taskDescription: \"x\", model: \"standard-chat\", previewStatus: OK}) { findings { costPercentile } } }";
     let d = app.ok(&alice, named, json!({ "w": w, "t": "t2" })).await;
     assert_eq!(d["reportHighUsage"]["findings"]["costPercentile"], 20.0);
 }

@@ -373,12 +373,12 @@ async fn reviews_round_trip(store: Store) -> anyhow::Result<()> {
     let resolved = store.review("rev_1").await?.unwrap();
     assert_eq!(resolved.status, ReviewStatus::Rejected);
     assert_eq!(resolved.note.as_deref(), Some("expected"));
+    let ids = |rows: Vec<ReviewRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
     // The thread may be reported again once its review is resolved.
     assert_eq!(
         store.insert_review(&review("rev_4", "t1", 3)).await?,
         ReviewInsert::New
     );
-    assert_eq!(store.reviews_of_thread("wal_r", "t1").await?.len(), 2);
     assert_eq!(store.open_review("wal_r", "t1").await?.unwrap().id, "rev_4");
     assert_eq!(
         store
@@ -395,7 +395,6 @@ async fn reviews_round_trip(store: Store) -> anyhow::Result<()> {
     );
     // A wallet's reviews: the newest first, the limit keeps the newest, a status filters
     // before the limit.
-    let ids = |rows: Vec<ReviewRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(
         ids(store.reviews_of_wallet("wal_r", None, 2).await?),
         ["rev_4", "rev_3"]
@@ -460,6 +459,48 @@ async fn reviews_round_trip(store: Store) -> anyhow::Result<()> {
     assert_eq!(credited.status, ReviewStatus::Credited);
     assert_eq!(credited.note.as_deref(), Some("sorry"));
     assert_eq!(credited.resolved_at, Some(t0() + Duration::hours(2)));
+
+    // The CREDITED reviews of a thread, the newest first: those cover the most (found by
+    // review: all of them oldest first, so past the bound the newest were left out).
+    let of_c = |id: &str, at: i64| ReviewRow {
+        wallet_id: "wal_c".into(),
+        ..review(id, "t1", at)
+    };
+    let credit = |id: &'static str, hours: i64| {
+        let store = store.clone();
+        async move {
+            assert!(
+                store
+                    .claim_review_approval(id, 1, &format!("grt_{id}"), None)
+                    .await?
+            );
+            let at = t0() + Duration::hours(hours);
+            assert!(store.finish_review_approval(id, at).await?);
+            anyhow::Ok(())
+        }
+    };
+    store.insert_review(&of_c("rev_c1", 0)).await?;
+    assert!(
+        store
+            .credited_reviews_of_thread("wal_c", "t1")
+            .await?
+            .is_empty()
+    );
+    credit("rev_c1", 1).await?;
+    store.insert_review(&of_c("rev_c2", 2)).await?;
+    let rejected = ReviewResolution {
+        review_id: "rev_c2".into(),
+        status: ReviewStatus::Rejected,
+        credited_ucr: None,
+        note: None,
+        grant_id: None,
+        resolved_at: t0() + Duration::hours(3),
+    };
+    assert!(store.resolve_review(&rejected).await?);
+    store.insert_review(&of_c("rev_c3", 3)).await?;
+    credit("rev_c3", 4).await?;
+    let credited = store.credited_reviews_of_thread("wal_c", "t1").await?;
+    assert_eq!(ids(credited), ["rev_c3", "rev_c1"]);
     Ok(())
 }
 
