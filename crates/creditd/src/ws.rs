@@ -26,6 +26,9 @@ use credits_graphql::{Code, Principal};
 /// Events written to a socket before one flush.
 const SEND_BATCH: usize = 64;
 
+/// graphql-transport-ws's close code for a message that is not one of the protocol's.
+const INVALID_MESSAGE: u16 = 4400;
+
 /// RFC 6455 close codes: a message over the limit, and a server that cannot serve now.
 const MESSAGE_TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
@@ -273,7 +276,7 @@ async fn read_frame(incoming: &mut Incoming) -> Result<Option<ClientMessage>, Cl
     };
     parsed
         .map(Some)
-        .map_err(|e| Some((4400, format!("invalid message: {e}"))))
+        .map_err(|e| Some((INVALID_MESSAGE, format!("invalid message: {e}"))))
 }
 
 /// A message over the body limit (SPEC 10) closes the socket with 1009.
@@ -353,6 +356,20 @@ impl Connection {
                     let message = match frame {
                         Ok(Some(m)) => m,
                         Ok(None) => continue,
+                        // The legacy protocol reports a message it cannot read and reads on
+                        // (graphql-transport-ws closes the socket).
+                        Err(Some((INVALID_MESSAGE, why)))
+                            if self.protocol == Protocol::SubscriptionsTransportWS =>
+                        {
+                            let error = ServerMessage::ConnectionError {
+                                payload: ErrorPayload { message: why },
+                            };
+                            let sent = send(sink, &error);
+                            match tokio::time::timeout(gone_after, sent).await {
+                                Ok(Ok(())) => continue,
+                                _ => return None,
+                            }
+                        }
                         Err(close) => return close,
                     };
                     match tokio::time::timeout(gone_after, self.handle(sink, message)).await {

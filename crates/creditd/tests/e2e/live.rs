@@ -411,8 +411,22 @@ async fn protocol_messages_and_close_codes(b: Backend) {
     legacy.send(json!({ "type": "nonsense" })).await;
     let error = legacy.recv().await.unwrap();
     assert_eq!(error["type"], "connection_error", "{error}");
-    // The reason is cut to fit a close frame (the parse error is longer).
-    assert_eq!(legacy.close_code().await, Some(4400));
+    // The legacy protocol reads on after a message it cannot read (found by review: the
+    // socket was closed, and with it the client's other subscriptions).
+    legacy
+        .subscribe("s", BALANCE_CHANGED, json!({ "w": w }))
+        .await;
+    assert_eq!(
+        legacy.next_data("s").await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+    // Before `connection_init`, it closes with the code (the reason cut to fit a close
+    // frame: the parse error is longer).
+    let mut early_legacy = Ws::open(&app, "graphql-ws").await;
+    early_legacy.send(json!({ "type": "nonsense" })).await;
+    let error = early_legacy.recv().await.unwrap();
+    assert_eq!(error["type"], "connection_error", "{error}");
+    assert_eq!(early_legacy.close_code().await, Some(4400));
 
     // The server keeps serving sockets that follow the protocol.
     let (mut fresh, _) = Ws::connect(&app, "graphql-ws", &app.admin).await;
