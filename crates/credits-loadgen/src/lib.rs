@@ -45,13 +45,20 @@ pub struct Config {
 /// Requests of one phase.
 #[derive(Debug, Default)]
 pub struct Phase {
+    /// Successful requests answered by the phase's end.
     pub ok: u64,
+    /// Successful requests answered after it (sent before it ended): not in the rate.
+    pub late: u64,
     pub errors: u64,
     /// The first error, for the report.
     pub first_error: Option<String>,
+    /// The phase's length: the rate is `ok` over it.
     pub elapsed: Duration,
-    /// Latencies of successful requests, sorted.
+    /// Latencies of successful requests (late ones too), sorted.
     pub latencies: Vec<Duration>,
+    /// CPU time the load generator itself used during the phase (Linux), to tell how much
+    /// of the two cores it took from the server.
+    pub loadgen_cpu: Option<Duration>,
 }
 
 impl Phase {
@@ -85,8 +92,52 @@ pub struct Deliveries {
     pub record: Phase,
     /// Events the subscribers should have seen (successful writes × subscribers of the wallet).
     pub expected: u64,
-    /// Event latencies (`at` → arrival), sorted.
+    /// Usage event latencies (`at` → arrival), sorted.
     pub latencies: Vec<Duration>,
+    /// What each subscription's seqs showed: events missed, events seen twice, fresh
+    /// SNAPSHOTs sent to a subscriber that fell behind, events of other causes, and events
+    /// that arrived before their `at` (a clock difference, counted as 0 ms).
+    pub seqs: SeqCheck,
+}
+
+/// Per-subscription accounting of a subscriber's events (see [`Deliveries::seqs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqCheck {
+    pub missed: u64,
+    pub repeated: u64,
+    pub resyncs: u64,
+    pub other_causes: u64,
+    pub before_at: u64,
+}
+
+impl SeqCheck {
+    fn add(&mut self, o: SeqCheck) {
+        self.missed += o.missed;
+        self.repeated += o.repeated;
+        self.resyncs += o.resyncs;
+        self.other_causes += o.other_causes;
+        self.before_at += o.before_at;
+    }
+}
+
+/// The CPU time this process has used (Linux: `/proc/self/stat`, in USER_HZ = 100 ticks).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+impl Deliveries {
+    /// Every expected event arrived once, in seq order.
+    pub fn complete(&self) -> bool {
+        self.latencies.len() as u64 == self.expected
+            && self.seqs.missed == 0
+            && self.seqs.repeated == 0
+            && self.seqs.resyncs == 0
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,12 +158,19 @@ impl std::fmt::Display for Report {
         let line = |f: &mut std::fmt::Formatter<'_>, name: &str, p: &Phase| {
             writeln!(
                 f,
-                "{name:<22} {:>9.0}/s  p50 {:>10}  p99 {:>10}  ok {} errors {}{}",
+                "{name:<22} {:>9.0}/s  p50 {:>10}  p99 {:>10}  ok {} late {} errors {}{}{}",
                 p.rate(),
                 ms(p.percentile(0.5)),
                 ms(p.percentile(0.99)),
                 p.ok,
+                p.late,
                 p.errors,
+                p.loadgen_cpu
+                    .map(|c| format!(
+                        "  loadgen CPU {:.2} cores",
+                        c.as_secs_f64() / p.elapsed.as_secs_f64().max(1e-9)
+                    ))
+                    .unwrap_or_default(),
                 p.first_error
                     .as_deref()
                     .map(|e| format!(" (first: {e})"))
@@ -144,6 +202,21 @@ impl std::fmt::Display for Report {
                 ms(percentile(&d.latencies, 0.5)),
                 ms(percentile(&d.latencies, 0.99)),
                 ms(d.latencies.last().copied().unwrap_or_default())
+            )?;
+            let s = &d.seqs;
+            writeln!(
+                f,
+                "delivery check         missed {}  repeated {}  resyncs {}  other causes {}  before their at {}{}",
+                s.missed,
+                s.repeated,
+                s.resyncs,
+                s.other_causes,
+                s.before_at,
+                if d.complete() {
+                    ""
+                } else {
+                    "  (INCOMPLETE: the percentiles cover delivered events only)"
+                }
             )?;
         }
         Ok(())
@@ -187,7 +260,7 @@ const WALLET: &str = "mutation($o: String!, $p: ID!) { createWallet(input: {owne
 const RECORD: &str =
     "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { replayed usage { cost } } }";
 const TRIVIAL: &str = "{ __typename }";
-const SUBSCRIBE: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { cause at } }";
+const SUBSCRIBE: &str = "subscription($w: ID!) { balanceChanged(walletId: $w) { seq cause at } }";
 const PLAN_ID: &str = "loadgen";
 
 /// Runs `f(client, n)` on `clients` tasks for `duration`.
@@ -196,6 +269,7 @@ where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
+    let cpu_before = cpu_time();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..clients)
@@ -208,8 +282,13 @@ where
                     let t = Instant::now();
                     match f(c, n).await {
                         Ok(()) => {
-                            p.ok += 1;
-                            p.latencies.push(t.elapsed());
+                            let answered = Instant::now();
+                            if answered <= deadline {
+                                p.ok += 1;
+                            } else {
+                                p.late += 1;
+                            }
+                            p.latencies.push(answered - t);
                         }
                         Err(e) => {
                             p.errors += 1;
@@ -226,13 +305,19 @@ where
     for t in tasks {
         let p = t.await.expect("a load task panicked");
         all.ok += p.ok;
+        all.late += p.late;
         all.errors += p.errors;
         if all.first_error.is_none() {
             all.first_error = p.first_error;
         }
         all.latencies.extend(p.latencies);
     }
-    all.elapsed = start.elapsed();
+    // The rate is over the phase itself: a request that hangs past its end does not
+    // stretch it (it is counted late, or as an error).
+    all.elapsed = duration;
+    all.loadgen_cpu = cpu_before
+        .zip(cpu_time())
+        .map(|(before, after)| after.saturating_sub(before));
     all.latencies.sort_unstable();
     all
 }
@@ -452,8 +537,11 @@ async fn subscriptions(
     }
     stop_tx.send_replace(true);
     let mut latencies = Vec::new();
+    let mut seqs = SeqCheck::default();
     for r in readers {
-        latencies.extend(r.await.context("a subscriber panicked")??);
+        let (seen, check) = r.await.context("a subscriber panicked")??;
+        latencies.extend(seen);
+        seqs.add(check);
     }
     latencies.sort_unstable();
     Ok(Deliveries {
@@ -463,10 +551,18 @@ async fn subscriptions(
         record,
         expected,
         latencies,
+        seqs,
     })
 }
 
-/// One WebSocket connection carrying `subs`; returns the latencies of the events it saw.
+/// How far a SNAPSHOT's `at` (the server's now) may be from this machine's clock: further,
+/// and latencies measured between the two clocks mean nothing (a server on its manual clock,
+/// or on another machine).
+const CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
+const CLOCK_BEHIND_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// One WebSocket connection carrying `subs`; returns the latencies of the usage events it
+/// saw, and what their seqs showed.
 async fn reader(
     url: String,
     token: String,
@@ -474,7 +570,7 @@ async fn reader(
     ready: mpsc::Sender<anyhow::Result<()>>,
     mut stop: watch::Receiver<bool>,
     received: Arc<AtomicU64>,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, SeqCheck)> {
     let open = async {
         let mut req = url.as_str().into_client_request()?;
         req.headers_mut()
@@ -514,6 +610,9 @@ async fn reader(
     };
     let mut snapshots = 0;
     let mut latencies = Vec::new();
+    let mut check = SeqCheck::default();
+    // The last seq each subscription saw, by subscription id.
+    let mut last: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     if subs.is_empty() {
         let _ = ready.send(Ok(())).await;
     }
@@ -541,18 +640,63 @@ async fn reader(
                     }
                     return Err(e);
                 }
+                let at = event["at"]
+                    .as_str()
+                    .and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok())
+                    .with_context(|| format!("an event without a valid `at`: {event}"))?
+                    .to_utc();
+                let seq = event["seq"]
+                    .as_str()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .or_else(|| event["seq"].as_u64())
+                    .with_context(|| format!("an event without a valid `seq`: {event}"))?;
+                let id = m["id"].as_str().unwrap_or_default().to_owned();
                 if event["cause"] == "SNAPSHOT" {
+                    if last.insert(id, seq).is_some() {
+                        // A subscriber that fell behind is sent a fresh snapshot instead of
+                        // the events it missed.
+                        check.resyncs += 1;
+                        continue;
+                    }
+                    // Ahead of this machine, or far behind (a snapshot may wait a while
+                    // while thousands open at once, never minutes).
+                    let ahead = (at - arrived).to_std().unwrap_or_default();
+                    let behind = (arrived - at).to_std().unwrap_or_default();
+                    if ahead > CLOCK_TOLERANCE || behind > CLOCK_BEHIND_TOLERANCE {
+                        let e = anyhow::anyhow!(
+                            "the server's clock is {ahead:?} ahead or {behind:?} behind this machine's (a manual clock?): delivery latencies would mean nothing"
+                        );
+                        let _ = ready.send(Err(anyhow::anyhow!("{e:#}"))).await;
+                        return Err(e);
+                    }
                     snapshots += 1;
                     if snapshots == subs.len() {
                         let _ = ready.send(Ok(())).await;
                     }
                     continue;
                 }
-                let at = event["at"]
-                    .as_str()
-                    .and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok())
-                    .with_context(|| format!("an event without a valid `at`: {event}"))?;
-                latencies.push((arrived - at.to_utc()).to_std().unwrap_or_default());
+                match last.get_mut(&id) {
+                    Some(prev) if seq <= *prev => {
+                        check.repeated += 1;
+                        continue;
+                    }
+                    Some(prev) => {
+                        check.missed += seq - *prev - 1;
+                        *prev = seq;
+                    }
+                    None => bail!("an event before its subscription's snapshot: {m}"),
+                }
+                if event["cause"] != "USAGE" {
+                    check.other_causes += 1;
+                    continue;
+                }
+                match (arrived - at).to_std() {
+                    Ok(latency) => latencies.push(latency),
+                    Err(_) => {
+                        check.before_at += 1;
+                        latencies.push(Duration::ZERO);
+                    }
+                }
                 received.fetch_add(1, Ordering::Relaxed);
             }
             Some("ping") => {
@@ -561,9 +705,16 @@ async fn reader(
                     .await?;
             }
             Some("pong") => {}
+            Some("error") | Some("complete") => {
+                let e = anyhow::anyhow!("subscription ended: {m}");
+                if snapshots < subs.len() {
+                    let _ = ready.send(Err(anyhow::anyhow!("{e:#}"))).await;
+                }
+                return Err(e);
+            }
             _ => bail!("unexpected message {m}"),
         }
     }
     let _ = socket.close(None).await;
-    Ok(latencies)
+    Ok((latencies, check))
 }
