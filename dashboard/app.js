@@ -120,11 +120,16 @@ function showSignIn(error) {
 }
 
 async function signIn(token) {
+  // Only the newest attempt signs in (found by review: a double submit opened two live
+  // connections, and signing out closed only one of them).
+  const attempt = (state.signIns = (state.signIns ?? 0) + 1);
   state.token = token;
   let data;
   try {
     data = await gqlFetch(token, ops.VIEWER);
+    if (state.signIns !== attempt) return;
   } catch (error) {
+    if (state.signIns !== attempt) return;
     state.token = null;
     // Only a refused token is forgotten: a restart or a busy server (a network error,
     // UNAVAILABLE) leaves it for the next try.
@@ -140,6 +145,7 @@ async function signIn(token) {
   $('[data-testid="viewer-owner"]').textContent = data.viewer.ownerId ?? '(no owner)';
   $('[data-testid="viewer-role"]').textContent = data.viewer.role;
   serverClock.reset();
+  state.client?.close();
   state.client = new SubscriptionClient({ url: websocketUrl(), token, onStatus: renderLiveStatus });
 
   api(ops.CATALOGUE).then((catalogue) => {
@@ -162,6 +168,7 @@ async function signIn(token) {
 }
 
 function signOut(error) {
+  state.signIns = (state.signIns ?? 0) + 1; // an attempt still waiting signs no one in
   state.client?.close();
   for (const entry of state.live.values()) clearTimeout(entry.refetchTimer);
   for (const { unsubscribe } of state.reviews.values()) unsubscribe?.();
@@ -232,8 +239,15 @@ function renderAccount(wallet) {
 
 /** Subscribes to a wallet's balance stream (personal wallet or team pool). */
 function watchWallet(walletId, teamId = null) {
-  if (state.live.has(walletId)) return;
-  const entry = { walletId, teamId, wallet: null, balance: null, lastSeq: null, applied: 0, refetchTimer: null };
+  const known = state.live.get(walletId);
+  // A stream the server ended (FORBIDDEN, say) is asked for again when the wallet is
+  // opened again (found by review: it never was, and its figures stayed as they were).
+  if (known && !known.failed) return;
+  if (known) clearTimeout(known.refetchTimer);
+  const entry = {
+    walletId, teamId: teamId ?? known?.teamId ?? null, wallet: null, balance: null, lastSeq: null, applied: 0,
+    refetchTimer: null, failed: null,
+  };
   state.live.set(walletId, entry);
   entry.unsubscribe = state.client.subscribe(ops.BALANCE_CHANGED, { walletId }, {
     next: (data) => onBalanceEvent(entry, data.balanceChanged),
@@ -243,7 +257,10 @@ function watchWallet(walletId, teamId = null) {
         signOut(error);
         return;
       }
+      entry.failed = error;
       if (walletId === state.selectedId) showError($('#wallet-error'), error);
+      // A team's card says why its pool stopped (a member removed, say).
+      if (entry.teamId) refreshTeam(entry.teamId);
     },
   });
 }
@@ -283,21 +300,25 @@ function onBalanceEvent(entry, event) {
 async function refetchWallet(walletId) {
   const entry = state.live.get(walletId);
   const appliedBefore = entry?.applied;
+  // Only the newest request's answer is used (found by review: two quick plan or zone
+  // changes answered in reverse order left the superseded plan or zone shown).
+  const request = entry ? (entry.requests = (entry.requests ?? 0) + 1) : 0;
   try {
     const { wallet } = await api(ops.WALLET, { id: walletId });
     if (!wallet) throw new GqlError(`No wallet ${walletId}.`, { code: 'NOT_FOUND' });
-    if (!entry || state.live.get(walletId) !== entry) return;
+    if (!entry || state.live.get(walletId) !== entry || entry.requests !== request) return;
     // An event applied while we fetched carries a newer balance than this answer may.
     if (entry.applied !== appliedBefore && entry.balance) wallet.balance = entry.balance;
     const zoneChanged = entry.wallet && entry.wallet.timezone !== wallet.timezone;
     entry.wallet = wallet;
     renderAccount(wallet);
     if (walletId === state.selectedId) {
+      showError($('#wallet-error'), null);
       renderWallet(wallet);
       if (zoneChanged) scheduleUsageRefresh(); // DAY keys are local dates of the new zone
     }
   } catch (error) {
-    if (walletId === state.selectedId) showError($('#wallet-error'), error);
+    if (walletId === state.selectedId && entry?.requests === request) showError($('#wallet-error'), error);
   }
 }
 
@@ -372,7 +393,8 @@ function renderGrants(grants, timezone) {
       h('span', { class: 'grant-left' }, amount(g.remaining, 'grant-remaining'),
         h('small', { class: 'muted' }, ` of ${display(g.amount)} left`)),
       h('span', { class: 'grant-meta' },
-        g.expiresAt ? `expires ${formatDate(g.expiresAt, timezone)}` : 'never expires',
+        // The instant, not only the day: a lot stops being spendable at it.
+        g.expiresAt ? `expires ${formatDateTime(g.expiresAt, timezone)}` : 'never expires',
         g.reason ? ` · ${g.reason}` : ''))));
 }
 
@@ -427,17 +449,27 @@ function renderPlan(wallet) {
 
 // ---------------------------------------------------------------- usage
 
+/** The filter form as applied: local dates, read as instants only when a page loads. */
 function usageFilter() {
   const form = $('#usage-filter');
-  const wallet = state.live.get(state.selectedId)?.wallet;
-  const zone = wallet?.timezone ?? 'UTC';
   const value = (name) => form.elements[name].value.trim();
   const filter = {};
-  if (value('threadId')) filter.threadId = value('threadId');
-  if (value('model')) filter.model = value('model');
-  // Dates are local dates of the wallet's zone, like the DAY summary; "to" is included.
-  if (value('from')) filter.from = startOfLocalDate(value('from'), zone);
-  if (value('to')) filter.to = startOfLocalDate(addDays(value('to'), 1), zone);
+  for (const name of ['threadId', 'model', 'from', 'to']) if (value(name)) filter[name] = value(name);
+  return filter;
+}
+
+/**
+ * The applied filter for a wallet: its dates are local dates of that wallet's zone, like
+ * the DAY summary ("to" included), so they are read in the zone of the wallet shown now
+ * (found by review: read once in the zone of the wallet open when Apply was pressed, they
+ * covered the wrong hours after a switch or a zone change).
+ */
+function filterIn(applied, zone) {
+  const filter = {};
+  if (applied.threadId) filter.threadId = applied.threadId;
+  if (applied.model) filter.model = applied.model;
+  if (applied.from) filter.from = startOfLocalDate(applied.from, zone);
+  if (applied.to) filter.to = startOfLocalDate(addDays(applied.to, 1), zone);
   return filter;
 }
 
@@ -459,7 +491,7 @@ async function loadUsage() {
   if (!walletId || !wallet) return;
   const { cursors } = state.usage;
   const after = cursors[cursors.length - 1];
-  const filter = state.usage.filter;
+  const filter = filterIn(state.usage.filter, wallet.timezone);
   // Only the newest request's answer is shown: a live refresh that answers after a page
   // turn or a new filter must not put its rows under them.
   const generation = (state.usage.generation ?? 0) + 1;
@@ -496,12 +528,29 @@ new ResizeObserver(() => {
   if ($('#usage-chart').clientWidth !== state.chartWidth) renderChart();
 }).observe($('#usage-chart'));
 
-function reportButton(threadId, model) {
+/** A Report button; `focusKey` names it across the live refreshes that rebuild its row. */
+function reportButton(threadId, model, focusKey) {
   return h('button', {
-    type: 'button', class: 'small secondary', 'data-testid': 'report-button',
+    type: 'button', class: 'small secondary', 'data-testid': 'report-button', 'data-focus-key': focusKey,
     'aria-label': `Report high usage on thread ${threadId}`,
-    onclick: () => openReport(threadId, model),
+    onclick: () => openReport(threadId, model, focusKey),
   }, 'Report');
+}
+
+/**
+ * Replaces `container`'s children, keeping the keyboard focus on the button of the same
+ * name if it had it (found by review: each live refresh sent a keyboard or screen-reader
+ * user back to the top of the page).
+ */
+function replaceKeepingFocus(container, children) {
+  const active = document.activeElement;
+  const key = container.contains(active) ? active.dataset.focusKey : undefined;
+  container.replaceChildren(...children);
+  if (key !== undefined) focusByKey(container, key);
+}
+
+function focusByKey(container, key) {
+  container.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus();
 }
 
 function renderUsage(wallet, connection) {
@@ -515,9 +564,9 @@ function renderUsage(wallet, connection) {
     h('td', { 'data-label': 'Cost', class: 'num' }, amount(u.cost, 'usage-cost'),
       compare(u.uncollected, '0') > 0 ? h('small', { class: 'muted' }, ` (${display(u.uncollected)} uncollected)`) : null),
     h('td', { 'data-label': 'Priced by', class: 'mono' }, u.pricedBy),
-    h('td', { class: 'actions' }, reportButton(u.threadId, u.model))));
+    h('td', { class: 'actions' }, reportButton(u.threadId, u.model, `usage:${u.id}`))));
   const body = $('#usage-rows');
-  body.replaceChildren(...rows);
+  replaceKeepingFocus(body, rows);
   if (!rows.length) {
     body.append(h('tr', {}, h('td', { colspan: 8, class: 'muted empty' },
       Object.keys(state.usage.filter).length ? 'No usage matches these filters.' : 'No usage yet.')));
@@ -536,9 +585,9 @@ function renderSummaries(wallet) {
     h('td', { class: 'num' }, amount(g.credits, 'summary-credits')), extra);
   const empty = (cols) => h('tr', {}, h('td', { colspan: cols, class: 'muted empty' }, 'No usage.'));
   const threads = byCredits(wallet.byThread);
-  $('#summary-thread').replaceChildren(...(threads.length
-    ? threads.map((g) => row(g, h('td', { class: 'actions' }, reportButton(g.key, ''))))
-    : [empty(4)]));
+  replaceKeepingFocus($('#summary-thread'), threads.length
+    ? threads.map((g) => row(g, h('td', { class: 'actions' }, reportButton(g.key, '', `thread:${g.key}`))))
+    : [empty(4)]);
   const models = byCredits(wallet.byModel);
   $('#summary-model').replaceChildren(...(models.length ? models.map((g) => row(g)) : [empty(3)]));
 }
@@ -623,7 +672,8 @@ function renderReviews() {
 
 // ---------------------------------------------------------------- the report form
 
-function openReport(threadId, model) {
+function openReport(threadId, model, focusKey) {
+  state.reportOpener = focusKey;
   const form = $('#report-form');
   form.reset();
   form.elements.threadId.value = threadId;
@@ -693,6 +743,8 @@ async function refreshTeam(teamId) {
     const { team } = await api(ops.TEAM, { id: teamId });
     // An older answer that arrives last must not undo a newer one.
     if (!team || !node || state.teamRequests.get(teamId) !== request) return;
+    const stale = node.querySelector('.team-error');
+    if (stale) showError(stale, null);
     const me = team.members.find((m) => m.userId === state.viewer.ownerId);
     const isAdmin = me?.role === 'ADMIN';
     const known = state.teams.get(teamId);
@@ -725,7 +777,7 @@ async function refreshTeam(teamId) {
       })));
     renderPoolBalance(teamId, state.live.get(team.wallet.id)?.balance ?? team.wallet.balance);
   } catch (error) {
-    if (node) {
+    if (node && state.teamRequests.get(teamId) === request) {
       let errorNode = node.querySelector('.team-error');
       if (!errorNode) node.append(errorNode = h('p', { class: 'error team-error', role: 'alert' }));
       showError(errorNode, error);
@@ -821,6 +873,9 @@ function limitForm(team, member, refs) {
     button.disabled = true;
     try {
       const { setMemberLimits: m } = await api(ops.SET_MEMBER_LIMITS, { teamId: team.id, userId: member.userId, ...limits });
+      // A team answer asked for before the save is older than it (found by review: one
+      // landing after it put the old limits back); the newer one is asked for now.
+      refreshTeam(team.id);
       showError(error, null);
       daily.value = m.dailyLimit ?? '';
       period.value = m.periodLimit ?? '';
@@ -876,6 +931,14 @@ function wire() {
   });
   $('#report-form').addEventListener('submit', submitReport);
   $('#report-cancel').addEventListener('click', () => $('#report-dialog').close());
+  // The dialog gives the focus back to the button that opened it, or to the button that
+  // replaced it when a live refresh rebuilt its row meanwhile.
+  $('#report-dialog').addEventListener('close', () => {
+    const key = state.reportOpener;
+    if (key !== undefined && !$('#wallet-view').contains(document.activeElement)) {
+      focusByKey($('#wallet-view'), key);
+    }
+  });
 
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) signIn(token);

@@ -53,6 +53,13 @@ const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
 /** graphql-transport-ws close codes after which retrying cannot help. */
 const FATAL_CLOSE_CODES = new Set([4400, 4401, 4403]);
+/**
+ * The client pings this often once the connection is acknowledged; a connection that has
+ * said nothing (no pong, no event) through one whole period since is taken for dead and
+ * replaced (a laptop that slept, a network that changed: the browser may keep such a socket
+ * "open" for a long time, with no event ever coming).
+ */
+const PING_MS = 25_000;
 /** A stream ended with this code may be subscribed again: UNAVAILABLE is never a
  * definite refusal (SPEC 10), and the next subscription starts with a fresh SNAPSHOT. */
 const RETRYABLE_CODES = new Set(['UNAVAILABLE']);
@@ -81,6 +88,7 @@ export class SubscriptionClient {
     this.attempt = 0;
     this.timer = null;
     this.closed = false;
+    this.watch = null;
   }
 
   /** Starts a subscription; returns a function that ends it. sink: { next(data), error(err) }. */
@@ -101,6 +109,7 @@ export class SubscriptionClient {
   close() {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.watch);
     for (const sub of this.subs.values()) clearTimeout(sub.timer);
     this.subs.clear();
     if (this.socket) this.socket.close(1000, 'signed out');
@@ -130,6 +139,7 @@ export class SubscriptionClient {
     socket.onmessage = (event) => this.onMessage(socket, event);
     socket.onclose = (event) => {
       if (this.socket !== socket) return;
+      clearTimeout(this.watch);
       this.socket = null;
       this.acked = false;
       if (this.closed) return;
@@ -148,6 +158,39 @@ export class SubscriptionClient {
     };
   }
 
+  /** Pings every PING_MS; a socket silent through a whole period after a ping is dropped. */
+  watchSocket(socket) {
+    clearTimeout(this.watch);
+    let pinged = false;
+    const tick = () => {
+      if (this.socket !== socket || this.closed) return;
+      if (pinged && !this.heard) {
+        this.drop(socket, 'the server stopped answering');
+        return;
+      }
+      this.heard = false;
+      pinged = true;
+      this.send({ type: 'ping' });
+      this.watch = setTimeout(tick, PING_MS);
+    };
+    this.watch = setTimeout(tick, PING_MS);
+  }
+
+  /** Gives up on a socket that may never report its own end, and connects again. */
+  drop(socket, reason) {
+    socket.onclose = null;
+    socket.onmessage = null;
+    try {
+      socket.close(4499, 'Terminated');
+    } catch {
+      // Already closed.
+    }
+    if (this.socket !== socket) return;
+    this.socket = null;
+    this.acked = false;
+    this.scheduleReconnect(reason);
+  }
+
   scheduleReconnect(reason) {
     if (this.closed) return;
     const delay = backoff(this.attempt);
@@ -160,6 +203,7 @@ export class SubscriptionClient {
   }
 
   onMessage(socket, event) {
+    if (this.socket === socket) this.heard = true;
     let message;
     try {
       message = JSON.parse(event.data);
@@ -171,6 +215,7 @@ export class SubscriptionClient {
         this.acked = true;
         this.attempt = 0;
         this.onStatus('live');
+        this.watchSocket(socket);
         for (const [id, sub] of this.subs) {
           clearTimeout(sub.timer);
           sub.timer = null;

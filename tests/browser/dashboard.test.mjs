@@ -175,6 +175,15 @@ describe('account dashboard in Chromium against creditd', () => {
     assert.equal(await readFigure(page, 'usage-cost', `[data-usage-id="${recordUsage.usage.id}"]`), recordUsage.usage.cost);
     t.diagnostic(`the total changed ${elapsedMs} ms after recordUsage returned`);
     await page.screenshot({ path: path.join(SCREENSHOTS, 'wallet.png') });
+
+    // Found by review: a grant's expiry showed its day only, though the lot stops being
+    // spendable at an instant (21:30 in Paris here; it expires before the next step's
+    // midnight).
+    const { grantCredits } = await admin(`mutation Promo($input: GrantInput!) { grantCredits(input: $input) { id } }`,
+      { input: { walletId: world.wallet.id, idempotencyKey: 'promo-1', amount: '1', kind: 'PROMOTION', reason: 'spring', expiresAt: '2027-03-10T20:30:00Z' } });
+    const promo = page.locator(`[data-testid="grant-row"][data-grant-id="${grantCredits.id}"]`);
+    await promo.waitFor({ timeout: LIVE_UPDATE_MS * 5 });
+    assert.match(await promo.textContent(), /expires .*21:30/, 'the expiry shows its time in the wallet zone');
   });
 
   step('past midnight in Paris the daily bucket refills and the countdown restarts', async () => {
@@ -228,6 +237,43 @@ describe('account dashboard in Chromium against creditd', () => {
       (v) => v === 'thread-refactor', LOAD_MS, 'only the thread-refactor row');
     await page.getByRole('button', { name: 'Clear' }).click();
     await eventually('rows after clearing the filter', () => rows.count(), (n) => n === 20, LOAD_MS, '20 rows');
+
+    // Found by review: dates were read as instants once, in the zone of the wallet open
+    // when Apply was pressed; after a zone change they covered the wrong hours.
+    const usageFilters = [];
+    const watchFilters = (request) => {
+      const body = request.method() === 'POST' ? JSON.parse(request.postData() ?? '{}') : {};
+      if (body.query?.includes('usage(') && body.variables?.filter) usageFilters.push(body.variables.filter);
+    };
+    page.on('request', watchFilters);
+    await page.getByLabel('From (date)').fill('2027-03-11');
+    await page.getByLabel('To (date, included)').fill('2027-03-11');
+    await page.getByRole('button', { name: 'Apply' }).click();
+    await eventually('the filter in Paris', () => usageFilters.at(-1)?.from, (v) => sameInstant(v, '2027-03-10T23:00:00Z'),
+      LOAD_MS, 'midnight of 11 March in Paris');
+    const setZone = (zone) => admin('mutation Z($w: ID!, $z: String!) { setTimezone(walletId: $w, timezone: $z) { timezone } }',
+      { w: world.wallet.id, z: zone });
+    await setZone('America/New_York');
+    await eventually('the filter in New York', () => usageFilters.at(-1)?.from, (v) => sameInstant(v, '2027-03-11T05:00:00Z'),
+      LOAD_MS, 'midnight of 11 March in New York');
+    assert.ok(sameInstant(usageFilters.at(-1).to, '2027-03-12T05:00:00Z'), JSON.stringify(usageFilters.at(-1)));
+    await setZone(ZONE);
+    await eventually('the filter in Paris again', () => usageFilters.at(-1)?.from, (v) => sameInstant(v, '2027-03-10T23:00:00Z'),
+      LOAD_MS, 'midnight of 11 March in Paris');
+    page.off('request', watchFilters);
+    await page.getByRole('button', { name: 'Clear' }).click();
+    await eventually('rows after clearing the filter', () => rows.count(), (n) => n === 20, LOAD_MS, '20 rows');
+
+    // Found by review: a live refresh rebuilt the rows and sent the keyboard focus back to
+    // the page's top. The focus stays on the same thread's Report button.
+    const summaryButton = page.locator('#summary-thread [data-focus-key="thread:thread-bulk-a"]');
+    await summaryButton.focus();
+    const { recordUsage: more } = await admin(`mutation More($input: RecordUsageInput!) { recordUsage(input: $input) { usage { id } } }`,
+      { input: { walletId: world.wallet.id, idempotencyKey: 'focus-1', threadId: 'thread-bulk-b', model: world.model, inputTokens: 500, outputTokens: 50 } });
+    await eventually('the newest event on page 1', () => rows.first().getAttribute('data-usage-id'),
+      (id) => id === more.usage.id, LOAD_MS, more.usage.id);
+    assert.equal(await page.evaluate(() => document.activeElement?.dataset.focusKey), 'thread:thread-bulk-a',
+      'the focus is on the same Report button after the refresh');
 
     const { wallet } = await admin(`query S($id: ID!) { wallet(id: $id) {
       byThread: usageSummary(groupBy: THREAD) { key credits events }
@@ -399,8 +445,16 @@ describe('account dashboard in Chromium against creditd', () => {
     };
     page.on('request', count);
     page.on('requestfinished', count);
+    // Submitted twice (found by review: two live connections opened, and signing out
+    // closed only one): one connection.
+    const sockets = [];
+    page.on('websocket', (socket) => sockets.push(socket));
     await page.getByLabel('API token').fill(createApiToken.token);
-    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.evaluate(() => {
+      const form = document.querySelector('#sign-in-form');
+      form.requestSubmit();
+      form.requestSubmit();
+    });
     await page.locator('#live[data-status="live"]').waitFor({ timeout: LOAD_MS });
     await readFigure(page, 'total');
     // Once the page has loaded (its last query a second ago), it is signed out by the live
@@ -413,6 +467,7 @@ describe('account dashboard in Chromium against creditd', () => {
     page.off('request', count);
     page.off('requestfinished', count);
     assert.deepEqual(queries, [], 'no query ran between the revocation and the sign-out');
+    assert.equal(sockets.length, 1, 'one live connection for one signed-in page');
     assert.equal(await page.evaluate(() => sessionStorage.getItem('creditd.token')), null);
     assert.match(await page.locator('[data-testid="sign-in-error"]').textContent(), /UNAUTHENTICATED/);
     assert.deepEqual(world.pageErrors, [], 'uncaught errors in the page');

@@ -106,6 +106,27 @@ describe('SubscriptionClient', () => {
     client.close();
   });
 
+  it('replaces a connection that stopped answering its pings', async () => {
+    // Found by review: a socket the browser kept "open" after a sleep or a network change
+    // showed "Live" for ever, with no event coming.
+    const PING_MS = 25_000;
+    pass(PING_MS);
+    assert.equal(socket.sentOf('ping').length, 1, 'the client pings');
+    socket.deliver({ type: 'pong' });
+    pass(PING_MS);
+    assert.equal(socket.sentOf('ping').length, 2, 'an answered ping keeps the socket');
+    assert.equal(ScriptedSocket.last, socket);
+    pass(PING_MS); // no answer through a whole period
+    assert.equal(socket.readyState, 3, 'the silent socket is closed');
+    pass(FIRST_RETRY_MS);
+    const next = ScriptedSocket.last;
+    assert.notEqual(next, socket, 'a new connection');
+    next.open();
+    next.deliver({ type: 'connection_ack' });
+    assert.equal(next.sentOf('subscribe').length, 1, 'the stream is requested again');
+    client.close();
+  });
+
   it('does not subscribe twice when the connection comes back during a retry wait', async () => {
     const [first] = socket.sentOf('subscribe');
     socket.deliver({ id: first.id, type: 'next', payload: { errors: [failure('UNAVAILABLE')] } });
