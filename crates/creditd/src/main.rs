@@ -422,6 +422,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+        tracing::info!("shutting down: finishing the requests in flight");
     })
 }
 

@@ -29,6 +29,9 @@ const SEND_BATCH: usize = 64;
 /// graphql-transport-ws's close code for a message that is not one of the protocol's.
 const INVALID_MESSAGE: u16 = 4400;
 
+/// How often the legacy protocol's `ka` goes out at most.
+const KA_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// RFC 6455 close codes: a message over the limit, and a server that cannot serve now.
 const MESSAGE_TOO_BIG: u16 = 1009;
 const TRY_AGAIN_LATER: u16 = 1013;
@@ -130,15 +133,9 @@ struct Tagged {
     guard: Option<InFlight>,
 }
 
-/// Held by an operation until its first result is written to the socket: the drain's
-/// guard (see `AppState::draining`), and for a query or mutation one of the
-/// `--max-in-flight` slots HTTP requests take, so that those sent over sockets are shed as
-/// POSTs are. (A subscription takes none: its first result is a cheap snapshot, and a
-/// client opening many at once must not be refused for it.)
-type InFlight = (
-    tokio::sync::OwnedRwLockReadGuard<()>,
-    Option<tokio::sync::OwnedSemaphorePermit>,
-);
+/// Held by an operation until its first result is written to the socket (see
+/// `AppState::draining`).
+type InFlight = tokio::sync::OwnedRwLockReadGuard<()>;
 
 /// Serves one upgraded socket until either side closes it.
 pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
@@ -174,7 +171,7 @@ pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
                     message: reason.clone(),
                 },
             };
-            let _ = send(&mut sink, &error).await;
+            let _ = tokio::time::timeout(CLOSE_WAIT, send(&mut sink, &error)).await;
         }
         let frame = CloseFrame {
             code,
@@ -347,6 +344,12 @@ impl Connection {
         let gone_after = 2 * every;
         let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The legacy protocol's keepalive, well within its clients' usual 30 s timeout
+        // (found by review: sent at each 30 s ping, it could come just too late).
+        let legacy = self.protocol == Protocol::SubscriptionsTransportWS;
+        let ka_every = every.min(KA_EVERY);
+        let mut kas = tokio::time::interval_at(tokio::time::Instant::now() + ka_every, ka_every);
+        kas.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = tokio::time::Instant::now();
         let mut token_check: Option<TokenCheck> = None;
         loop {
@@ -390,13 +393,12 @@ impl Connection {
                             crate::server::principal_from(&state, auth.as_deref()).await
                         }));
                     }
-                    let ping = async {
-                        if self.protocol == Protocol::SubscriptionsTransportWS {
-                            feed(sink, &ServerMessage::Ka).await?;
-                        }
-                        sink.send(Message::Ping(Default::default())).await.map_err(|_| ())
-                    };
+                    let ping = sink.send(Message::Ping(Default::default()));
                     matches!(tokio::time::timeout(gone_after, ping).await, Ok(Ok(())))
+                }
+                _ = kas.tick(), if legacy => {
+                    let ka = send(sink, &ServerMessage::Ka);
+                    matches!(tokio::time::timeout(gone_after, ka).await, Ok(Ok(())))
                 }
                 checked = async { token_check.as_mut().expect("guarded").await }, if token_check.is_some() => {
                     token_check = None;
@@ -487,11 +489,17 @@ impl Connection {
             }
             (Ok(guard), Ok(slot)) => Ok((guard, slot)),
         };
+        // A query or mutation takes one of the `--max-in-flight` slots HTTP requests take
+        // while it runs, so that those sent over sockets are shed as POSTs are; the slot is
+        // freed once its result is produced, not when a slow reader has taken it (found by
+        // review). A subscription takes none: its first result is a cheap snapshot, and a
+        // client opening many at once must not be refused for it.
         let (stream, mut in_flight) = match admitted {
-            Ok(guard) => (
+            Ok((guard, mut slot)) => (
                 self.state
                     .schema
                     .execute_stream(request.data(self.principal.clone()))
+                    .inspect(move |_| drop(slot.take()))
                     .boxed(),
                 Some(guard),
             ),

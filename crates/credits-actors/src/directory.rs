@@ -64,16 +64,36 @@ impl Default for ActorConfig {
 }
 
 /// The plans every wallet reads at resets, renewals and plan changes; replaced whole on edit.
+/// Each replacement moves its generation, so that plans read from the store are put in
+/// only if nothing replaced them since the read began ([`PlanBook::replace_if_unchanged`]).
 #[derive(Debug, Default)]
-pub struct PlanBook(RwLock<Arc<Vec<Plan>>>);
+pub struct PlanBook(RwLock<(u64, Arc<Vec<Plan>>)>);
 
 impl PlanBook {
     pub fn snapshot(&self) -> Arc<Vec<Plan>> {
-        self.0.read().expect("plan book lock").clone()
+        self.0.read().expect("plan book lock").1.clone()
+    }
+
+    /// Read before reading the plans from the store.
+    pub fn generation(&self) -> u64 {
+        self.0.read().expect("plan book lock").0
     }
 
     pub fn replace(&self, plans: Vec<Plan>) {
-        *self.0.write().expect("plan book lock") = Arc::new(plans);
+        let mut book = self.0.write().expect("plan book lock");
+        *book = (book.0 + 1, Arc::new(plans));
+    }
+
+    /// Puts in plans read from the store once the book was at `generation`, unless another
+    /// replacement came meanwhile (it holds what was read after, or an edit of this node:
+    /// found by review, a slow read could put the plans from before an edit back).
+    pub fn replace_if_unchanged(&self, generation: u64, plans: Vec<Plan>) -> bool {
+        let mut book = self.0.write().expect("plan book lock");
+        if book.0 != generation {
+            return false;
+        }
+        *book = (generation + 1, Arc::new(plans));
+        true
     }
 }
 
@@ -174,7 +194,7 @@ impl Shared {
 }
 
 /// Calls that a wallet's state, not their input, can refuse.
-fn may_be_refused_on_state(op: &Op) -> bool {
+pub(crate) fn may_be_refused_on_state(op: &Op) -> bool {
     matches!(
         op,
         Op::Usage(_) | Op::Reserve(_) | Op::Settle(_) | Op::Release(_)
@@ -182,9 +202,9 @@ fn may_be_refused_on_state(op: &Op) -> bool {
 }
 
 /// Refusals that a commit on another node, not yet heard of here, can turn (a grant, a
-/// plan change, a settlement or a release recorded on the wallet). Not a member limit
-/// raised or a custom plan edited there: those move no record of the wallet, and are
-/// heard of by their own notices.
+/// plan change, a settlement or a release recorded on the wallet). A member limit raised
+/// or a custom plan edited there moves no record of the wallet: the ledger checks those
+/// against the store (`Ledger::stale`).
 fn rests_on_state(e: &OpError) -> bool {
     matches!(
         e,
@@ -692,5 +712,27 @@ impl Directory {
         if let Some(a) = self.shared.actors.get(id).and_then(|s| s.get().cloned()) {
             let _ = a.send_message(WalletMsg::Crash);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PlanBook;
+
+    /// Found by review: a refusal's read of the stored plans could finish after an edit of
+    /// this node and put the plans from before it back.
+    #[test]
+    fn plans_read_before_a_replacement_do_not_undo_it() {
+        let plans = credits_core::testing::catalogue();
+        let book = PlanBook::default();
+        let read_began = book.generation();
+        let mut edited = plans.clone();
+        edited[0].name = "edited".into();
+        book.replace(edited);
+        assert!(!book.replace_if_unchanged(read_began, plans.clone()));
+        assert_eq!(book.snapshot()[0].name, "edited");
+        // A read begun after it lands.
+        assert!(book.replace_if_unchanged(book.generation(), plans.clone()));
+        assert_eq!(*book.snapshot(), plans);
     }
 }

@@ -130,9 +130,8 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>,
 
 /// Reads the plans from the store into this node's plan book (another node changed one).
 async fn reload_plans(dir: &Directory, store: &Store) {
-    match crate::ledger::stored_plans(store).await {
-        Ok(plans) => dir.plans().replace(plans),
-        Err(e) => tracing::warn!(error = %e, "reading the plans again failed"),
+    if let Err(e) = crate::ledger::reload_plans(dir, store).await {
+        tracing::warn!(error = %e, "reading the plans again failed");
     }
 }
 

@@ -339,7 +339,7 @@ impl Ledger {
     {
         match create().await {
             Err(ServiceError::Store(StoreError::PlanChanged(_))) => {
-                self.dir.plans().replace(stored_plans(&self.store).await?);
+                reload_plans(&self.dir, &self.store).await?;
                 create().await
             }
             done => done,
@@ -391,8 +391,11 @@ impl Ledger {
         // maybe) is refused undecided: the seat reads them again and the spend is retried.
         let several_nodes = self.store.backend() == credits_store::Backend::Postgres;
         for attempt in 1.. {
-            let again = (attempt < STALE_LIMITS_TRIES && (several_nodes || op.member().is_some()))
-                .then(|| op.clone());
+            // Kept for another try only where one may come: a spend of a member, or, with
+            // several nodes, an operation a refusal on stale state may meet.
+            let may_retry = op.member().is_some()
+                || (several_nodes && crate::directory::may_be_refused_on_state(&op));
+            let again = (attempt < STALE_LIMITS_TRIES && may_retry).then(|| op.clone());
             let result = self.dir.execute(id, op).await;
             let Some(mut again) = again else {
                 return Ok(result?);
@@ -428,12 +431,12 @@ impl Ledger {
                 let stored = self.store.members_version(&id.0).await.ok()??;
                 (stored > seat).then_some(Stale::Limits)
             }
-            OpError::ModelNotAllowed { plan, .. } => {
+            // Only a custom plan is edited while nodes run (the catalogue's change with a
+            // restart).
+            OpError::ModelNotAllowed { plan, .. } if self.plan(plan)?.custom => {
                 let known = self.plan(plan);
-                let stored = stored_plans(&self.store).await.ok()?;
-                let fresh = stored.iter().find(|p| &p.id == plan).cloned();
-                self.dir.plans().replace(stored);
-                (fresh != known).then_some(Stale::Plans)
+                reload_plans(&self.dir, &self.store).await.ok()?;
+                (self.plan(plan) != known).then_some(Stale::Plans)
             }
             _ => None,
         }
@@ -1314,6 +1317,20 @@ pub fn plan_row(p: &Plan, position: i64, now: DateTime<Utc>) -> credits_store::P
 }
 
 /// Every stored plan, in the catalogue's order.
+/// Reads the plans from the store into this node's book. A read that another replacement
+/// overtook (an edit here, a newer read) is done again, a few times at most: the
+/// replacements that overtook it are at least as new as what it began from.
+pub async fn reload_plans(dir: &Directory, store: &Store) -> Result<(), StoreError> {
+    for _ in 0..3 {
+        let generation = dir.plans().generation();
+        let plans = stored_plans(store).await?;
+        if dir.plans().replace_if_unchanged(generation, plans) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 pub async fn stored_plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
     let mut plans = store
         .plans()

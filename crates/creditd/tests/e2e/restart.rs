@@ -124,7 +124,17 @@ async fn sigterm_answers_a_websocket_mutation_in_flight(b: Backend) {
         .status()
         .unwrap();
     assert!(killed.success());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Released once the server is draining (found by review: released after a pause, the
+    // lock could go before the signal was handled, and the drain went untested).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !app.log().contains("shutting down") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drain began:\n{}",
+            app.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     lock.release().await;
     let answer = ws.next_data("m").await;
     assert!(answer["advanceClock"].is_string(), "{answer}");
