@@ -771,3 +771,29 @@ async fn a_connection_that_sends_nothing_is_closed() {
         opened.elapsed()
     );
 }
+
+/// The legacy protocol's keepalive `ka` follows the ack, then comes at least every
+/// keepalive period (capped at 10 s, within its clients' usual 30 s timeout): one second
+/// here. Browsers see no WebSocket pings, so a legacy client has only these to tell a live
+/// connection from a dead one (found by review: `ka` was never sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_keepalives_come_every_period() {
+    use std::time::{Duration, Instant};
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        Some(crate::helpers::START),
+        &[("CREDITD_WS_KEEPALIVE", "1")],
+    )
+    .await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    let started = Instant::now();
+    let mut kas = 0;
+    while kas < 3 {
+        assert_eq!(ws.recv().await.unwrap(), json!({ "type": "ka" }));
+        kas += 1;
+    }
+    // The first right after the ack, two more about a second apart.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "three ka in {took:?}");
+}
