@@ -217,11 +217,22 @@ fn clock_of(settings: &Settings) -> Clock {
     settings.manual_clock.map_or(Clock::System, Clock::manual)
 }
 
-/// A database URL for logs: without a password.
+/// An admin token shorter than this is warned about at start.
+const STRONG_TOKEN_BYTES: usize = 20;
+
+/// A database URL for logs and messages: no user or password, and no query (which may
+/// carry `password=`); one that does not parse is not shown at all (found by review: a
+/// password in the query, or holding an `@`, was printed).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…{}", &url[..s], &url[at..]),
-        _ => url.to_owned(),
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "(a database URL that does not parse)".to_owned(),
     }
 }
 
@@ -353,6 +364,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let admin_token = std::env::var("CREDITD_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
+        .inspect(|t| {
+            if t.len() < STRONG_TOKEN_BYTES {
+                tracing::warn!(
+                    "CREDITD_ADMIN_TOKEN is shorter than {STRONG_TOKEN_BYTES} characters: whoever guesses it is ADMIN (fine for a local try, not for a server others reach)"
+                );
+            }
+        })
         .map(|t| Arc::new(TokenHash::of_secret(&t)));
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -368,6 +386,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         websockets: Arc::new(tokio::sync::Semaphore::new(settings.max_websockets)),
         ws_keepalive: settings.ws_keepalive,
         draining: draining.clone(),
+        loopback: settings.listen.ip().is_loopback(),
     };
 
     reload_on_sighup(pricing);
@@ -446,4 +465,30 @@ fn reload_on_sighup(pricing: Arc<PricingRegistry>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    /// Found by review: only what came before the first `@` was cut, so a password in the
+    /// query, or one holding an `@`, was logged.
+    #[test]
+    fn database_urls_are_logged_without_secrets() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/credits"),
+            "postgres://db:5432/credits"
+        );
+        assert_eq!(
+            redact("postgres://u:p@ss@db/credits"),
+            "postgres://db/credits"
+        );
+        let query = redact("postgres://db/credits?user=app&password=s3cret");
+        assert_eq!(query, "postgres://db/credits");
+        assert_eq!(
+            redact("sqlite://creditd.db?mode=rwc"),
+            "sqlite://creditd.db"
+        );
+        assert!(!redact("not a url with s3cret").contains("s3cret"));
+    }
 }

@@ -44,6 +44,9 @@ pub struct AppState {
     /// one; a subscription's snapshot). Shutdown takes it for writing, so it waits for
     /// them (SIGTERM finishes in-flight operations), and one started after is refused.
     pub draining: Arc<tokio::sync::RwLock<()>>,
+    /// Listening on a loopback address only: requests must name a loopback host (see
+    /// [`loopback_hosts_only`]).
+    pub loopback: bool,
 }
 
 /// The state as handlers receive it: one reference count per request, where cloning
@@ -67,8 +70,64 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(get(asset))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            loopback_hosts_only,
+        ))
         .with_state(state);
     guarded(routes)
+}
+
+/// On a server listening on loopback only, a request whose `Host` is not a loopback name
+/// (`localhost`, `*.localhost`, `127.0.0.1`, `[::1]`) is refused (421) before anything runs.
+/// A web page the user visits can point a hostname of its own at 127.0.0.1 (DNS
+/// rebinding) and so call the local service as its own origin; it cannot make the browser
+/// send a loopback `Host` (found by review: the README's server could be driven so, with
+/// its admin token guessed). A server listening on other addresses is reached through
+/// names this one cannot know.
+async fn loopback_hosts_only(
+    State(state): State<Shared>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    if !state.loopback {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host());
+    match host {
+        Some(host) if !is_loopback_host(host) => error_response(
+            StatusCode::MISDIRECTED_REQUEST,
+            ApiError::new(
+                Code::Forbidden,
+                "this server listens on loopback only: address it as localhost, 127.0.0.1 or [::1]",
+            ),
+        ),
+        _ => next.run(req).await,
+    }
+}
+
+/// Whether a `Host` value (with or without a port) names this machine's loopback.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What every route gets: the body limit, a panic answered instead of a dropped
@@ -449,6 +508,34 @@ async fn asset(uri: Uri) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_from_others() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LOCALHOST.",
+            "app.localhost:3000",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:9",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1:8080",
+            "[::2]:8080",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     /// A bug that panics in a handler answers UNAVAILABLE (500), and the server goes on
     /// serving.

@@ -1570,3 +1570,42 @@ async fn subscriptions_on_one_socket_are_bounded(b: Backend) {
         "SNAPSHOT"
     );
 }
+
+/// DNS rebinding (found by review): a page the user visits points a name of its own at
+/// 127.0.0.1 and calls the local server as its own origin. A server listening on loopback
+/// only answers requests that name a loopback host; the page cannot make the browser send
+/// one. (Every other test here reaches the server as 127.0.0.1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_server_refuses_other_host_names() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = App::spawn(Backend::Sqlite).await;
+    let ask = |host: &'static str, path: &'static str| {
+        let (addr, token) = (app.addr(), app.admin.clone());
+        async move {
+            let body = r#"{"query":"{ __typename }"}"#;
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+            socket.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            socket.read_to_string(&mut answer).await.unwrap();
+            answer
+        }
+    };
+    for host in [
+        "evil.example",
+        "evil.example:8080",
+        "127.0.0.1.evil.example",
+    ] {
+        let answer = ask(host, "/graphql").await;
+        assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
+        assert!(answer.contains(r#""code":"FORBIDDEN""#), "{host}: {answer}");
+    }
+    for host in ["localhost:1", "127.0.0.1", "[::1]:8080"] {
+        let answer = ask(host, "/graphql").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+}
