@@ -387,6 +387,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ws_keepalive: settings.ws_keepalive,
         draining: draining.clone(),
         loopback: settings.listen.ip().is_loopback(),
+        allowed_hosts: settings.allowed_hosts.clone(),
     };
 
     reload_on_sighup(pricing);

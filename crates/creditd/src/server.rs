@@ -44,9 +44,10 @@ pub struct AppState {
     /// one; a subscription's snapshot). Shutdown takes it for writing, so it waits for
     /// them (SIGTERM finishes in-flight operations), and one started after is refused.
     pub draining: Arc<tokio::sync::RwLock<()>>,
-    /// Listening on a loopback address only: requests must name a loopback host (see
-    /// [`loopback_hosts_only`]).
+    /// Listening on a loopback address only: requests must name a loopback host or one of
+    /// `allowed_hosts` (see [`loopback_hosts_only`]).
     pub loopback: bool,
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The state as handlers receive it: one reference count per request, where cloning
@@ -84,7 +85,7 @@ pub fn router(state: AppState) -> Router {
 /// rebinding) and so call the local service as its own origin; it cannot make the browser
 /// send a loopback `Host` (found by review: the README's server could be driven so, with
 /// its admin token guessed). A server listening on other addresses is reached through
-/// names this one cannot know.
+/// names this one cannot know. `--allowed-host` adds names (a reverse proxy passing its own).
 async fn loopback_hosts_only(
     State(state): State<Shared>,
     req: axum::extract::Request,
@@ -99,19 +100,33 @@ async fn loopback_hosts_only(
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host());
     match host {
-        Some(host) if !is_loopback_host(host) => error_response(
-            StatusCode::MISDIRECTED_REQUEST,
-            ApiError::new(
-                Code::Forbidden,
-                "this server listens on loopback only: address it as localhost, 127.0.0.1 or [::1]",
-            ),
-        ),
+        Some(host)
+            if !is_loopback_host(host) && !state.allowed_hosts.contains(&host_name(host)) =>
+        {
+            error_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                ApiError::new(
+                    Code::Forbidden,
+                    "this server listens on loopback only: address it as localhost, 127.0.0.1 or [::1]",
+                ),
+            )
+        }
         _ => next.run(req).await,
     }
 }
 
 /// Whether a `Host` value (with or without a port) names this machine's loopback.
 pub fn is_loopback_host(host: &str) -> bool {
+    let name = host_name(host);
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The name a `Host` value carries: without its port, lowercase, no final dot.
+fn host_name(host: &str) -> String {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(name, port)| {
@@ -122,12 +137,7 @@ pub fn is_loopback_host(host: &str) -> bool {
             }
         }),
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// What every route gets: the body limit, a panic answered instead of a dropped

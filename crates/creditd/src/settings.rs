@@ -78,6 +78,15 @@ pub struct ServeArgs {
     /// connection stays open (default 30).
     #[arg(long, env = "CREDITD_HEADER_TIMEOUT")]
     pub header_timeout: Option<u64>,
+    /// A host name requests may carry in `Host` besides the loopback names, on a server
+    /// listening on loopback (a reverse proxy that passes its own name); repeatable, or
+    /// comma-separated in the environment.
+    #[arg(
+        long = "allowed-host",
+        env = "CREDITD_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -94,6 +103,7 @@ struct FileSettings {
     max_websockets: Option<usize>,
     ws_keepalive: Option<u64>,
     header_timeout: Option<u64>,
+    allowed_hosts: Option<Vec<String>>,
 }
 
 /// An instant in the config file: a TOML datetime (`manual_clock = 2027-03-10T12:00:00Z`)
@@ -130,6 +140,8 @@ pub struct Settings {
     pub ws_keepalive: std::time::Duration,
     /// At least 1 s.
     pub header_timeout: std::time::Duration,
+    /// Host names (lowercase, no port) allowed besides the loopback ones.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Where cargo put this executable, and with it the built tier libraries.
@@ -207,6 +219,15 @@ impl Settings {
                 .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
             ws_keepalive,
             header_timeout,
+            allowed_hosts: if args.allowed_hosts.is_empty() {
+                file.allowed_hosts.unwrap_or_default()
+            } else {
+                args.allowed_hosts
+            }
+            .into_iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
         })
     }
 }

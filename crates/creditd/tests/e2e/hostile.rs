@@ -1578,9 +1578,15 @@ async fn subscriptions_on_one_socket_are_bounded(b: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loopback_server_refuses_other_host_names() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = App::spawn(Backend::Sqlite).await;
+    // Behind a reverse proxy that passes its own name, that name is allowed too.
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        Some(crate::helpers::START),
+        &[("CREDITD_ALLOWED_HOSTS", "credits.example, Proxy.Example.")],
+    )
+    .await;
     let ask = |host: &'static str, path: &'static str| {
-        let (addr, token) = (app.addr(), app.admin.clone());
+        let (addr, token) = (app.addr().to_owned(), app.admin.clone());
         async move {
             let body = r#"{"query":"{ __typename }"}"#;
             let request = format!(
@@ -1604,7 +1610,13 @@ async fn a_loopback_server_refuses_other_host_names() {
         assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
         assert!(answer.contains(r#""code":"FORBIDDEN""#), "{host}: {answer}");
     }
-    for host in ["localhost:1", "127.0.0.1", "[::1]:8080"] {
+    for host in [
+        "localhost:1",
+        "127.0.0.1",
+        "[::1]:8080",
+        "credits.example:443",
+        "proxy.example",
+    ] {
         let answer = ask(host, "/graphql").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
     }
