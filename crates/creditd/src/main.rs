@@ -94,8 +94,19 @@ enum TokenCommand {
     /// Revoke a token: requests with it fail at once, WebSockets opened with it are closed
     /// within one keepalive period. Exits 1 when no such token is stored.
     Revoke {
-        /// The token, as `token create` printed it.
-        token: String,
+        /// The token, as `token create` printed it, or `-` to read it from stdin (a secret
+        /// on the command line shows in `ps` and in the shell's history).
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        token: Option<String>,
+        /// The token's id, as `token create` and `token list` print it (for a token whose
+        /// secret is lost).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// List the stored tokens: id, role, owner and creation time (never a secret).
+    List {
         #[command(flatten)]
         serve: ServeArgs,
     },
@@ -177,18 +188,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 created_at: clock_of(&settings).now(),
             };
             store.insert_token(&row).await?;
+            // The secret alone on stdout (for scripts); its id, for `token revoke --id`.
             println!("{token}");
+            eprintln!("token id {}", row.hash.id());
             Ok(())
         }
         Command::Token {
-            command: TokenCommand::Revoke { token, serve },
+            command: TokenCommand::List { serve },
         } => {
             let settings = Settings::load(serve, cli.config.as_deref())?;
             let store = open_store(&settings).await?;
-            if !store
-                .delete_token(&TokenHash::of_secret(token.trim()))
-                .await?
-            {
+            for t in store.tokens().await? {
+                println!(
+                    "{}  {:<7}  {:<20}  {}",
+                    t.hash.id(),
+                    t.role.as_str(),
+                    t.owner_id.as_deref().unwrap_or("-"),
+                    t.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { token, id, serve },
+        } => {
+            let secret = match token.as_deref() {
+                Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the token from stdin")?;
+                    Some(line)
+                }
+                other => other.map(str::to_owned),
+            };
+            if let Some(id) = &id {
+                anyhow::ensure!(
+                    id.len() == credits_store::TOKEN_ID_CHARS
+                        && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "--id is the {} hex digits `token list` prints",
+                    credits_store::TOKEN_ID_CHARS
+                );
+            }
+            let settings = Settings::load(serve, cli.config.as_deref())?;
+            let store = open_store(&settings).await?;
+            let hash = match (secret, id) {
+                (Some(secret), _) => TokenHash::of_secret(secret.trim()),
+                (None, Some(id)) => {
+                    let id = id.to_ascii_lowercase();
+                    let mut matching = store
+                        .tokens()
+                        .await?
+                        .into_iter()
+                        .filter(|t| t.hash.id() == id);
+                    match (matching.next(), matching.next()) {
+                        (Some(t), None) => t.hash,
+                        (None, _) => anyhow::bail!("no such token is stored"),
+                        (Some(_), Some(_)) => {
+                            anyhow::bail!("two tokens share id {id}: revoke by the token itself")
+                        }
+                    }
+                }
+                (None, None) => anyhow::bail!("give the token, `-` to read it from stdin, or --id"),
+            };
+            if !store.delete_token(&hash).await? {
                 anyhow::bail!("no such token is stored");
             }
             println!("revoked");

@@ -407,6 +407,9 @@ pub struct TokenRow {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TokenHash(String);
 
+/// Hex digits of a token's hash shown as its id.
+pub const TOKEN_ID_CHARS: usize = 16;
+
 impl TokenHash {
     pub fn of_secret(secret: &str) -> Self {
         use sha2::{Digest, Sha256};
@@ -420,6 +423,12 @@ impl TokenHash {
 
     pub fn as_hex(&self) -> &str {
         &self.0
+    }
+
+    /// The token's id as the operator sees it (`token list`, `token revoke --id`): the
+    /// first 16 hex digits of its hash, which tell nothing of the secret.
+    pub fn id(&self) -> &str {
+        &self.0[..TOKEN_ID_CHARS.min(self.0.len())]
     }
 
     pub(crate) fn from_stored(hex: String) -> Self {

@@ -34,6 +34,20 @@ impl Store {
         Ok(deleted.rows_affected > 0)
     }
 
+    /// Every stored token, oldest first, as the operator lists them (no secret is stored).
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        use sea_orm::QueryOrder;
+        api_tokens::Entity::find()
+            .order_by_asc(api_tokens::Column::CreatedUs)
+            .order_by_asc(api_tokens::Column::Hash)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?
+            .into_iter()
+            .map(token_row)
+            .collect()
+    }
+
     /// The token whose secret hashes to `hash`, if any.
     pub async fn find_token(&self, hash: &TokenHash) -> Result<Option<TokenRow>, StoreError> {
         let Some(m) = api_tokens::Entity::find_by_id(hash.as_hex().to_owned())
@@ -43,12 +57,16 @@ impl Store {
         else {
             return Ok(None);
         };
-        Ok(Some(TokenRow {
-            role: TokenRole::parse(&m.role)?,
-            created_at: from_us(m.created_us)?,
-            hash: TokenHash::from_stored(m.hash),
-            owner_id: m.owner_id,
-            label: m.label,
-        }))
+        token_row(m).map(Some)
     }
+}
+
+fn token_row(m: api_tokens::Model) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        role: TokenRole::parse(&m.role)?,
+        created_at: from_us(m.created_us)?,
+        hash: TokenHash::from_stored(m.hash),
+        owner_id: m.owner_id,
+        label: m.label,
+    })
 }

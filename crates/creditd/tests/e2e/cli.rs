@@ -165,6 +165,78 @@ async fn token_create_prints_a_token_that_authenticates(b: Backend) {
     );
     let out = revoke();
     assert!(!out.status.success(), "{out:?}");
+
+    // Found by review: a token could be revoked only with its secret, given on the command
+    // line. `token list` shows ids (never secrets); `revoke --id` takes one, and `-`
+    // reads the secret from stdin.
+    let create = |role: &str| {
+        let out = creditd()
+            .current_dir(app.dir.path())
+            .args(["token", "create", "--role", role, "--database", &app.db.url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let id = String::from_utf8(out.stderr)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("token id ").map(str::to_owned))
+            .expect("the id on stderr");
+        (secret, id)
+    };
+    let (service, service_id) = create("SERVICE");
+    let (admin, _) = create("ADMIN");
+    let out = creditd()
+        .current_dir(app.dir.path())
+        .args(["token", "list", "--database", &app.db.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&service_id) && l.contains("SERVICE")),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&service) && !listed.contains(&admin),
+        "{listed}"
+    );
+    let out = creditd()
+        .current_dir(app.dir.path())
+        .args([
+            "token",
+            "revoke",
+            "--id",
+            &service_id,
+            "--database",
+            &app.db.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        app.code(&service, "{ viewer { role } }", json!({})).await,
+        "UNAUTHENTICATED"
+    );
+    let mut child = creditd()
+        .current_dir(app.dir.path())
+        .args(["token", "revoke", "-", "--database", &app.db.url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{admin}").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        app.code(&admin, "{ viewer { role } }", json!({})).await,
+        "UNAUTHENTICATED"
+    );
     // A USER token needs an owner.
     let out = creditd()
         .current_dir(app.dir.path())
