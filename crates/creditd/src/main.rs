@@ -383,10 +383,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         config,
     );
     if credits_change {
-        let caught_up = dir.tick_due().await;
-        if caught_up > 0 {
-            tracing::info!(wallets = caught_up, "applied what fell due while stopped");
-        }
+        // The catalogue's new credits count from each wallet's next reset or renewal (SPEC
+        // 5): unless every wallet has caught up under the old ones, they are not put in
+        // (found by review: a wallet whose catch-up failed got the new credits for days
+        // that fell due before).
+        let now = dir.clock().now();
+        dir.catch_up(now).await.map_err(|why| {
+            anyhow::anyhow!(
+                "the catalogue changes credits, and what fell due while stopped must first be applied under the old ones, {why}: start again once the database serves"
+            )
+        })?;
+        tracing::info!("applied what fell due while stopped");
     }
     store.upsert_catalogue(&plan_rows, &bundle_rows).await?;
     dir.plans()

@@ -547,32 +547,48 @@ impl Directory {
 
     /// Moves a manual clock forward and returns after every due event in between is durable
     /// and published, on active and inactive wallets. FORBIDDEN-worthy on the real clock:
-    /// returns `None` there.
-    pub async fn advance_clock(&self, by: chrono::Duration) -> Option<DateTime<Utc>> {
-        let manual = self.shared.clock.as_manual()?;
+    /// `Ok(None)` there. UNAVAILABLE when that cannot be confirmed (the store cannot be
+    /// asked, or wallets are still catching up when the bound is reached): the clock has
+    /// moved, and advancing by 0 waits for the rest (found by review: it answered success).
+    pub async fn advance_clock(
+        &self,
+        by: chrono::Duration,
+    ) -> Result<Option<DateTime<Utc>>, ExecError> {
+        let Some(manual) = self.shared.clock.as_manual() else {
+            return Ok(None);
+        };
         let now = manual.advance(by);
         self.tick_all().await;
-        // A wallet with years to catch up may outlast one tick's call timeout: sweep again
-        // while the store still has wallets due by now (bounded, for one whose commits keep
-        // failing).
+        self.catch_up(now).await.map_err(|why| {
+            ExecError::Unavailable(format!(
+                "the clock moved to {now}, {why} (advance by 0 to wait for them)"
+            ))
+        })?;
+        Ok(Some(now))
+    }
+
+    /// Ticks due wallets until the store holds none due by `now`. A wallet with years to
+    /// catch up may outlast one tick's call timeout, so it sweeps again; bounded, for one
+    /// whose commits keep failing: `Err` says why it could not confirm that none is left.
+    pub async fn catch_up(&self, now: DateTime<Utc>) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + ADVANCE_CLOCK_DEADLINE;
         for _ in 0..ADVANCE_CLOCK_SWEEPS {
             self.tick_due().await;
-            let still_due = self
-                .shared
-                .store
-                .due(now, None, 1)
-                .await
-                .is_ok_and(|due| !due.is_empty());
-            if !still_due {
-                break;
+            match self.shared.store.due(now, None, 1).await {
+                Ok(due) if due.is_empty() => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "but whether every wallet caught up is unknown: {e}"
+                    ));
+                }
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("advanceClock: wallets are still catching up");
                 break;
             }
         }
-        Some(now)
+        tracing::warn!("wallets are still catching up on what fell due");
+        Err("but wallets are still catching up".into())
     }
 
     /// Brings every wallet whose stored next reset, renewal or expiry is by now up to date:

@@ -1074,6 +1074,8 @@ impl Ledger {
         };
         // What fell due up to now is applied under the plan as it was (SPEC 5: an edit
         // counts from each wallet's next reset or renewal), not by a sweep that runs late.
+        // Best effort: a wallet whose commits keep failing (any plan's) does not block
+        // every plan edit.
         self.dir.tick_due().await;
         let position = self.plans().len() as i64;
         // The store decides again on its rows, atomically with the write (another node's
@@ -1259,7 +1261,7 @@ impl Ledger {
         Ok(self
             .dir
             .advance_clock(chrono::Duration::seconds(seconds))
-            .await)
+            .await?)
     }
 }
 

@@ -219,7 +219,10 @@ async fn a_snapshot_shows_what_fell_due_before_it_is_committed() {
     let app = app_with(clock.clone(), ActorConfig::default());
     let id = app.wallet("wal_snap", "pro", "UTC").await;
     app.dir.execute(&id, usage("k1", "5")).await.unwrap();
-    // Past midnight, with no tick yet.
+    // Past midnight, with the reset's commit held (the actor's timer may start it at once:
+    // the test would otherwise race it).
+    let commits = &app.store.faults.commits;
+    commits.hold.store(1, std::sync::atomic::Ordering::SeqCst);
     clock
         .as_manual()
         .unwrap()
@@ -228,8 +231,41 @@ async fn a_snapshot_shows_what_fell_due_before_it_is_committed() {
     assert_eq!(sub.snapshot.seq, 1);
     assert_eq!(sub.snapshot.balance.daily.remaining, cr("20"));
     assert_eq!(sub.snapshot.at, at("2027-03-11T01:00:00Z"));
-    app.dir.tick_all().await;
+    let tick = {
+        let dir = app.dir.clone();
+        tokio::spawn(async move { dir.tick_all().await })
+    };
+    assert!(eventually(|| commits.held.load(std::sync::atomic::Ordering::SeqCst) == 1).await);
+    commits.release.notify_one();
+    tick.await.unwrap();
     let reset = sub.events.recv().await.unwrap();
     assert_eq!(reset.seq, 2);
     assert_eq!(reset.balance, sub.snapshot.balance);
+}
+
+/// Found by review: `advanceClock` answered success when it could not confirm that what
+/// fell due was durable (a wallet whose commits kept failing, a store that could not be
+/// asked). It is UNAVAILABLE then; the clock has moved, and advancing by 0 once the store
+/// serves again waits for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advancing_the_clock_is_unavailable_until_what_fell_due_is_durable() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_stuck", "pro", "UTC").await;
+    app.store
+        .faults
+        .fail_commits
+        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
+    let stuck = app.dir.advance_clock(Duration::hours(13)).await;
+    assert!(
+        matches!(stuck, Err(credits_actors::ExecError::Unavailable(_))),
+        "{stuck:?}"
+    );
+    assert_eq!(app.ledger(&id).len(), 1, "no reset is durable");
+    app.store
+        .faults
+        .fail_commits
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let now = app.dir.advance_clock(Duration::zero()).await.unwrap();
+    assert_eq!(now, Some(at("2027-03-11T01:00:00Z")));
+    assert_eq!(app.ledger(&id).len(), 2, "the reset, once");
 }

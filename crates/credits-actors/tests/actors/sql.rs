@@ -533,7 +533,8 @@ async fn a_wallet_idle_for_years_catches_up_in_bounded_batches() {
         let now = dir
             .advance_clock(chrono::Duration::days(12 * 365))
             .await
-            .unwrap();
+            .unwrap()
+            .expect("a manual clock");
         let stored = store.load_state(&id.0).await.unwrap().unwrap().0;
         assert!(
             stored.now >= now - chrono::Duration::days(1),
