@@ -521,7 +521,13 @@ impl Directory {
             .await
     }
 
+    /// A wallet's events from now on, after a SNAPSHOT of its state as of now at its last
+    /// durable seq. What fell due is made durable first, so that the events after the
+    /// snapshot never show an older balance (found by review: a wallet with a month of
+    /// resets to catch up showed today's balance, then a month of older ones).
     pub async fn subscribe(&self, id: &WalletId) -> Result<Subscription, ExecError> {
+        self.call(id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)), drop)
+            .await?;
         self.call(id, Unanswered::Resend, WalletMsg::Subscribe, drop)
             .await
     }

@@ -211,36 +211,72 @@ async fn wallets_due_after_failing_ones_are_still_brought_up_to_date() {
 
 /// Found by review (Session 13): a subscriber's first SNAPSHOT carried the last durable
 /// balance even when a reset had fallen due but was not committed yet, stamped "now" by the
-/// API: a state that never held at that instant (SPEC 3). It shows the balance as of now,
-/// at the durable seq; the reset's own record follows with the same balance.
+/// API: a state that never held at that instant (SPEC 3). And (Session 14) showing the
+/// balance as of now at the older seq made the events after it go back in time when more
+/// than one record was due. A subscription now waits until what fell due is durable: the
+/// snapshot is the state as of now, at its own seq, and no older balance follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_shows_what_fell_due_before_it_is_committed() {
+async fn a_snapshot_waits_for_what_fell_due() {
+    use std::sync::atomic::Ordering;
     let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
     let app = app_with(clock.clone(), ActorConfig::default());
     let id = app.wallet("wal_snap", "pro", "UTC").await;
     app.dir.execute(&id, usage("k1", "5")).await.unwrap();
-    // Past midnight, with the reset's commit held (the actor's timer may start it at once:
-    // the test would otherwise race it).
+    // Past midnight, with the reset's commit held.
     let commits = &app.store.faults.commits;
-    commits.hold.store(1, std::sync::atomic::Ordering::SeqCst);
+    commits.hold.store(1, Ordering::SeqCst);
     clock
         .as_manual()
         .unwrap()
         .advance(chrono::Duration::hours(13));
-    let mut sub = app.dir.subscribe(&id).await.unwrap();
-    assert_eq!(sub.snapshot.seq, 1);
+    let subscribing = {
+        let (dir, id) = (app.dir.clone(), id.clone());
+        tokio::spawn(async move { dir.subscribe(&id).await })
+    };
+    assert!(eventually(|| commits.held.load(Ordering::SeqCst) == 1).await);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !subscribing.is_finished(),
+        "answered before the reset was durable"
+    );
+    commits.release.notify_one();
+    let mut sub = subscribing.await.unwrap().unwrap();
+    assert_eq!(sub.snapshot.seq, 2);
     assert_eq!(sub.snapshot.balance.daily.remaining, cr("20"));
     assert_eq!(sub.snapshot.at, at("2027-03-11T01:00:00Z"));
-    let tick = {
-        let dir = app.dir.clone();
-        tokio::spawn(async move { dir.tick_all().await })
-    };
-    assert!(eventually(|| commits.held.load(std::sync::atomic::Ordering::SeqCst) == 1).await);
-    commits.release.notify_one();
-    tick.await.unwrap();
-    let reset = sub.events.recv().await.unwrap();
-    assert_eq!(reset.seq, 2);
-    assert_eq!(reset.balance, sub.snapshot.balance);
+    assert!(sub.events.try_recv().is_err(), "nothing older follows");
+}
+
+/// A wallet with many days to catch up, in steps of two records: the snapshot comes once
+/// all of it is durable, at the last seq, with the balance of now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_a_wallet_catching_up_comes_after_it() {
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let app = app_with(
+        clock.clone(),
+        ActorConfig {
+            catch_up_records: 2,
+            ..ActorConfig::default()
+        },
+    );
+    let id = app.wallet("wal_month", "pro", "UTC").await;
+    app.dir
+        .execute(&id, grant("g", "7", Some("2027-03-20T06:00:00Z")))
+        .await
+        .unwrap();
+    clock
+        .as_manual()
+        .unwrap()
+        .advance(chrono::Duration::days(30));
+    let mut sub = app.dir.subscribe(&id).await.unwrap();
+    let last = app.ledger(&id).last().unwrap().seq;
+    assert!(last > 30, "a month of resets and the expiry: {last}");
+    assert_eq!(sub.snapshot.seq, last);
+    assert_eq!(
+        sub.snapshot.balance,
+        app.dir.read(&id).await.unwrap().balance()
+    );
+    assert!(sub.events.try_recv().is_err(), "nothing older follows");
 }
 
 /// Found by review: `advanceClock` answered success when it could not confirm that what
