@@ -110,7 +110,7 @@ pub enum RegistryError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot create plugin cache directory {}: {source}", dir.display())]
+    #[error("cannot use plugin cache directory {}: {source}", dir.display())]
     CacheDir {
         dir: PathBuf,
         source: std::io::Error,

@@ -64,7 +64,7 @@ impl PricingRegistry {
     ) -> Result<(PricingRegistry, ReloadReport), RegistryError> {
         let plugin_dir = plugin_dir.into();
         let cache_dir = cache_dir.into();
-        std::fs::create_dir_all(&cache_dir).map_err(|source| RegistryError::CacheDir {
+        private_dir(&cache_dir).map_err(|source| RegistryError::CacheDir {
             dir: cache_dir.clone(),
             source,
         })?;
@@ -330,4 +330,27 @@ fn tier_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Creates the cache directory for this user only (0700), and refuses one that others may
+/// write to: a library found there is loaded into the service, so whoever can write to it
+/// could put their own code in between the check of a copy and its loading (found by
+/// review, for a cache under a shared working directory such as /tmp).
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it is writable by others (mode {:o}): a library there would run in this service; make it this user's only (chmod go-w)",
+                mode & 0o777
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -46,6 +46,26 @@ fn a_library_admits_a_bounded_number_of_calls() {
     drop(again);
 }
 
+/// Found by review: the cache was used whoever could write to it, and a library found
+/// there runs in the service. A new one is made for this user only; one others may write
+/// to is refused, naming it.
+#[test]
+fn a_cache_others_may_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = Dirs::with(&[("credits-tier-standard", "standard")]);
+    let fresh = dirs.cache.path().join("new/cache");
+    PricingRegistry::open(dirs.plugins.path(), &fresh).expect("a new cache");
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = match PricingRegistry::open(dirs.plugins.path(), &fresh) {
+        Ok(_) => panic!("a cache others may write to was used"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("writable by others"), "{refused}");
+    assert!(refused.contains(&fresh.display().to_string()), "{refused}");
+}
+
 fn usage(input_tokens: i64, cached_input_tokens: i64, output_tokens: i64) -> Usage {
     Usage {
         input_tokens,
