@@ -658,7 +658,7 @@ function renderReview(review, timezone) {
     review.creditedGrant ? h('p', { class: 'credited', 'data-testid': 'review-credited' },
       'Credited ', amount(review.creditedGrant.amount, 'review-credited-amount'),
       ` credits as a ${review.creditedGrant.kind} grant`,
-      review.creditedGrant.expiresAt ? ` (expires ${formatDate(review.creditedGrant.expiresAt, timezone)})` : '', '.') : null,
+      review.creditedGrant.expiresAt ? ` (expires ${formatDateTime(review.creditedGrant.expiresAt, timezone)})` : '', '.') : null,
     review.note ? h('p', { class: 'note' }, 'Note from the reviewer: ', review.note) : null);
 }
 

@@ -1,5 +1,5 @@
 //! `creditd`: the credits service. `serve` runs it; `migrate`, `plugins check` and
-//! `token create` are the operator's tools (SPEC 12).
+//! `token create | list | revoke` are the operator's tools (SPEC 12).
 
 mod assets;
 mod catalogue;
@@ -339,8 +339,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             position: i as i64,
         })
         .collect();
-    std::fs::create_dir_all(&settings.plugin_cache)
-        .with_context(|| format!("creating {}", settings.plugin_cache.display()))?;
     // Opening a library runs its initialisers: one that never returns stops the start with
     // a message, as a reload would, rather than leave `serve` silent for ever.
     let (plugins, cache) = (settings.plugins.clone(), settings.plugin_cache.clone());

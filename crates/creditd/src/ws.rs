@@ -87,7 +87,8 @@ enum ServerMessage<'a> {
         payload: ErrorList<'a>,
     },
     Pong,
-    /// The legacy protocol's keepalive, sent after the ack and at every ping.
+    /// The legacy protocol's keepalive, sent after the ack and then every keepalive period,
+    /// at most 10 s apart.
     Ka,
 }
 

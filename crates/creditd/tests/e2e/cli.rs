@@ -288,5 +288,10 @@ fn sigterm_right_after_the_listening_line_drains() {
         let status = child.wait().unwrap();
         assert!(status.success(), "SIGTERM exits 0, got {status}");
         assert!(dir.path().join("fresh.db").exists());
+        // The default plugin cache is made for this user only (found by review: `serve`
+        // made it first with the umask's mode).
+        use std::os::unix::fs::PermissionsExt;
+        let cache = std::fs::metadata(dir.path().join(".creditd/plugin-cache")).unwrap();
+        assert_eq!(cache.permissions().mode() & 0o777, 0o700);
     }
 }
