@@ -289,6 +289,10 @@ const STRONG_TOKEN_BYTES: usize = 20;
 /// password in the query, or holding an `@`, was printed).
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
+        // Without `//` the rest is opaque (it may hold the whole secret).
+        Ok(parsed) if !parsed.has_host() && !parsed.path().starts_with('/') => {
+            format!("{}:…", parsed.scheme())
+        }
         Ok(mut parsed) => {
             let _ = parsed.set_username("");
             let _ = parsed.set_password(None);
@@ -456,7 +460,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ws_keepalive: settings.ws_keepalive,
         draining: draining.clone(),
         loopback: settings.listen.ip().is_loopback(),
-        allowed_hosts: settings.allowed_hosts.clone(),
+        allowed_hosts: settings
+            .allowed_hosts
+            .iter()
+            .map(|h| server::host_name(h))
+            .collect(),
     };
 
     reload_on_sighup(pricing);
@@ -560,5 +568,6 @@ mod tests {
             "sqlite://creditd.db"
         );
         assert!(!redact("not a url with s3cret").contains("s3cret"));
+        assert_eq!(redact("postgres:app:s3cret@db/credits"), "postgres:…");
     }
 }

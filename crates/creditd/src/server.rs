@@ -94,25 +94,44 @@ async fn loopback_hosts_only(
     if !state.loopback {
         return next.run(req).await;
     }
+    let allowed =
+        |host: &str| is_loopback_host(host) || state.allowed_hosts.contains(&host_name(host));
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host());
-    match host {
-        Some(host)
-            if !is_loopback_host(host) && !state.allowed_hosts.contains(&host_name(host)) =>
-        {
-            error_response(
-                StatusCode::MISDIRECTED_REQUEST,
-                ApiError::new(
-                    Code::Forbidden,
-                    "this server listens on loopback only: address it as localhost, 127.0.0.1 or [::1]",
-                ),
-            )
-        }
-        _ => next.run(req).await,
+    if host.is_some_and(|h| !allowed(h)) {
+        return error_response(
+            StatusCode::MISDIRECTED_REQUEST,
+            ApiError::new(
+                Code::Forbidden,
+                "this server listens on loopback only: address it as localhost, 127.0.0.1 or [::1]",
+            ),
+        );
     }
+    // A page of another site may still open a WebSocket to 127.0.0.1 (browsers do not
+    // hold WebSockets to the same origin), or post to it: the browser names the page's
+    // origin, which must be one of this server's names too (found by review). Clients
+    // that are not browsers send no `Origin`.
+    let origin = req.headers().get(header::ORIGIN).map(|o| {
+        o.to_str()
+            .ok()
+            .and_then(|o| url::Url::parse(o).ok())
+            .and_then(|u| u.host_str().map(str::to_owned))
+    });
+    if let Some(origin) = origin
+        && !origin.as_deref().is_some_and(allowed)
+    {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            ApiError::new(
+                Code::Forbidden,
+                "this server listens on loopback only and answers pages of its own names only",
+            ),
+        );
+    }
+    next.run(req).await
 }
 
 /// Whether a `Host` value (with or without a port) names this machine's loopback.
@@ -126,7 +145,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 /// The name a `Host` value carries: without its port, lowercase, no final dot.
-fn host_name(host: &str) -> String {
+pub fn host_name(host: &str) -> String {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(name, port)| {

@@ -594,7 +594,15 @@ impl Directory {
             }
         }
         tracing::warn!("wallets are still catching up on what fell due");
-        Err("but wallets are still catching up".into())
+        let stuck = match self.shared.store.due(now, None, 10).await {
+            Ok(due) => due
+                .into_iter()
+                .map(|(_, id)| id.0)
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => e.to_string(),
+        };
+        Err(format!("but wallets are still catching up (due: {stuck})"))
     }
 
     /// Brings every wallet whose stored next reset, renewal or expiry is by now up to date:

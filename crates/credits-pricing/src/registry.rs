@@ -332,24 +332,45 @@ fn tier_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-/// Creates the cache directory for this user only (0700), and refuses one that others may
-/// write to: a library found there is loaded into the service, so whoever can write to it
-/// could put their own code in between the check of a copy and its loading (found by
-/// review, for a cache under a shared working directory such as /tmp).
+/// Creates the cache directory for this user only (0700), makes one of this user's so,
+/// and refuses one that another user owns (or a link another user owns to it), or that
+/// stays writable by others: a library found there is loaded into the service, so whoever
+/// can write to it could put their own code in between the check of a copy and its
+/// loading (found by review, for a cache under a shared working directory such as /tmp).
 fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why,
+        ))
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for (what, meta) in [
+        ("the directory", std::fs::metadata(dir)?),
+        ("the link to it", std::fs::symlink_metadata(dir)?),
+    ] {
+        if meta.uid() != me {
+            return refuse(format!(
+                "{what} belongs to user {}, not to this service's ({me}): a library there would run in this service",
+                meta.uid()
+            ));
+        }
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o022 != 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            format!(
-                "it is writable by others (mode {:o}): a library there would run in this service; make it this user's only (chmod go-w)",
-                mode & 0o777
-            ),
+        return refuse(format!(
+            "it stays writable by others (mode {:o}, a file system without modes?): a library there would run in this service",
+            mode & 0o777
         ));
     }
     Ok(())

@@ -1582,15 +1582,21 @@ async fn a_loopback_server_refuses_other_host_names() {
     let app = App::spawn_env(
         Backend::Sqlite,
         Some(crate::helpers::START),
-        &[("CREDITD_ALLOWED_HOSTS", "credits.example, Proxy.Example.")],
+        &[(
+            "CREDITD_ALLOWED_HOSTS",
+            "credits.example, Proxy.Example.:8443",
+        )],
     )
     .await;
-    let ask = |host: &'static str, path: &'static str| {
+    let ask = |host: &'static str, origin: Option<&'static str>| {
         let (addr, token) = (app.addr().to_owned(), app.admin.clone());
         async move {
             let body = r#"{"query":"{ __typename }"}"#;
+            let origin = origin
+                .map(|o| format!("Origin: {o}\r\n"))
+                .unwrap_or_default();
             let request = format!(
-                "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+                "POST /graphql HTTP/1.1\r\nHost: {host}\r\n{origin}Authorization: Bearer {token}\r\n\
                  Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
@@ -1606,7 +1612,7 @@ async fn a_loopback_server_refuses_other_host_names() {
         "evil.example:8080",
         "127.0.0.1.evil.example",
     ] {
-        let answer = ask(host, "/graphql").await;
+        let answer = ask(host, None).await;
         assert!(answer.starts_with("HTTP/1.1 421"), "{host}: {answer}");
         assert!(answer.contains(r#""code":"FORBIDDEN""#), "{host}: {answer}");
     }
@@ -1617,7 +1623,35 @@ async fn a_loopback_server_refuses_other_host_names() {
         "credits.example:443",
         "proxy.example",
     ] {
-        let answer = ask(host, "/graphql").await;
+        let answer = ask(host, None).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+    // A page of another site reaches 127.0.0.1 with a loopback Host, but names its own
+    // origin: refused (found by review: a WebSocket from any page got through).
+    let answer = ask("127.0.0.1", Some("http://evil.example")).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains(r#""code":"FORBIDDEN""#), "{answer}");
+    let answer = ask("127.0.0.1", Some("null")).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    for origin in [
+        "http://127.0.0.1:8080",
+        "http://localhost:3000",
+        "https://credits.example",
+    ] {
+        let answer = ask("127.0.0.1", Some(origin)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{origin}: {answer}");
+    }
+    let mut upgrade = app.ws_request("graphql-transport-ws");
+    upgrade
+        .headers_mut()
+        .insert("Origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(upgrade).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
+        other => panic!(
+            "a WebSocket from another site's page: {:?}",
+            other.map(|_| ())
+        ),
     }
 }
