@@ -289,9 +289,13 @@ const STRONG_TOKEN_BYTES: usize = 20;
 /// password in the query, or holding an `@`, was printed).
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
-        // Without `//` the rest is opaque (it may hold the whole secret).
+        // Without `//` the rest is opaque: a SQLite file name is shown, anything else may
+        // hold the whole secret.
         Ok(parsed) if !parsed.has_host() && !parsed.path().starts_with('/') => {
-            format!("{}:…", parsed.scheme())
+            match parsed.scheme() {
+                "sqlite" => format!("sqlite:{}", parsed.path()),
+                scheme => format!("{scheme}:…"),
+            }
         }
         Ok(mut parsed) => {
             let _ = parsed.set_username("");
@@ -569,5 +573,6 @@ mod tests {
         );
         assert!(!redact("not a url with s3cret").contains("s3cret"));
         assert_eq!(redact("postgres:app:s3cret@db/credits"), "postgres:…");
+        assert_eq!(redact("sqlite:creditd.db?mode=rwc"), "sqlite:creditd.db");
     }
 }

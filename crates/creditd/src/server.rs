@@ -114,14 +114,25 @@ async fn loopback_hosts_only(
     // hold WebSockets to the same origin), or post to it: the browser names the page's
     // origin, which must be one of this server's names too (found by review). Clients
     // that are not browsers send no `Origin`.
-    let origin = req.headers().get(header::ORIGIN).map(|o| {
-        o.to_str()
-            .ok()
-            .and_then(|o| url::Url::parse(o).ok())
-            .and_then(|u| u.host_str().map(str::to_owned))
+    // A loopback origin must be this server's own (its port too: another local app's page
+    // is another origin); an allowed name is the proxy's, on whatever port it serves.
+    let own_port = host.map_or(80, |h| {
+        h.rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or(80)
     });
+    let origin_ok = |origin: &url::Url| {
+        origin.host_str().is_some_and(|h| {
+            state.allowed_hosts.contains(&host_name(h))
+                || (is_loopback_host(h) && origin.port_or_known_default() == Some(own_port))
+        })
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().ok().and_then(|o| url::Url::parse(o).ok()));
     if let Some(origin) = origin
-        && !origin.as_deref().is_some_and(allowed)
+        && !origin.as_ref().is_some_and(origin_ok)
     {
         return error_response(
             StatusCode::FORBIDDEN,
@@ -146,6 +157,9 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 /// The name a `Host` value carries: without its port, lowercase, no final dot.
 pub fn host_name(host: &str) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return host.to_ascii_lowercase(); // An IPv6 address without brackets (and port).
+    }
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host.rsplit_once(':').map_or(host, |(name, port)| {
@@ -553,6 +567,9 @@ mod tests {
         ] {
             assert!(is_loopback_host(host), "{host}");
         }
+        assert_eq!(host_name("fd00::1"), "fd00::1");
+        assert_eq!(host_name("[FD00::1]:8443"), "fd00::1");
+        assert_eq!(host_name("Proxy.Example.:8443"), "proxy.example");
         for host in [
             "evil.example",
             "evil.example:8080",

@@ -78,9 +78,9 @@ pub struct ServeArgs {
     /// connection stays open (default 30).
     #[arg(long, env = "CREDITD_HEADER_TIMEOUT")]
     pub header_timeout: Option<u64>,
-    /// A host name requests may carry in `Host` besides the loopback names, on a server
-    /// listening on loopback (a reverse proxy that passes its own name); repeatable, or
-    /// comma-separated in the environment.
+    /// A host name requests may carry in `Host` and `Origin` besides the loopback names, on
+    /// a server listening on loopback (the public name behind a reverse proxy); repeatable,
+    /// or comma-separated in the environment.
     #[arg(
         long = "allowed-host",
         env = "CREDITD_ALLOWED_HOSTS",

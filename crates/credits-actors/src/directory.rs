@@ -525,9 +525,16 @@ impl Directory {
     /// durable seq. What fell due is made durable first, so that the events after the
     /// snapshot never show an older balance (found by review: a wallet with a month of
     /// resets to catch up showed today's balance, then a month of older ones).
+    /// A wallet whose catch-up outlasts the wait (a long backlog on a slow store) is still
+    /// subscribed to, from its durable state as of now: its events follow as it goes on.
     pub async fn subscribe(&self, id: &WalletId) -> Result<Subscription, ExecError> {
-        self.call(id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)), drop)
-            .await?;
+        match self
+            .call(id, Unanswered::Resend, |r| WalletMsg::Tick(Some(r)), drop)
+            .await
+        {
+            Ok(()) | Err(ExecError::Unavailable(_)) => {}
+            Err(e) => return Err(e),
+        }
         self.call(id, Unanswered::Resend, WalletMsg::Subscribe, drop)
             .await
     }

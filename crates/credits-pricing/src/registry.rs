@@ -351,11 +351,13 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    for (what, meta) in [
-        ("the directory", std::fs::metadata(dir)?),
-        ("the link to it", std::fs::symlink_metadata(dir)?),
+    // The link itself, not what a trailing slash would follow it to.
+    let as_named = dir.components().as_path();
+    for (what, meta, root_may_own) in [
+        ("the directory", std::fs::metadata(dir)?, false),
+        ("the link to it", std::fs::symlink_metadata(as_named)?, true),
     ] {
-        if meta.uid() != me {
+        if meta.uid() != me && !(root_may_own && meta.uid() == 0) {
             return refuse(format!(
                 "{what} belongs to user {}, not to this service's ({me}): a library there would run in this service",
                 meta.uid()

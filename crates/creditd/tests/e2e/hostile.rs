@@ -1588,8 +1588,9 @@ async fn a_loopback_server_refuses_other_host_names() {
         )],
     )
     .await;
-    let ask = |host: &'static str, origin: Option<&'static str>| {
+    let ask = |host: &str, origin: Option<&str>| {
         let (addr, token) = (app.addr().to_owned(), app.admin.clone());
+        let (host, origin) = (host.to_owned(), origin.map(str::to_owned));
         async move {
             let body = r#"{"query":"{ __typename }"}"#;
             let origin = origin
@@ -1633,14 +1634,21 @@ async fn a_loopback_server_refuses_other_host_names() {
     assert!(answer.contains(r#""code":"FORBIDDEN""#), "{answer}");
     let answer = ask("127.0.0.1", Some("null")).await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Its own pages: the origin of this server (its port too), or the proxy's name.
+    let port = app.addr().rsplit_once(':').unwrap().1.to_owned();
+    let host = format!("127.0.0.1:{port}");
     for origin in [
-        "http://127.0.0.1:8080",
-        "http://localhost:3000",
-        "https://credits.example",
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+        format!("http://[::1]:{port}"),
+        "https://credits.example".to_owned(),
     ] {
-        let answer = ask("127.0.0.1", Some(origin)).await;
+        let answer = ask(&host, Some(&origin)).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{origin}: {answer}");
     }
+    // Another local app's page is another origin.
+    let answer = ask(&host, Some("http://localhost:3000")).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     let mut upgrade = app.ws_request("graphql-transport-ws");
     upgrade
         .headers_mut()
