@@ -604,8 +604,10 @@ impl WalletState {
     /// Whether a refusal depends on records ahead of it that are not durable yet, so that
     /// it is answered only once they are (and decided again if their commit fails): one
     /// for funds or a member limit on a keyed record (a retry whose key was forgotten is
-    /// not new), a purchase's or a compensation's on the lot ahead for the same payment or
-    /// review (the caller then finds that lot stored).
+    /// not new) or on a spend ahead (a settlement has no key of its own, and pays from the
+    /// spendable balance and counts in its member's spend: found by review), a purchase's
+    /// or a compensation's on the lot ahead for the same payment or review (the caller then
+    /// finds that lot stored).
     fn refusal_may_turn(&self, op: &Op, e: &OpError) -> bool {
         let mut ahead = self
             .in_flight
@@ -614,7 +616,7 @@ impl WalletState {
             .chain(&self.open_records);
         match (e, once_for(op)) {
             (OpError::InsufficientCredits { .. } | OpError::MemberLimitExceeded { .. }, _) => {
-                ahead.any(|r| r.entry.idempotency_key().is_some())
+                ahead.any(|r| r.entry.idempotency_key().is_some() || r.entry.usage().is_some())
             }
             (OpError::IdempotencyConflict, Some(once)) => ahead.any(|r| {
                 r.entry
@@ -705,7 +707,10 @@ impl WalletState {
             return;
         }
         if self.open_records.is_empty() {
-            // Nothing new to write: whoever waits, waits only for what is already durable.
+            // Nothing new to write: whoever waits, waits only for what is already durable,
+            // and a run of failing commits is over (found by review: a count the unique-row
+            // rule raised stayed, so a later failure gave up at once).
+            self.failures = 0;
             let waiters = std::mem::take(&mut self.open);
             self.answer(waiters);
             return;
@@ -981,11 +986,20 @@ impl WalletState {
             }
             _ => false,
         });
+        // Only a key of the failed batch's own records found stored explains it (that call
+        // is a replay this time); a key of another waiting call, a retry of an old one,
+        // does not (found by review: it kept the rule off, and the batch was decided and
+        // refused again for ever).
+        let batch_key_stored = flight
+            .records
+            .iter()
+            .filter_map(|x| x.entry.idempotency_key())
+            .any(|k| r.keys.contains_key(k));
         if !refresh
             && !landed
             && !self.last_commit_unknown
             && r.loaded.version == self.version
-            && r.keys.is_empty()
+            && !batch_key_stored
             && !explained
         {
             // Refused with the fence intact, nothing written, no waiting key found recorded

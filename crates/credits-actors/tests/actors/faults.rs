@@ -540,3 +540,73 @@ async fn a_retry_behind_many_keyed_calls_is_still_a_replay() {
         call.await.unwrap();
     }
 }
+
+/// Found by review: a refusal for funds behind a settlement whose commit was still pending
+/// was answered at once. A settlement has no key of its own, and pays from the spendable
+/// balance what its hold does not cover: when its commit then failed for good, the funds
+/// the refusal rested on had never been spent. The refusal now waits for the records ahead
+/// of it, and is UNAVAILABLE when they do not become durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_behind_a_settlement_that_never_lands_is_unavailable() {
+    use credits_core::{Op, ReservationId, ReserveOp, SettleOp, Tokens, UsageId};
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_settle", "pro", "UTC").await;
+    app.dir
+        .execute(
+            &id,
+            Op::Reserve(ReserveOp {
+                id: ReservationId::from("res_s"),
+                key: "r".into(),
+                amount: cr("10"),
+                ttl_seconds: 600,
+                member: None,
+            }),
+        )
+        .await
+        .unwrap();
+    // 510 spendable and 10 held: settling at 500 leaves 20 spendable, if it lands.
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    faults.fail_commits.store(3, Ordering::SeqCst);
+    let settle = app.spawn_execute(
+        &id,
+        Op::Settle(SettleOp {
+            reservation_id: ReservationId::from("res_s"),
+            usage_id: UsageId::from("use_settle"),
+            thread_id: "thread".into(),
+            model: "economy-model".into(),
+            tier: "economy".into(),
+            tokens: Tokens {
+                input: 1,
+                cached: 0,
+                output: 1,
+            },
+            cost: cr("500"),
+            priced_by: "economy@1.0.0".into(),
+        }),
+    );
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let usage = app.spawn_execute(&id, usage("k2", "30"));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !usage.is_finished(),
+        "refused on a settlement not durable yet"
+    );
+    faults.commits.release.notify_one();
+    let settled = settle.await.unwrap();
+    assert!(
+        matches!(settled, Err(ExecError::Unavailable(_))),
+        "{settled:?}"
+    );
+    let spent = usage.await.unwrap();
+    assert!(
+        !matches!(
+            spent,
+            Err(ExecError::Op(
+                credits_core::OpError::InsufficientCredits { .. }
+            ))
+        ),
+        "a refusal the store never held: {spent:?}"
+    );
+    assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("510"));
+}
