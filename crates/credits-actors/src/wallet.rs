@@ -339,7 +339,14 @@ impl Actor for WalletActor {
                     .events
                     .get_or_insert_with(|| broadcast::Sender::new(EVENT_CHANNEL_CAPACITY))
                     .subscribe();
-                let snapshot = state.snapshot_now();
+                // As of now only when at most the next record is pending: while a catch-up is
+                // still being written (a subscription that did not wait it out), the durable
+                // state, so that the records that follow never show an older balance.
+                let snapshot = if state.lagging || state.catch_up_seq > state.durable.seq {
+                    state.snapshot()
+                } else {
+                    state.snapshot_now()
+                };
                 let _ = reply.send(Subscription { snapshot, events });
             }
             WalletMsg::Tick(reply) => {

@@ -305,3 +305,60 @@ async fn advancing_the_clock_is_unavailable_until_what_fell_due_is_durable() {
     assert_eq!(now, Some(at("2027-03-11T01:00:00Z")));
     assert_eq!(app.ledger(&id).len(), 2, "the reset, once");
 }
+
+/// Found by review: a subscription whose wait for the catch-up timed out (a long backlog on
+/// a slow store) got the balance of now at the durable seq, and the catch-up's records then
+/// went back in time. While a catch-up is being written the snapshot is the durable state:
+/// every event after it carries the balance after its own record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_during_a_catch_up_never_runs_ahead_of_it() {
+    use std::sync::atomic::Ordering;
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let app = app_with(
+        clock.clone(),
+        ActorConfig {
+            catch_up_records: 2,
+            ..ActorConfig::default()
+        },
+    );
+    let id = app.wallet("wal_slow", "pro", "UTC").await;
+    app.dir
+        .execute(&id, grant("g", "7", Some("2027-03-20T06:00:00Z")))
+        .await
+        .unwrap();
+    let commits = &app.store.faults.commits;
+    commits.hold.store(1, Ordering::SeqCst);
+    clock
+        .as_manual()
+        .unwrap()
+        .advance(chrono::Duration::days(30));
+    // The first catch-up step is held past the subscription's wait (its call times out).
+    let mut sub = app.dir.subscribe(&id).await.unwrap();
+    let balance_at = |seq: u64| {
+        let upto: Vec<_> = app
+            .ledger(&id)
+            .into_iter()
+            .take_while(|e| e.seq <= seq)
+            .collect();
+        replay(&upto).unwrap().balance()
+    };
+    assert_eq!(sub.snapshot.balance, balance_at(sub.snapshot.seq));
+    commits.release.notify_one();
+    let last = loop {
+        let w = app.dir.read(&id).await.unwrap();
+        if w.seq > 30 && app.ledger(&id).last().unwrap().seq == w.seq {
+            break w.seq;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut seen = sub.snapshot.seq;
+    while seen < last {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), sub.events.recv())
+            .await
+            .expect("the catch-up's events")
+            .unwrap();
+        assert_eq!(event.seq, seen + 1);
+        assert_eq!(event.balance, balance_at(event.seq), "seq {}", event.seq);
+        seen = event.seq;
+    }
+}
