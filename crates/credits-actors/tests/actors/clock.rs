@@ -251,19 +251,7 @@ async fn a_snapshot_waits_for_what_fell_due() {
 /// all of it is durable, at the last seq, with the balance of now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_a_wallet_catching_up_comes_after_it() {
-    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
-    let app = app_with(
-        clock.clone(),
-        ActorConfig {
-            catch_up_records: 2,
-            ..ActorConfig::default()
-        },
-    );
-    let id = app.wallet("wal_month", "pro", "UTC").await;
-    app.dir
-        .execute(&id, grant("g", "7", Some("2027-03-20T06:00:00Z")))
-        .await
-        .unwrap();
+    let (app, clock, id) = catching_up("wal_month").await;
     clock
         .as_manual()
         .unwrap()
@@ -313,19 +301,7 @@ async fn advancing_the_clock_is_unavailable_until_what_fell_due_is_durable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_taken_during_a_catch_up_never_runs_ahead_of_it() {
     use std::sync::atomic::Ordering;
-    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
-    let app = app_with(
-        clock.clone(),
-        ActorConfig {
-            catch_up_records: 2,
-            ..ActorConfig::default()
-        },
-    );
-    let id = app.wallet("wal_slow", "pro", "UTC").await;
-    app.dir
-        .execute(&id, grant("g", "7", Some("2027-03-20T06:00:00Z")))
-        .await
-        .unwrap();
+    let (app, clock, id) = catching_up("wal_slow").await;
     let commits = &app.store.faults.commits;
     commits.hold.store(1, Ordering::SeqCst);
     clock
@@ -361,4 +337,23 @@ async fn a_snapshot_taken_during_a_catch_up_never_runs_ahead_of_it() {
         assert_eq!(event.balance, balance_at(event.seq), "seq {}", event.seq);
         seen = event.seq;
     }
+}
+
+/// A wallet that catches up two records at a time, with a lot that expires ten days in:
+/// a month idle then leaves many steps of resets and the expiry to write.
+async fn catching_up(name: &str) -> (App, Clock, credits_core::WalletId) {
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let app = app_with(
+        clock.clone(),
+        ActorConfig {
+            catch_up_records: 2,
+            ..ActorConfig::default()
+        },
+    );
+    let id = app.wallet(name, "pro", "UTC").await;
+    app.dir
+        .execute(&id, grant("g", "7", Some("2027-03-20T06:00:00Z")))
+        .await
+        .unwrap();
+    (app, clock, id)
 }

@@ -548,7 +548,7 @@ async fn a_retry_behind_many_keyed_calls_is_still_a_replay() {
 /// of it, and is UNAVAILABLE when they do not become durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_behind_a_settlement_that_never_lands_is_unavailable() {
-    use credits_core::{Op, ReservationId, ReserveOp, SettleOp, Tokens, UsageId};
+    use credits_core::{Op, ReservationId, ReserveOp};
     let app = app_at("2027-03-10T12:00:00Z");
     let id = app.wallet("wal_settle", "pro", "UTC").await;
     app.dir
@@ -568,23 +568,7 @@ async fn a_refusal_behind_a_settlement_that_never_lands_is_unavailable() {
     let faults = &app.store.faults;
     faults.commits.hold.store(1, Ordering::SeqCst);
     faults.fail_commits.store(3, Ordering::SeqCst);
-    let settle = app.spawn_execute(
-        &id,
-        Op::Settle(SettleOp {
-            reservation_id: ReservationId::from("res_s"),
-            usage_id: UsageId::from("use_settle"),
-            thread_id: "thread".into(),
-            model: "economy-model".into(),
-            tier: "economy".into(),
-            tokens: Tokens {
-                input: 1,
-                cached: 0,
-                output: 1,
-            },
-            cost: cr("500"),
-            priced_by: "economy@1.0.0".into(),
-        }),
-    );
+    let settle = app.spawn_execute(&id, Op::Settle(settle("res_s", "500")));
     assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
     let usage = app.spawn_execute(&id, usage("k2", "30"));
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use credits_actors::{ActorConfig, Applied, Clock, Directory, ExecError, Ledger, MemoryStore};
 use credits_core::testing::catalogue;
 use credits_core::{
-    Credits, Entry, GrantId, GrantKind, GrantOp, NewWallet, Op, PlanId, Tokens, UsageId, UsageOp,
-    WalletId,
+    Credits, Entry, GrantId, GrantKind, GrantOp, NewWallet, Op, PlanId, ReservationId, SettleOp,
+    Tokens, UsageId, UsageOp, WalletId,
 };
 use credits_pricing::PricingRegistry;
 
@@ -98,6 +98,24 @@ pub fn usage(key: &str, cost: &str) -> Op {
         priced_by: "economy@1.0.0".into(),
         member: None,
     })
+}
+
+/// The settlement of `reservation` at `cost` (an economy model, one token each way).
+pub fn settle(reservation: &str, cost: &str) -> SettleOp {
+    SettleOp {
+        reservation_id: ReservationId::from(reservation),
+        usage_id: UsageId(format!("use_{reservation}")),
+        thread_id: "thread".into(),
+        model: "economy-model".into(),
+        tier: "economy".into(),
+        tokens: Tokens {
+            input: 1,
+            cached: 0,
+            output: 1,
+        },
+        cost: cr(cost),
+        priced_by: "economy@1.0.0".into(),
+    }
 }
 
 /// A purchase of the 100-credit bundle, as `purchaseBundle` sends it (no idempotency key:

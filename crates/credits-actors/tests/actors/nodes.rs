@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use credits_actors::{ActorConfig, Clock, Directory, MemoryStore};
 use credits_core::testing::catalogue;
-use credits_core::{
-    NewWallet, Op, PlanId, ReservationId, ReserveOp, SettleOp, Tokens, UsageId, WalletId,
-};
+use credits_core::{NewWallet, Op, PlanId, ReservationId, ReserveOp, SettleOp, WalletId};
 
 use crate::helpers::*;
 
@@ -65,20 +63,7 @@ fn reserve_op() -> Op {
 
 /// The settlement of `res_1` at 2 credits.
 fn settle_op() -> SettleOp {
-    SettleOp {
-        reservation_id: ReservationId::from("res_1"),
-        usage_id: UsageId::from("use_s1"),
-        thread_id: "thread".into(),
-        model: "economy-model".into(),
-        tier: "economy".into(),
-        tokens: Tokens {
-            input: 1,
-            cached: 0,
-            output: 1,
-        },
-        cost: cr("2"),
-        priced_by: "economy@1.0.0".into(),
-    }
+    settle("res_1", "2")
 }
 
 /// Regression (reliability suite, two nodes): a settle sent to node B right after node A
