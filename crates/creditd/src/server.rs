@@ -80,7 +80,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// On a server listening on loopback only, a request whose `Host` is not a loopback name
-/// (`localhost`, `*.localhost`, `127.0.0.1`, `[::1]`) is refused (421) before anything runs.
+/// (`localhost`, `*.localhost`, a loopback address) is refused (421) before anything runs,
+/// and one from a browser page of another origin (`Origin`) too (403).
 /// A web page the user visits can point a hostname of its own at 127.0.0.1 (DNS
 /// rebinding) and so call the local service as its own origin; it cannot make the browser
 /// send a loopback `Host` (found by review: the README's server could be driven so, with
@@ -112,10 +113,9 @@ async fn loopback_hosts_only(
     }
     // A page of another site may still open a WebSocket to 127.0.0.1 (browsers do not
     // hold WebSockets to the same origin), or post to it: the browser names the page's
-    // origin, which must be one of this server's names too (found by review). Clients
-    // that are not browsers send no `Origin`.
-    // A loopback origin must be this server's own (its port too: another local app's page
-    // is another origin); an allowed name is the proxy's, on whatever port it serves.
+    // origin (found by review); clients that are not browsers send none. A loopback origin
+    // must be this server's own, its port too (another local app's page is another
+    // origin); an allowed name is the proxy's, on whatever port it serves.
     let own_port = host.map_or(80, |h| {
         h.rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok())

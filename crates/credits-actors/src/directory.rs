@@ -318,6 +318,11 @@ impl Directory {
     }
 
     /// The team pool supervisors of this node.
+    /// Whether other nodes may write these wallets (see [`WalletStore::several_nodes`]).
+    pub fn several_nodes(&self) -> bool {
+        self.shared.store.several_nodes()
+    }
+
     pub fn pools(&self) -> &Pools {
         &self.shared.pools
     }

@@ -389,7 +389,7 @@ impl Ledger {
     async fn run(&self, id: &WalletId, mut op: Op) -> ServiceResult<Applied> {
         // A spend whose member limits changed since their seat read them (on another node,
         // maybe) is refused undecided: the seat reads them again and the spend is retried.
-        let several_nodes = self.store.backend() == credits_store::Backend::Postgres;
+        let several_nodes = self.dir.several_nodes();
         for attempt in 1.. {
             // Kept for another try only where one may come: a spend of a member, or, with
             // several nodes, an operation a refusal on stale state may meet.

@@ -70,21 +70,27 @@ impl Store {
     /// The seq of a wallet's last durable record (`None`: no such wallet), one indexed
     /// column read: what a node checks its state against before refusing a call on it.
     pub async fn wallet_seq(&self, wallet_id: &str) -> Result<Option<u64>, StoreError> {
-        let seq: Option<i64> = wallets::Entity::find_by_id(wallet_id.to_owned())
-            .select_only()
-            .column(wallets::Column::Seq)
-            .into_tuple()
-            .one(&self.db)
-            .await
-            .map_err(StoreError::Db)?;
-        seq.map(seq_from_db).transpose()
+        self.wallet_column(wallet_id, wallets::Column::Seq)
+            .await?
+            .map(seq_from_db)
+            .transpose()
     }
 
     /// The version of a pool wallet's members and their limits (`None`: no such wallet).
     pub async fn members_version(&self, wallet_id: &str) -> Result<Option<i64>, StoreError> {
+        self.wallet_column(wallet_id, wallets::Column::MembersVersion)
+            .await
+    }
+
+    /// One BIGINT column of a wallet's row (`None`: no such wallet).
+    async fn wallet_column(
+        &self,
+        wallet_id: &str,
+        column: wallets::Column,
+    ) -> Result<Option<i64>, StoreError> {
         wallets::Entity::find_by_id(wallet_id.to_owned())
             .select_only()
-            .column(wallets::Column::MembersVersion)
+            .column(column)
             .into_tuple()
             .one(&self.db)
             .await
