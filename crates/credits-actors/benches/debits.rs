@@ -223,6 +223,9 @@ impl WalletStore for Timed {
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
         self.inner.load(id).await
     }
+    async fn load_fenced(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
+        self.inner.load_fenced(id).await
+    }
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
         let r = self.inner.commit(batch).await;
         if r.is_ok() {

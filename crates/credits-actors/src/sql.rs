@@ -60,6 +60,19 @@ fn commit_error(e: SqlCommitError) -> CommitError {
     }
 }
 
+fn loaded(
+    row: Result<Option<credits_store::StoredWallet>, SqlError>,
+) -> Result<Option<Loaded>, StoreError> {
+    let Some(row) = row.map_err(unavailable)? else {
+        return Ok(None);
+    };
+    Ok(Some(Loaded {
+        wallet: row.state().map_err(unavailable)?,
+        version: row.version,
+        members_version: row.members_version,
+    }))
+}
+
 #[async_trait::async_trait]
 impl WalletStore for SqlWallets {
     async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError> {
@@ -75,14 +88,11 @@ impl WalletStore for SqlWallets {
     }
 
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
-        let Some(row) = self.store.load_wallet(&id.0).await.map_err(unavailable)? else {
-            return Ok(None);
-        };
-        Ok(Some(Loaded {
-            wallet: row.state().map_err(unavailable)?,
-            version: row.version,
-            members_version: row.members_version,
-        }))
+        loaded(self.store.load_wallet(&id.0).await)
+    }
+
+    async fn load_fenced(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
+        loaded(self.store.fence_and_load_wallet(&id.0).await)
     }
 
     fn several_nodes(&self) -> bool {

@@ -56,6 +56,11 @@ pub trait WalletStore: Send + Sync + 'static {
     /// Inserts a new wallet with its creation record (version 0).
     async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError>;
     async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError>;
+    /// Moves the wallet's version on by one and loads it, atomically: a commit whose
+    /// outcome its writer could not learn is either in what this returns or can no longer
+    /// land (its fence fails). What a writer reloads after such a commit, so that it never
+    /// decides again a call that landed after the reload read.
+    async fn load_fenced(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError>;
     /// Whether other nodes may write the same wallets (PostgreSQL; a test's memory store
     /// shared by two directories). A node alone on its store (SQLite) is never behind it.
     fn several_nodes(&self) -> bool {
@@ -134,6 +139,10 @@ pub struct Faults {
     /// Loads held after they have read (a test's way to put another node's write between
     /// a wallet's load and the actor it starts).
     pub loaded: Gate,
+    /// Commits that answer with an error at once and land (fenced, as sent) right after
+    /// the wallet's next load has read: a PostgreSQL COMMIT whose connection was lost,
+    /// still running on the server while the writer reloads.
+    pub land_late: AtomicU32,
 }
 
 /// Calls held until a test releases them, one per [`Gate::release`] notification.
@@ -166,6 +175,8 @@ fn take(counter: &AtomicU32) -> bool {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     wallets: Mutex<HashMap<WalletId, Stored>>,
+    /// Commits answered already that land after the next load ([`Faults::land_late`]).
+    late: Mutex<Vec<Batch>>,
     pub faults: Faults,
 }
 
@@ -212,65 +223,44 @@ impl MemoryStore {
     }
 }
 
-/// Whether a stored record of `s` grants the lot for `once`.
-fn holds(s: &Stored, once: OnceFor<'_>) -> bool {
-    s.records.iter().any(|r| {
-        r.entry
-            .grant()
-            .and_then(|l| l.origin.as_ref())
-            .map(LotOrigin::once_for)
-            == Some(once)
-    })
-}
-
-#[async_trait::async_trait]
-impl WalletStore for MemoryStore {
-    async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError> {
-        let mut wallets = self.wallets.lock().unwrap();
-        if wallets.contains_key(&wallet.id) {
-            return Err(CommitError::Conflict);
-        }
-        let stored = Stored {
-            wallet: wallet.clone(),
-            version: 0,
-            records: vec![record.clone()],
-            keys: HashMap::new(),
-        };
-        wallets.insert(wallet.id.clone(), stored);
-        Ok(())
-    }
-
-    async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
+impl MemoryStore {
+    async fn load_with(&self, id: &WalletId, fenced: bool) -> Result<Option<Loaded>, StoreError> {
         // Held first, so that a test can make a held load fail.
         self.faults.loads.pass().await;
         if take(&self.faults.fail_loads) {
             return Err(StoreError("injected load failure".into()));
         }
         let loaded = {
-            let wallets = self.wallets.lock().unwrap();
-            wallets.get(id).map(|s| Loaded {
-                wallet: s.wallet.clone(),
-                version: s.version,
-                members_version: 0,
+            let mut wallets = self.wallets.lock().unwrap();
+            wallets.get_mut(id).map(|s| {
+                if fenced {
+                    s.version += 1;
+                }
+                Loaded {
+                    wallet: s.wallet.clone(),
+                    version: s.version,
+                    members_version: 0,
+                }
             })
         };
+        // A commit whose writer was told it failed lands now, if its fence still holds.
+        let late: Vec<Batch> = {
+            let mut pending = self.late.lock().unwrap();
+            let (mine, others) = std::mem::take(&mut *pending)
+                .into_iter()
+                .partition(|b| &b.wallet_id == id);
+            *pending = others;
+            mine
+        };
+        for batch in late {
+            let _ = self.write(&batch);
+        }
         self.faults.loaded.pass().await;
         Ok(loaded)
     }
 
-    async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
-        Ok(self.wallets.lock().unwrap().get(id).map(|s| s.wallet.seq))
-    }
-
-    async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
-        self.faults.commits.pass().await;
-        let delay = self.faults.commit_delay_micros.load(Ordering::Relaxed);
-        if delay > 0 {
-            tokio::time::sleep(std::time::Duration::from_micros(u64::from(delay))).await;
-        }
-        if take(&self.faults.fail_commits) {
-            return Err(CommitError::Unavailable("injected commit failure".into()));
-        }
+    /// Writes a batch atomically behind its fence, like the SQL store's commit.
+    fn write(&self, batch: &Batch) -> Result<(), CommitError> {
         let mut wallets = self.wallets.lock().unwrap();
         // Like the grants' primary key and unique payment reference: a lot is granted once,
         // and a payment or a review has one lot, on any wallet.
@@ -308,6 +298,64 @@ impl WalletStore for MemoryStore {
         }
         stored.wallet = batch.wallet.clone();
         stored.version += 1;
+        Ok(())
+    }
+}
+
+/// Whether a stored record of `s` grants the lot for `once`.
+fn holds(s: &Stored, once: OnceFor<'_>) -> bool {
+    s.records.iter().any(|r| {
+        r.entry
+            .grant()
+            .and_then(|l| l.origin.as_ref())
+            .map(LotOrigin::once_for)
+            == Some(once)
+    })
+}
+
+#[async_trait::async_trait]
+impl WalletStore for MemoryStore {
+    async fn create(&self, wallet: &Wallet, record: &Record) -> Result<(), CommitError> {
+        let mut wallets = self.wallets.lock().unwrap();
+        if wallets.contains_key(&wallet.id) {
+            return Err(CommitError::Conflict);
+        }
+        let stored = Stored {
+            wallet: wallet.clone(),
+            version: 0,
+            records: vec![record.clone()],
+            keys: HashMap::new(),
+        };
+        wallets.insert(wallet.id.clone(), stored);
+        Ok(())
+    }
+
+    async fn load(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
+        self.load_with(id, false).await
+    }
+
+    async fn load_fenced(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
+        self.load_with(id, true).await
+    }
+
+    async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
+        Ok(self.wallets.lock().unwrap().get(id).map(|s| s.wallet.seq))
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
+        self.faults.commits.pass().await;
+        let delay = self.faults.commit_delay_micros.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(u64::from(delay))).await;
+        }
+        if take(&self.faults.fail_commits) {
+            return Err(CommitError::Unavailable("injected commit failure".into()));
+        }
+        if take(&self.faults.land_late) {
+            self.late.lock().unwrap().push(batch.clone());
+            return Err(CommitError::Unavailable("injected lost connection".into()));
+        }
+        self.write(batch)?;
         if take(&self.faults.lose_replies) {
             return Err(CommitError::Unavailable("injected lost reply".into()));
         }

@@ -98,6 +98,8 @@ pub struct Recovery {
     keys: HashMap<String, Entry>,
     /// Origins of waiting grants that a stored lot already holds.
     taken: Vec<LotOrigin>,
+    /// The reload moved the wallet's version (after a commit with an unknown outcome).
+    fenced: bool,
 }
 
 struct ExecWaiter {
@@ -892,13 +894,21 @@ impl WalletState {
                 origins.extend(g.origin.clone());
             }
         }
+        // After a commit whose outcome is unknown, the reload first moves the version on:
+        // that commit may still land (a PostgreSQL COMMIT on a lost connection), and if it
+        // landed after a plain read, its calls would be decided again on top of it (found
+        // by review: a plan change, which has no key, was applied twice). Now it is either
+        // in what the reload reads or it never lands.
+        let fenced = self.in_flight.is_some() && self.last_commit_unknown;
         let me = myself.clone();
         tokio::spawn(async move {
             let result = async {
-                let loaded = store
-                    .load(&id)
-                    .await?
-                    .ok_or_else(|| StoreError("wallet vanished".into()))?;
+                let loaded = if fenced {
+                    store.load_fenced(&id).await?
+                } else {
+                    store.load(&id).await?
+                };
+                let loaded = loaded.ok_or_else(|| StoreError("wallet vanished".into()))?;
                 let mut records = store
                     .records_after(&id, after, MAX_RECOVERY_RECORDS)
                     .await?;
@@ -922,6 +932,7 @@ impl WalletState {
                     records,
                     keys: found,
                     taken,
+                    fenced,
                 })
             }
             .await;
@@ -961,8 +972,9 @@ impl WalletState {
             .in_flight
             .take()
             .unwrap_or_else(|| InFlight::nothing(self.durable.clone()));
-        if landed && r.records.len() == flight.records.len() && r.loaded.version == self.version + 1
-        {
+        // Ours (and the reload's own move, if it made one) the only versions since.
+        let ours = self.version + 1 + i64::from(r.fenced);
+        if landed && r.records.len() == flight.records.len() && r.loaded.version == ours {
             // The commit was durable; only its reply was lost.
             self.failures = 0;
             self.version = r.loaded.version;

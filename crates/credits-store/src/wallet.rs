@@ -4,7 +4,7 @@
 //! every row of the batch. It must never write a batch whose fence failed, and never
 //! commit two wallets' batches so that one's conflict undoes the other's.
 
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IsolationLevel,
     PaginatorTrait, QueryFilter, QuerySelect, SqliteTransactionMode, TransactionOptions,
@@ -65,6 +65,33 @@ impl Store {
             .map_err(StoreError::Db)?
             .map(stored_wallet)
             .transpose()
+    }
+
+    /// Moves a wallet's version on by one and loads it, in one write transaction, so that
+    /// a commit still in flight for it (one whose outcome its writer could not learn: a
+    /// connection lost during COMMIT) either is in what this returns or can no longer land:
+    /// on PostgreSQL the UPDATE waits for that transaction's row lock, and a commit that
+    /// reaches the server later fails its fence. Writes no ledger row and sends no notice.
+    pub async fn fence_and_load_wallet(
+        &self,
+        wallet_id: &str,
+    ) -> Result<Option<StoredWallet>, StoreError> {
+        let txn = self.begin_write().await?;
+        wallets::Entity::update_many()
+            .col_expr(
+                wallets::Column::Version,
+                Expr::col(wallets::Column::Version).add(1),
+            )
+            .filter(wallets::Column::Id.eq(wallet_id))
+            .exec(&txn)
+            .await
+            .map_err(StoreError::Db)?;
+        let row = wallets::Entity::find_by_id(wallet_id.to_owned())
+            .one(&txn)
+            .await
+            .map_err(StoreError::Db)?;
+        txn.commit().await.map_err(StoreError::from_db)?;
+        row.map(stored_wallet).transpose()
     }
 
     /// The seq of a wallet's last durable record (`None`: no such wallet), one indexed

@@ -594,3 +594,45 @@ async fn a_refusal_behind_a_settlement_that_never_lands_is_unavailable() {
     );
     assert_eq!(app.dir.read(&id).await.unwrap().spendable(), cr("510"));
 }
+
+/// Found by review (Session 14): a commit whose connection was lost can still land on a
+/// PostgreSQL server after the writer's reload has read. The calls of that batch were
+/// decided again on the state read before it, and a call that carries no key (a plan
+/// change) was then applied a second time on top of the landed one. The reload now moves
+/// the wallet's version first, so the late commit either shows in it or fails its fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_lands_after_the_reload_read_is_not_applied_twice() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_late", "pro", "UTC").await;
+    app.dir.read(&id).await.unwrap();
+    let faults = &app.store.faults;
+    faults.land_late.store(1, Ordering::SeqCst);
+    faults.loads.hold.store(1, Ordering::SeqCst);
+    let upgrade = app.spawn_execute(
+        &id,
+        credits_core::Op::ChangePlan(credits_core::PlanId::from("max")),
+    );
+    // The commit failed and the reload waits; a usage call arrives meanwhile.
+    assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
+    let spend = app.spawn_execute(&id, usage("k-late", "5"));
+    faults.loads.release.notify_one();
+    let upgraded = upgrade.await.unwrap();
+    spend.await.unwrap().expect("the usage is recorded");
+    let ledger = app.ledger(&id);
+    let changes: Vec<_> = ledger
+        .iter()
+        .filter(|e| e.cause() == credits_core::Cause::PlanChange)
+        .collect();
+    assert_eq!(changes.len(), 1, "one plan change: {ledger:#?}");
+    let upgraded = upgraded.expect("the plan change is answered");
+    assert_eq!(
+        &upgraded.entry, changes[0],
+        "answered with the record that landed"
+    );
+    let (stored, entries) = app.store.stored_with_ledger(&id).unwrap();
+    assert_eq!(
+        replay(&entries).unwrap().balance(),
+        stored.wallet.balance(),
+        "the ledger replays to the stored balance"
+    );
+}

@@ -301,6 +301,7 @@ pub async fn run(seed: u64, steps: usize) -> Result<Stats, String> {
     // The end: no faults left, every wallet caught up and equal to the reference.
     sim.store.faults.fail_commits.store(0, Ordering::SeqCst);
     sim.store.faults.lose_replies.store(0, Ordering::SeqCst);
+    sim.store.faults.land_late.store(0, Ordering::SeqCst);
     sim.store.faults.fail_loads.store(0, Ordering::SeqCst);
     sim.check(true).await.map_err(|e| sim.fail(e))?;
     sim.dir.shutdown().await;
@@ -382,16 +383,18 @@ impl Sim {
             }
             80..88 => {
                 self.stats.faults += 1;
-                let (what, n) = match self.below(4) {
+                let (what, n) = match self.below(5) {
                     0 => ("fail_commits", 1 + self.below(2) as u32),
                     1 => ("fail_commits", 3), // enough for the actor to give up
                     2 => ("lose_replies", 1),
+                    3 => ("land_late", 1),
                     _ => ("fail_loads", 1 + self.below(2) as u32),
                 };
                 let f = &self.store.faults;
                 let counter = match what {
                     "fail_commits" => &f.fail_commits,
                     "lose_replies" => &f.lose_replies,
+                    "land_late" => &f.land_late,
                     _ => &f.fail_loads,
                 };
                 counter.store(n, Ordering::SeqCst);

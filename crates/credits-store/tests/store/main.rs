@@ -21,6 +21,7 @@ both!(
     reviews_round_trip,
     tokens_round_trip,
     losing_fence_changes_nothing,
+    a_fenced_load_shuts_out_a_commit_still_on_its_way,
     a_move_onto_a_plan_whose_interval_changed_is_fenced_out,
     concurrent_writers_one_wins_each_version,
     group_commit_isolates_conflicts,
@@ -580,6 +581,27 @@ async fn losing_fence_changes_nothing(store: Store) -> anyhow::Result<()> {
         store.commit(&ghost).await,
         Err(CommitError::NotFound(_))
     ));
+    Ok(())
+}
+
+/// What a writer reloads after a commit whose outcome it could not learn: the version
+/// moves, so that commit (built on the old version) can no longer land after the read.
+async fn a_fenced_load_shuts_out_a_commit_still_on_its_way(store: Store) -> anyhow::Result<()> {
+    let mut live = create(&store, "wal_fl", "pro", t0()).await?;
+    live.usage(t0() + Duration::minutes(1), "k1", "t1", "m", 1_000_000);
+    let on_its_way = live.batch();
+    let before = store.load_wallet("wal_fl").await?.unwrap();
+    let fenced = store.fence_and_load_wallet("wal_fl").await?.unwrap();
+    assert_eq!(fenced.version, before.version + 1, "the version moved");
+    assert_eq!(fenced.seq, before.seq, "and nothing else");
+    assert_eq!(fenced.state()?, before.state()?);
+    assert!(matches!(
+        store.commit(&on_its_way).await,
+        Err(CommitError::Conflict { .. })
+    ));
+    assert_eq!(store.load_wallet("wal_fl").await?.unwrap(), fenced);
+    assert_eq!(store.ledger_len("wal_fl").await?, 1, "only the creation");
+    assert_eq!(store.fence_and_load_wallet("wal_none").await?, None);
     Ok(())
 }
 
