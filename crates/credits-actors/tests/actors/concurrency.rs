@@ -247,3 +247,64 @@ async fn unknown_wallet_is_not_found() {
     assert_eq!(err, ExecError::NotFound);
     assert_eq!(app.dir.active_wallets(), 0);
 }
+
+/// Found by review (Session 14): a subscriber waits (one message to the actor) until what
+/// fell due is durable, and that wait took one of the wallet's places for calls. A burst of
+/// subscriptions on a busy wallet made its calls UNAVAILABLE ("overloaded").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_waiting_take_no_place_of_calls() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_subs", "pro", "UTC").await;
+    app.dir.read(&id).await.unwrap();
+    let commits = &app.store.faults.commits;
+    commits.hold.store(1, SeqCst);
+    let first = app.spawn_execute(&id, usage("k0", "1"));
+    assert!(eventually(|| commits.held.load(SeqCst) == 1).await);
+    // More subscribers than a wallet has places for calls, each waiting for the commit.
+    type Subscribing = Pin<Box<dyn Future<Output = ()> + Send>>;
+    let mut subscribing: Vec<Subscribing> = (0..credits_actors::wallet::MAX_QUEUED_OPERATIONS + 10)
+        .map(|_| {
+            let (dir, id) = (app.dir.clone(), id.clone());
+            Box::pin(async move {
+                dir.subscribe(&id).await.unwrap();
+            }) as Subscribing
+        })
+        .collect();
+    // Polled once each: every one has sent its message to the actor.
+    for s in &mut subscribing {
+        assert!(futures_poll_once(s.as_mut()).await.is_none());
+    }
+    // A call after them, sent (polled once) before the commit is released.
+    let mut second = Box::pin({
+        let (dir, id) = (app.dir.clone(), id.clone());
+        async move { dir.execute(&id, usage("k1", "1")).await }
+    });
+    assert!(futures_poll_once(second.as_mut()).await.is_none());
+    // Answered after all of them are in the actor's queue.
+    app.dir.read(&id).await.unwrap();
+    commits.release.notify_one();
+    first.await.unwrap().unwrap();
+    second
+        .await
+        .expect("a call is not shed for waiting subscribers");
+    for s in subscribing {
+        s.await;
+    }
+}
+
+/// Polls a future once (so that a call sends its message); its output if it is ready.
+async fn futures_poll_once<F: std::future::Future + ?Sized>(
+    mut f: std::pin::Pin<&mut F>,
+) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
