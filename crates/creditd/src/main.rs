@@ -5,6 +5,7 @@ mod assets;
 mod catalogue;
 mod graphiql;
 mod listener;
+mod probe;
 mod server;
 mod settings;
 mod ws;
@@ -69,7 +70,12 @@ enum Command {
 #[derive(Subcommand)]
 enum PluginsCommand {
     /// Validate a plugin and print its models and prices.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Open the file in this process (what the check's child does; see `probe.rs`).
+        #[arg(long, hide = true)]
+        in_process: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -140,7 +146,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugins {
-            command: PluginsCommand::Check { file },
+            command:
+                PluginsCommand::Check {
+                    file,
+                    in_process: false,
+                },
+        } => {
+            let code = tokio::task::spawn_blocking(move || probe::check_command(&file)).await?;
+            std::process::exit(code);
+        }
+        Command::Plugins {
+            command:
+                PluginsCommand::Check {
+                    file,
+                    in_process: true,
+                },
         } => match check_in_time(&file).await {
             Ok(report) => {
                 println!("{report}");
@@ -151,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{}: loads, but is not ready to deploy (see the report)",
                         file.display()
                     );
-                    std::process::exit(3);
+                    std::process::exit(probe::LOADS_NOT_CLEAN);
                 }
                 Ok(())
             }
@@ -347,18 +367,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             position: i as i64,
         })
         .collect();
-    // Opening a library runs its initialisers: one that never returns stops the start with
-    // a message, as a reload would, rather than leave `serve` silent for ever.
+    // Opening a library runs its initialisers: each new file is opened in a child process
+    // first (`probe.rs`), so one that crashes or never returns is refused by name.
     let (plugins, cache) = (settings.plugins.clone(), settings.plugin_cache.clone());
-    let (pricing, report) =
-        credits_actors::ledger::plugin_work(move || PricingRegistry::open(&plugins, &cache))
-            .await
-            .map_err(|why| {
-                anyhow::anyhow!(
-                    "loading the pricing plugins in {}: {why}",
-                    settings.plugins.display()
-                )
-            })??;
+    let (pricing, report) = credits_actors::ledger::plugin_work(move || {
+        PricingRegistry::open_probed(&plugins, &cache, Some(probe::registry_probe()))
+    })
+    .await
+    .map_err(|why| {
+        anyhow::anyhow!(
+            "loading the pricing plugins in {}: {why}",
+            settings.plugins.display()
+        )
+    })??;
     tracing::info!(dir = %settings.plugins.display(), "pricing plugins: {report}");
     let pricing = Arc::new(pricing);
 

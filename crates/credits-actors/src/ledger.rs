@@ -209,8 +209,9 @@ pub async fn plugin_work<T: Send + 'static>(
     }
 }
 
-/// Reloads the pricing plugins through [`plugin_work`] (a reload asked for meanwhile waits
-/// on the reload lock that a stuck one holds).
+/// Reloads the pricing plugins through [`plugin_work`]. A reload asked for while another
+/// runs is refused as busy; a new file is opened in a child process first (when the
+/// service gives the registry a probe), so no plugin holds the reload lock for good.
 pub async fn reload_pricing(
     pricing: &Arc<PricingRegistry>,
 ) -> Result<credits_pricing::ReloadReport, String> {

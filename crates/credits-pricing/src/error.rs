@@ -71,7 +71,8 @@ pub struct RefusedPlugin {
     pub reason: RefusalReason,
 }
 
-/// Why a plugin file was refused. Checked in this order: readable, loadable, ABI version,
+/// Why a plugin file was refused. Checked in this order: readable, probed (when the service
+/// probes), loadable, ABI version,
 /// entry symbol, descriptor, then uniqueness against earlier files.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefusalReason {
@@ -79,6 +80,10 @@ pub enum RefusalReason {
     Io(String),
     #[error("not a loadable dynamic library: {0}")]
     NotALibrary(String),
+    /// Opened first in a separate process (the service's probe), it failed there: it
+    /// crashed or hung that process while loading, or was refused.
+    #[error("refused when opened in a separate process first: {0}")]
+    Probe(String),
     #[error("no ABI version symbol `{symbol}`: not a credits pricing plugin")]
     MissingAbiVersion { symbol: &'static str },
     #[error("ABI version {found}, this host speaks {expected}")]

@@ -49,13 +49,19 @@ impl LoadedTier {
     /// The copy matters: the dynamic loader hands back an already-open library for a path it
     /// has seen, so a new version written over the same path would never be loaded.
     pub(crate) fn load(path: &Path, cache_dir: &Path) -> Result<LoadedTier, RefusalReason> {
+        LoadedTier::load_vetted(path, cache_dir, |_| Ok(()))
+    }
+
+    /// [`LoadedTier::load`], with `vet` asked about the cached copy before it is opened.
+    pub(crate) fn load_vetted(
+        path: &Path,
+        cache_dir: &Path,
+        vet: impl FnOnce(&Path) -> Result<(), RefusalReason>,
+    ) -> Result<LoadedTier, RefusalReason> {
         let file = file_name(path);
         let cached = cache_copy(path, cache_dir)?;
-        // SAFETY: opening a library runs its initialisers; the library comes from the
-        // operator's plugin directory, which is trusted to hold pricing plugins (the same
-        // trust as the service binary). Everything it exports is checked below before use.
-        let library = unsafe { Library::new(&cached) }
-            .map_err(|e| RefusalReason::NotALibrary(e.to_string()))?;
+        vet(&cached)?;
+        let library = open_now(&cached)?;
 
         // The version comes first: a library of another ABI may lay out everything else
         // differently, so nothing else of it is touched before this matches.
@@ -469,3 +475,25 @@ fn read_text(what: &str, s: StrRef<'static>, max: usize) -> Result<String, Refus
 #[cfg(test)]
 #[path = "plugin_fuzz.rs"]
 mod fuzz;
+
+/// Opens a library with every symbol bound now (`RTLD_NOW`): one that needs a symbol no
+/// loaded library defines is refused here, naming its file, instead of ending the process
+/// at its first call into that symbol (found by review: libloading binds lazily).
+fn open_now(path: &Path) -> Result<Library, RefusalReason> {
+    #[cfg(unix)]
+    {
+        use libloading::os::unix::{Library as UnixLibrary, RTLD_LOCAL, RTLD_NOW};
+        // SAFETY: opening a library runs its initialisers; the library comes from the
+        // operator's plugin directory, which is trusted to hold pricing plugins (the same
+        // trust as the service binary), and the service probes new files in a separate
+        // process first. Everything it exports is checked before use.
+        unsafe { UnixLibrary::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+            .map(Library::from)
+            .map_err(|e| RefusalReason::NotALibrary(e.to_string()))
+    }
+    #[cfg(not(unix))]
+    {
+        // SAFETY: as above.
+        unsafe { Library::new(path) }.map_err(|e| RefusalReason::NotALibrary(e.to_string()))
+    }
+}

@@ -33,10 +33,16 @@ pub fn is_tier_file_name(name: &str) -> bool {
         })
 }
 
+/// Asked about each library copy this process has not opened yet, before it is opened:
+/// `Err` (why) refuses the file. The service opens the copy in a child process first, so
+/// that one whose initialisers crash or never return takes down or holds only that child.
+pub type Probe = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+
 /// The pricing registry the server shares between all requests (`Send + Sync`).
 pub struct PricingRegistry {
     plugin_dir: PathBuf,
     cache_dir: PathBuf,
+    probe: Option<Probe>,
     table: ArcSwap<Table>,
     /// Serialises reloads so each builds on the table the previous one installed, and
     /// holds what every load of each library file (by content) shares.
@@ -62,6 +68,16 @@ impl PricingRegistry {
         plugin_dir: impl Into<PathBuf>,
         cache_dir: impl Into<PathBuf>,
     ) -> Result<(PricingRegistry, ReloadReport), RegistryError> {
+        PricingRegistry::open_probed(plugin_dir, cache_dir, None)
+    }
+
+    /// [`PricingRegistry::open`], with every copy not opened yet asked about with `probe`
+    /// first, now and on every reload.
+    pub fn open_probed(
+        plugin_dir: impl Into<PathBuf>,
+        cache_dir: impl Into<PathBuf>,
+        probe: Option<Probe>,
+    ) -> Result<(PricingRegistry, ReloadReport), RegistryError> {
         let plugin_dir = plugin_dir.into();
         let cache_dir = cache_dir.into();
         private_dir(&cache_dir).map_err(|source| RegistryError::CacheDir {
@@ -69,10 +85,17 @@ impl PricingRegistry {
             source,
         })?;
         let mut libraries = Libraries::default();
-        let (table, report) = build(&plugin_dir, &cache_dir, &Table::default(), &mut libraries)?;
+        let (table, report) = build(
+            &plugin_dir,
+            &cache_dir,
+            probe.as_ref(),
+            &Table::default(),
+            &mut libraries,
+        )?;
         let registry = PricingRegistry {
             plugin_dir,
             cache_dir,
+            probe,
             table: ArcSwap::from_pointee(table),
             libraries: Mutex::new(libraries),
         };
@@ -109,7 +132,13 @@ impl PricingRegistry {
             Err(TryLockError::WouldBlock) => return Err(RegistryError::Busy),
         };
         let previous = self.table.load_full();
-        let (table, report) = build(&self.plugin_dir, &self.cache_dir, &previous, &mut libraries)?;
+        let (table, report) = build(
+            &self.plugin_dir,
+            &self.cache_dir,
+            self.probe.as_ref(),
+            &previous,
+            &mut libraries,
+        )?;
         self.table.store(Arc::new(table));
         Ok(report)
     }
@@ -272,6 +301,7 @@ type Libraries = std::collections::HashMap<PathBuf, Arc<crate::plugin::LibraryCa
 fn build(
     plugin_dir: &Path,
     cache_dir: &Path,
+    probe: Option<&Probe>,
     previous: &Table,
     libraries: &mut Libraries,
 ) -> Result<(Table, ReloadReport), RegistryError> {
@@ -279,31 +309,63 @@ fn build(
         dir: plugin_dir.to_owned(),
         source,
     })?;
-    let mut table = Table::default();
-    let mut report = ReloadReport::default();
+    let mut outcomes: Vec<(String, PathBuf, Result<SharedTier, RefusalReason>)> = Vec::new();
     for (index, (name, path)) in files.into_iter().enumerate() {
         let outcome = if index >= MAX_PLUGIN_FILES {
             Err(RefusalReason::TooManyFiles {
                 limit: MAX_PLUGIN_FILES,
             })
         } else {
-            LoadedTier::load(&path, cache_dir).and_then(|tier| {
+            // A copy this process has not opened yet is probed first (outside it, when the
+            // service gives a probe): opening runs the library's initialisers.
+            let vet = |cached: &Path| match probe {
+                Some(probe) if !libraries.contains_key(cached) => {
+                    probe(cached).map_err(RefusalReason::Probe)
+                }
+                _ => Ok(()),
+            };
+            LoadedTier::load_vetted(&path, cache_dir, vet).map(|tier| {
                 let calls = libraries.entry(tier.cached.clone()).or_default().clone();
-                let tier = Arc::new(tier.of_library(calls));
-                table.claim(tier.clone()).map(|()| tier)
+                Arc::new(tier.of_library(calls))
             })
         };
-        match outcome {
-            Ok(tier) => report.loaded.push(tier.info.clone()),
-            Err(reason) => {
-                report.refused.push(RefusedPlugin { file: path, reason });
-                let old = previous.tiers.iter().find(|t| t.info.file == name);
-                if let Some(old) = old
-                    && table.claim(old.clone()).is_ok()
-                {
-                    report.kept.push(old.info.clone());
+        outcomes.push((name, path, outcome));
+    }
+    // The files that serve now, unchanged, claim their tiers and models first, then new and
+    // changed files in name order: a new file that also lists another tier's model is
+    // refused, not the tier that was serving it (found by review: a bad new file that sorts
+    // earlier took the model over and unloaded the healthy tier).
+    let serving = |tier: &SharedTier| {
+        previous
+            .tiers
+            .iter()
+            .any(|t| t.info.file == tier.info.file && t.cached == tier.cached)
+    };
+    let mut table = Table::default();
+    let mut report = ReloadReport::default();
+    let mut refused: Vec<(String, PathBuf, RefusalReason)> = Vec::new();
+    for first in [true, false] {
+        for (name, path, outcome) in &outcomes {
+            match outcome {
+                Ok(tier) if serving(tier) == first => match table.claim(tier.clone()) {
+                    Ok(()) => report.loaded.push(tier.info.clone()),
+                    Err(reason) => refused.push((name.clone(), path.clone(), reason)),
+                },
+                Err(reason) if !first => {
+                    refused.push((name.clone(), path.clone(), reason.clone()));
                 }
+                _ => {}
             }
+        }
+    }
+    refused.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, file, reason) in refused {
+        report.refused.push(RefusedPlugin { file, reason });
+        let old = previous.tiers.iter().find(|t| t.info.file == name);
+        if let Some(old) = old
+            && table.claim(old.clone()).is_ok()
+        {
+            report.kept.push(old.info.clone());
         }
     }
     for old in &previous.tiers {
@@ -311,6 +373,8 @@ fn build(
             report.unloaded.push(old.info.clone());
         }
     }
+    table.tiers.sort_by(|a, b| a.info.file.cmp(&b.info.file));
+    report.loaded.sort_by(|a, b| a.file.cmp(&b.file));
     Ok((table, report))
 }
 

@@ -2,10 +2,13 @@
 
 use serde_json::json;
 
-use crate::helpers::{App, Backend, creditd, tier_lib};
+use crate::helpers::{App, Backend, creditd, fixture_lib, tier_lib};
 use crate::on_both;
 
-on_both!(token_create_prints_a_token_that_authenticates);
+on_both!(
+    token_create_prints_a_token_that_authenticates,
+    a_plugin_whose_initialiser_crashes_is_refused_and_the_service_serves,
+);
 
 #[test]
 fn plugins_check_reports_a_good_tier() {
@@ -294,4 +297,89 @@ fn sigterm_right_after_the_listening_line_drains() {
         let cache = std::fs::metadata(dir.path().join(".creditd/plugin-cache")).unwrap();
         assert_eq!(cache.permissions().mode() & 0o777, 0o700);
     }
+}
+
+/// The `hostile` fixture as a tier file in a fresh directory.
+fn hostile_tier() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("libcredits_tier_hostile.so");
+    std::fs::copy(fixture_lib("hostile_init"), &file).unwrap();
+    (dir, file)
+}
+
+/// Found by review: opening a library runs its initialisers, which no check can vet. One
+/// that crashed took the checking process down with a signal; one that never returned
+/// held the dynamic loader's lock, so `plugins check` hung even at its exit. The check now
+/// opens the file in a child and refuses it by name, exit 1.
+#[test]
+fn plugins_check_refuses_a_plugin_whose_initialiser_crashes_or_hangs() {
+    let (_dir, file) = hostile_tier();
+    let check = |init: &str| {
+        creditd()
+            .args(["plugins", "check"])
+            .arg(&file)
+            .env("CREDITS_FIXTURE_INIT", init)
+            .output()
+            .unwrap()
+    };
+    // Harmless, it is a valid tier.
+    let out = check("");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hostile-model"));
+    for (init, why) in [("abort", "ended the process"), ("hang", "did not finish")] {
+        let out = check(init);
+        assert_eq!(out.status.code(), Some(1), "{init}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("libcredits_tier_hostile.so"),
+            "{init}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{init}: {stderr}");
+    }
+}
+
+/// The same library in the plugin directory: a service that opened it would die at its
+/// start, or at the reload that found it. It is refused, naming the file, and the other
+/// tiers serve.
+async fn a_plugin_whose_initialiser_crashes_is_refused_and_the_service_serves(b: Backend) {
+    let (dir, _file) = hostile_tier();
+    for tier in ["economy", "standard"] {
+        let lib = tier_lib(tier);
+        std::fs::copy(&lib, dir.path().join(lib.file_name().unwrap())).unwrap();
+    }
+    let app = App::spawn_plugins_env(
+        b,
+        dir.path().to_owned(),
+        &[("CREDITS_FIXTURE_INIT", "abort")],
+    )
+    .await;
+    let refused = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("libcredits_tier_hostile.so") && l.contains("ended the process"))
+    };
+    assert!(refused(&app.log()), "{}", app.log());
+    let ids = |d: serde_json::Value, field: &str| -> Vec<String> {
+        d[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let models = ids(
+        app.ok(&app.admin, "{ models { id } }", json!({})).await,
+        "models",
+    );
+    assert!(models.contains(&"standard-chat".to_owned()), "{models:?}");
+    assert!(!models.contains(&"hostile-model".to_owned()), "{models:?}");
+    // A reload opens it again in a child, and refuses it again.
+    let log_before = app.log().len();
+    let models = ids(
+        app.ok(&app.admin, "mutation { reloadPricing { id } }", json!({}))
+            .await,
+        "reloadPricing",
+    );
+    assert!(models.contains(&"standard-chat".to_owned()), "{models:?}");
+    assert!(!models.contains(&"hostile-model".to_owned()), "{models:?}");
+    assert!(refused(&app.log()[log_before..]), "{}", app.log());
 }

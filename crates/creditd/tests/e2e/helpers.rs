@@ -43,6 +43,7 @@ const FIXTURE_PACKAGES: &[&str] = &[
     "credits-fixture-gate-v1",
     "credits-fixture-gate-v2",
     "credits-fixture-wrong-abi",
+    "credits-fixture-hostile-init",
 ];
 
 /// A built fixture library, e.g. `fixture_lib("gate_v1")` for `credits-fixture-gate-v1`.
@@ -254,6 +255,16 @@ impl App {
         env: &[(&str, &str)],
     ) -> App {
         App::spawn_full(backend, manual_clock, env, plugins_dir().to_owned()).await
+    }
+
+    /// A server on the manual clock at [`START`] loading its plugins from `plugins`, with
+    /// `env` set for it.
+    pub async fn spawn_plugins_env(
+        backend: Backend,
+        plugins: PathBuf,
+        env: &[(&str, &str)],
+    ) -> App {
+        App::spawn_full(backend, Some(START), env, plugins).await
     }
 
     /// A server on the manual clock at [`START`] loading its plugins from `plugins`.

@@ -875,3 +875,43 @@ fn while_stuck(registry: &PricingRegistry, then: impl FnOnce()) {
         let _ = std::fs::remove_file(gate_file(key, suffix));
     }
 }
+
+/// Found by review: a new file that sorts earlier and also lists another tier's model took
+/// that model over on a reload, and the tier serving it, unchanged, was refused and
+/// unloaded. The files serving now claim first: the new file is refused, and its tier keeps
+/// serving its previous version (SPEC 4).
+#[test]
+fn a_new_file_cannot_take_a_model_from_a_tier_that_keeps_serving() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-economy", "economy"),
+        ("credits-tier-standard", "standard"),
+    ]);
+    let (registry, _) = open(&dirs);
+    // `economy` sorts before `standard`; the copycat lists `standard-chat`.
+    dirs.deploy("credits-fixture-copycat", "economy");
+    let report = registry.reload().unwrap();
+    assert_eq!(loaded(&report), ["standard@1.2.0"], "{report}");
+    let kept: Vec<_> = report.kept.iter().map(|t| t.tier.as_str()).collect();
+    assert_eq!(kept, ["economy"], "{report}");
+    assert_eq!(report.refused.len(), 1, "{report}");
+    assert!(report.refused[0].file.ends_with(tier_file("economy")));
+    assert!(
+        matches!(&report.refused[0].reason, RefusalReason::ModelTaken { model, .. } if model == "standard-chat"),
+        "{report}"
+    );
+    assert!(report.unloaded.is_empty(), "{report}");
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+    assert!(registry.price("economy-mini", usage(1, 0, 0)).is_ok());
+    assert!(matches!(
+        registry.price("copycat-own", usage(1, 0, 1)),
+        Err(PricingError::UnknownModel { .. })
+    ));
+    let tiers: Vec<_> = registry.tiers().into_iter().map(|t| t.tier).collect();
+    assert_eq!(tiers, ["economy", "standard"], "in file-name order");
+}
