@@ -161,25 +161,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     file,
                     in_process: true,
                 },
-        } => match check_in_time(&file).await {
-            Ok(report) => {
-                println!("{report}");
-                if !report.is_clean() {
+        } => {
+            let code = match check_in_time(&file).await {
+                Ok(report) if report.is_clean() => {
+                    println!("{report}");
+                    0
+                }
+                Ok(report) => {
                     // Loads, but would fail every call to some model or be skipped by a
                     // directory scan: not deployable as it is.
+                    println!("{report}");
                     eprintln!(
                         "{}: loads, but is not ready to deploy (see the report)",
                         file.display()
                     );
-                    std::process::exit(probe::LOADS_NOT_CLEAN);
+                    probe::LOADS_NOT_CLEAN
                 }
-                Ok(())
-            }
-            Err(refused) => {
-                eprintln!("{refused}");
-                std::process::exit(1);
-            }
-        },
+                Err(refused) => {
+                    eprintln!("{refused}");
+                    1
+                }
+            };
+            // The plugin gave control back: what the parent waits for.
+            println!("{}", probe::RETURNED);
+            std::process::exit(code);
+        }
         Command::Token {
             command: TokenCommand::Create { role, owner, serve },
         } => {

@@ -913,7 +913,11 @@ impl WalletState {
         // landed after a plain read, its calls would be decided again on top of it (found
         // by review: a plan change, which has no key, was applied twice). Now it is either
         // in what the reload reads or it never lands.
-        let fenced = self.in_flight.is_some() && self.last_commit_unknown;
+        // (Only where a commit can land late: one SQLite node sees every commit that
+        // returned, and a fencing write there would only meet the same busy lock.)
+        let fenced = self.in_flight.is_some()
+            && self.last_commit_unknown
+            && self.shared.store.several_nodes();
         let me = myself.clone();
         tokio::spawn(async move {
             let result = async {

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{PricingError, RefusalReason, RefusedPlugin};
+use crate::error::{PricingError, RefusedPlugin};
 use crate::plugin::LoadedTier;
 use crate::registry::{is_tier_file_name, model_infos};
 use crate::{ModelInfo, TierInfo, Usage};
@@ -50,21 +50,16 @@ impl CheckReport {
 }
 
 /// Validates the plugin at `path` as the registry would (ABI version, entry symbol,
-/// descriptor), then prices a sample usage with each model. The library is loaded from a
-/// content-hash copy in a private temporary directory (mode 0700, removed afterwards: a
-/// shared one would let another local user plant the library that gets loaded) and closed
-/// before returning.
+/// descriptor), then prices a sample usage with each model. The file itself is opened (the
+/// loader hands back a library it already opened from the same path: call this once per
+/// process, as `creditd plugins check` does, in a child) and closed before returning.
 /// Uniqueness against other tiers is not checked: that depends on the directory.
 pub fn check_plugin(path: &Path) -> Result<CheckReport, RefusedPlugin> {
     let refused = |reason| RefusedPlugin {
         file: path.to_owned(),
         reason,
     };
-    let cache_dir = tempfile::Builder::new()
-        .prefix("credits-plugin-check")
-        .tempdir()
-        .map_err(|e| refused(RefusalReason::Io(e.to_string())))?;
-    let mut tier = LoadedTier::load(path, cache_dir.path()).map_err(refused)?;
+    let mut tier = LoadedTier::open_in_place(path).map_err(refused)?;
     tier.info.file = path.display().to_string();
     let sample_quotes = tier
         .models

@@ -45,22 +45,22 @@ pub(crate) struct LoadedTier {
 }
 
 impl LoadedTier {
-    /// Copies `path` into `cache_dir` under its content hash, opens the copy and validates it.
-    /// The copy matters: the dynamic loader hands back an already-open library for a path it
-    /// has seen, so a new version written over the same path would never be loaded.
-    pub(crate) fn load(path: &Path, cache_dir: &Path) -> Result<LoadedTier, RefusalReason> {
-        LoadedTier::load_vetted(path, cache_dir, |_| Ok(()))
+    /// Opens `path` itself, not a copy: for a process that opens it once and then exits
+    /// (`check_plugin`), which the loader's cache of paths cannot fool.
+    pub(crate) fn open_in_place(path: &Path) -> Result<LoadedTier, RefusalReason> {
+        let bytes = std::fs::read(path).map_err(|e| RefusalReason::Io(e.to_string()))?;
+        segments_fit(&bytes).map_err(RefusalReason::NotALibrary)?;
+        LoadedTier::open(path, path.to_owned())
     }
 
-    /// [`LoadedTier::load`], with `vet` asked about the cached copy before it is opened.
-    pub(crate) fn load_vetted(
+    /// Opens `cached`, the copy of `path` (or `path` itself), and validates it. The service
+    /// opens copies ([`cache_copy`]): the dynamic loader hands back an already-open library
+    /// for a path it has seen, so a new version written over the same path would never load.
+    pub(crate) fn open(
         path: &Path,
-        cache_dir: &Path,
-        vet: impl FnOnce(&Path) -> Result<(), RefusalReason>,
+        cached: std::path::PathBuf,
     ) -> Result<LoadedTier, RefusalReason> {
         let file = file_name(path);
-        let cached = cache_copy(path, cache_dir)?;
-        vet(&cached)?;
         let library = open_now(&cached)?;
 
         // The version comes first: a library of another ABI may lay out everything else
@@ -260,7 +260,10 @@ impl Drop for InFlight<'_> {
 /// exactly these bytes (a crash could have left it short); the cache may be shared by
 /// several nodes. The bytes are hashed and copied from one read, so the copy is the content
 /// that was hashed.
-fn cache_copy(path: &Path, cache_dir: &Path) -> Result<std::path::PathBuf, RefusalReason> {
+pub(crate) fn cache_copy(
+    path: &Path,
+    cache_dir: &Path,
+) -> Result<std::path::PathBuf, RefusalReason> {
     let io = |e: std::io::Error| RefusalReason::Io(e.to_string());
     let bytes = std::fs::read(path).map_err(io)?;
     segments_fit(&bytes).map_err(RefusalReason::NotALibrary)?;

@@ -33,10 +33,11 @@ pub fn is_tier_file_name(name: &str) -> bool {
         })
 }
 
-/// Asked about each library copy this process has not opened yet, before it is opened:
-/// `Err` (why) refuses the file. The service opens the copy in a child process first, so
-/// that one whose initialisers crash or never return takes down or holds only that child.
-pub type Probe = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+/// Asked about the library copies this process has not opened or probed yet, all at once,
+/// before any is opened: one result per copy, in order; `Err` (why) refuses that file. The
+/// service opens each copy in a child process first, so that one whose initialisers crash
+/// or never return takes down or holds only that child.
+pub type Probe = Arc<dyn Fn(&[&Path]) -> Vec<Result<(), String>> + Send + Sync>;
 
 /// The pricing registry the server shares between all requests (`Send + Sync`).
 pub struct PricingRegistry {
@@ -295,8 +296,15 @@ impl Table {
 
 /// Builds a new table from the directory; `previous` supplies the tiers to keep when their
 /// new file is refused.
-/// Every library file loaded so far, by its cached copy's path (its content hash).
-type Libraries = std::collections::HashMap<PathBuf, Arc<crate::plugin::LibraryCalls>>;
+/// What the registry knows of each library copy (by its path: its content hash).
+#[derive(Default)]
+struct Libraries {
+    /// Every copy opened so far, with what all its loads share.
+    opened: HashMap<PathBuf, Arc<crate::plugin::LibraryCalls>>,
+    /// Every copy probed so far and what the probe said: the same content is not probed
+    /// again (one that crashed the probe is refused again at once).
+    probed: HashMap<PathBuf, Result<(), String>>,
+}
 
 fn build(
     plugin_dir: &Path,
@@ -309,32 +317,56 @@ fn build(
         dir: plugin_dir.to_owned(),
         source,
     })?;
-    let mut outcomes: Vec<(String, PathBuf, Result<SharedTier, RefusalReason>)> = Vec::new();
-    for (index, (name, path)) in files.into_iter().enumerate() {
-        let outcome = if index >= MAX_PLUGIN_FILES {
-            Err(RefusalReason::TooManyFiles {
-                limit: MAX_PLUGIN_FILES,
-            })
-        } else {
-            // A copy this process has not opened yet is probed first (outside it, when the
-            // service gives a probe): opening runs the library's initialisers.
-            let vet = |cached: &Path| match probe {
-                Some(probe) if !libraries.contains_key(cached) => {
-                    probe(cached).map_err(RefusalReason::Probe)
-                }
-                _ => Ok(()),
+    let copies: Vec<(String, PathBuf, Result<PathBuf, RefusalReason>)> = files
+        .into_iter()
+        .enumerate()
+        .map(|(index, (name, path))| {
+            let copy = if index >= MAX_PLUGIN_FILES {
+                Err(RefusalReason::TooManyFiles {
+                    limit: MAX_PLUGIN_FILES,
+                })
+            } else {
+                crate::plugin::cache_copy(&path, cache_dir)
             };
-            LoadedTier::load_vetted(&path, cache_dir, vet).map(|tier| {
-                let calls = libraries.entry(tier.cached.clone()).or_default().clone();
-                Arc::new(tier.of_library(calls))
-            })
-        };
-        outcomes.push((name, path, outcome));
+            (name, path, copy)
+        })
+        .collect();
+    // Opening runs a library's initialisers: each copy this process has not opened or
+    // probed yet is probed first (outside it, when the service gives a probe), all at once.
+    if let Some(probe) = probe {
+        let mut new: Vec<&Path> = copies
+            .iter()
+            .filter_map(|(_, _, copy)| copy.as_deref().ok())
+            .filter(|c| !libraries.opened.contains_key(*c) && !libraries.probed.contains_key(*c))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if !new.is_empty() {
+            for (copy, outcome) in new.iter().zip(probe(&new)) {
+                libraries.probed.insert(copy.to_path_buf(), outcome);
+            }
+        }
     }
-    // The files that serve now, unchanged, claim their tiers and models first, then new and
-    // changed files in name order: a new file that also lists another tier's model is
-    // refused, not the tier that was serving it (found by review: a bad new file that sorts
-    // earlier took the model over and unloaded the healthy tier).
+    let outcomes: Vec<(String, PathBuf, Result<SharedTier, RefusalReason>)> = copies
+        .into_iter()
+        .map(|(name, path, copy)| {
+            let tier = copy.and_then(|cached| {
+                if let Some(Err(why)) = libraries.probed.get(&cached) {
+                    return Err(RefusalReason::Probe(why.clone()));
+                }
+                LoadedTier::open(&path, cached).map(|tier| {
+                    let calls = libraries.opened.entry(tier.cached.clone()).or_default();
+                    Arc::new(tier.of_library(calls.clone()))
+                })
+            });
+            (name, path, tier)
+        })
+        .collect();
+    // What serves now claims its tiers and models first: the files unchanged, and the
+    // previous versions of files whose new version did not load; then new and changed
+    // files, in name order. So a new file that also lists a model another tier serves is
+    // the one refused, not that tier (found by review: a bad new file that sorted earlier
+    // took the model over and unloaded the healthy tier).
     let serving = |tier: &SharedTier| {
         previous
             .tiers
@@ -343,31 +375,33 @@ fn build(
     };
     let mut table = Table::default();
     let mut report = ReloadReport::default();
-    let mut refused: Vec<(String, PathBuf, RefusalReason)> = Vec::new();
-    for first in [true, false] {
-        for (name, path, outcome) in &outcomes {
-            match outcome {
-                Ok(tier) if serving(tier) == first => match table.claim(tier.clone()) {
-                    Ok(()) => report.loaded.push(tier.info.clone()),
-                    Err(reason) => refused.push((name.clone(), path.clone(), reason)),
-                },
-                Err(reason) if !first => {
-                    refused.push((name.clone(), path.clone(), reason.clone()));
-                }
-                _ => {}
-            }
-        }
-    }
-    refused.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, file, reason) in refused {
-        report.refused.push(RefusedPlugin { file, reason });
+    // A refused file's tier keeps its previous version, if that still claims.
+    let mut refuse = |table: &mut Table, name: &str, file: &Path, reason: RefusalReason| {
+        report.refused.push(RefusedPlugin {
+            file: file.to_owned(),
+            reason,
+        });
         let old = previous.tiers.iter().find(|t| t.info.file == name);
         if let Some(old) = old
             && table.claim(old.clone()).is_ok()
         {
             report.kept.push(old.info.clone());
         }
+    };
+    let mut loaded = Vec::new();
+    for first in [true, false] {
+        for (name, path, outcome) in &outcomes {
+            match outcome {
+                Ok(tier) if serving(tier) == first => match table.claim(tier.clone()) {
+                    Ok(()) => loaded.push(tier.info.clone()),
+                    Err(reason) => refuse(&mut table, name, path, reason),
+                },
+                Err(reason) if first => refuse(&mut table, name, path, reason.clone()),
+                _ => {}
+            }
+        }
     }
+    report.loaded = loaded;
     for old in &previous.tiers {
         if !table.tiers.iter().any(|t| t.info.tier == old.info.tier) {
             report.unloaded.push(old.info.clone());
@@ -375,6 +409,10 @@ fn build(
     }
     table.tiers.sort_by(|a, b| a.info.file.cmp(&b.info.file));
     report.loaded.sort_by(|a, b| a.file.cmp(&b.file));
+    report.kept.sort_by(|a, b| a.file.cmp(&b.file));
+    report
+        .refused
+        .sort_by(|a, b| a.file.file_name().cmp(&b.file.file_name()));
     Ok((table, report))
 }
 

@@ -233,11 +233,18 @@ impl Store {
         batches: &[WalletBatch],
     ) -> Result<Vec<Result<i64, CommitError>>, StoreError> {
         let txn = self.begin_write().await?;
-        let mut results = Vec::with_capacity(batches.len());
+        let mut results: Vec<Option<Result<i64, CommitError>>> =
+            batches.iter().map(|_| None).collect();
         let mut moved = Vec::with_capacity(batches.len());
-        for batch in batches {
+        // Wallet rows are locked in id order, as the fast path locks them (found by review:
+        // in arrival order, two nodes' groups could each hold one wallet the other wants,
+        // and PostgreSQL aborted one group whole, as UNAVAILABLE).
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        order.sort_by(|&a, &b| batches[a].wallet_id.cmp(&batches[b].wallet_id));
+        for i in order {
+            let batch = &batches[i];
             if let Err(err) = check_batch(batch) {
-                results.push(Err(err.into()));
+                results[i] = Some(Err(err.into()));
                 continue;
             }
             let savepoint = txn.begin().await.map_err(StoreError::Db)?;
@@ -245,11 +252,11 @@ impl Store {
                 Ok(version) => {
                     savepoint.commit().await.map_err(StoreError::Db)?;
                     moved.push((batch.wallet_id.as_str(), batch.seq));
-                    results.push(Ok(version));
+                    results[i] = Some(Ok(version));
                 }
                 Err(err) => {
                     savepoint.rollback().await.map_err(StoreError::Db)?;
-                    results.push(Err(err));
+                    results[i] = Some(Err(err));
                 }
             }
         }
@@ -257,7 +264,10 @@ impl Store {
             .await
             .map_err(StoreError::Db)?;
         txn.commit().await.map_err(StoreError::Db)?;
-        Ok(results)
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every batch has a result"))
+            .collect())
     }
 
     /// Wallets whose next due instant is at or before `before`, soonest first, at most

@@ -310,7 +310,8 @@ fn hostile_tier() -> (tempfile::TempDir, std::path::PathBuf) {
 /// Found by review: opening a library runs its initialisers, which no check can vet. One
 /// that crashed took the checking process down with a signal; one that never returned
 /// held the dynamic loader's lock, so `plugins check` hung even at its exit. The check now
-/// opens the file in a child and refuses it by name, exit 1.
+/// opens the file in a child and refuses it by name, exit 1, also when the initialiser
+/// ends the process with a status of its own.
 #[test]
 fn plugins_check_refuses_a_plugin_whose_initialiser_crashes_or_hangs() {
     let (_dir, file) = hostile_tier();
@@ -326,7 +327,11 @@ fn plugins_check_refuses_a_plugin_whose_initialiser_crashes_or_hangs() {
     let out = check("");
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("hostile-model"));
-    for (init, why) in [("abort", "ended the process"), ("hang", "did not finish")] {
+    for (init, why) in [
+        ("abort", "ended the process"),
+        ("exit", "before the check was done"),
+        ("hang", "did not finish"),
+    ] {
         let out = check(init);
         assert_eq!(out.status.code(), Some(1), "{init}: {out:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);

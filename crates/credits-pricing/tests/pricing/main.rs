@@ -915,3 +915,43 @@ fn a_new_file_cannot_take_a_model_from_a_tier_that_keeps_serving() {
     let tiers: Vec<_> = registry.tiers().into_iter().map(|t| t.tier).collect();
     assert_eq!(tiers, ["economy", "standard"], "in file-name order");
 }
+
+/// Found by review of the fix above: the previous version of a tier whose new file was
+/// refused claimed only after every new file, so a new file listing one of its models took
+/// it and the whole tier was unloaded. It claims with the files serving now.
+#[test]
+fn a_tier_whose_new_file_is_refused_keeps_its_models_from_a_new_file() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-economy", "economy"),
+        ("credits-tier-standard", "standard"),
+    ]);
+    let (registry, _) = open(&dirs);
+    dirs.deploy_bytes(b"truncated upload", "standard");
+    // A new tier, sorting first, that lists `standard-chat`.
+    dirs.deploy("credits-fixture-copycat", "aa_copycat");
+    let report = registry.reload().unwrap();
+    let kept: Vec<_> = report.kept.iter().map(|t| t.tier.as_str()).collect();
+    assert_eq!(kept, ["standard"], "{report}");
+    assert!(report.unloaded.is_empty(), "{report}");
+    let refused: Vec<_> = report
+        .refused
+        .iter()
+        .map(|r| r.file.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        refused,
+        [tier_file("aa_copycat"), tier_file("standard")],
+        "{report}"
+    );
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+    assert!(matches!(
+        registry.price("copycat-own", usage(1, 0, 1)),
+        Err(PricingError::UnknownModel { .. })
+    ));
+}
