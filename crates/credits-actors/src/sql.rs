@@ -99,6 +99,13 @@ impl WalletStore for SqlWallets {
         self.store.backend() == credits_store::Backend::Postgres
     }
 
+    async fn plans(&self) -> Result<Option<Vec<credits_core::Plan>>, StoreError> {
+        crate::ledger::stored_plans(&self.store)
+            .await
+            .map(Some)
+            .map_err(unavailable)
+    }
+
     async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
         self.store.wallet_seq(&id.0).await.map_err(unavailable)
     }

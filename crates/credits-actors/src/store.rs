@@ -71,6 +71,11 @@ pub trait WalletStore: Send + Sync + 'static {
     async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
         Ok(self.load(id).await?.map(|l| l.wallet.seq))
     }
+    /// The plans as stored, for a node whose plans may be behind an edit on another node
+    /// (`None`: this store keeps no plans; the node's own are the only ones).
+    async fn plans(&self) -> Result<Option<Vec<credits_core::Plan>>, StoreError> {
+        Ok(None)
+    }
     /// Fenced, atomic commit of one wallet's batch.
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError>;
     /// Several wallets' batches (one per wallet) in one transaction, each fenced on its own:

@@ -918,9 +918,33 @@ impl WalletState {
         let fenced = self.in_flight.is_some()
             && self.last_commit_unknown
             && self.shared.store.several_nodes();
+        // A reset or renewal fenced out may have taken credits another node's plan edit
+        // changed before its instant, which this node has not heard of yet: the plans are
+        // read again before anything is decided again.
+        let plans_again = !self.last_commit_unknown
+            && self.in_flight.as_ref().is_some_and(|f| {
+                f.records.iter().any(|r| {
+                    matches!(
+                        r.entry.kind,
+                        EntryKind::DailyReset { .. } | EntryKind::Renewed { .. }
+                    )
+                })
+            });
+        let shared = self.shared.clone();
         let me = myself.clone();
         tokio::spawn(async move {
             let result = async {
+                if plans_again {
+                    let generation = shared.plans.generation();
+                    if let Some(mut plans) = store.plans().await? {
+                        // (A plan the store lacks, a test's, stays as this node knows it.)
+                        let known = shared.plans.snapshot();
+                        let missing = known.iter().filter(|k| !plans.iter().any(|p| p.id == k.id));
+                        let missing: Vec<_> = missing.cloned().collect();
+                        plans.extend(missing);
+                        shared.plans.replace_if_unchanged(generation, plans);
+                    }
+                }
                 let loaded = if fenced {
                     store.load_fenced(&id).await?
                 } else {

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use credits_core::{
-    Cause, Entry, EntryKind, GrantKind, Lot, LotOrigin, Request, Source, UsageRecord, Wallet,
-    replay,
+    Cause, Credits, Entry, EntryKind, GrantKind, Lot, LotOrigin, Request, Source, UsageRecord,
+    Wallet, replay,
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -219,6 +219,7 @@ impl WalletBatch {
         let mut state = before.clone();
         let mut records = Vec::with_capacity(entries.len());
         let mut usage = Vec::new();
+        let mut credits_used = Vec::new();
         let mut holds: BTreeMap<String, ReservationRow> = BTreeMap::new();
         let mut granted_seq: BTreeMap<String, u64> = BTreeMap::new();
         let mut dropped: BTreeMap<String, Lot> = BTreeMap::new();
@@ -298,6 +299,22 @@ impl WalletBatch {
             }
             let lots_before = state.lots.clone();
             state.apply(entry);
+            // After the record: a renewal that switches plans took the new plan's credits.
+            let used = |daily: Option<Credits>, subscription: Option<Credits>| PlanCredits {
+                plan_id: state.plan_id.0.clone(),
+                at: entry.at,
+                daily_ucr: daily.map(Credits::micro),
+                subscription_ucr: subscription.map(Credits::micro),
+            };
+            match &entry.kind {
+                EntryKind::DailyReset { allowance, .. } => {
+                    credits_used.push(used(Some(*allowance), None));
+                }
+                EntryKind::Renewed { allowance, .. } => {
+                    credits_used.push(used(None, Some(*allowance)));
+                }
+                _ => {}
+            }
             // The core drops a lot once nothing is left in it or held from it; its row
             // still needs its final totals.
             for lot in lots_before {
@@ -346,6 +363,7 @@ impl WalletBatch {
                 .map(|p| p.0.clone()),
             moves_to: (before.plan_id != after.plan_id)
                 .then(|| (after.plan_id.0.clone(), after.interval.as_str().to_owned())),
+            credits_used,
             entries: records,
             usage,
             grants,

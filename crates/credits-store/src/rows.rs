@@ -256,12 +256,26 @@ pub struct WalletBatch {
     /// interval the move was decided with. The commit is fenced out if the plan's stored
     /// interval differs (it changed meanwhile).
     pub moves_to: Option<(String, String)>,
+    /// The credits each reset or renewal of the batch took from its plan. The commit is
+    /// fenced out if the stored plan had other credits by that record's instant: an edit,
+    /// maybe on another node, that this node's plans did not have yet.
+    pub credits_used: Vec<PlanCredits>,
     /// In seq order, contiguous after the stored seq.
     pub entries: Vec<LedgerRecord>,
     pub usage: Vec<UsageRow>,
     pub grants: Vec<GrantRow>,
     pub reservations: Vec<ReservationRow>,
     pub review: Option<ReviewResolution>,
+}
+
+/// What a daily reset (`daily_ucr`) or a renewal (`subscription_ucr`) at `at` took from
+/// plan `plan_id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanCredits {
+    pub plan_id: String,
+    pub at: DateTime<Utc>,
+    pub daily_ucr: Option<i64>,
+    pub subscription_ucr: Option<i64>,
 }
 
 /// Usage history and summary filters; they combine with AND.

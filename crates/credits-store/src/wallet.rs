@@ -396,7 +396,7 @@ pub(crate) async fn insert_wallet<C: ConnectionTrait>(
     // A wallet never opens on an interval its plan no longer has, and a plan never changes
     // the interval of a wallet on it.
     let on = [(wallet.plan_id.as_str(), wallet.interval.as_str())];
-    if !changed_intervals(conn, &on, &[]).await?.is_empty() {
+    if !changed_intervals(conn, &on).await?.is_empty() {
         return Err(StoreError::PlanChanged(wallet.plan_id.clone()));
     }
     let row = wallets::Model {
@@ -483,76 +483,91 @@ async fn write_batch<C: ConnectionTrait>(
     Ok(version)
 }
 
-/// The wallets of `batches` that move onto a plan whose stored interval is not the one the
-/// move was decided with (an interval change won the race): fenced out as conflicts, they
-/// reload and decide again.
+/// The wallets of `batches` decided on plans that changed meanwhile, fenced out as
+/// conflicts (they reload, their plans too, and decide again): a move onto a plan whose
+/// stored interval is not the one the move was decided with (an interval change won the
+/// race), and a reset or renewal that took other credits than its plan had stored by its
+/// instant (an edit on another node that this node had not heard of yet).
 async fn stale_plans<C: ConnectionTrait>(
     conn: &C,
     batches: &[&WalletBatch],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let moves: Vec<(&str, &str)> = batches
-        .iter()
-        .filter_map(|b| b.moves_to.as_ref())
-        .map(|(plan, interval)| (plan.as_str(), interval.as_str()))
+    let moves = batches.iter().filter_map(|b| b.moves_to.as_ref());
+    // Plans being scheduled are locked too, whatever their interval (see
+    // `WalletBatch::schedules`).
+    let ids: Vec<&str> = moves
+        .clone()
+        .map(|(plan, _)| plan.as_str())
+        .chain(batches.iter().filter_map(|b| b.schedules.as_deref()))
+        .chain(
+            batches
+                .iter()
+                .flat_map(|b| &b.credits_used)
+                .map(|c| c.plan_id.as_str()),
+        )
         .collect();
-    let schedules: Vec<&str> = batches
-        .iter()
-        .filter_map(|b| b.schedules.as_deref())
-        .collect();
-    let changed = changed_intervals(conn, &moves, &schedules).await?;
+    let stored = locked_plans(conn, ids).await?;
+    let stale = |b: &WalletBatch| {
+        let moved_off = b.moves_to.as_ref().is_some_and(|(plan, interval)| {
+            stored.get(plan).is_some_and(|p| p.interval != *interval)
+        });
+        let edited = b.credits_used.iter().any(|used| {
+            stored.get(&used.plan_id).is_some_and(|p| {
+                p.updated_us <= to_us(used.at)
+                    && (used.daily_ucr.is_some_and(|d| d != p.daily_ucr)
+                        || used
+                            .subscription_ucr
+                            .is_some_and(|s| s != p.subscription_ucr))
+            })
+        });
+        moved_off || edited
+    };
     Ok(batches
         .iter()
-        .filter(|b| {
-            b.moves_to
-                .as_ref()
-                .is_some_and(|(plan, _)| changed.contains(plan))
-        })
+        .filter(|b| stale(b))
         .map(|b| b.wallet_id.clone())
         .collect())
 }
 
-/// The plans of `(plan, interval)` whose stored interval is another. Their rows are
-/// share-locked in id order (PostgreSQL; SQLite has one writer), so an interval change,
-/// which locks its row for update and then looks for wallets on the plan, either waits for
-/// this transaction or is seen by it.
+/// The plans of `(plan, interval)` whose stored interval is another.
 async fn changed_intervals<C: ConnectionTrait>(
     conn: &C,
     wanted: &[(&str, &str)],
-    scheduled: &[&str],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
+    let stored = locked_plans(conn, wanted.iter().map(|(plan, _)| *plan).collect()).await?;
+    Ok(wanted
+        .iter()
+        .filter(|(plan, interval)| stored.get(*plan).is_some_and(|s| s.interval != *interval))
+        .map(|(plan, _)| (*plan).to_owned())
+        .collect())
+}
+
+/// The stored rows of plans `ids`, share-locked in id order (PostgreSQL; SQLite has one
+/// writer), so that an edit of one, which locks its row for update (and, for an interval
+/// change, then looks for wallets on the plan), either waits for this transaction or is
+/// seen by it.
+async fn locked_plans<C: ConnectionTrait>(
+    conn: &C,
+    mut ids: Vec<&str>,
+) -> Result<std::collections::HashMap<String, plans::Model>, StoreError> {
     use sea_orm::QueryOrder;
-    if wanted.is_empty() && scheduled.is_empty() {
+    if ids.is_empty() {
         return Ok(Default::default());
     }
-    // Plans being scheduled are locked too, whatever their interval (see
-    // `WalletBatch::schedules`).
-    let mut ids: Vec<&str> = wanted
-        .iter()
-        .map(|(plan, _)| *plan)
-        .chain(scheduled.iter().copied())
-        .collect();
     ids.sort_unstable();
     ids.dedup();
     let mut stored = plans::Entity::find()
-        .select_only()
-        .column(plans::Column::Id)
-        .column(plans::Column::Interval)
         .filter(plans::Column::Id.is_in(ids))
         .order_by_asc(plans::Column::Id);
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
         stored = stored.lock_shared();
     }
-    let stored: std::collections::HashMap<String, String> = stored
-        .into_tuple::<(String, String)>()
+    Ok(stored
         .all(conn)
         .await
         .map_err(StoreError::Db)?
         .into_iter()
-        .collect();
-    Ok(wanted
-        .iter()
-        .filter(|(plan, interval)| stored.get(*plan).is_some_and(|s| s != interval))
-        .map(|(plan, _)| (*plan).to_owned())
+        .map(|p| (p.id.clone(), p))
         .collect())
 }
 

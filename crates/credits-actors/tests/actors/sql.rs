@@ -677,3 +677,60 @@ async fn a_wallet_opens_on_its_plans_stored_interval_when_the_cache_is_stale() {
         cleanup(&url, pg).await;
     }
 }
+
+/// Session 14 note: a custom plan's credits edited on one node were not fenced on another,
+/// so a reset that fell due before the plan notice arrived gave the old allowance. A reset
+/// decided on credits the stored plan no longer had by its instant is fenced out, and the
+/// node reads the plans again before it decides once more. (No notice feed here: node b
+/// never hears of the edit but through that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_another_nodes_plan_edit_takes_the_new_credits() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let (a, store_a) = node(&url).await;
+        let (b, store_b) = node(&url).await;
+        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
+        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
+        let acme = PlanId::from("acme-credits");
+        let plan = |daily| credits_core::Plan {
+            id: acme.clone(),
+            name: "Acme".into(),
+            daily_credits: cr(daily),
+            subscription_credits: cr("100"),
+            interval: credits_core::BillingInterval::Monthly,
+            model_tiers: vec!["economy".into()],
+            custom: true,
+            retired: false,
+        };
+        on_b.upsert_plan(plan("10")).await.unwrap();
+        let zone = "UTC".parse().unwrap();
+        let w = on_b
+            .create_wallet("alice", &acme, zone, None, None)
+            .await
+            .unwrap();
+        assert_eq!(w.daily.allowance, cr("10"));
+        on_a.upsert_plan(plan("50")).await.unwrap();
+        assert_eq!(
+            on_b.plan(&acme).unwrap().daily_credits,
+            cr("10"),
+            "{url}: node b has not heard of the edit"
+        );
+        // Past midnight on node b's clock: its actor resets the wallet.
+        on_b.advance_clock(13 * 3600).await.unwrap();
+        let stored = store_b.load_wallet(&w.id.0).await.unwrap().unwrap();
+        let state = stored.state().unwrap();
+        assert!(
+            state.daily.day_start > at("2027-03-10T12:00:00Z"),
+            "{url}: reset"
+        );
+        assert_eq!(state.daily.allowance, cr("50"), "{url}: the new credits");
+        assert_eq!(
+            on_b.plan(&acme).unwrap().daily_credits,
+            cr("50"),
+            "{url}: node b read the plans again"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}

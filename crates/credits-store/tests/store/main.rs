@@ -22,6 +22,7 @@ both!(
     tokens_round_trip,
     losing_fence_changes_nothing,
     a_fenced_load_shuts_out_a_commit_still_on_its_way,
+    a_reset_on_credits_its_plan_no_longer_had_is_fenced_out,
     a_move_onto_a_plan_whose_interval_changed_is_fenced_out,
     concurrent_writers_one_wins_each_version,
     group_commit_isolates_conflicts,
@@ -602,6 +603,57 @@ async fn a_fenced_load_shuts_out_a_commit_still_on_its_way(store: Store) -> anyh
     assert_eq!(store.load_wallet("wal_fl").await?.unwrap(), fenced);
     assert_eq!(store.ledger_len("wal_fl").await?, 1, "only the creation");
     assert_eq!(store.fence_and_load_wallet("wal_none").await?, None);
+    Ok(())
+}
+
+/// A daily reset decided on a plan's old credits (another node edited the plan before the
+/// reset's instant, and this node had not heard of it) is fenced out; one whose plan was
+/// edited after its instant is not (the edit counts from the next reset, SPEC 5).
+async fn a_reset_on_credits_its_plan_no_longer_had_is_fenced_out(
+    store: Store,
+) -> anyhow::Result<()> {
+    use chrono::TimeZone;
+    let mut live = create(&store, "wal_pc", "pro", t0()).await?;
+    // Midnight in Paris.
+    let reset_at = Utc.with_ymd_and_hms(2026, 3, 1, 23, 0, 0).unwrap();
+    live.journal.advance_to(reset_at + Duration::minutes(1));
+    let reset = live.batch();
+    assert_eq!(
+        reset.credits_used,
+        [PlanCredits {
+            plan_id: "pro".into(),
+            at: reset_at,
+            daily_ucr: Some(20_000_000),
+            subscription_ucr: None,
+        }]
+    );
+    let pro = |daily_ucr, updated_at| PlanRow {
+        id: "pro".into(),
+        name: "pro".into(),
+        daily_ucr,
+        subscription_ucr: 500_000_000,
+        interval: "MONTHLY".into(),
+        model_tiers: vec!["economy".into(), "standard".into()],
+        custom: false,
+        retired: false,
+        position: 1,
+        updated_at,
+    };
+    store
+        .upsert_catalogue(&[pro(30_000_000, reset_at - Duration::hours(1))], &[])
+        .await?;
+    assert!(matches!(
+        store.commit(&reset).await,
+        Err(CommitError::Conflict { .. })
+    ));
+    let grouped = store.commit_many(std::slice::from_ref(&reset)).await?;
+    assert!(matches!(grouped[0], Err(CommitError::Conflict { .. })));
+    assert_eq!(store.ledger_len("wal_pc").await?, 1, "nothing written");
+    store
+        .upsert_catalogue(&[pro(30_000_000, reset_at + Duration::seconds(1))], &[])
+        .await?;
+    live.commit(&store).await?;
+    assert_eq!(store.ledger_len("wal_pc").await?, 2);
     Ok(())
 }
 
