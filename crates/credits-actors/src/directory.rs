@@ -360,7 +360,10 @@ impl Directory {
             Err(CommitError::Conflict) => Err(ExecError::Op(OpError::InvalidInput(
                 "wallet id already exists".into(),
             ))),
-            Err(CommitError::Unavailable(e)) => Err(ExecError::Unavailable(e)),
+            // (Creation is not fenced on plans: the store refuses a stale interval itself.)
+            Err(e @ (CommitError::Unavailable(_) | CommitError::PlanChanged)) => {
+                Err(ExecError::Unavailable(e.to_string()))
+            }
         }
     }
 

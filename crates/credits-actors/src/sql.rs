@@ -54,6 +54,7 @@ fn rows(batch: &Batch) -> Result<WalletBatch, CommitError> {
 fn commit_error(e: SqlCommitError) -> CommitError {
     match e {
         SqlCommitError::Conflict { .. } | SqlCommitError::NotFound(_) => CommitError::Conflict,
+        SqlCommitError::PlanChanged(_) => CommitError::PlanChanged,
         // A unique key taken by another writer is definite: nothing was written.
         SqlCommitError::Store(SqlError::Duplicate(_)) => CommitError::Conflict,
         other => commit_unavailable(other),

@@ -41,6 +41,10 @@ pub enum CommitError {
     /// Another writer committed first (the version moved); nothing of this batch was written.
     #[error("fenced out: the wallet's version moved")]
     Conflict,
+    /// Decided on plans that changed meanwhile (on another node, maybe); nothing of this
+    /// batch was written: read the plans again, then decide again.
+    #[error("fenced out: the batch was decided on plans that changed")]
+    PlanChanged,
     /// The outcome is unknown: the batch may or may not be durable.
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -176,6 +176,8 @@ pub struct WalletState {
     /// The last commit failed with an unknown outcome (already counted in `failures`), not
     /// a refusal by the store.
     last_commit_unknown: bool,
+    /// The last commit was refused for plans that changed: the plans are read again.
+    last_commit_on_old_plans: bool,
     /// Calls that arrived during recovery, run after it.
     parked: Vec<(Op, ExecReply)>,
     keys: Bounded<String, Entry>,
@@ -269,6 +271,7 @@ impl Actor for WalletActor {
             announced: None,
             failures: 0,
             last_commit_unknown: false,
+            last_commit_on_old_plans: false,
             parked: Vec::new(),
             keys: Bounded::new(),
             finished: Bounded::new(),
@@ -774,6 +777,7 @@ impl WalletState {
                 // Losing the fence to another writer is not a failing store: reload and
                 // decide again as often as it happens (someone wins every round).
                 self.last_commit_unknown = matches!(e, CommitError::Unavailable(_));
+                self.last_commit_on_old_plans = e == CommitError::PlanChanged;
                 if self.last_commit_unknown {
                     self.failures += 1;
                     tracing::warn!(wallet = %self.durable.id, error = %e, failures = self.failures, "commit failed; reloading");
@@ -918,18 +922,10 @@ impl WalletState {
         let fenced = self.in_flight.is_some()
             && self.last_commit_unknown
             && self.shared.store.several_nodes();
-        // A reset or renewal fenced out may have taken credits another node's plan edit
-        // changed before its instant, which this node has not heard of yet: the plans are
-        // read again before anything is decided again.
-        let plans_again = !self.last_commit_unknown
-            && self.in_flight.as_ref().is_some_and(|f| {
-                f.records.iter().any(|r| {
-                    matches!(
-                        r.entry.kind,
-                        EntryKind::DailyReset { .. } | EntryKind::Renewed { .. }
-                    )
-                })
-            });
+        // A batch decided on plans that changed (a reset or renewal that took credits
+        // another node's edit changed before its instant, which this node has not heard
+        // of yet): the plans are read again before anything is decided again.
+        let plans_again = self.in_flight.is_some() && self.last_commit_on_old_plans;
         let shared = self.shared.clone();
         let me = myself.clone();
         tokio::spawn(async move {

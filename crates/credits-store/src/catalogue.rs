@@ -203,8 +203,24 @@ impl Store {
     ) -> Result<(), StoreError> {
         crate::bound("catalogue entries", plans.len() + bundles.len(), MAX_LIST)?;
         let txn = self.begin_write().await?;
+        // Every row this writes is locked first, in id order, as commits lock plans (found
+        // by review: marking the retired ones locked them later, out of order, which could
+        // deadlock with a commit holding a retired plan and waiting for a listed one).
+        let catalogue: Vec<String> = plans::Entity::find()
+            .select_only()
+            .column(plans::Column::Id)
+            .filter(plans::Column::Custom.eq(false))
+            .into_tuple()
+            .all(&txn)
+            .await
+            .map_err(StoreError::Db)?;
+        let ids = plans.iter().map(|p| p.id.clone()).chain(catalogue);
+        let locked = locked_plans(&txn, ids).await?;
         // An interval never changes under wallets on the plan, whichever way it is edited.
-        let stored = locked_plans(&txn, plans.iter().map(|p| p.id.clone())).await?;
+        let stored: Vec<plans::Model> = locked
+            .into_iter()
+            .filter(|row| plans.iter().any(|p| p.id == row.id))
+            .collect();
         if let Some(id) = interval_in_use(&txn, &stored, plans).await? {
             return Err(StoreError::IntervalInUse(id));
         }

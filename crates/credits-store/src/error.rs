@@ -63,6 +63,11 @@ pub enum CommitError {
         wallet_id: String,
         expected_version: i64,
     },
+    /// The batch was decided on plans that changed meanwhile (an interval, or the credits
+    /// of a reset or renewal by its instant): nothing was written. The caller reads the
+    /// plans again, reloads the wallet and decides again.
+    #[error("wallet {0}'s batch was decided on plans that changed")]
+    PlanChanged(String),
     /// The wallet row does not exist.
     #[error("wallet {0} not found")]
     NotFound(String),

@@ -186,10 +186,7 @@ impl Store {
         if !stale.is_empty() {
             for (result, batch) in results.iter_mut().filter(|r| r.is_ok()).zip(&valid) {
                 if stale.contains(&batch.wallet_id) {
-                    *result = Err(CommitError::Conflict {
-                        wallet_id: batch.wallet_id.clone(),
-                        expected_version: batch.expected_version,
-                    });
+                    *result = Err(CommitError::PlanChanged(batch.wallet_id.clone()));
                 }
             }
             valid.retain(|b| !stale.contains(&b.wallet_id));
@@ -241,6 +238,10 @@ impl Store {
         // and PostgreSQL aborted one group whole, as UNAVAILABLE).
         let mut order: Vec<usize> = (0..batches.len()).collect();
         order.sort_by(|&a, &b| batches[a].wallet_id.cmp(&batches[b].wallet_id));
+        // Plan rows too, all at once in id order before any wallet, as the fast path does:
+        // one wallet at a time, they would be locked out of order.
+        let all: Vec<&WalletBatch> = batches.iter().collect();
+        locked_plans(&txn, plan_ids(&all)).await?;
         for i in order {
             let batch = &batches[i];
             if let Err(err) = check_batch(batch) {
@@ -473,10 +474,7 @@ async fn write_batch<C: ConnectionTrait>(
     batch: &WalletBatch,
 ) -> Result<i64, CommitError> {
     if !stale_plans(conn, &[batch]).await?.is_empty() {
-        return Err(CommitError::Conflict {
-            wallet_id: batch.wallet_id.clone(),
-            expected_version: batch.expected_version,
-        });
+        return Err(CommitError::PlanChanged(batch.wallet_id.clone()));
     }
     let version = fence(conn, batch).await?;
     write_rows(conn, &[batch]).await?;
@@ -492,21 +490,7 @@ async fn stale_plans<C: ConnectionTrait>(
     conn: &C,
     batches: &[&WalletBatch],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let moves = batches.iter().filter_map(|b| b.moves_to.as_ref());
-    // Plans being scheduled are locked too, whatever their interval (see
-    // `WalletBatch::schedules`).
-    let ids: Vec<&str> = moves
-        .clone()
-        .map(|(plan, _)| plan.as_str())
-        .chain(batches.iter().filter_map(|b| b.schedules.as_deref()))
-        .chain(
-            batches
-                .iter()
-                .flat_map(|b| &b.credits_used)
-                .map(|c| c.plan_id.as_str()),
-        )
-        .collect();
-    let stored = locked_plans(conn, ids).await?;
+    let stored = locked_plans(conn, plan_ids(batches)).await?;
     let stale = |b: &WalletBatch| {
         let moved_off = b.moves_to.as_ref().is_some_and(|(plan, interval)| {
             stored.get(plan).is_some_and(|p| p.interval != *interval)
@@ -527,6 +511,23 @@ async fn stale_plans<C: ConnectionTrait>(
         .filter(|b| stale(b))
         .map(|b| b.wallet_id.clone())
         .collect())
+}
+
+/// The plans `batches` were decided on and lock: those moved onto, those scheduled (locked
+/// whatever their interval, see `WalletBatch::schedules`) and those resets and renewals
+/// took credits from.
+fn plan_ids<'a>(batches: &[&'a WalletBatch]) -> Vec<&'a str> {
+    let moves = batches.iter().filter_map(|b| b.moves_to.as_ref());
+    moves
+        .map(|(plan, _)| plan.as_str())
+        .chain(batches.iter().filter_map(|b| b.schedules.as_deref()))
+        .chain(
+            batches
+                .iter()
+                .flat_map(|b| &b.credits_used)
+                .map(|c| c.plan_id.as_str()),
+        )
+        .collect()
 }
 
 /// The plans of `(plan, interval)` whose stored interval is another.

@@ -644,10 +644,10 @@ async fn a_reset_on_credits_its_plan_no_longer_had_is_fenced_out(
         .await?;
     assert!(matches!(
         store.commit(&reset).await,
-        Err(CommitError::Conflict { .. })
+        Err(CommitError::PlanChanged(_))
     ));
     let grouped = store.commit_many(std::slice::from_ref(&reset)).await?;
-    assert!(matches!(grouped[0], Err(CommitError::Conflict { .. })));
+    assert!(matches!(grouped[0], Err(CommitError::PlanChanged(_))));
     assert_eq!(store.ledger_len("wal_pc").await?, 1, "nothing written");
     store
         .upsert_catalogue(&[pro(30_000_000, reset_at + Duration::seconds(1))], &[])
@@ -1746,11 +1746,11 @@ async fn a_move_onto_a_plan_whose_interval_changed_is_fenced_out(
     );
     assert!(matches!(
         store.commit(&batch).await,
-        Err(CommitError::Conflict { .. })
+        Err(CommitError::PlanChanged(_))
     ));
     assert!(matches!(
         store.commit_many(std::slice::from_ref(&batch)).await?[0],
-        Err(CommitError::Conflict { .. })
+        Err(CommitError::PlanChanged(_))
     ));
     assert_eq!(store.load_wallet("wal_up").await?.unwrap().plan_id, "pro");
     assert_eq!(store.ledger_len("wal_up").await?, 1);
