@@ -32,13 +32,24 @@ const MAX_OUTPUT: u64 = 64 * 1024;
 struct Finished {
     /// `None`: killed after [`PROBE_TIMEOUT`].
     status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
+    stdout: Output,
+    stderr: Output,
+}
+
+/// What a child wrote on one stream.
+#[derive(Default)]
+struct Output {
+    /// The first [`MAX_OUTPUT`] bytes.
+    kept: String,
+    /// Its last line (whatever came before it): the marker, if it came.
+    last_line: String,
+    /// Read to its end.
+    complete: bool,
 }
 
 impl Finished {
     fn returned(&self) -> bool {
-        self.stdout.lines().any(|l| l == RETURNED)
+        self.stdout.complete && self.stdout.last_line == RETURNED
     }
 
     /// Why this end refuses the file, if it does.
@@ -90,21 +101,48 @@ fn start(file: &Path) -> std::io::Result<Running> {
 
 struct Running {
     child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
+    stdout: mpsc::Receiver<Output>,
+    stderr: mpsc::Receiver<Output>,
 }
 
 /// Reads a child's stream to its end on a thread of its own (a full pipe would stall the
-/// child), keeping the first [`MAX_OUTPUT`] bytes.
-fn drain(stream: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+/// child), keeping the first [`MAX_OUTPUT`] bytes and the last line.
+fn drain(stream: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Output> {
     let (tx, rx) = mpsc::channel();
-    if let Some(stream) = stream {
+    if let Some(mut stream) = stream {
         std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            let mut stream = stream;
-            let _ = stream.by_ref().take(MAX_OUTPUT).read_to_end(&mut kept);
-            let _ = std::io::copy(&mut stream, &mut std::io::sink());
-            let _ = tx.send(String::from_utf8_lossy(&kept).into_owned());
+            let (mut kept, mut current, mut last) = (Vec::new(), Vec::new(), Vec::new());
+            let mut chunk = [0u8; 8192];
+            let complete = loop {
+                match stream.read(&mut chunk) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        let room = (MAX_OUTPUT as usize).saturating_sub(kept.len());
+                        kept.extend_from_slice(&chunk[..n.min(room)]);
+                        for &b in &chunk[..n] {
+                            if b == b'\n' {
+                                if !current.is_empty() {
+                                    last = std::mem::take(&mut current);
+                                }
+                            } else if current.len() < 256 {
+                                current.push(b);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break false,
+                }
+            };
+            if !current.is_empty() {
+                last = current;
+            }
+            let last_line = String::from_utf8_lossy(&last).trim_end().to_owned();
+            let kept = String::from_utf8_lossy(&kept).into_owned();
+            let _ = tx.send(Output {
+                kept,
+                last_line,
+                complete,
+            });
         });
     }
     rx
@@ -151,10 +189,10 @@ pub fn check_command(file: &Path) -> i32 {
             return 1;
         }
     };
-    for line in finished.stdout.lines().filter(|l| *l != RETURNED) {
+    for line in finished.stdout.kept.lines().filter(|l| *l != RETURNED) {
         println!("{line}");
     }
-    eprint!("{}", finished.stderr);
+    eprint!("{}", finished.stderr.kept);
     match (finished.refusal(), finished.status.and_then(|s| s.code())) {
         (None, Some(code)) => code,
         (Some(why), _) => {
@@ -167,8 +205,10 @@ pub fn check_command(file: &Path) -> i32 {
 
 /// The registry's probe: each library copy is opened in a child first, [`PROBES_AT_ONCE`]
 /// at a time. A copy the child opened and came back from is for the service's own load to
-/// judge (and name) as always; one that crashed, hung or ended the child is refused.
+/// judge (and name) as always; one that crashed or ended the child is refused for good; one
+/// whose child did not finish in time, or could not run, is refused this time only.
 pub fn registry_probe() -> credits_pricing::Probe {
+    use credits_pricing::Probed;
     Arc::new(|files: &[&Path]| {
         let mut outcomes = Vec::with_capacity(files.len());
         for chunk in files.chunks(PROBES_AT_ONCE) {
@@ -178,9 +218,17 @@ pub fn registry_probe() -> credits_pricing::Probe {
                 outcomes.push(match started {
                     Ok(running) => {
                         let finished = running.finish(deadline);
-                        finished.refusal().map_or(Ok(()), Err)
+                        match finished.refusal() {
+                            None => Probed::Passed,
+                            // Killed at the deadline, or its output never ended (a process
+                            // it started holds the stream): maybe a slow machine.
+                            Some(why) if finished.status.is_none() || !finished.stdout.complete => {
+                                Probed::Unsure(why)
+                            }
+                            Some(why) => Probed::Refused(why),
+                        }
                     }
-                    Err(e) => Err(format!("cannot start the check: {e}")),
+                    Err(e) => Probed::Unsure(format!("cannot start the check: {e}")),
                 });
             }
         }

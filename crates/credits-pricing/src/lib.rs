@@ -27,7 +27,7 @@ use std::sync::Arc;
 pub use check::{CheckReport, SampleQuote, check_plugin};
 pub use error::{PluginFailure, PricingError, RefusalReason, RefusedPlugin, RegistryError};
 pub use plugin::{Admission, MAX_CALLS_PER_LIBRARY};
-pub use registry::{PricingRegistry, Probe, ReloadReport, TierHandle, is_tier_file_name};
+pub use registry::{PricingRegistry, Probe, Probed, ReloadReport, TierHandle, is_tier_file_name};
 
 /// Token counts of one interaction. `input_tokens` counts all input tokens, cached ones
 /// included; `cached_input_tokens` is the cached part.

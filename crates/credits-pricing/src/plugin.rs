@@ -48,9 +48,12 @@ impl LoadedTier {
     /// Opens `path` itself, not a copy: for a process that opens it once and then exits
     /// (`check_plugin`), which the loader's cache of paths cannot fool.
     pub(crate) fn open_in_place(path: &Path) -> Result<LoadedTier, RefusalReason> {
-        let bytes = std::fs::read(path).map_err(|e| RefusalReason::Io(e.to_string()))?;
+        let io = |e: std::io::Error| RefusalReason::Io(e.to_string());
+        let bytes = std::fs::read(path).map_err(io)?;
         segments_fit(&bytes).map_err(RefusalReason::NotALibrary)?;
-        LoadedTier::open(path, path.to_owned())
+        // Absolute: the loader searches its library path for a bare name, and would open
+        // another file of that name (found by review).
+        LoadedTier::open(path, std::path::absolute(path).map_err(io)?)
     }
 
     /// Opens `cached`, the copy of `path` (or `path` itself), and validates it. The service

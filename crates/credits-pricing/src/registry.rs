@@ -37,7 +37,20 @@ pub fn is_tier_file_name(name: &str) -> bool {
 /// before any is opened: one result per copy, in order; `Err` (why) refuses that file. The
 /// service opens each copy in a child process first, so that one whose initialisers crash
 /// or never return takes down or holds only that child.
-pub type Probe = Arc<dyn Fn(&[&Path]) -> Vec<Result<(), String>> + Send + Sync>;
+pub type Probe = Arc<dyn Fn(&[&Path]) -> Vec<Probed> + Send + Sync>;
+
+/// What a [`Probe`] found of one library copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probed {
+    /// Opened and gave control back: for the registry's own load to judge.
+    Passed,
+    /// Crashed or ended the process that opened it: refused, and so is the same content
+    /// on every later reload, without a probe.
+    Refused(String),
+    /// Not known this time (it did not finish in time, or the probe could not run):
+    /// refused now, probed again on the next reload.
+    Unsure(String),
+}
 
 /// The pricing registry the server shares between all requests (`Send + Sync`).
 pub struct PricingRegistry {
@@ -301,9 +314,9 @@ impl Table {
 struct Libraries {
     /// Every copy opened so far, with what all its loads share.
     opened: HashMap<PathBuf, Arc<crate::plugin::LibraryCalls>>,
-    /// Every copy probed so far and what the probe said: the same content is not probed
-    /// again (one that crashed the probe is refused again at once).
-    probed: HashMap<PathBuf, Result<(), String>>,
+    /// Every copy a probe passed (`None`) or refused for good (why): the same content is
+    /// not probed again (one that crashed the probe is refused again at once).
+    probed: HashMap<PathBuf, Option<String>>,
 }
 
 fn build(
@@ -333,6 +346,7 @@ fn build(
         .collect();
     // Opening runs a library's initialisers: each copy this process has not opened or
     // probed yet is probed first (outside it, when the service gives a probe), all at once.
+    let mut unsure: HashMap<PathBuf, String> = HashMap::new();
     if let Some(probe) = probe {
         let mut new: Vec<&Path> = copies
             .iter()
@@ -343,7 +357,17 @@ fn build(
         new.dedup();
         if !new.is_empty() {
             for (copy, outcome) in new.iter().zip(probe(&new)) {
-                libraries.probed.insert(copy.to_path_buf(), outcome);
+                match outcome {
+                    Probed::Passed => {
+                        libraries.probed.insert(copy.to_path_buf(), None);
+                    }
+                    Probed::Refused(why) => {
+                        libraries.probed.insert(copy.to_path_buf(), Some(why));
+                    }
+                    Probed::Unsure(why) => {
+                        unsure.insert(copy.to_path_buf(), why);
+                    }
+                }
             }
         }
     }
@@ -351,8 +375,9 @@ fn build(
         .into_iter()
         .map(|(name, path, copy)| {
             let tier = copy.and_then(|cached| {
-                if let Some(Err(why)) = libraries.probed.get(&cached) {
-                    return Err(RefusalReason::Probe(why.clone()));
+                let refused = libraries.probed.get(&cached).cloned().flatten();
+                if let Some(why) = refused.or_else(|| unsure.get(&cached).cloned()) {
+                    return Err(RefusalReason::Probe(why));
                 }
                 LoadedTier::open(&path, cached).map(|tier| {
                     let calls = libraries.opened.entry(tier.cached.clone()).or_default();
@@ -363,10 +388,10 @@ fn build(
         })
         .collect();
     // What serves now claims its tiers and models first: the files unchanged, and the
-    // previous versions of files whose new version did not load; then new and changed
-    // files, in name order. So a new file that also lists a model another tier serves is
-    // the one refused, not that tier (found by review: a bad new file that sorted earlier
-    // took the model over and unloaded the healthy tier).
+    // previous versions of files whose new version did not load; then new versions of
+    // files that were loaded; then new files; each in name order. So a new file that also
+    // lists a model another tier serves is the one refused, not that tier (found by
+    // review: a bad new file that sorted earlier took the model and unloaded the tier).
     let serving = |tier: &SharedTier| {
         previous
             .tiers
@@ -388,16 +413,25 @@ fn build(
             report.kept.push(old.info.clone());
         }
     };
+    // 0: what serves now; 1: a new version of a file that was loaded; 2: a new file.
+    let rank = |name: &str, outcome: &Result<SharedTier, RefusalReason>| match outcome {
+        Ok(tier) if serving(tier) => 0,
+        Err(_) => 0,
+        Ok(_) if previous.tiers.iter().any(|t| t.info.file == name) => 1,
+        Ok(_) => 2,
+    };
     let mut loaded = Vec::new();
-    for first in [true, false] {
+    for pass in 0..3 {
         for (name, path, outcome) in &outcomes {
+            if rank(name, outcome) != pass {
+                continue;
+            }
             match outcome {
-                Ok(tier) if serving(tier) == first => match table.claim(tier.clone()) {
+                Ok(tier) => match table.claim(tier.clone()) {
                     Ok(()) => loaded.push(tier.info.clone()),
                     Err(reason) => refuse(&mut table, name, path, reason),
                 },
-                Err(reason) if first => refuse(&mut table, name, path, reason.clone()),
-                _ => {}
+                Err(reason) => refuse(&mut table, name, path, reason.clone()),
             }
         }
     }

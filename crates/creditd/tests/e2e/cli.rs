@@ -26,6 +26,17 @@ fn plugins_check_reports_a_good_tier() {
     for model in ["standard-chat", "standard-code", "standard-vision"] {
         assert!(stdout.contains(model), "{model} in {stdout}");
     }
+    // A bare file name is the file in the working directory (found by review: the loader
+    // searched its library path for it instead).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&lib, dir.path().join("libcredits_tier_here.so")).unwrap();
+    let out = creditd()
+        .current_dir(dir.path())
+        .args(["plugins", "check", "libcredits_tier_here.so"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("standard-chat"));
 }
 
 #[test]

@@ -955,3 +955,27 @@ fn a_tier_whose_new_file_is_refused_keeps_its_models_from_a_new_file() {
         Err(PricingError::UnknownModel { .. })
     ));
 }
+
+/// Found by review: a changed file (a valid new version) and a new file sorting before it
+/// that lists one of its models were deployed together. The new file took the model, the
+/// new version was refused, the old one could not claim its model either, and the tier was
+/// unloaded. New versions of loaded files claim before new files.
+#[test]
+fn a_new_version_claims_its_models_before_a_new_file() {
+    let dirs = Dirs::with(&[("credits-fixture-gate-v1", "standard")]);
+    let (registry, _) = open(&dirs);
+    dirs.deploy("credits-tier-standard", "standard");
+    dirs.deploy("credits-fixture-copycat", "aa_copycat");
+    let report = registry.reload().unwrap();
+    assert_eq!(loaded(&report), ["standard@1.2.0"], "{report}");
+    assert!(report.kept.is_empty(), "{report}");
+    assert_eq!(report.refused.len(), 1, "{report}");
+    assert!(report.refused[0].file.ends_with(tier_file("aa_copycat")));
+    check(
+        &registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+}
