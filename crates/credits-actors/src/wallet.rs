@@ -1064,9 +1064,16 @@ impl WalletState {
             // held by a stored lot (whose grant is refused this time): a unique row the
             // batch collides with that deciding again only repeats. Counted as a failing
             // commit, so its waiters get UNAVAILABLE after MAX_COMMIT_ATTEMPTS rather than
-            // the wallet retrying, and blocking every other call, for ever.
+            // the wallet retrying, and blocking every other call, for ever. A batch refused
+            // for changed plans counts the same way: the plans were read again, and a
+            // second refusal means they did not tell (a plan the store does not list).
             self.failures += 1;
-            tracing::warn!(wallet = %self.durable.id, failures = self.failures, "commit refused by a unique row; deciding again");
+            let why = if self.last_commit_on_old_plans {
+                "commit refused: decided on plans that changed; read them again, deciding again"
+            } else {
+                "commit refused by a unique row; deciding again"
+            };
+            tracing::warn!(wallet = %self.durable.id, failures = self.failures, "{why}");
         }
         // Someone else wrote (or nothing landed): adopt the stored state, tell subscribers
         // what it contains, and decide every waiting call again on top of it.
