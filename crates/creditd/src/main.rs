@@ -287,8 +287,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `plugins check FILE` on the blocking pool, cut off like a reload: a plugin whose
-/// initialiser or sample price call never returns is refused (exit 1), naming the file.
+/// The check itself, in the child `plugins check` starts (`--in-process`), on the blocking
+/// pool. The parent kills a child that takes longer than `probe::PROBE_TIMEOUT`; the cut-off
+/// here is only a last guard for a child run by hand.
 async fn check_in_time(
     file: &std::path::Path,
 ) -> Result<credits_pricing::CheckReport, credits_pricing::RefusedPlugin> {

@@ -17,6 +17,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Children probing at once.
 const PROBES_AT_ONCE: usize = 8;
 
+/// How long one start or reload may spend probing, all files together: well inside its
+/// 30 s limit (`RELOAD_TIMEOUT`). Files not probed by then are refused this time only.
+const PROBE_BUDGET: Duration = Duration::from_secs(20);
+
 /// `plugins check` exits with this when the file loads but is not ready to deploy.
 pub const LOADS_NOT_CLEAN: i32 = 3;
 
@@ -211,8 +215,14 @@ pub fn registry_probe() -> credits_pricing::Probe {
     use credits_pricing::Probed;
     Arc::new(|files: &[&Path]| {
         let mut outcomes = Vec::with_capacity(files.len());
+        let budget = Instant::now() + PROBE_BUDGET;
         for chunk in files.chunks(PROBES_AT_ONCE) {
-            let deadline = Instant::now() + PROBE_TIMEOUT;
+            if Instant::now() >= budget {
+                let why = "not probed: the others took the time a reload may spend probing";
+                outcomes.extend(chunk.iter().map(|_| Probed::Unsure(why.into())));
+                continue;
+            }
+            let deadline = (Instant::now() + PROBE_TIMEOUT).min(budget);
             let running: Vec<_> = chunk.iter().map(|f| start(f)).collect();
             for started in running {
                 outcomes.push(match started {

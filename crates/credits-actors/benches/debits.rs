@@ -226,6 +226,12 @@ impl WalletStore for Timed {
     async fn load_fenced(&self, id: &WalletId) -> Result<Option<Loaded>, StoreError> {
         self.inner.load_fenced(id).await
     }
+    fn several_nodes(&self) -> bool {
+        self.inner.several_nodes()
+    }
+    async fn plans(&self) -> Result<Option<Vec<credits_core::Plan>>, StoreError> {
+        self.inner.plans().await
+    }
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
         let r = self.inner.commit(batch).await;
         if r.is_ok() {

@@ -20,7 +20,7 @@ use crate::committer::Committer;
 use crate::events::Subscription;
 use crate::feed::ReviewChanges;
 use crate::pool::Pools;
-use crate::store::{CommitError, Record, WalletStore};
+use crate::store::{CommitError, Record, StoreError, WalletStore};
 use crate::wallet::{Applied, ExecError, WalletActor, WalletArgs, WalletMsg};
 
 /// How long a caller waits for a wallet before answering UNAVAILABLE.
@@ -142,6 +142,29 @@ impl std::ops::Deref for SlotCell {
 }
 
 /// State shared by the directory and every wallet actor.
+impl Shared {
+    /// Reads the plans from the store into this node's book (an edit on another node). A
+    /// read that another replacement overtook (an edit here, a newer read) is done again,
+    /// a few times at most: what overtook it is at least as new as what it began from. A
+    /// plan the store does not list (a test's) stays as this node knows it.
+    pub async fn reread_plans(&self) -> Result<(), StoreError> {
+        for _ in 0..3 {
+            let generation = self.plans.generation();
+            let Some(mut plans) = self.store.plans().await? else {
+                return Ok(());
+            };
+            let known = self.plans.snapshot();
+            let missing = known.iter().filter(|k| !plans.iter().any(|p| p.id == k.id));
+            let missing: Vec<_> = missing.cloned().collect();
+            plans.extend(missing);
+            if self.plans.replace_if_unchanged(generation, plans) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct Shared {
     pub store: Arc<dyn WalletStore>,
     pub clock: Clock,
@@ -262,7 +285,7 @@ enum Unanswered {
 /// The entry point to every wallet on this node.
 #[derive(Clone)]
 pub struct Directory {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Directory {

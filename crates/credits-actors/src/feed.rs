@@ -85,7 +85,7 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>,
             dir.announce_all();
             dir.pools().forget_all();
             dir.reviews().announce_any();
-            reload_plans(&dir, &store).await;
+            reload_plans(&dir).await;
             continue;
         };
         let Ok(next) = tokio::time::timeout(SILENT_FOR, l.next()).await else {
@@ -112,13 +112,13 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>,
                 }
             }
             Ok(Notice::Member(team_id, user_id)) => dir.pools().forget(&team_id, &user_id),
-            Ok(Notice::Plans) => reload_plans(&dir, &store).await,
+            Ok(Notice::Plans) => reload_plans(&dir).await,
             Ok(Notice::Review(id)) => dir.reviews().announce(&id),
             Ok(Notice::Gap) => {
                 dir.announce_all();
                 dir.pools().forget_all();
                 dir.reviews().announce_any();
-                reload_plans(&dir, &store).await;
+                reload_plans(&dir).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lost the commit notice feed; listening again");
@@ -129,8 +129,8 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>,
 }
 
 /// Reads the plans from the store into this node's plan book (another node changed one).
-async fn reload_plans(dir: &Directory, store: &Store) {
-    if let Err(e) = crate::ledger::reload_plans(dir, store).await {
+async fn reload_plans(dir: &Directory) {
+    if let Err(e) = crate::ledger::reload_plans(dir).await {
         tracing::warn!(error = %e, "reading the plans again failed");
     }
 }

@@ -340,7 +340,9 @@ impl Ledger {
     {
         match create().await {
             Err(ServiceError::Store(StoreError::PlanChanged(_))) => {
-                reload_plans(&self.dir, &self.store).await?;
+                reload_plans(&self.dir)
+                    .await
+                    .map_err(|e| ServiceError::Exec(ExecError::Unavailable(e.to_string())))?;
                 create().await
             }
             done => done,
@@ -436,7 +438,7 @@ impl Ledger {
             // restart).
             OpError::ModelNotAllowed { plan, .. } if self.plan(plan)?.custom => {
                 let known = self.plan(plan);
-                reload_plans(&self.dir, &self.store).await.ok()?;
+                reload_plans(&self.dir).await.ok()?;
                 (self.plan(plan) != known).then_some(Stale::Plans)
             }
             _ => None,
@@ -1319,21 +1321,12 @@ pub fn plan_row(p: &Plan, position: i64, now: DateTime<Utc>) -> credits_store::P
     }
 }
 
-/// Every stored plan, in the catalogue's order.
-/// Reads the plans from the store into this node's book. A read that another replacement
-/// overtook (an edit here, a newer read) is done again, a few times at most: the
-/// replacements that overtook it are at least as new as what it began from.
-pub async fn reload_plans(dir: &Directory, store: &Store) -> Result<(), StoreError> {
-    for _ in 0..3 {
-        let generation = dir.plans().generation();
-        let plans = stored_plans(store).await?;
-        if dir.plans().replace_if_unchanged(generation, plans) {
-            break;
-        }
-    }
-    Ok(())
+/// Reads the plans from the store into this node's book (see `Shared::reread_plans`).
+pub async fn reload_plans(dir: &Directory) -> Result<(), crate::store::StoreError> {
+    dir.shared.reread_plans().await
 }
 
+/// Every stored plan, in the catalogue's order.
 pub async fn stored_plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
     let mut plans = store
         .plans()

@@ -782,7 +782,7 @@ impl WalletState {
                     self.failures += 1;
                     tracing::warn!(wallet = %self.durable.id, error = %e, failures = self.failures, "commit failed; reloading");
                 } else {
-                    tracing::debug!(wallet = %self.durable.id, "fenced out by another writer; reloading");
+                    tracing::debug!(wallet = %self.durable.id, error = %e, "fenced out; reloading");
                 }
                 self.start_recovery(myself);
             }
@@ -931,15 +931,7 @@ impl WalletState {
         tokio::spawn(async move {
             let result = async {
                 if plans_again {
-                    let generation = shared.plans.generation();
-                    if let Some(mut plans) = store.plans().await? {
-                        // (A plan the store lacks, a test's, stays as this node knows it.)
-                        let known = shared.plans.snapshot();
-                        let missing = known.iter().filter(|k| !plans.iter().any(|p| p.id == k.id));
-                        let missing: Vec<_> = missing.cloned().collect();
-                        plans.extend(missing);
-                        shared.plans.replace_if_unchanged(generation, plans);
-                    }
+                    shared.reread_plans().await?;
                 }
                 let loaded = if fenced {
                     store.load_fenced(&id).await?
@@ -1065,8 +1057,8 @@ impl WalletState {
             // batch collides with that deciding again only repeats. Counted as a failing
             // commit, so its waiters get UNAVAILABLE after MAX_COMMIT_ATTEMPTS rather than
             // the wallet retrying, and blocking every other call, for ever. A batch refused
-            // for changed plans counts the same way: the plans were read again, and a
-            // second refusal means they did not tell (a plan the store does not list).
+            // for changed plans counts the same way (the plans are read again before it is
+            // decided again, so this repeats only while they cannot be read).
             self.failures += 1;
             let why = if self.last_commit_on_old_plans {
                 "commit refused: decided on plans that changed; read them again, deciding again"

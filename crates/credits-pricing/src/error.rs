@@ -72,8 +72,8 @@ pub struct RefusedPlugin {
 }
 
 /// Why a plugin file was refused. Checked in this order: readable, probed (when the service
-/// probes), loadable, ABI version,
-/// entry symbol, descriptor, then uniqueness against earlier files.
+/// probes), loadable, ABI version, entry symbol, descriptor, then uniqueness against the
+/// files that claimed first (in name order; on a reload, what serves already goes first).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RefusalReason {
     #[error("cannot read or cache the file: {0}")]

@@ -16,6 +16,8 @@ use crate::{ModelInfo, Price, TierInfo, Usage};
 
 /// At most this many plugin files are loaded from one directory; the rest are refused.
 const MAX_PLUGIN_FILES: usize = 256;
+/// Probe outcomes kept, by content; past this they are forgotten (and probed again).
+const MAX_PROBED: usize = 4 * MAX_PLUGIN_FILES;
 
 /// The tiers' file-name pattern: `libcredits_tier_<name>.so` on Linux (`<name>` of
 /// `[a-z0-9_]`, platform prefix and suffix from `std::env::consts`). Only such files are
@@ -34,7 +36,8 @@ pub fn is_tier_file_name(name: &str) -> bool {
 }
 
 /// Asked about the library copies this process has not opened or probed yet, all at once,
-/// before any is opened: one result per copy, in order; `Err` (why) refuses that file. The
+/// before any is opened: one [`Probed`] per copy, in order (a missing one counts as
+/// [`Probed::Unsure`]). The
 /// service opens each copy in a child process first, so that one whose initialisers crash
 /// or never return takes down or holds only that child.
 pub type Probe = Arc<dyn Fn(&[&Path]) -> Vec<Probed> + Send + Sync>;
@@ -307,8 +310,6 @@ impl Table {
     }
 }
 
-/// Builds a new table from the directory; `previous` supplies the tiers to keep when their
-/// new file is refused.
 /// What the registry knows of each library copy (by its path: its content hash).
 #[derive(Default)]
 struct Libraries {
@@ -319,6 +320,8 @@ struct Libraries {
     probed: HashMap<PathBuf, Option<String>>,
 }
 
+/// Builds a new table from the directory; `previous` supplies the tiers to keep when their
+/// new file is refused.
 fn build(
     plugin_dir: &Path,
     cache_dir: &Path,
@@ -347,6 +350,10 @@ fn build(
     // Opening runs a library's initialisers: each copy this process has not opened or
     // probed yet is probed first (outside it, when the service gives a probe), all at once.
     let mut unsure: HashMap<PathBuf, String> = HashMap::new();
+    if libraries.probed.len() > MAX_PROBED {
+        // Forgotten contents are only probed again.
+        libraries.probed.clear();
+    }
     if let Some(probe) = probe {
         let mut new: Vec<&Path> = copies
             .iter()
@@ -356,7 +363,11 @@ fn build(
         new.sort_unstable();
         new.dedup();
         if !new.is_empty() {
-            for (copy, outcome) in new.iter().zip(probe(&new)) {
+            let mut outcomes = probe(&new).into_iter();
+            for copy in &new {
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or_else(|| Probed::Unsure("the probe gave no answer".into()));
                 match outcome {
                     Probed::Passed => {
                         libraries.probed.insert(copy.to_path_buf(), None);

@@ -125,7 +125,8 @@ impl Store {
     }
 
     /// Commits one wallet's batch in one transaction behind the fence. Returns the new
-    /// version. On [`CommitError::Conflict`] nothing was written.
+    /// version. On [`CommitError::Conflict`] or [`CommitError::PlanChanged`] nothing was
+    /// written.
     pub async fn commit(&self, batch: &WalletBatch) -> Result<i64, CommitError> {
         check_batch(batch)?;
         let txn = self.begin_write().await?;
@@ -181,7 +182,8 @@ impl Store {
                 Err(err) => results.push(Err(err.into())),
             }
         }
-        // A wallet moving onto a plan whose interval changed meanwhile is fenced out.
+        // A batch decided on plans that changed meanwhile (an interval, the credits of a
+        // reset or renewal) is fenced out.
         let stale = stale_plans(&txn, &valid).await?;
         if !stale.is_empty() {
             for (result, batch) in results.iter_mut().filter(|r| r.is_ok()).zip(&valid) {
@@ -481,8 +483,8 @@ async fn write_batch<C: ConnectionTrait>(
     Ok(version)
 }
 
-/// The wallets of `batches` decided on plans that changed meanwhile, fenced out as
-/// conflicts (they reload, their plans too, and decide again): a move onto a plan whose
+/// The wallets of `batches` decided on plans that changed meanwhile, fenced out with
+/// [`CommitError::PlanChanged`] (they read the plans again, reload and decide again): a move onto a plan whose
 /// stored interval is not the one the move was decided with (an interval change won the
 /// race), and a reset or renewal that took other credits than its plan had stored by its
 /// instant (an edit on another node that this node had not heard of yet).

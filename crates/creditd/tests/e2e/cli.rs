@@ -388,7 +388,7 @@ async fn a_plugin_whose_initialiser_crashes_is_refused_and_the_service_serves(b:
     );
     assert!(models.contains(&"standard-chat".to_owned()), "{models:?}");
     assert!(!models.contains(&"hostile-model".to_owned()), "{models:?}");
-    // A reload opens it again in a child, and refuses it again.
+    // A reload refuses it again (it crashed its probe: the same content is not probed again).
     let log_before = app.log().len();
     let models = ids(
         app.ok(&app.admin, "mutation { reloadPricing { id } }", json!({}))

@@ -627,7 +627,7 @@ async fn a_commit_that_lands_after_the_reload_read_is_not_applied_twice() {
     let upgraded = upgraded.expect("the plan change is answered");
     assert_eq!(
         &upgraded.entry, changes[0],
-        "answered with the record that landed"
+        "answered with the record stored"
     );
     let (stored, entries) = app.store.stored_with_ledger(&id).unwrap();
     assert_eq!(
