@@ -463,16 +463,7 @@ async fn a_custom_plan_changed_on_one_node_reaches_the_other() {
         let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
         let id = PlanId::from("acme-custom");
         for daily in ["10", "50"] {
-            let plan = credits_core::Plan {
-                id: id.clone(),
-                name: "Acme".into(),
-                daily_credits: cr(daily),
-                subscription_credits: cr("100"),
-                interval: credits_core::BillingInterval::Monthly,
-                model_tiers: vec!["economy".into()],
-                custom: true,
-                retired: false,
-            };
+            let plan = custom_plan(&id, daily, credits_core::BillingInterval::Monthly);
             on_a.upsert_plan(plan).await.unwrap();
             assert!(
                 eventually(|| on_b.plan(&id).is_some_and(|p| p.daily_credits == cr(daily))).await,
@@ -640,16 +631,7 @@ async fn a_wallet_opens_on_its_plans_stored_interval_when_the_cache_is_stale() {
         let (b, store_b) = node(&url).await;
         let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
         let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
-        let plan = |interval| credits_core::Plan {
-            id: PlanId::from("acme"),
-            name: "Acme".into(),
-            daily_credits: cr("10"),
-            subscription_credits: cr("100"),
-            interval,
-            model_tiers: vec!["economy".into()],
-            custom: true,
-            retired: false,
-        };
+        let plan = |interval| custom_plan(&PlanId::from("acme"), "10", interval);
         on_b.upsert_plan(plan(credits_core::BillingInterval::Monthly))
             .await
             .unwrap();
@@ -692,16 +674,7 @@ async fn a_reset_after_another_nodes_plan_edit_takes_the_new_credits() {
         let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
         let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
         let acme = PlanId::from("acme-credits");
-        let plan = |daily| credits_core::Plan {
-            id: acme.clone(),
-            name: "Acme".into(),
-            daily_credits: cr(daily),
-            subscription_credits: cr("100"),
-            interval: credits_core::BillingInterval::Monthly,
-            model_tiers: vec!["economy".into()],
-            custom: true,
-            retired: false,
-        };
+        let plan = |daily| custom_plan(&acme, daily, credits_core::BillingInterval::Monthly);
         on_b.upsert_plan(plan("10")).await.unwrap();
         let zone = "UTC".parse().unwrap();
         let w = on_b
@@ -732,5 +705,23 @@ async fn a_reset_after_another_nodes_plan_edit_takes_the_new_credits() {
         a.shutdown().await;
         b.shutdown().await;
         cleanup(&url, pg).await;
+    }
+}
+
+/// A custom plan with `daily` credits a day, 100 a period, on the economy tier.
+fn custom_plan(
+    id: &PlanId,
+    daily: &str,
+    interval: credits_core::BillingInterval,
+) -> credits_core::Plan {
+    credits_core::Plan {
+        id: id.clone(),
+        name: "Acme".into(),
+        daily_credits: cr(daily),
+        subscription_credits: cr("100"),
+        interval,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
     }
 }

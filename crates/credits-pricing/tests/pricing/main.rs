@@ -99,6 +99,17 @@ fn check(registry: &PricingRegistry, model: &str, u: Usage, cost: i64, priced_by
     );
 }
 
+/// `standard-chat` is priced by the shipped standard tier.
+fn standard_serves_chat(registry: &PricingRegistry) {
+    check(
+        registry,
+        "standard-chat",
+        usage(10_000, 2_000, 1_000),
+        396_000,
+        "standard@1.2.0",
+    );
+}
+
 #[test]
 fn loads_the_three_shipped_tiers_in_file_name_order() {
     let dirs = Dirs::with(SHIPPED);
@@ -900,13 +911,7 @@ fn a_new_file_cannot_take_a_model_from_a_tier_that_keeps_serving() {
         "{report}"
     );
     assert!(report.unloaded.is_empty(), "{report}");
-    check(
-        &registry,
-        "standard-chat",
-        usage(10_000, 2_000, 1_000),
-        396_000,
-        "standard@1.2.0",
-    );
+    standard_serves_chat(&registry);
     assert!(registry.price("economy-mini", usage(1, 0, 0)).is_ok());
     assert!(matches!(
         registry.price("copycat-own", usage(1, 0, 1)),
@@ -943,13 +948,7 @@ fn a_tier_whose_new_file_is_refused_keeps_its_models_from_a_new_file() {
         [tier_file("aa_copycat"), tier_file("standard")],
         "{report}"
     );
-    check(
-        &registry,
-        "standard-chat",
-        usage(10_000, 2_000, 1_000),
-        396_000,
-        "standard@1.2.0",
-    );
+    standard_serves_chat(&registry);
     assert!(matches!(
         registry.price("copycat-own", usage(1, 0, 1)),
         Err(PricingError::UnknownModel { .. })
@@ -971,11 +970,5 @@ fn a_new_version_claims_its_models_before_a_new_file() {
     assert!(report.kept.is_empty(), "{report}");
     assert_eq!(report.refused.len(), 1, "{report}");
     assert!(report.refused[0].file.ends_with(tier_file("aa_copycat")));
-    check(
-        &registry,
-        "standard-chat",
-        usage(10_000, 2_000, 1_000),
-        396_000,
-        "standard@1.2.0",
-    );
+    standard_serves_chat(&registry);
 }
