@@ -72,6 +72,18 @@ impl Finished {
             Some(_) => None,
         }
     }
+
+    /// What the registry makes of this end: a child killed at the deadline, or whose
+    /// output never ended (a process it started holds the stream), may only have met a
+    /// slow machine, and is probed again on the next reload.
+    fn verdict(&self) -> credits_pricing::Probed {
+        use credits_pricing::Probed;
+        match self.refusal() {
+            None => Probed::Passed,
+            Some(why) if self.status.is_none() || !self.stdout.complete => Probed::Unsure(why),
+            Some(why) => Probed::Refused(why),
+        }
+    }
 }
 
 /// This binary. On Linux through `/proc/self/exe`, which still runs it after a deploy has
@@ -197,13 +209,13 @@ pub fn check_command(file: &Path) -> i32 {
         println!("{line}");
     }
     eprint!("{}", finished.stderr.kept);
-    match (finished.refusal(), finished.status.and_then(|s| s.code())) {
-        (None, Some(code)) => code,
-        (Some(why), _) => {
+    match finished.refusal() {
+        // No refusal: the child exited with a code of its own.
+        None => finished.status.and_then(|s| s.code()).unwrap_or(1),
+        Some(why) => {
             eprintln!("plugin {} refused: {why}", file.display());
             1
         }
-        (None, None) => 1,
     }
 }
 
@@ -226,18 +238,7 @@ pub fn registry_probe() -> credits_pricing::Probe {
             let running: Vec<_> = chunk.iter().map(|f| start(f)).collect();
             for started in running {
                 outcomes.push(match started {
-                    Ok(running) => {
-                        let finished = running.finish(deadline);
-                        match finished.refusal() {
-                            None => Probed::Passed,
-                            // Killed at the deadline, or its output never ended (a process
-                            // it started holds the stream): maybe a slow machine.
-                            Some(why) if finished.status.is_none() || !finished.stdout.complete => {
-                                Probed::Unsure(why)
-                            }
-                            Some(why) => Probed::Refused(why),
-                        }
-                    }
+                    Ok(running) => running.finish(deadline).verdict(),
                     Err(e) => Probed::Unsure(format!("cannot start the check: {e}")),
                 });
             }

@@ -10,6 +10,7 @@ use crate::entity::{bundles, plans, wallets};
 use crate::error::{StoreError, corrupt};
 use crate::rows::*;
 use crate::time::{from_us, to_us};
+use crate::wallet::PlanLock;
 use crate::{MAX_LIST, Store};
 
 fn plan_model(p: &PlanRow) -> Result<plans::Model, StoreError> {
@@ -119,19 +120,14 @@ pub enum PlanUpsert {
     IntervalInUse,
 }
 
-/// The stored rows of the plans `ids`, in id order, locked for the write that follows
-/// (PostgreSQL; SQLite has one writer).
+/// The stored rows of the plans `ids`, in id order, locked for the write that follows.
 async fn locked_plans<C: ConnectionTrait>(
     conn: &C,
     ids: impl IntoIterator<Item = String>,
 ) -> Result<Vec<plans::Model>, StoreError> {
-    let mut stored = plans::Entity::find()
-        .filter(plans::Column::Id.is_in(ids))
-        .order_by_asc(plans::Column::Id);
-    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        stored = stored.lock_exclusive();
-    }
-    stored.all(conn).await.map_err(StoreError::Db)
+    let ids: Vec<String> = ids.into_iter().collect();
+    let ids = ids.iter().map(String::as_str).collect();
+    crate::wallet::lock_plans(conn, ids, PlanLock::Write).await
 }
 
 /// The first plan of `plans` that would change the interval of its `stored` row while a

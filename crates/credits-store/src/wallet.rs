@@ -545,17 +545,40 @@ async fn changed_intervals<C: ConnectionTrait>(
         .collect())
 }
 
-/// The stored rows of plans `ids`, share-locked in id order (PostgreSQL; SQLite has one
-/// writer), so that an edit of one, which locks its row for update (and, for an interval
-/// change, then looks for wallets on the plan), either waits for this transaction or is
-/// seen by it.
+/// The stored rows of plans `ids`, share-locked in id order, by id: an edit of one, which
+/// locks its row for update (and, for an interval change, then looks for wallets on the
+/// plan), either waits for this transaction or is seen by it.
 async fn locked_plans<C: ConnectionTrait>(
     conn: &C,
-    mut ids: Vec<&str>,
+    ids: Vec<&str>,
 ) -> Result<std::collections::HashMap<String, plans::Model>, StoreError> {
+    Ok(lock_plans(conn, ids, PlanLock::Read)
+        .await?
+        .into_iter()
+        .map(|p| (p.id.clone(), p))
+        .collect())
+}
+
+/// How [`lock_plans`] locks plan rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlanLock {
+    /// Shared: a commit decided on the plans.
+    Read,
+    /// For update: an edit of the plans.
+    Write,
+}
+
+/// The stored rows of plans `ids`, in id order, locked (PostgreSQL; SQLite has one
+/// writer). Every path locks plan rows through here, in id order and before any wallet
+/// row, so plan edits and commits never wait for each other in a cycle.
+pub(crate) async fn lock_plans<C: ConnectionTrait>(
+    conn: &C,
+    mut ids: Vec<&str>,
+    lock: PlanLock,
+) -> Result<Vec<plans::Model>, StoreError> {
     use sea_orm::QueryOrder;
     if ids.is_empty() {
-        return Ok(Default::default());
+        return Ok(Vec::new());
     }
     ids.sort_unstable();
     ids.dedup();
@@ -563,15 +586,12 @@ async fn locked_plans<C: ConnectionTrait>(
         .filter(plans::Column::Id.is_in(ids))
         .order_by_asc(plans::Column::Id);
     if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        stored = stored.lock_shared();
+        stored = match lock {
+            PlanLock::Read => stored.lock_shared(),
+            PlanLock::Write => stored.lock_exclusive(),
+        };
     }
-    Ok(stored
-        .all(conn)
-        .await
-        .map_err(StoreError::Db)?
-        .into_iter()
-        .map(|p| (p.id.clone(), p))
-        .collect())
+    stored.all(conn).await.map_err(StoreError::Db)
 }
 
 /// The fenced UPDATE of one wallet row. On a conflict it has written nothing.
