@@ -99,13 +99,15 @@ fn this_executable() -> std::io::Result<std::path::PathBuf> {
 
 /// Starts `creditd plugins check --in-process FILE`.
 fn start(file: &Path) -> std::io::Result<Running> {
-    let mut child = Command::new(this_executable()?)
+    let mut command = Command::new(this_executable()?);
+    command
         .args(["plugins", "check", "--in-process"])
         .arg(file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+        .stderr(Stdio::piped());
+    dies_with_its_parent(&mut command);
+    let mut child = command.spawn()?;
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     Ok(Running {
@@ -114,6 +116,33 @@ fn start(file: &Path) -> std::io::Result<Running> {
         stderr,
     })
 }
+
+/// A child stuck in an initialiser outlives a parent that exits (or is killed) while it
+/// probes, holding its memory and the plugin file forever. On Linux the kernel kills it when
+/// the thread that started it ends; that thread waits for the child or kills it at its
+/// deadline, so only the parent's own end comes first.
+#[cfg(target_os = "linux")]
+fn dies_with_its_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+    // (`prctl`, `getppid`) and allocates nothing.
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have ended before the request took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn dies_with_its_parent(_: &mut Command) {}
 
 struct Running {
     child: Child,

@@ -354,6 +354,77 @@ fn plugins_check_refuses_a_plugin_whose_initialiser_crashes_or_hangs() {
     }
 }
 
+/// Processes whose command line holds `needle`, with their state letter (`Z`: ended).
+fn processes_with(needle: &str) -> Vec<(u32, char)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) S ...`: the state follows the last parenthesis.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.trim().chars().next());
+        found.push((pid, state.unwrap_or('Z')));
+    }
+    found
+}
+
+/// Found by review: a child stuck in a plugin's initialiser outlived a parent killed while
+/// it probed, holding its memory and the file for good. It now dies with its parent.
+#[test]
+fn a_probe_stuck_in_an_initialiser_ends_with_the_process_that_started_it() {
+    let (_dir, file) = hostile_tier();
+    let needle = file.to_string_lossy().into_owned();
+    let mut parent = creditd()
+        .args(["plugins", "check"])
+        .arg(&file)
+        .env("CREDITS_FIXTURE_INIT", "hang")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let alive = |pid: u32| {
+        processes_with(&needle)
+            .iter()
+            .any(|&(p, state)| p == pid && state != 'Z')
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let probe = loop {
+        let children: Vec<u32> = processes_with(&needle)
+            .into_iter()
+            .filter(|&(pid, state)| pid != parent.id() && state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect();
+        if let [pid] = children[..] {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no probe started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Give it time to be inside the initialiser, then end the parent without warning.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(alive(probe));
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive(probe) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe {probe} outlived its parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The same library in the plugin directory: a service that opened it would die at its
 /// start, or at the reload that found it. It is refused, naming the file, and the other
 /// tiers serve.
