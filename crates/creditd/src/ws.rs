@@ -29,6 +29,10 @@ const SEND_BATCH: usize = 64;
 /// graphql-transport-ws's close code for a message that is not one of the protocol's.
 const INVALID_MESSAGE: u16 = 4400;
 
+/// Longest operation id a client may use (ids are kept for as long as the operation runs;
+/// clients send UUIDs or counters).
+const MAX_ID_BYTES: usize = 128;
+
 /// How often the legacy protocol's `ka` goes out at most.
 const KA_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -149,9 +153,9 @@ pub async fn serve(socket: WebSocket, state: Shared, protocol: Protocol) {
     {
         Err(_) => Some((4408, "Connection initialisation timeout".to_owned())),
         Ok(Err(close)) => close,
-        Ok(Ok((principal, auth))) => match acknowledge(&mut sink, protocol).await {
+        Ok(Ok(auth)) => match acknowledge(&mut sink, protocol).await {
             Ok(()) => {
-                Connection::new(state, protocol, principal, auth)
+                Connection::new(state, protocol, auth)
                     .run(&mut sink, &mut incoming)
                     .await
             }
@@ -212,14 +216,15 @@ fn truncate(mut text: String, max: usize) -> String {
 type Incoming = futures::stream::SplitStream<WebSocket>;
 type Outgoing = futures::stream::SplitSink<WebSocket, Message>;
 
-/// Waits for `connection_init` and authenticates its `Authorization` payload. A ping before
+/// Waits for `connection_init` and authenticates its `Authorization` payload, which each
+/// operation then looks up again (see [`Connection::subscribe`]). A ping before
 /// it is answered (graphql-transport-ws allows pings at any time), a pong skipped; anything
 /// else first closes the socket.
 async fn init(
     sink: &mut Outgoing,
     incoming: &mut Incoming,
     state: &AppState,
-) -> Result<(Principal, Option<String>), Close> {
+) -> Result<Option<String>, Close> {
     loop {
         match read(incoming).await? {
             ClientMessage::ConnectionInit { payload } => {
@@ -232,7 +237,7 @@ async fn init(
                 // later", which graphql-ws clients retry (they give up on 4500).
                 return crate::server::principal_from(state, auth)
                     .await
-                    .map(|p| (p, auth.map(str::to_owned)))
+                    .map(|_| auth.map(str::to_owned))
                     .map_err(|e| match e.code {
                         Code::Unavailable => Some((TRY_AGAIN_LATER, e.message)),
                         _ => Some((4403, e.message)),
@@ -272,9 +277,17 @@ async fn read_frame(incoming: &mut Incoming) -> Result<Option<ClientMessage>, Cl
         Some(Ok(Message::Binary(bytes))) => serde_json::from_slice(&bytes),
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
     };
-    parsed
-        .map(Some)
-        .map_err(|e| Some((INVALID_MESSAGE, format!("invalid message: {e}"))))
+    match parsed {
+        Ok(ClientMessage::Subscribe { id, .. } | ClientMessage::Complete { id })
+            if id.len() > MAX_ID_BYTES =>
+        {
+            let why = format!("invalid message: an id is at most {MAX_ID_BYTES} bytes");
+            Err(Some((INVALID_MESSAGE, why)))
+        }
+        parsed => parsed
+            .map(Some)
+            .map_err(|e| Some((INVALID_MESSAGE, format!("invalid message: {e}")))),
+    }
 }
 
 /// A message over the body limit (SPEC 10) closes the socket with 1009.
@@ -315,7 +328,6 @@ async fn feed(sink: &mut Outgoing, message: &ServerMessage<'_>) -> Result<(), ()
 struct Connection {
     state: Shared,
     protocol: Protocol,
-    principal: Principal,
     /// The `connection_init` credentials, looked up again at every keepalive ping: a token
     /// revoked meanwhile closes the socket.
     auth: Option<String>,
@@ -326,11 +338,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(state: Shared, protocol: Protocol, principal: Principal, auth: Option<String>) -> Self {
+    fn new(state: Shared, protocol: Protocol, auth: Option<String>) -> Self {
         Connection {
             state,
             protocol,
-            principal,
             auth,
             open: HashMap::new(),
             events: SelectAll::new(),
@@ -495,13 +506,23 @@ impl Connection {
         // freed once its result is produced, not when a slow reader has taken it (found by
         // review). A subscription takes none: its first result is a cheap snapshot, and a
         // client opening many at once must not be refused for it.
+        // Each operation looks its token up again, as each POST does: one revoked since
+        // `connection_init` runs nothing more on this socket (the next ping closes it).
+        let (state, auth) = (self.state.clone(), self.auth.clone());
         let (stream, mut in_flight) = match admitted {
             Ok((guard, mut slot)) => (
-                self.state
-                    .schema
-                    .execute_stream(request.data(self.principal.clone()))
-                    .inspect(move |_| drop(slot.take()))
-                    .boxed(),
+                futures::stream::once(async move {
+                    match crate::server::principal_from(&state, auth.as_deref()).await {
+                        Ok(principal) => state.schema.execute_stream(request.data(principal)),
+                        Err(e) => {
+                            let refused = Response::from_errors(vec![e.into()]);
+                            futures::stream::once(async move { refused }).boxed()
+                        }
+                    }
+                })
+                .flatten()
+                .inspect(move |_| drop(slot.take()))
+                .boxed(),
                 Some(guard),
             ),
             Err(why) => {

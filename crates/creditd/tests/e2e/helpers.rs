@@ -885,6 +885,12 @@ impl Ws {
         }
     }
 
+    /// Runs `query` (no variables) as operation `id` and returns its first result payload.
+    pub async fn next_with(&mut self, id: &str, query: &str) -> Value {
+        self.subscribe(id, query, json!({})).await;
+        self.next(id).await
+    }
+
     /// The `data` of the next result; it must have no errors.
     pub async fn next_data(&mut self, id: &str) -> Value {
         let p = self.next(id).await;

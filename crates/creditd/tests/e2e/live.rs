@@ -630,6 +630,78 @@ async fn a_revoked_token_is_refused_and_its_websocket_closed() {
     );
 }
 
+/// Found by review: between keepalive pings (30 s by default, up to an hour) a socket went
+/// on running operations as the caller its revoked token had named at `connection_init`,
+/// so a stolen ADMIN token could mint a new one after its revocation. Each operation now
+/// looks the token up again, as each POST does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_runs_nothing_more_on_its_open_websocket() {
+    let app = App::spawn(Backend::Sqlite).await;
+    let w = app.wallet("alice", "pro").await;
+    let stolen = app.token("ADMIN", None).await;
+    let mut sockets = Vec::new();
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let (ws, init) = Ws::connect(&app, protocol, &stolen).await;
+        assert!(matches!(init, Init::Ack), "{init:?}");
+        sockets.push(ws);
+    }
+    let mint = "mutation { createApiToken(role: ADMIN) { token } }";
+    let p = sockets[0].next_with("before", mint).await;
+    assert!(p["data"]["createApiToken"]["token"].is_string(), "{p}");
+    let revoke = "mutation($t: String!) { revokeApiToken(token: $t) }";
+    let d = app.ok(&app.admin, revoke, json!({ "t": stolen })).await;
+    assert_eq!(d["revokeApiToken"], true);
+    let tokens = || async {
+        use sea_orm::ConnectionTrait;
+        let db = sea_orm::Database::connect(app.db.url.as_str())
+            .await
+            .unwrap();
+        let sql = "SELECT COUNT(*) AS n FROM api_tokens";
+        let row = db.query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ));
+        row.await.unwrap().unwrap().try_get::<i64>("", "n").unwrap()
+    };
+    let before = tokens().await;
+    for ws in &mut sockets {
+        for (id, query) in [("mint", mint), ("read", "{ wallet(id: \"W\") { id } }")] {
+            let p = ws.next_with(id, &query.replace('W', &w)).await;
+            assert_eq!(
+                p["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+                "{p}"
+            );
+            assert!(p["data"].is_null(), "{p}");
+        }
+    }
+    assert_eq!(
+        tokens().await,
+        before,
+        "no token minted after the revocation"
+    );
+}
+
+/// Found by review: an operation's id had no bound of its own (only the message's 256 KiB),
+/// and a socket keeps the id of each open operation: 256 of them per socket. An id over
+/// 128 bytes is an invalid message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_id_over_128_bytes_is_an_invalid_message() {
+    let app = App::spawn(Backend::Sqlite).await;
+    let w = app.wallet("alice", "pro").await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    let longest = "i".repeat(128);
+    ws.subscribe(&longest, BALANCE_CHANGED, json!({ "w": w }))
+        .await;
+    assert_eq!(
+        ws.next_data(&longest).await["balanceChanged"]["cause"],
+        "SNAPSHOT"
+    );
+    ws.subscribe(&"i".repeat(129), BALANCE_CHANGED, json!({ "w": w }))
+        .await;
+    assert_eq!(ws.close_code().await, Some(4400));
+}
+
 /// Found by review: nothing ended a WebSocket whose peer had gone without a word (a
 /// sleeping laptop, a lost NAT entry). It kept its place under `--max-websockets`, and its
 /// subscriptions kept their wallets in memory, for ever. The server now pings every
