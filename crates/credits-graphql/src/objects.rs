@@ -277,10 +277,15 @@ impl TeamObject {
 
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TeamMemberObject>> {
         let l = ledger(ctx);
-        let mut rows = l.members(&self.team.id).await.map_err(ApiError::from)?;
-        if let TeamAccess::Member(user) = &self.access {
-            rows.retain(|m| &m.user_id == user);
-        }
+        // A plain member's own row is read by key: a list of the first rows only could miss
+        // it in a large team (found by review).
+        let rows = match &self.access {
+            TeamAccess::Member(user) => {
+                let own = l.store().member(&self.team.id, user).await;
+                own.map_err(ApiError::from)?.into_iter().collect()
+            }
+            _ => l.members(&self.team.id).await.map_err(ApiError::from)?,
+        };
         let id = credits_core::WalletId(self.team.wallet_id.clone());
         let wallet = l
             .wallet(&id)

@@ -5,7 +5,11 @@ use serde_json::{Value, json};
 use crate::helpers::{App, Backend};
 use crate::on_both;
 
-on_both!(teams_members_and_limits, plain_members_see_their_own_share);
+on_both!(
+    teams_members_and_limits,
+    plain_members_see_their_own_share,
+    a_member_of_a_large_team_sees_their_own_row,
+);
 
 const MEMBERS: &str = "query($t: ID!) { team(id: $t) { id name wallet { id ownerId } members { userId role dailyLimit periodLimit spentToday spentThisPeriod } } }";
 
@@ -23,6 +27,39 @@ async fn pool_usage(
             "model": "economy-mini", "inputTokens": 0, "outputTokens": output, "memberId": member } }),
     )
     .await
+}
+
+/// Found by review: a plain member's `members` was the team's first 10,000 rows filtered to
+/// theirs, so a member added after them saw none. Their own row is read by key.
+async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
+    use sea_orm::ConnectionTrait;
+    let app = App::spawn(b).await;
+    let (team, _pool) = app.team("alice").await;
+    // 10,000 members added before bob, written straight into the table (quicker than
+    // 10,000 mutations; nothing else reads these rows).
+    let db = sea_orm::Database::connect(app.db.url.as_str())
+        .await
+        .unwrap();
+    db.execute_unprepared(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) \
+         INSERT INTO team_members (team_id, user_id, role, daily_limit_ucr, period_limit_ucr, added_us) \
+         SELECT '{team}', 'filler-' || i, 'MEMBER', NULL, NULL, i FROM n"
+    ))
+    .await
+    .unwrap();
+    let alice = app.token("USER", Some("alice")).await;
+    app.ok(
+        &alice,
+        "mutation($t: ID!) { addTeamMember(teamId: $t, userId: \"bob\", dailyLimit: 3) { userId } }",
+        json!({ "t": team }),
+    )
+    .await;
+    let bob = app.token("USER", Some("bob")).await;
+    let q = "query($t: ID!) { team(id: $t) { members { userId dailyLimit } } }";
+    assert_eq!(
+        app.ok(&bob, q, json!({ "t": team })).await["team"]["members"],
+        json!([{ "userId": "bob", "dailyLimit": "3" }])
+    );
 }
 
 async fn teams_members_and_limits(b: Backend) {
