@@ -16,6 +16,17 @@ use crate::types::*;
 pub const DEFAULT_PAGE: i32 = 20;
 pub const MAX_PAGE: i32 = 100;
 
+/// The complexity limit counts each field once, however many rows a list returns; these
+/// weigh the lists a USER can grow (found by review: 100 aliases of a 100-event page made
+/// a small request answer 10,000 events). A page counts its rows; a summary, which reads
+/// every usage event in its range, a fixed cost plus rows; other lists a few rows.
+fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let rows = first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    rows as usize * child_complexity
+}
+const SUMMARY_COST: usize = 50;
+const LISTED_ROWS: usize = 10;
+
 pub struct WalletObject {
     pub wallet: Wallet,
     pub access: Access,
@@ -98,6 +109,7 @@ impl WalletObject {
         (&self.wallet.balance()).into()
     }
 
+    #[graphql(complexity = "page_cost(first, child_complexity)")]
     async fn usage(
         &self,
         ctx: &Context<'_>,
@@ -153,6 +165,7 @@ impl WalletObject {
         })
     }
 
+    #[graphql(complexity = "SUMMARY_COST + LISTED_ROWS * child_complexity")]
     async fn usage_summary(
         &self,
         ctx: &Context<'_>,
@@ -185,6 +198,7 @@ impl WalletObject {
     }
 
     /// High-usage reviews filed on this wallet, newest first; a plain team member sees only their own.
+    #[graphql(complexity = "LISTED_ROWS * child_complexity")]
     async fn reviews(
         &self,
         ctx: &Context<'_>,

@@ -1173,6 +1173,20 @@ async fn graphql_abuse_is_refused_and_changes_nothing(b: Backend) {
         "complexity over 2,000 (query)",
         json!({ "query": format!("{{ {} }}\n{BALANCE}", reads.join(" ")) }),
     ));
+    // Found by review: a list counted once, however many rows it returns. Two full pages of
+    // usage events, and 30 summaries (each reads every event in its range), are over 2,000.
+    let page = "usage(first: 100) { edges { cursor node { id threadId model memberId inputTokens cachedTokens outputTokens cost uncollected pricedBy at } } }";
+    cases.push((
+        "two pages of 100 usage events",
+        json!({ "query": format!("{{ a: wallet(id: \"{w}\") {{ {page} }} b: wallet(id: \"{w}\") {{ {page} }} }}") }),
+    ));
+    let summaries: Vec<String> = (0..30)
+        .map(|i| format!("s{i}: usageSummary(groupBy: THREAD) {{ key credits events }}"))
+        .collect();
+    cases.push((
+        "30 usage summaries",
+        json!({ "query": format!("{{ wallet(id: \"{w}\") {{ {} }} }}", summaries.join(" ")) }),
+    ));
     let many: Vec<String> = (0..101)
         .map(|i| format!("g{i}: {}", grant(&format!("a{i}"))))
         .collect();
@@ -1242,6 +1256,12 @@ async fn graphql_abuse_is_refused_and_changes_nothing(b: Backend) {
         )
         .await;
     assert!(ok["grantCredits"]["id"].is_string());
+    // One full page, and the dashboard's three summaries, are within the limit.
+    let one = format!(
+        "{{ wallet(id: \"{w}\") {{ {page} a: usageSummary(groupBy: THREAD) {{ key credits events }} b: usageSummary(groupBy: MODEL) {{ key credits events }} c: usageSummary(groupBy: DAY, thenBy: MODEL) {{ key subKey credits events }} }} }}"
+    );
+    let ok = app.ok(&app.admin, &one, json!({})).await;
+    assert!(ok["wallet"]["usage"]["edges"].is_array(), "{ok}");
     eprintln!("graphql abuse cases tried: {}", cases.len());
 }
 
