@@ -34,7 +34,9 @@ impl IdleLimited {
     }
 }
 
-/// Serves `router` over HTTP/1.1 (with WebSocket upgrades) until `stop` resolves; then
+/// Serves `router` over HTTP/1.1 (with WebSocket upgrades), at most `max_connections` at
+/// once (more wait in the listen backlog: each open connection can hold a response its
+/// client has not read), until `stop` resolves; then
 /// accepts nothing more, lets each connection finish the requests it is serving (idle
 /// keep-alive connections close) and returns once they have. Upgraded WebSockets are not
 /// waited for: they run on tasks of their own.
@@ -42,13 +44,19 @@ pub async fn serve(
     mut listener: IdleLimited,
     router: Router,
     header_timeout: Duration,
+    max_connections: usize,
     stop: impl Future<Output = ()>,
 ) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     // Dropped to tell connections to stop; each connection holds `done` until it ends.
     let (stopping, stop_rx) = watch::channel(());
     let (done, all_done) = watch::channel(());
     let mut stop = std::pin::pin!(stop);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            () = &mut stop => break,
+        };
         let io = tokio::select! {
             io = listener.accept() => io,
             () = &mut stop => break,
@@ -72,7 +80,7 @@ pub async fn serve(
                     let _ = conn.await;
                 }
             }
-            drop(all_done);
+            drop((slot, all_done));
         });
     }
     drop(listener);

@@ -516,6 +516,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         listener,
         server::router(state),
         settings.header_timeout,
+        settings.max_connections,
         stop,
     )
     .await;

@@ -19,6 +19,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Open WebSocket connections a node serves at once; each holds a task, buffers and its
 /// subscriptions' channels, so a flood of them must not grow without bound.
 pub const DEFAULT_MAX_WEBSOCKETS: usize = 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Seconds between the server's pings on a WebSocket. A peer that sends nothing (not even
 /// the pong every WebSocket client answers with) for two of them is gone: a sleeping
 /// laptop, a lost NAT entry. Its socket is closed and its subscriptions let go.
@@ -70,6 +71,10 @@ pub struct ServeArgs {
     /// `UNAVAILABLE` (default 1024).
     #[arg(long, env = "CREDITD_MAX_WEBSOCKETS")]
     pub max_websockets: Option<usize>,
+    /// Most HTTP connections open at once (WebSockets count under `--max-websockets` once
+    /// upgraded); more wait to be accepted (default 4096).
+    #[arg(long, env = "CREDITD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Seconds between pings on a WebSocket; a peer silent for two of them is disconnected
     /// (default 30).
     #[arg(long, env = "CREDITD_WS_KEEPALIVE")]
@@ -101,6 +106,7 @@ struct FileSettings {
     introspection: Option<bool>,
     max_in_flight: Option<usize>,
     max_websockets: Option<usize>,
+    max_connections: Option<usize>,
     ws_keepalive: Option<u64>,
     header_timeout: Option<u64>,
     allowed_hosts: Option<Vec<String>>,
@@ -136,6 +142,8 @@ pub struct Settings {
     /// At least 1.
     pub max_in_flight: usize,
     pub max_websockets: usize,
+    /// At least 1.
+    pub max_connections: usize,
     /// At least 1 s.
     pub ws_keepalive: std::time::Duration,
     /// At least 1 s.
@@ -182,6 +190,11 @@ impl Settings {
             .or(file.max_in_flight)
             .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        anyhow::ensure!(max_connections > 0, "--max-connections must be at least 1");
         let ws_keepalive = seconds(
             "--ws-keepalive",
             args.ws_keepalive.or(file.ws_keepalive),
@@ -217,6 +230,7 @@ impl Settings {
                 .max_websockets
                 .or(file.max_websockets)
                 .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
+            max_connections,
             ws_keepalive,
             header_timeout,
             allowed_hosts: if args.allowed_hosts.is_empty() {

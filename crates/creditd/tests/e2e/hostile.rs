@@ -1328,6 +1328,50 @@ async fn idle_socket(
     }
 }
 
+/// Found by review: nothing bounded open HTTP connections, and each can hold a response
+/// its client does not read. Past `--max-connections` a connection waits to be accepted,
+/// and is served once another closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX: usize = 4;
+    let app = App::spawn_env(
+        Backend::Sqlite,
+        None,
+        &[("CREDITD_MAX_CONNECTIONS", &MAX.to_string())],
+    )
+    .await;
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", app.addr());
+    // Kept-alive connections, each answered once, until one is not (the test client's own
+    // pooled connections may hold some of the places).
+    let mut open = Vec::new();
+    let mut waiting = loop {
+        assert!(
+            open.len() <= MAX,
+            "more than {MAX} connections served at once"
+        );
+        let mut socket = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        match tokio::time::timeout(Duration::from_secs(1), socket.read_exact(&mut head)).await {
+            Ok(read) => {
+                read.unwrap();
+                assert_eq!(&head, b"HTTP/1.1 200");
+                open.push(socket);
+            }
+            Err(_) => break socket,
+        }
+    };
+    assert!(!open.is_empty(), "no connection was served");
+    drop(open.remove(0));
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), waiting.read_exact(&mut head))
+        .await
+        .expect("served once another connection closed")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}
+
 const MAX_WS: usize = 4;
 
 async fn websocket_connections_are_bounded(b: Backend) {
