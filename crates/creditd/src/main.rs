@@ -523,15 +523,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // HTTP requests are done; WebSocket operations (not tracked by `serve` once upgraded)
     // finish here, and new ones are refused.
     // The write guard is kept until the process ends, so operations stay refused while
-    // the wallets are flushed.
-    let _refusing =
-        match tokio::time::timeout(WEBSOCKET_DRAIN, draining.clone().write_owned()).await {
-            Ok(guard) => Some(guard),
-            Err(_) => {
-                tracing::warn!("WebSocket operations still running after the drain timeout");
-                None
-            }
-        };
+    // the wallets are flushed; so is the wait for it past the timeout, which refuses them
+    // as well (a queued writer lets no reader in; found by review: dropping the wait let
+    // new operations in again while the wallets were flushed).
+    let mut refusing = Box::pin(draining.clone().write_owned());
+    let _refusing = match tokio::time::timeout(WEBSOCKET_DRAIN, &mut refusing).await {
+        Ok(guard) => Some(guard),
+        Err(_) => {
+            tracing::warn!("WebSocket operations still running after the drain timeout");
+            None
+        }
+    };
     tracing::info!("draining wallets");
     sweeper.abort();
     approvals.abort();
