@@ -584,6 +584,23 @@ fn reload_on_sighup(pricing: Arc<PricingRegistry>) {
 mod tests {
     use super::redact;
 
+    /// The drain relies on it: once the wait for the write lock has been polled, no new
+    /// read guard is handed out, also after the wait stopped being polled (past the drain
+    /// timeout) as long as it is kept.
+    #[tokio::test]
+    async fn a_kept_wait_for_the_drain_lock_refuses_new_operations() {
+        let lock = std::sync::Arc::new(tokio::sync::RwLock::new(()));
+        let running = lock.clone().try_read_owned().unwrap();
+        let mut refusing = Box::pin(lock.clone().write_owned());
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), &mut refusing);
+        assert!(waited.await.is_err(), "an operation still runs");
+        assert!(lock.clone().try_read_owned().is_err());
+        drop(running);
+        assert!(lock.clone().try_read_owned().is_err());
+        drop(refusing);
+        assert!(lock.clone().try_read_owned().is_ok());
+    }
+
     /// Found by review: only what came before the first `@` was cut, so a password in the
     /// query, or one holding an `@`, was logged.
     #[test]
