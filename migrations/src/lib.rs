@@ -25,6 +25,7 @@ mod m20251129_000007_members_version;
 mod m20251129_000008_drop_reservations_due;
 mod m20251129_000009_grants_review;
 mod m20251129_000010_scheduled_plan;
+mod m20251129_000011_plan_credit_history;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251129_000008_drop_reservations_due::Migration),
             Box::new(m20251129_000009_grants_review::Migration),
             Box::new(m20251129_000010_scheduled_plan::Migration),
+            Box::new(m20251129_000011_plan_credit_history::Migration),
         ]
     }
 }

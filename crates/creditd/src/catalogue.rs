@@ -96,6 +96,7 @@ pub fn parse(text: &str) -> anyhow::Result<Catalogue> {
             model_tiers: p.model_tiers,
             custom: false,
             retired: false,
+            earlier: Vec::new(),
         };
         if let Err(e) = plan.check_credits() {
             bail!("plan {}: {e}", p.id);

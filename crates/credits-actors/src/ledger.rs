@@ -1070,9 +1070,26 @@ impl Ledger {
                 ));
             }
         }
+        let now = self.now();
+        // The credits before this edit count for what fell due before it (SPEC 5), also
+        // when it is applied late; the store keeps the same history.
+        let mut earlier = Vec::new();
+        if let Some(existing) = self.plan(&plan.id) {
+            earlier.clone_from(&existing.earlier);
+            let edited = (existing.daily_credits, existing.subscription_credits)
+                != (plan.daily_credits, plan.subscription_credits);
+            if edited && earlier.last().is_none_or(|e| e.until < now) {
+                earlier.push(credits_core::EarlierCredits {
+                    until: now,
+                    daily: existing.daily_credits,
+                    subscription: existing.subscription_credits,
+                });
+            }
+        }
         let plan = Plan {
             custom: true,
             retired: false,
+            earlier,
             ..plan
         };
         // What fell due up to now is applied under the plan as it was (SPEC 5: an edit
@@ -1085,7 +1102,7 @@ impl Ledger {
         // plans or wallets may be newer than this node's).
         match self
             .store
-            .upsert_plan(&plan_row(&plan, position, self.now()))
+            .upsert_plan(&plan_row(&plan, position, now))
             .await?
         {
             PlanUpsert::Written => {}
@@ -1326,14 +1343,28 @@ pub async fn reload_plans(dir: &Directory) -> Result<(), crate::store::StoreErro
     dir.shared.reread_plans().await
 }
 
-/// Every stored plan, in the catalogue's order.
+/// Every stored plan, in the catalogue's order, with its credit history.
 pub async fn stored_plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
+    let mut history = store.plan_credit_history().await?;
     let mut plans = store
         .plans()
         .await?
         .iter()
-        .map(plan_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|row| {
+            let mut plan = plan_from_row(row)?;
+            plan.earlier = history
+                .remove(&row.id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| credits_core::EarlierCredits {
+                    until: e.until,
+                    daily: Credits::from_micro(e.daily_ucr),
+                    subscription: Credits::from_micro(e.subscription_ucr),
+                })
+                .collect();
+            Ok(plan)
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     sort_plans(&mut plans);
     Ok(plans)
 }
@@ -1350,6 +1381,7 @@ pub fn plan_from_row(r: &credits_store::PlanRow) -> Result<Plan, StoreError> {
         model_tiers: r.model_tiers.clone(),
         custom: r.custom,
         retired: r.retired,
+        earlier: Vec::new(),
     })
 }
 

@@ -17,7 +17,7 @@ pub use ledger::{
     Cause, Charge, Entry, EntryKind, Flows, GrantKind, ReleaseReason, ReplayError, Request, Source,
     Tokens, UsageRecord, replay,
 };
-pub use plan::{GrantId, Plan, PlanId, Plans, ReservationId, UsageId, WalletId};
+pub use plan::{EarlierCredits, GrantId, Plan, PlanId, Plans, ReservationId, UsageId, WalletId};
 pub use wallet::{
     Balance, GrantOp, Hold, KeyCheck, Lot, LotOrigin, Member, NewWallet, OnceFor, Op, OpError,
     RESERVATION_TTL_SECONDS, Reservation, ReserveOp, SettleOp, UsageOp, Wallet, check_key,

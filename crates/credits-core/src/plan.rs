@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::amount::Credits;
@@ -92,9 +93,41 @@ pub struct Plan {
     /// offered still takes effect at the renewal).
     #[serde(default)]
     pub retired: bool,
+    /// The credits it gave before each edit of them, oldest first (SPEC 5: an edit counts
+    /// from each wallet's next reset or renewal, so a reset due before an edit, applied
+    /// late, takes the credits of its own instant). Empty: the credits never changed, or
+    /// their history is not known here.
+    #[serde(default)]
+    pub earlier: Vec<EarlierCredits>,
+}
+
+/// A plan's credits before an edit at `until`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierCredits {
+    pub until: DateTime<Utc>,
+    pub daily: Credits,
+    pub subscription: Credits,
 }
 
 impl Plan {
+    /// The daily credits a reset at `at` gives.
+    pub fn daily_credits_at(&self, at: DateTime<Utc>) -> Credits {
+        self.credits_at(at).0
+    }
+
+    /// The subscription credits a renewal at `at` gives.
+    pub fn subscription_credits_at(&self, at: DateTime<Utc>) -> Credits {
+        self.credits_at(at).1
+    }
+
+    fn credits_at(&self, at: DateTime<Utc>) -> (Credits, Credits) {
+        // The first edit after `at` says what was given at `at`; none: the current credits.
+        match self.earlier.iter().find(|e| at < e.until) {
+            Some(e) => (e.daily, e.subscription),
+            None => (self.daily_credits, self.subscription_credits),
+        }
+    }
+
     /// Whether a wallet may be created on this plan or move onto it.
     pub fn check_offered(&self) -> Result<(), String> {
         if self.retired {

@@ -212,6 +212,7 @@ pub fn catalogue() -> Vec<Plan> {
         model_tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
         custom: false,
         retired: false,
+        earlier: Vec::new(),
     };
     use BillingInterval::{Annual, Monthly};
     vec![

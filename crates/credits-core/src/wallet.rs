@@ -729,7 +729,7 @@ impl Wallet {
             if self.daily.next_reset <= due {
                 let allowance = self
                     .plan(plans)
-                    .map(|p| p.daily_credits)
+                    .map(|p| p.daily_credits_at(due))
                     .unwrap_or(self.daily.allowance);
                 let kind = EntryKind::DailyReset {
                     expired: self.daily.remaining,
@@ -755,7 +755,9 @@ impl Wallet {
             None => (plans.plan(&self.plan_id), None),
         };
         let interval = plan.map_or(self.interval, |p| p.interval);
-        let allowance = plan.map_or(self.subscription.allowance, |p| p.subscription_credits);
+        let allowance = plan.map_or(self.subscription.allowance, |p| {
+            p.subscription_credits_at(at)
+        });
         // The new period starts at the renewal; with another interval it ends at that
         // interval's next boundary from the same anchor.
         let (_, period_end) = calendar::billing_period(self.billing_anchor, interval, at);

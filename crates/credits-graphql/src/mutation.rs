@@ -367,6 +367,7 @@ impl Mutation {
             model_tiers: input.model_tiers,
             custom: true,
             retired: false,
+            earlier: Vec::new(),
         };
         let plan = ledger(ctx)
             .upsert_plan(plan)

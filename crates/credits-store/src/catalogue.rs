@@ -6,7 +6,7 @@
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use crate::entity::{bundles, plans, wallets};
+use crate::entity::{bundles, plan_credit_history, plans, wallets};
 use crate::error::{StoreError, corrupt};
 use crate::rows::*;
 use crate::time::{from_us, to_us};
@@ -90,6 +90,79 @@ async fn upsert_plans<C: ConnectionTrait>(conn: &C, rows: &[PlanRow]) -> Result<
     }
     Ok(())
 }
+
+/// Keeps the credits of each `stored` plan whose credits `rows` change, as they were until
+/// the edit (the new row's `updated_at`). Two edits at one instant keep the first's credits:
+/// the one between applied for no time.
+async fn record_credit_edits<C: ConnectionTrait>(
+    conn: &C,
+    stored: &[plans::Model],
+    rows: &[PlanRow],
+) -> Result<(), StoreError> {
+    let edits: Vec<plan_credit_history::Model> = stored
+        .iter()
+        .filter_map(|old| {
+            let new = rows.iter().find(|r| r.id == old.id)?;
+            let changed =
+                new.daily_ucr != old.daily_ucr || new.subscription_ucr != old.subscription_ucr;
+            changed.then(|| plan_credit_history::Model {
+                plan_id: old.id.clone(),
+                until_us: to_us(new.updated_at),
+                daily_ucr: old.daily_ucr,
+                subscription_ucr: old.subscription_ucr,
+            })
+        })
+        .collect();
+    for chunk in edits.chunks(crate::INSERT_CHUNK) {
+        plan_credit_history::Entity::insert_many(crate::entity::active(chunk.iter().cloned()))
+            .on_conflict_do_nothing()
+            .exec_without_returning(conn)
+            .await
+            .map_err(StoreError::from_db)?;
+    }
+    Ok(())
+}
+
+/// The credit history of `plan_ids` after `after_us`, by plan, oldest first.
+pub(crate) async fn credit_history_after<C: ConnectionTrait>(
+    conn: &C,
+    plan_ids: Vec<&str>,
+    after_us: i64,
+) -> Result<std::collections::HashMap<String, Vec<EarlierCreditsRow>>, StoreError> {
+    let rows = plan_credit_history::Entity::find()
+        .filter(plan_credit_history::Column::PlanId.is_in(plan_ids))
+        .filter(plan_credit_history::Column::UntilUs.gt(after_us))
+        .order_by_asc(plan_credit_history::Column::UntilUs)
+        .limit(MAX_HISTORY as u64)
+        .all(conn)
+        .await
+        .map_err(StoreError::Db)?;
+    by_plan(rows)
+}
+
+fn by_plan(
+    rows: Vec<plan_credit_history::Model>,
+) -> Result<std::collections::HashMap<String, Vec<EarlierCreditsRow>>, StoreError> {
+    let mut history = std::collections::HashMap::<String, Vec<EarlierCreditsRow>>::new();
+    for r in rows {
+        history
+            .entry(r.plan_id)
+            .or_default()
+            .push(EarlierCreditsRow {
+                until: from_us(r.until_us)?,
+                daily_ucr: r.daily_ucr,
+                subscription_ucr: r.subscription_ucr,
+            });
+    }
+    for earlier in history.values_mut() {
+        earlier.sort_by_key(|e| e.until);
+    }
+    Ok(history)
+}
+
+/// Most credit edits of plans read at once: the newest are kept (an older reset falls back
+/// to the oldest edit kept).
+pub const MAX_HISTORY: usize = 100_000;
 
 async fn upsert_bundles<C: ConnectionTrait>(
     conn: &C,
@@ -181,6 +254,7 @@ impl Store {
         if interval_in_use(&txn, &stored, plans).await?.is_some() {
             return Ok(PlanUpsert::IntervalInUse);
         }
+        record_credit_edits(&txn, &stored, plans).await?;
         upsert_plans(&txn, plans).await?;
         crate::feed::notify_plans(&txn, self.backend())
             .await
@@ -220,6 +294,7 @@ impl Store {
         if let Some(id) = interval_in_use(&txn, &stored, plans).await? {
             return Err(StoreError::IntervalInUse(id));
         }
+        record_credit_edits(&txn, &stored, plans).await?;
         upsert_plans(&txn, plans).await?;
         plans::Entity::update_many()
             .col_expr(plans::Column::Retired, Expr::value(true))
@@ -271,6 +346,20 @@ impl Store {
             ))
         });
         Ok(rows)
+    }
+
+    /// Every plan's credits before each edit of them, by plan, oldest first (the newest
+    /// [`MAX_HISTORY`] edits).
+    pub async fn plan_credit_history(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Vec<EarlierCreditsRow>>, StoreError> {
+        let rows = plan_credit_history::Entity::find()
+            .order_by_desc(plan_credit_history::Column::UntilUs)
+            .limit(MAX_HISTORY as u64)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)?;
+        by_plan(rows)
     }
 
     /// Whether any wallet is on `plan_id` (an interval change is refused then).

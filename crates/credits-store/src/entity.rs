@@ -44,6 +44,22 @@ pub mod plans {
     no_relations!();
 }
 
+pub mod plan_credit_history {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "plan_credit_history")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub plan_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub until_us: i64,
+        pub daily_ucr: i64,
+        pub subscription_ucr: i64,
+    }
+    no_relations!();
+}
+
 pub mod bundles {
     use sea_orm::entity::prelude::*;
 

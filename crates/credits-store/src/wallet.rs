@@ -486,24 +486,40 @@ async fn write_batch<C: ConnectionTrait>(
 /// The wallets of `batches` decided on plans that changed meanwhile, fenced out with
 /// [`CommitError::PlanChanged`] (they read the plans again, reload and decide again): a move onto a plan whose
 /// stored interval is not the one the move was decided with (an interval change won the
-/// race), and a reset or renewal that took other credits than its plan had stored by its
-/// instant (an edit on another node that this node had not heard of yet).
+/// race), and a reset or renewal that took other credits than its plan gave at its instant,
+/// by the plan's credit history (an edit on another node that this node had not heard of
+/// yet, or one it knows without its history).
 async fn stale_plans<C: ConnectionTrait>(
     conn: &C,
     batches: &[&WalletBatch],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     let stored = locked_plans(conn, plan_ids(batches)).await?;
+    // What each plan gave at each instant a record took credits at: its credits before the
+    // first edit after that instant, or (none) its current credits.
+    let used = batches.iter().flat_map(|b| &b.credits_used);
+    let history = match used.clone().map(|u| to_us(u.at)).min() {
+        Some(first) => {
+            let ids = used.map(|u| u.plan_id.as_str()).collect();
+            crate::catalogue::credit_history_after(conn, ids, first).await?
+        }
+        None => Default::default(),
+    };
+    let credits_at = |plan: &plans::Model, at: i64| {
+        let later = history.get(&plan.id).into_iter().flatten();
+        match later.into_iter().find(|e| at < to_us(e.until)) {
+            Some(e) => (e.daily_ucr, e.subscription_ucr),
+            None => (plan.daily_ucr, plan.subscription_ucr),
+        }
+    };
     let stale = |b: &WalletBatch| {
         let moved_off = b.moves_to.as_ref().is_some_and(|(plan, interval)| {
             stored.get(plan).is_some_and(|p| p.interval != *interval)
         });
         let edited = b.credits_used.iter().any(|used| {
             stored.get(&used.plan_id).is_some_and(|p| {
-                p.updated_us <= to_us(used.at)
-                    && (used.daily_ucr.is_some_and(|d| d != p.daily_ucr)
-                        || used
-                            .subscription_ucr
-                            .is_some_and(|s| s != p.subscription_ucr))
+                let (daily, subscription) = credits_at(p, to_us(used.at));
+                used.daily_ucr.is_some_and(|d| d != daily)
+                    || used.subscription_ucr.is_some_and(|s| s != subscription)
             })
         });
         moved_off || edited

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use credits_actors::{ActorConfig, Clock, Directory, EventKind, ExecError, SqlWallets};
 use credits_core::testing::catalogue;
 use credits_core::{Credits, NewWallet, OpError, PlanId, WalletId};
-use credits_store::Store;
+use credits_store::{PlanUpsert, Store};
 use sea_orm::ConnectionTrait;
 
 use crate::helpers::*;
@@ -708,6 +708,59 @@ async fn a_reset_after_another_nodes_plan_edit_takes_the_new_credits() {
     }
 }
 
+/// Found by review: the commit's check compared a reset with the plan's current row only.
+/// Edited 10 → 50 before midnight and 50 → 70 after it, the plan's current row was newer
+/// than the reset, so a node that still knew 10 reset the wallet on 10. The check now reads
+/// the plan's credit history: the reset is refused, the node reads the plans (with their
+/// history) again, and the reset takes what the plan gave at midnight, 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_takes_the_credits_its_plan_gave_at_its_instant() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let (a, store_a) = node(&url).await;
+        let (b, store_b) = node(&url).await;
+        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
+        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
+        let acme = PlanId::from("acme-history");
+        let plan = |daily| custom_plan(&acme, daily, credits_core::BillingInterval::Monthly);
+        on_b.upsert_plan(plan("10")).await.unwrap();
+        let zone = "UTC".parse().unwrap();
+        let w = on_b
+            .create_wallet("alice", &acme, zone, None, None)
+            .await
+            .unwrap();
+        on_a.advance_clock(3600).await.unwrap();
+        on_a.upsert_plan(plan("50")).await.unwrap();
+        // After midnight, written to the store as a node does whose catch-up of the wallets
+        // due (best effort) did not reach this one.
+        let row = credits_actors::ledger::plan_row(&plan("70"), 0, at("2027-03-11T01:00:00Z"));
+        assert_eq!(
+            store_a.upsert_plan(&row).await.unwrap(),
+            PlanUpsert::Written
+        );
+        assert_eq!(on_b.plan(&acme).unwrap().daily_credits, cr("10"), "{url}");
+        on_b.advance_clock(13 * 3600).await.unwrap();
+        let stored = store_b.load_wallet(&w.id.0).await.unwrap().unwrap();
+        let state = stored.state().unwrap();
+        assert_eq!(state.daily.day_start, at("2027-03-11T00:00:00Z"), "{url}");
+        assert_eq!(
+            state.daily.allowance,
+            cr("50"),
+            "{url}: the credits at midnight"
+        );
+        let known = on_b.plan(&acme).unwrap();
+        assert_eq!(
+            known.daily_credits,
+            cr("70"),
+            "{url}: node b read the plans"
+        );
+        assert_eq!(known.daily_credits_at(at("2027-03-11T00:00:00Z")), cr("50"));
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
+
 /// A custom plan with `daily` credits a day, 100 a period, on the economy tier.
 fn custom_plan(
     id: &PlanId,
@@ -723,5 +776,6 @@ fn custom_plan(
         model_tiers: vec!["economy".into()],
         custom: true,
         retired: false,
+        earlier: Vec::new(),
     }
 }

@@ -4,9 +4,9 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use credits_core::testing::{Journal, Outcome, catalogue};
 use credits_core::{
-    BillingInterval, Cause, Credits, EntryKind, GrantId, GrantKind, GrantOp, LotOrigin, Member,
-    NewWallet, Op, OpError, Plan, PlanId, ReservationId, ReserveOp, SettleOp, Source, Tokens,
-    UsageId, UsageOp, WalletId,
+    BillingInterval, Cause, Credits, EarlierCredits, EntryKind, GrantId, GrantKind, GrantOp,
+    LotOrigin, Member, NewWallet, Op, OpError, Plan, PlanId, ReservationId, ReserveOp, SettleOp,
+    Source, Tokens, UsageId, UsageOp, WalletId,
 };
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -690,6 +690,7 @@ fn custom_plan_edit_applies_daily_at_next_reset_and_subscription_at_next_renewal
         model_tiers: vec!["economy".into()],
         custom: true,
         retired: false,
+        earlier: Vec::new(),
     });
     let mut j = open_with(plans, "acme", "UTC", "2027-06-15T12:00:00Z", None, false);
     let p = j
@@ -974,6 +975,7 @@ fn upgrade_after_a_custom_plan_edit_is_judged_on_the_allowance_of_the_period() {
         model_tiers: vec!["economy".into()],
         custom: true,
         retired: false,
+        earlier: Vec::new(),
     };
     let edit = |j: &mut credits_core::testing::Journal, subscription: &str| {
         let p = j
@@ -1037,6 +1039,7 @@ fn upgrades_on_one_day_never_stack_the_daily_bucket_past_what_a_wallet_holds() {
         model_tiers: vec!["economy".into()],
         custom: true,
         retired: false,
+        earlier: Vec::new(),
     };
     // SPEC 5's formula as written: max → team adds nothing and shows team's 0; team → ent
     // then adds ent's 100 over team's 0.
@@ -1105,6 +1108,7 @@ fn daily_credits_held_by_reservations_count_against_the_daily_cap() {
         model_tiers: vec!["economy".into()],
         custom: true,
         retired: false,
+        earlier: Vec::new(),
     };
     let max = Credits::MAX_HOLDING;
     let mut plans = catalogue();
@@ -1623,4 +1627,62 @@ fn wallet_and_ledger_survive_a_serde_round_trip() {
     let entries: Vec<credits_core::Entry> =
         serde_json::from_str(&serde_json::to_string(&j.entries).unwrap()).unwrap();
     assert_eq!(entries, j.entries);
+}
+
+/// SPEC 5: an edit of a plan's credits counts from each wallet's next reset or renewal. A
+/// wallet that applies resets and renewals due before an edit only after it (idle, or on a
+/// node that has not heard of the edit) takes the credits its plan gave at each instant,
+/// from the plan's history, not those of today.
+#[test]
+fn resets_and_renewals_applied_late_take_the_credits_of_their_own_instant() {
+    let edit = |until: &str, daily: &str, subscription: &str| EarlierCredits {
+        until: at(until),
+        daily: cr(daily),
+        subscription: cr(subscription),
+    };
+    let acme = Plan {
+        id: PlanId::from("acme"),
+        name: "Acme".into(),
+        daily_credits: cr("10"),
+        subscription_credits: cr("100"),
+        interval: BillingInterval::Monthly,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
+        earlier: vec![
+            edit("2027-06-03T12:00:00Z", "5", "50"),
+            edit("2027-06-05T12:00:00Z", "7", "70"),
+            edit("2027-07-02T00:00:00Z", "9", "80"),
+        ],
+    };
+    let mut plans = catalogue();
+    plans.push(acme);
+    let mut j = open_with(plans, "acme", "UTC", "2027-06-01T06:00:00Z", None, false);
+    let applied = j.advance_to(at("2027-07-03T01:00:00Z"));
+    let credits = |day: &str| {
+        applied.iter().find_map(|e| match &e.kind {
+            EntryKind::DailyReset { allowance, .. } if e.at == at(day) => Some(*allowance),
+            _ => None,
+        })
+    };
+    for (day, daily) in [
+        ("2027-06-02T00:00:00Z", "5"),
+        ("2027-06-03T00:00:00Z", "5"),
+        ("2027-06-04T00:00:00Z", "7"),
+        ("2027-06-05T00:00:00Z", "7"),
+        ("2027-06-06T00:00:00Z", "9"),
+        ("2027-07-01T00:00:00Z", "9"),
+        // An edit's own instant takes the new credits.
+        ("2027-07-02T00:00:00Z", "10"),
+        ("2027-07-03T00:00:00Z", "10"),
+    ] {
+        assert_eq!(credits(day), Some(cr(daily)), "{day}");
+    }
+    let renewal = applied.iter().find_map(|e| match &e.kind {
+        EntryKind::Renewed { allowance, .. } => Some((e.at, *allowance)),
+        _ => None,
+    });
+    assert_eq!(renewal, Some((at("2027-07-01T06:00:00Z"), cr("80"))));
+    // Replayed, the records give the same wallet (the ledger holds what each took).
+    j.check_invariants().unwrap();
 }

@@ -649,11 +649,42 @@ async fn a_reset_on_credits_its_plan_no_longer_had_is_fenced_out(
     let grouped = store.commit_many(std::slice::from_ref(&reset)).await?;
     assert!(matches!(grouped[0], Err(CommitError::PlanChanged(_))));
     assert_eq!(store.ledger_len("wal_pc").await?, 1, "nothing written");
+    // A start that changes no credits keeps no history; an edit after the reset's instant
+    // (30 → 40) leaves what the plan gave at it, 30 (found by review: the check compared
+    // with the plan's current row only, and let the old 20 through once the plan was edited
+    // again after the instant).
     store
-        .upsert_catalogue(&[pro(30_000_000, reset_at + Duration::seconds(1))], &[])
+        .upsert_catalogue(&[pro(30_000_000, reset_at - Duration::minutes(30))], &[])
         .await?;
-    live.commit(&store).await?;
-    assert_eq!(store.ledger_len("wal_pc").await?, 2);
+    store
+        .upsert_catalogue(&[pro(40_000_000, reset_at + Duration::seconds(1))], &[])
+        .await?;
+    let history = store.plan_credit_history().await?;
+    let earlier = |until, daily_ucr| EarlierCreditsRow {
+        until,
+        daily_ucr,
+        subscription_ucr: 500_000_000,
+    };
+    // (This store had no `pro` row before the first upsert: nothing was edited then.)
+    assert_eq!(
+        history["pro"],
+        [earlier(reset_at + Duration::seconds(1), 30_000_000)]
+    );
+    assert!(matches!(
+        store.commit(&reset).await,
+        Err(CommitError::PlanChanged(_))
+    ));
+    for (id, daily, fenced) in [("wal_p30", 30, false), ("wal_p40", 40, true)] {
+        let mut other = create(&store, id, "pro", t0()).await?;
+        let plan = other.journal.plans.iter_mut().find(|p| p.id.0 == "pro");
+        plan.unwrap().daily_credits = credits_core::Credits::from_micro(daily * 1_000_000);
+        other.journal.advance_to(reset_at + Duration::minutes(1));
+        let refused = matches!(
+            store.commit(&other.batch()).await,
+            Err(CommitError::PlanChanged(_))
+        );
+        assert_eq!(refused, fenced, "a reset on {daily}");
+    }
     Ok(())
 }
 
