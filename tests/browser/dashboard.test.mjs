@@ -326,6 +326,13 @@ describe('account dashboard in Chromium against creditd', () => {
     const saved = team.members.find((m) => m.userId === 'bob');
     assert.deepEqual({ daily: saved.dailyLimit, period: saved.periodLimit }, { daily: '7.5', period: null });
 
+    // Found by review: a limit box kept the limit it was built with after another admin
+    // changed it, and the next save (which sets both limits) put the old one back. A box
+    // not typed in follows the server; one being typed in is left alone.
+    await admin(`mutation L($t: ID!) { setMemberLimits(teamId: $t, userId: "bob", dailyLimit: "7.5", periodLimit: "40") { userId } }`,
+      { t: world.team.id });
+    await bob.getByLabel('Daily limit').fill('9');
+
     // Found by review: the team's header kept the pool's old zone (or plan) after a change.
     // Berlin keeps Paris's offsets, so no date on the page moves.
     await admin('mutation Z($w: ID!) { setTimezone(walletId: $w, timezone: "Europe/Berlin") { timezone } }',
@@ -333,6 +340,11 @@ describe('account dashboard in Chromium against creditd', () => {
     const meta = page.locator(`[data-team-id="${world.team.id}"] [data-testid="team-meta"]`);
     await eventually('the team header', () => meta.textContent(), (t) => t.includes('Europe/Berlin'), LIVE_UPDATE_MS * 5,
       'the new zone');
+    await eventually('bob\'s period limit box', () => bob.getByLabel('Period limit').inputValue(), (v) => v === '40',
+      LOAD_MS, 'the limit another admin set');
+    assert.equal(await bob.getAttribute('data-period-limit'), '40');
+    assert.equal(await bob.getByLabel('Daily limit').inputValue(), '9', 'what the admin is typing stays');
+    await bob.getByLabel('Daily limit').fill('7.5');
     // The same for a personal wallet's entry in the account list.
     await admin('mutation Z($w: ID!) { setTimezone(walletId: $w, timezone: "Europe/Berlin") { timezone } }',
       { w: world.wallet.id });
@@ -419,6 +431,39 @@ describe('account dashboard in Chromium against creditd', () => {
     assert.ok(overflow <= 375, `the page is ${overflow} px wide at a 375 px viewport (horizontal scrolling)`);
     await readFigure(page, 'total');
     await page.screenshot({ path: path.join(SCREENSHOTS, 'mobile.png') });
+  });
+
+  step('a wallet whose first load the server refused (busy) loads on its own', async () => {
+    // Found by review: the view stayed on "loading…" until the wallet was clicked again.
+    const context = await world.browser.newContext({ viewport: { width: 1280, height: 900 } });
+    try {
+      // The first wallet and catalogue loads are refused.
+      const refusing = new Set(['query DashboardWallet', 'query DashboardCatalogue']);
+      let refused = 0;
+      await context.route('**/graphql', (route) => {
+        const first = [...refusing].find((op) => (route.request().postData() ?? '').includes(op));
+        if (first) {
+          refusing.delete(first);
+          refused += 1;
+          return route.fulfill({ status: 503, contentType: 'application/json',
+            body: JSON.stringify({ errors: [{ message: 'busy', extensions: { code: 'UNAVAILABLE' } }] }) });
+        }
+        return route.continue();
+      });
+      const page = await context.newPage();
+      await page.goto(`${server.base}/`);
+      await page.getByLabel('API token').fill(world.aliceToken);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      // Her first wallet opens by itself; its first load is the one refused.
+      await eventually('the refused loads', () => refused, (n) => n === 2, LOAD_MS, 'two 503s');
+      await page.locator('[data-testid="total"]').waitFor({ state: 'visible', timeout: LOAD_MS });
+      await page.locator('#wallet-error').waitFor({ state: 'hidden', timeout: LOAD_MS });
+      await page.locator('#usage-rows tr').first().waitFor({ timeout: LOAD_MS });
+      await eventually('the models', () => page.locator('#model-list option').count(), (n) => n > 0, LOAD_MS,
+        'the catalogue\'s models');
+    } finally {
+      await context.close();
+    }
   });
 
   step('sign-out forgets the token', async () => {
