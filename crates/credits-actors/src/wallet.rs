@@ -633,7 +633,7 @@ impl WalletState {
     /// not new) or on a spend ahead (a settlement has no key of its own, and pays from the
     /// spendable balance and counts in its member's spend: found by review), a purchase's
     /// or a compensation's on the lot ahead for the same payment or review (the caller then
-    /// finds that lot stored).
+    /// finds that lot stored), and one for the model's tier behind a plan change.
     fn refusal_may_turn(&self, op: &Op, e: &OpError) -> bool {
         let mut ahead = self
             .in_flight
@@ -644,6 +644,13 @@ impl WalletState {
             (OpError::InsufficientCredits { .. } | OpError::MemberLimitExceeded { .. }, _) => {
                 ahead.any(|r| r.entry.idempotency_key().is_some() || r.entry.usage().is_some())
             }
+            // An upgrade may move the wallet to a plan with fewer tiers (found by review).
+            (OpError::ModelNotAllowed { .. }, _) => ahead.any(|r| {
+                matches!(
+                    r.entry.kind,
+                    EntryKind::PlanChanged { .. } | EntryKind::Renewed { plan: Some(_), .. }
+                )
+            }),
             (OpError::IdempotencyConflict, Some(once)) => ahead.any(|r| {
                 r.entry
                     .grant()

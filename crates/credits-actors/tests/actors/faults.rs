@@ -636,3 +636,61 @@ async fn a_commit_that_lands_after_the_reload_read_is_not_applied_twice() {
         "the ledger replays to the stored balance"
     );
 }
+
+/// Found by review: a model refusal decided behind an upgrade not durable yet was answered
+/// at once. An upgrade can move a wallet to a plan with fewer tiers; when its commit then
+/// failed for good, the wallet had never left a plan that allows the model, yet the caller
+/// held a definite MODEL_NOT_ALLOWED. Such a refusal now waits for the plan change ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_refusal_behind_a_plan_change_that_never_lands_is_not_given() {
+    use credits_core::{Op, Plan, PlanId};
+    let app = app_at("2027-03-10T12:00:00Z");
+    let mut plans = credits_core::testing::catalogue();
+    plans.push(Plan {
+        id: PlanId::from("bulk"),
+        name: "Bulk".into(),
+        daily_credits: cr("0"),
+        subscription_credits: cr("5000"),
+        interval: credits_core::BillingInterval::Monthly,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
+        earlier: Vec::new(),
+    });
+    app.dir.plans().replace(plans);
+    let id = app.wallet("wal_tiers", "max", "UTC").await;
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    faults.fail_commits.store(3, Ordering::SeqCst);
+    let change = app.spawn_execute(&id, Op::ChangePlan(PlanId::from("bulk")));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let mut premium = usage("k-premium", "1");
+    if let Op::Usage(u) = &mut premium {
+        u.tier = "premium".into();
+        u.model = "premium-model".into();
+    }
+    let spent = app.spawn_execute(&id, premium);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !spent.is_finished(),
+        "refused on a plan change not durable yet"
+    );
+    faults.commits.release.notify_one();
+    let changed = change.await.unwrap();
+    assert!(
+        matches!(changed, Err(ExecError::Unavailable(_))),
+        "{changed:?}"
+    );
+    let spent = spent.await.unwrap();
+    assert!(
+        !matches!(
+            spent,
+            Err(ExecError::Op(credits_core::OpError::ModelNotAllowed { .. }))
+        ),
+        "a refusal on a plan the wallet never had: {spent:?}"
+    );
+    assert_eq!(
+        app.dir.read(&id).await.unwrap().plan_id,
+        PlanId::from("max")
+    );
+}
