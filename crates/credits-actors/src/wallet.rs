@@ -510,7 +510,7 @@ impl WalletState {
         for (entry, balance) in self.spec.advance_at_most(now, &*plans, room) {
             self.open_records.push(Record { entry, balance });
         }
-        self.lagging = self.spec.now < now;
+        self.lagging = self.spec.behind(now);
         if self.lagging || was_lagging {
             self.catch_up_seq = self.spec.seq;
         }

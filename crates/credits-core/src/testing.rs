@@ -66,7 +66,7 @@ impl Journal {
             for (e, _) in self.wallet.advance_at_most(t, &self.plans, max) {
                 self.record(e);
             }
-            if self.wallet.now >= t {
+            if !self.wallet.behind(t) {
                 return;
             }
         }

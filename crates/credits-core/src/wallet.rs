@@ -483,6 +483,12 @@ impl Wallet {
         (spend.today, spend.period, held)
     }
 
+    /// Whether something due at or before `t` is not applied yet (see
+    /// [`Wallet::advance_at_most`]).
+    pub fn behind(&self, t: DateTime<Utc>) -> bool {
+        self.now < t || self.next_due() <= t
+    }
+
     /// The next instant at which something falls due: a reservation or lot expiry, a
     /// renewal or a daily reset.
     pub fn next_due(&self) -> DateTime<Utc> {
@@ -677,10 +683,10 @@ impl Wallet {
 
     /// [`Wallet::advance_to_with_balances`] in bounded steps, for a caller that writes what
     /// falls due in batches of bounded size (a wallet left idle for years has a reset a
-    /// day): no further due instant is started once `max` records are applied. The wallet
-    /// is then still behind `t` (`now < t`, nothing may be decided on it yet); calling
-    /// again continues exactly where it stopped, so the records are the same as from one
-    /// call.
+    /// day; thousands of lots may expire at one instant): at most `max` records are
+    /// applied, stopping inside a due instant if need be. The wallet is then still behind
+    /// `t` ([`Wallet::behind`]: nothing may be decided on it yet); calling again continues
+    /// exactly where it stopped, so the records are the same as from one call.
     pub fn advance_at_most(
         &mut self,
         t: DateTime<Utc>,
@@ -705,6 +711,9 @@ impl Wallet {
                 .map(|r| r.id.clone())
                 .collect();
             for id in expiring {
+                if entries.len() >= max {
+                    return entries;
+                }
                 let kind = self
                     .release_kind(&id, ReleaseReason::Expired)
                     .expect("reservation is active");
@@ -718,15 +727,24 @@ impl Wallet {
                 .map(|l| (l.id.clone(), l.remaining))
                 .collect();
             for (grant_id, amount) in lots {
+                if entries.len() >= max {
+                    return entries;
+                }
                 let entry = self.commit(due, EntryKind::LotExpired { grant_id, amount });
                 entries.push((entry, self.balance()));
             }
             if self.subscription.period_end <= due {
+                if entries.len() >= max {
+                    return entries;
+                }
                 let kind = self.renewal_kind(due, plans);
                 let entry = self.commit(due, kind);
                 entries.push((entry, self.balance()));
             }
             if self.daily.next_reset <= due {
+                if entries.len() >= max {
+                    return entries;
+                }
                 let allowance = self
                     .plan(plans)
                     .map(|p| p.daily_credits_at(due))

@@ -1686,3 +1686,39 @@ fn resets_and_renewals_applied_late_take_the_credits_of_their_own_instant() {
     // Replayed, the records give the same wallet (the ledger holds what each took).
     j.check_invariants().unwrap();
 }
+
+/// Found by review: a bounded step stopped only between due instants, so thousands of lots
+/// expiring at one instant made one batch past the store's bound, refused every time (the
+/// wallet stuck). A step now stops inside an instant, in SPEC 3's order, and the records
+/// are those of one call.
+#[test]
+fn a_bounded_step_stops_inside_a_crowded_instant() {
+    let mut whole = open("pro", "UTC", "2027-06-01T06:00:00Z", None);
+    for i in 0..5 {
+        let op = grant(
+            &format!("g{i}"),
+            "1",
+            GrantKind::Promotion,
+            Some("2027-06-02T00:00:00Z"),
+        );
+        ok(&mut whole, "2027-06-01T07:00:00Z", &op);
+    }
+    let mut stepped = whole.clone();
+    let t = at("2027-06-02T00:00:00Z");
+    whole.advance_to(t);
+    // Five lot expiries and a daily reset at midnight, two records a step.
+    let mut steps = Vec::new();
+    while stepped.wallet.behind(t) {
+        let step = stepped.wallet.advance_at_most(t, &stepped.plans, 2);
+        assert!(!step.is_empty() && step.len() <= 2, "{}", step.len());
+        steps.push(step.len());
+        stepped.entries.extend(step.into_iter().map(|(e, _)| e));
+    }
+    assert_eq!(steps, [2, 2, 2]);
+    assert_eq!(stepped.entries, whole.entries);
+    assert_eq!(stepped.wallet, whole.wallet);
+    assert!(matches!(
+        stepped.entries.last().unwrap().kind,
+        EntryKind::DailyReset { .. }
+    ));
+}
