@@ -142,7 +142,9 @@ async fn up_down_up(db: &DatabaseConnection) {
     let manager = SchemaManager::new(db);
     assert!(manager.has_table("plan_credit_history").await.unwrap());
     // One step down drops the plans' credit history, and only that.
-    Migrator::down(db, Some(1)).await.expect("down credit history");
+    Migrator::down(db, Some(1))
+        .await
+        .expect("down credit history");
     assert!(!manager.has_table("plan_credit_history").await.unwrap());
     assert_eq!(tables_present(db).await, TABLES);
     // One step down drops the wallets' scheduled plan column, and only that.
