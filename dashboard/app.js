@@ -515,11 +515,13 @@ function scheduleUsageRefresh() {
   }, REFRESH_DEBOUNCE_MS);
 }
 
-async function loadUsage() {
+/** Loads the page at the end of `cursors` (the pages before it, the first one's `null`),
+ * which become the page shown only once it has loaded: a page turn that failed leaves the
+ * page shown as it was (found by review: a second click then skipped a page). */
+async function loadUsage(cursors = state.usage.cursors) {
   const walletId = state.selectedId;
   const wallet = state.live.get(walletId)?.wallet;
   if (!walletId || !wallet) return;
-  const { cursors } = state.usage;
   const after = cursors[cursors.length - 1];
   const filter = filterIn(state.usage.filter, wallet.timezone);
   // Only the newest request's answer is shown: a live refresh that answers after a page
@@ -537,6 +539,7 @@ async function loadUsage() {
       }),
     ]);
     if (state.selectedId !== walletId || state.usage.generation !== generation) return;
+    state.usage.cursors = cursors;
     showError($('#usage-error'), null);
     renderUsage(wallet, usage.wallet.usage);
     renderSummaries(summary.wallet);
@@ -964,12 +967,11 @@ function wire() {
   $('#usage-next').addEventListener('click', () => {
     const cursor = $('#usage-next').dataset.cursor;
     if (!cursor) return;
-    state.usage.cursors.push(cursor);
-    loadUsage();
+    loadUsage([...state.usage.cursors, cursor]);
   });
   $('#usage-prev').addEventListener('click', () => {
-    if (state.usage.cursors.length > 1) state.usage.cursors.pop();
-    loadUsage();
+    const { cursors } = state.usage;
+    loadUsage(cursors.length > 1 ? cursors.slice(0, -1) : cursors);
   });
   $('#report-form').addEventListener('submit', submitReport);
   $('#report-cancel').addEventListener('click', () => $('#report-dialog').close());

@@ -440,8 +440,14 @@ describe('account dashboard in Chromium against creditd', () => {
       // The first wallet and catalogue loads are refused.
       const refusing = new Set(['query DashboardWallet', 'query DashboardCatalogue']);
       let refused = 0;
+      let refuseNextPage = false;
       await context.route('**/graphql', (route) => {
-        const first = [...refusing].find((op) => (route.request().postData() ?? '').includes(op));
+        const body = route.request().postData() ?? '';
+        let first = [...refusing].find((op) => body.includes(op));
+        if (!first && refuseNextPage && body.includes('query DashboardUsage') && JSON.parse(body).variables?.after) {
+          refuseNextPage = false;
+          first = 'a page turn';
+        }
         if (first) {
           refusing.delete(first);
           refused += 1;
@@ -461,6 +467,17 @@ describe('account dashboard in Chromium against creditd', () => {
       await page.locator('#usage-rows tr').first().waitFor({ timeout: LOAD_MS });
       await eventually('the models', () => page.locator('#model-list option').count(), (n) => n > 0, LOAD_MS,
         'the catalogue\'s models');
+      // Found by review: a page turn that failed was counted, and the next click skipped
+      // a page. The page shown changes only once the next one has loaded.
+      const pageLabel = () => page.locator('#usage-page').textContent();
+      refuseNextPage = true;
+      await page.locator('#usage-next').click();
+      await page.locator('#usage-error').waitFor({ state: 'visible', timeout: LOAD_MS });
+      assert.equal(await pageLabel(), 'Page 1');
+      await page.locator('#usage-next').click();
+      await eventually('page 2', pageLabel, (t) => t === 'Page 2', LOAD_MS, 'Page 2');
+      await page.locator('#usage-prev').click();
+      await eventually('page 1 again', pageLabel, (t) => t === 'Page 1', LOAD_MS, 'Page 1');
     } finally {
       await context.close();
     }
