@@ -1070,9 +1070,15 @@ impl Ledger {
                 ));
             }
         }
+        // What fell due up to now is applied under the plan as it was (SPEC 5: an edit
+        // counts from each wallet's next reset or renewal), not by a sweep that runs late.
+        // Best effort: a wallet whose commits keep failing (any plan's) does not block
+        // every plan edit; the history below covers it.
+        self.dir.tick_due().await;
+        // The edit's instant, after that: what fell due by it keeps the credits before the
+        // edit (`Plan::earlier`), also when it is applied late; the store keeps the same
+        // history.
         let now = self.now();
-        // The credits before this edit count for what fell due before it (SPEC 5), also
-        // when it is applied late; the store keeps the same history.
         let mut earlier = Vec::new();
         if let Some(existing) = self.plan(&plan.id) {
             earlier.clone_from(&existing.earlier);
@@ -1092,11 +1098,6 @@ impl Ledger {
             earlier,
             ..plan
         };
-        // What fell due up to now is applied under the plan as it was (SPEC 5: an edit
-        // counts from each wallet's next reset or renewal), not by a sweep that runs late.
-        // Best effort: a wallet whose commits keep failing (any plan's) does not block
-        // every plan edit.
-        self.dir.tick_due().await;
         let position = self.plans().len() as i64;
         // The store decides again on its rows, atomically with the write (another node's
         // plans or wallets may be newer than this node's).

@@ -28,7 +28,7 @@ pub const MAX_QUEUED_OPERATIONS: usize = 4096;
 /// reset a day: ten years are 3,650): it commits them in several batches and decides calls
 /// only once it has caught up. A step's events fit half a subscriber's channel, so one that
 /// keeps up with the commits sees every reset, not a resync; with a full queue, a batch
-/// stays under half the store's bound (the rest is room for the records of one due instant).
+/// stays under half the store's bound (a step stops inside a due instant if need be).
 pub const CATCH_UP_RECORDS: usize = 128;
 const _: () = assert!(CATCH_UP_RECORDS <= crate::events::EVENT_CHANNEL_CAPACITY / 2);
 const _: () =

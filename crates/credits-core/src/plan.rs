@@ -93,7 +93,7 @@ pub struct Plan {
     /// offered still takes effect at the renewal).
     #[serde(default)]
     pub retired: bool,
-    /// The credits it gave before each edit of them, oldest first (SPEC 5: an edit counts
+    /// The credits it gave up to each edit of them, oldest first (SPEC 5: an edit counts
     /// from each wallet's next reset or renewal, so a reset due before an edit, applied
     /// late, takes the credits of its own instant). Empty: the credits never changed, or
     /// their history is not known here.
@@ -101,7 +101,8 @@ pub struct Plan {
     pub earlier: Vec<EarlierCredits>,
 }
 
-/// A plan's credits before an edit at `until`.
+/// A plan's credits up to an edit at `until`: a reset or renewal at `until` itself still
+/// takes them (what fell due by the edit's instant is applied before the edit is written).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EarlierCredits {
     pub until: DateTime<Utc>,
@@ -121,8 +122,9 @@ impl Plan {
     }
 
     fn credits_at(&self, at: DateTime<Utc>) -> (Credits, Credits) {
-        // The first edit after `at` says what was given at `at`; none: the current credits.
-        match self.earlier.iter().find(|e| at < e.until) {
+        // The first edit at or after `at` says what was given at `at`; none: the current
+        // credits.
+        match self.earlier.iter().find(|e| at <= e.until) {
             Some(e) => (e.daily, e.subscription),
             None => (self.daily_credits, self.subscription_credits),
         }

@@ -486,7 +486,8 @@ impl Wallet {
     /// Whether something due at or before `t` is not applied yet (see
     /// [`Wallet::advance_at_most`]).
     pub fn behind(&self, t: DateTime<Utc>) -> bool {
-        self.now < t || self.next_due() <= t
+        // A step may have stopped inside an instant past `t` (a clock behind the wallet's).
+        self.now < t || self.next_due() <= t.max(self.now)
     }
 
     /// The next instant at which something falls due: a reservation or lot expiry, a
@@ -693,6 +694,9 @@ impl Wallet {
         plans: &(impl Plans + ?Sized),
         max: usize,
     ) -> Vec<(Entry, Balance)> {
+        // The wallet's time never goes back: an instant a step stopped inside is finished
+        // even when `t` is earlier (a clock behind the wallet's).
+        let t = t.max(self.now);
         let mut entries = Vec::new();
         loop {
             let due = self.next_due();

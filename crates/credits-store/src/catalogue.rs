@@ -91,8 +91,8 @@ async fn upsert_plans<C: ConnectionTrait>(conn: &C, rows: &[PlanRow]) -> Result<
     Ok(())
 }
 
-/// Keeps the credits of each `stored` plan whose credits `rows` change, as they were until
-/// the edit (the new row's `updated_at`). Two edits at one instant keep the first's credits:
+/// Keeps the credits of each `stored` plan whose credits `rows` change, as they were up to
+/// the edit (the new row's `updated_at`, taken after what fell due by then was applied). Two edits at one instant keep the first's credits:
 /// the one between applied for no time.
 async fn record_credit_edits<C: ConnectionTrait>(
     conn: &C,
@@ -123,15 +123,15 @@ async fn record_credit_edits<C: ConnectionTrait>(
     Ok(())
 }
 
-/// The credit history of `plan_ids` after `after_us`, by plan, oldest first.
-pub(crate) async fn credit_history_after<C: ConnectionTrait>(
+/// The credit history of `plan_ids` from `from_us` on, by plan, oldest first.
+pub(crate) async fn credit_history_from<C: ConnectionTrait>(
     conn: &C,
     plan_ids: Vec<&str>,
-    after_us: i64,
+    from_us: i64,
 ) -> Result<std::collections::HashMap<String, Vec<EarlierCreditsRow>>, StoreError> {
     let rows = plan_credit_history::Entity::find()
         .filter(plan_credit_history::Column::PlanId.is_in(plan_ids))
-        .filter(plan_credit_history::Column::UntilUs.gt(after_us))
+        .filter(plan_credit_history::Column::UntilUs.gte(from_us))
         .order_by_asc(plan_credit_history::Column::UntilUs)
         .limit(MAX_HISTORY as u64)
         .all(conn)

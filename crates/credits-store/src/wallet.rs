@@ -494,19 +494,19 @@ async fn stale_plans<C: ConnectionTrait>(
     batches: &[&WalletBatch],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
     let stored = locked_plans(conn, plan_ids(batches)).await?;
-    // What each plan gave at each instant a record took credits at: its credits before the
-    // first edit after that instant, or (none) its current credits.
+    // What each plan gave at each instant a record took credits at: its credits up to the
+    // first edit at or after that instant, or (none) its current credits.
     let used = batches.iter().flat_map(|b| &b.credits_used);
     let history = match used.clone().map(|u| to_us(u.at)).min() {
         Some(first) => {
             let ids = used.map(|u| u.plan_id.as_str()).collect();
-            crate::catalogue::credit_history_after(conn, ids, first).await?
+            crate::catalogue::credit_history_from(conn, ids, first).await?
         }
         None => Default::default(),
     };
     let credits_at = |plan: &plans::Model, at: i64| {
         let later = history.get(&plan.id).into_iter().flatten();
-        match later.into_iter().find(|e| at < to_us(e.until)) {
+        match later.into_iter().find(|e| at <= to_us(e.until)) {
             Some(e) => (e.daily_ucr, e.subscription_ucr),
             None => (plan.daily_ucr, plan.subscription_ucr),
         }

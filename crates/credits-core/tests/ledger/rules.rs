@@ -1672,8 +1672,9 @@ fn resets_and_renewals_applied_late_take_the_credits_of_their_own_instant() {
         ("2027-06-05T00:00:00Z", "7"),
         ("2027-06-06T00:00:00Z", "9"),
         ("2027-07-01T00:00:00Z", "9"),
-        // An edit's own instant takes the new credits.
-        ("2027-07-02T00:00:00Z", "10"),
+        // A reset at an edit's own instant still takes the credits before it (the edit
+        // counts from the next one).
+        ("2027-07-02T00:00:00Z", "9"),
         ("2027-07-03T00:00:00Z", "10"),
     ] {
         assert_eq!(credits(day), Some(cr(daily)), "{day}");
@@ -1717,8 +1718,25 @@ fn a_bounded_step_stops_inside_a_crowded_instant() {
     assert_eq!(steps, [2, 2, 2]);
     assert_eq!(stepped.entries, whole.entries);
     assert_eq!(stepped.wallet, whole.wallet);
+    // A clock behind the wallet's (another node's) still sees the instant unfinished, and
+    // finishes it.
+    let mut behind = whole.clone();
+    behind.wallet = stepped_start(&whole, t);
+    let earlier = t - Duration::milliseconds(2);
+    assert!(behind.wallet.behind(earlier));
+    let rest = behind.wallet.advance_at_most(earlier, &behind.plans, 100);
+    assert_eq!(rest.len(), 4);
+    assert!(!behind.wallet.behind(earlier));
+    assert_eq!(behind.wallet, whole.wallet);
     assert!(matches!(
         stepped.entries.last().unwrap().kind,
         EntryKind::DailyReset { .. }
     ));
+}
+
+/// The wallet of `j` before `t`, advanced by one step of two records into `t`'s instant.
+fn stepped_start(j: &Journal, t: DateTime<Utc>) -> credits_core::Wallet {
+    let mut wallet = credits_core::ledger::replay(&j.entries[..j.entries.len() - 6]).unwrap();
+    wallet.advance_at_most(t, &j.plans, 2);
+    wallet
 }
