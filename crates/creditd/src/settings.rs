@@ -189,12 +189,28 @@ impl Settings {
             .max_in_flight
             .or(file.max_in_flight)
             .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
-        anyhow::ensure!(max_in_flight > 0, "--max-in-flight must be at least 1");
+        anyhow::ensure!(
+            (1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&max_in_flight),
+            "--max-in-flight must be 1 to {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        );
         let max_connections = args
             .max_connections
             .or(file.max_connections)
             .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        anyhow::ensure!(max_connections > 0, "--max-connections must be at least 1");
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        anyhow::ensure!(
+            (1..=most).contains(&max_connections),
+            "--max-connections must be 1 to {most}"
+        );
+        let max_websockets = args
+            .max_websockets
+            .or(file.max_websockets)
+            .unwrap_or(DEFAULT_MAX_WEBSOCKETS);
+        anyhow::ensure!(
+            max_websockets <= most,
+            "--max-websockets must be at most {most}"
+        );
         let ws_keepalive = seconds(
             "--ws-keepalive",
             args.ws_keepalive.or(file.ws_keepalive),
@@ -226,10 +242,7 @@ impl Settings {
                 .or(file.introspection)
                 .unwrap_or(true),
             max_in_flight,
-            max_websockets: args
-                .max_websockets
-                .or(file.max_websockets)
-                .unwrap_or(DEFAULT_MAX_WEBSOCKETS),
+            max_websockets,
             max_connections,
             ws_keepalive,
             header_timeout,
@@ -331,7 +344,25 @@ mod tests {
         );
         assert_eq!(load(flag(3), "max_in_flight = 7").unwrap().max_in_flight, 3);
         let zero = load(flag(0), "").unwrap_err().to_string();
-        assert!(zero.contains("at least 1"), "{zero}");
+        assert!(zero.contains("must be 1 to"), "{zero}");
+    }
+
+    /// Found by review: a bound past what a semaphore holds panicked at start.
+    #[test]
+    fn connection_bounds_are_read_and_checked() {
+        let toml = |key: &str, n: usize| format!("{key} = {n}");
+        let loaded = load(ServeArgs::default(), &toml("max_connections", 9)).unwrap();
+        assert_eq!(loaded.max_connections, 9);
+        assert_eq!(
+            load(ServeArgs::default(), "").unwrap().max_connections,
+            DEFAULT_MAX_CONNECTIONS
+        );
+        let huge = tokio::sync::Semaphore::MAX_PERMITS + 1;
+        for key in ["max_connections", "max_in_flight", "max_websockets"] {
+            let refused = load(ServeArgs::default(), &toml(key, huge)).unwrap_err();
+            assert!(refused.to_string().contains("must be"), "{key}: {refused}");
+        }
+        assert!(load(ServeArgs::default(), &toml("max_connections", 0)).is_err());
     }
 
     #[test]

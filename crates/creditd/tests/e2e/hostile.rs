@@ -1173,12 +1173,16 @@ async fn graphql_abuse_is_refused_and_changes_nothing(b: Backend) {
         "complexity over 2,000 (query)",
         json!({ "query": format!("{{ {} }}\n{BALANCE}", reads.join(" ")) }),
     ));
-    // Found by review: a list counted once, however many rows it returns. Two full pages of
-    // usage events, and 30 summaries (each reads every event in its range), are over 2,000.
+    // Found by review: a list counted once, however many rows it returns. Three pages of
+    // 100 usage events, and 30 summaries (each reads every event in its range), are over
+    // 2,000.
     let page = "usage(first: 100) { edges { cursor node { id threadId model memberId inputTokens cachedTokens outputTokens cost uncollected pricedBy at } } }";
+    let pages: Vec<String> = (0..3)
+        .map(|i| format!("p{i}: wallet(id: \"{w}\") {{ {page} }}"))
+        .collect();
     cases.push((
-        "two pages of 100 usage events",
-        json!({ "query": format!("{{ a: wallet(id: \"{w}\") {{ {page} }} b: wallet(id: \"{w}\") {{ {page} }} }}") }),
+        "three pages of 100 usage events",
+        json!({ "query": format!("{{ {} }}", pages.join(" ")) }),
     ));
     let summaries: Vec<String> = (0..30)
         .map(|i| format!("s{i}: usageSummary(groupBy: THREAD) {{ key credits events }}"))
@@ -1256,7 +1260,9 @@ async fn graphql_abuse_is_refused_and_changes_nothing(b: Backend) {
         )
         .await;
     assert!(ok["grantCredits"]["id"].is_string());
-    // One full page, and the dashboard's three summaries, are within the limit.
+    // One full page with every field, and the dashboard's three summaries, are within the
+    // limit.
+    let page = "usage(first: 100) { edges { cursor node { id idempotencyKey threadId model memberId inputTokens cachedTokens outputTokens cost uncollected pricedBy at charged { bucket grantId amount } } } pageInfo { hasNextPage endCursor } }";
     let one = format!(
         "{{ wallet(id: \"{w}\") {{ {page} a: usageSummary(groupBy: THREAD) {{ key credits events }} b: usageSummary(groupBy: MODEL) {{ key credits events }} c: usageSummary(groupBy: DAY, thenBy: MODEL) {{ key subKey credits events }} }} }}"
     );
