@@ -72,6 +72,7 @@ function describeError(error) {
 /** Shows an error in the element next to what caused it; null hides it. */
 function showError(node, error) {
   if (!node) return;
+  delete node.dataset.source;
   node.hidden = !error;
   node.textContent = error ? describeError(error) : '';
   if (error) node.dataset.code = error.code ?? '';
@@ -164,26 +165,41 @@ async function signIn(token) {
 
 /** Plans and models, for this sign-in; one that met a passing error is asked for again
  * (found by review: the plan section stayed without the catalogue for the session). */
-function loadCatalogue(attempt) {
+function loadCatalogue(attempt, wait = 0) {
+  if (state.signIns !== attempt) return;
+  const slot = $('#wallet-error');
   api(ops.CATALOGUE).then((catalogue) => {
     if (state.signIns !== attempt) return;
     state.catalogue = catalogue;
     $('#model-list').replaceChildren(...catalogue.models.map((m) => h('option', { value: m.id }, `${m.tier}`)));
     const selected = state.live.get(state.selectedId)?.wallet;
     if (selected) renderPlan(selected);
+    if (slot.dataset.source === 'catalogue') showError(slot, null);
   }).catch((error) => {
     if (state.signIns !== attempt) return;
-    showError($('#wallet-error'), error);
-    if (['UNAVAILABLE', 'NETWORK', 'HTTP'].includes(error.code)) {
-      setTimeout(() => loadCatalogue(attempt), WALLET_RETRY_MS);
+    showError(slot, error);
+    slot.dataset.source = 'catalogue';
+    if (passing(error)) {
+      const next = backoff(wait);
+      state.catalogueTimer = setTimeout(() => loadCatalogue(attempt, next), next);
     }
   });
+}
+
+/** Errors that may pass: asked for again, each time waiting twice as long, up to 30 s. */
+function passing(error) {
+  return ['UNAVAILABLE', 'NETWORK', 'HTTP'].includes(error.code);
+}
+
+function backoff(wait) {
+  return Math.min(wait ? wait * 2 : WALLET_RETRY_MS, 30_000);
 }
 
 function signOut(error) {
   state.signIns = (state.signIns ?? 0) + 1; // an attempt still waiting signs no one in
   state.client?.close();
   for (const entry of state.live.values()) clearTimeout(entry.refetchTimer);
+  clearTimeout(state.catalogueTimer);
   for (const { unsubscribe } of state.reviews.values()) unsubscribe?.();
   clearTimeout(state.usage.timer);
   Object.assign(state, {
@@ -320,6 +336,8 @@ async function refetchWallet(walletId) {
     const { wallet } = await api(ops.WALLET, { id: walletId });
     if (!wallet) throw new GqlError(`No wallet ${walletId}.`, { code: 'NOT_FOUND' });
     if (!entry || state.live.get(walletId) !== entry || entry.requests !== request) return;
+    clearTimeout(entry.refetchTimer);
+    entry.retryWait = 0;
     // An event applied while we fetched carries a newer balance than this answer may.
     if (entry.applied !== appliedBefore && entry.balance) wallet.balance = entry.balance;
     const zoneChanged = entry.wallet && entry.wallet.timezone !== wallet.timezone;
@@ -335,8 +353,9 @@ async function refetchWallet(walletId) {
     if (walletId === state.selectedId) showError($('#wallet-error'), error);
     // A first load that met a passing error is tried again: without the wallet the view
     // shows nothing, and events alone never bring it (found by review).
-    if (!entry.wallet && ['UNAVAILABLE', 'NETWORK', 'HTTP'].includes(error.code)) {
+    if (!entry.wallet && passing(error)) {
       clearTimeout(entry.refetchTimer);
+      entry.retryWait = backoff(entry.retryWait);
       entry.refetchTimer = setTimeout(async () => {
         await refetchWallet(walletId);
         // What `selectWallet` loads once the wallet is in.
@@ -344,12 +363,12 @@ async function refetchWallet(walletId) {
           loadUsage();
           loadReviews(walletId);
         }
-      }, WALLET_RETRY_MS);
+      }, entry.retryWait);
     }
   }
 }
 
-/** How long a wallet whose first load failed waits before it is asked for again. */
+/** How long a first load that failed waits before it is asked for again, at first. */
 const WALLET_RETRY_MS = 2000;
 
 /** What the wallet view lists of the selected wallet. */
