@@ -669,18 +669,17 @@ async fn a_wallet_opens_on_its_plans_stored_interval_when_the_cache_is_stale() {
 async fn a_reset_after_another_nodes_plan_edit_takes_the_new_credits() {
     let plugins = tempfile::tempdir().unwrap();
     for (url, pg) in databases().await {
-        let (a, store_a) = node(&url).await;
-        let (b, store_b) = node(&url).await;
-        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
-        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
         let acme = PlanId::from("acme-credits");
-        let plan = |daily| custom_plan(&acme, daily, credits_core::BillingInterval::Monthly);
-        on_b.upsert_plan(plan("10")).await.unwrap();
-        let zone = "UTC".parse().unwrap();
-        let w = on_b
-            .create_wallet("alice", &acme, zone, None, None)
-            .await
-            .unwrap();
+        let PlanScene {
+            a,
+            b,
+            store_b,
+            on_a,
+            on_b,
+            plan,
+            wallet: w,
+            ..
+        } = PlanScene::new(&url, plugins.path(), &acme).await;
         assert_eq!(w.daily.allowance, cr("10"));
         on_a.upsert_plan(plan("50")).await.unwrap();
         assert_eq!(
@@ -717,18 +716,17 @@ async fn a_reset_after_another_nodes_plan_edit_takes_the_new_credits() {
 async fn a_reset_takes_the_credits_its_plan_gave_at_its_instant() {
     let plugins = tempfile::tempdir().unwrap();
     for (url, pg) in databases().await {
-        let (a, store_a) = node(&url).await;
-        let (b, store_b) = node(&url).await;
-        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
-        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
         let acme = PlanId::from("acme-history");
-        let plan = |daily| custom_plan(&acme, daily, credits_core::BillingInterval::Monthly);
-        on_b.upsert_plan(plan("10")).await.unwrap();
-        let zone = "UTC".parse().unwrap();
-        let w = on_b
-            .create_wallet("alice", &acme, zone, None, None)
-            .await
-            .unwrap();
+        let PlanScene {
+            a,
+            b,
+            store_a,
+            store_b,
+            on_a,
+            on_b,
+            plan,
+            wallet: w,
+        } = PlanScene::new(&url, plugins.path(), &acme).await;
         on_a.advance_clock(3600).await.unwrap();
         on_a.upsert_plan(plan("50")).await.unwrap();
         // After midnight, written to the store as a node does whose catch-up of the wallets
@@ -758,6 +756,52 @@ async fn a_reset_takes_the_credits_its_plan_gave_at_its_instant() {
         a.shutdown().await;
         b.shutdown().await;
         cleanup(&url, pg).await;
+    }
+}
+
+/// Two nodes on one database with no notice feed between them, and a wallet of alice's
+/// opened on node b on custom plan `id` with 10 credits a day.
+struct PlanScene<P> {
+    a: Directory,
+    b: Directory,
+    store_a: Store,
+    store_b: Store,
+    on_a: credits_actors::Ledger,
+    on_b: credits_actors::Ledger,
+    /// The plan with that many credits a day.
+    plan: P,
+    wallet: credits_core::Wallet,
+}
+
+impl PlanScene<()> {
+    async fn new(
+        url: &str,
+        plugins: &std::path::Path,
+        id: &PlanId,
+    ) -> PlanScene<impl Fn(&str) -> credits_core::Plan + use<>> {
+        let (a, store_a) = node(url).await;
+        let (b, store_b) = node(url).await;
+        let on_a = ledger_without_plugins(&a, &store_a, plugins);
+        let on_b = ledger_without_plugins(&b, &store_b, plugins);
+        let owned = id.clone();
+        let plan =
+            move |daily: &str| custom_plan(&owned, daily, credits_core::BillingInterval::Monthly);
+        on_b.upsert_plan(plan("10")).await.unwrap();
+        let zone = "UTC".parse().unwrap();
+        let wallet = on_b
+            .create_wallet("alice", id, zone, None, None)
+            .await
+            .unwrap();
+        PlanScene {
+            a,
+            b,
+            store_a,
+            store_b,
+            on_a,
+            on_b,
+            plan,
+            wallet,
+        }
     }
 }
 
