@@ -25,7 +25,7 @@ fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
     let rows = first.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE) as usize;
     rows.div_ceil(2) * child_complexity
 }
-const SUMMARY_COST: usize = 50;
+const SUMMARY_COST: usize = 200;
 const LISTED_ROWS: usize = 10;
 
 pub struct WalletObject {
@@ -125,6 +125,9 @@ impl WalletObject {
         let filter = filter.unwrap_or_default();
         if let Some(t) = &filter.thread_id {
             crate::mutation::text("threadId", t, crate::mutation::MAX_KEY, false)?;
+        }
+        if let Some(m) = &filter.model {
+            crate::mutation::text("model", m, crate::mutation::MAX_KEY, false)?;
         }
         crate::mutation::member(filter.member_id.as_ref())?;
         // Filters combine with AND (SPEC 8): a plain member asking for another member's
