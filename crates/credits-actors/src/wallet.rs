@@ -344,13 +344,21 @@ impl Actor for WalletActor {
                     .events
                     .get_or_insert_with(|| broadcast::Sender::new(EVENT_CHANNEL_CAPACITY))
                     .subscribe();
-                // As of now only when at most the next record is pending: while a catch-up is
-                // still being written (a subscription that did not wait it out), the durable
-                // state, so that the records that follow never show an older balance.
-                let snapshot = if state.lagging || state.catch_up_seq > state.durable.seq {
-                    state.snapshot()
-                } else {
+                // As of now only when nothing but what fell due is pending: while a catch-up
+                // is still being written (a subscription that did not wait it out), a call
+                // ahead is not durable yet (found by review: a usage from before midnight
+                // then followed a SNAPSHOT showing the reset), or this actor is reloading or
+                // behind another node, the durable state, so that the records that follow
+                // never show an older balance.
+                let settled = !state.lagging
+                    && state.catch_up_seq <= state.durable.seq
+                    && !state.recovering
+                    && !state.behind()
+                    && state.only_due_pending();
+                let snapshot = if settled {
                     state.snapshot_now()
+                } else {
+                    state.snapshot()
                 };
                 let _ = reply.send(Subscription { snapshot, events });
             }
@@ -462,6 +470,24 @@ impl WalletState {
             .filter(|w| matches!(w, Waiter::Tick(_)))
             .count();
         all - ticks
+    }
+
+    /// Whether every record not durable yet is one that fell due (what [`Self::wallet_now`]
+    /// applies to the durable state as well).
+    fn only_due_pending(&self) -> bool {
+        let pending = self.in_flight.iter().flat_map(|f| &f.records);
+        pending.chain(&self.open_records).all(|r| {
+            matches!(
+                r.entry.kind,
+                EntryKind::DailyReset { .. }
+                    | EntryKind::Renewed { .. }
+                    | EntryKind::LotExpired { .. }
+                    | EntryKind::Released {
+                        reason: ReleaseReason::Expired,
+                        ..
+                    }
+            )
+        })
     }
 
     /// Another node announced a commit this actor has not read yet.

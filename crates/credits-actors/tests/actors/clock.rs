@@ -357,3 +357,48 @@ async fn catching_up(name: &str) -> (App, Clock, credits_core::WalletId) {
         .unwrap();
     (app, clock, id)
 }
+
+/// Found by review: a subscriber whose wait for what fell due timed out (a slow store)
+/// got a SNAPSHOT of the durable state advanced to now (past midnight, reset applied) while
+/// a usage from before midnight was still being committed: the events after it then showed
+/// the older day's balance. With calls ahead not durable yet, the SNAPSHOT is the durable
+/// state as it stands, and every event after it is at or after its instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_behind_a_pending_call_shows_no_later_reset() {
+    use std::sync::atomic::Ordering;
+    let app = app_at("2027-03-10T23:00:00Z");
+    let id = app.wallet("wal_sn", "pro", "UTC").await;
+    app.dir.execute(&id, usage("k1", "5")).await.unwrap();
+    let faults = &app.store.faults;
+    faults.commits.hold.store(1, Ordering::SeqCst);
+    let pending = app.spawn_execute(&id, usage("k2", "5"));
+    assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    app.dir
+        .clock()
+        .as_manual()
+        .unwrap()
+        .advance(Duration::hours(2));
+    // The wait for the reset outlasts its bound (the commit ahead is held), then subscribes.
+    let mut sub = app.dir.subscribe(&id).await.unwrap();
+    faults.commits.release.notify_one();
+    // Its caller was told UNAVAILABLE (no answer in time); the call lands all the same.
+    let _ = pending.await.unwrap();
+    app.dir.subscribe(&id).await.unwrap();
+    let mut seen = vec![sub.snapshot.clone()];
+    while let Ok(e) = sub.events.try_recv() {
+        seen.push((*e).clone());
+    }
+    let causes: Vec<_> = seen.iter().map(|e| (e.seq, e.kind)).collect();
+    assert_eq!(
+        causes,
+        [
+            (1, EventKind::Snapshot),
+            (2, EventKind::Change(Cause::Usage)),
+            (3, EventKind::Change(Cause::DailyReset)),
+        ]
+    );
+    for pair in seen.windows(2) {
+        assert!(pair[0].at <= pair[1].at, "{seen:#?}");
+    }
+    assert_eq!(seen[0].balance.daily.remaining, cr("15"));
+}
