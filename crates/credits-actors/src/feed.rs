@@ -77,10 +77,13 @@ async fn ping(store: Store, sent: LastSent) {
 }
 
 async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>, sent: LastSent) {
+    // When the listener last heard anything (or started listening).
+    let mut heard = tokio::time::Instant::now();
     loop {
         let Some(l) = listener.as_mut() else {
             tokio::time::sleep(RETRY_AFTER).await;
             listener = store.listen_commits().await.ok().flatten();
+            heard = tokio::time::Instant::now();
             // Whatever was announced while nobody listened is unknown.
             dir.announce_all();
             dir.pools().forget_all();
@@ -88,7 +91,13 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>,
             reload_plans(&dir).await;
             continue;
         };
-        let Ok(next) = tokio::time::timeout(SILENT_FOR, l.next()).await else {
+        // Past the silence bound, looked at again each second until this node's own
+        // keepalive has had its time to come back (found by review: waiting a whole bound
+        // again took up to 150 s to notice a dead listener).
+        let wait = SILENT_FOR
+            .saturating_sub(heard.elapsed())
+            .max(Duration::from_secs(1));
+        let Ok(next) = tokio::time::timeout(wait, l.next()).await else {
             // Silent only counts when this node's own keepalive went out and did not come
             // back (a database too busy to send it says nothing about the listener).
             let unheard = sent
@@ -104,6 +113,7 @@ async fn run(dir: Directory, store: Store, mut listener: Option<CommitListener>,
             }
             continue;
         };
+        heard = tokio::time::Instant::now();
         match next {
             Ok(Notice::Ping) => {}
             Ok(Notice::Committed(moved)) => {
