@@ -38,7 +38,17 @@ struct Feed {
     first: Option<BalanceEvent>,
     events: broadcast::Receiver<std::sync::Arc<credits_actors::BalanceEvent>>,
     seat: Option<Seat>,
+    /// The seq and balance of the last event sent.
+    sent: Option<(u64, credits_core::Balance)>,
+    /// Subscriptions taken again in a row that brought nothing new.
+    idle_restarts: u32,
 }
+
+/// Pause before subscribing again to a wallet whose actor stopped with nothing new, per such
+/// restart in a row (at most [`MAX_RESTART_PAUSE`]): an actor that keeps stopping (a store
+/// that refuses its commits) is not started again at once, each time.
+const RESTART_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+const MAX_RESTART_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A USER streaming a team pool: their membership, checked when the stream began, is read
 /// again before an event when this node heard of a member change since (`Pools::epoch`),
@@ -54,18 +64,36 @@ struct Seat {
 impl Feed {
     /// The next event: `Err` ends the stream.
     async fn next(&mut self) -> Result<BalanceEvent, ApiError> {
-        let event = match self.first.take() {
-            Some(first) => first,
-            None => match self.events.recv().await {
-                Ok(e) => BalanceEvent::from(&*e),
-                // Fell behind, or the wallet's actor restarted: start again from a snapshot.
-                Err(RecvError::Lagged(_) | RecvError::Closed) => {
-                    let live = self.ledger.subscribe(&self.wallet).await?;
-                    let first = snapshot(&self.ledger, &live);
-                    self.events = live.events;
-                    first
+        let event = loop {
+            if let Some(first) = self.first.take() {
+                break first;
+            }
+            match self.events.recv().await {
+                Ok(e) => {
+                    self.sent = Some((e.seq, e.balance.clone()));
+                    break BalanceEvent::from(&*e);
                 }
-            },
+                // Fell behind, or the wallet's actor restarted: start again from a snapshot.
+                Err(e @ (RecvError::Lagged(_) | RecvError::Closed)) => {
+                    if matches!(e, RecvError::Closed) && self.idle_restarts > 0 {
+                        let pause = RESTART_PAUSE * self.idle_restarts;
+                        tokio::time::sleep(pause.min(MAX_RESTART_PAUSE)).await;
+                    }
+                    let mut live = self.ledger.subscribe(&self.wallet).await?;
+                    std::mem::swap(&mut self.events, &mut live.events);
+                    // A restart that brought nothing new is not sent again (found by review:
+                    // a wallet whose commits kept failing sent the same SNAPSHOT every few
+                    // seconds, and was started again at once each time).
+                    let same = (live.snapshot.seq, &live.snapshot.balance);
+                    if self.sent.as_ref().is_some_and(|(s, b)| (*s, b) == same) {
+                        self.idle_restarts += 1;
+                        continue;
+                    }
+                    self.idle_restarts = 0;
+                    self.sent = Some((live.snapshot.seq, live.snapshot.balance.clone()));
+                    break snapshot(&self.ledger, &live);
+                }
+            }
         };
         let pools = self.ledger.directory().pools();
         if let Some(seat) = &mut self.seat
@@ -117,6 +145,8 @@ impl Subscription {
         let live = l.subscribe(&wallet).await.map_err(ApiError::from)?;
         let feed = Feed {
             first: Some(snapshot(&l, &live)),
+            sent: Some((live.snapshot.seq, live.snapshot.balance.clone())),
+            idle_restarts: 0,
             events: live.events,
             ledger: l,
             wallet,
@@ -335,6 +365,75 @@ mod tests {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+    }
+
+    /// Found by review: a wallet whose actor kept stopping (a store refusing its commits)
+    /// sent its subscribers the same SNAPSHOT at each restart, and was started again at
+    /// once each time. A restart that brings nothing new sends nothing; the stream goes on
+    /// with the next record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_with_nothing_new_sends_no_second_snapshot() {
+        use credits_actors::{ActorConfig, Clock, Directory, SqlWallets};
+        use credits_core::{Credits, GrantId, GrantKind, GrantOp, NewWallet, Op, PlanId};
+        let (store, path) = temp_store("restart").await;
+        let start = "2027-03-10T12:00:00Z".parse().unwrap();
+        let dir = Directory::new(
+            std::sync::Arc::new(SqlWallets::new(store.clone())),
+            Clock::manual(start),
+            credits_core::testing::catalogue(),
+            ActorConfig::default(),
+        );
+        let plugins = std::env::temp_dir().join(credits_actors::ledger::new_id("plugins"));
+        std::fs::create_dir_all(&plugins).unwrap();
+        let (pricing, _) =
+            credits_pricing::PricingRegistry::open(&plugins, plugins.join("cache")).unwrap();
+        let ledger = Ledger::new(dir.clone(), store.clone(), std::sync::Arc::new(pricing));
+        let id = WalletId::from("wal_restart");
+        let new = NewWallet {
+            id: id.clone(),
+            owner_id: "alice".into(),
+            pool: false,
+            timezone: chrono_tz::UTC,
+            plan_id: PlanId::from("pro"),
+            billing_anchor: None,
+        };
+        dir.create(new).await.unwrap();
+        let live = ledger.subscribe(&id).await.unwrap();
+        let mut feed = Feed {
+            first: Some(snapshot(&ledger, &live)),
+            sent: Some((live.snapshot.seq, live.snapshot.balance.clone())),
+            idle_restarts: 0,
+            events: live.events,
+            ledger: ledger.clone(),
+            wallet: id.clone(),
+            seat: None,
+        };
+        assert_eq!(feed.next().await.unwrap().cause, BalanceCause::Snapshot);
+        // Each restart is waited out (the second after a pause), then the feed listens to
+        // the new actor.
+        for _ in 0..2 {
+            dir.crash(&id).await;
+            let next = tokio::time::timeout(std::time::Duration::from_millis(1500), feed.next());
+            assert!(next.await.is_err(), "nothing new to send");
+        }
+        assert_eq!(feed.idle_restarts, 2);
+        let grant = Op::Grant(GrantOp {
+            id: GrantId::from("grt_restart"),
+            key: Some("g".into()),
+            amount: Credits::from_micro(1_000_000),
+            kind: GrantKind::Promotion,
+            reason: Some("r".into()),
+            expires_at: None,
+            origin: None,
+        });
+        dir.execute(&id, grant).await.unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next());
+        let event = next.await.expect("the grant").unwrap();
+        assert_eq!(event.cause, BalanceCause::Grant);
+        assert_eq!(event.seq.0, live.snapshot.seq + 1);
+        dir.shutdown().await;
+        drop_store(store, &path).await;
+        let _ = std::fs::remove_dir_all(&plugins);
     }
 
     /// A watcher that fell behind the shared hub reads its review again instead of
