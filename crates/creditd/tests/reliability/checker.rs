@@ -1,5 +1,5 @@
-//! The checker itself can fail: a lost acknowledgement and a receipt the ledger does not
-//! hold are both reported.
+//! The checker itself can fail: a lost acknowledgement, a receipt the ledger does not hold
+//! and a refusal the workload cannot earn are all reported.
 
 use std::panic::AssertUnwindSafe;
 
@@ -45,6 +45,7 @@ async fn the_checker_catches_a_lost_and_a_misreported_operation() {
         identity: Identity::Key(wallet.id.clone(), key.to_owned()),
         body,
         outcome: Outcome::Acked(receipt),
+        url: 0,
     };
 
     // The true history passes.
@@ -67,4 +68,12 @@ async fn the_checker_catches_a_lost_and_a_misreported_operation() {
     wrong["recordUsage"]["usage"]["cost"] = json!("999");
     let msg = failure(&store, &app, &targets, op("real", body, wrong)).await;
     assert!(msg.contains("but the receipt said"), "{msg}");
+
+    // A refusal this workload cannot earn (found by review: any code passed).
+    let odd = Op {
+        outcome: Outcome::Refused("PRICING_FAILED".into()),
+        ..op("odd", usage_body(wallet, "odd", &mut rng), receipt.clone())
+    };
+    let msg = failure(&store, &app, &targets, odd).await;
+    assert!(msg.contains("which it cannot earn"), "{msg}");
 }

@@ -82,9 +82,10 @@ async fn kill_9_under_load_loses_and_doubles_nothing(b: Backend) {
         started.elapsed().as_secs_f64(),
     );
     assert_eq!((tally.lost, tally.doubled, tally.unearned), (0, 0, 0));
-    // The run must have exercised something: acknowledged work in every kind of cycle.
+    // The run must have exercised something: acknowledged work, and kills that met
+    // requests in flight (their outcomes unknown until the retries).
     assert!(
-        tally.acked as u64 >= cycles,
+        tally.acked as u64 >= cycles && tally.unknown > 0,
         "too little load: {tally:?}; log:\n{}",
         app.log()
     );

@@ -160,7 +160,14 @@ pub struct Op {
     pub identity: Identity,
     pub body: Value,
     pub outcome: Outcome,
+    /// Which of the run's URLs (nodes) it was sent to first.
+    pub url: usize,
 }
+
+/// The refusals this workload can earn: spending beyond a wallet or a member's limit.
+/// Anything else (a pricing failure, FORBIDDEN, a conflict, an error without a code) is a
+/// failure of the run, also on a retry (found by review: any code passed).
+const EARNABLE: &[&str] = &["INSUFFICIENT_CREDITS", "MEMBER_LIMIT_EXCEEDED"];
 
 /// Output tokens of one usage, at most: up to 15 credits on `standard-chat`, so that with
 /// the mix of [`next_op`] spending outpaces grants and purchases and wallets run dry
@@ -349,8 +356,8 @@ pub fn spawn_clients(
                 let http = http_client();
                 while !stop.load(Ordering::Relaxed) {
                     let (kind, wallet, identity, body) = next_op(&mut rng, &targets, &shared);
-                    let url = &urls[rng.below(urls.len() as u64) as usize];
-                    let outcome = send(&http, url, &token, &body).await;
+                    let url = rng.below(urls.len() as u64) as usize;
+                    let outcome = send(&http, &urls[url], &token, &body).await;
                     if let (Kind::Reserve, Outcome::Acked(d)) = (kind, &outcome) {
                         let id = d[kind.field()]["id"].as_str().unwrap().to_owned();
                         shared.active.lock().unwrap().push((wallet, id));
@@ -361,6 +368,7 @@ pub fn spawn_clients(
                         identity,
                         body,
                         outcome,
+                        url,
                     });
                     if unknown {
                         tokio::time::sleep(BACKOFF).await;
@@ -390,6 +398,8 @@ pub struct Tally {
     /// reservation that nothing else finished (the workload settles or releases each
     /// reservation once, and the manual clock never lets one expire).
     pub unearned: usize,
+    /// Operations acknowledged at their first attempt, by the URL they were sent to.
+    pub acked_by_url: Vec<usize>,
 }
 
 /// Every ledger record of a wallet, in seq order, read straight from the store.
@@ -514,7 +524,10 @@ pub async fn verify(
 ) -> Tally {
     let wallets: Vec<String> = targets.iter().map(|t| t.id.clone()).collect();
     let mut failures = Vec::new();
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        acked_by_url: vec![0; urls.len()],
+        ..Tally::default()
+    };
 
     // 1. What the ledger holds now, before any retry.
     let before = index(store, &wallets).await;
@@ -527,6 +540,9 @@ pub async fn verify(
         match &op.outcome {
             Outcome::Acked(r) => {
                 tally.acked += 1;
+                if let Some(n) = tally.acked_by_url.get_mut(op.url) {
+                    *n += 1;
+                }
                 match hits.first() {
                     None => {
                         tally.lost += 1;
@@ -543,6 +559,8 @@ pub async fn verify(
                 *tally.refusals.entry(code.clone()).or_default() += 1;
                 if code == "RESERVATION_NOT_ACTIVE" {
                     tally.unearned += 1;
+                } else if !EARNABLE.contains(&code.as_str()) {
+                    failures.push(format!("refused with {code}, which it cannot earn: {op:?}"));
                 }
                 if !hits.is_empty() {
                     failures.push(format!("refused ({code}) but in the ledger: {op:?}"));
@@ -586,7 +604,10 @@ pub async fn verify(
                 applied[i] = true;
                 tally.acked_on_retry += 1;
             }
-            (_, Outcome::Refused(_)) => {}
+            (_, Outcome::Refused(code)) if EARNABLE.contains(&code.as_str()) => {}
+            (_, Outcome::Refused(code)) => failures.push(format!(
+                "a retry was refused with {code}, which it cannot earn: {op:?}"
+            )),
             (_, Outcome::Unknown(e)) => {
                 failures.push(format!("a retry on a healthy server: {e}: {op:?}"))
             }
