@@ -34,6 +34,8 @@ pub struct Journal {
     pub plans: Vec<Plan>,
     keys: HashMap<String, usize>,
     finished: HashMap<ReservationId, usize>,
+    /// Every call run on it, in order (what a [`Step::Retry`] sends again).
+    pub sent: Vec<Op>,
 }
 
 impl Journal {
@@ -49,6 +51,7 @@ impl Journal {
             plans,
             keys: HashMap::new(),
             finished: HashMap::new(),
+            sent: Vec::new(),
         })
     }
 
@@ -96,6 +99,7 @@ impl Journal {
     /// Runs a call at `t` the way the service does: time first, then input checks,
     /// idempotency, and the operation.
     pub fn run(&mut self, t: DateTime<Utc>, op: &Op) -> Result<Outcome, OpError> {
+        self.sent.push(op.clone());
         self.advance_to(t);
         self.wallet.validate(op)?;
         if let Some(key) = op.key() {
@@ -345,6 +349,12 @@ pub enum Step {
     SetTimezone {
         zone: u8,
     },
+    /// An earlier call (not a purchase) sent again unchanged, `back` calls before the last
+    /// (a client's retry, later in the history: after the wallet ran dry, a reset, a plan
+    /// change).
+    Retry {
+        back: u8,
+    },
 }
 
 pub fn step() -> impl Strategy<Value = Step> {
@@ -362,6 +372,7 @@ pub fn step() -> impl Strategy<Value = Step> {
         1 => credits(100).prop_map(|amount_micro| Step::Purchase { amount_micro }),
         1 => (0u8..5).prop_map(|plan| Step::ChangePlan { plan }),
         1 => (0u8..ZONES.len() as u8).prop_map(|zone| Step::SetTimezone { zone }),
+        2 => any::<u8>().prop_map(|back| Step::Retry { back }),
     ]
 }
 
@@ -429,6 +440,17 @@ impl Step {
         };
         Some(match *self {
             Step::Advance { .. } => return None,
+            Step::Retry { back } => {
+                // Not a purchase: its payment reference is made unique by the service in
+                // front of the wallet (the store), which this reference does not model.
+                let again: Vec<&Op> = j
+                    .sent
+                    .iter()
+                    .filter(|op| !matches!(op, Op::Grant(g) if g.key.is_none()))
+                    .collect();
+                let last = again.len().checked_sub(1)?;
+                return Some(again[last - usize::from(back) % (last + 1)].clone());
+            }
             Step::Usage {
                 key,
                 thread,

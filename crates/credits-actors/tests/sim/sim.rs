@@ -106,6 +106,10 @@ struct Model {
     watch: Option<Watch>,
     /// Whether this wallet is watched at all in this history.
     watched: bool,
+    /// Whether its actor may have restarted since a key was recorded (a crash, an idle
+    /// stop, a store fault that can make it give up): only then may it refuse a replay
+    /// that the facade then answers from the store (found by review: any refusal passed).
+    forgetful: bool,
 }
 
 /// A live subscription and the last seq it delivered.
@@ -290,6 +294,7 @@ pub async fn run(seed: u64, steps: usize) -> Result<Stats, String> {
             acked: Vec::new(),
             watch: None,
             watched,
+            forgetful: false,
         });
     }
     for _ in 0..steps {
@@ -324,8 +329,9 @@ impl Sim {
                 match s.op(&self.wallets[w].journal, self.calls) {
                     Some(op) => self.call(w, op).await,
                     None => {
+                        // A retry step with nothing sent yet makes no call either.
                         let credits_core::testing::Step::Advance { seconds } = s else {
-                            unreachable!("only a clock jump makes no call")
+                            return Ok(());
                         };
                         self.advance(chrono::Duration::seconds(seconds)).await
                     }
@@ -390,6 +396,10 @@ impl Sim {
                     3 => ("land_late", 1),
                     _ => ("fail_loads", 1 + self.below(2) as u32),
                 };
+                // An actor may give up on a failing store, or reload, and forget.
+                for m in &mut self.wallets {
+                    m.forgetful = true;
+                }
                 let f = &self.store.faults;
                 let counter = match what {
                     "fail_commits" => &f.fail_commits,
@@ -405,6 +415,7 @@ impl Sim {
                 self.stats.crashes += 1;
                 let id = self.wallets[w].id.clone();
                 self.note(format!("crash {id}"));
+                self.wallets[w].forgetful = true;
                 self.dir.crash(&id).await;
                 Ok(())
             }
@@ -412,6 +423,9 @@ impl Sim {
             94..96 => {
                 self.stats.passivations += 1;
                 self.note("passivate (idle wait)".into());
+                for m in &mut self.wallets {
+                    m.forgetful = true;
+                }
                 tokio::time::sleep(IDLE_AFTER + Duration::from_millis(60)).await;
                 Ok(())
             }
@@ -432,6 +446,9 @@ impl Sim {
             // The store failing under the faults of this history: the clock moved, and the
             // due events are applied as the wallets go on.
             Err(ExecError::Unavailable(why)) => {
+                for m in &mut self.wallets {
+                    m.forgetful = true;
+                }
                 self.note(format!("advance unconfirmed: {why}"));
                 Ok(())
             }
@@ -540,6 +557,7 @@ impl Sim {
                 Err(ExecError::Unavailable(why)) => {
                     unavailable += 1;
                     self.stats.unavailable += 1;
+                    self.wallets[w].forgetful = true;
                     self.note(format!("  UNAVAILABLE: {why}"));
                     if unavailable > MAX_RETRIES {
                         return Err(format!("still UNAVAILABLE after {MAX_RETRIES} retries"));
@@ -625,6 +643,11 @@ impl Sim {
                 if !in_store {
                     return Err(format!("replayed record {e:?} is not in the store"));
                 }
+                if !m.forgetful {
+                    return Err(format!(
+                        "an actor that cannot have forgotten the key refused a replay with {got}"
+                    ));
+                }
                 let allowed = match op {
                     Op::Settle(_) | Op::Release(_) => got == OpError::ReservationNotActive,
                     _ => true,
@@ -646,7 +669,7 @@ impl Sim {
                     );
                 // A conflicting key the actor forgot: refused for another reason (still
                 // refused, nothing written); the facade reports the conflict from the store.
-                let forgot_key = *want == OpError::IdempotencyConflict;
+                let forgot_key = *want == OpError::IdempotencyConflict && m.forgetful;
                 if !same && !forgot_key {
                     return Err(format!("refused with {got}, want {want}"));
                 }
@@ -854,6 +877,8 @@ impl Sim {
                 Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => {
                     self.stats.resubscriptions += 1;
                     self.wallets[w].watch = None;
+                    // Closed: its actor stopped (for a reason this history did not see).
+                    self.wallets[w].forgetful = true;
                     return Ok(());
                 }
             }
