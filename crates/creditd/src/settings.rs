@@ -185,32 +185,24 @@ impl Settings {
             ),
             None => None,
         };
-        let max_in_flight = args
-            .max_in_flight
-            .or(file.max_in_flight)
-            .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
-        anyhow::ensure!(
-            (1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&max_in_flight),
-            "--max-in-flight must be 1 to {}",
-            tokio::sync::Semaphore::MAX_PERMITS
-        );
-        let max_connections = args
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        let most = tokio::sync::Semaphore::MAX_PERMITS;
-        anyhow::ensure!(
-            (1..=most).contains(&max_connections),
-            "--max-connections must be 1 to {most}"
-        );
-        let max_websockets = args
-            .max_websockets
-            .or(file.max_websockets)
-            .unwrap_or(DEFAULT_MAX_WEBSOCKETS);
-        anyhow::ensure!(
-            max_websockets <= most,
-            "--max-websockets must be at most {most}"
-        );
+        let max_in_flight = count(
+            "--max-in-flight",
+            args.max_in_flight.or(file.max_in_flight),
+            DEFAULT_MAX_IN_FLIGHT,
+            1,
+        )?;
+        let max_connections = count(
+            "--max-connections",
+            args.max_connections.or(file.max_connections),
+            DEFAULT_MAX_CONNECTIONS,
+            1,
+        )?;
+        let max_websockets = count(
+            "--max-websockets",
+            args.max_websockets.or(file.max_websockets),
+            DEFAULT_MAX_WEBSOCKETS,
+            0,
+        )?;
         let ws_keepalive = seconds(
             "--ws-keepalive",
             args.ws_keepalive.or(file.ws_keepalive),
@@ -257,6 +249,14 @@ impl Settings {
             .collect(),
         })
     }
+}
+
+/// A count option, `min` to what a semaphore holds (it bounds one).
+fn count(flag: &str, value: Option<usize>, default: usize, min: usize) -> anyhow::Result<usize> {
+    let n = value.unwrap_or(default);
+    let most = tokio::sync::Semaphore::MAX_PERMITS;
+    anyhow::ensure!((min..=most).contains(&n), "{flag} must be {min} to {most}");
+    Ok(n)
 }
 
 /// A period option in whole seconds, 1 to [`MAX_WS_KEEPALIVE_SECS`].

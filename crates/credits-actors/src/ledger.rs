@@ -1353,16 +1353,7 @@ pub async fn stored_plans(store: &Store) -> Result<Vec<Plan>, StoreError> {
         .iter()
         .map(|row| {
             let mut plan = plan_from_row(row)?;
-            plan.earlier = history
-                .remove(&row.id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|e| credits_core::EarlierCredits {
-                    until: e.until,
-                    daily: Credits::from_micro(e.daily_ucr),
-                    subscription: Credits::from_micro(e.subscription_ucr),
-                })
-                .collect();
+            plan.earlier = history.remove(&row.id).unwrap_or_default();
             Ok(plan)
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

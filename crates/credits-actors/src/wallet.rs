@@ -476,18 +476,9 @@ impl WalletState {
     /// applies to the durable state as well).
     fn only_due_pending(&self) -> bool {
         let pending = self.in_flight.iter().flat_map(|f| &f.records);
-        pending.chain(&self.open_records).all(|r| {
-            matches!(
-                r.entry.kind,
-                EntryKind::DailyReset { .. }
-                    | EntryKind::Renewed { .. }
-                    | EntryKind::LotExpired { .. }
-                    | EntryKind::Released {
-                        reason: ReleaseReason::Expired,
-                        ..
-                    }
-            )
-        })
+        pending
+            .chain(&self.open_records)
+            .all(|r| r.entry.fell_due())
     }
 
     /// Another node announced a commit this actor has not read yet.

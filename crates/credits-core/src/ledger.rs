@@ -215,6 +215,21 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether the wallet made this record by itself as time passed (a reset, a renewal,
+    /// an expiry), not in answer to a call.
+    pub fn fell_due(&self) -> bool {
+        matches!(
+            self.kind,
+            EntryKind::DailyReset { .. }
+                | EntryKind::Renewed { .. }
+                | EntryKind::LotExpired { .. }
+                | EntryKind::Released {
+                    reason: ReleaseReason::Expired,
+                    ..
+                }
+        )
+    }
+
     pub fn cause(&self) -> Cause {
         match &self.kind {
             EntryKind::Created(_) => Cause::Created,

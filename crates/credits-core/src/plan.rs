@@ -110,6 +110,14 @@ pub struct EarlierCredits {
     pub subscription: Credits,
 }
 
+impl EarlierCredits {
+    /// Of a plan's `earlier` credits (oldest first), those given at `at`: up to the first
+    /// edit at or after it. `None`: the plan's current credits.
+    pub fn in_force(earlier: &[EarlierCredits], at: DateTime<Utc>) -> Option<&EarlierCredits> {
+        earlier.iter().find(|e| at <= e.until)
+    }
+}
+
 impl Plan {
     /// The daily credits a reset at `at` gives.
     pub fn daily_credits_at(&self, at: DateTime<Utc>) -> Credits {
@@ -122,9 +130,7 @@ impl Plan {
     }
 
     fn credits_at(&self, at: DateTime<Utc>) -> (Credits, Credits) {
-        // The first edit at or after `at` says what was given at `at`; none: the current
-        // credits.
-        match self.earlier.iter().find(|e| at <= e.until) {
+        match EarlierCredits::in_force(&self.earlier, at) {
             Some(e) => (e.daily, e.subscription),
             None => (self.daily_credits, self.subscription_credits),
         }

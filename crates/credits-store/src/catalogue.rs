@@ -3,6 +3,7 @@
 //! concurrent write could break between a check and the write: a custom plan's upsert never
 //! replaces a catalogue plan, nor changes the interval of a plan a wallet is on.
 
+use credits_core::{Credits, EarlierCredits};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -128,7 +129,7 @@ pub(crate) async fn credit_history_from<C: ConnectionTrait>(
     conn: &C,
     plan_ids: Vec<&str>,
     from_us: i64,
-) -> Result<std::collections::HashMap<String, Vec<EarlierCreditsRow>>, StoreError> {
+) -> Result<std::collections::HashMap<String, Vec<EarlierCredits>>, StoreError> {
     let rows = plan_credit_history::Entity::find()
         .filter(plan_credit_history::Column::PlanId.is_in(plan_ids))
         .filter(plan_credit_history::Column::UntilUs.gte(from_us))
@@ -142,17 +143,14 @@ pub(crate) async fn credit_history_from<C: ConnectionTrait>(
 
 fn by_plan(
     rows: Vec<plan_credit_history::Model>,
-) -> Result<std::collections::HashMap<String, Vec<EarlierCreditsRow>>, StoreError> {
-    let mut history = std::collections::HashMap::<String, Vec<EarlierCreditsRow>>::new();
+) -> Result<std::collections::HashMap<String, Vec<EarlierCredits>>, StoreError> {
+    let mut history = std::collections::HashMap::<String, Vec<EarlierCredits>>::new();
     for r in rows {
-        history
-            .entry(r.plan_id)
-            .or_default()
-            .push(EarlierCreditsRow {
-                until: from_us(r.until_us)?,
-                daily_ucr: r.daily_ucr,
-                subscription_ucr: r.subscription_ucr,
-            });
+        history.entry(r.plan_id).or_default().push(EarlierCredits {
+            until: from_us(r.until_us)?,
+            daily: Credits::from_micro(r.daily_ucr),
+            subscription: Credits::from_micro(r.subscription_ucr),
+        });
     }
     for earlier in history.values_mut() {
         earlier.sort_by_key(|e| e.until);
@@ -352,7 +350,7 @@ impl Store {
     /// [`MAX_HISTORY`] edits).
     pub async fn plan_credit_history(
         &self,
-    ) -> Result<std::collections::HashMap<String, Vec<EarlierCreditsRow>>, StoreError> {
+    ) -> Result<std::collections::HashMap<String, Vec<EarlierCredits>>, StoreError> {
         let rows = plan_credit_history::Entity::find()
             .order_by_desc(plan_credit_history::Column::UntilUs)
             .limit(MAX_HISTORY as u64)

@@ -347,14 +347,6 @@ pub struct PlanRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A plan's credits before an edit of them at `until` (see [`crate::Store::plan_credit_history`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EarlierCreditsRow {
-    pub until: DateTime<Utc>,
-    pub daily_ucr: i64,
-    pub subscription_ucr: i64,
-}
-
 /// A purchasable bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundleRow {

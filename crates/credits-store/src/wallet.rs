@@ -504,10 +504,10 @@ async fn stale_plans<C: ConnectionTrait>(
         }
         None => Default::default(),
     };
-    let credits_at = |plan: &plans::Model, at: i64| {
-        let later = history.get(&plan.id).into_iter().flatten();
-        match later.into_iter().find(|e| at <= to_us(e.until)) {
-            Some(e) => (e.daily_ucr, e.subscription_ucr),
+    let credits_at = |plan: &plans::Model, at| {
+        let earlier = history.get(&plan.id).map_or(&[][..], Vec::as_slice);
+        match credits_core::EarlierCredits::in_force(earlier, at) {
+            Some(e) => (e.daily.micro(), e.subscription.micro()),
             None => (plan.daily_ucr, plan.subscription_ucr),
         }
     };
@@ -517,7 +517,7 @@ async fn stale_plans<C: ConnectionTrait>(
         });
         let edited = b.credits_used.iter().any(|used| {
             stored.get(&used.plan_id).is_some_and(|p| {
-                let (daily, subscription) = credits_at(p, to_us(used.at));
+                let (daily, subscription) = credits_at(p, used.at);
                 used.daily_ucr.is_some_and(|d| d != daily)
                     || used.subscription_ucr.is_some_and(|s| s != subscription)
             })

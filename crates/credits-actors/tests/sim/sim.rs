@@ -12,8 +12,8 @@ use credits_actors::{
 };
 use credits_core::testing::{Journal, Outcome, ZONES, catalogue, step};
 use credits_core::{
-    Entry, EntryKind, Flows, KeyCheck, NewWallet, Op, OpError, ReleaseReason, Tokens, UsageId,
-    UsageOp, WalletId, check_key, replay,
+    Entry, Flows, KeyCheck, NewWallet, Op, OpError, Tokens, UsageId, UsageOp, WalletId, check_key,
+    replay,
 };
 use proptest::prelude::Rng;
 use proptest::strategy::{Strategy, ValueTree};
@@ -723,7 +723,7 @@ impl Sim {
                     want.get(i)
                 ));
             }
-            if let Some(missing) = want[ledger.len()..].iter().find(|e| !is_due(e)) {
+            if let Some(missing) = want[ledger.len()..].iter().find(|e| !e.fell_due()) {
                 return Err(format!(
                     "{id}: a call's record is missing from the store: {missing:?}"
                 ));
@@ -931,20 +931,6 @@ impl Sim {
             "{id}: due records still not durable after {MAX_CATCH_UP} rounds"
         ))
     }
-}
-
-/// A record the wallet makes by itself when time passes (not the answer to a call).
-fn is_due(e: &Entry) -> bool {
-    matches!(
-        e.kind,
-        EntryKind::DailyReset { .. }
-            | EntryKind::Renewed { .. }
-            | EntryKind::LotExpired { .. }
-            | EntryKind::Released {
-                reason: ReleaseReason::Expired,
-                ..
-            }
-    )
 }
 
 /// Runs core code, turning a panic (a debug assertion of the wallet's invariants) into an

@@ -660,10 +660,10 @@ async fn a_reset_on_credits_its_plan_no_longer_had_is_fenced_out(
         .upsert_catalogue(&[pro(40_000_000, reset_at + Duration::seconds(1))], &[])
         .await?;
     let history = store.plan_credit_history().await?;
-    let earlier = |until, daily_ucr| EarlierCreditsRow {
+    let earlier = |until, daily_ucr| credits_core::EarlierCredits {
         until,
-        daily_ucr,
-        subscription_ucr: 500_000_000,
+        daily: credits_core::Credits::from_micro(daily_ucr),
+        subscription: credits_core::Credits::from_micro(500_000_000),
     };
     // (This store had no `pro` row before the first upsert: nothing was edited then.)
     assert_eq!(
