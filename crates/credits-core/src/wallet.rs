@@ -914,6 +914,16 @@ impl Wallet {
     }
 
     fn decide_reserve(&self, r: &ReserveOp) -> Result<EntryKind, OpError> {
+        // Checked arithmetic (SPEC 1): held credits outlive the day, period or lot they came
+        // from (lots expiring while held, grants after them), so what reservations hold is
+        // bounded on its own, at what the wallet's three sources can hold at once.
+        let most = 3 * i128::from(Credits::MAX_HOLDING.micro());
+        if i128::from(self.reserved().micro()) + i128::from(r.amount.micro()) > most {
+            return Err(invalid(format!(
+                "a wallet's reservations may hold at most {} credits",
+                Credits::from_micro(i64::try_from(most).expect("3 × MAX_HOLDING fits in i64"))
+            )));
+        }
         self.check_member_limits(r.member.as_ref(), r.amount)?;
         self.check_funds(r.amount)?;
         let parts = self

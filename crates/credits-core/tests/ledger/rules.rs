@@ -1361,6 +1361,54 @@ fn grants_cannot_grow_a_wallet_past_what_its_sum_can_hold() {
     assert_eq!(b.total, b.daily.remaining + b.subscription.remaining + most);
 }
 
+/// Found by review: held credits outlive the lot, day or period they came from (SPEC 4), so
+/// a lot that expired while reserved let another of `MAX_HOLDING` be granted and reserved,
+/// and again: the fourth reservation overflowed the wallet's reserved sum, a panic on
+/// valid input. What a wallet's reservations hold now stays within what its sum can hold.
+#[test]
+fn reservations_cannot_hold_more_than_the_wallet_sum_can() {
+    let mut j = open("free", "UTC", "2027-06-01T10:00:00Z", None);
+    let most = Credits::MAX_HOLDING;
+    let bound = i128::from(most.micro()) * 3;
+    let mut held = 0i128;
+    // Three rounds reach the bound (four overflowed; the journal's own totals stop at
+    // three, since it sums what was ever granted).
+    for i in 0..3 {
+        let t = format!("2027-06-01T10:00:0{i}Z");
+        let until = format!("2027-06-01T10:00:0{}Z", i + 1);
+        ok(
+            &mut j,
+            &t,
+            &grant(
+                &format!("g{i}"),
+                &most.to_string(),
+                GrantKind::Promotion,
+                Some(&until),
+            ),
+        );
+        let amount = j.wallet.balance().total;
+        let op = reserve(&format!("r{i}"), &amount.to_string(), 3600);
+        if held + i128::from(amount.micro()) <= bound {
+            ok(&mut j, &t, &op);
+            held += i128::from(amount.micro());
+        } else {
+            assert!(matches!(refused(&mut j, &t, &op), OpError::InvalidInput(_)));
+            // What fits is still taken.
+            let rest = Credits::from_micro(i64::try_from(bound - held).unwrap());
+            ok(
+                &mut j,
+                &t,
+                &reserve(&format!("r{i}-rest"), &rest.to_string(), 3600),
+            );
+            held = bound;
+        }
+    }
+    assert_eq!(i128::from(j.wallet.balance().reserved.micro()), bound);
+    j.advance_to(at("2027-06-01T12:00:00Z"));
+    j.check_invariants().unwrap();
+    assert_eq!(j.wallet.balance().reserved, Credits::ZERO);
+}
+
 /// SPEC 5: one payment buys one lot. The same payment reference again on the wallet
 /// (a double submit decided before the first is stored) is refused, never a second lot.
 #[test]
