@@ -398,17 +398,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ..ActorConfig::default()
     };
     // What fell due while the service was down is applied under the plans it fell due
-    // under, before this start's catalogue changes them (SPEC 5: a plan's new credits
-    // count from each wallet's next reset or renewal). Only then does the start wait for
-    // it; otherwise the sweep catches up in the background while the service serves.
+    // under (SPEC 5: a plan's new credits count from each wallet's next reset or renewal).
+    // A change of credits needs nothing here: the store keeps the credits a plan had until
+    // each edit, and a wallet catching up uses those. A change of billing interval has no
+    // such history, so every wallet first catches up under the old interval; otherwise the
+    // sweep catches up in the background while the service serves.
     let before = credits_actors::ledger::stored_plans(&store).await?;
-    let credits_change = before.iter().filter(|p| !p.custom).any(|p| {
-        cat.plans.iter().any(|n| {
-            n.id == p.id
-                && (n.daily_credits != p.daily_credits
-                    || n.subscription_credits != p.subscription_credits
-                    || n.interval != p.interval)
-        })
+    let interval_change = before.iter().filter(|p| !p.custom).any(|p| {
+        cat.plans
+            .iter()
+            .any(|n| n.id == p.id && n.interval != p.interval)
     });
     let dir = Directory::new(
         Arc::new(SqlWallets::new(store.clone())),
@@ -416,15 +415,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         before.clone(),
         config,
     );
-    if credits_change {
-        // The catalogue's new credits count from each wallet's next reset or renewal (SPEC
-        // 5): unless every wallet has caught up under the old ones, they are not put in
-        // (found by review: a wallet whose catch-up failed got the new credits for days
-        // that fell due before).
+    if interval_change {
         let now = dir.clock().now();
         dir.catch_up(now).await.map_err(|why| {
             anyhow::anyhow!(
-                "the catalogue changes credits, and what fell due while stopped must first be applied under the old ones, {why}: start again once the database serves"
+                "the catalogue changes a billing interval, and what fell due while stopped must first be applied under the old one, {why}: start again once the database serves"
             )
         })?;
         tracing::info!("applied what fell due while stopped");
