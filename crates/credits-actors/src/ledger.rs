@@ -39,6 +39,14 @@ pub enum ServiceError {
     Forbidden(String),
 }
 
+/// A refusal as RESERVATION_NOT_ACTIVE.
+fn not_active(e: &ServiceError) -> bool {
+    matches!(
+        e,
+        ServiceError::Exec(ExecError::Op(OpError::ReservationNotActive))
+    )
+}
+
 impl From<OpError> for ServiceError {
     fn from(e: OpError) -> Self {
         ServiceError::Exec(ExecError::Op(e))
@@ -715,12 +723,19 @@ impl Ledger {
                     // The reservation may have been made on another node a moment ago:
                     // the actor must not refuse it as unknown before it has read that far.
                     self.dir.announce(&wallet_id, Some(row.seq));
-                    let applied = self.run(&wallet_id, Op::Settle(op)).await?;
-                    return Ok(Receipt {
-                        usage: usage_of(&applied.entry)?,
-                        balance: applied.balance,
-                        replayed: applied.replayed,
-                    });
+                    match self.run(&wallet_id, Op::Settle(op.clone())).await {
+                        Ok(applied) => {
+                            return Ok(Receipt {
+                                usage: usage_of(&applied.entry)?,
+                                balance: applied.balance,
+                                replayed: applied.replayed,
+                            });
+                        }
+                        // As in `release`: an actor that opened the wallet after another
+                        // node's settle landed knows nothing of it.
+                        Err(e) if not_active(&e) => e,
+                        Err(e) => return Err(e),
+                    }
                 }
                 Err(e) => e,
             },
@@ -728,8 +743,9 @@ impl Ledger {
             Some(Err(e)) if row.status == ReservationStatus::Active => e,
             Some(answer) => return answer,
         };
-        // Refused by the clock or by pricing while the store still says ACTIVE: this may
-        // be a retry of a settle whose commit is in flight. What the store then says decides.
+        // Refused by the clock, by pricing or as not active while the store said ACTIVE:
+        // this may be a retry of a settle whose commit is in flight or has just landed.
+        // What the store then says decides.
         self.wait_for_calls_ahead(&wallet_id).await?;
         let row = self.reservation_row(reservation_id).await?;
         let wallet = self.existing(&wallet_id).await?;
@@ -798,9 +814,22 @@ impl Ledger {
         }
         // As in `settle`: read up to the reservation before deciding.
         self.dir.announce(&wallet_id, Some(row.seq));
-        self.run(&wallet_id, Op::Release(reservation_id.clone()))
-            .await?;
-        Ok(view(ReservationStatus::Released))
+        match self
+            .run(&wallet_id, Op::Release(reservation_id.clone()))
+            .await
+        {
+            Ok(_) => Ok(view(ReservationStatus::Released)),
+            // Read ACTIVE above, refused by an actor that opened the wallet after another
+            // node's release landed (found by review): what the store says now decides.
+            Err(e) if not_active(&e) => {
+                self.wait_for_calls_ahead(&wallet_id).await?;
+                match self.status_now(&self.reservation_row(reservation_id).await?) {
+                    ReservationStatus::Released => Ok(view(ReservationStatus::Released)),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn grant(

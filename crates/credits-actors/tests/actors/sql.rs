@@ -823,3 +823,149 @@ fn custom_plan(
         earlier: Vec::new(),
     }
 }
+
+/// The SQL store with every wallet load held until the test opens the gate, and each load
+/// announced as it starts.
+struct GatedLoads {
+    inner: SqlWallets,
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl credits_actors::WalletStore for GatedLoads {
+    async fn create(
+        &self,
+        wallet: &credits_core::Wallet,
+        record: &credits_actors::Record,
+    ) -> Result<(), credits_actors::CommitError> {
+        self.inner.create(wallet, record).await
+    }
+    async fn load(
+        &self,
+        id: &WalletId,
+    ) -> Result<Option<credits_actors::Loaded>, credits_actors::StoreError> {
+        let _ = self.started.send(());
+        let _pass = self.open.acquire().await.unwrap();
+        self.inner.load(id).await
+    }
+    async fn load_fenced(
+        &self,
+        id: &WalletId,
+    ) -> Result<Option<credits_actors::Loaded>, credits_actors::StoreError> {
+        self.inner.load_fenced(id).await
+    }
+    fn several_nodes(&self) -> bool {
+        self.inner.several_nodes()
+    }
+    async fn seq(&self, id: &WalletId) -> Result<Option<u64>, credits_actors::StoreError> {
+        self.inner.seq(id).await
+    }
+    async fn plans(&self) -> Result<Option<Vec<credits_core::Plan>>, credits_actors::StoreError> {
+        self.inner.plans().await
+    }
+    async fn commit(
+        &self,
+        batch: &credits_actors::Batch,
+    ) -> Result<(), credits_actors::CommitError> {
+        self.inner.commit(batch).await
+    }
+    async fn commit_many(
+        &self,
+        batches: &[credits_actors::Batch],
+    ) -> Result<Vec<Result<(), credits_actors::CommitError>>, credits_actors::StoreError> {
+        self.inner.commit_many(batches).await
+    }
+    async fn records_after(
+        &self,
+        id: &WalletId,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<credits_actors::Record>, credits_actors::StoreError> {
+        self.inner.records_after(id, seq, limit).await
+    }
+    async fn find_key(
+        &self,
+        id: &WalletId,
+        key: &str,
+    ) -> Result<Option<credits_core::Entry>, credits_actors::StoreError> {
+        self.inner.find_key(id, key).await
+    }
+    async fn lot_holder(
+        &self,
+        once: credits_core::OnceFor<'_>,
+    ) -> Result<Option<WalletId>, credits_actors::StoreError> {
+        self.inner.lot_holder(once).await
+    }
+    async fn due(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        after: Option<&credits_actors::Due>,
+        limit: usize,
+    ) -> Result<Vec<credits_actors::Due>, credits_actors::StoreError> {
+        self.inner.due(before, after, limit).await
+    }
+}
+
+/// Found by review: a release retried on node B while node A's release of the same
+/// reservation committed read the reservation ACTIVE, then opened the wallet after A's
+/// commit: B's fresh actor knew nothing of the release and answered RESERVATION_NOT_ACTIVE
+/// for a release that had succeeded (SPEC 4: releasing a RELEASED reservation returns it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_a_node_that_opens_the_wallet_after_the_first_call_landed_gets_its_answer() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let (a, store_a) = node(&url).await;
+        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
+        let store_b = Store::connect(&url).await.unwrap();
+        let (started, mut loads) = tokio::sync::mpsc::unbounded_channel();
+        let open = Arc::new(tokio::sync::Semaphore::new(0));
+        let b = Directory::new(
+            Arc::new(GatedLoads {
+                inner: SqlWallets::new(store_b.clone()),
+                started,
+                open: open.clone(),
+            }),
+            Clock::manual(at("2027-03-10T12:00:00Z")),
+            catalogue(),
+            ActorConfig::default(),
+        );
+        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
+        let id = open_on(&on_a).await;
+        let r = on_a
+            .reserve(&id, "r1".into(), cr("5"), 600, None)
+            .await
+            .unwrap();
+
+        // B reads the reservation ACTIVE and opens the wallet; A releases it meanwhile.
+        let retry = {
+            let (on_b, r) = (on_b.clone(), r.id.clone());
+            tokio::spawn(async move { on_b.release(&r).await })
+        };
+        loads.recv().await.unwrap();
+        on_a.release(&r.id).await.unwrap();
+        open.add_permits(1_000);
+        let view = retry.await.unwrap();
+        assert!(
+            matches!(&view, Ok(v) if v.status == credits_store::ReservationStatus::Released),
+            "{url}: {view:?}"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
+
+async fn open_on(ledger: &credits_actors::Ledger) -> WalletId {
+    ledger
+        .create_wallet(
+            "alice",
+            &PlanId::from("pro"),
+            "UTC".parse().unwrap(),
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+        .id
+}
