@@ -220,6 +220,7 @@ impl WalletBatch {
         let mut records = Vec::with_capacity(entries.len());
         let mut usage = Vec::new();
         let mut credits_used = Vec::new();
+        let mut scheduled = Vec::new();
         let mut holds: BTreeMap<String, ReservationRow> = BTreeMap::new();
         let mut granted_seq: BTreeMap<String, u64> = BTreeMap::new();
         let mut dropped: BTreeMap<String, Lot> = BTreeMap::new();
@@ -313,6 +314,19 @@ impl WalletBatch {
                 EntryKind::Renewed { allowance, .. } => {
                     credits_used.push(used(None, Some(*allowance)));
                 }
+                EntryKind::PlanChanged {
+                    daily_allowance,
+                    subscription_allowance,
+                    ..
+                } => credits_used.push(used(Some(*daily_allowance), Some(*subscription_allowance))),
+                EntryKind::PlanScheduled {
+                    plan_id: Some(plan),
+                } => scheduled.push(ScheduledChange {
+                    plan_id: plan.0.clone(),
+                    at: entry.at,
+                    interval: state.interval.as_str().to_owned(),
+                    allowance_ucr: state.subscription.allowance.micro(),
+                }),
                 _ => {}
             }
             // The core drops a lot once nothing is left in it or held from it; its row
@@ -364,6 +378,7 @@ impl WalletBatch {
             moves_to: (before.plan_id != after.plan_id)
                 .then(|| (after.plan_id.0.clone(), after.interval.as_str().to_owned())),
             credits_used,
+            scheduled,
             entries: records,
             usage,
             grants,

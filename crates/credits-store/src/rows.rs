@@ -260,6 +260,10 @@ pub struct WalletBatch {
     /// fenced out if the stored plan had other credits by that record's instant: an edit,
     /// maybe on another node, that this node's plans did not have yet.
     pub credits_used: Vec<PlanCredits>,
+    /// The plan changes the batch scheduled for the next renewal on its wallet's interval
+    /// (SPEC 5: not upgrades). The commit is fenced out if the stored plan gave more than
+    /// the wallet's allowance by then: the change was an upgrade, applied at once.
+    pub scheduled: Vec<ScheduledChange>,
     /// In seq order, contiguous after the stored seq.
     pub entries: Vec<LedgerRecord>,
     pub usage: Vec<UsageRow>,
@@ -268,8 +272,18 @@ pub struct WalletBatch {
     pub review: Option<ReviewResolution>,
 }
 
-/// What a daily reset (`daily_ucr`) or a renewal (`subscription_ucr`) at `at` took from
-/// plan `plan_id`.
+/// A change to plan `plan_id` at `at`, scheduled because that plan gave at most
+/// `allowance_ucr` a period on `interval`, the wallet's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduledChange {
+    pub plan_id: String,
+    pub at: DateTime<Utc>,
+    pub interval: String,
+    pub allowance_ucr: i64,
+}
+
+/// What a daily reset (`daily_ucr`), a renewal (`subscription_ucr`) or an upgrade (both)
+/// at `at` took from plan `plan_id`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanCredits {
     pub plan_id: String,

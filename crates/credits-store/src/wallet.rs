@@ -183,7 +183,7 @@ impl Store {
             }
         }
         // A batch decided on plans that changed meanwhile (an interval, the credits of a
-        // reset or renewal) is fenced out.
+        // reset, renewal or plan change) is fenced out.
         let stale = stale_plans(&txn, &valid).await?;
         if !stale.is_empty() {
             for (result, batch) in results.iter_mut().filter(|r| r.is_ok()).zip(&valid) {
@@ -486,9 +486,10 @@ async fn write_batch<C: ConnectionTrait>(
 /// The wallets of `batches` decided on plans that changed meanwhile, fenced out with
 /// [`CommitError::PlanChanged`] (they read the plans again, reload and decide again): a move onto a plan whose
 /// stored interval is not the one the move was decided with (an interval change won the
-/// race), and a reset or renewal that took other credits than its plan gave at its instant,
-/// by the plan's credit history (an edit on another node that this node had not heard of
-/// yet, or one it knows without its history).
+/// race); a reset, renewal or upgrade that took other credits than its plan gave at its
+/// instant, by the plan's credit history (an edit on another node that this node had not
+/// heard of yet, or one it knows without its history); and a change scheduled onto a plan
+/// that by then gave more than the wallet's allowance (an upgrade, applied at once).
 async fn stale_plans<C: ConnectionTrait>(
     conn: &C,
     batches: &[&WalletBatch],
@@ -496,20 +497,35 @@ async fn stale_plans<C: ConnectionTrait>(
     let stored = locked_plans(conn, plan_ids(batches)).await?;
     // What each plan gave at each instant a record took credits at: its credits up to the
     // first edit at or after that instant, or (none) its current credits.
-    let used = batches.iter().flat_map(|b| &b.credits_used);
-    let history = match used.clone().map(|u| to_us(u.at)).min() {
+    let used: Vec<(&str, chrono::DateTime<chrono::Utc>)> = batches
+        .iter()
+        .flat_map(|b| {
+            let credits = b.credits_used.iter().map(|u| (u.plan_id.as_str(), u.at));
+            credits.chain(b.scheduled.iter().map(|s| (s.plan_id.as_str(), s.at)))
+        })
+        .collect();
+    let history = match used.iter().map(|(_, at)| to_us(*at)).min() {
         Some(first) => {
-            let ids = used.map(|u| u.plan_id.as_str()).collect();
+            let ids = used.iter().map(|(plan, _)| *plan).collect();
             crate::catalogue::credit_history_from(conn, ids, first).await?
         }
         None => Default::default(),
     };
-    let credits_at = |plan: &plans::Model, at| {
+    // What a plan gave at an instant: its credits up to the first edit at or after it, or
+    // (none) its current credits. At an edit's own instant, either those before or those
+    // after it: a record there is concurrent with the edit (a reset then takes the earlier
+    // ones, a plan change on a node that has the edit the new ones).
+    let given = |plan: &plans::Model, at| {
         let earlier = history.get(&plan.id).map_or(&[][..], Vec::as_slice);
-        match credits_core::EarlierCredits::in_force(earlier, at) {
-            Some(e) => (e.daily.micro(), e.subscription.micro()),
-            None => (plan.daily_ucr, plan.subscription_ucr),
-        }
+        let of = |e: Option<&credits_core::EarlierCredits>| {
+            e.map_or((plan.daily_ucr, plan.subscription_ucr), |e| {
+                (e.daily.micro(), e.subscription.micro())
+            })
+        };
+        [
+            of(credits_core::EarlierCredits::in_force(earlier, at)),
+            of(earlier.iter().find(|e| at < e.until)),
+        ]
     };
     let stale = |b: &WalletBatch| {
         let moved_off = b.moves_to.as_ref().is_some_and(|(plan, interval)| {
@@ -517,12 +533,22 @@ async fn stale_plans<C: ConnectionTrait>(
         });
         let edited = b.credits_used.iter().any(|used| {
             stored.get(&used.plan_id).is_some_and(|p| {
-                let (daily, subscription) = credits_at(p, used.at);
-                used.daily_ucr.is_some_and(|d| d != daily)
-                    || used.subscription_ucr.is_some_and(|s| s != subscription)
+                !given(p, used.at).iter().any(|(daily, subscription)| {
+                    used.daily_ucr.is_none_or(|d| d == *daily)
+                        && used.subscription_ucr.is_none_or(|s| s == *subscription)
+                })
             })
         });
-        moved_off || edited
+        // Scheduled on credits that made it no upgrade, which it was by then.
+        let an_upgrade = b.scheduled.iter().any(|change| {
+            stored.get(&change.plan_id).is_some_and(|p| {
+                p.interval == change.interval
+                    && given(p, change.at)
+                        .iter()
+                        .all(|(_, subscription)| *subscription > change.allowance_ucr)
+            })
+        });
+        moved_off || edited || an_upgrade
     };
     Ok(batches
         .iter()
@@ -532,8 +558,8 @@ async fn stale_plans<C: ConnectionTrait>(
 }
 
 /// The plans `batches` were decided on and lock: those moved onto, those scheduled (locked
-/// whatever their interval, see `WalletBatch::schedules`) and those resets and renewals
-/// took credits from.
+/// whatever their interval, see `WalletBatch::schedules`) and those resets, renewals and
+/// upgrades took credits from.
 fn plan_ids<'a>(batches: &[&'a WalletBatch]) -> Vec<&'a str> {
     let moves = batches.iter().filter_map(|b| b.moves_to.as_ref());
     moves
@@ -544,6 +570,12 @@ fn plan_ids<'a>(batches: &[&'a WalletBatch]) -> Vec<&'a str> {
                 .iter()
                 .flat_map(|b| &b.credits_used)
                 .map(|c| c.plan_id.as_str()),
+        )
+        .chain(
+            batches
+                .iter()
+                .flat_map(|b| &b.scheduled)
+                .map(|s| s.plan_id.as_str()),
         )
         .collect()
 }

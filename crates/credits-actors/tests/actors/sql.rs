@@ -969,3 +969,86 @@ async fn open_on(ledger: &credits_actors::Ledger) -> WalletId {
         .unwrap()
         .id
 }
+
+/// Found by review: an upgrade decided on node B with a plan's credits that node A had
+/// edited meanwhile committed with them (B had not heard of the edit): 100 a period on a
+/// plan that gives 40, and a change onto a plan raised past the wallet's allowance
+/// scheduled instead of applied at once (SPEC 5). Both are fenced out like a reset on old
+/// credits, and decided again on the plan as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_change_on_credits_another_node_edited_is_decided_again() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let (a, store_a) = node(&url).await;
+        let (b, store_b) = node(&url).await;
+        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
+        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
+        let acme = PlanId::from("acme-upgrade");
+        let plan = |subscription: &str| credits_core::Plan {
+            subscription_credits: cr(subscription),
+            ..custom_plan(&acme, "10", credits_core::BillingInterval::Monthly)
+        };
+        on_b.upsert_plan(plan("100")).await.unwrap();
+        let zone: chrono_tz::Tz = "UTC".parse().unwrap();
+        let free = on_b
+            .create_wallet("alice", &PlanId::from("free"), zone, None, None)
+            .await
+            .unwrap();
+        let pro = on_b
+            .create_wallet("bob", &PlanId::from("pro"), zone, None, None)
+            .await
+            .unwrap();
+
+        // Lowered on A: free → acme is still an upgrade, at 40.
+        on_a.upsert_plan(plan("40")).await.unwrap();
+        // A second on: the edit counts for what comes after its instant.
+        let tick = async || {
+            on_a.advance_clock(1).await.unwrap();
+            on_b.advance_clock(1).await.unwrap();
+        };
+        tick().await;
+        let w = on_b.change_plan(&free.id, &acme).await.unwrap();
+        assert_eq!(
+            (&w.plan_id, w.subscription.allowance),
+            (&acme, cr("40")),
+            "{url}"
+        );
+
+        // Raised on A past pro's 500: pro → acme is an upgrade now, not a schedule.
+        on_a.upsert_plan(plan("600")).await.unwrap();
+        tick().await;
+        let w = on_b.change_plan(&pro.id, &acme).await.unwrap();
+        assert_eq!(
+            (&w.plan_id, w.subscription.allowance, &w.scheduled_plan_id),
+            (&acme, cr("600"), &None),
+            "{url}"
+        );
+        // On the node that made the edit, at the edit's own instant: the new credits.
+        let carol = on_a
+            .create_wallet("carol", &PlanId::from("pro"), zone, None, None)
+            .await
+            .unwrap();
+        on_a.upsert_plan(plan("700")).await.unwrap();
+        let w = on_a.change_plan(&carol.id, &acme).await.unwrap();
+        assert_eq!(w.subscription.allowance, cr("700"), "{url}");
+        on_a.upsert_plan(plan("300")).await.unwrap();
+        let dave = on_a
+            .create_wallet("dave", &PlanId::from("pro"), zone, None, None)
+            .await
+            .unwrap();
+        let w = on_a.change_plan(&dave.id, &acme).await.unwrap();
+        assert_eq!(
+            (&w.plan_id, &w.scheduled_plan_id),
+            (&PlanId::from("pro"), &Some(acme.clone())),
+            "{url}"
+        );
+        for id in [&free.id, &pro.id, &carol.id, &dave.id] {
+            let replayed = store_b.replay_wallet(&id.0).await.unwrap().unwrap();
+            let (stored, _) = store_b.load_state(&id.0).await.unwrap().unwrap();
+            assert_eq!(replayed, stored, "{url}");
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
