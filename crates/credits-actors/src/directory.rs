@@ -4,7 +4,7 @@
 //! so there is never more than one actor per wallet here. Other nodes may run their own; the
 //! store's fenced commit keeps them honest.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -179,6 +179,8 @@ pub struct Shared {
     /// wallet that keeps failing (retried every second) is logged at the 1st, 2nd, 4th,
     /// 8th… failure, not 86,400 times a day.
     failing_ticks: DashMap<WalletId, u32>,
+    /// Set when [`Directory::shutdown`] begins: no wallet is activated any more.
+    closing: AtomicBool,
 }
 
 /// Removes an activation's slot if the caller gives up waiting (its request was dropped,
@@ -318,6 +320,7 @@ impl Directory {
             reviews: ReviewChanges::default(),
             actors: DashMap::new(),
             failing_ticks: DashMap::new(),
+            closing: AtomicBool::new(false),
         };
         Directory {
             shared: Arc::new(shared),
@@ -433,6 +436,13 @@ impl Directory {
     }
 
     async fn activate(&self, id: &WalletId) -> Result<ActorRef<WalletMsg>, ExecError> {
+        // Found by review: a live subscription whose wallet the drain had just stopped
+        // subscribed again, which started the wallet again, unflushed, as the process ended.
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(ExecError::Unavailable(
+                "the service is shutting down".into(),
+            ));
+        }
         // A predecessor that stopped with a commit in flight: load what it left.
         self.shared.committer.settled(id).await;
         let loaded = self
@@ -715,19 +725,29 @@ impl Directory {
         })
     }
 
-    /// Stops every actor after its in-flight work is durable (SIGTERM drain).
+    /// Stops every actor after its in-flight work is durable (SIGTERM drain); from its
+    /// start, calls on a wallet not active are UNAVAILABLE.
     pub async fn shutdown(&self) {
+        self.shared.closing.store(true, Ordering::Release);
         self.tick_all().await;
-        let actors: Vec<ActorRef<WalletMsg>> = self
-            .shared
-            .actors
-            .iter()
-            .filter_map(|e| e.value().get().cloned())
-            .collect();
-        for a in actors {
-            let _ = a
-                .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
-                .await;
+        // Again while any is left: an activation that began before `closing` may end
+        // after a round has listed the actors.
+        for _ in 0..3 {
+            let actors: Vec<ActorRef<WalletMsg>> = self
+                .shared
+                .actors
+                .iter()
+                .filter_map(|e| e.value().get().cloned())
+                .filter(|a| a.get_status() == ActorStatus::Running)
+                .collect();
+            if actors.is_empty() {
+                break;
+            }
+            for a in actors {
+                let _ = a
+                    .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
+                    .await;
+            }
         }
     }
 

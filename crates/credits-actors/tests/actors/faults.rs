@@ -694,3 +694,26 @@ async fn a_model_refusal_behind_a_plan_change_that_never_lands_is_not_given() {
         PlanId::from("max")
     );
 }
+
+/// Found by review: the SIGTERM drain stopped a wallet with a live subscriber, whose feed
+/// subscribed again at once and so started the wallet again, unflushed, as the process
+/// ended. From the start of `shutdown`, no wallet starts: a subscription or a call on a
+/// wallet not active is UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_shutdown_begins_no_wallet_starts_again() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_down", "pro", "UTC").await;
+    let _live = app.dir.subscribe(&id).await.unwrap();
+    app.dir.shutdown().await;
+    assert_eq!(app.dir.active_actor(&id), None);
+    let again = app.dir.subscribe(&id).await;
+    assert!(
+        matches!(again, Err(ExecError::Unavailable(_))),
+        "{:?}",
+        again.err()
+    );
+    let call = app.dir.execute(&id, usage("late", "1")).await;
+    assert!(matches!(call, Err(ExecError::Unavailable(_))), "{call:?}");
+    assert_eq!(app.dir.active_actor(&id), None);
+    assert_eq!(app.ledger(&id).len(), 1, "only the creation");
+}
