@@ -138,8 +138,12 @@ impl From<credits_store::StoreError> for ApiError {
     fn from(e: credits_store::StoreError) -> Self {
         // An answer larger than a bound is the request's size, not the store's health:
         // asking again would fail again.
-        if let credits_store::StoreError::TooLarge { .. } = e {
-            return ApiError::invalid(format!("{e}: narrow the request (e.g. from and to)"));
+        match e {
+            credits_store::StoreError::TooLarge { .. } => {
+                return ApiError::invalid(format!("{e}: narrow the request (e.g. from and to)"));
+            }
+            credits_store::StoreError::InvalidCursor => return ApiError::invalid("invalid cursor"),
+            _ => {}
         }
         tracing::warn!(error = %e, "store error");
         ApiError::unavailable("the store is unavailable")

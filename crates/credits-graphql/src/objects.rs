@@ -130,6 +130,9 @@ impl WalletObject {
             crate::mutation::text("model", m, crate::mutation::MAX_KEY, false)?;
         }
         crate::mutation::member(filter.member_id.as_ref())?;
+        if let Some(cursor) = &after {
+            credits_store::check_cursor(cursor).map_err(ApiError::from)?;
+        }
         // Filters combine with AND (SPEC 8): a plain member asking for another member's
         // usage gets none.
         if let (Access::Member(user), Some(m)) = (&self.access, &filter.member_id)
@@ -148,10 +151,7 @@ impl WalletObject {
             .store()
             .usage_history(&self.wallet.id.0, &filter, first as usize, after.as_deref())
             .await
-            .map_err(|e| match e {
-                credits_store::StoreError::InvalidCursor => ApiError::invalid("invalid cursor"),
-                e => e.into(),
-            })?;
+            .map_err(ApiError::from)?;
         let edges = page
             .events
             .iter()

@@ -83,12 +83,17 @@ impl Query {
         let visible: Option<Vec<String>> = match principal(ctx)?.user() {
             None => None,
             Some(user) => {
+                // The plans their wallets are on, and those they move to at their next
+                // renewal (`Wallet.scheduledPlan` shows them too).
+                let plans_of = |w: credits_core::Wallet| {
+                    std::iter::once(w.plan_id.0).chain(w.scheduled_plan_id.map(|p| p.0))
+                };
                 let mut ids: Vec<String> = l
                     .wallets_of_owner(user)
                     .await
                     .map_err(ApiError::from)?
                     .into_iter()
-                    .map(|w| w.plan_id.0)
+                    .flat_map(plans_of)
                     .collect();
                 for team in l
                     .store()
@@ -101,7 +106,7 @@ impl Query {
                         .await
                         .map_err(ApiError::from)?
                     {
-                        ids.push(w.plan_id.0);
+                        ids.extend(plans_of(w));
                     }
                 }
                 Some(ids)

@@ -34,7 +34,7 @@ pub use catalogue::PlanUpsert;
 pub use core::{cause_name, grant_kind};
 pub use error::{CommitError, StoreError};
 pub use feed::{CHANNEL, CommitListener, Notice};
-pub use queries::cursor_of;
+pub use queries::{check_cursor, cursor_of};
 pub use rows::*;
 pub use usage::UsageQuery;
 

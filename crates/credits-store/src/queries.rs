@@ -13,6 +13,11 @@ pub fn cursor_of(row: &UsageRow) -> String {
     crate::usage::encode_cursor(to_us(row.at), i64::try_from(row.seq).unwrap_or(i64::MAX))
 }
 
+/// Whether `cursor` is one [`cursor_of`] made, without a query.
+pub fn check_cursor(cursor: &str) -> Result<(), StoreError> {
+    crate::usage::decode_cursor(cursor).map(|_| ())
+}
+
 impl Store {
     /// Whether the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {

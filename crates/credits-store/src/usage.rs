@@ -28,7 +28,7 @@ pub(crate) fn encode_cursor(at_us: i64, seq: i64) -> String {
     plain.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
+pub(crate) fn decode_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
     // ASCII first: the pairs below are byte slices.
     if !cursor.is_ascii() || !cursor.len().is_multiple_of(2) || cursor.len() > 128 {
         return Err(StoreError::InvalidCursor);

@@ -402,6 +402,15 @@ async fn custom_plans_and_plan_changes(b: Backend) {
     app.wallet("alice", "acme-custom").await;
     let d = app.ok(&alice, "{ plans { id } }", json!({})).await;
     assert!(d["plans"].to_string().contains("acme-custom"));
+    // Found by review: one their wallet moves to at its next renewal was left out,
+    // although `scheduledPlan` shows it.
+    let carol = app.token("USER", Some("carol")).await;
+    let to_acme = "mutation($w: ID!) { changePlan(walletId: $w, planId: \"acme-custom\") { scheduledPlan { id } } }";
+    let on_max = app.wallet("carol", "max").await;
+    let d = app.ok(&app.admin, to_acme, json!({ "w": on_max })).await;
+    assert_eq!(d["changePlan"]["scheduledPlan"]["id"], "acme-custom");
+    let d = app.ok(&carol, "{ plans { id } }", json!({})).await;
+    assert!(d["plans"].to_string().contains("acme-custom"), "{d}");
 
     // A day later (one daily reset), upgrade pro → max: daily += 30, subscription +=
     // floor(1500 × remaining / period) with 30 of 31 days left.

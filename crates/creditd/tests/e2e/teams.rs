@@ -263,6 +263,12 @@ async fn plain_members_see_their_own_share(b: Backend) {
         app.ok(&bob, other, json!({ "w": pool })).await["wallet"]["usage"]["edges"],
         json!([])
     );
+    // Found by review: a bad cursor there was no error, as it is everywhere else.
+    let bad = "query($w: ID!) { wallet(id: $w) { usage(filter: {memberId: \"carol\"}, after: \"zz\") { edges { cursor } } } }";
+    assert_eq!(
+        app.code(&bob, bad, json!({ "w": pool })).await,
+        "INVALID_INPUT"
+    );
     // A member reports a pool thread they spent in; the review is theirs alone, and its
     // findings come from their own usage only (carol spent on the same thread).
     let d = app
