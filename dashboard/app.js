@@ -215,6 +215,11 @@ function signOut(error) {
   // What the last user saw leaves the page too, not only the view (a shared computer).
   for (const list of ['#accounts', '#team-list', ...WALLET_CONTENT]) $(list).replaceChildren();
   for (const text of ['[data-testid="viewer-owner"]', '[data-testid="viewer-role"]']) $(text).textContent = '';
+  // The balance cards' figures and dates, and the wallet's title (found by review: they
+  // stayed, hidden, and the countdown kept ticking on the last user's reset).
+  clearWalletFigures();
+  $('#model-list').replaceChildren();
+  $('#open-wallet-id').value = '';
   $('#token').value = '';
   $('#usage-filter').reset();
   showSignIn(error);
@@ -375,7 +380,37 @@ const WALLET_RETRY_MS = 2000;
 const WALLET_CONTENT = ['#grants', '#plan-current', '#plan-catalogue', '#usage-rows', '#summary-thread',
   '#summary-model', '#usage-chart', '#review-list'];
 
+/** Empties the balance cards and the wallet's title, as before any wallet was shown. */
+function clearWalletFigures() {
+  const view = $('#wallet-view');
+  for (const node of view.querySelectorAll('[data-value], [data-countdown-to]')) {
+    node.textContent = '';
+    node.dataset.value = '';
+    delete node.dataset.countdownTo;
+    delete node.dataset.seconds;
+  }
+  for (const meter of ['#daily-meter', '#subscription-meter']) $(meter).style.width = '0%';
+  $('#wallet-title').textContent = 'Wallet';
+  $('#wallet-meta').textContent = '';
+  delete view.dataset.walletId;
+}
+
+/** Whether the viewer's list shows this wallet (their own, or a team pool). */
+function listed(walletId) {
+  const { viewer } = state;
+  return Boolean(viewer?.wallets.some((w) => w.id === walletId) || viewer?.teams.some((t) => t.wallet.id === walletId));
+}
+
 async function selectWallet(walletId) {
+  // A wallet opened by id (ADMIN, SERVICE) stops streaming once another is opened (found
+  // by review: each kept one of the connection's 256 subscriptions, until none was left).
+  const previous = state.selectedId;
+  const entry = state.live.get(previous);
+  if (previous !== walletId && entry && !listed(previous)) {
+    clearTimeout(entry.refetchTimer);
+    entry.unsubscribe?.();
+    state.live.delete(previous);
+  }
   state.selectedId = walletId;
   sessionStorage.setItem(WALLET_KEY, walletId);
   for (const b of document.querySelectorAll('#accounts [data-wallet]')) {

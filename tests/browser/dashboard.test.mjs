@@ -492,7 +492,53 @@ describe('account dashboard in Chromium against creditd', () => {
     const left = await page.evaluate(() => ['#usage-rows', '#grants', '#review-list', '#team-list', '#accounts']
       .map((s) => document.querySelector(s).textContent).join(''));
     assert.equal(left, '', 'what the signed-out user saw is gone from the page');
+    // Found by review: the balance cards and the wallet's title stayed too, hidden.
+    const figures = await page.evaluate(() => {
+      const view = document.querySelector('#wallet-view');
+      return {
+        values: [...view.querySelectorAll('[data-value]')].map((n) => n.dataset.value + n.textContent).join(''),
+        countdowns: view.querySelectorAll('[data-countdown-to]').length,
+        title: document.querySelector('#wallet-title').textContent + document.querySelector('#wallet-meta').textContent,
+        walletId: view.dataset.walletId ?? null,
+      };
+    });
+    assert.deepEqual(figures, { values: '', countdowns: 0, title: 'Wallet', walletId: null });
     assert.deepEqual(world.pageErrors, [], 'uncaught errors in the page');
+  });
+
+  step('an admin opening wallets by id streams only the one shown', async () => {
+    // Found by review: every wallet opened by id kept its stream, until the connection's
+    // 256 subscriptions were used up and the next wallet had no live figures.
+    const context = await world.browser.newContext({ viewport: { width: 1280, height: 900 } });
+    try {
+      const page = await context.newPage();
+      const sent = [];
+      page.on('websocket', (socket) => socket.on('framesent', ({ payload }) => {
+        const message = JSON.parse(String(payload));
+        if (message.type === 'subscribe' || message.type === 'complete') sent.push(message);
+      }));
+      await page.goto(`${server.base}/`);
+      await page.getByLabel('API token').fill(server.adminToken);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      const open = async (walletId) => {
+        await page.locator('#open-wallet-id').fill(walletId);
+        await page.locator('#open-wallet-id').press('Enter');
+        await page.locator(`#wallet-view[data-wallet-id="${walletId}"]`).waitFor({ timeout: LOAD_MS });
+      };
+      const streamOf = (walletId) => sent.find((m) => m.type === 'subscribe'
+        && m.payload.variables?.walletId === walletId && m.payload.query.includes('balanceChanged'))?.id;
+      await open(world.wallet.id);
+      await open(world.team.wallet.id);
+      const first = streamOf(world.wallet.id);
+      assert.ok(first, 'the first wallet was streamed');
+      await eventually('the first stream ended', () => sent.some((m) => m.type === 'complete' && m.id === first),
+        (ended) => ended, LOAD_MS, 'a complete for it');
+      const second = streamOf(world.team.wallet.id);
+      assert.ok(second && !sent.some((m) => m.type === 'complete' && m.id === second), 'the shown wallet streams');
+      await readFigure(page, 'total');
+    } finally {
+      await context.close();
+    }
   });
 
   step('a token revoked while the page is open signs it out', async () => {
