@@ -150,19 +150,21 @@ impl Store {
             .collect()
     }
 
-    /// Members of a team in the order they were added, at most [`MAX_LIST`].
+    /// Members of a team in the order they were added, then by user id (as bytes), at
+    /// most [`MAX_LIST`].
     pub async fn members(&self, team_id: &str) -> Result<Vec<MemberRow>, StoreError> {
-        team_members::Entity::find()
+        let mut members = team_members::Entity::find()
             .filter(team_members::Column::TeamId.eq(team_id))
             .order_by_asc(team_members::Column::AddedUs)
             .order_by_asc(team_members::Column::UserId)
             .limit(MAX_LIST as u64)
             .all(&self.db)
             .await
-            .map_err(StoreError::Db)?
-            .into_iter()
-            .map(member_row)
-            .collect()
+            .map_err(StoreError::Db)?;
+        // Members added at one instant (a team's admins) in the same order on SQLite and
+        // PostgreSQL, whose collation orders text its own way (found by review).
+        members.sort_by(|a, b| (a.added_us, &a.user_id).cmp(&(b.added_us, &b.user_id)));
+        members.into_iter().map(member_row).collect()
     }
 
     pub async fn member(

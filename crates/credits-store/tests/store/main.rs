@@ -254,6 +254,22 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
         store.members("team_1").await?,
         vec![admin.clone(), bob.clone()]
     );
+    // Added at one instant: by user id as bytes on both databases ("Zed" before "alice"),
+    // whatever PostgreSQL's collation (found by review; this machine's is C.UTF-8).
+    let zed = MemberRow {
+        user_id: "Zed".into(),
+        added_at: t0(),
+        ..bob.clone()
+    };
+    assert!(store.add_member(&zed).await?);
+    assert_eq!(
+        store.members("team_1").await?,
+        vec![zed.clone(), admin.clone(), bob.clone()]
+    );
+    assert_eq!(
+        store.remove_member("team_1", "Zed").await?,
+        MemberRemoval::Removed
+    );
     assert!(
         store
             .set_member_limits("team_1", "bob", Some(5), None)
