@@ -136,6 +136,17 @@ impl Plan {
         }
     }
 
+    /// The (daily, subscription) credits a plan change onto this plan at `at` takes: with
+    /// every edit up to `at` in, one at `at` itself included (the edit's caller was answered
+    /// first). By the instant, not the newest row, so that a node whose clock is behind
+    /// the editing node's decides as the commit check does.
+    pub fn credits_after(&self, at: DateTime<Utc>) -> (Credits, Credits) {
+        match self.earlier.iter().find(|e| at < e.until) {
+            Some(e) => (e.daily, e.subscription),
+            None => (self.daily_credits, self.subscription_credits),
+        }
+    }
+
     /// Whether a wallet may be created on this plan or move onto it.
     pub fn check_offered(&self) -> Result<(), String> {
         if self.retired {

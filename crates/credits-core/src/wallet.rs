@@ -914,6 +914,8 @@ impl Wallet {
     }
 
     fn decide_reserve(&self, r: &ReserveOp) -> Result<EntryKind, OpError> {
+        self.check_member_limits(r.member.as_ref(), r.amount)?;
+        self.check_funds(r.amount)?;
         // Checked arithmetic (SPEC 1): held credits outlive the day, period or lot they came
         // from (lots expiring while held, grants after them), so what reservations hold is
         // bounded on its own, at what the wallet's three sources can hold at once.
@@ -924,8 +926,6 @@ impl Wallet {
                 Credits::from_micro(i64::try_from(most).expect("3 × MAX_HOLDING fits in i64"))
             )));
         }
-        self.check_member_limits(r.member.as_ref(), r.amount)?;
-        self.check_funds(r.amount)?;
         let parts = self
             .take(r.amount)
             .into_iter()
@@ -1100,10 +1100,10 @@ impl Wallet {
             return Ok(EntryKind::PlanScheduled { plan_id: None });
         }
         new.check_offered().map_err(invalid)?;
+        let (new_daily, new_subscription) = new.credits_after(self.now);
         // "Higher" than the allowance this period runs on, the same `old` as the amount
         // below: an edit of the current (custom) plan counts only from the next renewal.
-        if new.interval != self.interval || new.subscription_credits <= self.subscription.allowance
-        {
+        if new.interval != self.interval || new_subscription <= self.subscription.allowance {
             return Ok(EntryKind::PlanScheduled {
                 plan_id: Some(id.clone()),
             });
@@ -1115,8 +1115,8 @@ impl Wallet {
         let period_seconds = (self.subscription.period_end - self.subscription.period_start)
             .num_seconds()
             .max(1);
-        let delta = i128::from(new.subscription_credits.micro())
-            - i128::from(self.subscription.allowance.micro());
+        let delta =
+            i128::from(new_subscription.micro()) - i128::from(self.subscription.allowance.micro());
         let prorated = (delta * i128::from(remaining_seconds))
             .div_euclid(i128::from(period_seconds))
             .max(0);
@@ -1142,7 +1142,7 @@ impl Wallet {
             )
             .expect("room ≤ MAX_HOLDING fits in i64"),
         );
-        let daily_added = (new.daily_credits.checked_sub(self.daily.allowance))
+        let daily_added = (new_daily.checked_sub(self.daily.allowance))
             .unwrap_or(Credits::ZERO)
             .max(Credits::ZERO)
             .min(daily_room);
@@ -1150,8 +1150,8 @@ impl Wallet {
             plan_id: id.clone(),
             daily_added,
             subscription_added,
-            daily_allowance: new.daily_credits,
-            subscription_allowance: new.subscription_credits,
+            daily_allowance: new_daily,
+            subscription_allowance: new_subscription,
         })
     }
 

@@ -1042,7 +1042,30 @@ async fn a_plan_change_on_credits_another_node_edited_is_decided_again() {
             (&PlanId::from("pro"), &Some(acme.clone())),
             "{url}"
         );
-        for id in [&free.id, &pro.id, &carol.id, &dave.id] {
+        // Found by review: node A's clock a minute ahead, B has read the edit (with its
+        // instant): B's change a minute "before" it takes the credits before it, as the
+        // commit check does, rather than being fenced out on every try.
+        on_a.advance_clock(60).await.unwrap();
+        on_a.upsert_plan(plan("800")).await.unwrap();
+        credits_actors::ledger::reload_plans(&b).await.unwrap();
+        let erin = on_b
+            .create_wallet("erin", &PlanId::from("free"), zone, None, None)
+            .await
+            .unwrap();
+        let w = on_b.change_plan(&erin.id, &acme).await.unwrap();
+        assert_eq!(
+            (&w.plan_id, w.subscription.allowance),
+            (&acme, cr("300")),
+            "{url}"
+        );
+        on_b.advance_clock(61).await.unwrap();
+        let frank = on_b
+            .create_wallet("frank", &PlanId::from("free"), zone, None, None)
+            .await
+            .unwrap();
+        let w = on_b.change_plan(&frank.id, &acme).await.unwrap();
+        assert_eq!(w.subscription.allowance, cr("800"), "{url}");
+        for id in [&free.id, &pro.id, &carol.id, &dave.id, &erin.id, &frank.id] {
             let replayed = store_b.replay_wallet(&id.0).await.unwrap().unwrap();
             let (stored, _) = store_b.load_state(&id.0).await.unwrap().unwrap();
             assert_eq!(replayed, stored, "{url}");

@@ -1404,6 +1404,12 @@ fn reservations_cannot_hold_more_than_the_wallet_sum_can() {
         }
     }
     assert_eq!(i128::from(j.wallet.balance().reserved.micro()), bound);
+    // More than the wallet has is short of credits first (SPEC 4), the bound or not.
+    let more = (j.wallet.balance().total + Credits::from_micro(1)).to_string();
+    assert!(matches!(
+        refused(&mut j, "2027-06-01T10:00:02Z", &reserve("over", &more, 60)),
+        OpError::InsufficientCredits { .. }
+    ));
     j.advance_to(at("2027-06-01T12:00:00Z"));
     j.check_invariants().unwrap();
     assert_eq!(j.wallet.balance().reserved, Credits::ZERO);
