@@ -4,7 +4,7 @@
 //! so there is never more than one actor per wallet here. Other nodes may run their own; the
 //! store's fenced commit keeps them honest.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -181,6 +181,17 @@ pub struct Shared {
     failing_ticks: DashMap<WalletId, u32>,
     /// Set when [`Directory::shutdown`] begins: no wallet is activated any more.
     closing: AtomicBool,
+    /// Activations under way, each until its slot holds its actor (or its error).
+    activating: AtomicUsize,
+}
+
+/// Counts an activation out when it ends, however it ends.
+struct Activating<'a>(&'a AtomicUsize);
+
+impl Drop for Activating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Removes an activation's slot if the caller gives up waiting (its request was dropped,
@@ -321,6 +332,7 @@ impl Directory {
             actors: DashMap::new(),
             failing_ticks: DashMap::new(),
             closing: AtomicBool::new(false),
+            activating: AtomicUsize::new(0),
         };
         Directory {
             shared: Arc::new(shared),
@@ -408,7 +420,12 @@ impl Directory {
                 slot: &slot,
                 armed: true,
             };
+            // Counted before `activate` looks at `closing`, and until the slot is filled:
+            // `shutdown` either sees it or is seen by it.
+            self.shared.activating.fetch_add(1, Ordering::SeqCst);
+            let activating = Activating(&self.shared.activating);
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
+            drop(activating);
             abandoned.armed = false;
             if let Ok(a) = actor {
                 deliver_missed(&slot, a);
@@ -438,7 +455,7 @@ impl Directory {
     async fn activate(&self, id: &WalletId) -> Result<ActorRef<WalletMsg>, ExecError> {
         // Found by review: a live subscription whose wallet the drain had just stopped
         // subscribed again, which started the wallet again, unflushed, as the process ended.
-        if self.shared.closing.load(Ordering::Acquire) {
+        if self.shared.closing.load(Ordering::SeqCst) {
             return Err(ExecError::Unavailable(
                 "the service is shutting down".into(),
             ));
@@ -728,26 +745,25 @@ impl Directory {
     /// Stops every actor after its in-flight work is durable (SIGTERM drain); from its
     /// start, calls on a wallet not active are UNAVAILABLE.
     pub async fn shutdown(&self) {
-        self.shared.closing.store(true, Ordering::Release);
+        self.shared.closing.store(true, Ordering::SeqCst);
+        // An activation that looked at `closing` before it was set may still be loading.
+        let loaded = tokio::time::Instant::now() + CALL_TIMEOUT;
+        while self.shared.activating.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < loaded
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.tick_all().await;
-        // Again while any is left: an activation that began before `closing` may end
-        // after a round has listed the actors.
-        for _ in 0..3 {
-            let actors: Vec<ActorRef<WalletMsg>> = self
-                .shared
-                .actors
-                .iter()
-                .filter_map(|e| e.value().get().cloned())
-                .filter(|a| a.get_status() == ActorStatus::Running)
-                .collect();
-            if actors.is_empty() {
-                break;
-            }
-            for a in actors {
-                let _ = a
-                    .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
-                    .await;
-            }
+        let actors: Vec<ActorRef<WalletMsg>> = self
+            .shared
+            .actors
+            .iter()
+            .filter_map(|e| e.value().get().cloned())
+            .collect();
+        for a in actors {
+            let _ = a
+                .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
+                .await;
         }
     }
 

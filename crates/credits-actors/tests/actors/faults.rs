@@ -717,3 +717,39 @@ async fn once_shutdown_begins_no_wallet_starts_again() {
     assert_eq!(app.dir.active_actor(&id), None);
     assert_eq!(app.ledger(&id).len(), 1, "only the creation");
 }
+
+/// Found by review of the above: an activation that had passed the check before
+/// `shutdown` began was still loading when `shutdown` listed the actors, so it started
+/// its actor after the drain. `shutdown` waits for activations under way, then stops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_a_wallet_whose_activation_was_under_way() {
+    let app = app_at("2027-03-10T12:00:00Z");
+    let id = app.wallet("wal_loading", "pro", "UTC").await;
+    // A second node on the same store, where the wallet is not active yet.
+    let other = Directory::new(
+        app.store.clone(),
+        app.dir.clock().clone(),
+        catalogue(),
+        ActorConfig::default(),
+    );
+    let faults = &app.store.faults;
+    faults.loads.hold.store(1, Ordering::SeqCst);
+    let call = {
+        let (other, id) = (other.clone(), id.clone());
+        tokio::spawn(async move { other.execute(&id, usage("during", "1")).await })
+    };
+    assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
+    let draining = {
+        let other = other.clone();
+        tokio::spawn(async move { other.shutdown().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    faults.loads.release.notify_one();
+    draining.await.unwrap();
+    let _ = call.await.unwrap();
+    assert_eq!(
+        other.active_actor(&id),
+        None,
+        "no wallet runs after the drain"
+    );
+}
