@@ -124,7 +124,7 @@ impl LoadedTier {
 
     /// Prices `usage` of `model` (one of this tier's models). `usage` is already valid.
     pub(crate) fn price(&self, model: &str, usage: Usage) -> Result<Price, PricingError> {
-        if self.stalled.load(Ordering::Relaxed) {
+        if self.stalled() {
             return Err(self.failed(model, PluginFailure::Stalled));
         }
         let mut cost_micro_credits = 0_i64;
@@ -165,9 +165,10 @@ impl LoadedTier {
     }
 
     /// Whether a call into this tier did not return in time (it is disabled until a reload
-    /// loads its file afresh).
+    /// loads its file afresh), through this load or another of the same library (found by
+    /// review: a reload while the call hung made a load that stayed enabled).
     pub(crate) fn stalled(&self) -> bool {
-        self.stalled.load(Ordering::Relaxed)
+        self.stalled.load(Ordering::Relaxed) || self.calls.stalled.load(Ordering::Relaxed)
     }
 
     /// This load as one of the library file's loads: it shares their count of calls

@@ -820,6 +820,33 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
     assert!(registry.stalled_tiers().is_empty());
 }
 
+/// Found by review: a call that hung across a reload stalled the load it entered, no
+/// longer the registry's, and the reload's load of the same file stayed enabled: new calls
+/// kept entering the hanging library. Every load of the library is disabled.
+#[test]
+fn a_stall_found_after_a_reload_disables_the_reloaded_tier() {
+    let dirs = Dirs::with(&[("credits-fixture-gate-v1", "fixture")]);
+    let (registry, _) = open(&dirs);
+    let before = registry.tier_of("fixture-gated").unwrap();
+    registry.reload().unwrap();
+    before.stall("fixture-gated");
+    let refused = registry.price("fixture-ok", usage(1000, 0, 0)).unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            PricingError::PricingFailed {
+                failure: PluginFailure::Stalled,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(registry.stalled_tiers().len(), 1);
+    // Nothing is inside it: the next reload enables it again.
+    registry.reload().unwrap();
+    registry.price("fixture-ok", usage(1000, 0, 0)).unwrap();
+}
+
 /// Found by review: a reload enabled a stalled tier's same library again while its stuck
 /// call still held a thread, so each reload of a plugin that hangs could lose one more
 /// pricing thread and slot. The same file stays disabled until that call returns; a new
