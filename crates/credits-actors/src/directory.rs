@@ -746,24 +746,31 @@ impl Directory {
     /// start, calls on a wallet not active are UNAVAILABLE.
     pub async fn shutdown(&self) {
         self.shared.closing.store(true, Ordering::SeqCst);
-        // An activation that looked at `closing` before it was set may still be loading.
-        let loaded = tokio::time::Instant::now() + CALL_TIMEOUT;
-        while self.shared.activating.load(Ordering::SeqCst) > 0
-            && tokio::time::Instant::now() < loaded
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         self.tick_all().await;
-        let actors: Vec<ActorRef<WalletMsg>> = self
-            .shared
-            .actors
-            .iter()
-            .filter_map(|e| e.value().get().cloned())
-            .collect();
-        for a in actors {
-            let _ = a
-                .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
-                .await;
+        // Until none is left: an activation that looked at `closing` before it was set may
+        // still be loading, for longer than one round waits on a slow store.
+        for _ in 0..3 {
+            let loaded = tokio::time::Instant::now() + CALL_TIMEOUT;
+            while self.shared.activating.load(Ordering::SeqCst) > 0
+                && tokio::time::Instant::now() < loaded
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let actors: Vec<ActorRef<WalletMsg>> = self
+                .shared
+                .actors
+                .iter()
+                .filter_map(|e| e.value().get().cloned())
+                .filter(|a| a.get_status() != ActorStatus::Stopped)
+                .collect();
+            if actors.is_empty() && self.shared.activating.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            for a in actors {
+                let _ = a
+                    .stop_and_wait(Some("shutdown".into()), Some(CALL_TIMEOUT))
+                    .await;
+            }
         }
     }
 
