@@ -775,6 +775,17 @@ fn a_reload_that_cannot_read_the_directory_keeps_the_current_table() {
     assert!(PricingRegistry::open(&plugin_dir, dirs.cache.path()).is_err());
 }
 
+/// Whether a price call was refused because its tier is disabled.
+fn refused_as_stalled(err: &PricingError) -> bool {
+    matches!(
+        err,
+        PricingError::PricingFailed {
+            failure: PluginFailure::Stalled,
+            ..
+        }
+    )
+}
+
 /// A tier whose call did not return in time is disabled (every model, at once) until a
 /// reload loads it afresh; other tiers are untouched.
 #[test]
@@ -800,16 +811,7 @@ fn a_stalled_tier_is_refused_until_the_next_reload() {
         "{err:?}"
     );
     let refused = registry.price("fixture-ok", usage(1000, 0, 0)).unwrap_err();
-    assert!(
-        matches!(
-            refused,
-            PricingError::PricingFailed {
-                failure: PluginFailure::Stalled,
-                ..
-            }
-        ),
-        "{refused:?}"
-    );
+    assert!(refused_as_stalled(&refused), "{refused:?}");
     registry.price("standard-chat", usage(1000, 0, 0)).unwrap();
     assert!(matches!(
         registry.tier_of("no-such-model"),
@@ -831,16 +833,7 @@ fn a_stall_found_after_a_reload_disables_the_reloaded_tier() {
     registry.reload().unwrap();
     before.stall("fixture-gated");
     let refused = registry.price("fixture-ok", usage(1000, 0, 0)).unwrap_err();
-    assert!(
-        matches!(
-            refused,
-            PricingError::PricingFailed {
-                failure: PluginFailure::Stalled,
-                ..
-            }
-        ),
-        "{refused:?}"
-    );
+    assert!(refused_as_stalled(&refused), "{refused:?}");
     assert_eq!(registry.stalled_tiers().len(), 1);
     // Nothing is inside it: the next reload enables it again.
     registry.reload().unwrap();
