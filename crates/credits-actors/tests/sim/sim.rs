@@ -126,6 +126,8 @@ struct Pending {
     now: DateTime<Utc>,
     expected: Result<Outcome, OpError>,
     balance_after: credits_core::Balance,
+    /// The wallet's actor when the call was sent (`None`: not active).
+    actor: Option<ractor::ActorId>,
 }
 
 struct Sim {
@@ -523,6 +525,7 @@ impl Sim {
             }
         ));
         let now = self.clock.now();
+        let actor = self.dir.active_actor(&id);
         Ok(Pending {
             w,
             id,
@@ -530,6 +533,7 @@ impl Sim {
             now,
             expected,
             balance_after,
+            actor,
         })
     }
 
@@ -542,7 +546,14 @@ impl Sim {
             now,
             expected,
             balance_after,
+            actor,
         } = p;
+        // An actor started for this call, or since it was sent, knows no key from before
+        // (found in CI: under load a wallet went idle past `IDLE_AFTER` between two steps
+        // and stopped, with no passivation step to say so).
+        if actor.is_none() || self.dir.active_actor(&id) != actor {
+            self.wallets[w].forgetful = true;
+        }
         if self.clock.now() != now {
             return Err("the clock moved during a call".into());
         }
