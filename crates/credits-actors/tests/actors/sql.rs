@@ -627,10 +627,7 @@ async fn a_lot_granted_again_after_it_was_spent_is_refused_by_the_store() {
 async fn a_wallet_opens_on_its_plans_stored_interval_when_the_cache_is_stale() {
     let plugins = tempfile::tempdir().unwrap();
     for (url, pg) in databases().await {
-        let (a, store_a) = node(&url).await;
-        let (b, store_b) = node(&url).await;
-        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
-        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
+        let ((a, _, on_a), (b, _, on_b)) = two_ledgers(&url, plugins.path()).await;
         let plan = |interval| custom_plan(&PlanId::from("acme"), "10", interval);
         on_b.upsert_plan(plan(credits_core::BillingInterval::Monthly))
             .await
@@ -759,6 +756,24 @@ async fn a_reset_takes_the_credits_its_plan_gave_at_its_instant() {
     }
 }
 
+/// Two nodes on one database, each with its service facade (no pricing plugins).
+async fn two_ledgers(
+    url: &str,
+    plugins: &std::path::Path,
+) -> (
+    (Directory, Store, credits_actors::Ledger),
+    (Directory, Store, credits_actors::Ledger),
+) {
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (dir, store) = node(url).await;
+        let ledger = ledger_without_plugins(&dir, &store, plugins);
+        nodes.push((dir, store, ledger));
+    }
+    let b = nodes.pop().unwrap();
+    (nodes.pop().unwrap(), b)
+}
+
 /// Two nodes on one database with no notice feed between them, and a wallet of alice's
 /// opened on node b on custom plan `id` with 10 credits a day.
 struct PlanScene<P> {
@@ -779,10 +794,7 @@ impl PlanScene<()> {
         plugins: &std::path::Path,
         id: &PlanId,
     ) -> PlanScene<impl Fn(&str) -> credits_core::Plan + use<>> {
-        let (a, store_a) = node(url).await;
-        let (b, store_b) = node(url).await;
-        let on_a = ledger_without_plugins(&a, &store_a, plugins);
-        let on_b = ledger_without_plugins(&b, &store_b, plugins);
+        let ((a, store_a, on_a), (b, store_b, on_b)) = two_ledgers(url, plugins).await;
         let owned = id.clone();
         let plan =
             move |daily: &str| custom_plan(&owned, daily, credits_core::BillingInterval::Monthly);
@@ -979,10 +991,7 @@ async fn open_on(ledger: &credits_actors::Ledger) -> WalletId {
 async fn a_plan_change_on_credits_another_node_edited_is_decided_again() {
     let plugins = tempfile::tempdir().unwrap();
     for (url, pg) in databases().await {
-        let (a, store_a) = node(&url).await;
-        let (b, store_b) = node(&url).await;
-        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
-        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
+        let ((a, _, on_a), (b, store_b, on_b)) = two_ledgers(&url, plugins.path()).await;
         let acme = PlanId::from("acme-upgrade");
         let plan = |subscription: &str| credits_core::Plan {
             subscription_credits: cr(subscription),
