@@ -19,6 +19,10 @@ pub const MAX_ALIASES: usize = 100;
 /// field costs at least one unit of complexity, so no document within the complexity limit
 /// selects more, `__typename` aside).
 pub const MAX_SELECTED_FIELDS: usize = 5 * MAX_COMPLEXITY;
+/// Nesting of selections and fragment spreads, counted as async-graphql counts it (its
+/// default, which this service keeps). Checked here first, because a chain of fragments is
+/// followed by recursion, and async-graphql checks only after this extension has run.
+pub const MAX_RECURSION: usize = 32;
 pub const MAX_BATCH: usize = 10;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const MAX_STRING_BYTES: usize = 64 * 1024;
@@ -109,7 +113,14 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
     }
 
     impl<'a> Walk<'a> {
-        fn set(&mut self, set: &'a SelectionSet) -> Result<Expanded, String> {
+        /// `depth` counts as async-graphql's recursion-depth check does: a field with a
+        /// selection, an inline fragment and a spread each go one deeper.
+        fn set(&mut self, set: &'a SelectionSet, depth: usize) -> Result<Expanded, String> {
+            if depth > MAX_RECURSION {
+                return Err(format!(
+                    "fragments and selections are nested deeper than {MAX_RECURSION}"
+                ));
+            }
             let mut total = Expanded::default();
             for s in &set.items {
                 let one = match &s.node {
@@ -117,16 +128,23 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
                         fields: 1,
                         aliases: usize::from(f.node.alias.is_some()),
                     }
-                    .add(self.set(&f.node.selection_set.node)?),
-                    Selection::InlineFragment(i) => self.set(&i.node.selection_set.node)?,
-                    Selection::FragmentSpread(sp) => self.fragment(&sp.node.fragment_name.node)?,
+                    .add(self.set(&f.node.selection_set.node, depth + 1)?),
+                    Selection::InlineFragment(i) => {
+                        self.set(&i.node.selection_set.node, depth + 1)?
+                    }
+                    Selection::FragmentSpread(sp) => {
+                        self.fragment(&sp.node.fragment_name.node, depth + 1)?
+                    }
                 };
                 total = total.add(one);
             }
             Ok(total)
         }
 
-        fn fragment(&mut self, name: &'a Name) -> Result<Expanded, String> {
+        /// A fragment counted once is not walked again, however deep the next spread is:
+        /// its deepest path was within the limit where it was first met, and a spread
+        /// deeper than that is refused by async-graphql's own check afterwards.
+        fn fragment(&mut self, name: &'a Name, depth: usize) -> Result<Expanded, String> {
             match self.counted.get(name.as_str()) {
                 Some(Some(known)) => return Ok(*known),
                 Some(None) => return Err(format!("fragment {name} spreads itself")),
@@ -137,7 +155,7 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
                 return Ok(Expanded::default());
             };
             self.counted.insert(name.as_str(), None);
-            let size = self.set(&fragment.node.selection_set.node)?;
+            let size = self.set(&fragment.node.selection_set.node, depth)?;
             self.counted.insert(name.as_str(), Some(size));
             Ok(size)
         }
@@ -149,7 +167,7 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
     };
     let mut total = Expanded::default();
     for (_, op) in doc.operations.iter() {
-        total = total.add(walk.set(&op.node.selection_set.node)?);
+        total = total.add(walk.set(&op.node.selection_set.node, 0)?);
     }
     Ok(total)
 }
@@ -487,5 +505,31 @@ mod tests {
                 aliases: 3
             })
         );
+    }
+
+    /// Found by review: a straight chain of fragments, each spreading the next, was
+    /// followed by one recursive call per link before async-graphql's own recursion-depth
+    /// check ran: a 70 KB query overflowed a worker's stack and aborted the whole server.
+    #[tokio::test]
+    async fn a_long_chain_of_fragments_is_refused_without_following_it() {
+        let (schema, _) = schema();
+        let chain = |links: usize| {
+            let mut q = String::from("{ ...F0 }");
+            for i in 0..links {
+                q += &format!(" fragment F{i} on Query {{ ...F{} }}", i + 1);
+            }
+            q + &format!(" fragment F{links} on Query {{ echo(s: \"x\") }}")
+        };
+        let resp = schema.execute(chain(6_000)).await;
+        assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+        assert_eq!(
+            resp.errors[0].message,
+            "fragments and selections are nested deeper than 32"
+        );
+        let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
+        assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
+        // As deep as async-graphql's own check allows still runs.
+        let resp = schema.execute(chain(30)).await;
+        assert!(resp.errors.is_empty(), "{:?}", resp.errors);
     }
 }
