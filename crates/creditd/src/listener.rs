@@ -1,6 +1,7 @@
 //! Accepting connections and serving HTTP on them. Every connection gets a read timeout, so
-//! one that sends nothing for that long (an idle keep-alive connection, a client gone
-//! without a FIN) is closed instead of holding a socket and a task for ever; and a request
+//! one that sends nothing for that long between requests (an idle keep-alive connection, a
+//! client gone without a FIN) is closed instead of holding a socket and a task for ever,
+//! while a request being handled is never cut short by it; and a request
 //! head must arrive whole within the header timeout, so a client that trickles its headers
 //! a byte at a time (slowloris) cannot hold one either. Live WebSockets are never idle
 //! that long: their peers answer the server's pings.
@@ -66,9 +67,13 @@ pub async fn serve(
         let all_done = all_done.clone();
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
+            // Half-closed connections are served: hyper then stops reading the socket
+            // while a request is handled (only to notice its client leaving), so the idle
+            // timeout runs only between requests and a long call gets its answer.
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout);
+                .header_read_timeout(header_timeout)
+                .half_close(true);
             let conn = builder
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
@@ -87,4 +92,48 @@ pub async fn serve(
     drop(stopping);
     drop(all_done);
     done.closed().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Found by review: the idle read timeout also ran while a request was being handled
+    /// (hyper keeps reading the socket to notice a client that goes away), so a call that
+    /// took longer than it (an `advanceClock` over many wallets, a `reloadPricing`) had its
+    /// connection cut instead of getting its answer.
+    #[tokio::test]
+    async fn a_request_handled_for_longer_than_the_idle_timeout_gets_its_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "done"
+            }),
+        );
+        let idle = IdleLimited::new(listener, Duration::from_millis(300));
+        tokio::spawn(serve(
+            idle,
+            router,
+            Duration::from_secs(5),
+            8,
+            std::future::pending(),
+        ));
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let mut buf = [0u8; 1024];
+        while !answer.ends_with("done") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed after {answer:?}");
+            answer.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
 }
