@@ -278,6 +278,21 @@ impl Ledger {
         self.plans().iter().find(|p| &p.id == id).cloned()
     }
 
+    /// Plan `id`, or NOT_FOUND. One this node does not know is looked for again in the
+    /// store when other nodes may have created it a moment ago (their notice may still be
+    /// on its way).
+    async fn known_plan(&self, id: &PlanId) -> ServiceResult<Plan> {
+        if let Some(plan) = self.plan(id) {
+            return Ok(plan);
+        }
+        if self.dir.several_nodes() {
+            reload_plans(&self.dir)
+                .await
+                .map_err(|e| ServiceError::Exec(ExecError::Unavailable(e.to_string())))?;
+        }
+        self.plan(id).ok_or(ServiceError::NotFound("plan"))
+    }
+
     // ---- wallets -----------------------------------------------------------------------
 
     /// Opens a wallet; with a key, a retried call returns the wallet it created, and the
@@ -309,13 +324,14 @@ impl Ledger {
             if let Some(done) = self.store.wallet_for_creation_key(owner_id, k).await? {
                 // SPEC 10: the plan is judged before a conflict. A replay still returns
                 // its wallet when the plan was retired since.
-                let plan = self.plan(plan_id).ok_or(ServiceError::NotFound("plan"))?;
+                let plan = self.known_plan(plan_id).await?;
                 if done.request.as_deref().is_some_and(|r| r != request) {
                     plan.check_offered().map_err(invalid)?;
                 }
                 return self.created(done, &request).await;
             }
         }
+        self.known_plan(plan_id).await?;
         let key = key.map(|key| credits_store::CreationKey {
             key,
             request: request.clone(),
@@ -459,9 +475,7 @@ impl Ledger {
     }
 
     pub async fn change_plan(&self, id: &WalletId, plan: &PlanId) -> ServiceResult<Wallet> {
-        if self.plan(plan).is_none() {
-            return Err(ServiceError::NotFound("plan"));
-        }
+        self.known_plan(plan).await?;
         self.run(id, Op::ChangePlan(plan.clone())).await?;
         self.existing(id).await
     }
@@ -1175,6 +1189,7 @@ impl Ledger {
         if name.is_empty() || name.chars().count() > credits_core::wallet::MAX_TEXT_CHARS {
             return Err(invalid("name must be 1 to 4096 characters"));
         }
+        self.known_plan(plan_id).await?;
         self.on_fresh_plans(|| self.create_team_once(&name, plan_id, timezone, &admins))
             .await
     }

@@ -194,6 +194,8 @@ impl NewWallet {
             timezone: wallet.timezone.name().to_owned(),
             plan_id: wallet.plan_id.0.clone(),
             interval: wallet.interval.as_str().to_owned(),
+            daily_ucr: wallet.daily.allowance.micro(),
+            subscription_ucr: wallet.subscription.allowance.micro(),
             created_at: wallet.created_at,
             snapshot_json: json(wallet)?,
             next_due_at: Some(wallet.next_due()),

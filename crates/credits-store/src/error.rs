@@ -30,9 +30,9 @@ pub enum StoreError {
     /// A pagination cursor that this store did not produce.
     #[error("invalid cursor")]
     InvalidCursor,
-    /// A wallet was to open on its plan's old billing interval: the interval changed
-    /// meanwhile. Nothing was written; a retry reads the plan again.
-    #[error("plan {0} changed its billing interval meanwhile; retry")]
+    /// A wallet was to open on its plan's old billing interval or credits: the plan
+    /// changed meanwhile. Nothing was written; a retry reads the plan again.
+    #[error("plan {0} changed meanwhile; retry")]
     PlanChanged(String),
     /// A catalogue would change the billing interval of a plan wallets are on (SPEC 5:
     /// never for a plan in use). Nothing was written.

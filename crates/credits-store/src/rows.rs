@@ -41,6 +41,10 @@ pub struct NewWallet {
     /// The billing interval it opens with (`MONTHLY`/`ANNUAL`): creation fails if its plan's
     /// stored interval differs (an interval change won the race).
     pub interval: String,
+    /// The daily and subscription credits it opens with: creation fails if its plan did
+    /// not give them then (an edit on another node won the race).
+    pub daily_ucr: i64,
+    pub subscription_ucr: i64,
     pub created_at: DateTime<Utc>,
     pub snapshot_json: String,
     pub next_due_at: Option<DateTime<Utc>>,

@@ -4,6 +4,7 @@
 //! every row of the batch. It must never write a batch whose fence failed, and never
 //! commit two wallets' batches so that one's conflict undoes the other's.
 
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, IsolationLevel,
@@ -396,10 +397,18 @@ pub(crate) async fn insert_wallet<C: ConnectionTrait>(
     conn: &C,
     wallet: &NewWallet,
 ) -> Result<(), StoreError> {
-    // A wallet never opens on an interval its plan no longer has, and a plan never changes
-    // the interval of a wallet on it.
-    let on = [(wallet.plan_id.as_str(), wallet.interval.as_str())];
-    if !changed_intervals(conn, &on).await?.is_empty() {
+    // A wallet never opens on an interval its plan no longer has (a plan never changes the
+    // interval of a wallet on it), nor with other credits than its plan gave as it opened
+    // (edited on another node that this node had not heard of yet).
+    let plan = wallet.plan_id.as_str();
+    let plans = PlansAt::read(conn, vec![plan], &[(plan, wallet.created_at)]).await?;
+    let opening = PlanCredits {
+        plan_id: wallet.plan_id.clone(),
+        at: wallet.created_at,
+        daily_ucr: Some(wallet.daily_ucr),
+        subscription_ucr: Some(wallet.subscription_ucr),
+    };
+    if plans.other_interval(plan, &wallet.interval) || plans.took_other(&opening) {
         return Err(StoreError::PlanChanged(wallet.plan_id.clone()));
     }
     let row = wallets::Model {
@@ -494,56 +503,26 @@ async fn stale_plans<C: ConnectionTrait>(
     conn: &C,
     batches: &[&WalletBatch],
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let stored = locked_plans(conn, plan_ids(batches)).await?;
-    // What each plan gave at each instant a record took credits at: its credits up to the
-    // first edit at or after that instant, or (none) its current credits.
-    let used: Vec<(&str, chrono::DateTime<chrono::Utc>)> = batches
+    let instants: Vec<(&str, DateTime<Utc>)> = batches
         .iter()
         .flat_map(|b| {
             let credits = b.credits_used.iter().map(|u| (u.plan_id.as_str(), u.at));
             credits.chain(b.scheduled.iter().map(|s| (s.plan_id.as_str(), s.at)))
         })
         .collect();
-    let history = match used.iter().map(|(_, at)| to_us(*at)).min() {
-        Some(first) => {
-            let ids = used.iter().map(|(plan, _)| *plan).collect();
-            crate::catalogue::credit_history_from(conn, ids, first).await?
-        }
-        None => Default::default(),
-    };
-    // What a plan gave at an instant: its credits up to the first edit at or after it, or
-    // (none) its current credits. At an edit's own instant, either those before or those
-    // after it: a record there is concurrent with the edit (a reset then takes the earlier
-    // ones, a plan change on a node that has the edit the new ones).
-    let given = |plan: &plans::Model, at| {
-        let earlier = history.get(&plan.id).map_or(&[][..], Vec::as_slice);
-        let of = |e: Option<&credits_core::EarlierCredits>| {
-            e.map_or((plan.daily_ucr, plan.subscription_ucr), |e| {
-                (e.daily.micro(), e.subscription.micro())
-            })
-        };
-        [
-            of(credits_core::EarlierCredits::in_force(earlier, at)),
-            of(earlier.iter().find(|e| at < e.until)),
-        ]
-    };
+    let plans = PlansAt::read(conn, plan_ids(batches), &instants).await?;
     let stale = |b: &WalletBatch| {
-        let moved_off = b.moves_to.as_ref().is_some_and(|(plan, interval)| {
-            stored.get(plan).is_some_and(|p| p.interval != *interval)
-        });
-        let edited = b.credits_used.iter().any(|used| {
-            stored.get(&used.plan_id).is_some_and(|p| {
-                !given(p, used.at).iter().any(|(daily, subscription)| {
-                    used.daily_ucr.is_none_or(|d| d == *daily)
-                        && used.subscription_ucr.is_none_or(|s| s == *subscription)
-                })
-            })
-        });
+        let moved_off = b
+            .moves_to
+            .as_ref()
+            .is_some_and(|(plan, interval)| plans.other_interval(plan, interval));
+        let edited = b.credits_used.iter().any(|used| plans.took_other(used));
         // Scheduled on credits that made it no upgrade, which it was by then.
         let an_upgrade = b.scheduled.iter().any(|change| {
-            stored.get(&change.plan_id).is_some_and(|p| {
+            plans.stored.get(&change.plan_id).is_some_and(|p| {
                 p.interval == change.interval
-                    && given(p, change.at)
+                    && plans
+                        .given(p, change.at)
                         .iter()
                         .all(|(_, subscription)| *subscription > change.allowance_ucr)
             })
@@ -555,6 +534,66 @@ async fn stale_plans<C: ConnectionTrait>(
         .filter(|b| stale(b))
         .map(|b| b.wallet_id.clone())
         .collect())
+}
+
+/// What plans gave at given instants: their stored rows, share-locked (see
+/// [`locked_plans`]), and their credit edits since the earliest of those instants.
+struct PlansAt {
+    stored: std::collections::HashMap<String, plans::Model>,
+    history: std::collections::HashMap<String, Vec<credits_core::EarlierCredits>>,
+}
+
+impl PlansAt {
+    async fn read<C: ConnectionTrait>(
+        conn: &C,
+        ids: Vec<&str>,
+        instants: &[(&str, DateTime<Utc>)],
+    ) -> Result<PlansAt, StoreError> {
+        let stored = locked_plans(conn, ids).await?;
+        let history = match instants.iter().map(|(_, at)| to_us(*at)).min() {
+            Some(first) => {
+                let ids = instants.iter().map(|(plan, _)| *plan).collect();
+                crate::catalogue::credit_history_from(conn, ids, first).await?
+            }
+            None => Default::default(),
+        };
+        Ok(PlansAt { stored, history })
+    }
+
+    /// Whether `plan` is stored with another interval than `interval` (an interval change
+    /// won the race).
+    fn other_interval(&self, plan: &str, interval: &str) -> bool {
+        self.stored
+            .get(plan)
+            .is_some_and(|p| p.interval != interval)
+    }
+
+    /// What a plan gave at an instant (daily, subscription): its credits up to the first
+    /// edit at or after it, or (none) its current credits. At an edit's own instant, either
+    /// those before or those after it: a record there is concurrent with the edit (a reset
+    /// then takes the earlier ones, a plan change on a node that has the edit the new ones).
+    fn given(&self, plan: &plans::Model, at: DateTime<Utc>) -> [(i64, i64); 2] {
+        let earlier = self.history.get(&plan.id).map_or(&[][..], Vec::as_slice);
+        let of = |e: Option<&credits_core::EarlierCredits>| {
+            e.map_or((plan.daily_ucr, plan.subscription_ucr), |e| {
+                (e.daily.micro(), e.subscription.micro())
+            })
+        };
+        [
+            of(credits_core::EarlierCredits::in_force(earlier, at)),
+            of(earlier.iter().find(|e| at < e.until)),
+        ]
+    }
+
+    /// Whether `used` took other credits than its plan gave at its instant.
+    fn took_other(&self, used: &PlanCredits) -> bool {
+        self.stored.get(&used.plan_id).is_some_and(|p| {
+            !self.given(p, used.at).iter().any(|(daily, subscription)| {
+                used.daily_ucr.is_none_or(|d| d == *daily)
+                    && used.subscription_ucr.is_none_or(|s| s == *subscription)
+            })
+        })
+    }
 }
 
 /// The plans `batches` were decided on and lock: those moved onto, those scheduled (locked
@@ -578,19 +617,6 @@ fn plan_ids<'a>(batches: &[&'a WalletBatch]) -> Vec<&'a str> {
                 .map(|s| s.plan_id.as_str()),
         )
         .collect()
-}
-
-/// The plans of `(plan, interval)` whose stored interval is another.
-async fn changed_intervals<C: ConnectionTrait>(
-    conn: &C,
-    wanted: &[(&str, &str)],
-) -> Result<std::collections::HashSet<String>, StoreError> {
-    let stored = locked_plans(conn, wanted.iter().map(|(plan, _)| *plan).collect()).await?;
-    Ok(wanted
-        .iter()
-        .filter(|(plan, interval)| stored.get(*plan).is_some_and(|s| s.interval != *interval))
-        .map(|(plan, _)| (*plan).to_owned())
-        .collect())
 }
 
 /// The stored rows of plans `ids`, share-locked in id order, by id: an edit of one, which

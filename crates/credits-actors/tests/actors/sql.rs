@@ -704,6 +704,75 @@ async fn a_reset_after_another_nodes_plan_edit_takes_the_new_credits() {
     }
 }
 
+/// Found by review: a wallet opened on node b after node a edited its plan's credits, before
+/// node b heard of the edit, opened with the old credits (only the plan's interval was
+/// checked as it was stored), and a plan node a had just created was NOT_FOUND on node b.
+/// The store refuses a creation whose credits its plan did not give then, and node b reads
+/// the plans again, as for a plan it does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_opened_after_another_nodes_plan_edit_takes_the_new_credits() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let acme = PlanId::from("acme-opening");
+        let PlanScene {
+            a,
+            b,
+            on_a,
+            on_b,
+            plan,
+            ..
+        } = PlanScene::new(&url, plugins.path(), &acme).await;
+        on_a.upsert_plan(plan("50")).await.unwrap();
+        assert_eq!(on_b.plan(&acme).unwrap().daily_credits, cr("10"), "{url}");
+        // A second later (at the edit's own instant, either credits are right).
+        on_b.advance_clock(1).await.unwrap();
+        let zone: chrono_tz::Tz = "UTC".parse().unwrap();
+        let w = on_b
+            .create_wallet("bob", &acme, zone, None, None)
+            .await
+            .unwrap();
+        assert_eq!(w.daily.allowance, cr("50"), "{url}: the new credits");
+        assert_eq!(w.daily.remaining, cr("50"), "{url}");
+        let stored = on_b.store().load_wallet(&w.id.0).await.unwrap().unwrap();
+        assert_eq!(stored.state().unwrap(), w, "{url}: stored as answered");
+
+        if !b.several_nodes() {
+            // SQLite serves one node: its plans are never behind the store.
+            a.shutdown().await;
+            b.shutdown().await;
+            cleanup(&url, pg).await;
+            continue;
+        }
+        // A plan node b has not heard of yet.
+        let fresh = PlanId::from("acme-fresh");
+        on_a.upsert_plan(custom_plan(
+            &fresh,
+            "7",
+            credits_core::BillingInterval::Monthly,
+        ))
+        .await
+        .unwrap();
+        let w = on_b
+            .create_wallet("carol", &fresh, zone, None, None)
+            .await
+            .unwrap();
+        assert_eq!(w.daily.allowance, cr("7"), "{url}");
+        let later = PlanId::from("acme-later");
+        on_a.upsert_plan(custom_plan(
+            &later,
+            "7",
+            credits_core::BillingInterval::Monthly,
+        ))
+        .await
+        .unwrap();
+        let moved = on_b.change_plan(&w.id, &later).await.unwrap();
+        assert_eq!(moved.scheduled_plan_id, Some(later), "{url}");
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
+
 /// Found by review: the commit's check compared a reset with the plan's current row only.
 /// Edited 10 → 50 before midnight and 50 → 70 after it, the plan's current row was newer
 /// than the reset, so a node that still knew 10 reset the wallet on 10. The check now reads

@@ -115,6 +115,7 @@ async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
     on_a.id = "wal_on_a".into();
     on_a.plan_id = "custom-a".into();
     on_a.interval = "MONTHLY".into();
+    (on_a.daily_ucr, on_a.subscription_ucr) = (5_000_000, 0);
     assert_eq!(store.create_wallet(&on_a).await?, Created::New);
     let mut annual = plan("custom-a", true, 0);
     annual.interval = "ANNUAL".into();
@@ -130,6 +131,15 @@ async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
         Err(StoreError::PlanChanged(p)) if p == "custom-b"
     ));
     assert!(store.load_wallet("wal_stale").await?.is_none());
+    // Nor with other credits than its plan gives (edited on another node meanwhile).
+    let mut edited = on_a.clone();
+    edited.id = "wal_edited".into();
+    edited.daily_ucr = 6_000_000;
+    assert!(matches!(
+        store.create_wallet(&edited).await,
+        Err(StoreError::PlanChanged(p)) if p == "custom-a"
+    ));
+    assert!(store.load_wallet("wal_edited").await?.is_none());
     Ok(())
 }
 
@@ -630,6 +640,10 @@ async fn a_reset_on_credits_its_plan_no_longer_had_is_fenced_out(
 ) -> anyhow::Result<()> {
     use chrono::TimeZone;
     let mut live = create(&store, "wal_pc", "pro", t0()).await?;
+    let mut others = Vec::new();
+    for id in ["wal_p30", "wal_p40"] {
+        others.push(create(&store, id, "pro", t0()).await?);
+    }
     // Midnight in Paris.
     let reset_at = Utc.with_ymd_and_hms(2026, 3, 1, 23, 0, 0).unwrap();
     live.journal.advance_to(reset_at + Duration::minutes(1));
@@ -690,8 +704,7 @@ async fn a_reset_on_credits_its_plan_no_longer_had_is_fenced_out(
         store.commit(&reset).await,
         Err(CommitError::PlanChanged(_))
     ));
-    for (id, daily, fenced) in [("wal_p30", 30, false), ("wal_p40", 40, true)] {
-        let mut other = create(&store, id, "pro", t0()).await?;
+    for ((daily, fenced), mut other) in [(30, false), (40, true)].into_iter().zip(others) {
         let plan = other.journal.plans.iter_mut().find(|p| p.id.0 == "pro");
         plan.unwrap().daily_credits = credits_core::Credits::from_micro(daily * 1_000_000);
         other.journal.advance_to(reset_at + Duration::minutes(1));
