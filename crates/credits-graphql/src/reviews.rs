@@ -12,7 +12,9 @@ use credits_core::{
     WalletId,
 };
 use credits_review::{PreviewStatus as ReviewPreview, Report};
-use credits_store::{ReviewInsert, ReviewRow, ReviewStatus as StoreStatus, UsageRow};
+use credits_store::{
+    GroupBy, ReviewInsert, ReviewRow, ReviewStatus as StoreStatus, UsageFilter, UsageRow,
+};
 
 use crate::access::{Access, ledger, principal, wallet_access};
 use crate::error::{ApiError, ApiResult};
@@ -187,27 +189,50 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
         .filter(|(_, row)| covered.iter().any(|c| c.covers(row)))
         .map(|(e, _)| e.id.clone())
         .collect();
+    // The analysis reads the thread's newest events; its totals, and the costliest model
+    // its percentile is taken on, come from all of them.
+    let everything = UsageFilter {
+        thread_id: Some(input.thread_id.clone()),
+        member_id: member.clone(),
+        ..UsageFilter::default()
+    };
+    let by_model = store
+        .usage_summary(
+            &wallet_id.0,
+            &everything,
+            GroupBy::Model,
+            None,
+            chrono_tz::UTC,
+        )
+        .await?;
+    let costs = by_model
+        .iter()
+        .map(|g| (g.key.as_str(), i128::from(g.credits_ucr)));
+    let model = report
+        .model
+        .as_deref()
+        .or_else(|| credits_review::costliest_model(costs));
     let now = l.now();
-    let percentile = match credits_review::percentile_model(&report, &thread) {
+    let percentile = match model {
         Some(model) => {
-            let (from, to) = (now - Duration::days(30), now + Duration::seconds(1));
             // Measured as its peers are: the thread's cost on that model in the window.
-            let of_model = || {
-                rows.iter()
-                    .filter(|r| r.model == model && r.at >= from && r.at < to)
+            let (from, to) = (now - Duration::days(30), now + Duration::seconds(1));
+            let window = UsageFilter {
+                model: Some(model.to_owned()),
+                from: Some(from),
+                to: Some(to),
+                ..everything.clone()
             };
-            let total: i64 = of_model()
-                .map(|r| r.cost_ucr)
-                .fold(0i64, i64::saturating_add);
-            let thread = (wallet_id.0.as_str(), input.thread_id.as_str());
-            let mut rank = l
-                .store()
-                .thread_rank(model, from, to, thread, total)
+            let of_model = store
+                .usage_summary(&wallet_id.0, &window, GroupBy::Model, None, chrono_tz::UTC)
                 .await?;
+            let total = of_model.iter().map(|g| g.credits_ucr).sum();
+            let thread = (wallet_id.0.as_str(), input.thread_id.as_str());
+            let mut rank = store.thread_rank(model, from, to, thread, total).await?;
             // A thread that did not use the model in the window is not one of its threads
             // (a report may name a model the thread never used). A plain member sees only
             // their share: the thread is taken to be one.
-            if member.is_none() && of_model().next().is_none() {
+            if member.is_none() && of_model.is_empty() {
                 rank.threads -= 1;
                 rank.at_or_below -= 1;
             }
@@ -217,6 +242,14 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
     };
     let mut findings =
         credits_review::analyse_with_percentile(&report, &thread, &already, percentile);
+    findings.thread_credits = CoreCredits::from_micro(
+        by_model
+            .iter()
+            .map(|g| g.credits_ucr)
+            .fold(0, i64::saturating_add),
+    );
+    findings.events =
+        u32::try_from(by_model.iter().map(|g| g.events).sum::<i64>()).unwrap_or(u32::MAX);
     findings.member = member;
     findings.covers_seq = rows.iter().map(|r| r.seq).max();
     let row = ReviewRow {

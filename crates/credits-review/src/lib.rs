@@ -37,7 +37,9 @@ mod tips;
 
 pub use growth::{ContextGrowth, context_growth};
 pub use loops::{MIN_LOOP_LENGTH, NEAR_IDENTICAL_PERMILLE, RETRY_WINDOW_SECONDS, retry_loops};
-pub use percentile::{MIN_PEER_THREADS, percentile_from_counts, percentile_model, percentile_of};
+pub use percentile::{
+    MIN_PEER_THREADS, costliest_model, percentile_from_counts, percentile_model, percentile_of,
+};
 pub use refund::{
     ERROR_LOOP_TRAILING_PERMILLE, FAILING_TRAILING_PERMILLE, TRAILING_WINDOW_EVENTS,
     suggested_refund, trailing_permille,

@@ -32,15 +32,24 @@ pub fn percentile_from_counts(threads: u64, at_or_below: u64) -> Option<f64> {
 }
 
 /// The model whose peers the caller compares against: the report's model, else the thread's
-/// costliest (largest Σ cost; a tie goes to the model named first in byte order, so the
-/// choice never depends on event order). `None` for an empty thread without a model.
+/// costliest (see [`costliest_model`]). `None` for an empty thread without a model.
 pub fn percentile_model<'a>(report: &'a Report, thread: &'a [UsageRecord]) -> Option<&'a str> {
     if let Some(model) = report.model.as_deref() {
         return Some(model);
     }
+    costliest_model(
+        thread
+            .iter()
+            .map(|r| (r.model.as_str(), i128::from(r.cost.micro()))),
+    )
+}
+
+/// The model of the largest Σ cost among `(model, cost)` pairs; a tie goes to the model
+/// named first in byte order, so the choice never depends on their order.
+pub fn costliest_model<'a>(costs: impl IntoIterator<Item = (&'a str, i128)>) -> Option<&'a str> {
     let mut totals: BTreeMap<&str, i128> = BTreeMap::new();
-    for r in thread {
-        *totals.entry(r.model.as_str()).or_default() += i128::from(r.cost.micro());
+    for (model, cost) in costs {
+        *totals.entry(model).or_default() += cost;
     }
     // `max_by_key` keeps the last of equal maxima, so walk the names in reverse.
     totals

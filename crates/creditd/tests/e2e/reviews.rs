@@ -13,6 +13,8 @@ on_both!(
     an_approval_the_wallet_cannot_take_is_refused_before_its_claim,
 );
 
+on_both!(a_thread_longer_than_the_analysis_reads_is_totalled_whole);
+
 pub const REPORT: &str = "mutation($w: ID!, $t: String!) { reportHighUsage(input: {walletId: $w, threadId: $t, taskDescription: \"refactor\", previewStatus: ERROR_LOOP, threadLength: 5}) { id walletId threadId status note findings { threadCredits events suggestedRefund tips } creditedGrant { id } } }";
 pub const RESOLVE: &str = "mutation($i: ResolveReviewInput!) { resolveReview(input: $i) { id status note creditedGrant { kind amount remaining } } }";
 
@@ -505,4 +507,54 @@ async fn an_approval_the_wallet_cannot_take_is_refused_before_its_claim(b: Backe
     let reject = json!({ "i": { "reviewId": id, "decision": "REJECT", "note": "no" } });
     let d = app.ok(&app.admin, RESOLVE, reject).await;
     assert_eq!(d["resolveReview"]["status"], "REJECTED");
+}
+
+/// Found by review: a thread of more events than an analysis reads
+/// (`MAX_THREAD_EVENTS`, 10,000, its newest) was totalled from those alone: its
+/// `threadCredits` and `events` left out its oldest events, and its costliest model (whose
+/// peers its percentile is taken among) was chosen without them. They come from every event
+/// of the thread now.
+async fn a_thread_longer_than_the_analysis_reads_is_totalled_whole(b: Backend) {
+    const EVENTS: usize = 10_000;
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    // The oldest event, the thread's costliest by far: 10,000 × 30 + 1,000 × 150 µcr.
+    app.record(&w, "first", "long", "standard-chat", 10_000, 1000)
+        .await;
+    // Then 10,000 events of 1 input token on economy-mini, a hundred to a request.
+    let documents: Vec<String> = (0..EVENTS / 100)
+        .map(|d| {
+            let calls: String = (0..100)
+                .map(|i| {
+                    format!(
+                        "u{i}: recordUsage(input: {{walletId: \"{w}\", idempotencyKey: \"k{d}-{i}\", threadId: \"long\", model: \"economy-mini\", inputTokens: 1, outputTokens: 0}}) {{ replayed }} "
+                    )
+                })
+                .collect();
+            format!("mutation {{ {calls} }}")
+        })
+        .collect();
+    for chunk in documents.chunks(4) {
+        join_all(chunk.iter().map(|q| app.ok(&app.admin, q, json!({})))).await;
+    }
+    let read =
+        "query($w: ID!) { wallet(id: $w) { usageSummary(groupBy: MODEL) { key credits events } } }";
+    let summary = app.ok(&app.admin, read, json!({ "w": w })).await;
+    let groups = summary["wallet"]["usageSummary"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let total: i64 = groups
+        .iter()
+        .map(|g| credits_ucr(g["credits"].as_str().unwrap()))
+        .sum();
+    let alice = app.token("USER", Some("alice")).await;
+    let d = app.ok(&alice, REPORT, json!({ "w": w, "t": "long" })).await;
+    let findings = &d["reportHighUsage"]["findings"];
+    assert_eq!(findings["events"], EVENTS + 1);
+    assert_eq!(
+        credits_ucr(findings["threadCredits"].as_str().unwrap()),
+        total
+    );
 }
