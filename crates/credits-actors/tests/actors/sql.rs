@@ -992,47 +992,66 @@ impl credits_actors::WalletStore for GatedLoads {
 /// reservation committed read the reservation ACTIVE, then opened the wallet after A's
 /// commit: B's fresh actor knew nothing of the release and answered RESERVATION_NOT_ACTIVE
 /// for a release that had succeeded (SPEC 4: releasing a RELEASED reservation returns it).
+/// A settle retried the same way gets its receipt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_on_a_node_that_opens_the_wallet_after_the_first_call_landed_gets_its_answer() {
-    let plugins = tempfile::tempdir().unwrap();
+    let dirs = crate::plugins::Dirs::with(&[("credits-tier-economy", "economy")]);
     for (url, pg) in databases().await {
-        let (a, store_a) = node(&url).await;
-        let on_a = ledger_without_plugins(&a, &store_a, plugins.path());
-        let store_b = Store::connect(&url).await.unwrap();
-        let (started, mut loads) = tokio::sync::mpsc::unbounded_channel();
-        let open = Arc::new(tokio::sync::Semaphore::new(0));
-        let b = Directory::new(
-            Arc::new(GatedLoads {
-                inner: SqlWallets::new(store_b.clone()),
-                started,
-                open: open.clone(),
-            }),
-            Clock::manual(at("2027-03-10T12:00:00Z")),
-            catalogue(),
-            ActorConfig::default(),
-        );
-        let on_b = ledger_without_plugins(&b, &store_b, plugins.path());
-        let id = open_on(&on_a).await;
-        let r = on_a
-            .reserve(&id, "r1".into(), cr("5"), 600, None)
-            .await
-            .unwrap();
+        for settle in [false, true] {
+            let (a, store_a) = node(&url).await;
+            let on_a = ledger_without_plugins(&a, &store_a, dirs.plugins.path());
+            let store_b = Store::connect(&url).await.unwrap();
+            let (started, mut loads) = tokio::sync::mpsc::unbounded_channel();
+            let open = Arc::new(tokio::sync::Semaphore::new(0));
+            let b = Directory::new(
+                Arc::new(GatedLoads {
+                    inner: SqlWallets::new(store_b.clone()),
+                    started,
+                    open: open.clone(),
+                }),
+                Clock::manual(at("2027-03-10T12:00:00Z")),
+                catalogue(),
+                ActorConfig::default(),
+            );
+            let on_b = ledger_without_plugins(&b, &store_b, dirs.plugins.path());
+            let id = open_on(&on_a).await;
+            let r = on_a
+                .reserve(&id, "r1".into(), cr("5"), 600, None)
+                .await
+                .unwrap();
+            let tokens = credits_core::Tokens {
+                input: 1000,
+                cached: 0,
+                output: 100,
+            };
+            let call = |on: credits_actors::Ledger| {
+                let r = r.id.clone();
+                async move {
+                    if settle {
+                        let receipt = on
+                            .settle(&r, "t".into(), "economy-mini".into(), tokens)
+                            .await?;
+                        Ok(format!("settled as {}", receipt.usage.id.0))
+                    } else {
+                        Ok(format!("{:?}", on.release(&r).await?.status))
+                    }
+                }
+            };
 
-        // B reads the reservation ACTIVE and opens the wallet; A releases it meanwhile.
-        let retry = {
-            let (on_b, r) = (on_b.clone(), r.id.clone());
-            tokio::spawn(async move { on_b.release(&r).await })
-        };
-        loads.recv().await.unwrap();
-        on_a.release(&r.id).await.unwrap();
-        open.add_permits(1_000);
-        let view = retry.await.unwrap();
-        assert!(
-            matches!(&view, Ok(v) if v.status == credits_store::ReservationStatus::Released),
-            "{url}: {view:?}"
-        );
-        a.shutdown().await;
-        b.shutdown().await;
+            // B reads the reservation ACTIVE and opens the wallet; A's call lands meanwhile.
+            let retry = tokio::spawn(call(on_b.clone()));
+            loads.recv().await.unwrap();
+            let first: Result<String, credits_actors::ServiceError> = call(on_a.clone()).await;
+            let first = first.unwrap();
+            open.add_permits(1_000);
+            let again = retry.await.unwrap();
+            assert!(
+                matches!(&again, Ok(answer) if *answer == first),
+                "{url}, settle {settle}: {again:?}, first {first}"
+            );
+            a.shutdown().await;
+            b.shutdown().await;
+        }
         cleanup(&url, pg).await;
     }
 }
