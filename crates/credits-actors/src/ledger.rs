@@ -905,6 +905,13 @@ impl Ledger {
         if n == 0 || n > credits_core::wallet::MAX_KEY_CHARS {
             return Err(invalid("paymentReference must be 1 to 128 characters"));
         }
+        // A retry returns its grant even when the catalogue has dropped the bundle since
+        // (a purchase keeps what it bought). Any other use of the reference is judged
+        // after the bundle (SPEC 10: NOT_FOUND before IDEMPOTENCY_CONFLICT).
+        let replay = self.purchased(&wallet.id, bundle_id, &payment_reference);
+        if let Ok(Some(lot)) = replay.await {
+            return Ok(lot);
+        }
         let bundle = self
             .store
             .bundle(bundle_id)

@@ -11,6 +11,7 @@ on_both!(
     create_wallet_with_a_key_is_idempotent,
     catalogue_models_and_bundles,
     a_plan_the_catalogue_drops_is_retired,
+    a_purchase_retried_after_its_bundle_is_dropped_returns_its_grant,
     what_fell_due_while_stopped_uses_the_plans_it_fell_due_under,
     custom_plans_and_plan_changes,
     set_timezone_moves_the_next_reset,
@@ -269,6 +270,40 @@ async fn a_plan_the_catalogue_drops_is_retired(b: Backend) {
         .ok(&app.admin, change, json!({ "w": on_pro, "p": "max" }))
         .await;
     assert_eq!(d["changePlan"]["plan"]["id"], "max");
+}
+
+/// Found by review: a purchase whose answer was lost, retried after a start whose catalogue
+/// no longer lists its bundle, was NOT_FOUND: a definite refusal of a payment that had
+/// bought credits. The retry returns its grant; a new purchase of the bundle is NOT_FOUND.
+async fn a_purchase_retried_after_its_bundle_is_dropped_returns_its_grant(b: Backend) {
+    let mut app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let buy = "mutation($w: ID!, $p: String!) { purchaseBundle(input: {walletId: $w, bundleId: \"credits-500\", paymentReference: $p}) { id amount } }";
+    let first = app
+        .ok(&app.admin, buy, json!({ "w": w, "p": "pay-9" }))
+        .await;
+    let embedded = include_str!("../../src/catalogue.toml");
+    let without: Vec<&str> = embedded
+        .split("[[")
+        .filter(|block| !block.contains("id = \"credits-500\""))
+        .collect();
+    assert_eq!(without.len() + 1, embedded.split("[[").count());
+    let file = app.dir.path().join("catalogue.toml");
+    std::fs::write(&file, without.join("[[")).unwrap();
+    app.stop();
+    app.env
+        .push(("CREDITD_CATALOGUE".into(), file.display().to_string()));
+    app.start().await;
+
+    let again = app
+        .ok(&app.admin, buy, json!({ "w": w, "p": "pay-9" }))
+        .await;
+    assert_eq!(again, first);
+    assert_eq!(
+        app.code(&app.admin, buy, json!({ "w": w, "p": "pay-10" }))
+            .await,
+        "NOT_FOUND"
+    );
 }
 
 /// Found by review: a start with a catalogue that changes a plan's credits applied them
