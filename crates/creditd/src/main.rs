@@ -461,8 +461,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             introspection: settings.introspection,
         },
     );
+    // Surrounding whitespace is no part of a token (clients' is trimmed too): a secret
+    // read from a file ends in a newline.
     let admin_token = std::env::var("CREDITD_ADMIN_TOKEN")
         .ok()
+        .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
         .inspect(|t| {
             if t.len() < STRONG_TOKEN_BYTES {

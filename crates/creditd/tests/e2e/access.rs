@@ -490,3 +490,17 @@ async fn tokens_are_stored_hashed_and_never_logged(b: Backend) {
         assert!(!log.contains(t.as_str()), "a token is in the log:\n{log}");
     }
 }
+
+/// Found by review: a `CREDITD_ADMIN_TOKEN` read from a file ends in a newline (a secret
+/// made with `kubectl create secret --from-file`), which no client sends: the bootstrap
+/// admin was locked out with nothing logged. Surrounding whitespace is not part of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_token_with_surrounding_whitespace_still_works() {
+    let mut app = App::spawn(Backend::Sqlite).await;
+    app.stop();
+    let padded = format!(" {}\n", app.admin);
+    app.env.push(("CREDITD_ADMIN_TOKEN".into(), padded));
+    app.start().await;
+    let d = app.ok(&app.admin, "{ viewer { role } }", json!({})).await;
+    assert_eq!(d["viewer"]["role"], "ADMIN");
+}
