@@ -289,6 +289,9 @@ impl Store {
             .into_iter()
             .filter(|row| plans.iter().any(|p| p.id == row.id))
             .collect();
+        if let Some(custom) = stored.iter().find(|row| row.custom) {
+            return Err(StoreError::CustomPlanInCatalogue(custom.id.clone()));
+        }
         if let Some(id) = interval_in_use(&txn, &stored, plans).await? {
             return Err(StoreError::IntervalInUse(id));
         }

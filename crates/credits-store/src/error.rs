@@ -34,6 +34,13 @@ pub enum StoreError {
     /// changed meanwhile. Nothing was written; a retry reads the plan again.
     #[error("plan {0} changed meanwhile; retry")]
     PlanChanged(String),
+    /// A catalogue lists the id of a custom plan (made with `upsertPlan`): taking it over
+    /// would change the plan under the wallets on it and list it to every user. Nothing
+    /// was written.
+    #[error(
+        "the catalogue lists plan {0}, which is a custom plan made with upsertPlan: give the catalogue's plan another id"
+    )]
+    CustomPlanInCatalogue(String),
     /// A catalogue would change the billing interval of a plan wallets are on (SPEC 5:
     /// never for a plan in use). Nothing was written.
     #[error("the catalogue changes the billing interval of plan {0}, which wallets are on")]

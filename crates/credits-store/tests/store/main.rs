@@ -131,6 +131,14 @@ async fn plans_and_bundles_round_trip(store: Store) -> anyhow::Result<()> {
         Err(StoreError::PlanChanged(p)) if p == "custom-b"
     ));
     assert!(store.load_wallet("wal_stale").await?.is_none());
+    // A catalogue never takes over a custom plan's id.
+    let mut listed = catalogue.to_vec();
+    listed.push(plan("custom-a", false, 9));
+    assert!(matches!(
+        store.upsert_catalogue(&listed, &next).await,
+        Err(StoreError::CustomPlanInCatalogue(p)) if p == "custom-a"
+    ));
+    assert!(store.plan("custom-a").await?.unwrap().custom);
     // Nor with other credits than its plan gives (edited on another node meanwhile).
     let mut edited = on_a.clone();
     edited.id = "wal_edited".into();
