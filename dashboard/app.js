@@ -222,6 +222,10 @@ function signOut(error) {
   $('#open-wallet-id').value = '';
   $('#token').value = '';
   $('#usage-filter').reset();
+  // A report being written goes too (found by review: a forced sign-out left the dialog,
+  // with the last user's thread and words, on top of the sign-in form).
+  $('#report-form').reset();
+  if ($('#report-dialog').open) $('#report-dialog').close();
   showSignIn(error);
 }
 
@@ -419,6 +423,7 @@ async function selectWallet(walletId) {
   for (const { unsubscribe } of state.reviews.values()) unsubscribe?.();
   state.reviews = new Map();
   state.usage.cursors = [null];
+  state.usage.asked = null;
   state.chart = null;
   for (const slot of ['#wallet-error', '#usage-error', '#reviews-error']) showError($(slot), null);
   // Until this wallet has loaded, show none of the previous one's figures, and none of
@@ -565,7 +570,10 @@ function scheduleUsageRefresh() {
   if (state.usage.timer) return;
   state.usage.timer = setTimeout(() => {
     state.usage.timer = null;
-    loadUsage();
+    // The page last asked for: a refresh while a page turn is on its way asks for that
+    // page, not the one still shown (found by review: on a busy wallet the refresh's
+    // newer answer won, and Next and Previous did nothing).
+    loadUsage(state.usage.asked ?? state.usage.cursors);
   }, REFRESH_DEBOUNCE_MS);
 }
 
@@ -582,6 +590,7 @@ async function loadUsage(cursors = state.usage.cursors) {
   // turn or a new filter must not put its rows under them.
   const generation = (state.usage.generation ?? 0) + 1;
   state.usage.generation = generation;
+  state.usage.asked = cursors;
   const today = localDate(serverClock.now(), wallet.timezone);
   const firstDay = addDays(today, -(CHART_DAYS - 1));
   try {
@@ -600,7 +609,9 @@ async function loadUsage(cursors = state.usage.cursors) {
     state.chart = { days: Array.from({ length: CHART_DAYS }, (_, i) => addDays(firstDay, i)), groups: summary.wallet.perDay };
     renderChart();
   } catch (error) {
-    if (state.usage.generation === generation) showError($('#usage-error'), error);
+    if (state.usage.generation !== generation) return;
+    state.usage.asked = state.usage.cursors;
+    showError($('#usage-error'), error);
   }
 }
 
@@ -971,6 +982,16 @@ function limitForm(team, member, refs) {
     }
     button.disabled = true;
     try {
+      // A save sets both limits: a box the admin has not typed in keeps the limit the
+      // server has now (found by review: it sent back the one this page last saw, and so
+      // removed a limit another admin had set since; nothing tells a page of that).
+      const untouched = [['dailyLimit', daily], ['periodLimit', period]]
+        .filter(([, input]) => input.value === input.dataset.shown);
+      if (untouched.length) {
+        const { team: now } = await api(ops.TEAM, { id: team.id });
+        const current = now?.members.find((m) => m.userId === member.userId);
+        for (const [name] of untouched) if (current) limits[name] = current[name] ?? null;
+      }
       const { setMemberLimits: m } = await api(ops.SET_MEMBER_LIMITS, { teamId: team.id, userId: member.userId, ...limits });
       // A team answer asked for before the save is older than it (found by review: one
       // landing after it put the old limits back); the newer one is asked for now.
@@ -1011,11 +1032,13 @@ function wire() {
     event.preventDefault();
     state.usage.filter = usageFilter();
     state.usage.cursors = [null];
+    state.usage.asked = null;
     loadUsage();
   });
   $('#usage-filter').addEventListener('reset', () => {
     state.usage.filter = {};
     state.usage.cursors = [null];
+    state.usage.asked = null;
     setTimeout(loadUsage); // after the form has cleared its fields
   });
   $('#usage-next').addEventListener('click', () => {

@@ -351,6 +351,23 @@ describe('account dashboard in Chromium against creditd', () => {
     const account = page.locator(`#accounts [data-wallet="${world.wallet.id}"]`);
     await eventually('the account list', () => account.textContent(), (t) => t.includes('Europe/Berlin'),
       LIVE_UPDATE_MS * 5, 'the new zone');
+
+    // Found by review: with nothing to refresh the page (a limit change sends no event),
+    // a save sent back the period limit the page had last seen, and so removed the one
+    // another admin had set meanwhile. A box not typed in keeps the server's limit.
+    await admin(`mutation L($t: ID!) { setMemberLimits(teamId: $t, userId: "bob", dailyLimit: "7.5", periodLimit: "55") { userId } }`,
+      { t: world.team.id });
+    assert.equal(await bob.getByLabel('Period limit').inputValue(), '40', 'the page has not heard of it');
+    await bob.getByLabel('Daily limit').fill('8');
+    await bob.getByRole('button', { name: 'Save limits' }).click();
+    await eventually('bob\'s daily limit on the page', () => bob.getAttribute('data-daily-limit'), (v) => v === '8',
+      LOAD_MS, '"8"');
+    const { team: after } = await admin(`query T($id: ID!) { team(id: $id) { members { userId dailyLimit periodLimit } } }`, { id: world.team.id });
+    const bobs = after.members.find((m) => m.userId === 'bob');
+    assert.deepEqual({ daily: bobs.dailyLimit, period: bobs.periodLimit }, { daily: '8', period: '55' });
+    assert.equal(await bob.getByLabel('Period limit').inputValue(), '55');
+    await admin(`mutation L($t: ID!) { setMemberLimits(teamId: $t, userId: "bob", dailyLimit: "7.5", periodLimit: "40") { userId } }`,
+      { t: world.team.id });
   });
 
   step('a plain member sees the pool read-only', async () => {
@@ -441,8 +458,14 @@ describe('account dashboard in Chromium against creditd', () => {
       const refusing = new Set(['query DashboardWallet', 'query DashboardCatalogue']);
       let refused = 0;
       let refuseNextPage = false;
-      await context.route('**/graphql', (route) => {
+      let holdNextPage = false;
+      await context.route('**/graphql', async (route) => {
         const body = route.request().postData() ?? '';
+        if (holdNextPage && body.includes('query DashboardUsage') && JSON.parse(body).variables?.after) {
+          holdNextPage = false;
+          await new Promise((resolve) => setTimeout(resolve, 1500));
+          return route.continue();
+        }
         let first = [...refusing].find((op) => body.includes(op));
         if (!first && refuseNextPage && body.includes('query DashboardUsage') && JSON.parse(body).variables?.after) {
           refuseNextPage = false;
@@ -478,6 +501,15 @@ describe('account dashboard in Chromium against creditd', () => {
       await eventually('page 2', pageLabel, (t) => t === 'Page 2', LOAD_MS, 'Page 2');
       await page.locator('#usage-prev').click();
       await eventually('page 1 again', pageLabel, (t) => t === 'Page 1', LOAD_MS, 'Page 1');
+      // Found by review: on a busy wallet, the live refresh that followed a page turn
+      // reloaded the page still shown, and its newer answer won: Next did nothing. Here a
+      // usage comes in while the page turn's answer is held.
+      holdNextPage = true;
+      await page.locator('#usage-next').click();
+      await admin(`mutation Usage($input: RecordUsageInput!) { recordUsage(input: $input) { usage { id } } }`,
+        { input: { walletId: world.wallet.id, idempotencyKey: 'usage-during-a-page-turn', threadId: 'thread-busy',
+          model: world.model, inputTokens: 10, outputTokens: 10 } });
+      await eventually('page 2 despite the refresh', pageLabel, (t) => t === 'Page 2', LOAD_MS, 'Page 2');
     } finally {
       await context.close();
     }
@@ -573,6 +605,12 @@ describe('account dashboard in Chromium against creditd', () => {
     await readFigure(page, 'total');
     // Once the page has loaded (its last query a second ago), it is signed out by the live
     // connection alone, not by a query that happened to run.
+    // A report half written when the token goes (found by review: the dialog stayed, with
+    // the last user's thread and words, on top of the sign-in form).
+    const row = page.locator('#usage-rows [data-testid="usage-row"][data-thread="thread-refactor"]').first();
+    await row.getByRole('button', { name: 'Report high usage on thread thread-refactor' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Report high usage' });
+    await dialog.getByLabel('What were you trying to do?').fill('Something private');
     while (Date.now() - lastQuery < 1000) await new Promise((r) => setTimeout(r, 100));
     queries.length = 0;
     await admin('mutation Revoke($t: String!) { revokeApiToken(token: $t) }', { t: createApiToken.token });
@@ -586,6 +624,8 @@ describe('account dashboard in Chromium against creditd', () => {
     assert.equal(open, 0, 'signing out closed it');
     assert.equal(await page.evaluate(() => sessionStorage.getItem('creditd.token')), null);
     assert.match(await page.locator('[data-testid="sign-in-error"]').textContent(), /UNAUTHENTICATED/);
+    assert.equal(await dialog.isVisible(), false, 'the report dialog closed');
+    assert.equal(await page.evaluate(() => document.querySelector('#report-form').elements.taskDescription.value), '');
     assert.deepEqual(world.pageErrors, [], 'uncaught errors in the page');
   });
 });
