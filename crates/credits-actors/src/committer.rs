@@ -9,6 +9,7 @@
 //! so it never holds more jobs than there are active wallets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use credits_core::WalletId;
 use dashmap::DashMap;
@@ -19,6 +20,10 @@ use crate::store::{Batch, CommitError, WalletStore};
 
 /// Most wallet batches in one transaction (the SQL store allows 1,024).
 pub const MAX_GROUP: usize = 512;
+
+/// The default [`crate::ActorConfig::commit_timeout`]: far above any commit's time, well
+/// below the hours a dead connection's read can hang for without TCP keepalive.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Called once with the batch's outcome (the wallet actor sends itself a message).
 pub type Done = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
@@ -57,9 +62,14 @@ impl Committer {
     /// Starts the committer task: at most `writers` transactions at once (1 for SQLite,
     /// which has one writer anyway; a few for PostgreSQL, whose own group commit then
     /// merges their fsyncs).
-    pub fn start(store: Arc<dyn WalletStore>, writers: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        store: Arc<dyn WalletStore>,
+        writers: usize,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, queue, writers.max(1), metrics));
+        tokio::spawn(run(store, queue, writers.max(1), timeout, metrics));
         Committer {
             jobs,
             pending: Arc::default(),
@@ -121,6 +131,7 @@ async fn run(
     store: Arc<dyn WalletStore>,
     mut queue: mpsc::UnboundedReceiver<Job>,
     writers: usize,
+    timeout: Duration,
     metrics: Arc<Metrics>,
 ) {
     let slots = Arc::new(Semaphore::new(writers));
@@ -140,21 +151,36 @@ async fn run(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             metrics.grouped(jobs.len());
-            commit_group(&*store, jobs).await;
+            commit_group(&*store, jobs, timeout).await;
             drop(slot);
         });
     }
 }
 
-async fn commit_group(store: &dyn WalletStore, jobs: Vec<Job>) {
+async fn commit_group(store: &dyn WalletStore, jobs: Vec<Job>, timeout: Duration) {
     let (batches, done): (Vec<Batch>, Vec<_>) = jobs.into_iter().map(|j| (j.batch, j.done)).unzip();
-    let results = if let [batch] = batches.as_slice() {
-        vec![store.commit(batch).await]
-    } else {
-        match store.commit_many(&batches).await {
-            Ok(results) => results,
-            // The transaction as a whole failed: no batch of it is known to be durable.
-            Err(e) => vec![Err(CommitError::Unavailable(e.0)); batches.len()],
+    let write = async {
+        if let [batch] = batches.as_slice() {
+            vec![store.commit(batch).await]
+        } else {
+            match store.commit_many(&batches).await {
+                Ok(results) => results,
+                // The transaction as a whole failed: no batch of it is known to be durable.
+                Err(e) => vec![Err(CommitError::Unavailable(e.0)); batches.len()],
+            }
+        }
+    };
+    let results = match tokio::time::timeout(timeout, write).await {
+        Ok(results) => results,
+        Err(_) => {
+            tracing::warn!(
+                batches = batches.len(),
+                ?timeout,
+                "a group commit did not finish in time: its outcome is unknown"
+            );
+            let gone =
+                CommitError::Unavailable(format!("the commit did not finish within {timeout:?}"));
+            vec![Err(gone); batches.len()]
         }
     };
     for (done, result) in done.into_iter().zip(results) {

@@ -51,6 +51,10 @@ pub struct ActorConfig {
     /// Due records a wallet catching up on a long idle time applies per step, 1 to
     /// [`crate::wallet::CATCH_UP_RECORDS`] (tests lower it to exercise catching up).
     pub catch_up_records: usize,
+    /// A group commit not finished after this long (its database connection went silent:
+    /// no answer, no reset) is given up as of unknown outcome, so that it does not hold a
+    /// writer for ever; its wallets reload behind a fence, as after any such commit.
+    pub commit_timeout: Duration,
 }
 
 impl Default for ActorConfig {
@@ -59,6 +63,7 @@ impl Default for ActorConfig {
             idle_after: Duration::from_secs(60),
             writers: 1,
             catch_up_records: crate::wallet::CATCH_UP_RECORDS,
+            commit_timeout: crate::committer::COMMIT_TIMEOUT,
         }
     }
 }
@@ -319,7 +324,12 @@ impl Directory {
         let plan_book = PlanBook::default();
         plan_book.replace(plans);
         let metrics = Arc::new(Metrics::default());
-        let committer = Committer::start(store.clone(), config.writers, metrics.clone());
+        let committer = Committer::start(
+            store.clone(),
+            config.writers,
+            config.commit_timeout,
+            metrics.clone(),
+        );
         let shared = Shared {
             store,
             clock,
@@ -460,13 +470,15 @@ impl Directory {
                 "the service is shutting down".into(),
             ));
         }
-        // A predecessor that stopped with a commit in flight: load what it left.
+        // A predecessor that stopped with a commit in flight: load what it left (a commit
+        // settles within the commit timeout, and a load gets as long).
         self.shared.committer.settled(id).await;
-        let loaded = self
-            .shared
-            .store
-            .load(id)
+        let load = self.shared.store.load(id);
+        let loaded = tokio::time::timeout(self.shared.config.commit_timeout, load)
             .await
+            .map_err(|_| {
+                ExecError::Unavailable("loading the wallet did not finish in time".into())
+            })?
             .map_err(|e| ExecError::Unavailable(e.to_string()))?
             .ok_or(ExecError::NotFound)?;
         let args = WalletArgs {

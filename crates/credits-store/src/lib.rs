@@ -66,6 +66,9 @@ const POSTGRES_POOL: u32 = 16;
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// PostgreSQL's `idle_in_transaction_session_timeout` on the store's connections: no
+/// transaction of the service waits on its client that long.
+const IDLE_IN_TRANSACTION: &str = "60s";
 /// The PostgreSQL advisory lock key migrations hold ("credits" in ASCII).
 const MIGRATION_LOCK: i64 = 0x63_72_65_64_69_74_73;
 
@@ -133,7 +136,13 @@ impl Store {
                     });
             }
             Backend::Postgres => {
-                options.max_connections(POSTGRES_POOL);
+                // A transaction whose client went silent (a commit given up on, see the
+                // actors' commit timeout) ends on the server and lets go of its row locks.
+                options
+                    .max_connections(POSTGRES_POOL)
+                    .map_sqlx_postgres_opts(|o| {
+                        o.options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)])
+                    });
             }
         }
         let db = Database::connect(options).await.map_err(StoreError::Db)?;

@@ -753,3 +753,32 @@ async fn shutdown_stops_a_wallet_whose_activation_was_under_way() {
         "no wallet runs after the drain"
     );
 }
+
+/// Found by review: a group commit whose database connection went silent (no answer, no
+/// reset: a failover, a dropped NAT entry) held its writer for ever, so no wallet of the
+/// node could commit again, and its own wallets' calls were never answered. A commit not
+/// finished within the commit timeout is given up as of unknown outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_never_finishes_gives_its_writer_back() {
+    let config = ActorConfig {
+        commit_timeout: std::time::Duration::from_millis(300),
+        ..ActorConfig::default()
+    };
+    let app = app_with(Clock::manual(at("2027-03-10T12:00:00Z")), config);
+    let stuck = app.wallet("wal_stuck", "pro", "UTC").await;
+    let other = app.wallet("wal_other", "pro", "UTC").await;
+    // Held, and never released.
+    app.store.faults.commits.hold.store(1, Ordering::SeqCst);
+    let call = app.spawn_execute(&stuck, usage("k1", "1"));
+    assert!(eventually(|| app.store.faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    // The wallet reloads behind a fence, as after any commit of unknown outcome, finds
+    // the call not written and writes it again, within the call's own time.
+    let answer = call.await.unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    // The one writer is free again: another wallet commits too.
+    let spent = app.dir.execute(&other, usage("k2", "1")).await;
+    assert!(spent.is_ok(), "{spent:?}");
+    let again = app.dir.execute(&stuck, usage("k1", "1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(app.ledger(&stuck).len(), 2, "applied once");
+}

@@ -260,6 +260,7 @@ pub async fn run(seed: u64, steps: usize) -> Result<Stats, String> {
                 0 => 1 + sim.below(3) as usize,
                 _ => credits_actors::wallet::CATCH_UP_RECORDS,
             },
+            ..ActorConfig::default()
         },
     );
     let n_wallets = 1 + sim.below(4) as usize;

@@ -1981,3 +1981,24 @@ async fn nodes_starting_together_on_a_new_database_all_migrate() {
             .unwrap();
     }
 }
+
+/// A transaction whose client went silent (a group commit the actors gave up on after
+/// their commit timeout, its connection dead without a reset) ends on the server, letting
+/// go of its row locks, instead of holding them until the server's TCP keepalive (hours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ends_a_transaction_whose_client_went_silent() {
+    helpers::on_postgres(|store: Store| async move {
+        let row = store
+            .connection()
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                "SHOW idle_in_transaction_session_timeout",
+            ))
+            .await?
+            .expect("one row");
+        let timeout: String = row.try_get_by_index(0)?;
+        assert_eq!(timeout, "1min");
+        Ok(())
+    })
+    .await;
+}
