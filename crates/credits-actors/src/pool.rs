@@ -83,7 +83,10 @@ impl Pools {
             {
                 Ok(ractor::rpc::CallResult::Success(seat)) => seat?,
                 _ => {
+                    // Stopped too, or it would live on outside the map with its seats
+                    // (found by review: one more supervisor per slow answer).
                     self.forget_supervisor(wallet, &pool);
+                    pool.stop(Some("replaced: it did not answer in time".into()));
                     continue;
                 }
             };
@@ -132,9 +135,15 @@ impl Pools {
         }
     }
 
-    /// The supervisor of an active pool (tests).
+    /// The supervisor of an active pool.
     pub fn active(&self, wallet: &WalletId) -> Option<ActorRef<PoolMsg>> {
         self.supervisors.get(wallet).and_then(|s| s.get().cloned())
+    }
+
+    /// Whether `pool` is the supervisor of `wallet` in the map (not one replaced).
+    fn is_current(&self, wallet: &WalletId, pool: &ActorRef<PoolMsg>) -> bool {
+        self.active(wallet)
+            .is_some_and(|p| p.get_id() == pool.get_id())
     }
 
     /// The seat of a member, if started (tests).
@@ -304,6 +313,14 @@ impl Actor for PoolSupervisor {
                 }
             },
             PoolMsg::Rewire => match supervise_wallet(&state.args, &myself).await {
+                // Replaced meanwhile (it did not answer in time): linking took the wallet
+                // from the supervisor in the map, which takes it back.
+                Ok(_) if !state.args.pools.is_current(&state.args.wallet, &myself) => {
+                    if let Some(current) = state.args.pools.active(&state.args.wallet) {
+                        let _ = current.send_message(PoolMsg::Rewire);
+                    }
+                    myself.stop(Some("replaced".into()));
+                }
                 Ok(cell) => {
                     state.wallet_actor = cell;
                     tracing::info!(wallet = %state.args.wallet, "pool wallet restarted from durable state");
