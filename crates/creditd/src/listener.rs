@@ -1,7 +1,8 @@
 //! Accepting connections and serving HTTP on them. Every connection gets a read timeout, so
 //! one that sends nothing for that long between requests (an idle keep-alive connection, a
 //! client gone without a FIN) is closed instead of holding a socket and a task for ever,
-//! while a request being handled is never cut short by it; and a request
+//! while a request being handled is never cut short by it; the same write timeout closes
+//! one whose client stops taking what it is sent; and a request
 //! head must arrive whole within the header timeout, so a client that trickles its headers
 //! a byte at a time (slowloris) cannot hold one either. Live WebSockets are never idle
 //! that long: their peers answer the server's pings.
@@ -31,6 +32,10 @@ impl IdleLimited {
         let (io, _) = axum::serve::Listener::accept(&mut self.listener).await;
         let mut io = TimeoutStream::new(io);
         io.set_read_timeout(Some(self.idle));
+        // A client that stops taking a response (its window full) is gone too (found by
+        // review: with reads paused while a request is served, nothing else ended it, and
+        // the SIGTERM drain waited for it for ever).
+        io.set_write_timeout(Some(self.idle));
         Box::pin(io)
     }
 }
@@ -135,5 +140,34 @@ mod tests {
             answer.push_str(std::str::from_utf8(&buf[..n]).unwrap());
         }
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    /// Found by review: once reads paused while a request is served, a client that stopped
+    /// reading its response (its receive window full) held its connection for ever, and
+    /// the SIGTERM drain, which waits for responses under way, never ended.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_its_response_is_let_go() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big = "x".repeat(32 * 1024 * 1024);
+        let router = Router::new().route("/big", axum::routing::get(move || async move { big }));
+        let idle = IdleLimited::new(listener, Duration::from_millis(300));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(idle, router, Duration::from_secs(5), 8, async {
+            let _ = stopped.await;
+        }));
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Never read: the server's writes fill both sockets' buffers and stall.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the drain ends once the stalled response is given up")
+            .unwrap();
+        drop(socket);
     }
 }
