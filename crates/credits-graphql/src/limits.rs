@@ -124,11 +124,19 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
             let mut total = Expanded::default();
             for s in &set.items {
                 let one = match &s.node {
-                    Selection::Field(f) => Expanded {
-                        fields: 1,
-                        aliases: usize::from(f.node.alias.is_some()),
+                    Selection::Field(f) => {
+                        let field = Expanded {
+                            fields: 1,
+                            aliases: usize::from(f.node.alias.is_some()),
+                        };
+                        // A leaf goes no deeper.
+                        let below = &f.node.selection_set.node;
+                        if below.items.is_empty() {
+                            field
+                        } else {
+                            field.add(self.set(below, depth + 1)?)
+                        }
                     }
-                    .add(self.set(&f.node.selection_set.node, depth + 1)?),
                     Selection::InlineFragment(i) => {
                         self.set(&i.node.selection_set.node, depth + 1)?
                     }
@@ -150,9 +158,12 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
                 Some(None) => return Err(format!("fragment {name} spreads itself")),
                 None => {}
             }
-            // An unknown fragment is validation's to report.
+            // Refused here, not left to validation: counted as nothing, spreads of it
+            // doubled at each of 32 levels would pass, and async-graphql's own depth check
+            // (which runs before validation and walks every spread anew) would then take
+            // exponential time (found by review).
             let Some(fragment) = self.fragments.get(name) else {
-                return Ok(Expanded::default());
+                return Err(format!("unknown fragment {name}"));
             };
             self.counted.insert(name.as_str(), None);
             let size = self.set(&fragment.node.selection_set.node, depth)?;
@@ -528,8 +539,31 @@ mod tests {
         );
         let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
         assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
-        // As deep as async-graphql's own check allows still runs.
-        let resp = schema.execute(chain(30)).await;
+        // As deep as async-graphql's own check allows still runs: the last fragment is
+        // 32 spreads deep, and its leaf field no deeper.
+        let resp = schema.execute(chain(31)).await;
         assert!(resp.errors.is_empty(), "{:?}", resp.errors);
+        let resp = schema.execute(chain(32)).await;
+        assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+    }
+
+    /// Found by review: a spread of an unknown fragment counted as nothing, so fragments
+    /// spreading the next one twice, 31 levels down to one spreading an unknown fragment,
+    /// passed these checks; async-graphql's recursion-depth check, which runs before
+    /// validation and follows every spread anew, then walked 2³¹ selections.
+    #[tokio::test]
+    async fn spreads_of_an_unknown_fragment_are_refused_before_they_are_walked() {
+        let (schema, _) = schema();
+        // Four levels here (31 would keep the old code busy for minutes, not fail it).
+        let mut q = String::from("{ ...F0 }");
+        for i in 0..4 {
+            q += &format!(" fragment F{i} on Query {{ ...F{n} ...F{n} }}", n = i + 1);
+        }
+        q += " fragment F4 on Query { ...Nope ...Nope }";
+        let resp = schema.execute(q).await;
+        assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+        assert_eq!(resp.errors[0].message, "unknown fragment Nope");
+        let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
+        assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
     }
 }
