@@ -277,6 +277,9 @@ impl Actor for PoolSupervisor {
         for seat in state.seats.values() {
             seat.stop(None);
         }
+        // A supervisor stopped while its wallet lives (replaced for a slow answer) lets the
+        // wallet go: ractor kills an actor's linked children as it ends (found by review).
+        state.wallet_actor.unlink(myself.get_cell());
         state
             .args
             .pools
