@@ -112,6 +112,10 @@ pub struct Metrics {
     pub grouped_batches: AtomicU64,
     pub records: AtomicU64,
     pub activations: AtomicU64,
+    /// Calls, subscriptions and answered ticks the wallet actors have taken in (each once,
+    /// as its actor handles it: decided, parked or waiting there). Tests wait on it for a
+    /// call to have reached its actor.
+    pub calls: AtomicU64,
 }
 
 impl Metrics {
@@ -752,6 +756,11 @@ impl Directory {
                 dir.tick_due().await;
             }
         })
+    }
+
+    /// Whether [`Directory::shutdown`] has begun.
+    pub fn closing(&self) -> bool {
+        self.shared.closing.load(Ordering::SeqCst)
     }
 
     /// Stops every actor after its in-flight work is durable (SIGTERM drain); from its

@@ -320,6 +320,12 @@ impl Actor for WalletActor {
             return Ok(());
         }
         let activity = !matches!(msg, WalletMsg::IdleCheck);
+        if matches!(
+            msg,
+            WalletMsg::Execute(..) | WalletMsg::Subscribe(_) | WalletMsg::Tick(Some(_))
+        ) {
+            (state.shared.metrics.calls).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match msg {
             WalletMsg::Execute(op, reply) => {
                 // Behind another node's announced commit, a decision would rest on a state

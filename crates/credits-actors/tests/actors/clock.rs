@@ -229,12 +229,14 @@ async fn a_snapshot_waits_for_what_fell_due() {
         .as_manual()
         .unwrap()
         .advance(chrono::Duration::hours(13));
+    let before = calls(&app.dir);
     let subscribing = {
         let (dir, id) = (app.dir.clone(), id.clone());
         tokio::spawn(async move { dir.subscribe(&id).await })
     };
     assert!(eventually(|| commits.held.load(Ordering::SeqCst) == 1).await);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(reached(&app.dir, before + 1).await);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     assert!(
         !subscribing.is_finished(),
         "answered before the reset was durable"

@@ -570,8 +570,10 @@ async fn a_refusal_behind_a_settlement_that_never_lands_is_unavailable() {
     faults.fail_commits.store(3, Ordering::SeqCst);
     let settle = app.spawn_execute(&id, Op::Settle(settle("res_s", "500")));
     assert!(eventually(|| faults.commits.held.load(Ordering::SeqCst) == 1).await);
+    let before = calls(&app.dir);
     let usage = app.spawn_execute(&id, usage("k2", "30"));
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(reached(&app.dir, before + 1).await);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     assert!(
         !usage.is_finished(),
         "refused on a settlement not durable yet"
@@ -669,8 +671,10 @@ async fn a_model_refusal_behind_a_plan_change_that_never_lands_is_not_given() {
         u.tier = "premium".into();
         u.model = "premium-model".into();
     }
+    let before = calls(&app.dir);
     let spent = app.spawn_execute(&id, premium);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(reached(&app.dir, before + 1).await);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     assert!(
         !spent.is_finished(),
         "refused on a plan change not durable yet"
@@ -743,10 +747,12 @@ async fn shutdown_stops_a_wallet_whose_activation_was_under_way() {
         let other = other.clone();
         tokio::spawn(async move { other.shutdown().await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(eventually(|| other.closing()).await);
     faults.loads.release.notify_one();
     draining.await.unwrap();
-    let _ = call.await.unwrap();
+    // Taken in before the drain began: answered, one way or the other, and never left
+    // running after it.
+    let _answered = call.await.unwrap();
     assert_eq!(
         other.active_actor(&id),
         None,

@@ -187,6 +187,21 @@ pub fn grants(ledger: &[Entry]) -> usize {
 
 /// Waits until a condition holds, for background effects like passivation: up to 10 s,
 /// which only a failing test waits out (a loaded CI machine can take seconds).
+/// The calls `dir`'s wallet actors have taken in so far.
+pub fn calls(dir: &Directory) -> u64 {
+    dir.metrics()
+        .calls
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Waits until `dir`'s wallet actors have taken in `n` calls in all: a call spawned after
+/// [`calls`] read `n - 1` has reached its actor (and is decided, parked or waiting there),
+/// not merely been spawned (found by review: a pause stood for this, which a loaded
+/// machine could outlast, and the test then passed without its race).
+pub async fn reached(dir: &Directory, n: u64) -> bool {
+    eventually(|| calls(dir) >= n).await
+}
+
 pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -11,11 +11,6 @@ use credits_core::{NewWallet, Op, PlanId, ReservationId, ReserveOp, SettleOp, Wa
 
 use crate::helpers::*;
 
-/// How long each commit takes while the node is busy: far longer than the pause below.
-const SLOW_COMMIT_MICROS: u32 = 300_000;
-/// Long enough for the node to have sent its commit.
-const PAUSE: Duration = Duration::from_millis(50);
-
 /// Two nodes (directories) on one memory store, and a wallet created on A that B has
 /// read as it is now.
 async fn two_nodes(wallet: &str) -> (Arc<MemoryStore>, Directory, Directory, WalletId) {
@@ -87,11 +82,12 @@ async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
     assert!(eventually(|| commits.held.load(Ordering::SeqCst) == 1).await);
     // A's notice reaches B, then the settle of A's reservation; then B's commit lands.
     b.announce(&id, Some(reserved.entry.seq));
+    let before = calls(&b);
     let settled = {
         let (b, id) = (b.clone(), id.clone());
         tokio::spawn(async move { b.execute(&id, Op::Settle(settle_op())).await })
     };
-    tokio::time::sleep(PAUSE).await;
+    assert!(reached(&b, before + 1).await);
     commits.release.notify_one();
     let settled = settled.await.unwrap();
     assert!(settled.is_ok(), "{settled:?}");
@@ -112,24 +108,27 @@ async fn a_node_behind_another_waits_for_the_reload_before_deciding() {
 async fn calls_parked_behind_a_notice_run_once_the_commit_lands() {
     let app = app_at("2027-03-10T12:00:00Z");
     let id = app.wallet("wal_notice", "pro", "UTC").await;
-    app.store
-        .faults
-        .commit_delay_micros
-        .store(SLOW_COMMIT_MICROS, Ordering::SeqCst);
     let call = |key: &str| {
         let (dir, id, key) = (app.dir.clone(), id.clone(), key.to_owned());
         tokio::spawn(async move { dir.execute(&id, usage(&key, "1")).await })
     };
     // A commits alone (seq 1); B and C queue behind it and commit together (seqs 2, 3).
+    // Both commits are held until the test lets them go.
+    let commits = &app.store.faults.commits;
+    commits.hold.store(2, Ordering::SeqCst);
+    let before = calls(&app.dir);
     let a = call("a");
-    tokio::time::sleep(PAUSE).await;
+    assert!(eventually(|| commits.held.load(Ordering::SeqCst) == 1).await);
     let (b, c) = (call("b"), call("c"));
+    assert!(reached(&app.dir, before + 3).await);
+    commits.release.notify_one();
     a.await.unwrap().unwrap();
-    tokio::time::sleep(PAUSE).await;
+    assert!(eventually(|| commits.held.load(Ordering::SeqCst) == 1).await);
     // A notice of seq 2 (this batch's own first record) arrives while it is in flight.
     app.dir.announce(&id, Some(2));
-    tokio::time::sleep(PAUSE).await;
     let d = call("d");
+    assert!(reached(&app.dir, before + 4).await);
+    commits.release.notify_one();
     b.await.unwrap().unwrap();
     c.await.unwrap().unwrap();
     let applied = tokio::time::timeout(Duration::from_secs(3), d)
@@ -157,11 +156,12 @@ async fn calls_parked_for_a_failed_reload_are_unavailable_and_the_next_call_relo
     b.announce(&id, Some(reserved.entry.seq));
     assert!(eventually(|| faults.loads.held.load(Ordering::SeqCst) == 1).await);
     let settle = settle_op();
+    let before = calls(&b);
     let parked = {
         let (b, id, settle) = (b.clone(), id.clone(), settle.clone());
         tokio::spawn(async move { b.execute(&id, Op::Settle(settle)).await })
     };
-    tokio::time::sleep(PAUSE).await;
+    assert!(reached(&b, before + 1).await);
     faults.fail_loads.store(1, Ordering::SeqCst);
     faults.loads.release.notify_one();
     let refused = parked.await.unwrap();

@@ -1982,11 +1982,13 @@ async fn nodes_starting_together_on_a_new_database_all_migrate() {
     }
 }
 
-/// A transaction whose client went silent (a group commit the actors gave up on after
-/// their commit timeout, its connection dead without a reset) ends on the server, letting
-/// go of its row locks, instead of holding them until the server's TCP keepalive (hours).
+/// The store's PostgreSQL connections set `idle_in_transaction_session_timeout`, so a
+/// transaction whose client went silent (a group commit the actors gave up on after their
+/// commit timeout, its connection dead without a reset) ends on the server within a minute,
+/// letting go of its row locks, instead of holding them until the server's TCP keepalive
+/// (hours). (PostgreSQL's own behaviour past the setting is not tested here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_ends_a_transaction_whose_client_went_silent() {
+async fn postgres_connections_set_an_idle_in_transaction_timeout() {
     helpers::on_postgres(|store: Store| async move {
         let row = store
             .connection()
