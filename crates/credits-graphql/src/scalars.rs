@@ -3,7 +3,7 @@
 //! 2^53). Parsing here turns input into core types once, at the edge.
 
 use async_graphql::{InputValueError, InputValueResult, Number, Scalar, ScalarType, Value};
-use chrono::{DateTime as ChronoDateTime, SecondsFormat, SubsecRound, Utc};
+use chrono::{DateTime as ChronoDateTime, Datelike, SecondsFormat, SubsecRound, Utc};
 
 /// Largest integer a JSON number carries exactly (SPEC: `Seq` is 0 to 2^53 − 1).
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
@@ -66,11 +66,21 @@ pub struct DateTime(pub ChronoDateTime<Utc>);
 impl ScalarType for DateTime {
     fn parse(value: Value) -> InputValueResult<Self> {
         match &value {
-            Value::String(s) => ChronoDateTime::parse_from_rfc3339(s)
-                .map(|t| DateTime(t.with_timezone(&Utc)))
-                .map_err(|e| {
+            Value::String(s) => {
+                let t = ChronoDateTime::parse_from_rfc3339(s).map_err(|e| {
                     InputValueError::custom(format!("invalid DateTime (RFC 3339 expected): {e}"))
-                }),
+                })?;
+                let t = t.with_timezone(&Utc);
+                // Written back in UTC, an instant past year 9999 (or before year 0) is no
+                // RFC 3339 (`+10000-…`), which clients, this parser included, cannot read
+                // (found by review).
+                if !(0..=9999).contains(&t.year()) {
+                    return Err(InputValueError::custom(
+                        "invalid DateTime: it must fall within the years 0000 to 9999 in UTC",
+                    ));
+                }
+                Ok(DateTime(t))
+            }
             _ => Err(InputValueError::expected_type(value)),
         }
     }
@@ -164,6 +174,22 @@ mod tests {
             .unwrap();
         assert_eq!(t.to_value(), Value::String("2027-03-10T12:00:00Z".into()));
         assert!(<DateTime as ScalarType>::parse(Value::String("yesterday".into())).is_err());
+    }
+
+    /// Found by review: an instant valid in its own offset but past year 9999 in UTC was
+    /// accepted, then written back as `+10000-01-01T00:30:00Z`, which no RFC 3339 reader
+    /// (this one included) takes.
+    #[test]
+    fn date_time_is_refused_where_utc_has_no_rfc3339_form() {
+        let parse = |s: &str| <DateTime as ScalarType>::parse(Value::String(s.into()));
+        assert!(parse("9999-12-31T23:30:00-01:00").is_err());
+        assert!(parse("0000-01-01T00:30:00+01:00").is_err());
+        let last = parse("9999-12-31T23:59:59Z").unwrap();
+        assert_eq!(parse_back(&last), last);
+    }
+
+    fn parse_back(t: &DateTime) -> DateTime {
+        <DateTime as ScalarType>::parse(t.to_value()).unwrap()
     }
 
     /// Found by review: an expiry or billing anchor with nanoseconds was kept, so a due

@@ -287,6 +287,15 @@ fn fuzz_scalars() {
                 let parsed = chrono::DateTime::parse_from_rfc3339(s).map(|d| d.to_utc());
                 prop_assert_eq!(Ok(t.0), parsed, "DateTime read {} as another instant", s);
                 prop_assert_eq!(t.micros(), t.0.trunc_subsecs(6));
+                // What it writes back, it reads again as the same instant.
+                let back = <DateTime as async_graphql::ScalarType>::parse(
+                    async_graphql::ScalarType::to_value(&t),
+                );
+                prop_assert!(
+                    back.as_ref().is_ok_and(|b| *b == t),
+                    "{} did not read back",
+                    s
+                );
             }
             if let Some(s) = check::<Seq>(&v, &ok)? {
                 prop_assert!(s.0 <= MAX_SEQ);
