@@ -192,6 +192,13 @@ async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
     let w = fixture_wallet(&app).await;
     let before = app.balance(&w).await;
     let key = i64::from(app.pid());
+    let key2 = key + 1_000_000_000;
+    // The gate files are named by the server's pid: a failed run of this test on the same
+    // machine may have left some for this pid (found by review).
+    for suffix in ["armed", "entered", "release"] {
+        let _ = std::fs::remove_file(gate(suffix, key));
+        let _ = std::fs::remove_file(gate(suffix, key2));
+    }
     std::fs::write(gate("armed", key), b"").unwrap();
     let resp = app.record(&w, "stuck", "t", "fixture-gated", key, 0).await;
     assert_eq!(
@@ -245,7 +252,6 @@ async fn a_plugin_that_never_answers_is_cut_off_and_disabled(b: Backend) {
     assert_eq!(app.usage(&w).await.as_array().map(Vec::len), Some(2));
     assert_ne!(app.balance(&w).await, before);
     // Stuck again, then stopped: the process does not wait for the stuck call.
-    let key2 = key + 1_000_000_000;
     std::fs::write(gate("armed", key2), b"").unwrap();
     let resp = app
         .record(&w, "stuck-2", "t", "fixture-gated", key2, 0)
