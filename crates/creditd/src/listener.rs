@@ -44,13 +44,16 @@ impl IdleLimited {
 /// once (more wait in the listen backlog: each open connection can hold a response its
 /// client has not read), until `stop` resolves; then
 /// accepts nothing more, lets each connection finish the requests it is serving (idle
-/// keep-alive connections close) and returns once they have. Upgraded WebSockets are not
+/// keep-alive connections close) and returns once they have, or after `drain` (a client
+/// reading a response a few bytes at a time keeps resetting the write timeout: found by
+/// review), leaving what is left to end with the process. Upgraded WebSockets are not
 /// waited for: they run on tasks of their own.
 pub async fn serve(
     mut listener: IdleLimited,
     router: Router,
     header_timeout: Duration,
     max_connections: usize,
+    drain: Duration,
     stop: impl Future<Output = ()>,
 ) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
@@ -96,7 +99,14 @@ pub async fn serve(
     drop(listener);
     drop(stopping);
     drop(all_done);
-    done.closed().await;
+    // Not for ever: a client reading a response a few bytes at a time keeps resetting the
+    // write timeout (found by review), and the wallets are flushed only after this.
+    if tokio::time::timeout(drain, done.closed()).await.is_err() {
+        tracing::warn!(
+            ?drain,
+            "HTTP responses still being sent after the drain timeout: their connections are dropped"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +135,7 @@ mod tests {
             router,
             Duration::from_secs(5),
             8,
+            Duration::from_secs(30),
             std::future::pending(),
         ));
         let mut socket = TcpStream::connect(addr).await.unwrap();
@@ -153,9 +164,16 @@ mod tests {
         let router = Router::new().route("/big", axum::routing::get(move || async move { big }));
         let idle = IdleLimited::new(listener, Duration::from_millis(300));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(serve(idle, router, Duration::from_secs(5), 8, async {
-            let _ = stopped.await;
-        }));
+        let serving = tokio::spawn(serve(
+            idle,
+            router,
+            Duration::from_secs(5),
+            8,
+            Duration::from_secs(30),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let mut socket = TcpStream::connect(addr).await.unwrap();
         socket
             .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -169,5 +187,48 @@ mod tests {
             .expect("the drain ends once the stalled response is given up")
             .unwrap();
         drop(socket);
+    }
+
+    /// Found by review: a client reading a long response a few bytes at a time resets the
+    /// write timeout each time, and the drain waited for its response for as long as it
+    /// took (hours), so the wallets were never flushed before a supervisor's SIGKILL.
+    #[tokio::test]
+    async fn the_drain_ends_after_its_deadline_whatever_a_slow_reader_does() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let big = "x".repeat(64 * 1024 * 1024);
+        let router = Router::new().route("/big", axum::routing::get(move || async move { big }));
+        let idle = IdleLimited::new(listener, Duration::from_secs(5));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(serve(
+            idle,
+            router,
+            Duration::from_secs(5),
+            8,
+            Duration::from_secs(1),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // About 640 KB/s: the write never waits the 5 s of its timeout, and the 64 MB take
+        // a hundred seconds.
+        let reading = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while socket.read_exact(&mut buf).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the drain ends at its deadline")
+            .unwrap();
+        reading.abort();
     }
 }

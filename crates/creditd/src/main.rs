@@ -33,6 +33,8 @@ const POSTGRES_WRITERS: usize = 4;
 const CLAIMED_APPROVALS_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long SIGTERM waits for WebSocket operations in flight.
 const WEBSOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long SIGTERM waits for HTTP responses under way.
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -344,6 +346,11 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Taken first: until a handler is installed, SIGHUP ends the process (found by review:
+    // a reload signalled while the service started, which can take seconds, killed it).
+    // One that comes before the plugins are loaded reloads them once they are.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
     let store = open_store(&settings).await?;
     let text = match &settings.catalogue {
         Some(path) => std::fs::read_to_string(path)
@@ -497,7 +504,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .collect(),
     };
 
-    reload_on_sighup(pricing);
+    reload_on_sighup(pricing, hup);
     let stop = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -515,6 +522,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         server::router(state),
         settings.header_timeout,
         settings.max_connections,
+        HTTP_DRAIN,
         stop,
     )
     .await;
@@ -556,11 +564,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn reload_on_sighup(pricing: Arc<PricingRegistry>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+fn reload_on_sighup(pricing: Arc<PricingRegistry>, mut hup: tokio::signal::unix::Signal) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match credits_actors::ledger::reload_pricing(&pricing).await {

@@ -310,6 +310,68 @@ fn sigterm_right_after_the_listening_line_drains() {
     }
 }
 
+/// Found by review: the SIGHUP handler was installed only once the plugins were loaded,
+/// after migrations, probes and the catch-up, so a reload signalled while the service
+/// started (a deploy script, systemd's `ExecReload`) ended the process. A SIGHUP as soon
+/// as the service logs its first line reloads the plugins once they are loaded.
+#[test]
+fn a_sighup_while_the_service_starts_reloads_instead_of_ending_it() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("hup.db").display());
+    let mut child = creditd()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .args(["--manual-clock", crate::helpers::START])
+        .arg("--plugins")
+        .arg(crate::helpers::plugins_dir())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, logged) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        let line = logged
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+        if line.contains(needle) {
+            break;
+        }
+    };
+    // Logged once the store is open, well before the plugins are loaded.
+    wait_for("running on a manual clock");
+    let pid = child.id().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("listening on "), "{first:?}");
+    wait_for("pricing reloaded");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "still running, then drained: {status}");
+}
+
 /// The `hostile` fixture as a tier file in a fresh directory.
 fn hostile_tier() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
