@@ -180,6 +180,16 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
     for (_, op) in doc.operations.iter() {
         total = total.add(walk.set(&op.node.selection_set.node, 0)?);
     }
+    // A fragment no operation reaches was measured by nothing here, yet validation walks
+    // it (a chain of thousands cost it quadratic time, found by review); validation
+    // refuses it anyway.
+    if let Some(unused) = doc
+        .fragments
+        .keys()
+        .find(|name| !walk.counted.contains_key(name.as_str()))
+    {
+        return Err(format!("fragment {unused} is never used"));
+    }
     Ok(total)
 }
 
@@ -545,6 +555,23 @@ mod tests {
         assert!(resp.errors.is_empty(), "{:?}", resp.errors);
         let resp = schema.execute(chain(32)).await;
         assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+    }
+
+    /// Found by review: fragments no operation spreads were measured by nothing, and a
+    /// chain of thousands of them cost validation quadratic time.
+    #[tokio::test]
+    async fn a_fragment_no_operation_uses_is_refused_before_validation() {
+        let (schema, _) = schema();
+        let q = "{ echo(s: \"x\") } fragment A on Query { ...B } fragment B on Query { echo(s: \"y\") }";
+        let resp = schema.execute(q).await;
+        assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+        assert!(
+            resp.errors[0].message.ends_with("is never used"),
+            "{:?}",
+            resp.errors
+        );
+        let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
+        assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
     }
 
     /// Found by review: a spread of an unknown fragment counted as nothing, so fragments
