@@ -338,8 +338,18 @@ fn segments_fit(bytes: &[u8]) -> Result<(), String> {
             bytes.len()
         )
     };
-    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    // Every offset is the file's to choose: added to without overflow (found by review: a
+    // header near the top of the address space panicked a debug build's reload).
+    let u16_at = |at: usize| {
+        Some(u16::from_le_bytes(
+            bytes.get(at..at.checked_add(2)?)?.try_into().ok()?,
+        ))
+    };
+    let u32_at = |at: usize| {
+        Some(u32::from_le_bytes(
+            bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
     let u64_at = |at: u64| {
         let at = usize::try_from(at).ok()?;
         Some(u64::from_le_bytes(
@@ -360,8 +370,8 @@ fn segments_fit(bytes: &[u8]) -> Result<(), String> {
         if kind != PT_LOAD {
             continue;
         }
-        let offset = u64_at(header + 8).ok_or_else(short)?;
-        let length = u64_at(header + 32).ok_or_else(short)?;
+        let field = |at: u64| header.checked_add(at).and_then(u64_at).ok_or_else(short);
+        let (offset, length) = (field(8)?, field(32)?);
         let end = offset.saturating_add(length);
         // A segment of zero-filled memory only maps nothing of the file.
         if length > 0 && end > bytes.len() as u64 {
@@ -502,5 +512,25 @@ fn open_now(path: &Path) -> Result<Library, RefusalReason> {
     {
         // SAFETY: as above.
         unsafe { Library::new(path) }.map_err(|e| RefusalReason::NotALibrary(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found by review: program headers said to start 2 bytes below the top of the address
+    /// space overflowed the offset arithmetic, a panic in a debug build's reload (with no
+    /// file named) instead of a refusal.
+    #[test]
+    fn program_headers_past_the_address_space_are_refused() {
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        let refused = super::segments_fit(&elf);
+        assert!(
+            refused.as_ref().is_err_and(|why| why.contains("cut short")),
+            "{refused:?}"
+        );
     }
 }

@@ -400,7 +400,8 @@ fn build(
         .collect();
     // What serves now claims its tiers and models first: the files unchanged, and the
     // previous versions of files whose new version did not load; then new versions of
-    // files that were loaded; then new files; each in name order. So a new file that also
+    // files that were loaded (those taking another file's tier or model last); then new
+    // files; each in name order. So a new file that also
     // lists a model another tier serves is the one refused, not that tier (found by
     // review: a bad new file that sorted earlier took the model and unloaded the tier).
     let serving = |tier: &SharedTier| {
@@ -424,15 +425,33 @@ fn build(
             report.kept.push(old.info.clone());
         }
     };
-    // 0: what serves now; 1: a new version of a file that was loaded; 2: a new file.
+    // Whether `tier`, the new version of file `name`, lists a tier name or a model another
+    // file served before this reload.
+    let takes_from_another = |name: &str, tier: &SharedTier| {
+        let others = previous.tiers.iter().filter(|t| t.info.file != name);
+        others.into_iter().any(|t| {
+            t.info.tier == tier.info.tier
+                || tier
+                    .models
+                    .iter()
+                    .any(|m| t.models.iter().any(|o| o.id == m.id))
+        })
+    };
+    // 0: what serves now; 1: a new version of a file that was loaded; 2: one that also
+    // takes what another file served (found by review: a new economy build listing a
+    // standard model by mistake, reloaded with a new standard build, took the model first
+    // and left standard unloaded for good; now standard's new version claims it first,
+    // and economy's is refused); 3: a new file.
     let rank = |name: &str, outcome: &Result<SharedTier, RefusalReason>| match outcome {
         Ok(tier) if serving(tier) => 0,
         Err(_) => 0,
-        Ok(_) if previous.tiers.iter().any(|t| t.info.file == name) => 1,
-        Ok(_) => 2,
+        Ok(tier) if previous.tiers.iter().any(|t| t.info.file == name) => {
+            if takes_from_another(name, tier) { 2 } else { 1 }
+        }
+        Ok(_) => 3,
     };
     let mut loaded = Vec::new();
-    for pass in 0..3 {
+    for pass in 0..4 {
         for (name, path, outcome) in &outcomes {
             if rank(name, outcome) != pass {
                 continue;

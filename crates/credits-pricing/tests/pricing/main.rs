@@ -992,3 +992,32 @@ fn a_new_version_claims_its_models_before_a_new_file() {
     assert!(report.refused[0].file.ends_with(tier_file("aa_copycat")));
     standard_serves_chat(&registry);
 }
+
+/// Found by review: two loaded files changed in one reload, the new economy build listing a
+/// standard model by mistake (the copycat) and a valid new standard build. Both were new
+/// versions, claimed in file-name order: economy took `standard-chat`, the new standard
+/// was refused, its previous version could not claim its model either, and standard was
+/// unloaded (and, a new file from then on, refused on every later reload). A new version
+/// that takes what another file served claims after the ones that do not.
+#[test]
+fn a_new_version_cannot_take_a_model_from_another_new_version() {
+    let dirs = Dirs::with(&[
+        ("credits-tier-economy", "economy"),
+        ("credits-tier-standard", "standard"),
+    ]);
+    let (registry, _) = open(&dirs);
+    dirs.deploy("credits-fixture-copycat", "economy");
+    // Another build of standard: the same library with one more byte at its end.
+    let mut rebuilt = std::fs::read(built_lib("credits-tier-standard")).unwrap();
+    rebuilt.push(0);
+    dirs.deploy_bytes(&rebuilt, "standard");
+    let report = registry.reload().unwrap();
+    assert_eq!(loaded(&report), ["standard@1.2.0"], "{report}");
+    let kept: Vec<_> = report.kept.iter().map(|t| t.tier.as_str()).collect();
+    assert_eq!(kept, ["economy"], "{report}");
+    assert_eq!(report.refused.len(), 1, "{report}");
+    assert!(report.refused[0].file.ends_with(tier_file("economy")));
+    assert!(report.unloaded.is_empty(), "{report}");
+    standard_serves_chat(&registry);
+    assert!(registry.price("economy-mini", usage(1, 0, 0)).is_ok());
+}
