@@ -164,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     in_process: true,
                 },
         } => {
+            println!("{}", probe::OPENING);
             let code = match check_in_time(&file).await {
                 Ok(report) if report.is_clean() => {
                     println!("{report}");

@@ -29,6 +29,11 @@ pub const LOADS_NOT_CLEAN: i32 = 3;
 /// the process with any exit code of its own).
 pub const RETURNED: &str = "credits-plugin-check: returned";
 
+/// The line a check's child prints just before it opens the library: a child that ended
+/// without it never reached the plugin (its runtime could not start, say), so its end says
+/// nothing about the file.
+pub const OPENING: &str = "credits-plugin-check: opening";
+
 /// Output kept of a child, per stream.
 const MAX_OUTPUT: u64 = 64 * 1024;
 
@@ -56,6 +61,17 @@ impl Finished {
         self.stdout.complete && self.stdout.last_line == RETURNED
     }
 
+    fn opened(&self) -> bool {
+        self.stdout.kept.lines().any(|l| l == OPENING)
+    }
+
+    /// Killed by SIGKILL: what the kernel's out-of-memory killer sends, not a crash of the
+    /// plugin's own.
+    fn killed(&self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        self.status.and_then(|s| s.signal()) == Some(libc::SIGKILL)
+    }
+
     /// Why this end refuses the file, if it does.
     fn refusal(&self) -> Option<String> {
         match self.status {
@@ -75,12 +91,22 @@ impl Finished {
 
     /// What the registry makes of this end: a child killed at the deadline, or whose
     /// output never ended (a process it started holds the stream), may only have met a
-    /// slow machine, and is probed again on the next reload.
+    /// slow machine; one that ended before it opened the library, or was killed with
+    /// SIGKILL, met something else than the plugin (found by review: refused for good by
+    /// its content, a good file stayed refused until a restart). Each is probed again on
+    /// the next reload.
     fn verdict(&self) -> credits_pricing::Probed {
         use credits_pricing::Probed;
         match self.refusal() {
             None => Probed::Passed,
-            Some(why) if self.status.is_none() || !self.stdout.complete => Probed::Unsure(why),
+            Some(why)
+                if self.status.is_none()
+                    || !self.stdout.complete
+                    || !self.opened()
+                    || self.killed() =>
+            {
+                Probed::Unsure(why)
+            }
             Some(why) => Probed::Refused(why),
         }
     }
@@ -234,7 +260,12 @@ pub fn check_command(file: &Path) -> i32 {
             return 1;
         }
     };
-    for line in finished.stdout.kept.lines().filter(|l| *l != RETURNED) {
+    for line in finished
+        .stdout
+        .kept
+        .lines()
+        .filter(|l| *l != RETURNED && *l != OPENING)
+    {
         println!("{line}");
     }
     eprint!("{}", finished.stderr.kept);
@@ -274,4 +305,54 @@ pub fn registry_probe() -> credits_pricing::Probe {
         }
         outcomes
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn ended(status: ExitStatus, stdout: &str) -> Finished {
+        Finished {
+            status: Some(status),
+            stdout: Output {
+                kept: stdout.to_owned(),
+                last_line: stdout.lines().last().unwrap_or_default().to_owned(),
+                complete: true,
+            },
+            stderr: Output::default(),
+        }
+    }
+
+    /// Found by review: a child killed by the out-of-memory killer, or one whose runtime
+    /// could not start (exit 1 before it opened anything), refused the file for good by
+    /// its content. Only a child that opened the library and then crashed or exited
+    /// without coming back refuses it.
+    #[test]
+    fn only_an_end_inside_the_plugin_refuses_it_for_good() {
+        use credits_pricing::Probed;
+        let opening = format!("{OPENING}\n");
+        let verdict = |status, stdout: &str| ended(status, stdout).verdict();
+        assert!(matches!(
+            verdict(ExitStatus::from_raw(libc::SIGKILL), &opening),
+            Probed::Unsure(_)
+        ));
+        assert!(matches!(
+            verdict(ExitStatus::from_raw(1 << 8), ""),
+            Probed::Unsure(_)
+        ));
+        assert!(matches!(
+            verdict(ExitStatus::from_raw(libc::SIGSEGV), &opening),
+            Probed::Refused(_)
+        ));
+        assert!(matches!(
+            verdict(ExitStatus::from_raw(1 << 8), &opening),
+            Probed::Refused(_)
+        ));
+        let returned = format!("{OPENING}\nreport\n{RETURNED}\n");
+        assert!(matches!(
+            verdict(ExitStatus::from_raw(0), &returned),
+            Probed::Passed
+        ));
+    }
 }
