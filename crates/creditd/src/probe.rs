@@ -151,7 +151,7 @@ fn start(file: &Path) -> std::io::Result<Running> {
 fn dies_with_its_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: between fork and exec the closure calls only async-signal-safe functions
-    // (`prctl`, `getppid`) and allocates nothing.
+    // (`prctl`, `getppid`, `open`, `write`, `close`) and allocates nothing.
     let parent = std::process::id() as libc::pid_t;
     unsafe {
         command.pre_exec(move || {
@@ -161,6 +161,14 @@ fn dies_with_its_parent(command: &mut Command) {
             // The parent may have ended before the request took effect.
             if libc::getppid() != parent {
                 return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            // A plugin that uses up memory gets its probe killed, not the service or a
+            // database beside it (a child killed so is probed again on the next reload).
+            // Best effort: raising its own score needs no privilege.
+            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+            if adj >= 0 {
+                libc::write(adj, b"1000".as_ptr().cast(), 4);
+                libc::close(adj);
             }
             Ok(())
         });

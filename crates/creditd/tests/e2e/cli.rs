@@ -475,6 +475,10 @@ fn a_probe_stuck_in_an_initialiser_ends_with_the_process_that_started_it() {
     // Give it time to be inside the initialiser, then end the parent without warning.
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(alive(probe));
+    // The first the kernel kills when memory runs out (found by review: a plugin whose
+    // initialiser used up memory could get the service or its database killed instead).
+    let score = std::fs::read_to_string(format!("/proc/{probe}/oom_score_adj")).unwrap();
+    assert_eq!(score.trim(), "1000");
     parent.kill().unwrap();
     parent.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -368,6 +368,30 @@ async fn reviews_carry_the_cost_percentile(b: Backend) {
         d["reportHighUsage"]["findings"]["costPercentile"],
         json!(null)
     );
+    // Nor when a plain team member reports a pool thread that never used it (found by
+    // review: a member's report counted the thread whatever it had used).
+    let (team, pool) = app.team("ann").await;
+    app.ok(
+        &app.admin,
+        "mutation($t: ID!) { addTeamMember(teamId: $t, userId: \"bob\") { userId } }",
+        json!({ "t": team }),
+    )
+    .await;
+    let r = app
+        .gql(
+            &app.admin,
+            "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { usage { id } } }",
+            json!({ "i": { "walletId": pool, "idempotencyKey": "pk", "threadId": "pt",
+                "model": "economy-mini", "inputTokens": 1000, "outputTokens": 0, "memberId": "bob" } }),
+        )
+        .await;
+    assert!(r["errors"].is_null(), "{r:#}");
+    let bob = app.token("USER", Some("bob")).await;
+    let d = app.ok(&bob, named, json!({ "w": pool, "t": "pt" })).await;
+    assert_eq!(
+        d["reportHighUsage"]["findings"]["costPercentile"],
+        json!(null)
+    );
     // The tenth: t7 costs at least as much as 7 of the 10 threads.
     let r = app
         .record(&w, "k10", "t10", "standard-chat", 10_000, 0)
