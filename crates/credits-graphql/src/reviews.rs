@@ -230,9 +230,25 @@ pub async fn report(ctx: &Context<'_>, input: HighUsageReportInput) -> ApiResult
             let thread = (wallet_id.0.as_str(), input.thread_id.as_str());
             let mut rank = store.thread_rank(model, from, to, thread, total).await?;
             // A thread that did not use the model in the window is not one of its threads
-            // (a report may name a model the thread never used). A plain member sees only
-            // their share: the thread is taken to be one.
-            if member.is_none() && of_model.is_empty() {
+            // (a report may name a model the thread never used). A plain member's share may
+            // be none where the thread's is not: then the thread is one, ranked at their
+            // share (found by review: it was one whatever the thread had used).
+            let used = !of_model.is_empty()
+                || (member.is_some()
+                    && !store
+                        .usage_summary(
+                            &wallet_id.0,
+                            &UsageFilter {
+                                member_id: None,
+                                ..window.clone()
+                            },
+                            GroupBy::Model,
+                            None,
+                            chrono_tz::UTC,
+                        )
+                        .await?
+                        .is_empty());
+            if !used {
                 rank.threads -= 1;
                 rank.at_or_below -= 1;
             }
