@@ -510,8 +510,8 @@ impl Connection {
         // `connection_init` runs nothing more on this socket (the next ping closes it).
         let (state, auth) = (self.state.clone(), self.auth.clone());
         let (stream, mut in_flight) = match admitted {
-            Ok((guard, mut slot)) => (
-                futures::stream::once(async move {
+            Ok((guard, slot)) => {
+                let run = async move {
                     match crate::server::principal_from(&state, auth.as_deref()).await {
                         Ok(principal) => state.schema.execute_stream(request.data(principal)),
                         Err(e) => {
@@ -519,12 +519,34 @@ impl Connection {
                             futures::stream::once(async move { refused }).boxed()
                         }
                     }
-                })
-                .flatten()
-                .inspect(move |_| drop(slot.take()))
-                .boxed(),
-                Some(guard),
-            ),
+                };
+                let stream = match slot {
+                    // A query or mutation runs on a task of its own, which frees its slot
+                    // once its result is produced, whether or not this socket's loop is
+                    // free to take it (found by review: behind a client that stopped
+                    // reading, the loop waits on its writes, and the operations it had read
+                    // held their slots until the socket was closed, 60 s). Once started, it
+                    // also runs to its end when the client completes it or leaves.
+                    Some(slot) => {
+                        let done = tokio::spawn(async move {
+                            let result = run.await.next().await;
+                            drop(slot);
+                            result
+                        });
+                        futures::stream::once(async move {
+                            done.await.ok().flatten().unwrap_or_else(|| {
+                                let failed = credits_graphql::ApiError::unavailable(
+                                    "the operation ended without a result",
+                                );
+                                Response::from_errors(vec![failed.into()])
+                            })
+                        })
+                        .boxed()
+                    }
+                    None => futures::stream::once(run).flatten().boxed(),
+                };
+                (stream, Some(guard))
+            }
             Err(why) => {
                 let error =
                     async_graphql::ServerError::from(credits_graphql::ApiError::unavailable(why));
