@@ -67,6 +67,24 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Replay each wallet's ledger and compare it with the wallet's stored snapshot: prints
+    /// every wallet that differs and exits 1 if any does.
+    Verify {
+        /// Only this wallet.
+        #[arg(long)]
+        wallet: Option<String>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -140,6 +158,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Ledger {
+            command: LedgerCommand::Verify { wallet, serve },
+        } => {
+            let settings = Settings::load(serve, cli.config.as_deref())?;
+            let store = open_store(&settings).await?;
+            let (checked, differ) = verify_ledgers(&store, wallet.as_deref()).await?;
+            if differ > 0 {
+                anyhow::bail!("{differ} of {checked} wallets do not replay to their snapshots");
+            }
+            println!("{checked} wallets checked: each ledger replays to its snapshot");
+            Ok(())
+        }
         Command::Serve(args) => serve(Settings::load(args, cli.config.as_deref())?).await,
         Command::Migrate(args) => {
             let settings = Settings::load(args, cli.config.as_deref())?;
@@ -563,6 +593,46 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutting down: finishing the requests in flight");
     })
+}
+
+/// Replays the ledger of `only`, or of every wallet, against its snapshot (DESIGN "Ledger
+/// and snapshots"); prints each that differs. Returns (wallets checked, wallets that differ).
+async fn verify_ledgers(
+    store: &credits_store::Store,
+    only: Option<&str>,
+) -> anyhow::Result<(u64, u64)> {
+    const PAGE: usize = 1_000;
+    let (mut checked, mut differ) = (0, 0);
+    let mut after: Option<String> = None;
+    loop {
+        let ids = match only {
+            Some(id) if after.is_none() => vec![id.to_owned()],
+            Some(_) => Vec::new(),
+            None => store.wallet_ids_after(after.as_deref(), PAGE).await?,
+        };
+        let Some(last) = ids.last().cloned() else {
+            break;
+        };
+        for id in &ids {
+            let same = match store.replays_to_snapshot(id).await {
+                Ok(None) if only.is_some() => anyhow::bail!("no wallet {id}"),
+                Ok(None) => continue,
+                Ok(Some(same)) => same,
+                Err(credits_store::StoreError::Corrupt(why)) => {
+                    println!("wallet {id}: {why}");
+                    false
+                }
+                Err(e) => return Err(e.into()),
+            };
+            checked += 1;
+            if !same {
+                differ += 1;
+                println!("wallet {id}: its ledger replays to another state than its snapshot");
+            }
+        }
+        after = Some(last);
+    }
+    Ok((checked, differ))
 }
 
 fn reload_on_sighup(pricing: Arc<PricingRegistry>, mut hup: tokio::signal::unix::Signal) {

@@ -9,9 +9,9 @@ use credits_core::{
     Cause, Credits, Entry, EntryKind, GrantKind, Lot, LotOrigin, Request, Source, UsageRecord,
     Wallet, replay,
 };
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait};
 
-use crate::entity::ledger;
+use crate::entity::{ledger, wallets};
 use crate::error::{StoreError, corrupt};
 use crate::rows::*;
 use crate::{MAX_LIST, Store};
@@ -486,6 +486,47 @@ impl Store {
     /// Rebuilds a wallet from its whole ledger (the check behind every snapshot; see
     /// docs for its cost), reading it in pages of [`MAX_LIST`] records.
     pub async fn replay_wallet(&self, wallet_id: &str) -> Result<Option<Wallet>, StoreError> {
+        self.replay_to(wallet_id, i64::MAX).await
+    }
+
+    /// Whether a wallet's ledger, replayed up to its snapshot's seq, gives its snapshot
+    /// (the clock aside: it moves without records); `None` when there is no such wallet.
+    /// The records up to that seq were written with the snapshot, so a commit landing
+    /// meanwhile changes nothing read.
+    pub async fn replays_to_snapshot(&self, wallet_id: &str) -> Result<Option<bool>, StoreError> {
+        let Some((stored, _)) = self.load_state(wallet_id).await? else {
+            return Ok(None);
+        };
+        let Some(mut replayed) = self
+            .replay_to(wallet_id, crate::time::seq_to_db(stored.seq)?)
+            .await?
+        else {
+            return Ok(Some(false));
+        };
+        replayed.now = stored.now;
+        Ok(Some(replayed == stored))
+    }
+
+    /// Every wallet id after `after` (in id order), at most `limit` (≤ [`MAX_LIST`]).
+    pub async fn wallet_ids_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        crate::bound("wallet ids", limit, MAX_LIST)?;
+        wallets::Entity::find()
+            .select_only()
+            .column(wallets::Column::Id)
+            .apply_if(after, |q, a| q.filter(wallets::Column::Id.gt(a)))
+            .order_by_asc(wallets::Column::Id)
+            .limit(limit as u64)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(StoreError::Db)
+    }
+
+    async fn replay_to(&self, wallet_id: &str, last: i64) -> Result<Option<Wallet>, StoreError> {
         let mut entries: Vec<Entry> = Vec::new();
         let mut after: i64 = -1;
         loop {
@@ -495,6 +536,7 @@ impl Store {
                 .column(ledger::Column::Entry)
                 .filter(ledger::Column::WalletId.eq(wallet_id))
                 .filter(ledger::Column::Seq.gt(after))
+                .filter(ledger::Column::Seq.lte(last))
                 .order_by_asc(ledger::Column::Seq)
                 .limit(REPLAY_PAGE as u64)
                 .into_tuple::<(i64, String)>()

@@ -6,6 +6,7 @@ use crate::helpers::{App, Backend, creditd, fixture_lib, tier_lib};
 use crate::on_both;
 
 on_both!(
+    ledger_verify_replays_every_wallet_and_names_one_that_differs,
     token_create_prints_a_token_that_authenticates,
     a_plugin_whose_initialiser_crashes_is_refused_and_the_service_serves,
 );
@@ -535,4 +536,44 @@ async fn a_plugin_whose_initialiser_crashes_is_refused_and_the_service_serves(b:
     assert!(models.contains(&"standard-chat".to_owned()), "{models:?}");
     assert!(!models.contains(&"hostile-model".to_owned()), "{models:?}");
     assert!(refused(&app.log()[log_before..]), "{}", app.log());
+}
+
+/// Found by review: DESIGN's check that replays the ledger against the snapshot ran only in
+/// tests. `creditd ledger verify` runs it for an operator: every wallet, or one.
+async fn ledger_verify_replays_every_wallet_and_names_one_that_differs(b: Backend) {
+    let mut app = App::spawn(b).await;
+    let alice = app.wallet("alice", "pro").await;
+    let bob = app.wallet("bob", "max").await;
+    for key in ["a", "b", "c"] {
+        app.record(&alice, key, "t", "standard-chat", 1000, 100)
+            .await;
+    }
+    app.stop();
+    let verify = |extra: &[&str]| {
+        creditd()
+            .current_dir(app.dir.path())
+            .args(["ledger", "verify", "--database", &app.db.url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("2 wallets checked"), "{text}");
+    // Bob's snapshot put on alice's row: her ledger no longer gives it.
+    crate::hostile::sql(
+        &app,
+        &format!(
+            "UPDATE wallets SET snapshot = (SELECT snapshot FROM wallets WHERE id = '{bob}') WHERE id = '{alice}'"
+        ),
+    );
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(&format!("wallet {alice}: ")), "{text}");
+    assert!(!text.contains(&format!("wallet {bob}: ")), "{text}");
+    assert!(verify(&["--wallet", &bob]).status.success());
+    assert_eq!(verify(&["--wallet", &alice]).status.code(), Some(1));
+    assert_eq!(verify(&["--wallet", "wal_nope"]).status.code(), Some(1));
 }
