@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use async_graphql::http::WebSocketProtocols as Protocol;
+use async_graphql::parser::types::OperationType;
 use async_graphql::{Request, Response};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
@@ -487,7 +488,8 @@ impl Connection {
         let (handle, registration) = AbortHandle::new_pair();
         // The first result carries the in-flight guard to the socket; an operation refused
         // because the server is shutting down, or at capacity, is refused UNAVAILABLE.
-        let slot = if subscribes(&request) {
+        let kind = operation_type(&request);
+        let slot = if kind == Some(OperationType::Subscription) {
             Ok(None)
         } else {
             metrics::counter!("credits_graphql_requests_total").increment(1);
@@ -533,7 +535,13 @@ impl Connection {
                             drop(slot);
                             result
                         });
+                        // A query the client completes, or whose socket closes, stops (so
+                        // the per-socket bound holds what runs, found by review); a
+                        // mutation runs to its end.
+                        let stop = (kind != Some(OperationType::Mutation))
+                            .then(|| AbortOnDrop(done.abort_handle()));
                         futures::stream::once(async move {
+                            let _stop = stop;
                             done.await.ok().flatten().unwrap_or_else(|| {
                                 let failed = credits_graphql::ApiError::unavailable(
                                     "the operation ended without a result",
@@ -652,11 +660,19 @@ impl Connection {
 
 /// Whether the operation `request` names is a subscription. (A document that does not parse
 /// is refused by the schema; it is counted as a query here.)
-fn subscribes(request: &Request) -> bool {
-    use async_graphql::parser::types::{DocumentOperations, OperationType};
-    let Ok(document) = async_graphql::parser::parse_query(&request.query) else {
-        return false;
-    };
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the request's operation is, if its document parses and names one.
+fn operation_type(request: &Request) -> Option<OperationType> {
+    use async_graphql::parser::types::DocumentOperations;
+    let document = async_graphql::parser::parse_query(&request.query).ok()?;
     let operation = match &document.operations {
         DocumentOperations::Single(op) => Some(op),
         DocumentOperations::Multiple(ops) => match &request.operation_name {
@@ -665,7 +681,7 @@ fn subscribes(request: &Request) -> bool {
             None => None,
         },
     };
-    operation.is_some_and(|op| op.node.ty == OperationType::Subscription)
+    operation.map(|op| op.node.ty)
 }
 
 /// A response with no data whose errors belong to no field: the request was refused as a
