@@ -162,7 +162,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: LedgerCommand::Verify { wallet, serve },
         } => {
             let settings = Settings::load(serve, cli.config.as_deref())?;
-            let store = open_store(&settings).await?;
+            // Never creates nor migrates: a wrong path is an error, not an empty database
+            // that checks clean, and a service beside it keeps its schema.
+            let url = match &settings.database {
+                sqlite if sqlite.starts_with("sqlite:") && !sqlite.contains("mode=") => {
+                    let glue = if sqlite.contains('?') { '&' } else { '?' };
+                    format!("{sqlite}{glue}mode=rw")
+                }
+                other => other.clone(),
+            };
+            let store = credits_store::Store::connect(&url)
+                .await
+                .with_context(|| format!("opening {}", redact(&url)))?;
+            anyhow::ensure!(
+                store.migrated().await?,
+                "{} is not migrated to this creditd's schema: run `creditd migrate` first",
+                redact(&url)
+            );
             let (checked, differ) = verify_ledgers(&store, wallet.as_deref()).await?;
             if differ > 0 {
                 anyhow::bail!("{differ} of {checked} wallets do not replay to their snapshots");

@@ -165,6 +165,17 @@ impl Store {
         txn.commit().await.map_err(StoreError::Db)
     }
 
+    /// Whether every migration this build knows is applied, read without writing (an
+    /// error for a database a newer build migrated past them).
+    pub async fn migrated(&self) -> Result<bool, StoreError> {
+        Ok(
+            migration::Migrator::get_pending_migrations_read_only(&self.db)
+                .await
+                .map_err(StoreError::Db)?
+                .is_empty(),
+        )
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

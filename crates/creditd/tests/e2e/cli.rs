@@ -541,6 +541,7 @@ async fn a_plugin_whose_initialiser_crashes_is_refused_and_the_service_serves(b:
 /// Found by review: DESIGN's check that replays the ledger against the snapshot ran only in
 /// tests. `creditd ledger verify` runs it for an operator: every wallet, or one.
 async fn ledger_verify_replays_every_wallet_and_names_one_that_differs(b: Backend) {
+    let sqlite = matches!(b, Backend::Sqlite);
     let mut app = App::spawn(b).await;
     let alice = app.wallet("alice", "pro").await;
     let bob = app.wallet("bob", "max").await;
@@ -576,4 +577,27 @@ async fn ledger_verify_replays_every_wallet_and_names_one_that_differs(b: Backen
     assert!(verify(&["--wallet", &bob]).status.success());
     assert_eq!(verify(&["--wallet", &alice]).status.code(), Some(1));
     assert_eq!(verify(&["--wallet", "wal_nope"]).status.code(), Some(1));
+    // A record past the snapshot's seq, the row still at it: the wallet's next commit
+    // could never land (found by review: replaying up to the snapshot missed it).
+    crate::hostile::sql(
+        &app,
+        &format!(
+            "INSERT INTO ledger (wallet_id, seq, at_us, cause, idempotency_key, entry, balance) \
+             SELECT wallet_id, seq + 1, at_us, cause, NULL, entry, balance FROM ledger \
+             WHERE wallet_id = '{bob}' AND seq = (SELECT MAX(seq) FROM ledger WHERE wallet_id = '{bob}')"
+        ),
+    );
+    assert_eq!(verify(&["--wallet", &bob]).status.code(), Some(1));
+    // Never creates a database (found by review: a wrong path made an empty one, which
+    // checked clean).
+    if sqlite {
+        let missing = format!("sqlite://{}", app.dir.path().join("nope.db").display());
+        let out = creditd()
+            .current_dir(app.dir.path())
+            .args(["ledger", "verify", "--database", &missing])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        assert!(!app.dir.path().join("nope.db").exists());
+    }
 }
