@@ -26,6 +26,7 @@ mod m20251129_000008_drop_reservations_due;
 mod m20251129_000009_grants_review;
 mod m20251129_000010_scheduled_plan;
 mod m20251129_000011_plan_credit_history;
+mod m20251130_000012_due_wallets_by_id;
 
 /// Every migration of the store, oldest first.
 #[derive(Debug)]
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20251129_000009_grants_review::Migration),
             Box::new(m20251129_000010_scheduled_plan::Migration),
             Box::new(m20251129_000011_plan_credit_history::Migration),
+            Box::new(m20251130_000012_due_wallets_by_id::Migration),
         ]
     }
 }

@@ -81,6 +81,16 @@ async fn grants_review(db: &DatabaseConnection) -> bool {
         .expect("probe index")
 }
 
+/// Which index pages due wallets: (next_due_us, id) and (next_due_us) alone.
+async fn due_indexes(db: &DatabaseConnection) -> (bool, bool) {
+    let manager = SchemaManager::new(db);
+    let has = |name| manager.has_index("wallets", name);
+    (
+        has("wallets_next_due_id").await.expect("probe index"),
+        has("wallets_next_due").await.expect("probe index"),
+    )
+}
+
 async fn members_version(db: &DatabaseConnection) -> bool {
     SchemaManager::new(db)
         .has_column("wallets", "members_version")
@@ -140,6 +150,11 @@ async fn up_down_up(db: &DatabaseConnection) {
     assert!(!reservations_due(db).await);
     assert!(grants_review(db).await);
     let manager = SchemaManager::new(db);
+    assert!(manager.has_table("plan_credit_history").await.unwrap());
+    assert_eq!(due_indexes(db).await, (true, false));
+    // One step down pages due wallets by their instant alone again, and only that.
+    Migrator::down(db, Some(1)).await.expect("down due index");
+    assert_eq!(due_indexes(db).await, (false, true));
     assert!(manager.has_table("plan_credit_history").await.unwrap());
     // One step down drops the plans' credit history, and only that.
     Migrator::down(db, Some(1))

@@ -169,7 +169,15 @@ impl Store {
                 vec![rank_statement(backend, model, *from, *to, ("", ""), 0)]
             }
         };
-        let (prefix, column) = match backend {
+        self.explain(statements).await
+    }
+
+    /// The database's plan for `statements`, one line per plan node.
+    pub(crate) async fn explain(
+        &self,
+        statements: Vec<Statement>,
+    ) -> Result<Vec<String>, StoreError> {
+        let (prefix, column) = match self.db_backend() {
             DbBackend::Postgres => ("EXPLAIN ", "QUERY PLAN"),
             _ => ("EXPLAIN QUERY PLAN ", "detail"),
         };

@@ -282,28 +282,30 @@ impl Store {
         after: Option<(chrono::DateTime<chrono::Utc>, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
-        use sea_orm::{Condition, QueryOrder, QuerySelect};
         bound("due wallets", limit, MAX_LIST)?;
-        let later = after.map(|(at, id)| {
-            let (due, key) = (wallets::Column::NextDueUs, wallets::Column::Id);
-            crate::after_in_order(due, key, to_us(at), id)
-        });
-        let rows = wallets::Entity::find()
-            .select_only()
-            .column(wallets::Column::Id)
-            .column(wallets::Column::NextDueUs)
-            .filter(wallets::Column::NextDueUs.lte(to_us(before)))
-            .filter(Condition::all().add_option(later))
-            .order_by_asc(wallets::Column::NextDueUs)
-            .order_by_asc(wallets::Column::Id)
-            .limit(limit as u64)
-            .into_tuple::<(String, i64)>()
-            .all(&self.db)
+        let statement = due_statement(self.db_backend(), before, after, limit);
+        let rows = self
+            .db
+            .query_all_raw(statement)
             .await
             .map_err(StoreError::Db)?;
         rows.into_iter()
-            .map(|(id, due)| Ok((id, from_us(due)?)))
+            .map(|row| {
+                let id: String = row.try_get("", "id").map_err(StoreError::Db)?;
+                let due: i64 = row.try_get("", "next_due_us").map_err(StoreError::Db)?;
+                Ok((id, from_us(due)?))
+            })
             .collect()
+    }
+
+    /// The database's plan for a page of due wallets (the index tests).
+    pub async fn explain_due(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        after: Option<(chrono::DateTime<chrono::Utc>, &str)>,
+    ) -> Result<Vec<String>, StoreError> {
+        let statement = due_statement(self.db_backend(), before, after, MAX_LIST);
+        self.explain(vec![statement]).await
     }
 
     /// A personal owner's wallets (never pools), in creation order, at most [`MAX_LIST`].
@@ -1118,4 +1120,29 @@ pub(crate) fn reservation_row(m: reservations::Model) -> Result<ReservationRow, 
         settle_input: m.settle_input,
         settle_result: m.settle_result,
     })
+}
+
+/// A page of wallets due by `before`, in (due instant, id) order, after `after`: read from
+/// the index on that pair, with no sort.
+fn due_statement(
+    backend: sea_orm::DbBackend,
+    before: chrono::DateTime<chrono::Utc>,
+    after: Option<(chrono::DateTime<chrono::Utc>, &str)>,
+    limit: usize,
+) -> sea_orm::Statement {
+    use sea_orm::{Condition, QueryOrder, QuerySelect, QueryTrait};
+    let later = after.map(|(at, id)| {
+        let (due, key) = (wallets::Column::NextDueUs, wallets::Column::Id);
+        crate::after_in_order(due, key, to_us(at), id)
+    });
+    wallets::Entity::find()
+        .select_only()
+        .column(wallets::Column::Id)
+        .column(wallets::Column::NextDueUs)
+        .filter(wallets::Column::NextDueUs.lte(to_us(before)))
+        .filter(Condition::all().add_option(later))
+        .order_by_asc(wallets::Column::NextDueUs)
+        .order_by_asc(wallets::Column::Id)
+        .limit(limit as u64)
+        .build(backend)
 }

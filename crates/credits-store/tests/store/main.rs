@@ -2004,3 +2004,27 @@ async fn postgres_connections_set_an_idle_in_transaction_timeout() {
     })
     .await;
 }
+
+/// Found by review: the sweep pages due wallets by (due instant, id), and every wallet of
+/// one zone falls due at the same local midnight, yet the index held the instant alone:
+/// each page read and sorted every wallet of the zone still due, a quadratic midnight.
+/// The page is read from the index on the pair, with no sort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_due_wallets_are_paged_through_their_index() {
+    helpers::on_sqlite(|store: Store| async move {
+        let at = t0();
+        for after in [None, Some((at, "wal_m"))] {
+            let plan = store.explain_due(at, after).await?;
+            assert!(
+                plan.iter().any(|l| l.contains("INDEX wallets_next_due_id")),
+                "{after:?}: {plan:#?}"
+            );
+            assert!(
+                !plan.iter().any(|l| l.contains("TEMP B-TREE")),
+                "{after:?} sorts: {plan:#?}"
+            );
+        }
+        Ok(())
+    })
+    .await;
+}
