@@ -223,6 +223,7 @@ impl WalletBatch {
         let mut usage = Vec::new();
         let mut credits_used = Vec::new();
         let mut scheduled = Vec::new();
+        let mut kept_schedule = None;
         let mut holds: BTreeMap<String, ReservationRow> = BTreeMap::new();
         let mut granted_seq: BTreeMap<String, u64> = BTreeMap::new();
         let mut dropped: BTreeMap<String, Lot> = BTreeMap::new();
@@ -313,8 +314,13 @@ impl WalletBatch {
                 EntryKind::DailyReset { allowance, .. } => {
                     credits_used.push(used(Some(*allowance), None));
                 }
-                EntryKind::Renewed { allowance, .. } => {
+                EntryKind::Renewed {
+                    allowance, plan, ..
+                } => {
                     credits_used.push(used(None, Some(*allowance)));
+                    if plan.is_none() {
+                        kept_schedule = kept_schedule.or(state.scheduled_plan_id.clone());
+                    }
                 }
                 EntryKind::PlanChanged {
                     daily_allowance,
@@ -381,6 +387,7 @@ impl WalletBatch {
                 .then(|| (after.plan_id.0.clone(), after.interval.as_str().to_owned())),
             credits_used,
             scheduled,
+            kept_schedule: kept_schedule.map(|p| p.0),
             entries: records,
             usage,
             grants,

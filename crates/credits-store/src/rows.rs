@@ -268,6 +268,10 @@ pub struct WalletBatch {
     /// (SPEC 5: not upgrades). The commit is fenced out if the stored plan gave more than
     /// the wallet's allowance by then: the change was an upgrade, applied at once.
     pub scheduled: Vec<ScheduledChange>,
+    /// Set when a renewal of the batch kept the wallet's scheduled plan for later instead
+    /// of moving onto it, as a node does that does not know that plan (created on another
+    /// node a moment ago): fenced out if the plan is stored.
+    pub kept_schedule: Option<String>,
     /// In seq order, contiguous after the stored seq.
     pub entries: Vec<LedgerRecord>,
     pub usage: Vec<UsageRow>,

@@ -529,7 +529,13 @@ async fn stale_plans<C: ConnectionTrait>(
                         .all(|(_, subscription)| *subscription > change.allowance_ucr)
             })
         });
-        moved_off || edited || an_upgrade
+        // A renewal kept for later a scheduled plan that is stored: the node did not know
+        // it (found by review: the wallet renewed on its old plan for a whole period).
+        let kept = b
+            .kept_schedule
+            .as_ref()
+            .is_some_and(|plan| plans.stored.contains_key(plan));
+        moved_off || edited || an_upgrade || kept
     };
     Ok(batches
         .iter()
@@ -618,6 +624,7 @@ fn plan_ids<'a>(batches: &[&'a WalletBatch]) -> Vec<&'a str> {
                 .flat_map(|b| &b.scheduled)
                 .map(|s| s.plan_id.as_str()),
         )
+        .chain(batches.iter().filter_map(|b| b.kept_schedule.as_deref()))
         .collect()
 }
 

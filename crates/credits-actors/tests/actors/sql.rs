@@ -773,6 +773,46 @@ async fn a_wallet_opened_after_another_nodes_plan_edit_takes_the_new_credits() {
     }
 }
 
+/// Found by review: a node that did not know the custom plan a wallet had scheduled (made
+/// on another node a moment ago) renewed the wallet on its current plan, and the store took
+/// it: a whole period on the old plan's credits. The renewal is fenced out, and the node
+/// reads the plans again and moves the wallet as scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_on_a_node_that_does_not_know_the_scheduled_plan_moves_the_wallet() {
+    let plugins = tempfile::tempdir().unwrap();
+    for (url, pg) in databases().await {
+        let ((a, _, on_a), (b, store_b, on_b)) = two_ledgers(&url, plugins.path()).await;
+        let lite = PlanId::from("lite-renewal");
+        on_a.upsert_plan(custom_plan(
+            &lite,
+            "5",
+            credits_core::BillingInterval::Monthly,
+        ))
+        .await
+        .unwrap();
+        let id = open_on(&on_a).await;
+        let w = on_a.change_plan(&id, &lite).await.unwrap();
+        assert_eq!(
+            w.scheduled_plan_id.as_ref(),
+            Some(&lite),
+            "{url}: a downgrade waits"
+        );
+        assert!(
+            on_b.plan(&lite).is_none(),
+            "{url}: node b has not heard of it"
+        );
+        // Past the renewal on node b's clock.
+        on_b.advance_clock(32 * 24 * 3600).await.unwrap();
+        let stored = store_b.load_wallet(&id.0).await.unwrap().unwrap();
+        let state = stored.state().unwrap();
+        assert_eq!(state.plan_id, lite, "{url}: moved at the renewal");
+        assert_eq!(state.subscription.allowance, cr("100"), "{url}");
+        a.shutdown().await;
+        b.shutdown().await;
+        cleanup(&url, pg).await;
+    }
+}
+
 /// Found by review: the commit's check compared a reset with the plan's current row only.
 /// Edited 10 → 50 before midnight and 50 → 70 after it, the plan's current row was newer
 /// than the reset, so a node that still knew 10 reset the wallet on 10. The check now reads
