@@ -373,6 +373,11 @@ impl Wallet {
         let plan = plans.plan(&new.plan_id).ok_or(OpError::NotFound("plan"))?;
         plan.check_offered().map_err(invalid)?;
         let (period_start, period_end) = calendar::billing_period(anchor, plan.interval, now);
+        // By the instant, as a plan change takes them, so that a node whose clock is behind
+        // the node that edited the plan opens the wallet as the commit check expects
+        // (found by review: it opened with the edit's credits before the edit's instant,
+        // and was refused until its clock passed it).
+        let (daily, subscription) = plan.credits_after(now);
         let created = Created {
             wallet_id: new.id,
             owner_id: new.owner_id,
@@ -382,14 +387,14 @@ impl Wallet {
             interval: plan.interval,
             billing_anchor: anchor,
             daily: DailyBucket {
-                allowance: plan.daily_credits,
-                remaining: plan.daily_credits,
+                allowance: daily,
+                remaining: daily,
                 day_start: now,
                 next_reset: calendar::next_daily_reset(new.timezone, now),
             },
             subscription: SubscriptionBucket {
-                allowance: plan.subscription_credits,
-                remaining: plan.subscription_credits,
+                allowance: subscription,
+                remaining: subscription,
                 period_start,
                 period_end,
             },

@@ -1742,6 +1742,46 @@ fn resets_and_renewals_applied_late_take_the_credits_of_their_own_instant() {
     j.check_invariants().unwrap();
 }
 
+/// Found by review: a wallet opened with its plan's newest credits whatever the instant, so
+/// a node whose clock was behind the node that edited the plan opened it with the edit's
+/// credits before the edit's instant, which the store refuses (it was refused until the
+/// node's clock passed the edit). A wallet opens with the credits in force at its instant,
+/// as a plan change takes them (an edit at that very instant counts).
+#[test]
+fn a_wallet_opens_with_the_credits_its_plan_gives_at_its_instant() {
+    let acme = Plan {
+        id: PlanId::from("acme"),
+        name: "Acme".into(),
+        daily_credits: cr("10"),
+        subscription_credits: cr("100"),
+        interval: BillingInterval::Monthly,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
+        earlier: vec![EarlierCredits {
+            until: at("2027-06-03T12:00:00Z"),
+            daily: cr("5"),
+            subscription: cr("50"),
+        }],
+    };
+    let mut plans = catalogue();
+    plans.push(acme);
+    for (instant, daily, subscription) in [
+        ("2027-06-03T11:59:59Z", "5", "50"),
+        ("2027-06-03T12:00:00Z", "10", "100"),
+        ("2027-06-04T00:00:00Z", "10", "100"),
+    ] {
+        let j = open_with(plans.clone(), "acme", "UTC", instant, None, false);
+        assert_eq!(j.wallet.daily.allowance, cr(daily), "{instant}");
+        assert_eq!(j.wallet.daily.remaining, cr(daily), "{instant}");
+        assert_eq!(
+            j.wallet.subscription.allowance,
+            cr(subscription),
+            "{instant}"
+        );
+    }
+}
+
 /// Found by review: a bounded step stopped only between due instants, so thousands of lots
 /// expiring at one instant made one batch past the store's bound, refused every time (the
 /// wallet stuck). A step now stops inside an instant, in SPEC 3's order, and the records
