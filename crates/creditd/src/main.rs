@@ -409,13 +409,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(t) = settings.manual_clock {
         tracing::info!(start = %t, "running on a manual clock");
     }
-    let now = clock.now();
-    let plan_rows: Vec<_> = cat
-        .plans
-        .iter()
-        .enumerate()
-        .map(|(i, p)| credits_actors::ledger::plan_row(p, i as i64, now))
-        .collect();
     let bundle_rows: Vec<_> = cat
         .bundles
         .iter()
@@ -478,14 +471,26 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         })?;
         tracing::info!("applied what fell due while stopped");
     }
+    // Stamped as written (found by review: stamped before the plugins were probed,
+    // seconds earlier, an edit could fall before resets other nodes had just committed).
+    let now = dir.clock().now();
+    let plan_rows: Vec<_> = cat
+        .plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| credits_actors::ledger::plan_row(p, i as i64, now))
+        .collect();
     store.upsert_catalogue(&plan_rows, &bundle_rows).await?;
     dir.plans()
         .replace(credits_actors::ledger::stored_plans(&store).await?);
     // Other nodes' commits reach this node's actors and subscribers (PostgreSQL only). It
     // starts after the catch-up above, which must run on the plans as they were; a wallet
-    // that catch-up activated checks itself once, for what other nodes committed meanwhile.
+    // that catch-up activated checks itself once, for what other nodes committed meanwhile,
+    // and the plans are read once more, for an edit whose notice came before the listening
+    // did (found by review).
     let _feed = credits_actors::feed::follow(dir.clone(), store.clone()).await;
     if _feed.is_some() {
+        credits_actors::ledger::reload_plans(&dir).await?;
         dir.announce_all();
     }
     // What falls due on inactive wallets is recorded at its instant (within a second).
