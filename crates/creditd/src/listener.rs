@@ -153,32 +153,42 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 
-    /// Found by review: once reads paused while a request is served, a client that stopped
-    /// reading its response (its receive window full) held its connection for ever, and
-    /// the SIGTERM drain, which waits for responses under way, never ended.
-    #[tokio::test]
-    async fn a_client_that_stops_reading_its_response_is_let_go() {
+    /// A server whose one route, `/big`, answers `megabytes` MB, the sender that stops it,
+    /// its task, and a client that has asked for `/big`.
+    async fn serving_big(
+        megabytes: usize,
+        idle: Duration,
+        drain: Duration,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+        TcpStream,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let big = "x".repeat(32 * 1024 * 1024);
+        let big = "x".repeat(megabytes * 1024 * 1024);
         let router = Router::new().route("/big", axum::routing::get(move || async move { big }));
-        let idle = IdleLimited::new(listener, Duration::from_millis(300));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(serve(
-            idle,
-            router,
-            Duration::from_secs(5),
-            8,
-            Duration::from_secs(30),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let limited = IdleLimited::new(listener, idle);
+        let serving = tokio::spawn(serve(limited, router, idle, 8, drain, stopped));
         let mut socket = TcpStream::connect(addr).await.unwrap();
         socket
             .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
             .unwrap();
+        (stop, serving, socket)
+    }
+
+    /// Found by review: once reads paused while a request is served, a client that stopped
+    /// reading its response (its receive window full) held its connection for ever, and
+    /// the SIGTERM drain, which waits for responses under way, never ended.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_its_response_is_let_go() {
+        let idle = Duration::from_millis(300);
+        let (stop, serving, socket) = serving_big(32, idle, Duration::from_secs(30)).await;
         // Never read: the server's writes fill both sockets' buffers and stall.
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop.send(()).unwrap();
@@ -194,27 +204,8 @@ mod tests {
     /// took (hours), so the wallets were never flushed before a supervisor's SIGKILL.
     #[tokio::test]
     async fn the_drain_ends_after_its_deadline_whatever_a_slow_reader_does() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let big = "x".repeat(64 * 1024 * 1024);
-        let router = Router::new().route("/big", axum::routing::get(move || async move { big }));
-        let idle = IdleLimited::new(listener, Duration::from_secs(5));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(serve(
-            idle,
-            router,
-            Duration::from_secs(5),
-            8,
-            Duration::from_secs(1),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let mut socket = TcpStream::connect(addr).await.unwrap();
-        socket
-            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let idle = Duration::from_secs(5);
+        let (stop, serving, mut socket) = serving_big(64, idle, Duration::from_secs(1)).await;
         // About 640 KB/s: the write never waits the 5 s of its timeout, and the 64 MB take
         // a hundred seconds.
         let reading = tokio::spawn(async move {

@@ -1683,6 +1683,21 @@ fn wallet_and_ledger_survive_a_serde_round_trip() {
     assert_eq!(entries, j.entries);
 }
 
+/// Custom plan `acme`, 10 a day and 100 a month now, with `earlier` credits before edits.
+fn acme(earlier: Vec<EarlierCredits>) -> Plan {
+    Plan {
+        id: PlanId::from("acme"),
+        name: "Acme".into(),
+        daily_credits: cr("10"),
+        subscription_credits: cr("100"),
+        interval: BillingInterval::Monthly,
+        model_tiers: vec!["economy".into()],
+        custom: true,
+        retired: false,
+        earlier,
+    }
+}
+
 /// SPEC 5: an edit of a plan's credits counts from each wallet's next reset or renewal. A
 /// wallet that applies resets and renewals due before an edit only after it (idle, or on a
 /// node that has not heard of the edit) takes the credits its plan gave at each instant,
@@ -1694,21 +1709,11 @@ fn resets_and_renewals_applied_late_take_the_credits_of_their_own_instant() {
         daily: cr(daily),
         subscription: cr(subscription),
     };
-    let acme = Plan {
-        id: PlanId::from("acme"),
-        name: "Acme".into(),
-        daily_credits: cr("10"),
-        subscription_credits: cr("100"),
-        interval: BillingInterval::Monthly,
-        model_tiers: vec!["economy".into()],
-        custom: true,
-        retired: false,
-        earlier: vec![
-            edit("2027-06-03T12:00:00Z", "5", "50"),
-            edit("2027-06-05T12:00:00Z", "7", "70"),
-            edit("2027-07-02T00:00:00Z", "9", "80"),
-        ],
-    };
+    let acme = acme(vec![
+        edit("2027-06-03T12:00:00Z", "5", "50"),
+        edit("2027-06-05T12:00:00Z", "7", "70"),
+        edit("2027-07-02T00:00:00Z", "9", "80"),
+    ]);
     let mut plans = catalogue();
     plans.push(acme);
     let mut j = open_with(plans, "acme", "UTC", "2027-06-01T06:00:00Z", None, false);
@@ -1749,21 +1754,11 @@ fn resets_and_renewals_applied_late_take_the_credits_of_their_own_instant() {
 /// as a plan change takes them (an edit at that very instant counts).
 #[test]
 fn a_wallet_opens_with_the_credits_its_plan_gives_at_its_instant() {
-    let acme = Plan {
-        id: PlanId::from("acme"),
-        name: "Acme".into(),
-        daily_credits: cr("10"),
-        subscription_credits: cr("100"),
-        interval: BillingInterval::Monthly,
-        model_tiers: vec!["economy".into()],
-        custom: true,
-        retired: false,
-        earlier: vec![EarlierCredits {
-            until: at("2027-06-03T12:00:00Z"),
-            daily: cr("5"),
-            subscription: cr("50"),
-        }],
-    };
+    let acme = acme(vec![EarlierCredits {
+        until: at("2027-06-03T12:00:00Z"),
+        daily: cr("5"),
+        subscription: cr("50"),
+    }]);
     let mut plans = catalogue();
     plans.push(acme);
     for (instant, daily, subscription) in [
