@@ -681,17 +681,7 @@ fn lot_expiring_at_t_is_not_spendable_at_t() {
 #[test]
 fn custom_plan_edit_applies_daily_at_next_reset_and_subscription_at_next_renewal() {
     let mut plans = catalogue();
-    plans.push(Plan {
-        id: PlanId::from("acme"),
-        name: "Acme".into(),
-        daily_credits: cr("10"),
-        subscription_credits: cr("100"),
-        interval: BillingInterval::Monthly,
-        model_tiers: vec!["economy".into()],
-        custom: true,
-        retired: false,
-        earlier: Vec::new(),
-    });
+    plans.push(acme(Vec::new()));
     let mut j = open_with(plans, "acme", "UTC", "2027-06-15T12:00:00Z", None, false);
     let p = j
         .plans
