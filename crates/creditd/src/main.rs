@@ -165,6 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Never creates nor migrates: a wrong path is an error, not an empty database
             // that checks clean, and a service beside it keeps its schema.
             let url = match &settings.database {
+                // The default URL says `mode=rwc` (create): read-write, never create.
+                sqlite if sqlite.starts_with("sqlite:") && sqlite.contains("mode=rwc") => {
+                    sqlite.replace("mode=rwc", "mode=rw")
+                }
                 sqlite if sqlite.starts_with("sqlite:") && !sqlite.contains("mode=") => {
                     let glue = if sqlite.contains('?') { '&' } else { '?' };
                     format!("{sqlite}{glue}mode=rw")

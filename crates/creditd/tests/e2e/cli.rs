@@ -591,13 +591,19 @@ async fn ledger_verify_replays_every_wallet_and_names_one_that_differs(b: Backen
     // Never creates a database (found by review: a wrong path made an empty one, which
     // checked clean).
     if sqlite {
-        let missing = format!("sqlite://{}", app.dir.path().join("nope.db").display());
-        let out = creditd()
-            .current_dir(app.dir.path())
-            .args(["ledger", "verify", "--database", &missing])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{out:?}");
-        assert!(!app.dir.path().join("nope.db").exists());
+        let missing = app.dir.path().join("nope.db").display().to_string();
+        // Also from the default URL's `mode=rwc`.
+        for url in [
+            format!("sqlite://{missing}"),
+            format!("sqlite://{missing}?mode=rwc"),
+        ] {
+            let out = creditd()
+                .current_dir(app.dir.path())
+                .args(["ledger", "verify", "--database", &url])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{out:?}");
+            assert!(!app.dir.path().join("nope.db").exists(), "{url}");
+        }
     }
 }
