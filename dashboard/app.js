@@ -102,9 +102,18 @@ const state = {
 };
 
 async function api(query, variables) {
+  // An answer to a request sent before a sign-out (or another sign-in) never reaches the
+  // page: it belongs to the last user (found by review: one arriving after the next
+  // user's sign-in passed the newest-answer checks, whose counters had started again,
+  // and showed the pool's whole usage, or the last user's reviews, to a plain member).
+  const session = state.signIns;
+  const stale = () => state.signIns !== session;
   try {
-    return await gqlFetch(state.token, query, variables);
+    const answer = await gqlFetch(state.token, query, variables);
+    if (stale()) return new Promise(() => {});
+    return answer;
   } catch (error) {
+    if (stale()) return new Promise(() => {});
     if (error.code === 'UNAUTHENTICATED' && state.token) signOut(error);
     throw error;
   }
