@@ -702,13 +702,19 @@ function renderSummaries(wallet) {
 // ---------------------------------------------------------------- reviews
 
 async function loadReviews(walletId) {
+  const filed = state.filed ?? 0;
   try {
     const data = await api(ops.REVIEWS, { id: walletId });
     if (state.selectedId !== walletId || !data.wallet) return;
     showError($('#reviews-error'), null);
+    // A review filed while this answer was on its way is newer than it: nothing is
+    // removed then (found by review: the review just filed disappeared).
     const ids = new Set(data.wallet.reviews.map((r) => r.id));
     for (const [id, entry] of state.reviews) {
-      if (!ids.has(id)) { entry.unsubscribe?.(); state.reviews.delete(id); }
+      if (!ids.has(id) && (state.filed ?? 0) === filed) {
+        entry.unsubscribe?.();
+        state.reviews.delete(id);
+      }
     }
     for (const review of data.wallet.reviews) upsertReview(review);
     renderReviews();
@@ -814,6 +820,7 @@ async function submitReport(event) {
   button.disabled = true;
   try {
     const { reportHighUsage: review } = await api(ops.REPORT_HIGH_USAGE, { input });
+    state.filed = (state.filed ?? 0) + 1;
     $('#report-dialog').close();
     // Newest first, like wallet.reviews; a report on an open review returns that review.
     const entry = state.reviews.get(review.id) ?? { review };

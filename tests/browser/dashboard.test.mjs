@@ -459,8 +459,19 @@ describe('account dashboard in Chromium against creditd', () => {
       let refused = 0;
       let refuseNextPage = false;
       let holdNextPage = false;
+      let holdReviews = null;
+      let heldReviews = false;
       await context.route('**/graphql', async (route) => {
         const body = route.request().postData() ?? '';
+        if (holdReviews && body.includes('query DashboardReviews')) {
+          // Answered now, delivered once the test lets it go.
+          const release = holdReviews;
+          holdReviews = null;
+          const response = await route.fetch();
+          heldReviews = true;
+          await release;
+          return route.fulfill({ response });
+        }
         if (holdNextPage && body.includes('query DashboardUsage') && JSON.parse(body).variables?.after) {
           holdNextPage = false;
           await new Promise((resolve) => setTimeout(resolve, 1500));
@@ -510,6 +521,26 @@ describe('account dashboard in Chromium against creditd', () => {
         { input: { walletId: world.wallet.id, idempotencyKey: 'usage-during-a-page-turn', threadId: 'thread-busy',
           model: world.model, inputTokens: 10, outputTokens: 10 } });
       await eventually('page 2 despite the refresh', pageLabel, (t) => t === 'Page 2', LOAD_MS, 'Page 2');
+      // Found by review: a reviews list asked for before a report was filed (a grant
+      // refreshes it) removed the new review when its answer came after the report's.
+      await page.locator('#usage-prev').click();
+      await eventually('page 1 again', pageLabel, (t) => t === 'Page 1', LOAD_MS, 'Page 1');
+      let letGo;
+      holdReviews = new Promise((resolve) => { letGo = resolve; });
+      await admin(`mutation G($input: GrantInput!) { grantCredits(input: $input) { id } }`,
+        { input: { walletId: world.wallet.id, idempotencyKey: 'g-during-a-report', amount: '1', kind: 'PROMOTION', reason: 'a test' } });
+      await eventually('the reviews asked for', () => heldReviews, (v) => v, LOAD_MS, 'an answer held');
+      const busy = page.locator('#usage-rows [data-testid="usage-row"][data-thread="thread-busy"]').first();
+      await busy.getByRole('button', { name: 'Report high usage on thread thread-busy' }).click();
+      const dialog = page.getByRole('dialog', { name: 'Report high usage' });
+      await dialog.getByLabel('What were you trying to do?').fill('A busy thread');
+      await dialog.getByRole('button', { name: 'Send report' }).click();
+      await dialog.waitFor({ state: 'hidden', timeout: LOAD_MS });
+      const filed = page.locator('[data-testid="review"]').filter({ hasText: 'thread-busy' });
+      await filed.first().waitFor({ timeout: LOAD_MS });
+      letGo();
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      assert.equal(await filed.count(), 1, 'the review filed while an older list was on its way stays');
     } finally {
       await context.close();
     }
