@@ -162,27 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: LedgerCommand::Verify { wallet, serve },
         } => {
             let settings = Settings::load(serve, cli.config.as_deref())?;
-            // Never creates nor migrates: a wrong path is an error, not an empty database
-            // that checks clean, and a service beside it keeps its schema.
-            let url = match &settings.database {
-                // The default URL says `mode=rwc` (create): read-write, never create.
-                sqlite if sqlite.starts_with("sqlite:") && sqlite.contains("mode=rwc") => {
-                    sqlite.replace("mode=rwc", "mode=rw")
-                }
-                sqlite if sqlite.starts_with("sqlite:") && !sqlite.contains("mode=") => {
-                    let glue = if sqlite.contains('?') { '&' } else { '?' };
-                    format!("{sqlite}{glue}mode=rw")
-                }
-                other => other.clone(),
-            };
-            let store = credits_store::Store::connect(&url)
-                .await
-                .with_context(|| format!("opening {}", redact(&url)))?;
-            anyhow::ensure!(
-                store.migrated().await?,
-                "{} is not migrated to this creditd's schema: run `creditd migrate` first",
-                redact(&url)
-            );
+            let store = open_existing_store(&settings).await?;
             let (checked, differ) = verify_ledgers(&store, wallet.as_deref()).await?;
             if differ > 0 {
                 anyhow::bail!("{differ} of {checked} wallets do not replay to their snapshots");
@@ -620,44 +600,76 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The store at `settings.database`, neither created nor migrated: a wrong path is an
+/// error, not an empty database that checks clean, and a service beside it keeps its
+/// schema.
+async fn open_existing_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = match &settings.database {
+        // The default URL says `mode=rwc` (create): read-write, never create.
+        sqlite if sqlite.starts_with("sqlite:") && sqlite.contains("mode=rwc") => {
+            sqlite.replace("mode=rwc", "mode=rw")
+        }
+        sqlite if sqlite.starts_with("sqlite:") && !sqlite.contains("mode=") => {
+            let glue = if sqlite.contains('?') { '&' } else { '?' };
+            format!("{sqlite}{glue}mode=rw")
+        }
+        other => other.clone(),
+    };
+    let store = Store::connect(&url)
+        .await
+        .with_context(|| format!("opening {}", redact(&url)))?;
+    anyhow::ensure!(
+        store.migrated().await?,
+        "{} is not migrated to this creditd's schema: run `creditd migrate` first",
+        redact(&url)
+    );
+    Ok(store)
+}
+
 /// Replays the ledger of `only`, or of every wallet, against its snapshot (DESIGN "Ledger
 /// and snapshots"); prints each that differs. Returns (wallets checked, wallets that differ).
-async fn verify_ledgers(
-    store: &credits_store::Store,
-    only: Option<&str>,
-) -> anyhow::Result<(u64, u64)> {
+async fn verify_ledgers(store: &Store, only: Option<&str>) -> anyhow::Result<(u64, u64)> {
     const PAGE: usize = 1_000;
-    let (mut checked, mut differ) = (0, 0);
+    let mut counts = (0, 0);
+    if let Some(id) = only {
+        anyhow::ensure!(
+            verify_ledger(store, id, &mut counts).await?,
+            "no wallet {id}"
+        );
+        return Ok(counts);
+    }
     let mut after: Option<String> = None;
     loop {
-        let ids = match only {
-            Some(id) if after.is_none() => vec![id.to_owned()],
-            Some(_) => Vec::new(),
-            None => store.wallet_ids_after(after.as_deref(), PAGE).await?,
-        };
+        let ids = store.wallet_ids_after(after.as_deref(), PAGE).await?;
         let Some(last) = ids.last().cloned() else {
-            break;
+            return Ok(counts);
         };
         for id in &ids {
-            let same = match store.replays_to_snapshot(id).await {
-                Ok(None) if only.is_some() => anyhow::bail!("no wallet {id}"),
-                Ok(None) => continue,
-                Ok(Some(same)) => same,
-                Err(credits_store::StoreError::Corrupt(why)) => {
-                    println!("wallet {id}: {why}");
-                    false
-                }
-                Err(e) => return Err(e.into()),
-            };
-            checked += 1;
-            if !same {
-                differ += 1;
-                println!("wallet {id}: its ledger replays to another state than its snapshot");
-            }
+            verify_ledger(store, id, &mut counts).await?;
         }
         after = Some(last);
     }
-    Ok((checked, differ))
+}
+
+/// Replays one wallet's ledger against its snapshot, counting it in (checked, differ) and
+/// printing it if it differs; `false` when there is no such wallet.
+async fn verify_ledger(store: &Store, id: &str, counts: &mut (u64, u64)) -> anyhow::Result<bool> {
+    let same = match store.replays_to_snapshot(id).await {
+        Ok(None) => return Ok(false),
+        Ok(Some(true)) => true,
+        Ok(Some(false)) => {
+            println!("wallet {id}: its ledger replays to another state than its snapshot");
+            false
+        }
+        Err(credits_store::StoreError::Corrupt(why)) => {
+            println!("wallet {id}: {why}");
+            false
+        }
+        Err(e) => return Err(e.into()),
+    };
+    counts.0 += 1;
+    counts.1 += u64::from(!same);
+    Ok(true)
 }
 
 fn reload_on_sighup(pricing: Arc<PricingRegistry>, mut hup: tokio::signal::unix::Signal) {

@@ -197,6 +197,14 @@ pub struct Shared {
 /// Counts an activation out when it ends, however it ends.
 struct Activating<'a>(&'a AtomicUsize);
 
+impl<'a> Activating<'a> {
+    /// Counts one more activation under way, until dropped.
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Activating(count)
+    }
+}
+
 impl Drop for Activating<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -436,8 +444,7 @@ impl Directory {
             };
             // Counted before `activate` looks at `closing`, and until the slot is filled:
             // `shutdown` either sees it or is seen by it.
-            self.shared.activating.fetch_add(1, Ordering::SeqCst);
-            let activating = Activating(&self.shared.activating);
+            let activating = Activating::enter(&self.shared.activating);
             let actor = slot.get_or_try_init(|| self.activate(id)).await;
             drop(activating);
             abandoned.armed = false;

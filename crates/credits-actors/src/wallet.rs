@@ -324,7 +324,8 @@ impl Actor for WalletActor {
             msg,
             WalletMsg::Execute(..) | WalletMsg::Subscribe(_) | WalletMsg::Tick(Some(_))
         ) {
-            (state.shared.metrics.calls).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let calls = &state.shared.metrics.calls;
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         match msg {
             WalletMsg::Execute(op, reply) => {

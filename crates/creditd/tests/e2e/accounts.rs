@@ -200,24 +200,30 @@ async fn create_wallet_with_a_key_is_idempotent(b: Backend) {
     assert_eq!(code, "NOT_FOUND");
 }
 
+/// Restarts `app` on the embedded catalogue without its plan or bundle `id`.
+async fn restart_without(app: &mut App, id: &str) {
+    let embedded = include_str!("../../src/catalogue.toml");
+    let listed = format!("id = \"{id}\"");
+    let without: Vec<&str> = embedded
+        .split("[[")
+        .filter(|block| !block.contains(&listed))
+        .collect();
+    assert_eq!(without.len() + 1, embedded.split("[[").count());
+    let file = app.dir.path().join("catalogue.toml");
+    std::fs::write(&file, without.join("[[")).unwrap();
+    app.stop();
+    app.env
+        .push(("CREDITD_CATALOGUE".into(), file.display().to_string()));
+    app.start().await;
+}
+
 /// A start whose catalogue no longer lists `max`: wallets on it keep it, `plans` leaves it
 /// out, nobody moves onto it; a later catalogue listing it again brings it back.
 async fn a_plan_the_catalogue_drops_is_retired(b: Backend) {
     let mut app = App::spawn(b).await;
     let on_max = app.wallet("alice", "max").await;
     let on_pro = app.wallet("bob", "pro").await;
-    let embedded = include_str!("../../src/catalogue.toml");
-    let without_max: Vec<&str> = embedded
-        .split("[[")
-        .filter(|block| !block.contains("id = \"max\""))
-        .collect();
-    assert_eq!(without_max.len() + 1, embedded.split("[[").count());
-    let file = app.dir.path().join("catalogue.toml");
-    std::fs::write(&file, without_max.join("[[")).unwrap();
-    app.stop();
-    app.env
-        .push(("CREDITD_CATALOGUE".into(), file.display().to_string()));
-    app.start().await;
+    restart_without(&mut app, "max").await;
 
     let alice = app.token("USER", Some("alice")).await;
     let ids = |d: serde_json::Value| -> Vec<String> {
@@ -282,18 +288,7 @@ async fn a_purchase_retried_after_its_bundle_is_dropped_returns_its_grant(b: Bac
     let first = app
         .ok(&app.admin, buy, json!({ "w": w, "p": "pay-9" }))
         .await;
-    let embedded = include_str!("../../src/catalogue.toml");
-    let without: Vec<&str> = embedded
-        .split("[[")
-        .filter(|block| !block.contains("id = \"credits-500\""))
-        .collect();
-    assert_eq!(without.len() + 1, embedded.split("[[").count());
-    let file = app.dir.path().join("catalogue.toml");
-    std::fs::write(&file, without.join("[[")).unwrap();
-    app.stop();
-    app.env
-        .push(("CREDITD_CATALOGUE".into(), file.display().to_string()));
-    app.start().await;
+    restart_without(&mut app, "credits-500").await;
 
     let again = app
         .ok(&app.admin, buy, json!({ "w": w, "p": "pay-9" }))
