@@ -279,8 +279,11 @@ async fn shed_load(
             // a caller without a token must not hold one. Not when the client waits to be
             // told to send it (`Expect: 100-continue`): it is then told no at once.
             drop(permit);
+            // Nothing of it is kept (found by review: it was read as a body to use, 256 KiB
+            // held per connection, with no slot bounding how many).
             if !parts.headers.contains_key(header::EXPECT) {
-                let _ = tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await;
+                let mut stream = body.into_data_stream();
+                let _ = tokio::time::timeout(BODY_TIMEOUT, drain(&mut stream, 0)).await;
             }
             let status = match e.code {
                 Code::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -326,18 +329,23 @@ async fn read_body(body: axum::body::Body) -> Result<axum::body::Bytes, String> 
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         if kept.len() + chunk.len() > MAX_BODY_BYTES {
-            let mut seen = kept.len() + chunk.len();
-            while seen <= DRAIN_BYTES {
-                match stream.next().await {
-                    Some(Ok(chunk)) => seen += chunk.len(),
-                    Some(Err(_)) | None => break,
-                }
-            }
+            drain(&mut stream, kept.len() + chunk.len()).await;
             return Err("length limit exceeded".to_owned());
         }
         kept.extend_from_slice(&chunk);
     }
     Ok(kept.into())
+}
+
+/// Reads on and drops what arrives until the body ends or [`DRAIN_BYTES`] in all (`seen`
+/// of them already) have come.
+async fn drain(stream: &mut axum::body::BodyDataStream, mut seen: usize) {
+    while seen <= DRAIN_BYTES {
+        match stream.next().await {
+            Some(Ok(chunk)) => seen += chunk.len(),
+            Some(Err(_)) | None => break,
+        }
+    }
 }
 
 pub(crate) async fn principal_from(

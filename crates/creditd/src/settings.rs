@@ -38,7 +38,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CREDITD_LISTEN")]
     pub listen: Option<String>,
     /// `sqlite://…` or `postgres://…`.
-    #[arg(long, env = "CREDITD_DATABASE_URL")]
+    // Its value is not shown by `--help`: it may hold a password (found by review).
+    #[arg(long, env = "CREDITD_DATABASE_URL", hide_env_values = true)]
     pub database: Option<String>,
     /// Directory of pricing tier plugins (default: the directory of this executable).
     #[arg(long, env = "CREDITD_PLUGINS")]

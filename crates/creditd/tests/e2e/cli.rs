@@ -84,6 +84,29 @@ fn plugins_check_fails_a_tier_that_loads_but_is_not_deployable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("standard-copy.so"));
 }
 
+/// Found by review: `--help` printed the database URL from the environment, password and
+/// all, beside the option.
+#[test]
+fn help_does_not_show_the_database_password() {
+    for command in [
+        &["serve"][..],
+        &["migrate"],
+        &["token", "create"],
+        &["ledger", "verify"],
+    ] {
+        let out = creditd()
+            .args(command)
+            .arg("--help")
+            .env("CREDITD_DATABASE_URL", "postgres://app:s3cret@db/credits")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{command:?}: {out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("CREDITD_DATABASE_URL"), "{command:?}: {help}");
+        assert!(!help.contains("s3cret"), "{command:?}: {help}");
+    }
+}
+
 /// Found by review: `token create` minted a USER token for an owner createApiToken
 /// refuses, and created the database before refusing a bad role and owner pair.
 #[test]
