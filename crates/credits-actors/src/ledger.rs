@@ -14,8 +14,8 @@ use credits_core::{
 };
 use credits_pricing::{PricingError, PricingRegistry};
 use credits_store::{
-    GrantRow, MemberRemoval, MemberRole, MemberRow, PlanUpsert, ReservationStatus, ReviewRow,
-    Store, StoreError, TeamRow,
+    GrantRow, MemberAdded, MemberRemoval, MemberRole, MemberRow, PlanUpsert, ReservationStatus,
+    ReviewRow, Store, StoreError, TeamRow,
 };
 
 use crate::directory::Directory;
@@ -1274,10 +1274,16 @@ impl Ledger {
             period_limit_ucr: period.map(Credits::micro),
             added_at: self.now(),
         };
-        if !self.store.add_member(&row).await? {
-            return Err(invalid(format!("{} is already a member", row.user_id)));
+        match self.store.add_member(&row).await? {
+            MemberAdded::Added => Ok(row),
+            MemberAdded::AlreadyMember => {
+                Err(invalid(format!("{} is already a member", row.user_id)))
+            }
+            MemberAdded::TeamFull => Err(invalid(format!(
+                "a team has at most {} members",
+                credits_store::MAX_LIST
+            ))),
         }
-        Ok(row)
     }
 
     pub async fn set_member_limits(

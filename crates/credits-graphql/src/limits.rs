@@ -2,6 +2,7 @@
 //! INVALID_INPUT before anything runs; the rule that every error carries a code; and a
 //! cache of parsed documents.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
@@ -26,6 +27,33 @@ pub const MAX_RECURSION: usize = 32;
 pub const MAX_BATCH: usize = 10;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const MAX_STRING_BYTES: usize = 64 * 1024;
+
+/// Rows the lists of one request may answer in all: as many as the longest list, a
+/// summary's groups. The complexity limit counts a list a few rows whatever it returns.
+pub const MAX_LISTED_ROWS: usize = credits_store::MAX_SUMMARY_GROUPS;
+
+/// Rows listed so far by one request's lists whose length the caller does not choose
+/// (found by review: 100 aliases of a 10,000-member team's `members` fit the complexity
+/// limit and answered a million rows).
+#[derive(Default)]
+pub struct Listed(AtomicUsize);
+
+/// Counts `rows` against the request's [`MAX_LISTED_ROWS`]; past it the list is
+/// INVALID_INPUT. A request not prepared by [`Limits`] (none is) is not counted.
+pub fn listed<T>(
+    ctx: &async_graphql::Context<'_>,
+    rows: Vec<T>,
+) -> crate::error::ApiResult<Vec<T>> {
+    if let Some(Listed(total)) = ctx.data_opt::<Listed>() {
+        let before = total.fetch_add(rows.len(), Ordering::Relaxed);
+        if before.saturating_add(rows.len()) > MAX_LISTED_ROWS {
+            return Err(crate::ApiError::invalid(format!(
+                "the answer would list more than {MAX_LISTED_ROWS} rows; ask for fewer lists"
+            )));
+        }
+    }
+    Ok(rows)
+}
 
 /// Documents kept parsed, most recently used first out last.
 pub const PARSED_DOCUMENTS: usize = 256;
@@ -332,7 +360,7 @@ impl Extension for LimitsExtension {
         let doc = self.checked(&request.query, &request.variables)?;
         declared_only(&doc, &mut request.variables);
         request.set_parsed_query(doc);
-        next.run(ctx, request).await
+        next.run(ctx, request.data(Listed::default())).await
     }
 }
 

@@ -9,6 +9,7 @@ use credits_store::{
 
 use crate::access::{Access, TeamAccess, ledger, principal};
 use crate::error::{ApiError, ApiResult};
+use crate::limits::listed;
 use crate::scalars::{Credits, DateTime};
 use crate::types::*;
 
@@ -190,7 +191,7 @@ impl WalletObject {
             )
             .await
             .map_err(ApiError::from)?;
-        Ok(rows
+        Ok(listed(ctx, rows)?
             .into_iter()
             .map(|r| UsageGroup {
                 key: r.key,
@@ -231,7 +232,10 @@ impl WalletObject {
             }
         }
         .map_err(ApiError::from)?;
-        Ok(rows.into_iter().map(ReviewObject::new).collect())
+        Ok(listed(ctx, rows)?
+            .into_iter()
+            .map(ReviewObject::new)
+            .collect())
     }
 }
 
@@ -302,7 +306,7 @@ impl TeamObject {
                 let own = l.store().member(&self.team.id, user).await;
                 own.map_err(ApiError::from)?.into_iter().collect()
             }
-            _ => l.members(&self.team.id).await.map_err(ApiError::from)?,
+            _ => listed(ctx, l.members(&self.team.id).await.map_err(ApiError::from)?)?,
         };
         let id = credits_core::WalletId(self.team.wallet_id.clone());
         let wallet = l
@@ -466,7 +470,7 @@ impl Viewer {
             .wallets_of_owner(user)
             .await
             .map_err(ApiError::from)?;
-        Ok(wallets
+        Ok(listed(ctx, wallets)?
             .into_iter()
             .map(|wallet| WalletObject {
                 wallet,
@@ -485,6 +489,7 @@ impl Viewer {
             .teams_of_user(user)
             .await
             .map_err(ApiError::from)?;
+        let teams = listed(ctx, teams)?;
         let mut out = Vec::with_capacity(teams.len());
         for team in teams {
             let access = crate::access::team_access(ctx, &team).await?;

@@ -479,6 +479,15 @@ impl std::fmt::Debug for TokenHash {
     }
 }
 
+/// What [`crate::Store::add_member`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberAdded {
+    Added,
+    AlreadyMember,
+    /// Refused: the team has [`crate::MAX_LIST`] members. Nothing changed.
+    TeamFull,
+}
+
 /// What [`crate::Store::remove_member`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemberRemoval {

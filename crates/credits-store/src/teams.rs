@@ -1,11 +1,12 @@
 //! Teams and members. This module owns their rows. Of the team rules it enforces only the
-//! one two concurrent calls could break between a check and a write: a team keeps at least
-//! one ADMIN ([`Store::remove_member`]). Who may configure whom is checked by the caller.
+//! ones two concurrent calls could break between a check and a write: a team keeps at least
+//! one ADMIN ([`Store::remove_member`]) and at most [`MAX_LIST`] members
+//! ([`Store::add_member`]). Who may configure whom is checked by the caller.
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 
 use crate::entity::{team_members, teams, wallets};
@@ -200,15 +201,36 @@ impl Store {
         Ok((version.unwrap_or(0), self.member(team_id, user_id).await?))
     }
 
-    /// Adds a member; false when they already are one (nothing changes).
-    pub async fn add_member(&self, member: &MemberRow) -> Result<bool, StoreError> {
+    /// Adds a member, unless they already are one or the team has [`MAX_LIST`] members
+    /// (so that [`Store::members`] always lists every one); nothing changes then. The
+    /// count and the insert are one transaction that locks the team's row (SQLite: one
+    /// writer at a time), so two adds at once cannot pass the bound together.
+    pub async fn add_member(&self, member: &MemberRow) -> Result<MemberAdded, StoreError> {
+        let txn = self.begin_write().await?;
+        let mut team = teams::Entity::find_by_id(member.team_id.clone());
+        if self.backend() == crate::Backend::Postgres {
+            team = team.lock_exclusive();
+        }
+        team.one(&txn).await.map_err(StoreError::Db)?;
+        let count = team_members::Entity::find()
+            .filter(team_members::Column::TeamId.eq(&member.team_id))
+            .count(&txn)
+            .await
+            .map_err(StoreError::Db)?;
+        if count >= MAX_LIST as u64 {
+            return Ok(MemberAdded::TeamFull);
+        }
         let inserted =
             team_members::Entity::insert_many(crate::entity::active([member_model(member)]))
                 .on_conflict_do_nothing()
-                .exec_without_returning(&self.db)
+                .exec_without_returning(&txn)
                 .await
                 .map_err(StoreError::from_db)?;
-        Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
+        if !matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
+            return Ok(MemberAdded::AlreadyMember);
+        }
+        txn.commit().await.map_err(StoreError::from_db)?;
+        Ok(MemberAdded::Added)
     }
 
     /// Removes a member, unless they are the team's last ADMIN. The check and the delete

@@ -30,18 +30,21 @@ async fn pool_usage(
 }
 
 /// Found by review: a plain member's `members` was the team's first 10,000 rows filtered to
-/// theirs, so a member added after them saw none. Their own row is read by key.
+/// theirs, so a member added after them saw none. Their own row is read by key. Found by a
+/// later review: a team grew without bound, and 100 aliases of its `members` fit the
+/// complexity limit; a team now stops at 10,000 members and a request lists at most
+/// 100,000 rows.
 async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
     use sea_orm::ConnectionTrait;
     let app = App::spawn(b).await;
     let (team, _pool) = app.team("alice").await;
-    // 10,000 members added before bob, written straight into the table (quicker than
-    // 10,000 mutations; nothing else reads these rows).
+    // 9,998 members added before bob, written straight into the table (quicker than
+    // 9,998 mutations; nothing else reads these rows): with alice and bob, 10,000.
     let db = sea_orm::Database::connect(app.db.url.as_str())
         .await
         .unwrap();
     db.execute_unprepared(&format!(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000) \
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 9998) \
          INSERT INTO team_members (team_id, user_id, role, daily_limit_ucr, period_limit_ucr, added_us) \
          SELECT '{team}', 'filler-' || i, 'MEMBER', NULL, NULL, i FROM n"
     ))
@@ -60,6 +63,44 @@ async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
         app.ok(&bob, q, json!({ "t": team })).await["team"]["members"],
         json!([{ "userId": "bob", "dailyLimit": "3" }])
     );
+    let add_carol = "mutation($t: ID!) { addTeamMember(teamId: $t, userId: \"carol\") { userId } }";
+    let full = app.gql(&alice, add_carol, json!({ "t": team })).await;
+    assert_eq!(crate::helpers::error_code(&full), "INVALID_INPUT", "{full}");
+    assert!(
+        full["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10000 members"),
+        "{full}"
+    );
+    // Ten full lists fit in one request; an eleventh is refused, the other ten still
+    // answered (a query's fields run at once, so which one is refused varies).
+    let aliases: String = (0..11)
+        .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
+        .collect();
+    let eleven = app
+        .gql(
+            &alice,
+            &format!("query($t: ID!) {{ {aliases} }}"),
+            json!({ "t": team }),
+        )
+        .await;
+    let mut listed: Vec<_> = (0..11)
+        .map(|i| {
+            eleven["data"][format!("m{i}")]["members"]
+                .as_array()
+                .map(Vec::len)
+        })
+        .collect();
+    listed.sort();
+    let mut expected = vec![Some(10_000); 10];
+    expected.insert(0, None);
+    assert_eq!(listed, expected, "{}", eleven["errors"]);
+    assert_eq!(crate::helpers::error_code(&eleven), "INVALID_INPUT");
+    let members = app.ok(&alice, q, json!({ "t": team })).await;
+    let members = members["team"]["members"].as_array().unwrap();
+    assert_eq!(members.len(), 10_000);
+    assert!(members.iter().all(|m| m["userId"] != "carol"));
 }
 
 async fn teams_members_and_limits(b: Backend) {

@@ -18,6 +18,7 @@ both!(
     plans_and_bundles_round_trip,
     wallet_round_trip_and_creation_key,
     teams_and_members_round_trip,
+    a_full_team_takes_no_more_members,
     reviews_round_trip,
     tokens_round_trip,
     losing_fence_changes_nothing,
@@ -263,9 +264,10 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
         added_at: t0() + Duration::seconds(1),
         ..admin.clone()
     };
-    assert!(store.add_member(&bob).await?);
-    assert!(
-        !store.add_member(&bob).await?,
+    assert_eq!(store.add_member(&bob).await?, MemberAdded::Added);
+    assert_eq!(
+        store.add_member(&bob).await?,
+        MemberAdded::AlreadyMember,
         "an existing member is not added twice"
     );
     assert_eq!(
@@ -279,7 +281,7 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
         added_at: t0(),
         ..bob.clone()
     };
-    assert!(store.add_member(&zed).await?);
+    assert_eq!(store.add_member(&zed).await?, MemberAdded::Added);
     assert_eq!(
         store.members("team_1").await?,
         vec![zed.clone(), admin.clone(), bob.clone()]
@@ -327,7 +329,7 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
             user_id: format!("admin_{round}"),
             ..admin.clone()
         };
-        assert!(store.add_member(&other).await?);
+        assert_eq!(store.add_member(&other).await?, MemberAdded::Added);
         let remove = |user: String| {
             let store = store.clone();
             tokio::spawn(async move { store.remove_member("team_1", &user).await })
@@ -342,7 +344,7 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
         assert_eq!(left.len(), 1, "round {round}: {left:?}");
         if left[0].user_id != "alice" {
             // Put alice back as the one admin for the next round.
-            assert!(store.add_member(&admin).await?);
+            assert_eq!(store.add_member(&admin).await?, MemberAdded::Added);
             assert_eq!(
                 store.remove_member("team_1", &left[0].user_id).await?,
                 MemberRemoval::Removed
@@ -351,6 +353,67 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
     }
     assert!(!store.set_member_limits("team_1", "bob", None, None).await?);
     assert!(store.teams_of_user("bob").await?.is_empty());
+    Ok(())
+}
+
+/// A team stops at MAX_LIST members, so that `members` lists every one (found by review:
+/// a team admin could add members without bound and have one small query answer a
+/// million rows).
+async fn a_full_team_takes_no_more_members(store: Store) -> anyhow::Result<()> {
+    let live = create(&store, "wal_seed", "team", t0()).await?;
+    let mut pool =
+        NewWallet::from_core(&live.journal.wallet, &live.journal.entries[0], None, None)?;
+    pool.id = "wal_pool".into();
+    pool.owner_id = "team_1".into();
+    pool.team_id = Some("team_1".into());
+    let team = TeamRow {
+        id: "team_1".into(),
+        name: "Team one".into(),
+        wallet_id: "wal_pool".into(),
+        created_at: t0(),
+    };
+    let member = |i: usize| MemberRow {
+        team_id: "team_1".into(),
+        user_id: format!("user_{i:05}"),
+        role: if i == 0 {
+            MemberRole::Admin
+        } else {
+            MemberRole::Member
+        },
+        daily_limit_ucr: None,
+        period_limit_ucr: None,
+        added_at: t0(),
+    };
+    let first: Vec<MemberRow> = (0..MAX_LIST - 1).map(member).collect();
+    store.create_team(&team, &pool, &first).await?;
+    assert_eq!(
+        store.add_member(&member(0)).await?,
+        MemberAdded::AlreadyMember
+    );
+    assert_eq!(
+        store.add_member(&member(MAX_LIST - 1)).await?,
+        MemberAdded::Added
+    );
+    assert_eq!(
+        store.add_member(&member(MAX_LIST)).await?,
+        MemberAdded::TeamFull
+    );
+    let members = store.members("team_1").await?;
+    assert_eq!(members.len(), MAX_LIST);
+    assert_eq!(members.last(), Some(&member(MAX_LIST - 1)));
+    assert_eq!(
+        store.member("team_1", &member(MAX_LIST).user_id).await?,
+        None
+    );
+    // A place freed is a place taken.
+    assert_eq!(
+        store.remove_member("team_1", &member(5).user_id).await?,
+        MemberRemoval::Removed
+    );
+    assert_eq!(
+        store.add_member(&member(MAX_LIST)).await?,
+        MemberAdded::Added
+    );
     Ok(())
 }
 
