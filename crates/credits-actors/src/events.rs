@@ -1,7 +1,7 @@
 //! Balance events as subscribers see them (SPEC 8): one per ledger record, in seq order,
 //! after the record is durable; a subscription starts with a snapshot. Channels are bounded:
-//! a subscriber that falls behind is told to resync with a fresh snapshot, it never slows
-//! the wallet.
+//! a subscriber that falls behind reads what it missed back from the store (or, far behind,
+//! resyncs with a fresh snapshot); it never slows the wallet.
 
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use credits_core::{Balance, Cause, WalletId};
 use tokio::sync::broadcast;
 
-/// Events a wallet's channel holds for slow subscribers before they must resync.
+/// Events a wallet's channel holds for slow subscribers before they must read back from the
+/// store.
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 
 /// Why a balance event was sent.

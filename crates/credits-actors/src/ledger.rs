@@ -19,7 +19,7 @@ use credits_store::{
 };
 
 use crate::directory::Directory;
-use crate::events::Subscription;
+use crate::events::{BalanceEvent, EventKind, Subscription};
 use crate::wallet::{Applied, ExecError};
 
 /// Why a facade call failed; the GraphQL layer maps each to its code.
@@ -1102,6 +1102,28 @@ impl Ledger {
 
     pub async fn subscribe(&self, wallet_id: &WalletId) -> ServiceResult<Subscription> {
         Ok(self.dir.subscribe(wallet_id).await?)
+    }
+
+    /// The events of a wallet's durable records with seq > `after`, at most `limit`, in
+    /// seq order, read from the store: what a subscriber that fell behind missed.
+    pub async fn events_after(
+        &self,
+        wallet_id: &WalletId,
+        after: u64,
+        limit: usize,
+    ) -> ServiceResult<Vec<BalanceEvent>> {
+        let records = self.store.events_after(&wallet_id.0, after, limit).await?;
+        let event = |r: &credits_store::LedgerRecord| -> ServiceResult<BalanceEvent> {
+            let entry = r.entry()?;
+            Ok(BalanceEvent {
+                wallet_id: wallet_id.clone(),
+                seq: entry.seq,
+                kind: EventKind::Change(entry.cause()),
+                balance: r.balance()?,
+                at: entry.at,
+            })
+        };
+        records.iter().map(event).collect()
     }
 
     // ---- plans -------------------------------------------------------------------------

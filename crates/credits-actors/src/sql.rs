@@ -1,6 +1,6 @@
 //! The SQL store (credits-store) as the actors' `WalletStore`: core records in, rows out.
 
-use credits_core::{Balance, Entry, OnceFor, Wallet, WalletId};
+use credits_core::{Entry, OnceFor, Wallet, WalletId};
 use credits_store::{
     CommitError as SqlCommitError, LedgerRecord, NewWallet, Store, StoreError as SqlError,
     WalletBatch,
@@ -36,7 +36,7 @@ fn commit_unavailable(e: impl std::fmt::Display) -> CommitError {
 
 fn record(r: &LedgerRecord) -> Result<Record, StoreError> {
     let entry = r.entry().map_err(unavailable)?;
-    let balance: Balance = serde_json::from_str(&r.balance_json).map_err(unavailable)?;
+    let balance = r.balance().map_err(unavailable)?;
     Ok(Record { entry, balance })
 }
 

@@ -1,9 +1,13 @@
 //! Live updates: balances (snapshot first, then every durable change in seq order; a
-//! subscriber that falls behind gets a fresh snapshot instead of what it missed) and the
+//! subscriber that falls behind reads what it missed from the store, or, more than
+//! [`MAX_CATCH_UP`] records behind, gets a fresh snapshot instead) and the
 //! status of a review.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
 use async_graphql::{Context, ID, Subscription as GqlSubscription};
-use credits_actors::{Ledger, ReviewChange, Subscription as Live};
+use credits_actors::{EventKind, Ledger, ReviewChange, Subscription as Live};
 use credits_core::WalletId;
 use credits_store::ReviewRow;
 use futures::Stream;
@@ -32,17 +36,28 @@ fn snapshot(ledger: &Ledger, live: &Live) -> BalanceEvent {
 /// when this node heard of no member change (a backstop: changes are heard at once).
 pub const MEMBERSHIP_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+type Event = Arc<credits_actors::BalanceEvent>;
+
 struct Feed {
     ledger: Ledger,
     wallet: WalletId,
     first: Option<BalanceEvent>,
-    events: broadcast::Receiver<std::sync::Arc<credits_actors::BalanceEvent>>,
+    events: broadcast::Receiver<Event>,
+    /// After the channel overflowed: the oldest event it still held, and the events before
+    /// it read back from the store, a page at a time.
+    held: Option<Event>,
+    caught_up: VecDeque<Event>,
     seat: Option<Seat>,
     /// The seq and balance of the last event sent.
     sent: Option<(u64, credits_core::Balance)>,
     /// Subscriptions taken again in a row that brought nothing new.
     idle_restarts: u32,
 }
+
+/// Records a subscriber may be behind and still get every event, read back from the store
+/// [`CATCH_UP_PAGE`] at a time; further behind, it gets a fresh SNAPSHOT (SPEC 8).
+pub const MAX_CATCH_UP: u64 = 10_000;
+const CATCH_UP_PAGE: usize = 64;
 
 /// Pause before subscribing again to a wallet whose actor stopped with nothing new, per such
 /// restart in a row (at most [`MAX_RESTART_PAUSE`]): an actor that keeps stopping (a store
@@ -68,13 +83,40 @@ impl Feed {
             if let Some(first) = self.first.take() {
                 break first;
             }
-            match self.events.recv().await {
+            let next = match self.caught_up.pop_front() {
+                Some(e) => Ok(e),
+                None if self.held.is_some() => match self.catch_up().await {
+                    Some(page) => {
+                        self.caught_up = page;
+                        continue;
+                    }
+                    // Too far behind to fill in: resync below.
+                    None => Err(RecvError::Lagged(0)),
+                },
+                None => self.events.recv().await,
+            };
+            match next {
                 Ok(e) => {
                     self.sent = Some((e.seq, e.balance.clone()));
                     break BalanceEvent::from(&*e);
                 }
-                // Fell behind, or the wallet's actor restarted: start again from a snapshot.
-                Err(e @ (RecvError::Lagged(_) | RecvError::Closed)) => {
+                // Fell behind: the channel's events follow the missed ones, read back from
+                // the store (found by review: one commit of more records than the channel
+                // holds sent every subscriber, keeping up or not, a SNAPSHOT instead).
+                Err(RecvError::Lagged(n)) if n > 0 => {
+                    self.held = loop {
+                        match self.events.recv().await {
+                            Ok(e) => break Some(e),
+                            Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => break None,
+                        }
+                    };
+                }
+                // Too far behind, or the wallet's actor restarted: start again from a
+                // snapshot.
+                Err(e) => {
+                    self.held = None;
+                    self.caught_up.clear();
                     if matches!(e, RecvError::Closed) && self.idle_restarts > 0 {
                         let pause = RESTART_PAUSE * self.idle_restarts;
                         tokio::time::sleep(pause.min(MAX_RESTART_PAUSE)).await;
@@ -108,6 +150,30 @@ impl Feed {
             seat.epoch = epoch;
         }
         Ok(event)
+    }
+
+    /// The next events up to the held one (the held one last): the next page from the
+    /// store, each seq one more than the last; `None` when the gap is too wide, the held
+    /// event is a snapshot, or the store does not answer with exactly those records.
+    async fn catch_up(&mut self) -> Option<VecDeque<Event>> {
+        let held = self.held.take()?;
+        let sent = self.sent.as_ref()?.0;
+        let gap = held.seq.checked_sub(sent)?.checked_sub(1)?;
+        if held.kind == EventKind::Snapshot || gap > MAX_CATCH_UP {
+            return None;
+        }
+        if gap == 0 {
+            return Some(VecDeque::from([held]));
+        }
+        let page = (gap as usize).min(CATCH_UP_PAGE);
+        let read = self.ledger.events_after(&self.wallet, sent, page).await;
+        let read: VecDeque<Event> = read.ok()?.into_iter().map(Arc::new).collect();
+        let contiguous = read.iter().zip(sent + 1..).all(|(e, seq)| e.seq == seq);
+        if read.len() != page || !contiguous {
+            return None;
+        }
+        self.held = Some(held);
+        Some(read)
     }
 }
 
@@ -145,6 +211,8 @@ impl Subscription {
         let live = l.subscribe(&wallet).await.map_err(ApiError::from)?;
         let feed = Feed {
             first: Some(snapshot(&l, &live)),
+            held: None,
+            caught_up: VecDeque::new(),
             sent: Some((live.snapshot.seq, live.snapshot.balance.clone())),
             idle_restarts: 0,
             events: live.events,
@@ -401,6 +469,8 @@ mod tests {
         let live = ledger.subscribe(&id).await.unwrap();
         let mut feed = Feed {
             first: Some(snapshot(&ledger, &live)),
+            held: None,
+            caught_up: VecDeque::new(),
             sent: Some((live.snapshot.seq, live.snapshot.balance.clone())),
             idle_restarts: 0,
             events: live.events,

@@ -403,6 +403,12 @@ impl LedgerRecord {
         serde_json::from_str(&self.entry_json)
             .map_err(|e| corrupt(format!("ledger entry {}: {e}", self.seq)))
     }
+
+    /// The wallet's balance right after this record.
+    pub fn balance(&self) -> Result<credits_core::Balance, StoreError> {
+        serde_json::from_str(&self.balance_json)
+            .map_err(|e| corrupt(format!("ledger balance {}: {e}", self.seq)))
+    }
 }
 
 impl ReservationRow {

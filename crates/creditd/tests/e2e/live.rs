@@ -8,6 +8,7 @@ use crate::reviews::{REPORT, RESOLVE};
 
 on_both!(
     balance_changed_streams_snapshot_usage_and_reset,
+    a_commit_larger_than_the_channel_streams_every_event,
     legacy_graphql_ws_protocol_works,
     a_client_offering_both_protocols_is_answered_in_the_agreed_one,
     bad_tokens_are_refused_at_connection_init,
@@ -22,6 +23,61 @@ const BALANCE_CHANGED: &str = "subscription($w: ID!) { balanceChanged(walletId: 
 
 fn seq(e: &Value) -> u64 {
     e["seq"].as_u64().expect("seq is a JSON integer")
+}
+
+/// Found by review: one commit of more records than a wallet's event channel holds (256)
+/// sent every subscriber a SNAPSHOT in place of its events, keeping up or not. The events
+/// the channel dropped are now read back from the store.
+async fn a_commit_larger_than_the_channel_streams_every_event(b: Backend) {
+    const CALLS: usize = 400;
+    let app = App::spawn(b).await;
+    let w = app.wallet("alice", "pro").await;
+    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+    assert!(matches!(init, Init::Ack), "{init:?}");
+    ws.subscribe("1", BALANCE_CHANGED, json!({ "w": w })).await;
+    let snap = ws.next_data("1").await["balanceChanged"].clone();
+    // One call's commit waits behind the lock; the others gather behind it, and land in
+    // the next commit, all at once.
+    let priced = "credits_plugin_calls_total{outcome=\"ok\"}";
+    let lock = crate::helpers::WriteLock::take(&app).await;
+    let since = app.metric("credits_store_transactions_total").await;
+    let first = app.record(&w, "k0", "t", "economy-mini", 0, 1000);
+    tokio::pin!(first);
+    tokio::select! {
+        r = &mut first => panic!("answered before it was durable: {r}"),
+        () = app.wait_for_transactions(since, 1.0) => {}
+    }
+    let keys: Vec<String> = (1..CALLS).map(|i| format!("k{i}")).collect();
+    let rest = futures::future::join_all(
+        keys.iter()
+            .map(|k| app.record(&w, k, "t", "economy-mini", 0, 1000)),
+    );
+    tokio::pin!(rest);
+    let all_priced = async {
+        while app.metric(priced).await < CALLS as f64 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        r = &mut rest => panic!("answered before the first commit: {r:?}"),
+        () = all_priced => {}
+    }
+    lock.release().await;
+    let (first, rest) = tokio::join!(first, rest);
+    for r in std::iter::once(&first).chain(&rest) {
+        assert!(r["errors"].is_null(), "{r}");
+    }
+    let mut last = snap;
+    for _ in 0..CALLS {
+        let e = ws.next_data("1").await["balanceChanged"].clone();
+        assert_eq!(
+            (&e["cause"], seq(&e)),
+            (&json!("USAGE"), seq(&last) + 1),
+            "{e}"
+        );
+        last = e;
+    }
+    assert_eq!(last["balance"], app.balance(&w).await);
 }
 
 async fn balance_changed_streams_snapshot_usage_and_reset(b: Backend) {
