@@ -221,6 +221,27 @@ fn expanded(doc: &ExecutableDocument) -> Result<Expanded, String> {
     Ok(total)
 }
 
+/// Refuses a subscription whose root is not exactly one field written out: GraphQL's
+/// single-root-field rule, which async-graphql does not check. It opens a stream for each
+/// root field (one operation of a thousand `balanceChanged` fields, two units of complexity
+/// each, held a thousand streams where the per-socket bound counts one; found by review),
+/// and none for a fragment at the root (the subscription completed at once, silently).
+fn single_root_field(doc: &ExecutableDocument) -> Result<(), String> {
+    use async_graphql::parser::types::OperationType;
+    let subscriptions = doc
+        .operations
+        .iter()
+        .filter(|(_, op)| op.node.ty == OperationType::Subscription);
+    for (_, op) in subscriptions {
+        match op.node.selection_set.node.items.as_slice() {
+            [one] if matches!(one.node, Selection::Field(_)) => {}
+            [_] => return Err("a subscription's root field is written out, not spread".into()),
+            _ => return Err("a subscription selects exactly one root field".into()),
+        }
+    }
+    Ok(())
+}
+
 /// What [`longest_string`] reports for a string holding U+0000, which no field accepts
 /// (PostgreSQL cannot store it in text; SQLite would, so the two stores would differ).
 const HOLDS_NUL: usize = usize::MAX;
@@ -391,6 +412,7 @@ impl LimitsExtension {
         let doc = async_graphql::parser::parse_query(query)?;
         check_strings(longest_literal(&doc))?;
         let size = expanded(&doc).map_err(invalid)?;
+        single_root_field(&doc).map_err(invalid)?;
         if size.aliases > MAX_ALIASES {
             return Err(invalid(format!("more than {MAX_ALIASES} aliases")));
         }

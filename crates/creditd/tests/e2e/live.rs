@@ -431,6 +431,39 @@ async fn protocol_messages_and_close_codes(b: Backend) {
     );
     ws.send(json!({ "type": "ping" })).await;
     assert_eq!(ws.recv().await.unwrap(), json!({ "type": "pong" }));
+    // So is one of more than one root field, or one spread from a fragment (found by
+    // review: each root field opened a stream of its own, a thousand under one operation's
+    // count; a spread one opened none, and the subscription completed at once).
+    for (id, doc, message) in [
+        (
+            "two",
+            "subscription($w: ID!) { balanceChanged(walletId: $w) { seq } balanceChanged(walletId: $w) { seq } }",
+            "a subscription selects exactly one root field",
+        ),
+        (
+            "spread",
+            "subscription($w: ID!) { ...F } fragment F on Subscription { balanceChanged(walletId: $w) { seq } }",
+            "a subscription's root field is written out, not spread",
+        ),
+    ] {
+        ws.subscribe(id, doc, json!({ "w": w })).await;
+        let refused = ws.recv().await.unwrap();
+        assert_eq!(refused["type"], "error", "{refused}");
+        assert_eq!(refused["id"], id, "{refused}");
+        assert_eq!(
+            refused["payload"][0]["extensions"]["code"], "INVALID_INPUT",
+            "{refused}"
+        );
+        assert_eq!(refused["payload"][0]["message"], message);
+    }
+    // Fragments below the root field are fine.
+    ws.subscribe(
+        "one",
+        "subscription($w: ID!) { balanceChanged(walletId: $w) { ...F } } fragment F on BalanceEvent { seq }",
+        json!({ "w": w }),
+    )
+    .await;
+    assert!(ws.next_data("one").await["balanceChanged"]["seq"].is_u64());
 
     // An id still open is a protocol error.
     ws.subscribe("a", BALANCE_CHANGED, json!({ "w": w })).await;
