@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use credits_actors::Ledger;
-use credits_graphql::limits::{MAX_BATCH, MAX_BODY_BYTES};
+use credits_graphql::limits::{Listed, MAX_BATCH, MAX_BODY_BYTES};
 use credits_graphql::{ApiError, Code, CreditsSchema, Principal};
 use credits_store::TokenHash;
 use futures::StreamExt;
@@ -376,7 +376,10 @@ async fn graphql_post(
         }
     };
     let response: BatchResponse = match batch {
-        BatchRequest::Single(r) => state.schema.execute(r.data(principal)).await.into(),
+        BatchRequest::Single(r) => {
+            let r = r.data(principal).data(Listed::new());
+            state.schema.execute(r).await.into()
+        }
         BatchRequest::Batch(rs) if rs.len() > MAX_BATCH => {
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -384,7 +387,12 @@ async fn graphql_post(
             );
         }
         BatchRequest::Batch(rs) => {
-            let rs = rs.into_iter().map(|r| r.data(principal.clone())).collect();
+            // The batch's operations share one bound on the rows their lists answer.
+            let listed = Listed::new();
+            let rs = rs
+                .into_iter()
+                .map(|r| r.data(principal.clone()).data(listed.clone()))
+                .collect();
             state.schema.execute_batch(BatchRequest::Batch(rs)).await
         }
     };

@@ -21,7 +21,7 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::server::{AppState, CONNECTION_INIT_TIMEOUT, MAX_SUBSCRIPTIONS_PER_SOCKET, Shared};
-use credits_graphql::limits::MAX_BODY_BYTES;
+use credits_graphql::limits::{Listed, MAX_BODY_BYTES};
 use credits_graphql::{Code, Principal};
 
 /// Events written to a socket before one flush.
@@ -515,7 +515,10 @@ impl Connection {
             Ok((guard, slot)) => {
                 let run = async move {
                     match crate::server::principal_from(&state, auth.as_deref()).await {
-                        Ok(principal) => state.schema.execute_stream(request.data(principal)),
+                        Ok(principal) => {
+                            let request = request.data(principal).data(Listed::new());
+                            state.schema.execute_stream(request)
+                        }
                         Err(e) => {
                             let refused = Response::from_errors(vec![e.into()]);
                             futures::stream::once(async move { refused }).boxed()

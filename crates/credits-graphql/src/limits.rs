@@ -28,31 +28,71 @@ pub const MAX_BATCH: usize = 10;
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub const MAX_STRING_BYTES: usize = 64 * 1024;
 
-/// Rows the lists of one request may answer in all: as many as the longest list, a
-/// summary's groups. The complexity limit counts a list a few rows whatever it returns.
+/// Rows the lists of one request (one HTTP request, a batch's operations together; one
+/// WebSocket operation) may answer in all: as many as the longest list, a summary's groups.
+/// The complexity limit counts a list a few rows whatever it returns.
 pub const MAX_LISTED_ROWS: usize = credits_store::MAX_SUMMARY_GROUPS;
 
-/// Rows listed so far by one request's lists whose length the caller does not choose
+/// Rows taken so far by the lists of one request whose length the caller does not choose
 /// (found by review: 100 aliases of a 10,000-member team's `members` fit the complexity
-/// limit and answered a million rows).
+/// limit and answered a million rows). The server gives each request one; a request
+/// without one is not counted.
 #[derive(Default)]
 pub struct Listed(AtomicUsize);
 
-/// Counts `rows` against the request's [`MAX_LISTED_ROWS`]; past it the list is
-/// INVALID_INPUT. A request not prepared by [`Limits`] (none is) is not counted.
-pub fn listed<T>(
-    ctx: &async_graphql::Context<'_>,
-    rows: Vec<T>,
-) -> crate::error::ApiResult<Vec<T>> {
-    if let Some(Listed(total)) = ctx.data_opt::<Listed>() {
-        let before = total.fetch_add(rows.len(), Ordering::Relaxed);
-        if before.saturating_add(rows.len()) > MAX_LISTED_ROWS {
+impl Listed {
+    pub fn new() -> Arc<Listed> {
+        Arc::default()
+    }
+}
+
+/// Rows taken from a request's [`Listed`] for one list; [`Rows::keep`] gives back what the
+/// list did not use.
+pub struct Rows<'a> {
+    listed: Option<&'a Listed>,
+    taken: usize,
+}
+
+/// Takes `max` rows of the request's bound before a list of at most `max` rows is read, so
+/// that a list past the bound is refused (INVALID_INPUT) before it costs a read, and takes
+/// nothing then.
+pub fn take_rows<'a>(
+    ctx: &async_graphql::Context<'a>,
+    max: usize,
+) -> crate::error::ApiResult<Rows<'a>> {
+    let listed = ctx.data_opt::<Arc<Listed>>().map(|l| &**l);
+    if let Some(Listed(total)) = listed {
+        let add = |t: usize| t.checked_add(max).filter(|&n| n <= MAX_LISTED_ROWS);
+        if total
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, add)
+            .is_err()
+        {
             return Err(crate::ApiError::invalid(format!(
                 "the answer would list more than {MAX_LISTED_ROWS} rows; ask for fewer lists"
             )));
         }
     }
-    Ok(rows)
+    Ok(Rows { listed, taken: max })
+}
+
+impl Rows<'_> {
+    /// The list read, which holds at most the rows taken.
+    pub fn keep<T>(self, rows: Vec<T>) -> Vec<T> {
+        if let Some(Listed(total)) = self.listed {
+            total.fetch_sub(self.taken.saturating_sub(rows.len()), Ordering::Relaxed);
+        }
+        rows
+    }
+}
+
+/// Counts a list already read against the request's bound: [`take_rows`] for lists whose
+/// bound is the whole budget (a summary's groups), where taking it first would leave
+/// nothing for the next.
+pub fn listed<T>(
+    ctx: &async_graphql::Context<'_>,
+    rows: Vec<T>,
+) -> crate::error::ApiResult<Vec<T>> {
+    Ok(take_rows(ctx, rows.len())?.keep(rows))
 }
 
 /// Documents kept parsed, most recently used first out last.
@@ -381,7 +421,7 @@ impl Extension for LimitsExtension {
         let doc = self.checked(&request.query, &request.variables)?;
         declared_only(&doc, &mut request.variables);
         request.set_parsed_query(doc);
-        next.run(ctx, request.data(Listed::default())).await
+        next.run(ctx, request).await
     }
 }
 

@@ -9,7 +9,7 @@ use credits_store::{
 
 use crate::access::{Access, TeamAccess, ledger, principal};
 use crate::error::{ApiError, ApiResult};
-use crate::limits::listed;
+use crate::limits::{listed, take_rows};
 use crate::scalars::{Credits, DateTime};
 use crate::types::*;
 
@@ -219,6 +219,7 @@ impl WalletObject {
             Access::Member(user) => Some(user.as_str()),
             Access::Full => None,
         };
+        let taken = take_rows(ctx, crate::MAX_LIST)?;
         let rows = match reporter {
             None => {
                 store
@@ -232,7 +233,8 @@ impl WalletObject {
             }
         }
         .map_err(ApiError::from)?;
-        Ok(listed(ctx, rows)?
+        Ok(taken
+            .keep(rows)
             .into_iter()
             .map(ReviewObject::new)
             .collect())
@@ -306,7 +308,10 @@ impl TeamObject {
                 let own = l.store().member(&self.team.id, user).await;
                 own.map_err(ApiError::from)?.into_iter().collect()
             }
-            _ => listed(ctx, l.members(&self.team.id).await.map_err(ApiError::from)?)?,
+            _ => {
+                let rows = take_rows(ctx, credits_store::MAX_LIST)?;
+                rows.keep(l.members(&self.team.id).await.map_err(ApiError::from)?)
+            }
         };
         let id = credits_core::WalletId(self.team.wallet_id.clone());
         let wallet = l

@@ -97,6 +97,21 @@ async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
     expected.insert(0, None);
     assert_eq!(listed, expected, "{}", eleven["errors"]);
     assert_eq!(crate::helpers::error_code(&eleven), "INVALID_INPUT");
+    // A batch's operations share the bound: two of six lists each, ten answered in all.
+    let six: String = (0..6)
+        .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
+        .collect();
+    let op = json!({ "query": format!("query($t: ID!) {{ {six} }}"), "variables": { "t": team } });
+    let (status, batch) = app.post(Some(&alice), &json!([op, op])).await;
+    assert_eq!(status, 200, "{batch}");
+    let answered = batch
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| (0..6).map(move |i| &r["data"][format!("m{i}")]["members"]))
+        .filter(|m| m.as_array().is_some_and(|m| m.len() == 10_000))
+        .count();
+    assert_eq!(answered, 10);
     let members = app.ok(&alice, q, json!({ "t": team })).await;
     let members = members["team"]["members"].as_array().unwrap();
     assert_eq!(members.len(), 10_000);
