@@ -58,6 +58,11 @@ struct Feed {
 /// [`CATCH_UP_PAGE`] at a time; further behind, it gets a fresh SNAPSHOT (SPEC 8).
 pub const MAX_CATCH_UP: u64 = 10_000;
 const CATCH_UP_PAGE: usize = 64;
+/// Catch-up reads the node runs at once. One that finds none free resyncs instead: a
+/// client that lets many subscriptions fall behind (256 per socket) must not take the
+/// store's connections from the wallets' commits (found by review).
+pub const CATCH_UP_READS: usize = 2;
+static CATCH_UPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CATCH_UP_READS);
 
 /// Pause before subscribing again to a wallet whose actor stopped with nothing new, per such
 /// restart in a row (at most [`MAX_RESTART_PAUSE`]): an actor that keeps stopping (a store
@@ -154,7 +159,8 @@ impl Feed {
 
     /// The next events up to the held one (the held one last): the next page from the
     /// store, each seq one more than the last; `None` when the gap is too wide, the held
-    /// event is a snapshot, or the store does not answer with exactly those records.
+    /// event is a snapshot, every catch-up read is taken, or the store does not answer
+    /// with exactly those records.
     async fn catch_up(&mut self) -> Option<VecDeque<Event>> {
         let held = self.held.take()?;
         let sent = self.sent.as_ref()?.0;
@@ -166,6 +172,7 @@ impl Feed {
             return Some(VecDeque::from([held]));
         }
         let page = (gap as usize).min(CATCH_UP_PAGE);
+        let _read = CATCH_UPS.try_acquire().ok()?;
         let read = self.ledger.events_after(&self.wallet, sent, page).await;
         let read: VecDeque<Event> = read.ok()?.into_iter().map(Arc::new).collect();
         let contiguous = read.iter().zip(sent + 1..).all(|(e, seq)| e.seq == seq);
@@ -435,75 +442,182 @@ mod tests {
         }
     }
 
+    /// A ledger on a manual clock over a temporary SQLite file, with no pricing tiers.
+    struct Harness {
+        dir: credits_actors::Directory,
+        ledger: Ledger,
+        store: Store,
+        path: std::path::PathBuf,
+        plugins: std::path::PathBuf,
+    }
+
+    impl Harness {
+        async fn new(name: &str) -> Harness {
+            use credits_actors::{ActorConfig, Clock, Directory, SqlWallets};
+            let (store, path) = temp_store(name).await;
+            let start = "2027-03-10T12:00:00Z".parse().unwrap();
+            let dir = Directory::new(
+                Arc::new(SqlWallets::new(store.clone())),
+                Clock::manual(start),
+                credits_core::testing::catalogue(),
+                ActorConfig::default(),
+            );
+            let plugins = std::env::temp_dir().join(credits_actors::ledger::new_id("plugins"));
+            std::fs::create_dir_all(&plugins).unwrap();
+            let (pricing, _) =
+                credits_pricing::PricingRegistry::open(&plugins, plugins.join("cache")).unwrap();
+            let ledger = Ledger::new(dir.clone(), store.clone(), Arc::new(pricing));
+            Harness {
+                dir,
+                ledger,
+                store,
+                path,
+                plugins,
+            }
+        }
+
+        async fn wallet(&self, id: &str) -> WalletId {
+            let id = WalletId::from(id);
+            let new = credits_core::NewWallet {
+                id: id.clone(),
+                owner_id: "alice".into(),
+                pool: false,
+                timezone: chrono_tz::UTC,
+                plan_id: credits_core::PlanId::from("pro"),
+                billing_anchor: None,
+            };
+            self.dir.create(new).await.unwrap();
+            id
+        }
+
+        async fn grant(&self, id: &WalletId, key: &str) {
+            use credits_core::{Credits, GrantId, GrantKind, GrantOp, Op};
+            let grant = Op::Grant(GrantOp {
+                id: GrantId(format!("grt_{key}")),
+                key: Some(key.into()),
+                amount: Credits::from_micro(1_000_000),
+                kind: GrantKind::Promotion,
+                reason: Some("r".into()),
+                expires_at: None,
+                origin: None,
+            });
+            self.dir.execute(id, grant).await.unwrap();
+        }
+
+        /// A feed of `id` that last sent `sent`, listening to `events`.
+        fn feed(
+            &self,
+            id: &WalletId,
+            sent: (u64, credits_core::Balance),
+            events: broadcast::Receiver<Event>,
+        ) -> Feed {
+            Feed {
+                first: None,
+                held: None,
+                caught_up: VecDeque::new(),
+                sent: Some(sent),
+                idle_restarts: 0,
+                events,
+                ledger: self.ledger.clone(),
+                wallet: id.clone(),
+                seat: None,
+            }
+        }
+
+        async fn end(self) {
+            self.dir.shutdown().await;
+            drop_store(self.store, &self.path).await;
+            let _ = std::fs::remove_dir_all(&self.plugins);
+        }
+    }
+
     /// Found by review: a wallet whose actor kept stopping (a store refusing its commits)
     /// sent its subscribers the same SNAPSHOT at each restart, and was started again at
     /// once each time. A restart that brings nothing new sends nothing; the stream goes on
     /// with the next record.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restart_with_nothing_new_sends_no_second_snapshot() {
-        use credits_actors::{ActorConfig, Clock, Directory, SqlWallets};
-        use credits_core::{Credits, GrantId, GrantKind, GrantOp, NewWallet, Op, PlanId};
-        let (store, path) = temp_store("restart").await;
-        let start = "2027-03-10T12:00:00Z".parse().unwrap();
-        let dir = Directory::new(
-            std::sync::Arc::new(SqlWallets::new(store.clone())),
-            Clock::manual(start),
-            credits_core::testing::catalogue(),
-            ActorConfig::default(),
-        );
-        let plugins = std::env::temp_dir().join(credits_actors::ledger::new_id("plugins"));
-        std::fs::create_dir_all(&plugins).unwrap();
-        let (pricing, _) =
-            credits_pricing::PricingRegistry::open(&plugins, plugins.join("cache")).unwrap();
-        let ledger = Ledger::new(dir.clone(), store.clone(), std::sync::Arc::new(pricing));
-        let id = WalletId::from("wal_restart");
-        let new = NewWallet {
-            id: id.clone(),
-            owner_id: "alice".into(),
-            pool: false,
-            timezone: chrono_tz::UTC,
-            plan_id: PlanId::from("pro"),
-            billing_anchor: None,
-        };
-        dir.create(new).await.unwrap();
-        let live = ledger.subscribe(&id).await.unwrap();
-        let mut feed = Feed {
-            first: Some(snapshot(&ledger, &live)),
-            held: None,
-            caught_up: VecDeque::new(),
-            sent: Some((live.snapshot.seq, live.snapshot.balance.clone())),
-            idle_restarts: 0,
-            events: live.events,
-            ledger: ledger.clone(),
-            wallet: id.clone(),
-            seat: None,
-        };
+        let h = Harness::new("restart").await;
+        let id = h.wallet("wal_restart").await;
+        let live = h.ledger.subscribe(&id).await.unwrap();
+        let sent = (live.snapshot.seq, live.snapshot.balance.clone());
+        let first = snapshot(&h.ledger, &live);
+        let mut feed = h.feed(&id, sent, live.events);
+        feed.first = Some(first);
         assert_eq!(feed.next().await.unwrap().cause, BalanceCause::Snapshot);
         // Each restart is waited out (the second after a pause), then the feed listens to
         // the new actor.
         for _ in 0..2 {
-            dir.crash(&id).await;
+            h.dir.crash(&id).await;
             let next = tokio::time::timeout(std::time::Duration::from_millis(1500), feed.next());
             assert!(next.await.is_err(), "nothing new to send");
         }
         assert_eq!(feed.idle_restarts, 2);
-        let grant = Op::Grant(GrantOp {
-            id: GrantId::from("grt_restart"),
-            key: Some("g".into()),
-            amount: Credits::from_micro(1_000_000),
-            kind: GrantKind::Promotion,
-            reason: Some("r".into()),
-            expires_at: None,
-            origin: None,
-        });
-        dir.execute(&id, grant).await.unwrap();
+        h.grant(&id, "g").await;
         let next = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next());
         let event = next.await.expect("the grant").unwrap();
         assert_eq!(event.cause, BalanceCause::Grant);
         assert_eq!(event.seq.0, live.snapshot.seq + 1);
-        dir.shutdown().await;
-        drop_store(store, &path).await;
-        let _ = std::fs::remove_dir_all(&plugins);
+        h.end().await;
+    }
+
+    /// Found by review: one commit of more records than a wallet's channel holds sent every
+    /// subscriber a SNAPSHOT in place of its events. A feed behind its channel reads what it
+    /// missed back from the store, a page at a time, then takes what the channel still
+    /// holds; it resyncs only when it cannot do that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_feed_behind_its_channel_reads_what_it_missed_from_the_store() {
+        const GRANTS: u64 = 150; // more than two pages
+        let h = Harness::new("catch_up").await;
+        let id = h.wallet("wal_catch_up").await;
+        let live = h.ledger.subscribe(&id).await.unwrap();
+        let start = (live.snapshot.seq, live.snapshot.balance.clone());
+        for i in 0..GRANTS {
+            h.grant(&id, &format!("g{i}")).await;
+        }
+        let events = h.ledger.events_after(&id, start.0, 1000).await.unwrap();
+        assert_eq!(events.len() as u64, GRANTS);
+        let last = events.last().unwrap().clone();
+        // A channel of four, sent them all: it holds the last four.
+        let behind = |sent: Vec<credits_actors::BalanceEvent>| {
+            let (tx, rx) = broadcast::channel(4);
+            for e in sent {
+                tx.send(Arc::new(e)).unwrap();
+            }
+            (tx, h.feed(&id, start.clone(), rx))
+        };
+        let (_tx, mut feed) = behind(events.clone());
+        for e in &events {
+            let got = feed.next().await.unwrap();
+            assert_eq!((got.seq.0, got.cause), (e.seq, BalanceCause::Grant));
+        }
+        let more = tokio::time::timeout(std::time::Duration::from_millis(200), feed.next());
+        assert!(more.await.is_err(), "nothing after the last");
+
+        // A resync instead, at the wallet's seq: when the oldest event still held is a
+        // snapshot, when the gap is wider than MAX_CATCH_UP, when every catch-up read is
+        // taken.
+        let snapshot_kind = credits_actors::BalanceEvent {
+            kind: EventKind::Snapshot,
+            ..last.clone()
+        };
+        let too_far = credits_actors::BalanceEvent {
+            seq: start.0 + MAX_CATCH_UP + 2,
+            ..last.clone()
+        };
+        for held in [snapshot_kind, too_far] {
+            // The first is pushed out; the held one is the oldest left.
+            let sent = [&events[0], &held, &events[1], &events[2], &events[3]];
+            let (_tx, mut feed) = behind(sent.into_iter().cloned().collect());
+            let got = feed.next().await.unwrap();
+            assert_eq!((got.seq.0, got.cause), (last.seq, BalanceCause::Snapshot));
+        }
+        let taken = CATCH_UPS.acquire_many(CATCH_UP_READS as u32).await.unwrap();
+        let (_tx, mut feed) = behind(events.clone());
+        let got = feed.next().await.unwrap();
+        assert_eq!((got.seq.0, got.cause), (last.seq, BalanceCause::Snapshot));
+        drop(taken);
+        h.end().await;
     }
 
     /// A watcher that fell behind the shared hub reads its review again instead of

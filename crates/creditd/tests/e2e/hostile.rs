@@ -18,7 +18,7 @@ on_both!(
     graphql_abuse_is_refused_and_changes_nothing,
     an_oversized_body_is_read_to_its_end_then_answered,
     websocket_connections_are_bounded,
-    a_subscriber_that_never_reads_is_told_to_resync,
+    a_subscriber_that_stops_reading_gets_every_event_once_it_reads,
     subscriptions_on_one_socket_are_bounded,
 );
 
@@ -1494,9 +1494,13 @@ async fn websocket_connections_are_bounded(b: Backend) {
 const DEBITS: usize = 600;
 const LOTS: usize = 100;
 
-async fn a_subscriber_that_never_reads_is_told_to_resync(b: Backend) {
+/// A subscriber that stops reading falls behind the wallet's event channel; once it reads
+/// again it gets every event it missed, read back from the store, in order (it used to be
+/// told to resync with a SNAPSHOT; that is now for one more than 10,000 records behind,
+/// tested in `credits-graphql`'s subscription tests).
+async fn a_subscriber_that_stops_reading_gets_every_event_once_it_reads(b: Backend) {
     // The subscriber stops reading for as long as the debits take (30 s and more on a
-    // loaded machine): a keepalive long enough that it is told to resync, not let go.
+    // loaded machine): a keepalive long enough that it is not let go.
     let app = App::spawn_env(
         b,
         Some(crate::helpers::START),
@@ -1551,35 +1555,24 @@ async fn a_subscriber_that_never_reads_is_told_to_resync(b: Backend) {
     let final_seq = start_seq + DEBITS as i64;
     assert_eq!(ledger_len(&app, &w), len_before + DEBITS as i64);
 
-    // Now read: every event follows the one before it, or is a fresh SNAPSHOT (the
-    // "resync"); nothing is skipped silently, and the stream ends on the final balance.
+    // Now read: every event follows the one before it, and the stream ends on the final
+    // balance. The subscriber fell behind for certain: the server could not write the
+    // events to the socket, and the channel holds 256.
     let mut prev = start_seq;
-    let mut resyncs = 0;
     loop {
         let e = slow.next_data("s").await["balanceChanged"].clone();
         let seq = e["seq"].as_i64().unwrap();
-        if e["cause"] == "SNAPSHOT" {
-            resyncs += 1;
-            assert!(seq >= prev, "a snapshot went back from {prev} to {seq}");
-        } else {
-            assert_eq!(
-                seq,
-                prev + 1,
-                "event {seq} after {prev}, with no snapshot between"
-            );
-            assert_eq!(e["cause"], "USAGE");
-        }
+        assert_eq!(
+            (seq, &e["cause"]),
+            (prev + 1, &json!("USAGE")),
+            "after {prev}"
+        );
         prev = seq;
         if seq == final_seq {
             assert_eq!(e["balance"], last, "the last event shows the final balance");
             break;
         }
     }
-    assert!(
-        resyncs > 0,
-        "the stalled subscriber never fell behind; the test proves nothing"
-    );
-    eprintln!("the stalled subscriber was told to resync {resyncs} time(s)");
 }
 
 /// One WebSocket holds at most `MAX_SUBSCRIPTIONS_PER_SOCKET` (256) subscriptions at once:
