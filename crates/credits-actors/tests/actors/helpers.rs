@@ -185,8 +185,6 @@ pub fn grants(ledger: &[Entry]) -> usize {
     ledger.iter().filter(|e| e.grant().is_some()).count()
 }
 
-/// Waits until a condition holds, for background effects like passivation: up to 10 s,
-/// which only a failing test waits out (a loaded CI machine can take seconds).
 /// The calls `dir`'s wallet actors have taken in so far.
 pub fn calls(dir: &Directory) -> u64 {
     dir.metrics()
@@ -202,6 +200,8 @@ pub async fn reached(dir: &Directory, n: u64) -> bool {
     eventually(|| calls(dir) >= n).await
 }
 
+/// Waits until a condition holds, for background effects like passivation: up to 10 s,
+/// which only a failing test waits out (a loaded CI machine can take seconds).
 pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
