@@ -65,11 +65,23 @@ impl Finished {
         self.stdout.kept.lines().any(|l| l == OPENING)
     }
 
-    /// Killed by SIGKILL: what the kernel's out-of-memory killer sends, not a crash of the
-    /// plugin's own.
+    /// Ended by a signal a fault in the plugin does not raise: SIGKILL (the OOM killer),
+    /// SIGHUP from an operator's `pkill -HUP -f creditd` meant for the service (found by
+    /// review), and the like.
     fn killed(&self) -> bool {
         use std::os::unix::process::ExitStatusExt;
-        self.status.and_then(|s| s.signal()) == Some(libc::SIGKILL)
+        const FAULTS: [i32; 7] = [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGABRT,
+            libc::SIGILL,
+            libc::SIGFPE,
+            libc::SIGSYS,
+            libc::SIGTRAP,
+        ];
+        self.status
+            .and_then(|s| s.signal())
+            .is_some_and(|signal| !FAULTS.contains(&signal))
     }
 
     /// Why this end refuses the file, if it does.
@@ -91,8 +103,8 @@ impl Finished {
 
     /// What the registry makes of this end: a child killed at the deadline, or whose
     /// output never ended (a process it started holds the stream), may only have met a
-    /// slow machine; one that ended before it opened the library, or was killed with
-    /// SIGKILL, met something else than the plugin (found by review: refused for good by
+    /// slow machine; one that ended before it opened the library, or was killed by a
+    /// signal no fault raises, met something else than the plugin (found by review: refused for good by
     /// its content, a good file stayed refused until a restart). Each is probed again on
     /// the next reload.
     fn verdict(&self) -> credits_pricing::Probed {
@@ -332,27 +344,31 @@ mod tests {
         }
     }
 
-    /// Found by review: a child killed by the out-of-memory killer, or one whose runtime
-    /// could not start (exit 1 before it opened anything), refused the file for good by
-    /// its content. Only a child that opened the library and then crashed or exited
+    /// Found by review: a child killed by the out-of-memory killer (or, found by a later
+    /// review, by a SIGHUP meant for the service), or one whose runtime could not start
+    /// (exit 1 before it opened anything), refused the file for good by its content. Only a child that opened the library and then crashed or exited
     /// without coming back refuses it.
     #[test]
     fn only_an_end_inside_the_plugin_refuses_it_for_good() {
         use credits_pricing::Probed;
         let opening = format!("{OPENING}\n");
         let verdict = |status, stdout: &str| ended(status, stdout).verdict();
-        assert!(matches!(
-            verdict(ExitStatus::from_raw(libc::SIGKILL), &opening),
-            Probed::Unsure(_)
-        ));
+        for signal in [libc::SIGKILL, libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            assert!(matches!(
+                verdict(ExitStatus::from_raw(signal), &opening),
+                Probed::Unsure(_)
+            ));
+        }
         assert!(matches!(
             verdict(ExitStatus::from_raw(1 << 8), ""),
             Probed::Unsure(_)
         ));
-        assert!(matches!(
-            verdict(ExitStatus::from_raw(libc::SIGSEGV), &opening),
-            Probed::Refused(_)
-        ));
+        for signal in [libc::SIGSEGV, libc::SIGBUS, libc::SIGABRT, libc::SIGILL] {
+            assert!(matches!(
+                verdict(ExitStatus::from_raw(signal), &opening),
+                Probed::Refused(_)
+            ));
+        }
         assert!(matches!(
             verdict(ExitStatus::from_raw(1 << 8), &opening),
             Probed::Refused(_)

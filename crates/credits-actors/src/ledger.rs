@@ -219,15 +219,19 @@ pub async fn plugin_work<T: Send + 'static>(
 
 /// Reloads the pricing plugins through [`plugin_work`]. A reload asked for while another
 /// runs is refused as busy; a new file is opened in a child process first (when the
-/// service gives the registry a probe), so no plugin holds the reload lock for good.
+/// service gives the registry a probe), so no plugin holds the reload lock for good. One
+/// not done within [`RELOAD_TIMEOUT`] uses nothing it loaded, even when it ends later
+/// (found by review: it swapped its tiers in after its caller had been told it failed).
 pub async fn reload_pricing(
     pricing: &Arc<PricingRegistry>,
 ) -> Result<credits_pricing::ReloadReport, String> {
     let registry = pricing.clone();
-    plugin_work(move || registry.reload())
+    // A second short of the caller's wait: a reload that ends in between is told TooLate.
+    let deadline = std::time::Instant::now() + RELOAD_TIMEOUT - std::time::Duration::from_secs(1);
+    plugin_work(move || registry.reload_before(Some(deadline)))
         .await
         .map_err(|why| format!("the reload failed: {why}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("the reload failed: {e}"))
 }
 
 /// Tries of a spend whose member limits keep changing under it before it is UNAVAILABLE.

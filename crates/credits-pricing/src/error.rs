@@ -124,4 +124,7 @@ pub enum RegistryError {
     /// this one does not queue behind it.
     #[error("another pricing reload is still in progress")]
     Busy,
+    /// The reload was not done by its deadline: nothing it loaded is used.
+    #[error("it did not finish in time; the previous tiers keep serving")]
+    TooLate,
 }

@@ -143,6 +143,16 @@ impl PricingRegistry {
     /// version; a tier whose file is gone is unloaded once its calls in flight return. On
     /// error (unreadable directory) the current table stays.
     pub fn reload(&self) -> Result<ReloadReport, RegistryError> {
+        self.reload_before(None)
+    }
+
+    /// [`PricingRegistry::reload`], which swaps the new tiers in only before `deadline`:
+    /// past it, nothing it loaded is used ([`RegistryError::TooLate`]), so a caller told
+    /// the reload took too long is not surprised by its tiers later.
+    pub fn reload_before(
+        &self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<ReloadReport, RegistryError> {
         let mut libraries = match self.libraries.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -156,6 +166,9 @@ impl PricingRegistry {
             &previous,
             &mut libraries,
         )?;
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(RegistryError::TooLate);
+        }
         self.table.store(Arc::new(table));
         Ok(report)
     }

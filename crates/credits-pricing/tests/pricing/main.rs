@@ -775,6 +775,30 @@ fn a_reload_that_cannot_read_the_directory_keeps_the_current_table() {
     assert!(PricingRegistry::open(&plugin_dir, dirs.cache.path()).is_err());
 }
 
+/// Found by review: a reload that took longer than its caller waited swapped its tiers in
+/// later all the same. One past its deadline uses nothing it loaded; the next one does.
+#[test]
+fn a_reload_past_its_deadline_uses_nothing_it_loaded() {
+    let dirs = Dirs::with(&[("credits-fixture-gate-v1", "fixture")]);
+    let (registry, _) = open(&dirs);
+    dirs.deploy("credits-fixture-gate-v2", "fixture");
+    let past = Instant::now();
+    assert!(matches!(
+        registry.reload_before(Some(past)),
+        Err(credits_pricing::RegistryError::TooLate)
+    ));
+    check(
+        &registry,
+        "fixture-ok",
+        usage(1_000, 0, 0),
+        1_000,
+        "fixture@1.0.0",
+    );
+    let later = Instant::now() + Duration::from_secs(60);
+    let report = registry.reload_before(Some(later)).unwrap();
+    assert_eq!(loaded(&report), ["fixture@2.0.0"], "{report}");
+}
+
 /// Whether a price call was refused because its tier is disabled.
 fn refused_as_stalled(err: &PricingError) -> bool {
     matches!(
