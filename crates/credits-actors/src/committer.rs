@@ -179,7 +179,7 @@ async fn commit_group(store: &dyn WalletStore, jobs: Vec<Job>, timeout: Duration
                 "a group commit did not finish in time: its outcome is unknown"
             );
             let gone =
-                CommitError::Unavailable(format!("the commit did not finish within {timeout:?}"));
+                CommitError::GivenUp(format!("the commit did not finish within {timeout:?}"));
             vec![Err(gone); batches.len()]
         }
     };

@@ -421,9 +421,11 @@ impl Directory {
                 "wallet id already exists".into(),
             ))),
             // (Creation is not fenced on plans: the store refuses a stale interval itself.)
-            Err(e @ (CommitError::Unavailable(_) | CommitError::PlanChanged)) => {
-                Err(ExecError::Unavailable(e.to_string()))
-            }
+            Err(
+                e @ (CommitError::Unavailable(_)
+                | CommitError::GivenUp(_)
+                | CommitError::PlanChanged),
+            ) => Err(ExecError::Unavailable(e.to_string())),
         }
     }
 

@@ -48,6 +48,10 @@ pub enum CommitError {
     /// The outcome is unknown: the batch may or may not be durable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// Given up on while it may still be running (the commit timeout): the batch may
+    /// become durable later, on any store.
+    #[error("store unavailable: {0}")]
+    GivenUp(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +156,13 @@ pub struct Faults {
     /// the wallet's next load has read: a PostgreSQL COMMIT whose connection was lost,
     /// still running on the server while the writer reloads.
     pub land_late: AtomicU32,
+    /// Commits that never answer (the committer gives up on them) and land, fenced as sent,
+    /// at the start of the wallet's next commit: an SQLite COMMIT still running on its
+    /// worker thread after its writer gave up. `hung` counts them as they start hanging.
+    pub hang_then_land: AtomicU32,
+    pub hung: AtomicU32,
+    /// The store says no other node writes its wallets, as SQLite does.
+    pub one_node: std::sync::atomic::AtomicBool,
 }
 
 /// Calls held until a test releases them, one per [`Gate::release`] notification.
@@ -186,6 +197,8 @@ pub struct MemoryStore {
     wallets: Mutex<HashMap<WalletId, Stored>>,
     /// Commits answered already that land after the next load ([`Faults::land_late`]).
     late: Mutex<Vec<Batch>>,
+    /// Commits given up on that land before the next commit ([`Faults::hang_then_land`]).
+    hanging: Mutex<Vec<Batch>>,
     pub faults: Faults,
 }
 
@@ -347,12 +360,33 @@ impl WalletStore for MemoryStore {
         self.load_with(id, true).await
     }
 
+    fn several_nodes(&self) -> bool {
+        !self.faults.one_node.load(Ordering::SeqCst)
+    }
+
     async fn seq(&self, id: &WalletId) -> Result<Option<u64>, StoreError> {
         Ok(self.wallets.lock().unwrap().get(id).map(|s| s.wallet.seq))
     }
 
     async fn commit(&self, batch: &Batch) -> Result<(), CommitError> {
         self.faults.commits.pass().await;
+        let landing: Vec<Batch> = {
+            let mut hanging = self.hanging.lock().unwrap();
+            let (mine, others) = std::mem::take(&mut *hanging)
+                .into_iter()
+                .partition(|b| b.wallet_id == batch.wallet_id);
+            *hanging = others;
+            mine
+        };
+        for late in landing {
+            // Its fence decides, as the database's would.
+            let _ = self.write(&late);
+        }
+        if take(&self.faults.hang_then_land) {
+            self.hanging.lock().unwrap().push(batch.clone());
+            self.faults.hung.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
         let delay = self.faults.commit_delay_micros.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_micros(u64::from(delay))).await;

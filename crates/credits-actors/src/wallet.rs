@@ -176,6 +176,8 @@ pub struct WalletState {
     /// The last commit failed with an unknown outcome (already counted in `failures`), not
     /// a refusal by the store.
     last_commit_unknown: bool,
+    /// Of those, one given up on while it may still be running (the commit timeout).
+    last_commit_given_up: bool,
     /// The last commit was refused for plans that changed: the plans are read again.
     last_commit_on_old_plans: bool,
     /// Calls that arrived during recovery, run after it.
@@ -271,6 +273,7 @@ impl Actor for WalletActor {
             announced: None,
             failures: 0,
             last_commit_unknown: false,
+            last_commit_given_up: false,
             last_commit_on_old_plans: false,
             parked: Vec::new(),
             keys: Bounded::new(),
@@ -807,7 +810,9 @@ impl WalletState {
             Err(e) => {
                 // Losing the fence to another writer is not a failing store: reload and
                 // decide again as often as it happens (someone wins every round).
-                self.last_commit_unknown = matches!(e, CommitError::Unavailable(_));
+                self.last_commit_unknown =
+                    matches!(e, CommitError::Unavailable(_) | CommitError::GivenUp(_));
+                self.last_commit_given_up = matches!(e, CommitError::GivenUp(_));
                 self.last_commit_on_old_plans = e == CommitError::PlanChanged;
                 if self.last_commit_unknown {
                     self.failures += 1;
@@ -949,10 +954,12 @@ impl WalletState {
         // by review: a plan change, which has no key, was applied twice). Now it is either
         // in what the reload reads or it never lands.
         // (Only where a commit can land late: one SQLite node sees every commit that
-        // returned, and a fencing write there would only meet the same busy lock.)
+        // returned, and a fencing write there would only meet the same busy lock. One the
+        // commit timeout gave up on may not have returned: its COMMIT may still be running
+        // on a worker thread, found by review.)
         let fenced = self.in_flight.is_some()
             && self.last_commit_unknown
-            && self.shared.store.several_nodes();
+            && (self.last_commit_given_up || self.shared.store.several_nodes());
         // A batch decided on plans that changed (a reset or renewal that took credits
         // another node's edit changed before its instant, which this node has not heard
         // of yet): the plans are read again before anything is decided again.

@@ -788,3 +788,39 @@ async fn a_commit_that_never_finishes_gives_its_writer_back() {
     assert!(again.replayed);
     assert_eq!(app.ledger(&stuck).len(), 2, "applied once");
 }
+
+/// Found by review: on SQLite (one node) a commit the commit timeout gave up on can still
+/// land (its COMMIT runs on a worker thread), yet the reload after it was a plain read
+/// there. A zone change, which has no key, was decided again on top of it and recorded
+/// twice. A commit given up on is followed by a fenced reload on every store, so it either
+/// is in what the reload reads or never lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_given_up_on_lands_at_most_once_on_one_node() {
+    let clock = Clock::manual(at("2027-03-10T12:00:00Z"));
+    let config = ActorConfig {
+        commit_timeout: std::time::Duration::from_millis(300),
+        ..ActorConfig::default()
+    };
+    let app = app_with(clock.clone(), config);
+    app.store.faults.one_node.store(true, Ordering::SeqCst);
+    let id = app.wallet("wal_zone", "pro", "UTC").await;
+    app.store.faults.hang_then_land.store(1, Ordering::SeqCst);
+    let berlin = credits_core::Op::SetTimezone("Europe/Berlin".parse().unwrap());
+    let call = app.spawn_execute(&id, berlin);
+    assert!(eventually(|| app.store.faults.hung.load(Ordering::SeqCst) == 1).await);
+    // Decided again a second later, the record differs from the one still running.
+    let Clock::Manual(manual) = &clock else {
+        unreachable!()
+    };
+    manual.advance(chrono::Duration::seconds(1));
+    let answer = call.await.unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    let changes = app
+        .ledger(&id)
+        .iter()
+        .filter(|e| e.cause() == credits_core::Cause::TimezoneChange)
+        .count();
+    assert_eq!(changes, 1, "one call, one record: {:?}", app.ledger(&id));
+    let (stored, ledger) = app.store.stored_with_ledger(&id).unwrap();
+    assert_eq!(replay(&ledger).unwrap(), stored.wallet);
+}
