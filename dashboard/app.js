@@ -17,6 +17,10 @@ const USAGE_PAGE_SIZE = 20;
 const CHART_DAYS = 30;
 /** Live usage refreshes are coalesced: a burst of events costs one query. */
 const REFRESH_DEBOUNCE_MS = 200;
+/** Open reviews followed live, newest first; the server allows 256 subscriptions a socket,
+ * and the balance streams need theirs (found by review: a pool with hundreds of open
+ * reviews filled the socket). The others show their status as the list was loaded. */
+const MAX_FOLLOWED_REVIEWS = 50;
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -95,8 +99,8 @@ const state = {
   chartWidth: 0,
   /** teamId -> { team, isAdmin, rows: Map<userId, rowRefs> } */
   teams: new Map(),
-  /** teamId -> the newest team request: only its answer is shown */
-  teamRequests: new Map(),
+  /** teamId -> { busy, again, dropped }: one team request on its way at a time */
+  teamLoads: new Map(),
   /** reviewId -> { review, unsubscribe } for the selected wallet */
   reviews: new Map(),
 };
@@ -213,7 +217,7 @@ function signOut(error) {
   clearTimeout(state.usage.timer);
   Object.assign(state, {
     token: null, viewer: null, client: null, selectedId: null,
-    live: new Map(), teams: new Map(), teamRequests: new Map(), reviews: new Map(),
+    live: new Map(), teams: new Map(), teamLoads: new Map(), reviews: new Map(),
     usage: { filter: {}, cursors: [null], timer: null }, chart: null,
   });
   serverClock.reset();
@@ -579,6 +583,13 @@ function scheduleUsageRefresh() {
   if (state.usage.timer) return;
   state.usage.timer = setTimeout(() => {
     state.usage.timer = null;
+    // A load on its way is not made stale by a live refresh (found by review: on a busy
+    // wallet each refresh dropped the answer before it, and none was ever shown); one
+    // more follows it.
+    if (state.usage.loading) {
+      state.usage.again = true;
+      return;
+    }
     // The page last asked for: a refresh while a page turn is on its way asks for that
     // page, not the one still shown (found by review: on a busy wallet the refresh's
     // newer answer won, and Next and Previous did nothing).
@@ -599,11 +610,14 @@ async function loadUsage(cursors = state.usage.cursors) {
   // turn or a new filter must not put its rows under them.
   const generation = (state.usage.generation ?? 0) + 1;
   state.usage.generation = generation;
+  state.usage.loading = true;
   state.usage.asked = cursors;
   const today = localDate(serverClock.now(), wallet.timezone);
   const firstDay = addDays(today, -(CHART_DAYS - 1));
   try {
-    const [usage, summary] = await Promise.all([
+    // Each shown as it can be: a summary refused (one over the row bound, say, on a long
+    // history) leaves the page of events shown (found by review).
+    const [usage, summary] = await Promise.allSettled([
       api(ops.USAGE, { id: walletId, filter, first: USAGE_PAGE_SIZE, after }),
       api(ops.SUMMARY, {
         id: walletId, from: filter.from ?? null, to: filter.to ?? null,
@@ -611,16 +625,26 @@ async function loadUsage(cursors = state.usage.cursors) {
       }),
     ]);
     if (state.selectedId !== walletId || state.usage.generation !== generation) return;
-    state.usage.cursors = cursors;
-    showError($('#usage-error'), null);
-    renderUsage(wallet, usage.wallet.usage);
-    renderSummaries(summary.wallet);
-    state.chart = { days: Array.from({ length: CHART_DAYS }, (_, i) => addDays(firstDay, i)), groups: summary.wallet.perDay };
-    renderChart();
-  } catch (error) {
-    if (state.usage.generation !== generation) return;
-    state.usage.asked = state.usage.cursors;
-    showError($('#usage-error'), error);
+    if (usage.status === 'fulfilled') {
+      state.usage.cursors = cursors;
+      renderUsage(wallet, usage.value.wallet.usage);
+    } else {
+      state.usage.asked = state.usage.cursors;
+    }
+    if (summary.status === 'fulfilled') {
+      renderSummaries(summary.value.wallet);
+      state.chart = { days: Array.from({ length: CHART_DAYS }, (_, i) => addDays(firstDay, i)), groups: summary.value.wallet.perDay };
+      renderChart();
+    }
+    showError($('#usage-error'), [usage, summary].find((r) => r.status === 'rejected')?.reason ?? null);
+  } finally {
+    if (state.usage.generation === generation) {
+      state.usage.loading = false;
+      if (state.usage.again) {
+        state.usage.again = false;
+        scheduleUsageRefresh();
+      }
+    }
   }
 }
 
@@ -731,7 +755,8 @@ function upsertReview(review) {
     state.reviews.set(review.id, entry);
   }
   entry.review = review;
-  if (review.status === 'SUBMITTED' && !entry.unsubscribe) {
+  const followed = [...state.reviews.values()].filter((e) => e.unsubscribe).length;
+  if (review.status === 'SUBMITTED' && !entry.unsubscribe && followed < MAX_FOLLOWED_REVIEWS) {
     entry.unsubscribe = state.client.subscribe(ops.REVIEW_UPDATED, { reviewId: review.id }, {
       next: (data) => {
         upsertReview(data.reviewUpdated);
@@ -849,14 +874,38 @@ function renderTeams() {
   for (const t of teams) refreshTeam(t.id);
 }
 
-async function refreshTeam(teamId) {
+/**
+ * Loads a team card, one request at a time: an event while one is on its way asks for one
+ * more once it is answered (found by review: each event made the answer on its way stale,
+ * so on a pool with an event per round trip no answer was ever shown). `fresh` (after a
+ * limit save) also drops the answer on its way, which was asked for before the save.
+ */
+async function refreshTeam(teamId, { fresh = false } = {}) {
+  const loads = state.teamLoads;
+  const load = loads.get(teamId) ?? { busy: false, again: false, dropped: false };
+  loads.set(teamId, load);
+  if (load.busy) {
+    load.again = true;
+    load.dropped ||= fresh;
+    return;
+  }
+  load.busy = true;
+  try {
+    await loadTeam(teamId, () => load.dropped);
+  } finally {
+    Object.assign(load, { busy: false, dropped: false });
+    if (load.again && state.teamLoads === loads) {
+      load.again = false;
+      refreshTeam(teamId);
+    }
+  }
+}
+
+async function loadTeam(teamId, dropped) {
   const node = document.querySelector(`[data-team-id="${CSS.escape(teamId)}"]`);
-  const request = (state.teamRequests.get(teamId) ?? 0) + 1;
-  state.teamRequests.set(teamId, request);
   try {
     const { team } = await api(ops.TEAM, { id: teamId });
-    // An older answer that arrives last must not undo a newer one.
-    if (!team || !node || state.teamRequests.get(teamId) !== request) return;
+    if (!team || !node || dropped()) return;
     const stale = node.querySelector('.team-error');
     if (stale) showError(stale, null);
     const me = team.members.find((m) => m.userId === state.viewer.ownerId);
@@ -891,7 +940,7 @@ async function refreshTeam(teamId) {
       })));
     renderPoolBalance(teamId, state.live.get(team.wallet.id)?.balance ?? team.wallet.balance);
   } catch (error) {
-    if (node && state.teamRequests.get(teamId) === request) {
+    if (node && !dropped()) {
       let errorNode = node.querySelector('.team-error');
       if (!errorNode) node.append(errorNode = h('p', { class: 'error team-error', role: 'alert' }));
       showError(errorNode, error);
@@ -970,8 +1019,13 @@ function used(spent, limit) {
   return `${ratio(spent, limit) * 100}%`;
 }
 
+/** Numbers the limit forms' inputs: ids made from user ids could collide (found by
+ * review: `j.doe` and `j_doe` shared theirs, and a label focused the other's box). */
+let limitForms = 0;
+
 function limitForm(team, member, refs) {
-  const id = (name) => `limit-${team.id}-${member.userId}-${name}`.replace(/[^A-Za-z0-9_-]/g, '_');
+  const number = ++limitForms;
+  const id = (name) => `limit-${number}-${name}`;
   const daily = h('input', { id: id('daily'), name: 'dailyLimit', inputmode: 'decimal', placeholder: 'no limit', value: member.dailyLimit ?? '' });
   const period = h('input', { id: id('period'), name: 'periodLimit', inputmode: 'decimal', placeholder: 'no limit', value: member.periodLimit ?? '' });
   daily.dataset.shown = daily.value;
@@ -1011,7 +1065,7 @@ function limitForm(team, member, refs) {
       const { setMemberLimits: m } = await api(ops.SET_MEMBER_LIMITS, { teamId: team.id, userId: member.userId, ...limits });
       // A team answer asked for before the save is older than it (found by review: one
       // landing after it put the old limits back); the newer one is asked for now.
-      refreshTeam(team.id);
+      refreshTeam(team.id, { fresh: true });
       showError(error, null);
       daily.value = daily.dataset.shown = m.dailyLimit ?? '';
       period.value = period.dataset.shown = m.periodLimit ?? '';

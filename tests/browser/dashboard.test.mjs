@@ -368,6 +368,32 @@ describe('account dashboard in Chromium against creditd', () => {
     assert.equal(await bob.getByLabel('Period limit').inputValue(), '55');
     await admin(`mutation L($t: ID!) { setMemberLimits(teamId: $t, userId: "bob", dailyLimit: "7.5", periodLimit: "40") { userId } }`,
       { t: world.team.id });
+
+    // Found by review: the limit boxes' ids were made from user ids with every other
+    // character replaced, so j.doe's and j_doe's were the same, and a label focused the
+    // other member's box.
+    const rezone = () => admin('mutation Z($w: ID!) { setTimezone(walletId: $w, timezone: "Europe/Berlin") { timezone } }',
+      { w: world.team.wallet.id });
+    for (const user of ['j.doe', 'j_doe']) {
+      await admin('mutation M($t: ID!, $u: String!) { addTeamMember(teamId: $t, userId: $u) { userId } }',
+        { t: world.team.id, u: user });
+    }
+    await rezone(); // an event of the pool's: the team card is read again
+    const dot = page.locator('[data-testid="member-row"][data-user="j.doe"]');
+    const underscore = page.locator('[data-testid="member-row"][data-user="j_doe"]');
+    await underscore.waitFor({ timeout: LOAD_MS });
+    const ids = await page.locator('.limit-form input').evaluateAll((inputs) => inputs.map((i) => i.id));
+    assert.equal(new Set(ids).size, ids.length, `input ids repeat: ${ids}`);
+    await underscore.getByText('Daily limit').click();
+    assert.equal(await underscore.getByLabel('Daily limit').evaluate((i) => i === document.activeElement), true,
+      'the label focuses its own member\'s box');
+    assert.equal(await dot.getByLabel('Daily limit').evaluate((i) => i === document.activeElement), false);
+    for (const user of ['j.doe', 'j_doe']) {
+      await admin('mutation R($t: ID!, $u: String!) { removeTeamMember(teamId: $t, userId: $u) }',
+        { t: world.team.id, u: user });
+    }
+    await rezone();
+    await dot.waitFor({ state: 'detached', timeout: LOAD_MS });
   });
 
   step('a plain member sees the pool read-only', async () => {
