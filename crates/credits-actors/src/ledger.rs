@@ -1274,8 +1274,9 @@ impl Ledger {
         Ok(self.store.team(id).await?)
     }
 
-    pub async fn members(&self, team_id: &str) -> ServiceResult<Vec<MemberRow>> {
-        Ok(self.store.members(team_id).await?)
+    /// The first `limit` members of a team (see [`Store::first_members`]).
+    pub async fn members(&self, team_id: &str, limit: usize) -> ServiceResult<Vec<MemberRow>> {
+        Ok(self.store.first_members(team_id, limit).await?)
     }
 
     pub async fn add_member(

@@ -2,7 +2,6 @@
 //! INVALID_INPUT before anything runs; the rule that every error carries a code; and a
 //! cache of parsed documents.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
@@ -33,66 +32,51 @@ pub const MAX_STRING_BYTES: usize = 64 * 1024;
 /// The complexity limit counts a list a few rows whatever it returns.
 pub const MAX_LISTED_ROWS: usize = credits_store::MAX_SUMMARY_GROUPS;
 
-/// Rows taken so far by the lists of one request whose length the caller does not choose
+/// Rows the lists of one request whose length the caller does not choose may still answer
 /// (found by review: 100 aliases of a 10,000-member team's `members` fit the complexity
 /// limit and answered a million rows). The server gives each request one; a request
-/// without one is not counted.
-#[derive(Default)]
-pub struct Listed(AtomicUsize);
+/// without one is not bounded. Lists are read one at a time under it, each no longer than
+/// what is left, so the bound is exact and a refused list costs at most one row more.
+pub struct Listed(tokio::sync::Mutex<usize>);
 
 impl Listed {
     pub fn new() -> Arc<Listed> {
-        Arc::default()
+        Arc::new(Listed(tokio::sync::Mutex::new(MAX_LISTED_ROWS)))
     }
 }
 
-/// Rows taken from a request's [`Listed`] for one list; [`Rows::keep`] gives back what the
-/// list did not use.
-pub struct Rows<'a> {
-    listed: Option<&'a Listed>,
-    taken: usize,
+fn too_many() -> crate::ApiError {
+    crate::ApiError::invalid(format!(
+        "the answer would list more than {MAX_LISTED_ROWS} rows; ask for fewer lists"
+    ))
 }
 
-/// Takes `max` rows of the request's bound before a list of at most `max` rows is read, so
-/// that a list past the bound is refused (INVALID_INPUT) before it costs a read, and takes
-/// nothing then.
-pub fn take_rows<'a>(
-    ctx: &async_graphql::Context<'a>,
+/// Reads a list of at most `max` rows with `read(limit)`, which must return at most
+/// `limit` rows, and counts them against the request's bound: past it, INVALID_INPUT.
+pub async fn list<T, F>(
+    ctx: &async_graphql::Context<'_>,
     max: usize,
-) -> crate::error::ApiResult<Rows<'a>> {
-    let listed = ctx.data_opt::<Arc<Listed>>().map(|l| &**l);
-    if let Some(Listed(total)) = listed {
-        let add = |t: usize| t.checked_add(max).filter(|&n| n <= MAX_LISTED_ROWS);
-        if total
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, add)
-            .is_err()
-        {
-            return Err(crate::ApiError::invalid(format!(
-                "the answer would list more than {MAX_LISTED_ROWS} rows; ask for fewer lists"
-            )));
-        }
-    }
-    Ok(Rows { listed, taken: max })
+    read: impl FnOnce(usize) -> F,
+) -> crate::error::ApiResult<Vec<T>>
+where
+    F: std::future::Future<Output = crate::error::ApiResult<Vec<T>>>,
+{
+    let Some(listed) = ctx.data_opt::<Arc<Listed>>() else {
+        return read(max).await;
+    };
+    let mut left = listed.0.lock().await;
+    let rows = read(max.min(left.saturating_add(1))).await?;
+    *left = left.checked_sub(rows.len()).ok_or_else(too_many)?;
+    Ok(rows)
 }
 
-impl Rows<'_> {
-    /// The list read, which holds at most the rows taken.
-    pub fn keep<T>(self, rows: Vec<T>) -> Vec<T> {
-        if let Some(Listed(total)) = self.listed {
-            total.fetch_sub(self.taken.saturating_sub(rows.len()), Ordering::Relaxed);
-        }
-        rows
-    }
-}
-
-/// Counts a list already read against the request's bound: [`take_rows`] for lists whose
-/// bound is the whole budget (a summary's groups), where taking it first would leave
-/// nothing for the next.
-pub fn listed<T>(
+/// Counts a list already read against the request's bound (one whose read cannot be cut
+/// short: a summary's groups, a viewer's wallets and teams).
+pub async fn listed<T>(
     ctx: &async_graphql::Context<'_>,
     rows: Vec<T>,
 ) -> crate::error::ApiResult<Vec<T>> {
-    Ok(take_rows(ctx, rows.len())?.keep(rows))
+    list(ctx, usize::MAX, |_| async { Ok(rows) }).await
 }
 
 /// Documents kept parsed, most recently used first out last.

@@ -9,7 +9,7 @@ use credits_store::{
 
 use crate::access::{Access, TeamAccess, ledger, principal};
 use crate::error::{ApiError, ApiResult};
-use crate::limits::{listed, take_rows};
+use crate::limits::{list, listed};
 use crate::scalars::{Credits, DateTime};
 use crate::types::*;
 
@@ -191,7 +191,8 @@ impl WalletObject {
             )
             .await
             .map_err(ApiError::from)?;
-        Ok(listed(ctx, rows)?
+        Ok(listed(ctx, rows)
+            .await?
             .into_iter()
             .map(|r| UsageGroup {
                 key: r.key,
@@ -211,7 +212,7 @@ impl WalletObject {
     ) -> async_graphql::Result<Vec<ReviewObject>> {
         let store = ledger(ctx).store();
         let status = status.map(store_status);
-        let wallet = Some(self.wallet.id.0.as_str());
+        let wallet_id = self.wallet.id.0.as_str();
         // Newest first, the newest MAX_LIST.
         // The contract: "a plain team member sees only their own"; the owner, a team admin
         // and staff see every review of the wallet (see `check_review_reader`).
@@ -219,25 +220,19 @@ impl WalletObject {
             Access::Member(user) => Some(user.as_str()),
             Access::Full => None,
         };
-        let taken = take_rows(ctx, crate::MAX_LIST)?;
-        let rows = match reporter {
-            None => {
-                store
-                    .reviews_of_wallet(&self.wallet.id.0, status, crate::MAX_LIST)
-                    .await
+        let rows = list(ctx, crate::MAX_LIST, |limit| async move {
+            match reporter {
+                None => store.reviews_of_wallet(wallet_id, status, limit).await,
+                Some(user) => {
+                    store
+                        .reviews_of_reporter(user, Some(wallet_id), status, limit)
+                        .await
+                }
             }
-            Some(user) => {
-                store
-                    .reviews_of_reporter(user, wallet, status, crate::MAX_LIST)
-                    .await
-            }
-        }
-        .map_err(ApiError::from)?;
-        Ok(taken
-            .keep(rows)
-            .into_iter()
-            .map(ReviewObject::new)
-            .collect())
+            .map_err(ApiError::from)
+        })
+        .await?;
+        Ok(rows.into_iter().map(ReviewObject::new).collect())
     }
 }
 
@@ -309,8 +304,12 @@ impl TeamObject {
                 own.map_err(ApiError::from)?.into_iter().collect()
             }
             _ => {
-                let rows = take_rows(ctx, credits_store::MAX_LIST)?;
-                rows.keep(l.members(&self.team.id).await.map_err(ApiError::from)?)
+                let read = |limit| async move {
+                    l.members(&self.team.id, limit)
+                        .await
+                        .map_err(ApiError::from)
+                };
+                list(ctx, credits_store::MAX_LIST, read).await?
             }
         };
         let id = credits_core::WalletId(self.team.wallet_id.clone());
@@ -475,7 +474,8 @@ impl Viewer {
             .wallets_of_owner(user)
             .await
             .map_err(ApiError::from)?;
-        Ok(listed(ctx, wallets)?
+        Ok(listed(ctx, wallets)
+            .await?
             .into_iter()
             .map(|wallet| WalletObject {
                 wallet,
@@ -494,7 +494,7 @@ impl Viewer {
             .teams_of_user(user)
             .await
             .map_err(ApiError::from)?;
-        let teams = listed(ctx, teams)?;
+        let teams = listed(ctx, teams).await?;
         let mut out = Vec::with_capacity(teams.len());
         for team in teams {
             let access = crate::access::team_access(ctx, &team).await?;

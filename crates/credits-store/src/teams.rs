@@ -151,14 +151,24 @@ impl Store {
             .collect()
     }
 
-    /// Members of a team in the order they were added, then by user id (as bytes), at
-    /// most [`MAX_LIST`].
+    /// Members of a team in the order they were added, then by user id (as bytes): every
+    /// one (a team has at most [`MAX_LIST`]).
     pub async fn members(&self, team_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+        self.first_members(team_id, MAX_LIST).await
+    }
+
+    /// The first `limit` (≤ [`MAX_LIST`]) of [`Store::members`].
+    pub async fn first_members(
+        &self,
+        team_id: &str,
+        limit: usize,
+    ) -> Result<Vec<MemberRow>, StoreError> {
+        crate::bound("members", limit, MAX_LIST)?;
         let mut members = team_members::Entity::find()
             .filter(team_members::Column::TeamId.eq(team_id))
             .order_by_asc(team_members::Column::AddedUs)
             .order_by_asc(team_members::Column::UserId)
-            .limit(MAX_LIST as u64)
+            .limit(limit as u64)
             .all(&self.db)
             .await
             .map_err(StoreError::Db)?;

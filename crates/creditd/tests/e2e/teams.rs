@@ -97,6 +97,25 @@ async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
     expected.insert(0, None);
     assert_eq!(listed, expected, "{}", eleven["errors"]);
     assert_eq!(crate::helpers::error_code(&eleven), "INVALID_INPUT");
+    // Lists count the rows they answer, not the most they could (found by review: each
+    // took 10,000 before it was read, so eleven lists of a one-member team were refused).
+    let (small, _) = app.team("alice").await;
+    let twenty: String = (0..20)
+        .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
+        .collect();
+    let small_lists = app
+        .ok(
+            &alice,
+            &format!("query($t: ID!) {{ {twenty} }}"),
+            json!({ "t": small }),
+        )
+        .await;
+    for i in 0..20 {
+        assert_eq!(
+            small_lists[format!("m{i}")]["members"],
+            json!([{ "userId": "alice" }])
+        );
+    }
     // A batch's operations share the bound: two of six lists each, ten answered in all.
     let six: String = (0..6)
         .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
