@@ -740,41 +740,61 @@ async function loadReviews(walletId) {
         state.reviews.delete(id);
       }
     }
-    for (const review of data.wallet.reviews) upsertReview(review);
+    for (const review of data.wallet.reviews) upsertReview(review, { follow: false });
+    followReviews();
     renderReviews();
   } catch (error) {
     showError($('#reviews-error'), error);
   }
 }
 
-/** Records a review and follows it live while it is open. */
-function upsertReview(review) {
+/** Records a review; `follow` (not while a list is being taken in) then follows the newest
+ * open reviews live. */
+function upsertReview(review, { follow = true } = {}) {
   let entry = state.reviews.get(review.id);
   if (!entry) {
     entry = { review };
     state.reviews.set(review.id, entry);
   }
   entry.review = review;
-  const followed = [...state.reviews.values()].filter((e) => e.unsubscribe).length;
-  if (review.status === 'SUBMITTED' && !entry.unsubscribe && followed < MAX_FOLLOWED_REVIEWS) {
-    entry.unsubscribe = state.client.subscribe(ops.REVIEW_UPDATED, { reviewId: review.id }, {
-      next: (data) => {
-        upsertReview(data.reviewUpdated);
-        renderReviews();
-      },
-      error: (error) => showError($('#reviews-error'), error),
-    });
-    // The review may have been resolved before the subscription started: look once more.
-    api(ops.REVIEW_BY_ID, { id: review.id }).then((data) => {
-      if (data.review && state.reviews.get(review.id) === entry && data.review.status !== entry.review.status) {
-        upsertReview(data.review);
-        renderReviews();
-      }
-    }).catch(() => {});
-  } else if (review.status !== 'SUBMITTED' && entry.unsubscribe) {
-    entry.unsubscribe();
-    entry.unsubscribe = null;
+  if (follow) followReviews();
+}
+
+/**
+ * Follows live the newest MAX_FOLLOWED_REVIEWS open reviews (the list is newest first, a
+ * report just filed first of all) and no other: a place freed by a resolved review, or
+ * taken by a new report from the oldest followed, moves at once (found by review: a report
+ * filed with every place taken was not followed, and its rejection never showed).
+ */
+function followReviews() {
+  let open = 0;
+  for (const entry of state.reviews.values()) {
+    const follow = entry.review.status === 'SUBMITTED' && open++ < MAX_FOLLOWED_REVIEWS;
+    if (follow && !entry.unsubscribe) {
+      followReview(entry);
+    } else if (!follow && entry.unsubscribe) {
+      entry.unsubscribe();
+      entry.unsubscribe = null;
+    }
   }
+}
+
+function followReview(entry) {
+  const { id } = entry.review;
+  entry.unsubscribe = state.client.subscribe(ops.REVIEW_UPDATED, { reviewId: id }, {
+    next: (data) => {
+      upsertReview(data.reviewUpdated);
+      renderReviews();
+    },
+    error: (error) => showError($('#reviews-error'), error),
+  });
+  // The review may have been resolved before the subscription started: look once more.
+  api(ops.REVIEW_BY_ID, { id }).then((data) => {
+    if (data.review && state.reviews.get(id) === entry && data.review.status !== entry.review.status) {
+      upsertReview(data.review);
+      renderReviews();
+    }
+  }).catch(() => {});
 }
 
 function renderReview(review, timezone) {

@@ -18,8 +18,14 @@ function errorFromGraphql(errors) {
   return new GqlError(message, { errors });
 }
 
+/** How long an answer may take: one that never comes must not hold what waits for it
+ * (found by review: a team card waited for ever behind a request the server never answered). */
+export const REQUEST_TIMEOUT_MS = 30_000;
+
 /** POSTs one operation to `/graphql`; resolves to `data`, rejects with a GqlError. */
 export async function gqlFetch(token, query, variables = {}) {
+  const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
+  const timedOut = () => new GqlError(`The server did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`, { code: 'NETWORK' });
   let response;
   try {
     response = await fetch('/graphql', {
@@ -30,14 +36,17 @@ export async function gqlFetch(token, query, variables = {}) {
         ...(token ? { authorization: `Bearer ${token}` } : {}),
       },
       body: JSON.stringify({ query, variables }),
+      signal,
     });
   } catch (cause) {
+    if (signal.aborted) throw timedOut();
     throw new GqlError(`Cannot reach the server (${cause.message})`, { code: 'NETWORK' });
   }
   let body = null;
   try {
     body = await response.json();
   } catch {
+    if (signal.aborted) throw timedOut();
     // Not JSON: a proxy page or a crash; the status says enough.
   }
   if (body && Array.isArray(body.errors) && body.errors.length > 0) throw errorFromGraphql(body.errors);
