@@ -511,6 +511,8 @@ pub fn register_metrics() {
         "credits_http_panics_total",
         "credits_websocket_refused_total",
         "credits_websocket_subscriptions_refused_total",
+        "credits_subscription_catch_up_reads_total",
+        "credits_subscription_resyncs_total",
     ] {
         metrics::counter!(name).absolute(0);
     }

@@ -138,6 +138,7 @@ impl Feed {
                     }
                     self.idle_restarts = 0;
                     self.sent = Some((live.snapshot.seq, live.snapshot.balance.clone()));
+                    metrics::counter!("credits_subscription_resyncs_total").increment(1);
                     break snapshot(&self.ledger, &live);
                 }
             }
@@ -173,6 +174,7 @@ impl Feed {
         }
         let page = (gap as usize).min(CATCH_UP_PAGE);
         let _read = CATCH_UPS.try_acquire().ok()?;
+        metrics::counter!("credits_subscription_catch_up_reads_total").increment(1);
         let read = self.ledger.events_after(&self.wallet, sent, page).await;
         let read: VecDeque<Event> = read.ok()?.into_iter().map(Arc::new).collect();
         let contiguous = read.iter().zip(sent + 1..).all(|(e, seq)| e.seq == seq);

@@ -602,6 +602,8 @@ async fn plain_http_endpoints(b: Backend) {
         "credits_websocket_connections 0",
         "credits_websocket_refused_total 0",
         "credits_websocket_subscriptions_refused_total 0",
+        "credits_subscription_catch_up_reads_total 0",
+        "credits_subscription_resyncs_total 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -1556,8 +1556,8 @@ async fn a_subscriber_that_stops_reading_gets_every_event_once_it_reads(b: Backe
     assert_eq!(ledger_len(&app, &w), len_before + DEBITS as i64);
 
     // Now read: every event follows the one before it, and the stream ends on the final
-    // balance. The subscriber fell behind for certain: the server could not write the
-    // events to the socket, and the channel holds 256.
+    // balance. The subscriber fell behind (the server could not write the events to the
+    // socket, and the channel holds 256): what it missed is read back from the store.
     let mut prev = start_seq;
     loop {
         let e = slow.next_data("s").await["balanceChanged"].clone();
@@ -1573,6 +1573,14 @@ async fn a_subscriber_that_stops_reading_gets_every_event_once_it_reads(b: Backe
             break;
         }
     }
+    let reads = app
+        .metric("credits_subscription_catch_up_reads_total")
+        .await;
+    assert!(
+        reads > 0.0,
+        "the subscriber never fell behind; the test proves nothing"
+    );
+    assert_eq!(app.metric("credits_subscription_resyncs_total").await, 0.0);
 }
 
 /// One WebSocket holds at most `MAX_SUBSCRIPTIONS_PER_SOCKET` (256) subscriptions at once:
