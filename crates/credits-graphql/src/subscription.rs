@@ -58,10 +58,13 @@ struct Feed {
 /// [`CATCH_UP_PAGE`] at a time; further behind, it gets a fresh SNAPSHOT (SPEC 8).
 pub const MAX_CATCH_UP: u64 = 10_000;
 const CATCH_UP_PAGE: usize = 64;
-/// Catch-up reads the node runs at once. One that finds none free resyncs instead: a
-/// client that lets many subscriptions fall behind (256 per socket) must not take the
-/// store's connections from the wallets' commits (found by review).
+/// Catch-up reads the node runs at once. One that finds none free within
+/// [`CATCH_UP_WAIT`] resyncs instead: a client that lets many subscriptions fall behind
+/// (256 per socket) must not take the store's connections from the wallets' commits (found
+/// by review), while a few subscribers falling behind together (one large commit) all
+/// catch up.
 pub const CATCH_UP_READS: usize = 2;
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 static CATCH_UPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CATCH_UP_READS);
 
 /// Pause before subscribing again to a wallet whose actor stopped with nothing new, per such
@@ -160,7 +163,7 @@ impl Feed {
 
     /// The next events up to the held one (the held one last): the next page from the
     /// store, each seq one more than the last; `None` when the gap is too wide, the held
-    /// event is a snapshot, every catch-up read is taken, or the store does not answer
+    /// event is a snapshot, every catch-up read stays taken, or the store does not answer
     /// with exactly those records.
     async fn catch_up(&mut self) -> Option<VecDeque<Event>> {
         let held = self.held.take()?;
@@ -173,7 +176,10 @@ impl Feed {
             return Some(VecDeque::from([held]));
         }
         let page = (gap as usize).min(CATCH_UP_PAGE);
-        let _read = CATCH_UPS.try_acquire().ok()?;
+        let _read = tokio::time::timeout(CATCH_UP_WAIT, CATCH_UPS.acquire())
+            .await
+            .ok()?
+            .ok()?;
         metrics::counter!("credits_subscription_catch_up_reads_total").increment(1);
         let read = self.ledger.events_after(&self.wallet, sent, page).await;
         let read: VecDeque<Event> = read.ok()?.into_iter().map(Arc::new).collect();

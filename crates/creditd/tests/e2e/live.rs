@@ -32,10 +32,15 @@ async fn a_commit_larger_than_the_channel_streams_every_event(b: Backend) {
     const CALLS: usize = 400;
     let app = App::spawn(b).await;
     let w = app.wallet("alice", "pro").await;
-    let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
-    assert!(matches!(init, Init::Ack), "{init:?}");
-    ws.subscribe("1", BALANCE_CHANGED, json!({ "w": w })).await;
-    let snap = ws.next_data("1").await["balanceChanged"].clone();
+    // Three subscribers, each on a socket of its own: they fall behind together.
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, init) = Ws::connect(&app, "graphql-transport-ws", &app.admin).await;
+        assert!(matches!(init, Init::Ack), "{init:?}");
+        ws.subscribe("1", BALANCE_CHANGED, json!({ "w": w })).await;
+        let snap = ws.next_data("1").await["balanceChanged"].clone();
+        subscribers.push((ws, snap));
+    }
     // One call's commit waits behind the lock; the others gather behind it, and land in
     // the next commit, all at once.
     let priced = "credits_plugin_calls_total{outcome=\"ok\"}";
@@ -67,17 +72,20 @@ async fn a_commit_larger_than_the_channel_streams_every_event(b: Backend) {
     for r in std::iter::once(&first).chain(&rest) {
         assert!(r["errors"].is_null(), "{r}");
     }
-    let mut last = snap;
-    for _ in 0..CALLS {
-        let e = ws.next_data("1").await["balanceChanged"].clone();
-        assert_eq!(
-            (&e["cause"], seq(&e)),
-            (&json!("USAGE"), seq(&last) + 1),
-            "{e}"
-        );
-        last = e;
+    let end = app.balance(&w).await;
+    for (mut ws, snap) in subscribers {
+        let mut last = snap;
+        for _ in 0..CALLS {
+            let e = ws.next_data("1").await["balanceChanged"].clone();
+            assert_eq!(
+                (&e["cause"], seq(&e)),
+                (&json!("USAGE"), seq(&last) + 1),
+                "{e}"
+            );
+            last = e;
+        }
+        assert_eq!(last["balance"], end);
     }
-    assert_eq!(last["balance"], app.balance(&w).await);
 }
 
 async fn balance_changed_streams_snapshot_usage_and_reset(b: Backend) {
