@@ -731,16 +731,25 @@ async function loadReviews(walletId) {
     const data = await api(ops.REVIEWS, { id: walletId });
     if (state.selectedId !== walletId || !data.wallet) return;
     showError($('#reviews-error'), null);
-    // A review filed while this answer was on its way is newer than it: nothing is
-    // removed then (found by review: the review just filed disappeared).
-    const ids = new Set(data.wallet.reviews.map((r) => r.id));
-    for (const [id, entry] of state.reviews) {
-      if (!ids.has(id) && (state.filed ?? 0) === filed) {
-        entry.unsubscribe?.();
-        state.reviews.delete(id);
-      }
+    // In the answer's order, newest first (found by review: a review new to the page went
+    // last, behind 50 older open ones, and was not followed).
+    const answered = new Map();
+    for (const review of data.wallet.reviews) {
+      const entry = state.reviews.get(review.id) ?? { review };
+      entry.review = review;
+      answered.set(review.id, entry);
     }
-    for (const review of data.wallet.reviews) upsertReview(review, { follow: false });
+    // A review filed while this answer was on its way is newer than it: nothing is
+    // removed then, and what the answer lacks stays first (found by review: the review
+    // just filed disappeared).
+    const filedSince = (state.filed ?? 0) !== filed;
+    const kept = [];
+    for (const [id, entry] of state.reviews) {
+      if (answered.has(id)) continue;
+      if (filedSince) kept.push([id, entry]);
+      else entry.unsubscribe?.();
+    }
+    state.reviews = new Map([...kept, ...answered]);
     followReviews();
     renderReviews();
   } catch (error) {
@@ -748,16 +757,15 @@ async function loadReviews(walletId) {
   }
 }
 
-/** Records a review; `follow` (not while a list is being taken in) then follows the newest
- * open reviews live. */
-function upsertReview(review, { follow = true } = {}) {
+/** Records a review, then follows the newest open reviews live. */
+function upsertReview(review) {
   let entry = state.reviews.get(review.id);
   if (!entry) {
     entry = { review };
     state.reviews.set(review.id, entry);
   }
   entry.review = review;
-  if (follow) followReviews();
+  followReviews();
 }
 
 /**
