@@ -452,16 +452,20 @@ impl Ledger {
         unreachable!("the loop returns")
     }
 
-    /// Whether a refusal rests on a member's limits or a plan another node changed since
+    /// Whether a refusal rests on a member's seat or a plan another node changed since
     /// this node read them: neither moves a record of the wallet, so the directory's check
-    /// of the stored seq does not see them, and their notice may still be on its way.
+    /// of the stored seq does not see them, and their notice may still be on its way. Any
+    /// refusal of a member's spend is checked, not only one for their limit (found by
+    /// review: a removed member's spend of more than the pool holds was
+    /// INSUFFICIENT_CREDITS, where FORBIDDEN comes first).
     async fn stale(&self, id: &WalletId, refused: &OpError, op: &Op) -> Option<Stale> {
-        match refused {
-            OpError::MemberLimitExceeded { .. } => {
-                let seat = op.member()?.limits_version;
-                let stored = self.store.members_version(&id.0).await.ok()??;
-                (stored > seat).then_some(Stale::Limits)
+        if let Some(member) = op.member() {
+            let stored = self.store.members_version(&id.0).await.ok().flatten();
+            if stored.is_some_and(|v| v > member.limits_version) {
+                return Some(Stale::Limits);
             }
+        }
+        match refused {
             // Only a custom plan is edited while nodes run (the catalogue's change with a
             // restart).
             OpError::ModelNotAllowed { plan, .. } if self.plan(plan)?.custom => {

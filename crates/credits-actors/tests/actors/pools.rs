@@ -161,8 +161,21 @@ async fn another_nodes_limit_change_fences_spends_decided_on_the_old_limits() {
             held += 1;
         }
 
+        // B's seat for m2 read again, at the members version B's wallet actor has.
+        hold(&b, "m2", "1").await.unwrap();
+        held += 1;
         // A removes m2: B may not spend for them any more.
         assert!(a.remove_member(&team.id, "m2").await.unwrap());
+        if pg.is_some() {
+            // Not even a refusal decided on the old seat (found by review: more than the
+            // pool holds was INSUFFICIENT_CREDITS, which B answered without a commit to be
+            // fenced out; FORBIDDEN comes first).
+            let gone = hold(&b, "m2", "100000").await.unwrap_err();
+            assert!(
+                matches!(gone, ServiceError::Forbidden(_)),
+                "{url}: {gone:?}"
+            );
+        }
         let gone = hold(&b, "m2", "1").await.unwrap_err();
         assert!(
             matches!(gone, ServiceError::Forbidden(_)),
