@@ -176,13 +176,19 @@ impl Feed {
             return Some(VecDeque::from([held]));
         }
         let page = (gap as usize).min(CATCH_UP_PAGE);
-        let _read = tokio::time::timeout(CATCH_UP_WAIT, CATCH_UPS.acquire())
-            .await
-            .ok()?
-            .ok()?;
-        metrics::counter!("credits_subscription_catch_up_reads_total").increment(1);
-        let read = self.ledger.events_after(&self.wallet, sent, page).await;
-        let read: VecDeque<Event> = read.ok()?.into_iter().map(Arc::new).collect();
+        // On a task of its own: this stream is polled only while its socket takes what it
+        // is sent, and a permit handed to a wait nobody polls stayed taken for as long as
+        // the socket was stuck (found by review).
+        let (ledger, wallet) = (self.ledger.clone(), self.wallet.clone());
+        let read = tokio::spawn(async move {
+            let _read = tokio::time::timeout(CATCH_UP_WAIT, CATCH_UPS.acquire())
+                .await
+                .ok()?
+                .ok()?;
+            metrics::counter!("credits_subscription_catch_up_reads_total").increment(1);
+            ledger.events_after(&wallet, sent, page).await.ok()
+        });
+        let read: VecDeque<Event> = read.await.ok()??.into_iter().map(Arc::new).collect();
         let contiguous = read.iter().zip(sent + 1..).all(|(e, seq)| e.seq == seq);
         if read.len() != page || !contiguous {
             return None;
