@@ -661,8 +661,6 @@ impl Connection {
     }
 }
 
-/// Whether the operation `request` names is a subscription. (A document that does not parse
-/// is refused by the schema; it is counted as a query here.)
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -672,10 +670,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// What the request's operation is, if its document parses and names one.
+/// What the request's operation is, if its document parses and names one. (One that does
+/// not is refused by the schema; it is counted as a query here.) Parsed within the limits'
+/// bound on nesting (found by review: a deeply nested list crashed the server here, before
+/// the limits ran).
 fn operation_type(request: &Request) -> Option<OperationType> {
     use async_graphql::parser::types::DocumentOperations;
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    let document = credits_graphql::limits::parse(&request.query).ok()?;
     let operation = match &document.operations {
         DocumentOperations::Single(op) => Some(op),
         DocumentOperations::Multiple(ops) => match &request.operation_name {

@@ -81,8 +81,11 @@ pub async fn listed<T>(
 
 /// Documents kept parsed, most recently used first out last.
 pub const PARSED_DOCUMENTS: usize = 256;
-/// Longer queries are parsed every time, so the cache stays a few MiB at most.
+/// Longer queries, and ones that select more fields once fragments are spread, are parsed
+/// every time, so the cache stays a few MiB at most (found by review: bounding the text
+/// alone let 4 KiB documents of 2,000 fields each hold 135 MB).
 pub const MAX_CACHED_QUERY_BYTES: usize = 4 * 1024;
+pub const MAX_CACHED_FIELDS: usize = 256;
 
 /// Parsed documents by query text. Clients send the same few operations with new variables,
 /// and parsing one (pest) was a tenth of the server's CPU per `recordUsage`. Only documents
@@ -412,16 +415,73 @@ impl Extension for LimitsExtension {
 /// Drops the variables no operation of `doc` declares: nothing reads them, yet a request
 /// keeps its variables while it runs, a subscription for as long as it is open (found by
 /// review: a list of a hundred thousand numbers under an unused name held forty times its
-/// size in memory per subscription).
+/// size in memory per subscription). The declared names are gathered once (found by
+/// review: each variable sent was compared with each declared, a second of CPU for a
+/// 200 KB request).
 fn declared_only(doc: &ExecutableDocument, variables: &mut Variables) {
-    variables.retain(|name, _| {
-        doc.operations.iter().any(|(_, op)| {
-            op.node
-                .variable_definitions
-                .iter()
-                .any(|d| d.node.name.node == *name)
-        })
-    });
+    let declared: std::collections::HashSet<&str> = doc
+        .operations
+        .iter()
+        .flat_map(|(_, op)| &op.node.variable_definitions)
+        .map(|d| d.node.name.node.as_str())
+        .collect();
+    variables.retain(|name, _| declared.contains(name.as_str()));
+}
+
+/// Brackets (`()`, `[]`, `{}`) nested deeper than this outside strings and comments are
+/// refused before the document is parsed: the parser builds values by recursion with no
+/// bound of its own, and a list nested 2,000 deep (4 KB of text) overflowed a worker's
+/// stack and aborted the whole server (found by review). Selections go 12 deep at most.
+pub const MAX_NESTING: usize = 64;
+
+/// Parses a document whose brackets nest at most [`MAX_NESTING`] deep; INVALID_INPUT else.
+pub fn parse(query: &str) -> ServerResult<ExecutableDocument> {
+    if nesting(query) > MAX_NESTING {
+        return Err(invalid(format!(
+            "brackets are nested deeper than {MAX_NESTING}"
+        )));
+    }
+    Ok(async_graphql::parser::parse_query(query)?)
+}
+
+/// How deep brackets nest in `query`, outside strings, block strings and comments.
+fn nesting(query: &str) -> usize {
+    let b = query.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if b[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < b.len() && !b[i..].starts_with(b"\"\"\"") {
+                    i += if b[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2; // to the closing quotes' last, passed below
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest
 }
 
 impl LimitsExtension {
@@ -433,7 +493,7 @@ impl LimitsExtension {
         if let Some(doc) = self.cached(query) {
             return Ok(doc);
         }
-        let doc = async_graphql::parser::parse_query(query)?;
+        let doc = parse(query)?;
         check_strings(longest_literal(&doc))?;
         let size = expanded(&doc).map_err(invalid)?;
         single_root_field(&doc).map_err(invalid)?;
@@ -445,7 +505,9 @@ impl LimitsExtension {
                 "more than {MAX_SELECTED_FIELDS} fields once fragments are spread"
             )));
         }
-        self.keep(query, &doc);
+        if size.fields <= MAX_CACHED_FIELDS {
+            self.keep(query, &doc);
+        }
         Ok(doc)
     }
 }
@@ -548,6 +610,62 @@ mod tests {
             .await;
         assert_eq!(resp.data.into_json().unwrap()["echo"], "long");
         assert_eq!(cached(&parsed), 0);
+        // Nor one that selects many fields, however short its text (found by review).
+        let many = "echo(s: \"x\") ".repeat(MAX_CACHED_FIELDS + 1);
+        let resp = schema.execute(format!("{{ {many}}}")).await;
+        assert!(resp.errors.is_empty(), "{:?}", resp.errors);
+        assert_eq!(cached(&parsed), 0);
+    }
+
+    /// Found by review: a list nested 2,000 deep (4 KB) overflowed the parser's stack and
+    /// aborted the server. Brackets nested past MAX_NESTING are refused before parsing;
+    /// ones inside strings, block strings and comments do not count.
+    #[tokio::test]
+    async fn deeply_nested_brackets_are_refused_before_parsing() {
+        let (schema, _) = schema();
+        let deep = format!(
+            "{{ echo(s: {}\"x\"{}) }}",
+            "[".repeat(5_000),
+            "]".repeat(5_000)
+        );
+        let resp = schema.execute(deep).await;
+        assert_eq!(resp.errors.len(), 1, "{:?}", resp.errors);
+        assert_eq!(resp.errors[0].message, "brackets are nested deeper than 64");
+        let code = resp.errors[0].extensions.as_ref().unwrap().get("code");
+        assert_eq!(code, Some(&Value::from("INVALID_INPUT")));
+        assert!(
+            parse(&format!(
+                "{{ echo(s: {}\"x\"{}) }}",
+                "[".repeat(60),
+                "]".repeat(60)
+            ))
+            .is_ok()
+        );
+        let brackets = "[{(".repeat(100);
+        for quiet in [
+            format!("{{ echo(s: \"{brackets}\") }}"),
+            format!("{{ echo(s: \"\\\" {brackets}\") }}"),
+            format!("{{ echo(s: \"\"\"{brackets} \\\"\"\" {brackets}\"\"\") }}"),
+            format!("# {brackets}\n{{ echo(s: \"x\") }}"),
+        ] {
+            assert_eq!(nesting(&quiet), 2, "{quiet}");
+            let resp = schema.execute(quiet.clone()).await;
+            assert!(resp.errors.is_empty(), "{quiet}: {:?}", resp.errors);
+        }
+    }
+
+    /// Found by review: every variable sent was compared with every one declared.
+    #[test]
+    fn undeclared_variables_are_dropped_and_declared_ones_kept() {
+        let doc = parse("query P($a: String, $b: String) { echo(s: $a) } query Q($c: Int) { x }")
+            .unwrap();
+        let mut variables = Variables::from_json(serde_json::json!({
+            "a": "1", "b": "2", "c": 3, "d": 4, "e": [5]
+        }));
+        declared_only(&doc, &mut variables);
+        let mut kept: Vec<_> = variables.keys().map(|k| k.to_string()).collect();
+        kept.sort();
+        assert_eq!(kept, ["a", "b", "c"]);
     }
 
     /// Found by review: the alias count followed every fragment spread again, with no

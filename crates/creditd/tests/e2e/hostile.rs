@@ -1154,6 +1154,16 @@ async fn graphql_abuse_is_refused_and_changes_nothing(b: Backend) {
         "]".repeat(5000)
     );
     cases.push(("list literal 5,000 deep", json!({ "query": list })));
+    // Found by review: a list argument 2,000 deep (4 KB) overflowed the stack of the
+    // parser's value builder and aborted the server.
+    for depth in [2_000, 3_000] {
+        let list = format!(
+            "{{ wallet(id: {}\"{w}\"{}) {{ id }} }}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        cases.push(("list argument thousands deep", json!({ "query": list })));
+    }
     // 60 mutations of about 41 fields each: complexity ~2,460 > 2,000, under 100 aliases.
     let heavy: Vec<String> = (0..60)
         .map(|i| {
