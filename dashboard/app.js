@@ -221,6 +221,9 @@ function signOut(error) {
     usage: { filter: {}, cursors: [null], timer: null }, chart: null,
   });
   serverClock.reset();
+  resetPager();
+  // A report on its way when the session ended never answers (its promise never settles).
+  $('#report-submit').disabled = false;
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(WALLET_KEY);
   $('#wallet-view').hidden = true;
@@ -438,6 +441,7 @@ async function selectWallet(walletId) {
   state.usage.cursors = [null];
   state.usage.asked = null;
   state.chart = null;
+  resetPager();
   for (const slot of ['#wallet-error', '#usage-error', '#reviews-error']) showError($(slot), null);
   // Until this wallet has loaded, show none of the previous one's figures, and none of
   // its usage or reviews once it has (they load after it).
@@ -452,6 +456,15 @@ async function selectWallet(walletId) {
   if (state.selectedId !== walletId) return;
   loadUsage();
   loadReviews(walletId);
+}
+
+/** The usage pager as for a wallet not loaded yet (found by review: the last wallet's Next
+ * and its cursor stayed clickable, and paged the next wallet from the old one's place). */
+function resetPager() {
+  $('#usage-prev').disabled = true;
+  $('#usage-next').disabled = true;
+  $('#usage-next').dataset.cursor = '';
+  $('#usage-page').textContent = '';
 }
 
 function renderWallet(wallet) {
@@ -725,8 +738,9 @@ function renderSummaries(wallet) {
 
 // ---------------------------------------------------------------- reviews
 
-async function loadReviews(walletId) {
+async function loadReviews(walletId, wait = 0) {
   const filed = state.filed ?? 0;
+  const session = state.signIns;
   try {
     const data = await api(ops.REVIEWS, { id: walletId });
     if (state.selectedId !== walletId || !data.wallet) return;
@@ -754,6 +768,15 @@ async function loadReviews(walletId) {
     renderReviews();
   } catch (error) {
     showError($('#reviews-error'), error);
+    // Asked for again while the wallet is open (found by review: a list whose load met
+    // a passing error stayed empty until a GRANT event, which a rejection never sends).
+    if (passing(error)) {
+      const next = backoff(wait);
+      clearTimeout(state.reviewsTimer);
+      state.reviewsTimer = setTimeout(() => {
+        if (state.signIns === session && state.selectedId === walletId) loadReviews(walletId, next);
+      }, next);
+    }
   }
 }
 
@@ -840,6 +863,7 @@ function renderReviews() {
 
 function openReport(threadId, model, focusKey) {
   state.reportOpener = focusKey;
+  state.reportOpens = (state.reportOpens ?? 0) + 1;
   const form = $('#report-form');
   form.reset();
   form.elements.threadId.value = threadId;
@@ -871,10 +895,15 @@ async function submitReport(event) {
   };
   const button = $('#report-submit');
   button.disabled = true;
+  const opened = state.reportOpens;
   try {
     const { reportHighUsage: review } = await api(ops.REPORT_HIGH_USAGE, { input });
+    // Shown only where it was sent from (found by review: an answer arriving after the
+    // user had moved to another wallet went into that wallet's list, or closed a report
+    // being written there). Another wallet's list shows it when that wallet is opened.
+    if (state.selectedId !== input.walletId) return;
     state.filed = (state.filed ?? 0) + 1;
-    $('#report-dialog').close();
+    if (state.reportOpens === opened) $('#report-dialog').close();
     // Newest first, like wallet.reviews; a report on an open review returns that review.
     const entry = state.reviews.get(review.id) ?? { review };
     const rest = [...state.reviews].filter(([id]) => id !== review.id);
@@ -918,17 +947,26 @@ async function refreshTeam(teamId, { fresh = false } = {}) {
     return;
   }
   load.busy = true;
+  let failed = false;
   try {
-    await loadTeam(teamId, () => load.dropped);
+    failed = await loadTeam(teamId, () => load.dropped);
   } finally {
     Object.assign(load, { busy: false, dropped: false });
-    if (load.again && state.teamLoads === loads) {
+    if (state.teamLoads === loads && load.again) {
       load.again = false;
       refreshTeam(teamId);
+    } else if (state.teamLoads === loads && failed) {
+      // Asked for again, as the wallet is (found by review: a card whose load met a
+      // passing error waited for the pool's next event, on a quiet pool for good).
+      load.wait = backoff(load.wait);
+      setTimeout(() => state.teamLoads === loads && refreshTeam(teamId), load.wait);
+    } else {
+      load.wait = 0;
     }
   }
 }
 
+/** Loads a team card; true when it met an error that may pass. */
 async function loadTeam(teamId, dropped) {
   const node = document.querySelector(`[data-team-id="${CSS.escape(teamId)}"]`);
   try {
@@ -972,8 +1010,10 @@ async function loadTeam(teamId, dropped) {
       let errorNode = node.querySelector('.team-error');
       if (!errorNode) node.append(errorNode = h('p', { class: 'error team-error', role: 'alert' }));
       showError(errorNode, error);
+      return passing(error);
     }
   }
+  return false;
 }
 
 function teamMeta(team) {
