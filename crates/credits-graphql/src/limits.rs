@@ -82,10 +82,13 @@ pub async fn listed<T>(
 /// Documents kept parsed, most recently used first out last.
 pub const PARSED_DOCUMENTS: usize = 256;
 /// Longer queries, and ones that select more fields once fragments are spread, are parsed
-/// every time, so the cache stays a few MiB at most (found by review: bounding the text
-/// alone let 4 KiB documents of 2,000 fields each hold 135 MB).
+/// every time; and the texts kept add up to at most [`MAX_CACHED_TOTAL_BYTES`], the least
+/// recently used going first. A parsed document takes up to ~130 times its text, so the
+/// cache stays under ten MiB (found by review: bounding each text alone let 256 documents
+/// of 4 KiB hold 135 MB).
 pub const MAX_CACHED_QUERY_BYTES: usize = 4 * 1024;
 pub const MAX_CACHED_FIELDS: usize = 256;
+pub const MAX_CACHED_TOTAL_BYTES: usize = 64 * 1024;
 
 /// Parsed documents by query text. Clients send the same few operations with new variables,
 /// and parsing one (pest) was a tenth of the server's CPU per `recordUsage`. Only documents
@@ -127,6 +130,10 @@ impl LimitsExtension {
         if query.len() <= MAX_CACHED_QUERY_BYTES {
             let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
             parsed.insert(query.into(), doc.clone());
+            while parsed.iter().map(|(text, _)| text.len()).sum::<usize>() > MAX_CACHED_TOTAL_BYTES
+            {
+                parsed.remove_lru();
+            }
         }
     }
 }
@@ -444,31 +451,44 @@ pub fn parse(query: &str) -> ServerResult<ExecutableDocument> {
     Ok(async_graphql::parser::parse_query(query)?)
 }
 
-/// How deep brackets nest in `query`, outside strings, block strings and comments.
+/// Where the block string whose content starts at `from` ends (just past its closing
+/// `"""`), if it is closed.
+fn block_string_end(b: &[u8], mut from: usize) -> Option<usize> {
+    while from < b.len() {
+        if b[from..].starts_with(b"\"\"\"") {
+            return Some(from + 3);
+        }
+        from += if b[from..].starts_with(b"\\\"\"\"") {
+            4
+        } else {
+            1
+        };
+    }
+    None
+}
+
+/// How deep brackets nest in `query`, outside strings, block strings and comments, read as
+/// the parser reads them.
 fn nesting(query: &str) -> usize {
     let b = query.as_bytes();
     let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
     while i < b.len() {
         match b[i] {
             b'#' => {
-                while i < b.len() && b[i] != b'\n' && b[i] != b'\r' {
+                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
                     i += 1;
                 }
             }
-            b'"' if b[i..].starts_with(b"\"\"\"") => {
-                i += 3;
-                while i < b.len() && !b[i..].starts_with(b"\"\"\"") {
-                    i += if b[i..].starts_with(b"\\\"\"\"") {
-                        4
-                    } else {
-                        1
-                    };
-                }
-                i += 2; // to the closing quotes' last, passed below
-            }
+            // A block string, when it is closed. An unclosed `"""` is what the parser reads
+            // instead: `""`, then a string (found by review: the scan skipped to the end,
+            // and the brackets after it reached the parser uncounted).
+            b'"' if b[i..].starts_with(b"\"\"\"") => match block_string_end(b, i + 3) {
+                Some(end) => i = end - 1, // the closing quotes' last, passed below
+                None => i += 1,           // `""`: the next quote opens a string
+            },
             b'"' => {
                 i += 1;
-                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                while i < b.len() && !matches!(b[i], b'"' | b'\n' | b'\r') {
                     i += if b[i] == b'\\' { 2 } else { 1 };
                 }
             }
@@ -610,6 +630,21 @@ mod tests {
             .await;
         assert_eq!(resp.data.into_json().unwrap()["echo"], "long");
         assert_eq!(cached(&parsed), 0);
+        // The texts kept add up to at most MAX_CACHED_TOTAL_BYTES.
+        parsed.lock().unwrap().clear();
+        let padding = " ".repeat(MAX_CACHED_QUERY_BYTES - 100);
+        for i in 0..40 {
+            let resp = schema
+                .execute(format!("{{ echo(s: \"{i}\") {padding}}}"))
+                .await;
+            assert!(resp.errors.is_empty(), "{:?}", resp.errors);
+        }
+        let kept: usize = parsed.lock().unwrap().iter().map(|(t, _)| t.len()).sum();
+        assert!(
+            kept <= MAX_CACHED_TOTAL_BYTES && kept > MAX_CACHED_TOTAL_BYTES / 2,
+            "{kept}"
+        );
+        parsed.lock().unwrap().clear();
         // Nor one that selects many fields, however short its text (found by review).
         let many = "echo(s: \"x\") ".repeat(MAX_CACHED_FIELDS + 1);
         let resp = schema.execute(format!("{{ {many}}}")).await;
@@ -652,6 +687,21 @@ mod tests {
             let resp = schema.execute(quiet.clone()).await;
             assert!(resp.errors.is_empty(), "{quiet}: {:?}", resp.errors);
         }
+    }
+
+    /// Found by review: an unclosed `"""` hid everything after it from the scan, while
+    /// the parser reads `""` and goes on.
+    #[test]
+    fn an_unclosed_block_string_hides_no_brackets() {
+        let deep = format!(
+            "{{ echo(s: [\"\"\"\"{}{}]) }}",
+            "[".repeat(5_000),
+            "]".repeat(5_000)
+        );
+        assert!(nesting(&deep) > MAX_NESTING);
+        assert!(parse(&deep).is_err());
+        let closed = format!("{{ echo(s: \"\"\"{}\"\"\") }}", "[".repeat(5_000));
+        assert_eq!(nesting(&closed), 2);
     }
 
     /// Found by review: every variable sent was compared with every one declared.
