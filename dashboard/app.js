@@ -767,6 +767,7 @@ async function loadReviews(walletId, wait = 0) {
     followReviews();
     renderReviews();
   } catch (error) {
+    if (state.signIns !== session || state.selectedId !== walletId) return;
     showError($('#reviews-error'), error);
     // Asked for again while the wallet is open (found by review: a list whose load met
     // a passing error stayed empty until a GRANT event, which a rejection never sends).
@@ -946,6 +947,7 @@ async function refreshTeam(teamId, { fresh = false } = {}) {
     load.dropped ||= fresh;
     return;
   }
+  clearTimeout(load.timer); // this load stands for a retry waiting
   load.busy = true;
   let failed = false;
   try {
@@ -959,7 +961,7 @@ async function refreshTeam(teamId, { fresh = false } = {}) {
       // Asked for again, as the wallet is (found by review: a card whose load met a
       // passing error waited for the pool's next event, on a quiet pool for good).
       load.wait = backoff(load.wait);
-      setTimeout(() => state.teamLoads === loads && refreshTeam(teamId), load.wait);
+      load.timer = setTimeout(() => state.teamLoads === loads && refreshTeam(teamId), load.wait);
     } else {
       load.wait = 0;
     }
