@@ -75,15 +75,8 @@ async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
     );
     // Ten full lists fit in one request; an eleventh is refused, the other ten still
     // answered (a query's fields run at once, so which one is refused varies).
-    let aliases: String = (0..11)
-        .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
-        .collect();
     let eleven = app
-        .gql(
-            &alice,
-            &format!("query($t: ID!) {{ {aliases} }}"),
-            json!({ "t": team }),
-        )
+        .gql(&alice, &member_lists(11), json!({ "t": team }))
         .await;
     let mut listed: Vec<_> = (0..11)
         .map(|i| {
@@ -100,15 +93,8 @@ async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
     // Lists count the rows they answer, not the most they could (found by review: each
     // took 10,000 before it was read, so eleven lists of a one-member team were refused).
     let (small, _) = app.team("alice").await;
-    let twenty: String = (0..20)
-        .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
-        .collect();
     let small_lists = app
-        .ok(
-            &alice,
-            &format!("query($t: ID!) {{ {twenty} }}"),
-            json!({ "t": small }),
-        )
+        .ok(&alice, &member_lists(20), json!({ "t": small }))
         .await;
     for i in 0..20 {
         assert_eq!(
@@ -117,10 +103,7 @@ async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
         );
     }
     // A batch's operations share the bound: two of six lists each, ten answered in all.
-    let six: String = (0..6)
-        .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
-        .collect();
-    let op = json!({ "query": format!("query($t: ID!) {{ {six} }}"), "variables": { "t": team } });
+    let op = json!({ "query": member_lists(6), "variables": { "t": team } });
     let (status, batch) = app.post(Some(&alice), &json!([op, op])).await;
     assert_eq!(status, 200, "{batch}");
     let answered = batch
@@ -135,6 +118,14 @@ async fn a_member_of_a_large_team_sees_their_own_row(b: Backend) {
     let members = members["team"]["members"].as_array().unwrap();
     assert_eq!(members.len(), 10_000);
     assert!(members.iter().all(|m| m["userId"] != "carol"));
+}
+
+/// A query of `n` aliases `m0`… of team `$t`'s member list.
+fn member_lists(n: usize) -> String {
+    let lists: String = (0..n)
+        .map(|i| format!("m{i}: team(id: $t) {{ members {{ userId }} }} "))
+        .collect();
+    format!("query($t: ID!) {{ {lists} }}")
 }
 
 async fn teams_members_and_limits(b: Backend) {

@@ -218,8 +218,9 @@ async fn wallet_round_trip_and_creation_key(store: Store) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
-    let live = create(&store, "wal_seed", "team", t0()).await?;
+/// Team `team_1` and its pool wallet `wal_pool`, not created yet.
+async fn team_one(store: &Store) -> anyhow::Result<(TeamRow, NewWallet)> {
+    let live = create(store, "wal_seed", "team", t0()).await?;
     let mut pool =
         NewWallet::from_core(&live.journal.wallet, &live.journal.entries[0], None, None)?;
     pool.id = "wal_pool".into();
@@ -231,6 +232,11 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
         wallet_id: "wal_pool".into(),
         created_at: t0(),
     };
+    Ok((team, pool))
+}
+
+async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
+    let (team, pool) = team_one(&store).await?;
     let admin = MemberRow {
         team_id: "team_1".into(),
         user_id: "alice".into(),
@@ -360,18 +366,7 @@ async fn teams_and_members_round_trip(store: Store) -> anyhow::Result<()> {
 /// a team admin could add members without bound and have one small query answer a
 /// million rows).
 async fn a_full_team_takes_no_more_members(store: Store) -> anyhow::Result<()> {
-    let live = create(&store, "wal_seed", "team", t0()).await?;
-    let mut pool =
-        NewWallet::from_core(&live.journal.wallet, &live.journal.entries[0], None, None)?;
-    pool.id = "wal_pool".into();
-    pool.owner_id = "team_1".into();
-    pool.team_id = Some("team_1".into());
-    let team = TeamRow {
-        id: "team_1".into(),
-        name: "Team one".into(),
-        wallet_id: "wal_pool".into(),
-        created_at: t0(),
-    };
+    let (team, pool) = team_one(&store).await?;
     let member = |i: usize| MemberRow {
         team_id: "team_1".into(),
         user_id: format!("user_{i:05}"),
