@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use credits_core::{Balance, Cause, WalletId};
+use credits_core::{Balance, Cause, Entry, WalletId};
 use tokio::sync::broadcast;
 
 /// Events a wallet's channel holds for slow subscribers before they must read back from the
@@ -28,6 +28,19 @@ pub struct BalanceEvent {
     pub kind: EventKind,
     pub balance: Balance,
     pub at: DateTime<Utc>,
+}
+
+impl BalanceEvent {
+    /// The event of the durable record `entry`, with the balance right after it.
+    pub fn change(wallet_id: WalletId, entry: &Entry, balance: Balance) -> BalanceEvent {
+        BalanceEvent {
+            wallet_id,
+            seq: entry.seq,
+            kind: EventKind::Change(entry.cause()),
+            balance,
+            at: entry.at,
+        }
+    }
 }
 
 /// A live subscription: the snapshot to send first, then every later event.

@@ -19,7 +19,7 @@ use credits_store::{
 };
 
 use crate::directory::Directory;
-use crate::events::{BalanceEvent, EventKind, Subscription};
+use crate::events::{BalanceEvent, Subscription};
 use crate::wallet::{Applied, ExecError};
 
 /// Why a facade call failed; the GraphQL layer maps each to its code.
@@ -1122,14 +1122,11 @@ impl Ledger {
     ) -> ServiceResult<Vec<BalanceEvent>> {
         let records = self.store.events_after(&wallet_id.0, after, limit).await?;
         let event = |r: &credits_store::LedgerRecord| -> ServiceResult<BalanceEvent> {
-            let entry = r.entry()?;
-            Ok(BalanceEvent {
-                wallet_id: wallet_id.clone(),
-                seq: entry.seq,
-                kind: EventKind::Change(entry.cause()),
-                balance: r.balance()?,
-                at: entry.at,
-            })
+            Ok(BalanceEvent::change(
+                wallet_id.clone(),
+                &r.entry()?,
+                r.balance()?,
+            ))
         };
         records.iter().map(event).collect()
     }

@@ -173,13 +173,9 @@ pub struct WalletState {
     /// The highest seq another node announced while this actor was busy.
     announced: Option<u64>,
     failures: u32,
-    /// The last commit failed with an unknown outcome (already counted in `failures`), not
-    /// a refusal by the store.
-    last_commit_unknown: bool,
-    /// Of those, one given up on while it may still be running (the commit timeout).
-    last_commit_given_up: bool,
-    /// The last commit was refused for plans that changed: the plans are read again.
-    last_commit_on_old_plans: bool,
+    /// How the last commit failed: what the reload after it must do (an unknown outcome is
+    /// counted in `failures`; plans that changed are read again).
+    last_commit_error: Option<CommitError>,
     /// Calls that arrived during recovery, run after it.
     parked: Vec<(Op, ExecReply)>,
     keys: Bounded<String, Entry>,
@@ -272,9 +268,7 @@ impl Actor for WalletActor {
             recovering: false,
             announced: None,
             failures: 0,
-            last_commit_unknown: false,
-            last_commit_given_up: false,
-            last_commit_on_old_plans: false,
+            last_commit_error: None,
             parked: Vec::new(),
             keys: Bounded::new(),
             finished: Bounded::new(),
@@ -810,11 +804,8 @@ impl WalletState {
             Err(e) => {
                 // Losing the fence to another writer is not a failing store: reload and
                 // decide again as often as it happens (someone wins every round).
-                self.last_commit_unknown =
-                    matches!(e, CommitError::Unavailable(_) | CommitError::GivenUp(_));
-                self.last_commit_given_up = matches!(e, CommitError::GivenUp(_));
-                self.last_commit_on_old_plans = e == CommitError::PlanChanged;
-                if self.last_commit_unknown {
+                self.last_commit_error = Some(e.clone());
+                if self.last_commit_unknown() {
                     self.failures += 1;
                     tracing::warn!(wallet = %self.durable.id, error = %e, failures = self.failures, "commit failed; reloading");
                 } else {
@@ -823,6 +814,19 @@ impl WalletState {
                 self.start_recovery(myself);
             }
         }
+    }
+
+    /// Whether the last commit's outcome is unknown: it may or may not be durable.
+    fn last_commit_unknown(&self) -> bool {
+        matches!(
+            self.last_commit_error,
+            Some(CommitError::Unavailable(_) | CommitError::GivenUp(_))
+        )
+    }
+
+    /// Whether the last commit was refused for plans that changed.
+    fn last_commit_on_old_plans(&self) -> bool {
+        self.last_commit_error == Some(CommitError::PlanChanged)
     }
 
     fn became_durable(&mut self, flight: InFlight) {
@@ -835,13 +839,7 @@ impl WalletState {
     }
 
     fn publish(&mut self, r: &Record) {
-        let event = BalanceEvent {
-            wallet_id: self.durable.id.clone(),
-            seq: r.entry.seq,
-            kind: EventKind::Change(r.entry.cause()),
-            balance: r.balance.clone(),
-            at: r.entry.at,
-        };
+        let event = BalanceEvent::change(self.durable.id.clone(), &r.entry, r.balance.clone());
         // No receivers is fine: nobody is watching this wallet.
         self.send(event);
     }
@@ -958,12 +956,15 @@ impl WalletState {
         // commit timeout gave up on may not have returned: its COMMIT may still be running
         // on a worker thread, found by review.)
         let fenced = self.in_flight.is_some()
-            && self.last_commit_unknown
-            && (self.last_commit_given_up || self.shared.store.several_nodes());
+            && match &self.last_commit_error {
+                Some(CommitError::GivenUp(_)) => true,
+                Some(CommitError::Unavailable(_)) => self.shared.store.several_nodes(),
+                _ => false,
+            };
         // A batch decided on plans that changed (a reset or renewal that took credits
         // another node's edit changed before its instant, which this node has not heard
         // of yet): the plans are read again before anything is decided again.
-        let plans_again = self.in_flight.is_some() && self.last_commit_on_old_plans;
+        let plans_again = self.in_flight.is_some() && self.last_commit_on_old_plans();
         let shared = self.shared.clone();
         let me = myself.clone();
         tokio::spawn(async move {
@@ -1084,7 +1085,7 @@ impl WalletState {
             .any(|k| r.keys.contains_key(k));
         if !refresh
             && !landed
-            && !self.last_commit_unknown
+            && !self.last_commit_unknown()
             && r.loaded.version == self.version
             && !batch_key_stored
             && !explained
@@ -1098,7 +1099,7 @@ impl WalletState {
             // for changed plans counts the same way (the plans are read again before it is
             // decided again, so this repeats only while they cannot be read).
             self.failures += 1;
-            let why = if self.last_commit_on_old_plans {
+            let why = if self.last_commit_on_old_plans() {
                 "commit refused: decided on plans that changed; read them again, deciding again"
             } else {
                 "commit refused by a unique row; deciding again"
